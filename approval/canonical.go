@@ -1,0 +1,454 @@
+package approval
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// MaxDepth is how deeply arrays and objects may nest in an input. A job input is a small
+// document written by a person or a program; anything deeper is more likely an attempt to
+// exhaust the worker's stack than data.
+const MaxDepth = 64
+
+// CanonicalJSON returns the RFC 8785 (JSON Canonicalization Scheme) form of input: object
+// members sorted by the UTF-16 code units of their names, no insignificant whitespace,
+// numbers in ECMAScript's shortest round-trip form, strings with only the escapes JCS
+// requires. Two documents that differ only in key order, whitespace or number spelling
+// ("1.0" and "1", "1E2" and "100") have the same canonical form, so an approver and a
+// worker agree on the input hash however the control plane re-serialised the input.
+//
+// It rejects what a hash must not paper over: invalid JSON, invalid UTF-8, lone UTF-16
+// surrogates, duplicate object names (two parsers could pick different values), numbers
+// outside float64's range, nesting deeper than MaxDepth, and trailing data. Numbers are
+// IEEE-754 doubles, as JCS prescribes: integers beyond 2^53 lose precision, so inputs that
+// need exact big integers should carry them as strings.
+func CanonicalJSON(input []byte) ([]byte, error) {
+	p := parser{data: input}
+	p.skipSpace()
+	v, err := p.value(0)
+	if err != nil {
+		return nil, err
+	}
+	p.skipSpace()
+	if p.pos != len(p.data) {
+		return nil, p.errorf("unexpected data after the JSON value")
+	}
+	out := make([]byte, 0, len(input))
+	return v.appendTo(out), nil
+}
+
+// InputHash returns the lowercase hex SHA-256 of the canonical form of input. An empty
+// input (no bytes, or only whitespace) is hashed as JSON null, so that a job with no input
+// can still be approved; a non-empty input must be valid JSON.
+func InputHash(input []byte) (string, error) {
+	if strings.TrimSpace(string(input)) == "" {
+		input = []byte("null")
+	}
+	c, err := CanonicalJSON(input)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(c)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// jsonValue is a parsed JSON value. Only objects need a tree (their members are sorted);
+// every other kind is kept in its final, canonical text.
+type jsonValue struct {
+	text    string // canonical text of a scalar
+	members []member
+	items   []jsonValue
+	kind    byte // 's' scalar, 'o' object, 'a' array
+}
+
+type member struct {
+	name  string
+	key   []uint16 // name in UTF-16, the JCS sort key
+	value jsonValue
+}
+
+func (v jsonValue) appendTo(b []byte) []byte {
+	switch v.kind {
+	case 'o':
+		b = append(b, '{')
+		for i, m := range v.members {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, m.name)
+			b = append(b, ':')
+			b = m.value.appendTo(b)
+		}
+		return append(b, '}')
+	case 'a':
+		b = append(b, '[')
+		for i, it := range v.items {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = it.appendTo(b)
+		}
+		return append(b, ']')
+	}
+	return append(b, v.text...)
+}
+
+// SyntaxError reports where an input stopped being acceptable JSON.
+type SyntaxError struct {
+	Offset int // byte offset into the input
+	Msg    string
+}
+
+func (e *SyntaxError) Error() string {
+	return fmt.Sprintf("invalid JSON at byte %d: %s", e.Offset, e.Msg)
+}
+
+type parser struct {
+	data []byte
+	pos  int
+}
+
+func (p *parser) errorf(format string, args ...any) error {
+	return &SyntaxError{Offset: p.pos, Msg: fmt.Sprintf(format, args...)}
+}
+
+func (p *parser) skipSpace() {
+	for p.pos < len(p.data) {
+		switch p.data[p.pos] {
+		case ' ', '\t', '\n', '\r':
+			p.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (p *parser) value(depth int) (jsonValue, error) {
+	if p.pos >= len(p.data) {
+		return jsonValue{}, p.errorf("unexpected end of input")
+	}
+	switch c := p.data[p.pos]; {
+	case c == '{':
+		return p.object(depth + 1)
+	case c == '[':
+		return p.array(depth + 1)
+	case c == '"':
+		s, err := p.string()
+		if err != nil {
+			return jsonValue{}, err
+		}
+		return jsonValue{kind: 's', text: string(appendString(nil, s))}, nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number()
+	case c == 't':
+		return p.literal("true")
+	case c == 'f':
+		return p.literal("false")
+	case c == 'n':
+		return p.literal("null")
+	default:
+		return jsonValue{}, p.errorf("unexpected character %q", rune(c))
+	}
+}
+
+func (p *parser) literal(word string) (jsonValue, error) {
+	if !strings.HasPrefix(string(p.data[p.pos:min(len(p.data), p.pos+len(word))]), word) {
+		return jsonValue{}, p.errorf("invalid literal (expected %s)", word)
+	}
+	p.pos += len(word)
+	return jsonValue{kind: 's', text: word}, nil
+}
+
+func (p *parser) object(depth int) (jsonValue, error) {
+	if depth > MaxDepth {
+		return jsonValue{}, p.errorf("nesting deeper than %d levels", MaxDepth)
+	}
+	p.pos++ // '{'
+	v := jsonValue{kind: 'o'}
+	p.skipSpace()
+	if p.pos < len(p.data) && p.data[p.pos] == '}' {
+		p.pos++
+		return v, nil
+	}
+	seen := make(map[string]struct{})
+	for {
+		p.skipSpace()
+		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
+			return jsonValue{}, p.errorf("expected a member name in double quotes")
+		}
+		at := p.pos
+		name, err := p.string()
+		if err != nil {
+			return jsonValue{}, err
+		}
+		if _, dup := seen[name]; dup {
+			return jsonValue{}, &SyntaxError{Offset: at, Msg: fmt.Sprintf("duplicate member name %q", name)}
+		}
+		seen[name] = struct{}{}
+		p.skipSpace()
+		if p.pos >= len(p.data) || p.data[p.pos] != ':' {
+			return jsonValue{}, p.errorf("expected ':' after a member name")
+		}
+		p.pos++
+		p.skipSpace()
+		val, err := p.value(depth)
+		if err != nil {
+			return jsonValue{}, err
+		}
+		v.members = append(v.members, member{name: name, key: utf16.Encode([]rune(name)), value: val})
+		p.skipSpace()
+		if p.pos >= len(p.data) {
+			return jsonValue{}, p.errorf("unexpected end of input inside an object")
+		}
+		switch p.data[p.pos] {
+		case ',':
+			p.pos++
+		case '}':
+			p.pos++
+			slices.SortFunc(v.members, func(a, b member) int { return slices.Compare(a.key, b.key) })
+			return v, nil
+		default:
+			return jsonValue{}, p.errorf("expected ',' or '}' in an object")
+		}
+	}
+}
+
+func (p *parser) array(depth int) (jsonValue, error) {
+	if depth > MaxDepth {
+		return jsonValue{}, p.errorf("nesting deeper than %d levels", MaxDepth)
+	}
+	p.pos++ // '['
+	v := jsonValue{kind: 'a'}
+	p.skipSpace()
+	if p.pos < len(p.data) && p.data[p.pos] == ']' {
+		p.pos++
+		return v, nil
+	}
+	for {
+		p.skipSpace()
+		it, err := p.value(depth)
+		if err != nil {
+			return jsonValue{}, err
+		}
+		v.items = append(v.items, it)
+		p.skipSpace()
+		if p.pos >= len(p.data) {
+			return jsonValue{}, p.errorf("unexpected end of input inside an array")
+		}
+		switch p.data[p.pos] {
+		case ',':
+			p.pos++
+		case ']':
+			p.pos++
+			return v, nil
+		default:
+			return jsonValue{}, p.errorf("expected ',' or ']' in an array")
+		}
+	}
+}
+
+// string parses a JSON string at p.pos (which holds '"') and returns its decoded value.
+func (p *parser) string() (string, error) {
+	p.pos++ // opening quote
+	var b strings.Builder
+	for {
+		if p.pos >= len(p.data) {
+			return "", p.errorf("unterminated string")
+		}
+		c := p.data[p.pos]
+		switch {
+		case c == '"':
+			p.pos++
+			return b.String(), nil
+		case c == '\\':
+			r, err := p.escape()
+			if err != nil {
+				return "", err
+			}
+			b.WriteRune(r)
+		case c < 0x20:
+			return "", p.errorf("control character %#02x in a string must be escaped", c)
+		case c < utf8.RuneSelf:
+			b.WriteByte(c)
+			p.pos++
+		default:
+			r, size := utf8.DecodeRune(p.data[p.pos:])
+			if r == utf8.RuneError && size <= 1 {
+				return "", p.errorf("invalid UTF-8 in a string")
+			}
+			b.WriteRune(r)
+			p.pos += size
+		}
+	}
+}
+
+// escape decodes one escape sequence at p.pos (which holds '\'), joining a UTF-16
+// surrogate pair into one rune. A lone surrogate is rejected: it has no UTF-8 form, and
+// JCS (through I-JSON) forbids it.
+func (p *parser) escape() (rune, error) {
+	if p.pos+1 >= len(p.data) {
+		return 0, p.errorf("unterminated escape sequence")
+	}
+	c := p.data[p.pos+1]
+	if c != 'u' {
+		p.pos += 2
+		switch c {
+		case '"', '\\', '/':
+			return rune(c), nil
+		case 'b':
+			return '\b', nil
+		case 'f':
+			return '\f', nil
+		case 'n':
+			return '\n', nil
+		case 'r':
+			return '\r', nil
+		case 't':
+			return '\t', nil
+		}
+		p.pos -= 2
+		return 0, p.errorf("invalid escape sequence \\%c", c)
+	}
+	r1, err := p.hex4()
+	if err != nil {
+		return 0, err
+	}
+	if !utf16.IsSurrogate(r1) {
+		return r1, nil
+	}
+	if r1 >= 0xDC00 {
+		return 0, p.errorf("lone low surrogate \\u%04x", r1)
+	}
+	if p.pos+1 >= len(p.data) || p.data[p.pos] != '\\' || p.data[p.pos+1] != 'u' {
+		return 0, p.errorf("high surrogate \\u%04x not followed by a low surrogate", r1)
+	}
+	r2, err := p.hex4()
+	if err != nil {
+		return 0, err
+	}
+	r := utf16.DecodeRune(r1, r2)
+	if r == utf8.RuneError {
+		return 0, p.errorf("high surrogate \\u%04x not followed by a low surrogate", r1)
+	}
+	return r, nil
+}
+
+// hex4 parses "\uXXXX" at p.pos.
+func (p *parser) hex4() (rune, error) {
+	if p.pos+6 > len(p.data) {
+		return 0, p.errorf("truncated \\u escape")
+	}
+	n, err := strconv.ParseUint(string(p.data[p.pos+2:p.pos+6]), 16, 16)
+	if err != nil {
+		return 0, p.errorf("invalid \\u escape")
+	}
+	p.pos += 6
+	return rune(n), nil
+}
+
+func (p *parser) number() (jsonValue, error) {
+	start := p.pos
+	digits := func() int {
+		n := 0
+		for p.pos < len(p.data) && p.data[p.pos] >= '0' && p.data[p.pos] <= '9' {
+			p.pos++
+			n++
+		}
+		return n
+	}
+	if p.data[p.pos] == '-' {
+		p.pos++
+	}
+	switch {
+	case p.pos < len(p.data) && p.data[p.pos] == '0':
+		p.pos++
+	case digits() == 0:
+		return jsonValue{}, p.errorf("invalid number")
+	}
+	if p.pos < len(p.data) && p.data[p.pos] == '.' {
+		p.pos++
+		if digits() == 0 {
+			return jsonValue{}, p.errorf("invalid number: digits must follow '.'")
+		}
+	}
+	if p.pos < len(p.data) && (p.data[p.pos] == 'e' || p.data[p.pos] == 'E') {
+		p.pos++
+		if p.pos < len(p.data) && (p.data[p.pos] == '+' || p.data[p.pos] == '-') {
+			p.pos++
+		}
+		if digits() == 0 {
+			return jsonValue{}, p.errorf("invalid number: digits must follow the exponent")
+		}
+	}
+	f, err := strconv.ParseFloat(string(p.data[start:p.pos]), 64)
+	if err != nil {
+		return jsonValue{}, &SyntaxError{Offset: start, Msg: "number out of the range of an IEEE-754 double"}
+	}
+	text, err := formatNumber(f)
+	if err != nil {
+		return jsonValue{}, &SyntaxError{Offset: start, Msg: err.Error()}
+	}
+	return jsonValue{kind: 's', text: text}, nil
+}
+
+// formatNumber renders f as ECMAScript's Number.prototype.toString does, which is what
+// JCS prescribes: fixed notation for magnitudes in [1e-6, 1e21), exponent notation with
+// no padded exponent digits otherwise, always the shortest digits that round-trip.
+func formatNumber(f float64) (string, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return "", fmt.Errorf("%v is not a JSON number", f)
+	}
+	if f == 0 {
+		return "0", nil // also for -0
+	}
+	sign := ""
+	if f < 0 {
+		sign, f = "-", -f
+	}
+	format := byte('e')
+	if f >= 1e-6 && f < 1e21 {
+		format = 'f'
+	}
+	s := strconv.FormatFloat(f, format, -1, 64)
+	// Go writes at least two exponent digits ("1e-07"); ECMAScript writes "1e-7".
+	if i := strings.IndexByte(s, 'e'); i > 0 && s[i+2] == '0' {
+		s = s[:i+2] + s[i+3:]
+	}
+	return sign + s, nil
+}
+
+// appendString writes s as a JCS string: only '"', '\\' and control characters are
+// escaped, the five with short forms (\b \t \n \f \r) as such, the others as \u00xx.
+func appendString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c >= 0x20:
+			b = append(b, c)
+		case c == '\b':
+			b = append(b, '\\', 'b')
+		case c == '\t':
+			b = append(b, '\\', 't')
+		case c == '\n':
+			b = append(b, '\\', 'n')
+		case c == '\f':
+			b = append(b, '\\', 'f')
+		case c == '\r':
+			b = append(b, '\\', 'r')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+	}
+	return append(b, '"')
+}

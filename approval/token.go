@@ -1,0 +1,295 @@
+package approval
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+)
+
+// TokenType is the JWS "typ" header of an approval. Verification requires it, so that a
+// JWS signed by the same key for another purpose can never pass as an approval.
+const TokenType = "castellan-approval+jws"
+
+// DefaultTTL is the lifetime Sign gives an approval when Request.TTL is zero.
+const DefaultTTL = time.Hour
+
+// Claims is what an approval asserts. Every field except Approver and Auto is required;
+// a token whose payload has any other member is rejected (unknown_claim), so a newer
+// signer cannot add a restriction that an older worker would silently ignore.
+type Claims struct {
+	JobID       string `json:"job"`
+	Task        string `json:"task"`
+	TaskVersion string `json:"task_version"`
+	InputSHA256 string `json:"input_sha256"` // hex SHA-256 of CanonicalJSON(input)
+	Pool        string `json:"pool"`
+	IssuedAt    int64  `json:"iat"`          // Unix seconds
+	Expiry      int64  `json:"exp"`          // Unix seconds
+	Nonce       string `json:"nonce"`        // 128 random bits, unpadded base64url
+	MaxAttempts int    `json:"max_attempts"` // executions (first run plus retries) this approval allows, >= 1
+	Approver    string `json:"sub,omitempty"`
+	Auto        bool   `json:"auto,omitempty"` // signed by a server-side auto-approve key
+}
+
+// claimNames are the JSON members a payload may have, matched exactly (encoding/json
+// alone would also accept "JOB" or "Job" for "job").
+var claimNames = map[string]bool{
+	"job": true, "task": true, "task_version": true, "input_sha256": true, "pool": true,
+	"iat": true, "exp": true, "nonce": true, "max_attempts": true, "sub": true, "auto": true,
+}
+
+// headerNames are the protected header parameters an approval may have. Anything else
+// (crit, b64, jwk, jku, x5u, x5c, ...) is refused: each is a way to change how the token
+// is checked, and an approval has no use for any of them.
+var headerNames = map[string]bool{"alg": true, "kid": true, "typ": true}
+
+// Request describes the job an approver signs for.
+type Request struct {
+	JobID, Task, TaskVersion, Pool string
+	// Input is the job input as JSON; it is canonicalised before hashing. Empty means null.
+	Input []byte
+	// TTL is how long the approval stays valid. Optional; default DefaultTTL. Workers
+	// reject approvals valid for longer than their maximum (24h unless configured).
+	TTL time.Duration
+	// MaxAttempts is how many executions the approval authorises. Optional; default 1.
+	MaxAttempts int
+	// Approver names who approved (informational, not verified). Optional.
+	Approver string
+	// Auto marks an approval signed by a server-side auto-approve key. Optional.
+	Auto bool
+}
+
+// Sign issues an approval for r, signed with key (a private Ed25519 JWK with a kid), as a
+// JWS compact serialization with header {"alg":"EdDSA","kid":...,"typ":TokenType}.
+func Sign(key jose.JSONWebKey, r Request) (token string, claims Claims, err error) {
+	return signAt(key, r, time.Now())
+}
+
+func signAt(key jose.JSONWebKey, r Request, now time.Time) (string, Claims, error) {
+	if _, ok := key.Key.(ed25519.PrivateKey); !ok {
+		return "", Claims{}, fmt.Errorf("approval: signing key %q is not an Ed25519 private key", key.KeyID)
+	}
+	if key.KeyID == "" {
+		return "", Claims{}, errors.New("approval: signing key has no kid; workers find their trusted key by kid")
+	}
+	for _, f := range []struct{ name, v string }{{"JobID", r.JobID}, {"Task", r.Task}, {"TaskVersion", r.TaskVersion}, {"Pool", r.Pool}} {
+		if f.v == "" {
+			return "", Claims{}, fmt.Errorf("approval: Request.%s is required", f.name)
+		}
+	}
+	ttl := r.TTL
+	if ttl == 0 {
+		ttl = DefaultTTL
+	}
+	if ttl < time.Second {
+		return "", Claims{}, fmt.Errorf("approval: Request.TTL %v must be at least 1s", r.TTL)
+	}
+	attempts := r.MaxAttempts
+	if attempts == 0 {
+		attempts = 1
+	}
+	if attempts < 1 {
+		return "", Claims{}, fmt.Errorf("approval: Request.MaxAttempts %d must be >= 1", r.MaxAttempts)
+	}
+	hash, err := InputHash(r.Input)
+	if err != nil {
+		return "", Claims{}, fmt.Errorf("approval: job input: %w", err)
+	}
+	var nonce [16]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", Claims{}, fmt.Errorf("approval: generating a nonce: %w", err)
+	}
+	c := Claims{
+		JobID:       r.JobID,
+		Task:        r.Task,
+		TaskVersion: r.TaskVersion,
+		InputSHA256: hash,
+		Pool:        r.Pool,
+		IssuedAt:    now.Unix(),
+		Expiry:      now.Add(ttl).Unix(),
+		Nonce:       base64.RawURLEncoding.EncodeToString(nonce[:]),
+		MaxAttempts: attempts,
+		Approver:    r.Approver,
+		Auto:        r.Auto,
+	}
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return "", Claims{}, fmt.Errorf("approval: encoding claims: %w", err)
+	}
+	token, err := signPayload(key, payload)
+	if err != nil {
+		return "", Claims{}, err
+	}
+	return token, c, nil
+}
+
+// signPayload signs raw payload bytes; tests use it to sign payloads Sign would never make.
+func signPayload(key jose.JSONWebKey, payload []byte) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key},
+		(&jose.SignerOptions{}).WithType(TokenType))
+	if err != nil {
+		return "", fmt.Errorf("approval: creating signer: %v", safeJOSEError(err))
+	}
+	obj, err := signer.Sign(payload)
+	if err != nil {
+		return "", fmt.Errorf("approval: signing: %v", safeJOSEError(err))
+	}
+	return obj.CompactSerialize()
+}
+
+// Inspect decodes an approval WITHOUT verifying its signature, expiry or anything else.
+// Its result is untrusted: use it to display an approval or for bookkeeping on the control
+// plane, never to decide whether a job may run (that is Verifier.Verify). It still rejects
+// tokens that are not well-formed approvals, with the same errors as Verify.
+func Inspect(token string) (Claims, string, error) {
+	p, rej := parseToken(token)
+	if rej != nil {
+		return Claims{}, "", rej.outcome()
+	}
+	c, rej := decodeClaims(p.payload)
+	if rej != nil {
+		return Claims{}, "", rej.outcome()
+	}
+	return c, p.kid, nil
+}
+
+type parsedToken struct {
+	jws     *jose.JSONWebSignature
+	kid     string
+	payload []byte // unverified until jws.Verify succeeds
+}
+
+// parseToken checks the token's structure and header. It does its own header checks
+// before handing the token to go-jose, so that every refusal has a precise reason and the
+// accepted header is exactly {alg, kid, typ}.
+func parseToken(token string) (parsedToken, *RejectError) {
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return parsedToken{}, reject(Unsigned, "the job carries no approval token")
+	}
+	if strings.HasPrefix(token, "{") {
+		var probe map[string]json.RawMessage
+		if json.Unmarshal([]byte(token), &probe) == nil {
+			_, s1 := probe["signature"]
+			_, s2 := probe["signatures"]
+			if s1 || s2 {
+				return parsedToken{}, reject(Malformed, "JWS JSON serialization is not accepted; approvals use the compact serialization")
+			}
+		}
+		return parsedToken{}, reject(Unsigned, "the approval is a bare JSON document, not a signed JWS")
+	}
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return parsedToken{}, reject(Malformed, fmt.Sprintf("a compact JWS has 3 dot-separated parts, this token has %d", len(parts)))
+	}
+	rawHeader, err := base64.RawURLEncoding.Strict().DecodeString(parts[0])
+	if err != nil {
+		return parsedToken{}, reject(Malformed, "the JWS header is not unpadded base64url")
+	}
+	if _, err := CanonicalJSON(rawHeader); err != nil {
+		return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS header is not valid JSON: %v", err))
+	}
+	var header map[string]json.RawMessage
+	if err := json.Unmarshal(rawHeader, &header); err != nil || header == nil {
+		return parsedToken{}, reject(Malformed, "the JWS header is not a JSON object")
+	}
+	var alg, kid, typ string
+	for name, v := range header {
+		if !headerNames[name] {
+			return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS header has parameter %q; an approval header may hold only alg, kid and typ", name))
+		}
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS header parameter %q must be a string", name))
+		}
+		switch name {
+		case "alg":
+			alg = s
+		case "kid":
+			kid = s
+		case "typ":
+			typ = s
+		}
+	}
+	switch {
+	case alg == "" || strings.EqualFold(alg, "none"):
+		return parsedToken{}, reject(Unsigned, fmt.Sprintf("the token is not signed (alg %q)", alg))
+	case alg != string(jose.EdDSA):
+		return parsedToken{}, reject(BadAlgorithm, fmt.Sprintf("alg %q is not accepted; approvals are signed with EdDSA (Ed25519)", alg))
+	case parts[2] == "":
+		return parsedToken{}, reject(Unsigned, "the token has an empty signature")
+	case kid == "":
+		return parsedToken{}, reject(Malformed, "the JWS header has no kid, so no trusted key can be chosen")
+	case typ != TokenType:
+		return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS typ is %q, want %q (this JWS is not an approval)", typ, TokenType))
+	}
+	if _, err := base64.RawURLEncoding.Strict().DecodeString(parts[1]); err != nil {
+		return parsedToken{}, reject(Malformed, "the JWS payload is not unpadded base64url")
+	}
+	if _, err := base64.RawURLEncoding.Strict().DecodeString(parts[2]); err != nil {
+		return parsedToken{}, reject(Malformed, "the JWS signature is not unpadded base64url")
+	}
+	jws, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil {
+		return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS could not be parsed: %v", safeJOSEError(err)))
+	}
+	if len(jws.Signatures) != 1 {
+		return parsedToken{}, reject(Malformed, "the JWS must carry exactly one signature")
+	}
+	return parsedToken{jws: jws, kid: kid, payload: jws.UnsafePayloadWithoutVerification()}, nil
+}
+
+// decodeClaims decodes a payload strictly: exact member names, no duplicates, no unknown
+// members, right types, every required claim present and well-formed.
+func decodeClaims(payload []byte) (Claims, *RejectError) {
+	if _, err := CanonicalJSON(payload); err != nil {
+		return Claims{}, reject(Malformed, fmt.Sprintf("the claims are not valid JSON: %v", err))
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &members); err != nil || members == nil {
+		return Claims{}, reject(Malformed, "the claims are not a JSON object")
+	}
+	for name := range members {
+		if !claimNames[name] {
+			return Claims{}, reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", name))
+		}
+	}
+	var c Claims
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Claims{}, reject(Malformed, fmt.Sprintf("a claim has the wrong type: %v", err))
+	}
+	for _, f := range []struct{ name, v string }{
+		{"job", c.JobID}, {"task", c.Task}, {"task_version", c.TaskVersion}, {"pool", c.Pool},
+		{"input_sha256", c.InputSHA256}, {"nonce", c.Nonce},
+	} {
+		if f.v == "" {
+			return Claims{}, reject(Malformed, fmt.Sprintf("the required claim %q is missing or empty", f.name))
+		}
+	}
+	if h, err := hex.DecodeString(c.InputSHA256); err != nil || len(h) != 32 || strings.ToLower(c.InputSHA256) != c.InputSHA256 {
+		return Claims{}, reject(Malformed, "the input_sha256 claim is not 64 lowercase hex digits")
+	}
+	if n, err := base64.RawURLEncoding.Strict().DecodeString(c.Nonce); err != nil || len(n) != 16 {
+		return Claims{}, reject(Malformed, "the nonce claim is not 128 bits of unpadded base64url")
+	}
+	if _, ok := members["iat"]; !ok || c.IssuedAt <= 0 {
+		return Claims{}, reject(Malformed, "the required claim \"iat\" is missing or not a positive Unix time")
+	}
+	if _, ok := members["exp"]; !ok || c.Expiry <= c.IssuedAt {
+		return Claims{}, reject(Malformed, "the \"exp\" claim is missing or not after \"iat\"")
+	}
+	if c.MaxAttempts < 1 {
+		return Claims{}, reject(Malformed, "the \"max_attempts\" claim is missing or below 1")
+	}
+	return c, nil
+}

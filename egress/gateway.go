@@ -1,0 +1,572 @@
+package egress
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/castellan-dev/castellan/outcome"
+)
+
+// Redactor removes every form of every credential from text and streams. *redact.Set
+// implements it; the gateway only needs these two methods.
+type Redactor interface {
+	RedactString(string) string
+	NewReader(io.Reader) io.Reader
+}
+
+// ErrResponseTooLarge is returned by Response.Body.Read once the upstream has sent more than
+// the endpoint's MaxResponseBytes.
+var ErrResponseTooLarge = errors.New("egress: response body is larger than the endpoint's max_response_bytes")
+
+// ErrEndpointTimeout is the Err of an *UpstreamError when the endpoint's own Timeout ran out
+// (as opposed to the job's deadline, which is an *outcome.Error with code Timeout).
+var ErrEndpointTimeout = errors.New("no complete response within the endpoint's timeout")
+
+// MaxRedirects is how many same-origin redirects one call may follow.
+const MaxRedirects = 5
+
+// UpstreamError is a failure the task may retry: the endpoint could not be reached, reset
+// the connection or exceeded its own timeout. Err never holds the request URL (whose query
+// may carry an injected credential).
+//
+// UpstreamError deliberately has no Unwrap: an endpoint timeout wraps no context error, so
+// outcome.CodeOf can never mistake it for the job's own deadline.
+type UpstreamError struct {
+	Endpoint string
+	Err      error
+}
+
+func (e *UpstreamError) Error() string {
+	return fmt.Sprintf("endpoint %q: upstream: %v", e.Endpoint, e.Err)
+}
+
+// Timeout reports whether the endpoint's own Timeout ran out.
+func (e *UpstreamError) Timeout() bool { return e.Err == ErrEndpointTimeout }
+
+// Config is everything a Gateway needs. It is validated once, by New.
+type Config struct {
+	// Endpoints are the endpoints granted to one task. Required (an empty list denies all).
+	Endpoints []*Endpoint
+	// Credentials resolves credential names at call time. Required when an endpoint has Auth.
+	Credentials Credentials
+	// Redactor scrubs response headers and bodies. Required.
+	Redactor Redactor
+	// Audit receives exactly one Event per Do: at once for a denial, when the response body
+	// is closed or the call fails otherwise. Optional.
+	Audit func(Event)
+	// Transport performs the requests. Optional; default a dedicated *http.Transport with no
+	// proxy, bounded dial/TLS/idle timeouts and HTTP/2 (never http.DefaultTransport).
+	Transport http.RoundTripper
+}
+
+// Gateway performs one task's HTTP requests. It is safe for concurrent use.
+type Gateway struct {
+	endpoints map[string]*endpoint
+	creds     Credentials
+	redactor  Redactor
+	audit     func(Event)
+	transport http.RoundTripper
+}
+
+// endpoint is an Endpoint after validation, with everything Do needs precomputed. It is a
+// copy: later changes to the caller's Endpoint do not widen a running gateway's policy.
+type endpoint struct {
+	name        string
+	scheme      string
+	host        string // host[:port] as configured
+	hostname    string
+	port        string // explicit or the scheme's default
+	basePath    string // decoded, no trailing slash
+	baseRawPath string // escaped, no trailing slash
+	rules       []Rule
+	auth        Auth
+	timeout     time.Duration
+	maxResp     int64
+	maxReq      int64
+}
+
+// New validates cfg and returns a Gateway. Errors name the endpoint and field at fault and
+// never print a base URL (it might carry userinfo).
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Redactor == nil {
+		return nil, errors.New("egress: Config.Redactor is required")
+	}
+	g := &Gateway{
+		endpoints: make(map[string]*endpoint, len(cfg.Endpoints)),
+		creds:     cfg.Credentials,
+		redactor:  cfg.Redactor,
+		audit:     cfg.Audit,
+		transport: cfg.Transport,
+	}
+	if g.transport == nil {
+		g.transport = defaultTransport()
+	}
+	for i, e := range cfg.Endpoints {
+		ep, err := prepare(e)
+		if err != nil {
+			return nil, fmt.Errorf("egress: endpoint %d: %w", i, err)
+		}
+		if _, dup := g.endpoints[ep.name]; dup {
+			return nil, fmt.Errorf("egress: endpoint %q is configured twice", ep.name)
+		}
+		if ep.auth.Kind != AuthNone && cfg.Credentials == nil {
+			return nil, fmt.Errorf("egress: endpoint %q injects credential %q but Config.Credentials is nil", ep.name, ep.auth.Credential)
+		}
+		g.endpoints[ep.name] = ep
+	}
+	return g, nil
+}
+
+func prepare(e *Endpoint) (*endpoint, error) {
+	if e == nil {
+		return nil, errors.New("nil endpoint")
+	}
+	if e.Name == "" {
+		return nil, errors.New("Name is empty")
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("%q: "+format, append([]any{e.Name}, args...)...)
+	}
+	u := e.BaseURL
+	switch {
+	case u == nil:
+		return nil, fail("BaseURL is nil")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fail("BaseURL scheme must be http or https")
+	case u.Opaque != "" || u.Host == "":
+		return nil, fail("BaseURL must have a host (scheme://host[:port][/path])")
+	case u.User != nil:
+		return nil, fail("BaseURL must not contain user info; use Auth to inject credentials")
+	case u.RawQuery != "" || u.ForceQuery:
+		return nil, fail("BaseURL must not contain a query; use Auth.Param for a query credential")
+	case u.Fragment != "" || u.RawFragment != "":
+		return nil, fail("BaseURL must not contain a fragment")
+	case e.Timeout < 0 || e.MaxResponseBytes < 0 || e.MaxRequestBytes < 0:
+		return nil, fail("Timeout, MaxResponseBytes and MaxRequestBytes must not be negative")
+	}
+	ep := &endpoint{
+		name:     e.Name,
+		scheme:   u.Scheme,
+		host:     u.Host,
+		hostname: strings.ToLower(u.Hostname()),
+		port:     portOf(u),
+		rules:    append([]Rule(nil), e.Rules...),
+		auth:     e.Auth,
+		timeout:  orDefault(e.Timeout, DefaultTimeout),
+		maxResp:  orDefault(e.MaxResponseBytes, DefaultMaxResponseBytes),
+		maxReq:   orDefault(e.MaxRequestBytes, DefaultMaxRequestBytes),
+	}
+	if ep.hostname == "" {
+		return nil, fail("BaseURL has an empty host name")
+	}
+	if raw := strings.TrimRight(u.EscapedPath(), "/"); raw != "" {
+		if _, _, _, err := ValidateTarget(raw); err != nil {
+			return nil, fail("BaseURL path: %v", err)
+		}
+		dec, err := url.PathUnescape(raw)
+		if err != nil {
+			return nil, fail("BaseURL path: %v", err)
+		}
+		ep.baseRawPath, ep.basePath = raw, dec
+	}
+	for i, r := range ep.rules {
+		if r.text == "" {
+			return nil, fail("rule %d is the zero Rule; build rules with ParseRule", i)
+		}
+	}
+	a := &ep.auth
+	if a.Kind != AuthNone && a.Credential == "" {
+		return nil, fail("Auth.Credential (the credential's name) is empty")
+	}
+	switch a.Kind {
+	case AuthNone:
+	case AuthHeader:
+		if !isToken(a.Header) {
+			return nil, fail("Auth.Header %q is not a valid header name", a.Header)
+		}
+		a.Header = http.CanonicalHeaderKey(a.Header)
+		if _, bad := hopByHop[a.Header]; bad || a.Header == "Host" || a.Header == "Content-Length" {
+			return nil, fail("Auth.Header %q cannot carry a credential", a.Header)
+		}
+		if strings.Count(a.Format, "{secret}") != 1 {
+			return nil, fail("Auth.Format must contain \"{secret}\" exactly once")
+		}
+		if !validHeaderValue(a.Format) {
+			return nil, fail("Auth.Format contains a control character")
+		}
+	case AuthBasic:
+		if strings.Contains(a.Username, ":") || !validHeaderValue(a.Username) {
+			return nil, fail("Auth.Username must not contain \":\" or control characters")
+		}
+	case AuthQuery:
+		if a.Param == "" || checkQuery(a.Param) != nil || strings.ContainsAny(a.Param, "&=;%+") {
+			return nil, fail("Auth.Param %q is not a plain query parameter name", a.Param)
+		}
+	default:
+		return nil, fail("Auth.Kind %d is unknown", a.Kind)
+	}
+	return ep, nil
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+func portOf(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if strings.EqualFold(u.Scheme, "https") {
+		return "443"
+	}
+	return "80"
+}
+
+func defaultTransport() *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                  nil, // an environment proxy would see every request and credential
+		DialContext:            d.DialContext,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           128,
+		MaxIdleConnsPerHost:    32,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12},
+	}
+}
+
+// CloseIdleConnections closes the transport's idle connections (when the task is retired).
+func (g *Gateway) CloseIdleConnections() {
+	if c, ok := g.transport.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// call is one Do after its request passed the policy.
+type call struct {
+	ep       *endpoint
+	segments []string
+	rawPath  string
+	rawQuery string
+	header   http.Header
+}
+
+// Do performs req for job. See the package documentation for the checks and the error kinds.
+func (g *Gateway) Do(ctx context.Context, job JobRef, req Request) (*Response, error) {
+	start := time.Now()
+	path, _, _ := strings.Cut(req.Target, "?")
+	ev := Event{
+		Time:         start,
+		Task:         job.Task,
+		Job:          job.Job,
+		Endpoint:     clip(req.Endpoint),
+		Method:       clip(req.Method),
+		Path:         g.redactor.RedactString(clip(path)),
+		RequestBytes: int64(len(req.Body)),
+	}
+	c, denied := g.check(req)
+	if denied != nil {
+		g.finish(&ev, start, "deny", denied.Msg)
+		return nil, denied
+	}
+	ev.Decision = "allow"
+	resp, err := g.send(ctx, c, req, &ev, start)
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (g *Gateway) finish(ev *Event, start time.Time, decision, reason string) {
+	ev.Decision = decision
+	ev.Reason = reason
+	ev.Duration = time.Since(start)
+	if g.audit != nil {
+		g.audit(*ev)
+	}
+}
+
+// check applies the whole request policy without any I/O.
+func (g *Gateway) check(req Request) (*call, *outcome.Error) {
+	ep := g.endpoints[req.Endpoint]
+	if ep == nil {
+		return nil, outcome.New(outcome.Denied, "endpoint %q is not granted to this task", clip(req.Endpoint))
+	}
+	deny := func(format string, args ...any) (*call, *outcome.Error) {
+		return nil, outcome.New(outcome.Denied, "endpoint %q: "+format, append([]any{ep.name}, args...)...)
+	}
+	if !isMethodToken(req.Method) {
+		return deny("method %q is not an upper-case HTTP method", clip(req.Method))
+	}
+	if req.Method == http.MethodConnect || req.Method == http.MethodTrace {
+		return deny("method %s is never allowed", req.Method)
+	}
+	segs, rawPath, rawQuery, err := ValidateTarget(req.Target)
+	if err != nil {
+		return deny("%v", err)
+	}
+	if !matchAny(ep.rules, req.Method, segs) {
+		return deny("%s %s not allowed by any rule", req.Method, clip(rawPath))
+	}
+	h := make(http.Header, len(req.Header)+1)
+	for name, vals := range req.Header {
+		if !isToken(name) {
+			return deny("header name %q is not a valid token", clip(name))
+		}
+		k := http.CanonicalHeaderKey(name)
+		if forbiddenHeader(k) || (ep.auth.Kind == AuthHeader && k == ep.auth.Header) {
+			return deny("header %q may not be set by a task", k)
+		}
+		for _, v := range vals {
+			if !validHeaderValue(v) {
+				return deny("header %q: value contains CR, LF, NUL or another control character", k)
+			}
+		}
+		h[k] = append(h[k], vals...)
+	}
+	if int64(len(req.Body)) > ep.maxReq {
+		return deny("request body of %d bytes is over the limit of %d", len(req.Body), ep.maxReq)
+	}
+	if ep.auth.Kind == AuthQuery && hasParam(rawQuery, ep.auth.Param) {
+		return deny("query parameter %q is injected by the host and may not be set by a task", ep.auth.Param)
+	}
+	return &call{ep: ep, segments: segs, rawPath: rawPath, rawQuery: rawQuery, header: h}, nil
+}
+
+// send fetches the credential, performs the request and wraps the response. On error it
+// emits the audit event itself.
+func (g *Gateway) send(ctx context.Context, c *call, req Request, ev *Event, start time.Time) (*Response, error) {
+	ep := c.ep
+	fail := func(reason string, err error) (*Response, error) {
+		g.finish(ev, start, "allow", reason)
+		return nil, err
+	}
+	if oe := ctxOutcome(ctx, ep.name); oe != nil {
+		return fail(string(oe.Code), oe)
+	}
+	secret, err := g.credential(ctx, ep)
+	if err != nil {
+		var oe *outcome.Error
+		errors.As(err, &oe) // credential returns only *outcome.Error
+		return fail(string(oe.Code)+": "+oe.Msg, oe)
+	}
+	u, err := ep.buildURL(c.rawPath, c.rawQuery)
+	if err != nil {
+		// Unreachable unless ValidateTarget and net/url disagree; refuse rather than guess.
+		oe := outcome.Wrap(outcome.Denied, err, "endpoint %q: target does not map onto the endpoint's base URL", ep.name)
+		g.finish(ev, start, "deny", oe.Msg)
+		return nil, oe
+	}
+	callCtx, cancel := context.WithTimeout(ctx, ep.timeout)
+	var reqBody io.Reader
+	if len(req.Body) > 0 {
+		reqBody = bytes.NewReader(req.Body)
+	}
+	hreq, err := http.NewRequestWithContext(callCtx, req.Method, u.String(), reqBody)
+	if err != nil || hreq.URL.Scheme != ep.scheme || hreq.URL.Host != ep.host || hreq.Host != ep.host {
+		cancel()
+		oe := outcome.New(outcome.Denied, "endpoint %q: target does not map onto the endpoint's base URL", ep.name)
+		g.finish(ev, start, "deny", oe.Msg)
+		return nil, oe
+	}
+	hreq.Header = c.header
+	ep.inject(hreq, secret)
+	client := &http.Client{
+		Transport: g.transport,
+		CheckRedirect: func(r *http.Request, via []*http.Request) error {
+			return ep.checkRedirect(r, via, secret)
+		},
+	}
+	resp, err := client.Do(hreq)
+	if err != nil {
+		var oe *outcome.Error
+		if errors.As(err, &oe) && oe.Code == outcome.Denied {
+			cancel()
+			if resp != nil {
+				resp.Body.Close()
+			}
+			g.finish(ev, start, "deny", oe.Msg)
+			return nil, oe
+		}
+		e := g.classify(ctx, callCtx, ep, err) // before cancel: it tells the timeouts apart
+		cancel()
+		return fail(reasonOf(e), e)
+	}
+	b := &body{
+		g: g, ep: ep, ctx: ctx, callCtx: callCtx, cancel: cancel,
+		raw: resp.Body, max: ep.maxResp, ev: *ev, start: start,
+	}
+	b.ev.Status = resp.StatusCode
+	b.r = g.redactor.NewReader(&countingReader{r: io.LimitReader(resp.Body, ep.maxResp+1), n: &b.n})
+	return &Response{Status: resp.StatusCode, Header: g.responseHeader(resp.Header), Body: b}, nil
+}
+
+// credential returns the value to inject ("" for AuthNone). Errors are *outcome.Error.
+func (g *Gateway) credential(ctx context.Context, ep *endpoint) (string, error) {
+	if ep.auth.Kind == AuthNone {
+		return "", nil
+	}
+	secret, err := g.creds.Credential(ctx, ep.auth.Credential)
+	if err != nil {
+		if oe := ctxOutcome(ctx, ep.name); oe != nil {
+			return "", oe
+		}
+		var oe *outcome.Error
+		if errors.As(err, &oe) {
+			return "", oe
+		}
+		return "", outcome.Wrap(outcome.CredentialUnavailable, err, "credential %q for endpoint %q could not be fetched", ep.auth.Credential, ep.name)
+	}
+	if secret == "" {
+		return "", outcome.New(outcome.CredentialUnavailable, "credential %q for endpoint %q is empty", ep.auth.Credential, ep.name)
+	}
+	if ep.auth.Kind != AuthQuery && !validHeaderValue(secret) {
+		return "", outcome.New(outcome.CredentialUnavailable, "credential %q for endpoint %q contains control characters and cannot go in a header", ep.auth.Credential, ep.name)
+	}
+	return secret, nil
+}
+
+// buildURL joins the base URL and a validated target so that the wire form of the path is
+// exactly base + rawPath, then re-parses the result as a second opinion.
+func (ep *endpoint) buildURL(rawPath, rawQuery string) (*url.URL, error) {
+	dec, err := url.PathUnescape(rawPath)
+	if err != nil {
+		return nil, err
+	}
+	u := &url.URL{
+		Scheme:   ep.scheme,
+		Host:     ep.host,
+		Path:     ep.basePath + dec,
+		RawPath:  ep.baseRawPath + rawPath,
+		RawQuery: rawQuery,
+	}
+	want := ep.baseRawPath + rawPath
+	if u.EscapedPath() != want {
+		return nil, errors.New("escaped path differs from the validated target")
+	}
+	back, err := url.Parse(u.String())
+	if err != nil {
+		return nil, errors.New("joined URL does not parse")
+	}
+	if back.Scheme != ep.scheme || back.Host != ep.host || back.User != nil ||
+		back.EscapedPath() != want || back.RawQuery != rawQuery || back.Fragment != "" {
+		return nil, errors.New("joined URL does not round-trip")
+	}
+	return u, nil
+}
+
+// inject sets the credential on one hop.
+func (ep *endpoint) inject(r *http.Request, secret string) {
+	switch ep.auth.Kind {
+	case AuthHeader:
+		r.Header.Set(ep.auth.Header, strings.Replace(ep.auth.Format, "{secret}", secret, 1))
+	case AuthBasic:
+		r.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(ep.auth.Username+":"+secret)))
+	case AuthQuery:
+		q := removeParam(r.URL.RawQuery, ep.auth.Param)
+		if q != "" {
+			q += "&"
+		}
+		r.URL.RawQuery = q + url.QueryEscape(ep.auth.Param) + "=" + url.QueryEscape(secret)
+	}
+}
+
+// checkRedirect re-applies the endpoint's policy to every hop before it is sent, so that a
+// credential (which net/http copies to same-host hops) never reaches an unapproved one.
+func (ep *endpoint) checkRedirect(r *http.Request, via []*http.Request, secret string) error {
+	deny := func(what string) error {
+		return outcome.New(outcome.Denied, "endpoint %q: %s", ep.name, what)
+	}
+	if len(via) > MaxRedirects {
+		return deny(fmt.Sprintf("more than %d redirects", MaxRedirects))
+	}
+	u := r.URL
+	if !strings.EqualFold(u.Scheme, ep.scheme) || strings.ToLower(u.Hostname()) != ep.hostname ||
+		portOf(u) != ep.port || u.User != nil || u.Opaque != "" {
+		return deny("redirect to another origin refused")
+	}
+	p := u.EscapedPath()
+	if ep.baseRawPath != "" {
+		if !strings.HasPrefix(p, ep.baseRawPath+"/") {
+			return deny("redirect to a path the rules do not allow")
+		}
+		p = p[len(ep.baseRawPath):]
+	}
+	target := p
+	if u.RawQuery != "" {
+		target += "?" + u.RawQuery
+	}
+	segs, _, _, err := ValidateTarget(target)
+	if err != nil || !matchAny(ep.rules, r.Method, segs) {
+		return deny("redirect to a path the rules do not allow")
+	}
+	// Keep the Host header consistent with the (same) origin, whatever casing the Location used.
+	r.Host = ep.host
+	ep.inject(r, secret)
+	return nil
+}
+
+// classify turns a transport error into the error Do returns.
+func (g *Gateway) classify(ctx, callCtx context.Context, ep *endpoint, err error) error {
+	if oe := ctxOutcome(ctx, ep.name); oe != nil {
+		return oe
+	}
+	if callCtx.Err() != nil {
+		return &UpstreamError{Endpoint: ep.name, Err: ErrEndpointTimeout}
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // url.Error's text holds the URL, and the URL may hold a query credential
+	}
+	return &UpstreamError{Endpoint: ep.name, Err: errors.New(g.redactor.RedactString(err.Error()))}
+}
+
+func reasonOf(err error) string {
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		return "upstream: " + ue.Err.Error()
+	}
+	var oe *outcome.Error
+	if errors.As(err, &oe) {
+		return string(oe.Code)
+	}
+	return "internal"
+}
+
+// ctxOutcome returns the job's timeout or cancellation, or nil while ctx is live.
+func ctxOutcome(ctx context.Context, endpoint string) *outcome.Error {
+	switch err := ctx.Err(); {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.DeadlineExceeded):
+		return outcome.Wrap(outcome.Timeout, err, "job deadline reached during a call to endpoint %q", endpoint)
+	default:
+		return outcome.Wrap(outcome.Cancelled, err, "job cancelled during a call to endpoint %q", endpoint)
+	}
+}
+
+// clip bounds task-supplied strings quoted in messages and audit events.
+func clip(s string) string {
+	const max = 200
+	if len(s) > max {
+		return s[:max] + "..."
+	}
+	return s
+}

@@ -1,0 +1,143 @@
+package egress
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// hopByHop headers belong to one connection, not to the request: a task that sets them can
+// desynchronise the proxy chain (request smuggling), and upstream ones mean nothing to a task.
+var hopByHop = map[string]struct{}{
+	"Connection":          {},
+	"Keep-Alive":          {},
+	"Proxy-Connection":    {},
+	"Proxy-Authenticate":  {},
+	"Proxy-Authorization": {},
+	"Te":                  {},
+	"Trailer":             {},
+	"Transfer-Encoding":   {},
+	"Upgrade":             {},
+}
+
+// taskForbidden are request headers a task may never set (canonical form). Beyond the ABI's
+// list: Accept-Encoding and Range/If-Range would let an echoed credential come back
+// compressed or in pieces the redactor cannot recognise, and the method- and URL-override
+// headers would let a task reach a method or path that the rules never allowed.
+var taskForbidden = map[string]struct{}{
+	"Authorization":          {},
+	"Cookie":                 {},
+	"Cookie2":                {},
+	"Host":                   {},
+	"Content-Length":         {},
+	"Forwarded":              {},
+	"X-Real-Ip":              {},
+	"Accept-Encoding":        {},
+	"Range":                  {},
+	"If-Range":               {},
+	"X-Http-Method-Override": {},
+	"X-Http-Method":          {},
+	"X-Method-Override":      {},
+	"X-Original-Url":         {},
+	"X-Rewrite-Url":          {},
+}
+
+func forbiddenHeader(canonical string) bool {
+	if _, ok := hopByHop[canonical]; ok {
+		return true
+	}
+	if _, ok := taskForbidden[canonical]; ok {
+		return true
+	}
+	return strings.HasPrefix(canonical, "Proxy-") || strings.HasPrefix(canonical, "X-Forwarded-")
+}
+
+// isToken reports whether s is an RFC 9110 token (a valid header name).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// validHeaderValue refuses CR, LF, NUL and every other control character except tab.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// queryKeys calls f with every decoded parameter name of a raw query. Both "&" and ";" count
+// as separators, since some servers split on either.
+func queryKeys(raw string, f func(key string) bool) {
+	for _, part := range strings.FieldsFunc(raw, func(r rune) bool { return r == '&' || r == ';' }) {
+		k, _, _ := strings.Cut(part, "=")
+		if dk, err := url.QueryUnescape(k); err == nil {
+			k = dk
+		}
+		if !f(k) {
+			return
+		}
+	}
+}
+
+// hasParam reports whether raw names param, in any encoding or case (some frameworks fold
+// parameter names).
+func hasParam(raw, param string) bool {
+	found := false
+	queryKeys(raw, func(k string) bool {
+		found = strings.EqualFold(k, param)
+		return !found
+	})
+	return found
+}
+
+// removeParam drops every "&"-separated pair named param (a redirect hop may carry the
+// previous hop's credential; the current one is appended afterwards).
+func removeParam(raw, param string) string {
+	if !hasParam(raw, param) {
+		return raw
+	}
+	var kept []string
+	for _, part := range strings.Split(raw, "&") {
+		if part != "" && !hasParam(part, param) {
+			kept = append(kept, part)
+		}
+	}
+	return strings.Join(kept, "&")
+}
+
+// responseHeader returns the headers a task may see: no cookies, no hop-by-hop headers (nor
+// those the Connection header names), every value redacted, and no header whose very name
+// holds a credential.
+func (g *Gateway) responseHeader(h http.Header) http.Header {
+	drop := map[string]bool{"Set-Cookie": true, "Set-Cookie2": true}
+	for _, v := range h.Values("Connection") {
+		for _, name := range strings.Split(v, ",") {
+			drop[http.CanonicalHeaderKey(strings.TrimSpace(name))] = true
+		}
+	}
+	out := make(http.Header, len(h))
+	for k, vals := range h {
+		ck := http.CanonicalHeaderKey(k)
+		if _, hop := hopByHop[ck]; hop || drop[ck] || g.redactor.RedactString(ck) != ck {
+			continue
+		}
+		for _, v := range vals {
+			out[ck] = append(out[ck], g.redactor.RedactString(v))
+		}
+	}
+	return out
+}

@@ -1,0 +1,171 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/internal/logging"
+	"github.com/castellan-dev/castellan/internal/tasks"
+	"github.com/castellan-dev/castellan/policy"
+	"github.com/castellan-dev/castellan/redact"
+	"github.com/castellan-dev/castellan/runtime"
+	"github.com/castellan-dev/castellan/secrets"
+)
+
+// RunConfig is the configuration of `castellan run`.
+type RunConfig struct {
+	Policy    string // policy file
+	Task      string // task name in the policy
+	Input     string // JSON text, or @FILE
+	JobID     string // optional; default random
+	CacheDir  string // compilation cache; "" for the user cache dir, "off" for none
+	LogLevel  string
+	LogFormat string
+}
+
+func runCommand() *cli.Command {
+	var cfg RunConfig
+	return &cli.Command{
+		Name:  "run",
+		Usage: "run one task locally under a policy and print its output",
+		Description: "Loads the policy, compiles the task's module, runs one job in a fresh sandbox and prints the\n" +
+			"task's output on stdout. Credentials are read on this host and injected into the task's\n" +
+			"HTTP calls; the task never sees them. Exit status: 0 success, 1 the task failed (stderr has\n" +
+			"\"<outcome>: <message>\"), 2 usage or configuration error.\n\n" +
+			"Examples:\n" +
+			"  castellan run --policy policy.yaml --task crm-lookup --input '{\"customer_id\":\"42\"}'\n" +
+			"  castellan run --policy policy.yaml --task crm-lookup --input @job.json --log-level info",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "policy", Usage: "policy `FILE`", EnvVars: []string{"CASTELLAN_POLICY"}, Destination: &cfg.Policy, Required: true},
+			&cli.StringFlag{Name: "task", Usage: "task `NAME` from the policy", EnvVars: []string{"CASTELLAN_TASK"}, Destination: &cfg.Task, Required: true},
+			&cli.StringFlag{Name: "input", Usage: "job input: JSON text, or @FILE", EnvVars: []string{"CASTELLAN_INPUT"}, Value: "{}", Destination: &cfg.Input},
+			&cli.StringFlag{Name: "job-id", Usage: "job `ID` for logs and audit (default random)", EnvVars: []string{"CASTELLAN_JOB_ID"}, Destination: &cfg.JobID},
+			&cli.StringFlag{Name: "cache-dir", Usage: "compilation cache `DIR` (\"off\" to disable)", EnvVars: []string{"CASTELLAN_CACHE_DIR"}, Destination: &cfg.CacheDir},
+			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"CASTELLAN_LOG_LEVEL"}, Value: "warn", Destination: &cfg.LogLevel},
+			&cli.StringFlag{Name: "log-format", Usage: "console or json", EnvVars: []string{"CASTELLAN_LOG_FORMAT"}, Value: "console", Destination: &cfg.LogFormat},
+		},
+		Action: func(c *cli.Context) error {
+			return Run(c.Context, cfg, c.App.Writer, c.App.ErrWriter)
+		},
+	}
+}
+
+// Run runs one job as configured, writing the output to stdout and logs plus the failure
+// line to stderr.
+func Run(ctx context.Context, cfg RunConfig, stdout, stderr io.Writer) error {
+	input, err := readInput(cfg.Input)
+	if err != nil {
+		return usageError{err}
+	}
+	pol, err := policy.Load(cfg.Policy)
+	if err != nil {
+		return usageError{err}
+	}
+	if _, ok := pol.Tasks[cfg.Task]; !ok {
+		return usagef("task %q is not defined in %s (tasks: %s)", cfg.Task, cfg.Policy, strings.Join(pol.TaskNames(), ", "))
+	}
+	red := redact.NewSet()
+	log, err := logging.New(stderr, logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat, Scrub: red})
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = log.Sync() }()
+
+	store, err := secrets.NewStore(pol.Credentials, pol.Vault, red, log.Named("secrets"))
+	if err != nil {
+		return usageError{err}
+	}
+	defer store.Close()
+	// Load every credential now so the output guard and the log scrubber know all values,
+	// including ones this task does not use (a response could still carry one). A failure
+	// here is only a warning: the task fails with credential_unavailable if it needs it.
+	if err := store.Preload(ctx); err != nil {
+		log.Warn("some credentials could not be loaded", zap.Error(err))
+	}
+
+	cacheDir, err := cacheDir(cfg.CacheDir)
+	if err != nil {
+		return usageError{err}
+	}
+	engine, err := runtime.NewEngine(runtime.Config{CacheDir: cacheDir, Logger: log.Named("sandbox")})
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = engine.Close(context.Background()) }()
+
+	set, err := tasks.Load(ctx, tasks.Options{
+		Policy: pol, Engine: engine, Secrets: store, Redactor: red, Log: log,
+		Only: []string{cfg.Task}, PoolSize: -1, // one job: nothing to prepare ahead
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	defer set.Close(context.Background())
+
+	jobID := cfg.JobID
+	if jobID == "" {
+		jobID = "local-" + randomID()
+	}
+	res := set.Run(ctx, cfg.Task, jobID, input)
+	log.Info("job finished", zap.String("task", cfg.Task), zap.String("job", jobID),
+		zap.String("outcome", string(res.Code())), zap.Duration("duration", res.Duration),
+		zap.Int("http_calls", res.HTTPCalls))
+	if res.Err != nil {
+		fmt.Fprintln(stderr, describe(res.Err))
+		return taskFailed{res.Err}
+	}
+	if _, err := stdout.Write(res.Output); err != nil {
+		return err
+	}
+	if len(res.Output) > 0 && res.Output[len(res.Output)-1] != '\n' {
+		_, err = io.WriteString(stdout, "\n")
+	}
+	return err
+}
+
+// readInput returns the job input: JSON text or the contents of @FILE, which must be JSON.
+func readInput(s string) ([]byte, error) {
+	b := []byte(s)
+	src := "--input"
+	if strings.HasPrefix(s, "@") {
+		var err error
+		if b, err = os.ReadFile(s[1:]); err != nil {
+			return nil, fmt.Errorf("--input: %w", err)
+		}
+		src = s[1:]
+	}
+	if !json.Valid(b) {
+		return nil, fmt.Errorf("%s: the job input must be a JSON document", src)
+	}
+	return b, nil
+}
+
+func cacheDir(flag string) (string, error) {
+	switch flag {
+	case "off":
+		return "", nil
+	case "":
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return "", nil // no home: run without a persistent cache
+		}
+		return filepath.Join(dir, "castellan", "wazero"), nil
+	}
+	return flag, nil
+}
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,273 @@
+// Package api holds the wire types of the control-plane HTTP API (/v1), shared by the server
+// and the Go client so that both sides agree on every field name. docs/api.md documents the
+// same shapes for people; keep the two in step.
+//
+// Nothing here can carry an internal URL, a credential or a request detail: a task
+// definition has a name, a version, a description and JSON Schemas, and nothing else.
+package api
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Role is what a bearer token may do.
+type Role string
+
+const (
+	RoleWorker   Role = "worker"   // register, publish catalog, lease, heartbeat, complete (own pool)
+	RoleClient   Role = "client"   // submit, get, list, cancel, wait
+	RoleApprover Role = "approver" // attach approvals (and read jobs to decide)
+	RoleAdmin    Role = "admin"    // everything, including token management and audit
+)
+
+// Roles lists every role.
+var Roles = []Role{RoleWorker, RoleClient, RoleApprover, RoleAdmin}
+
+// AllPools is the pool of a non-worker token that may act on every pool.
+const AllPools = "*"
+
+// State is where a job is in its life.
+type State string
+
+const (
+	StatePendingApproval State = "pending_approval"
+	StateQueued          State = "queued"
+	StateRunning         State = "running"
+	StateCancelRequested State = "cancel_requested" // running, and the worker is told to stop
+	StateSucceeded       State = "succeeded"
+	StateFailed          State = "failed"    // non-retryable failure
+	StateDead            State = "dead"      // retryable failures until attempts ran out
+	StateRejected        State = "rejected"  // the worker refused the approval
+	StateCancelled       State = "cancelled" // cancelled by a client
+)
+
+// States lists every state.
+var States = []State{StatePendingApproval, StateQueued, StateRunning, StateCancelRequested,
+	StateSucceeded, StateFailed, StateDead, StateRejected, StateCancelled}
+
+// Terminal reports whether no further transition can happen.
+func (s State) Terminal() bool {
+	switch s {
+	case StateSucceeded, StateFailed, StateDead, StateRejected, StateCancelled:
+		return true
+	}
+	return false
+}
+
+// Error codes in {"error":{"code":...}}. Stable: clients switch on them.
+const (
+	CodeUnauthenticated   = "unauthenticated"    // 401: missing, malformed, unknown or revoked token
+	CodeForbidden         = "forbidden"          // 403: the token's role or pool does not allow this
+	CodeNotFound          = "not_found"          // 404: no such route, job, token or task (in your pool)
+	CodeMethodNotAllowed  = "method_not_allowed" // 405
+	CodeInvalidJSON       = "invalid_json"       // 400: body is not one JSON object of the right types
+	CodeUnknownField      = "unknown_field"      // 400: body has a field the API does not define
+	CodeInvalidField      = "invalid_field"      // 400: a field has a value the API does not accept
+	CodeInputInvalid      = "input_invalid"      // 400: input does not match the task's input_schema
+	CodeBodyTooLarge      = "body_too_large"     // 413: request body over its limit
+	CodeInputTooLarge     = "input_too_large"    // 413: job input over the input cap
+	CodeOutputTooLarge    = "output_too_large"   // 413: job output over the output cap
+	CodeUnknownTask       = "unknown_task"       // 400: task (version) not published in the pool
+	CodeIdempotency       = "idempotency_conflict"
+	CodeInvalidState      = "invalid_state"    // 409: the job is not in a state that allows this
+	CodeLeaseConflict     = "lease_conflict"   // 409: stale lease token / attempt, or duplicate completion
+	CodeLeaseLost         = "lease_lost"       // 409: heartbeat for a lease that is no longer yours
+	CodeJobCancelled      = "job_cancelled"    // 409: heartbeat for a job that was cancelled: stop it
+	CodeCatalogConflict   = "catalog_conflict" // 409: same task name+version published with another definition
+	CodeNotRegistered     = "not_registered"   // 409: worker must register before this call
+	CodeInternal          = "internal"         // 500
+	CodeUnavailable       = "unavailable"      // 503: shutting down
+	CodeAutoApproveFailed = "auto_approve_failed"
+)
+
+// ErrorBody is the body of every non-2xx response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail says what went wrong. Details, when present, lists schema violations.
+type ErrorDetail struct {
+	Code    string        `json:"code"`
+	Message string        `json:"message"`
+	Details []SchemaIssue `json:"details,omitempty"`
+}
+
+// SchemaIssue is one JSON Schema violation: where in the input, and what.
+type SchemaIssue struct {
+	Location string `json:"location"` // JSON Pointer into the input ("" is the root)
+	Message  string `json:"message"`
+}
+
+// TaskDef is one task a worker can run. It deliberately has no field for endpoints, URLs
+// or credentials: those stay on the worker.
+type TaskDef struct {
+	Name         string          `json:"name"`
+	Version      string          `json:"version"`
+	Description  string          `json:"description,omitempty"`
+	InputSchema  json.RawMessage `json:"input_schema"`
+	OutputSchema json.RawMessage `json:"output_schema,omitempty"`
+}
+
+// RegisterRequest is POST /v1/workers/register.
+type RegisterRequest struct {
+	Name         string `json:"name"`          // human label, e.g. the host name
+	AgentVersion string `json:"agent_version"` // castellan version string
+}
+
+// RegisterResponse tells the worker the server's lease parameters.
+type RegisterResponse struct {
+	WorkerID        string `json:"worker_id"`
+	Pool            string `json:"pool"`
+	LeaseTTLSeconds int    `json:"lease_ttl_seconds"`
+	MaxWaitSeconds  int    `json:"max_wait_seconds"`
+}
+
+// CatalogRequest is PUT /v1/catalog: the worker's full catalog, replacing its previous one.
+type CatalogRequest struct {
+	Tasks []TaskDef `json:"tasks"`
+}
+
+// CatalogResponse lists the tasks published in a pool.
+type CatalogResponse struct {
+	Pool  string    `json:"pool"`
+	Tasks []TaskDef `json:"tasks"`
+}
+
+// SubmitRequest is POST /v1/jobs.
+type SubmitRequest struct {
+	Task           string          `json:"task"`
+	TaskVersion    string          `json:"task_version,omitempty"` // default: newest published
+	Pool           string          `json:"pool"`
+	Input          json.RawMessage `json:"input"`
+	IdempotencyKey string          `json:"idempotency_key,omitempty"`
+	MaxAttempts    int             `json:"max_attempts,omitempty"` // default 3, at most 100
+	Approval       string          `json:"approval,omitempty"`     // compact JWS
+}
+
+// ApproveRequest is POST /v1/jobs/{id}/approval.
+type ApproveRequest struct {
+	Token string `json:"token"`
+}
+
+// Job is the control plane's view of a job.
+type Job struct {
+	ID             string          `json:"id"`
+	Task           string          `json:"task"`
+	TaskVersion    string          `json:"task_version"`
+	Pool           string          `json:"pool"`
+	State          State           `json:"state"`
+	Input          json.RawMessage `json:"input,omitempty"` // omitted in lists
+	HasApproval    bool            `json:"has_approval"`
+	Attempt        int             `json:"attempt"`
+	MaxAttempts    int             `json:"max_attempts"`
+	NotBefore      *time.Time      `json:"not_before,omitempty"`
+	Outcome        string          `json:"outcome,omitempty"` // outcome.Code of the last completion
+	Output         json.RawMessage `json:"output,omitempty"`  // omitted in lists
+	ErrorMessage   string          `json:"error_message,omitempty"`
+	DurationMS     int64           `json:"duration_ms,omitempty"`
+	ModuleDigest   string          `json:"module_digest,omitempty"`
+	IdempotencyKey string          `json:"idempotency_key,omitempty"`
+	SubmittedBy    string          `json:"submitted_by"`
+	CreatedAt      time.Time       `json:"created_at"`
+	UpdatedAt      time.Time       `json:"updated_at"`
+	FinishedAt     *time.Time      `json:"finished_at,omitempty"`
+}
+
+// JobList is GET /v1/jobs. NextCursor is empty on the last page.
+type JobList struct {
+	Jobs       []Job  `json:"jobs"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// LeaseRequest is POST /v1/lease.
+type LeaseRequest struct {
+	Max         int  `json:"max"`                    // 1..100
+	WaitSeconds *int `json:"wait_seconds,omitempty"` // default 30, 0..60
+}
+
+// LeasedJob is one job handed to a worker.
+type LeasedJob struct {
+	JobID          string          `json:"job_id"`
+	Task           string          `json:"task"`
+	TaskVersion    string          `json:"task_version"`
+	Pool           string          `json:"pool"`
+	Input          json.RawMessage `json:"input"`
+	Approval       string          `json:"approval"`
+	Attempt        int             `json:"attempt"`
+	MaxAttempts    int             `json:"max_attempts"`
+	LeaseToken     string          `json:"lease_token"`
+	LeaseExpiresAt time.Time       `json:"lease_expires_at"`
+}
+
+// LeaseResponse may hold no jobs when the wait elapsed.
+type LeaseResponse struct {
+	Jobs []LeasedJob `json:"jobs"`
+}
+
+// HeartbeatResponse is the answer to POST /v1/leases/{token}/heartbeat.
+type HeartbeatResponse struct {
+	JobID           string    `json:"job_id"`
+	LeaseExpiresAt  time.Time `json:"lease_expires_at"`
+	CancelRequested bool      `json:"cancel_requested"`
+}
+
+// CompleteRequest is POST /v1/jobs/{id}/complete.
+type CompleteRequest struct {
+	LeaseToken   string          `json:"lease_token"`
+	Attempt      int             `json:"attempt"`
+	Outcome      string          `json:"outcome"` // an outcome.Code
+	Output       json.RawMessage `json:"output,omitempty"`
+	ErrorMessage string          `json:"error_message,omitempty"`
+	DurationMS   int64           `json:"duration_ms"`
+	ModuleDigest string          `json:"module_digest,omitempty"`
+	Retryable    *bool           `json:"retryable,omitempty"` // default: outcome.Code.Retryable()
+}
+
+// CompleteResponse says what the completion did to the job.
+type CompleteResponse struct {
+	JobID     string     `json:"job_id"`
+	State     State      `json:"state"`
+	Attempt   int        `json:"attempt"`
+	NotBefore *time.Time `json:"not_before,omitempty"` // set when requeued for retry
+}
+
+// TokenCreateRequest is POST /v1/tokens.
+type TokenCreateRequest struct {
+	Role Role   `json:"role"`
+	Pool string `json:"pool"`
+	Name string `json:"name,omitempty"`
+}
+
+// Token describes a bearer token. Secret is set only in the response that created it.
+type Token struct {
+	ID        string     `json:"id"`
+	Role      Role       `json:"role"`
+	Pool      string     `json:"pool"`
+	Name      string     `json:"name,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Secret    string     `json:"token,omitempty"`
+}
+
+// TokenList is GET /v1/tokens.
+type TokenList struct {
+	Tokens []Token `json:"tokens"`
+}
+
+// AuditEntry is one control-plane action.
+type AuditEntry struct {
+	ID     int64           `json:"id"`
+	At     time.Time       `json:"at"`
+	Actor  string          `json:"actor"` // token id, or "server" for the reaper
+	Role   string          `json:"role"`
+	Action string          `json:"action"`
+	JobID  string          `json:"job_id,omitempty"`
+	Detail json.RawMessage `json:"detail,omitempty"`
+}
+
+// AuditList is GET /v1/audit.
+type AuditList struct {
+	Entries    []AuditEntry `json:"entries"`
+	NextCursor string       `json:"next_cursor,omitempty"`
+}

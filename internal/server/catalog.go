@@ -1,0 +1,188 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+const (
+	maxCatalogTasks   = 256
+	maxSchemaBytes    = 64 << 10
+	maxDescription    = 1024
+	maxWorkerNameSize = 128
+)
+
+func (s *Server) register(ctx context.Context, p Principal, req api.RegisterRequest) (api.RegisterResponse, error) {
+	if req.Name == "" || len(req.Name) > maxWorkerNameSize {
+		return api.RegisterResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "name is required, at most %d bytes", maxWorkerNameSize)
+	}
+	if len(req.AgentVersion) > 64 {
+		return api.RegisterResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "agent_version is over 64 bytes")
+	}
+	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+		now := s.cfg.Now()
+		_, err := tx.ExecContext(ctx, `INSERT INTO workers(token_id, pool, name, agent_version, registered_at, last_seen_at)
+			VALUES (?,?,?,?,?,?) ON CONFLICT(token_id) DO UPDATE SET name = excluded.name,
+			agent_version = excluded.agent_version, last_seen_at = excluded.last_seen_at`,
+			p.TokenID, p.Pool, req.Name, req.AgentVersion, now.UnixMilli(), now.UnixMilli())
+		if err != nil {
+			return err
+		}
+		detail, _ := json.Marshal(map[string]string{"name": req.Name, "agent_version": req.AgentVersion})
+		return audit(ctx, tx, now, p.TokenID, string(p.Role), "worker.register", "", string(detail))
+	})
+	if err != nil {
+		return api.RegisterResponse{}, err
+	}
+	return api.RegisterResponse{WorkerID: p.TokenID, Pool: p.Pool,
+		LeaseTTLSeconds: int(s.cfg.LeaseTTL.Seconds()), MaxWaitSeconds: maxWaitSeconds}, nil
+}
+
+// checkTask validates one task definition and returns its schemas compacted.
+func checkTask(i int, t api.TaskDef) (in, out []byte, err error) {
+	bad := func(format string, args ...any) error {
+		return errf(http.StatusBadRequest, api.CodeInvalidField, "tasks[%d]: "+format, append([]any{i}, args...)...)
+	}
+	if !taskNameRE.MatchString(t.Name) {
+		return nil, nil, bad("name %q is invalid: 1-64 of a-z 0-9 _ . - starting with a letter", t.Name)
+	}
+	if !versionRE.MatchString(t.Version) {
+		return nil, nil, bad("version %q is invalid: 1-64 of A-Z a-z 0-9 _ . + - starting with a letter or digit", t.Version)
+	}
+	if len(t.Description) > maxDescription {
+		return nil, nil, bad("description is %d bytes, at most %d", len(t.Description), maxDescription)
+	}
+	for _, sc := range []struct {
+		name     string
+		raw      json.RawMessage
+		required bool
+		dst      *[]byte
+	}{{"input_schema", t.InputSchema, true, &in}, {"output_schema", t.OutputSchema, false, &out}} {
+		if len(bytes.TrimSpace(sc.raw)) == 0 || string(bytes.TrimSpace(sc.raw)) == "null" {
+			if sc.required {
+				return nil, nil, bad("%s is required (a JSON Schema; {} accepts anything)", sc.name)
+			}
+			continue
+		}
+		c := compactJSON(sc.raw)
+		if len(c) > maxSchemaBytes {
+			return nil, nil, bad("%s is %d bytes, at most %d", sc.name, len(c), maxSchemaBytes)
+		}
+		if _, err := compileSchema(c); err != nil {
+			return nil, nil, bad("%s is not a valid JSON Schema: %v", sc.name, err)
+		}
+		*sc.dst = c
+	}
+	return in, out, nil
+}
+
+// publishCatalog replaces the worker's catalog. A name+version already published in the
+// pool must keep its exact definition: versions are immutable, so a client's input is
+// always validated against what the worker that runs it published.
+func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.CatalogRequest) (api.CatalogResponse, error) {
+	if req.Tasks == nil {
+		return api.CatalogResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "tasks is required (an array, may be empty)")
+	}
+	if len(req.Tasks) > maxCatalogTasks {
+		return api.CatalogResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "tasks has %d entries, at most %d", len(req.Tasks), maxCatalogTasks)
+	}
+	type def struct {
+		api.TaskDef
+		in, out []byte
+	}
+	defs := make([]def, len(req.Tasks))
+	seen := map[string]bool{}
+	for i, t := range req.Tasks {
+		in, out, err := checkTask(i, t)
+		if err != nil {
+			return api.CatalogResponse{}, err
+		}
+		key := t.Name + "@" + t.Version
+		if seen[key] {
+			return api.CatalogResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "tasks[%d]: %s is listed twice", i, key)
+		}
+		seen[key] = true
+		defs[i] = def{t, in, out}
+	}
+	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+		var one int
+		err := tx.QueryRowContext(ctx, `SELECT 1 FROM workers WHERE token_id = ?`, p.TokenID).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return errf(http.StatusConflict, api.CodeNotRegistered, "register first: POST /v1/workers/register")
+		}
+		if err != nil {
+			return err
+		}
+		now := s.cfg.Now()
+		for _, d := range defs {
+			var desc string
+			var in []byte
+			var out sql.Null[[]byte]
+			err := tx.QueryRowContext(ctx, `SELECT description, input_schema, output_schema FROM tasks WHERE pool = ? AND name = ? AND version = ?`,
+				p.Pool, d.Name, d.Version).Scan(&desc, &in, &out)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				var outV any
+				if d.out != nil {
+					outV = d.out
+				}
+				if _, err := tx.ExecContext(ctx, `INSERT INTO tasks(pool, name, version, description, input_schema, output_schema, published_at)
+					VALUES (?,?,?,?,?,?,?)`, p.Pool, d.Name, d.Version, d.Description, d.in, outV, now.UnixMilli()); err != nil {
+					return err
+				}
+			case err != nil:
+				return err
+			case desc != d.Description || !bytes.Equal(in, d.in) || !bytes.Equal(out.V, d.out):
+				return errf(http.StatusConflict, api.CodeCatalogConflict,
+					"task %s@%s is already published in pool %q with a different definition: bump the version", d.Name, d.Version, p.Pool)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM worker_tasks WHERE token_id = ?`, p.TokenID); err != nil {
+			return err
+		}
+		for _, d := range defs {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO worker_tasks(token_id, pool, name, version) VALUES (?,?,?,?)`,
+				p.TokenID, p.Pool, d.Name, d.Version); err != nil {
+				return err
+			}
+		}
+		return audit(ctx, tx, now, p.TokenID, string(p.Role), "catalog.publish", "", fmt.Sprintf(`{"tasks":%d}`, len(defs)))
+	})
+	if err != nil {
+		return api.CatalogResponse{}, err
+	}
+	s.queued.broadcast() // jobs for newly published tasks may now be leasable
+	return s.catalog(ctx, p.Pool)
+}
+
+// catalog lists every task version published in pool.
+func (s *Server) catalog(ctx context.Context, pool string) (api.CatalogResponse, error) {
+	rows, err := s.store.db.QueryContext(ctx, `SELECT name, version, description, input_schema, output_schema FROM tasks
+		WHERE pool = ? ORDER BY name, published_at, version`, pool)
+	if err != nil {
+		return api.CatalogResponse{}, err
+	}
+	defer rows.Close()
+	out := api.CatalogResponse{Pool: pool, Tasks: []api.TaskDef{}}
+	for rows.Next() {
+		var t api.TaskDef
+		var in []byte
+		var o sql.Null[[]byte]
+		if err := rows.Scan(&t.Name, &t.Version, &t.Description, &in, &o); err != nil {
+			return api.CatalogResponse{}, err
+		}
+		t.InputSchema = in
+		if o.Valid {
+			t.OutputSchema = o.V
+		}
+		out.Tasks = append(out.Tasks, t)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// AutoApprover signs approvals on the server for tasks configured for auto-approval. It is
+// an interface so that this package never needs the approval package or a private key of
+// its own; the daemon wires an implementation in.
+type AutoApprover interface {
+	Approve(ctx context.Context, j ApprovalSubject) (token string, err error)
+}
+
+// ApprovalSubject is what an approval covers.
+type ApprovalSubject struct {
+	JobID, Task, TaskVersion, Pool string
+	Input                          []byte
+}
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Addr is the listen address used by ListenAndServe. Optional, default "127.0.0.1:8443".
+	Addr string
+	// TLSCert and TLSKey are PEM file paths. Optional: both or neither. Without them the
+	// server speaks plain HTTP and warns loudly unless bound to loopback.
+	TLSCert, TLSKey string
+	// DBPath is the SQLite database file. Required.
+	DBPath string
+	// LeaseTTL is how long a lease lives without a heartbeat. Optional, default 60s.
+	LeaseTTL time.Duration
+	// MaxInputBytes caps a job's input. Optional, default 1 MiB.
+	MaxInputBytes int
+	// MaxOutputBytes caps a job's output. Optional, default 4 MiB.
+	MaxOutputBytes int
+	// DefaultMaxAttempts applies when a submit omits max_attempts. Optional, default 3.
+	DefaultMaxAttempts int
+	// RetryBase and RetryCap shape the retry back-off: full jitter, uniform in
+	// [0, min(RetryCap, RetryBase*2^(attempt-1))). Optional, defaults 1s and 5min.
+	RetryBase, RetryCap time.Duration
+	// ReapInterval is how often expired leases are requeued. Optional, default 1s.
+	ReapInterval time.Duration
+	// RecheckInterval is how often parked long-polls re-query even without a signal (for
+	// retry back-offs coming due). Optional, default 1s.
+	RecheckInterval time.Duration
+	// AutoApprover and AutoApproveTasks: submits of these task names (or "*" for all)
+	// without an approval get one from AutoApprover. Optional.
+	AutoApprover     AutoApprover
+	AutoApproveTasks []string
+	// Logger receives the server's logs. Optional, default zap.NewNop().
+	Logger *zap.Logger
+	// Now is the clock. Optional, default time.Now; tests inject a fake one.
+	Now func() time.Time
+	// Jitter picks the actual back-off in [0, max). Optional, default uniform random.
+	Jitter func(max time.Duration) time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.DBPath == "" {
+		return errors.New("server: Config.DBPath is required (the SQLite file holding the queue)")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("server: set both Config.TLSCert and Config.TLSKey, or neither")
+	}
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:8443"
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.LeaseTTL, 60*time.Second)
+	def(&c.RetryBase, time.Second)
+	def(&c.RetryCap, 5*time.Minute)
+	def(&c.ReapInterval, time.Second)
+	def(&c.RecheckInterval, time.Second)
+	if c.LeaseTTL < time.Second {
+		return fmt.Errorf("server: Config.LeaseTTL is %s, at least 1s", c.LeaseTTL)
+	}
+	if c.MaxInputBytes == 0 {
+		c.MaxInputBytes = 1 << 20
+	}
+	if c.MaxOutputBytes == 0 {
+		c.MaxOutputBytes = 4 << 20
+	}
+	if c.DefaultMaxAttempts == 0 {
+		c.DefaultMaxAttempts = 3
+	}
+	if c.MaxInputBytes < 0 || c.MaxOutputBytes < 0 || c.DefaultMaxAttempts < 1 || c.DefaultMaxAttempts > maxAttemptsLimit {
+		return errors.New("server: Config.MaxInputBytes/MaxOutputBytes must be positive and DefaultMaxAttempts in 1..100")
+	}
+	if len(c.AutoApproveTasks) > 0 && c.AutoApprover == nil {
+		return errors.New("server: Config.AutoApproveTasks is set but Config.AutoApprover is nil")
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Jitter == nil {
+		c.Jitter = func(max time.Duration) time.Duration {
+			if max <= 0 {
+				return 0
+			}
+			return time.Duration(rand.Int64N(int64(max)))
+		}
+	}
+	return nil
+}
+
+const maxAttemptsLimit = 100

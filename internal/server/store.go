@@ -1,0 +1,254 @@
+package server
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/server/api"
+	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
+)
+
+// Store is the server's SQLite state. It is safe for concurrent use: the pool holds one
+// connection, so writes are serialised by database/sql itself.
+type Store struct {
+	db *sql.DB
+}
+
+// migrations are applied in order; each runs once, recorded in schema_migrations. Never
+// edit a released entry: append a new one.
+var migrations = []string{
+	// 1: initial schema.
+	`
+CREATE TABLE tokens (
+	id         TEXT PRIMARY KEY,
+	hash       BLOB NOT NULL UNIQUE,
+	role       TEXT NOT NULL,
+	pool       TEXT NOT NULL,
+	name       TEXT NOT NULL DEFAULT '',
+	created_at INTEGER NOT NULL,
+	revoked_at INTEGER
+);
+CREATE TABLE workers (
+	token_id      TEXT PRIMARY KEY REFERENCES tokens(id),
+	pool          TEXT NOT NULL,
+	name          TEXT NOT NULL,
+	agent_version TEXT NOT NULL,
+	registered_at INTEGER NOT NULL,
+	last_seen_at  INTEGER NOT NULL
+);
+CREATE TABLE tasks (
+	pool          TEXT NOT NULL,
+	name          TEXT NOT NULL,
+	version       TEXT NOT NULL,
+	description   TEXT NOT NULL,
+	input_schema  TEXT NOT NULL,
+	output_schema TEXT,
+	published_at  INTEGER NOT NULL,
+	PRIMARY KEY (pool, name, version)
+);
+CREATE TABLE worker_tasks (
+	token_id TEXT NOT NULL REFERENCES workers(token_id),
+	pool     TEXT NOT NULL,
+	name     TEXT NOT NULL,
+	version  TEXT NOT NULL,
+	PRIMARY KEY (token_id, name, version)
+);
+CREATE TABLE jobs (
+	seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+	id                TEXT NOT NULL UNIQUE,
+	task              TEXT NOT NULL,
+	task_version      TEXT NOT NULL,
+	pool              TEXT NOT NULL,
+	input             BLOB NOT NULL,
+	approval          TEXT NOT NULL DEFAULT '',
+	state             TEXT NOT NULL,
+	attempt           INTEGER NOT NULL DEFAULT 0,
+	max_attempts      INTEGER NOT NULL,
+	not_before        INTEGER NOT NULL DEFAULT 0,
+	lease_hash        BLOB,
+	lease_expires_at  INTEGER,
+	leased_by         TEXT,
+	outcome           TEXT NOT NULL DEFAULT '',
+	output            BLOB,
+	error_message     TEXT NOT NULL DEFAULT '',
+	duration_ms       INTEGER NOT NULL DEFAULT 0,
+	module_digest     TEXT NOT NULL DEFAULT '',
+	idempotency_key   TEXT,
+	request_hash      BLOB NOT NULL,
+	submitted_by      TEXT NOT NULL,
+	created_at        INTEGER NOT NULL,
+	updated_at        INTEGER NOT NULL,
+	finished_at       INTEGER
+);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs(pool, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_queue ON jobs(pool, state, seq);
+CREATE INDEX jobs_lease ON jobs(lease_hash);
+CREATE INDEX jobs_expiry ON jobs(state, lease_expires_at);
+CREATE TABLE job_attempts (
+	job_id        TEXT NOT NULL REFERENCES jobs(id),
+	attempt       INTEGER NOT NULL,
+	leased_by     TEXT NOT NULL,
+	leased_at     INTEGER NOT NULL,
+	finished_at   INTEGER,
+	end_reason    TEXT,
+	outcome       TEXT,
+	error_message TEXT,
+	duration_ms   INTEGER,
+	module_digest TEXT,
+	PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE audit (
+	id      INTEGER PRIMARY KEY AUTOINCREMENT,
+	at      INTEGER NOT NULL,
+	actor   TEXT NOT NULL,
+	role    TEXT NOT NULL,
+	action  TEXT NOT NULL,
+	job_id  TEXT NOT NULL DEFAULT '',
+	detail  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_job ON audit(job_id);
+`,
+}
+
+// OpenStore opens (creating if needed) the SQLite database at path and applies pending
+// migrations. The CLI uses it directly for `castellan token create`.
+func OpenStore(ctx context.Context, path string) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("server: database path is empty: set Config.DBPath (e.g. /var/lib/castellan/server.db)")
+	}
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("server: open database %s: %w", path, err)
+	}
+	// One connection: SQLite has one writer anyway, and this makes every transaction
+	// serialised without busy retries. Reads are short; long-polls never hold it.
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	db.SetConnMaxLifetime(0)
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("server: database %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	var have int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if have > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this binary knows (%d): upgrade castellan", have, len(migrations))
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)`, v, time.Now().UnixMilli())
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("apply migration %d: %w", v, err)
+		}
+	}
+	return nil
+}
+
+// SchemaVersion returns the highest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+// tx runs fn in one immediate transaction, committing when fn returns nil.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func audit(ctx context.Context, tx *sql.Tx, at time.Time, actor, role, action, jobID, detail string) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO audit(at, actor, role, action, job_id, detail) VALUES (?,?,?,?,?,?)`,
+		at.UnixMilli(), actor, role, action, jobID, detail)
+	return err
+}
+
+func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+func msTimePtr(ms sql.NullInt64) *time.Time {
+	if !ms.Valid {
+		return nil
+	}
+	t := msTime(ms.Int64)
+	return &t
+}
+
+type sqlTx = sql.Tx
+
+func (s *Store) listAudit(ctx context.Context, jobID, action string, limit int, cursor int64) (api.AuditList, error) {
+	q := `SELECT id, at, actor, role, action, job_id, detail FROM audit WHERE 1=1`
+	var args []any
+	if jobID != "" {
+		q += ` AND job_id = ?`
+		args = append(args, jobID)
+	}
+	if action != "" {
+		q += ` AND action = ?`
+		args = append(args, action)
+	}
+	if cursor > 0 {
+		q += ` AND id < ?`
+		args = append(args, cursor)
+	}
+	q += ` ORDER BY id DESC LIMIT ?`
+	args = append(args, limit+1)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return api.AuditList{}, err
+	}
+	defer rows.Close()
+	out := api.AuditList{Entries: []api.AuditEntry{}}
+	for rows.Next() {
+		var e api.AuditEntry
+		var at int64
+		var detail string
+		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Role, &e.Action, &e.JobID, &detail); err != nil {
+			return api.AuditList{}, err
+		}
+		if len(out.Entries) == limit {
+			out.NextCursor = fmt.Sprint(out.Entries[limit-1].ID)
+			break
+		}
+		e.At = msTime(at)
+		if detail != "" {
+			e.Detail = []byte(detail)
+		}
+		out.Entries = append(out.Entries, e)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,624 @@
+package policy
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/secrets"
+	"gopkg.in/yaml.v3"
+)
+
+// Sections are decoded in dependency order (vault, credentials, endpoints, tasks) whatever
+// their order in the file, so references can be checked as they are met; problems are sorted
+// by line at the end.
+func (d *decoder) policy(data []byte) *Policy {
+	p := &Policy{
+		Credentials: map[string]secrets.Spec{},
+		Endpoints:   map[string]*egress.Endpoint{},
+		Tasks:       map[string]*Task{},
+	}
+	n := d.root(data)
+	if n == nil {
+		return p
+	}
+	top, ok := d.mapping(n, "", n.Line, []string{"version", "vault", "credentials", "endpoints", "tasks"})
+	if !ok {
+		return p
+	}
+	if v := top.get("version"); v == nil {
+		d.add(n.Line, "version", "missing; add \"version: 1\" at the top of the file")
+	} else if ver, ok := d.integer(v, "version", 0, math32); ok && ver != 1 {
+		d.add(v.Line, "version", "unsupported version %d; this worker reads version 1", ver)
+	}
+	if v := top.get("vault"); v != nil {
+		p.Vault = d.vault(v, top.keyLine["vault"])
+	}
+	if v := top.get("credentials"); v != nil {
+		d.credentials(p, v, top.keyLine["credentials"])
+	}
+	if v := top.get("endpoints"); v != nil {
+		d.endpoints(p, v, top.keyLine["endpoints"])
+	}
+	if v := top.get("tasks"); v != nil {
+		d.tasks(p, v, top.keyLine["tasks"])
+	}
+	return p
+}
+
+const math32 = 1<<31 - 1
+
+func (d *decoder) vault(n *yaml.Node, line int) *secrets.VaultConfig {
+	const path = "vault"
+	m, _ := d.mapping(n, path, line, []string{"address", "namespace", "auth", "ca_cert", "cache_ttl", "request_timeout"})
+	vc := &secrets.VaultConfig{
+		AuthMethod:     DefaultVaultAuthMethod,
+		CacheTTL:       DefaultVaultCacheTTL,
+		RequestTimeout: DefaultVaultRequestTimeout,
+	}
+	if v := m.get("address"); v != nil {
+		if u, ok := d.httpURL(v, field(path, "address"), false); ok {
+			vc.Address = u.String()
+		}
+	}
+	if v := m.get("namespace"); v != nil {
+		if s, ok := d.str(v, field(path, "namespace")); ok {
+			if hasControl(s) {
+				d.add(v.Line, field(path, "namespace"), "must be a single line without control characters")
+			}
+			vc.Namespace = s
+		}
+	}
+	if v := m.get("ca_cert"); v != nil {
+		vc.CACert, _ = d.path(v, field(path, "ca_cert"))
+	}
+	if v := m.get("cache_ttl"); v != nil {
+		if t, ok := d.duration(v, field(path, "cache_ttl"), 24*time.Hour); ok {
+			vc.CacheTTL = t
+		}
+	}
+	if v := m.get("request_timeout"); v != nil {
+		if t, ok := d.duration(v, field(path, "request_timeout"), 5*time.Minute); ok {
+			vc.RequestTimeout = t
+		}
+	}
+	d.vaultAuth(vc, m.get("auth"), field(path, "auth"), m.keyLine["auth"])
+	return vc
+}
+
+func (d *decoder) vaultAuth(vc *secrets.VaultConfig, n *yaml.Node, path string, line int) {
+	m, _ := d.mapping(n, path, line, []string{"method", "token_env", "token_file", "role_id", "secret_id_file", "secret_id_env", "mount"})
+	if v := m.get("method"); v != nil {
+		if s, ok := d.text(v, field(path, "method")); ok {
+			if s != "token" && s != "approle" {
+				d.add(v.Line, field(path, "method"), "unknown method %q; use token or approle", s)
+			}
+			vc.AuthMethod = s
+		}
+	}
+	// Options for the other method are refused rather than ignored: a reviewer reading
+	// "secret_id_file" would believe AppRole is in use.
+	only := func(key, method string) {
+		valid := vc.AuthMethod == "token" || vc.AuthMethod == "approle"
+		if v := m.get(key); v != nil && valid && vc.AuthMethod != method {
+			d.add(m.keyLine[key], field(path, key), "only applies to method %s, but method is %s; remove it or set method: %s", method, vc.AuthMethod, method)
+		}
+	}
+	for _, k := range []string{"token_env", "token_file"} {
+		only(k, "token")
+	}
+	for _, k := range []string{"role_id", "secret_id_file", "secret_id_env", "mount"} {
+		only(k, "approle")
+	}
+	switch vc.AuthMethod {
+	case "token":
+		if v := m.get("token_env"); v != nil {
+			vc.TokenEnv, _ = d.envName(v, field(path, "token_env"))
+		}
+		if v := m.get("token_file"); v != nil {
+			vc.TokenFile, _ = d.path(v, field(path, "token_file"))
+		}
+		if m.get("token_env") == nil && m.get("token_file") == nil {
+			vc.TokenEnv = DefaultVaultTokenEnv
+		}
+	case "approle":
+		vc.AppRoleMount = DefaultVaultAppRoleMount
+		if v := m.get("role_id"); v == nil {
+			d.add(m.line, field(path, "role_id"), "missing; AppRole needs role_id (it is not a secret)")
+		} else {
+			vc.RoleID, _ = d.text(v, field(path, "role_id"))
+		}
+		f, e := m.get("secret_id_file"), m.get("secret_id_env")
+		switch {
+		case f == nil && e == nil:
+			d.add(m.line, path, "AppRole needs the secret id from secret_id_file or secret_id_env")
+		case f != nil && e != nil:
+			d.add(m.keyLine["secret_id_env"], field(path, "secret_id_env"), "set only one of secret_id_file and secret_id_env")
+		case f != nil:
+			vc.SecretIDFile, _ = d.path(f, field(path, "secret_id_file"))
+		default:
+			vc.SecretIDEnv, _ = d.envName(e, field(path, "secret_id_env"))
+		}
+		if v := m.get("mount"); v != nil {
+			vc.AppRoleMount, _ = d.vaultPath(v, field(path, "mount"))
+		}
+	}
+}
+
+func (d *decoder) credentials(p *Policy, n *yaml.Node, line int) {
+	const path = "credentials"
+	m, _ := d.mapping(n, path, line, nil)
+	for _, name := range m.keys {
+		cpath := field(path, name)
+		cline := m.keyLine[name]
+		d.name("credential", name, cline, cpath)
+		c, ok := d.mapping(m.vals[name], cpath, cline, []string{"env", "file", "vault"})
+		var spec secrets.Spec
+		if !ok {
+			p.Credentials[name] = spec // declared, so references to it do not cascade
+			continue
+		}
+		var sources []string
+		for _, k := range []string{"env", "file", "vault"} {
+			if c.get(k) != nil {
+				sources = append(sources, k)
+			}
+		}
+		switch len(sources) {
+		case 0:
+			d.add(cline, cpath, "no source; set exactly one of env, file or vault")
+		case 1:
+		default:
+			d.add(cline, cpath, "has %s; set exactly one of env, file or vault", strings.Join(sources, " and "))
+		}
+		if v := c.get("env"); v != nil {
+			spec.Env, _ = d.envName(v, field(cpath, "env"))
+		}
+		if v := c.get("file"); v != nil {
+			spec.File, _ = d.path(v, field(cpath, "file"))
+		}
+		if v := c.get("vault"); v != nil {
+			vpath := field(cpath, "vault")
+			spec.Vault = d.vaultRef(v, vpath, c.keyLine["vault"])
+			if p.Vault == nil {
+				d.add(v.Line, vpath, "uses Vault, but the policy has no vault section; add one (\"vault: {}\" takes VAULT_ADDR and VAULT_TOKEN from the environment)")
+			}
+		}
+		p.Credentials[name] = spec
+	}
+}
+
+func (d *decoder) vaultRef(n *yaml.Node, path string, line int) *secrets.VaultRef {
+	m, ok := d.mapping(n, path, line, []string{"mount", "path", "field"})
+	ref := &secrets.VaultRef{Mount: DefaultVaultMount}
+	if !ok {
+		return ref
+	}
+	if v := m.get("mount"); v != nil {
+		ref.Mount, _ = d.vaultPath(v, field(path, "mount"))
+	}
+	if v := m.get("path"); v == nil {
+		d.add(m.line, field(path, "path"), "missing; name the KV v2 secret, e.g. path: castellan/ticketing")
+	} else {
+		ref.Path, _ = d.vaultPath(v, field(path, "path"))
+	}
+	if v := m.get("field"); v == nil {
+		d.add(m.line, field(path, "field"), "missing; name the key inside the secret, e.g. field: api_key")
+	} else {
+		ref.Field, _ = d.text(v, field(path, "field"))
+	}
+	return ref
+}
+
+var vaultSegRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+// vaultPath checks a Vault mount or secret path: segments of letters, digits, ".", "_", "-",
+// with no leading or trailing slash and no "." or ".." segment (which Vault's router would
+// resolve somewhere the reviewer did not read).
+func (d *decoder) vaultPath(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.text(n, path)
+	if !ok {
+		return "", false
+	}
+	for _, seg := range strings.Split(s, "/") {
+		if !vaultSegRE.MatchString(seg) || seg == "." || seg == ".." {
+			d.add(n.Line, path, "Vault path %q: want segments of letters, digits, \".\", \"_\" or \"-\" separated by single \"/\", without leading or trailing \"/\" or \".\"/\"..\" segments", s)
+			return "", false
+		}
+	}
+	return s, true
+}
+
+// httpURL checks an http(s) URL with a host and no userinfo, query or fragment. The URL is
+// never echoed in a message: a malformed one may be exactly the one carrying a password.
+func (d *decoder) httpURL(n *yaml.Node, path string, allowPath bool) (*url.URL, bool) {
+	s, ok := d.text(n, path)
+	if !ok {
+		return nil, false
+	}
+	bad := func(format string, args ...any) (*url.URL, bool) {
+		d.add(n.Line, path, format, args...)
+		return nil, false
+	}
+	if strings.ContainsAny(s, " \t\\") {
+		return bad("must not contain white space or backslashes")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		// url's messages quote parts of the URL (an "invalid port" may be a password), so
+		// only the shape of the fix is given.
+		if strings.Contains(s, "@") {
+			return bad("must not contain user info (user:password@); put credentials under auth")
+		}
+		return bad("not a valid URL; write it as https://host:port/path")
+	}
+	switch {
+	case u.User != nil:
+		return bad("must not contain user info (user:password@); put credentials under auth")
+	case u.Scheme != "http" && u.Scheme != "https":
+		if u.Scheme == "" {
+			return bad("needs a scheme; write it as https://host:port/path")
+		}
+		return bad("scheme %q is not allowed; use http or https", u.Scheme)
+	case u.Opaque != "" || u.Host == "" || u.Hostname() == "":
+		return bad("needs a host; write it as %s://host:port/path", u.Scheme)
+	case u.RawQuery != "" || u.ForceQuery:
+		return bad("must not contain a query (\"?...\"); put query credentials under auth.query, other parameters in the task's request")
+	case u.Fragment != "" || strings.Contains(s, "#"):
+		return bad("must not contain a fragment (\"#...\")")
+	}
+	if p := u.EscapedPath(); p != "" && p != "/" {
+		if !allowPath {
+			return bad("must not have a path; write it as %s://host:port", u.Scheme)
+		}
+		for _, seg := range strings.Split(strings.Trim(u.Path, "/"), "/") {
+			if seg == "" || seg == "." || seg == ".." {
+				return bad("path must not contain empty, \".\" or \"..\" segments")
+			}
+		}
+	}
+	return u, true
+}
+
+func (d *decoder) endpoints(p *Policy, n *yaml.Node, line int) {
+	const path = "endpoints"
+	m, _ := d.mapping(n, path, line, nil)
+	for _, name := range m.keys {
+		epath := field(path, name)
+		eline := m.keyLine[name]
+		d.name("endpoint", name, eline, epath)
+		e, ok := d.mapping(m.vals[name], epath, eline, []string{"base_url", "allow", "auth", "timeout", "max_response_bytes", "max_request_bytes"})
+		ep := &egress.Endpoint{
+			Name:             name,
+			Timeout:          egress.DefaultTimeout,
+			MaxResponseBytes: egress.DefaultMaxResponseBytes,
+			MaxRequestBytes:  egress.DefaultMaxRequestBytes,
+		}
+		p.Endpoints[name] = ep
+		if !ok {
+			continue
+		}
+		if v := e.get("base_url"); v == nil {
+			d.add(eline, field(epath, "base_url"), "missing; set the endpoint's base URL, e.g. https://crm.internal/")
+		} else {
+			ep.BaseURL, _ = d.httpURL(v, field(epath, "base_url"), true)
+		}
+		d.rules(ep, e.get("allow"), field(epath, "allow"), eline)
+		if v := e.get("auth"); v != nil {
+			ep.Auth = d.auth(p, v, field(epath, "auth"), e.keyLine["auth"])
+		}
+		if v := e.get("timeout"); v != nil {
+			if t, ok := d.duration(v, field(epath, "timeout"), MaxEndpointTimeout); ok {
+				ep.Timeout = t
+			}
+		}
+		if v := e.get("max_response_bytes"); v != nil {
+			if s, ok := d.size(v, field(epath, "max_response_bytes"), 1, MaxEndpointBytes); ok {
+				ep.MaxResponseBytes = s
+			}
+		}
+		if v := e.get("max_request_bytes"); v != nil {
+			if s, ok := d.size(v, field(epath, "max_request_bytes"), 1, MaxEndpointBytes); ok {
+				ep.MaxRequestBytes = s
+			}
+		}
+	}
+}
+
+func (d *decoder) rules(ep *egress.Endpoint, n *yaml.Node, path string, line int) {
+	if n == nil {
+		d.add(line, path, "missing; an endpoint needs at least one rule such as \"GET /api/customers/*\"")
+		return
+	}
+	items, ok := d.list(n, path)
+	if !ok {
+		return
+	}
+	if len(items) == 0 {
+		d.add(n.Line, path, "empty; an endpoint needs at least one rule such as \"GET /api/customers/*\" (remove the endpoint if nothing may reach it)")
+		return
+	}
+	seen := map[string]int{}
+	for i, it := range items {
+		ipath := index(path, i)
+		s, ok := d.text(it, ipath)
+		if !ok {
+			continue
+		}
+		r, err := egress.ParseRule(s)
+		if err != nil {
+			d.add(it.Line, ipath, "%v", err)
+			continue
+		}
+		if first, dup := seen[r.String()]; dup {
+			d.add(it.Line, ipath, "rule %q repeats allow[%d]; remove one", s, first)
+			continue
+		}
+		seen[r.String()] = i
+		ep.Rules = append(ep.Rules, r)
+	}
+}
+
+var (
+	// Headers that a proxy or the transport owns: a credential there would be stripped,
+	// misrouted or break message framing.
+	forbiddenAuthHeaders = map[string]bool{
+		"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true,
+		"Transfer-Encoding": true, "Upgrade": true, "Host": true, "Content-Length": true,
+	}
+	headerTokenRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	queryParamRE  = regexp.MustCompile(`^[A-Za-z0-9_.~\[\]-]+$`)
+)
+
+func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Auth {
+	kinds := []string{"bearer", "header", "basic", "query"}
+	m, ok := d.mapping(n, path, line, kinds)
+	if !ok {
+		return egress.Auth{}
+	}
+	if len(m.keys) != 1 {
+		what := "nothing"
+		if len(m.keys) > 1 {
+			what = strings.Join(m.keys, " and ")
+		}
+		d.add(line, path, "has %s; set exactly one of bearer, header, basic or query (or remove auth)", what)
+		if len(m.keys) == 0 {
+			return egress.Auth{}
+		}
+	}
+	kind := m.keys[0]
+	kpath, v := field(path, kind), m.vals[kind]
+	switch kind {
+	case "bearer":
+		return egress.Auth{Kind: egress.AuthHeader, Credential: d.credRef(p, v, kpath),
+			Header: "Authorization", Format: "Bearer {secret}"}
+	case "header":
+		h, ok := d.mapping(v, kpath, m.keyLine[kind], []string{"name", "format", "credential"})
+		a := egress.Auth{Kind: egress.AuthHeader, Format: "{secret}"}
+		if !ok {
+			return a
+		}
+		if hn := h.get("name"); hn == nil {
+			d.add(h.line, field(kpath, "name"), "missing; name the header, e.g. X-API-Key")
+		} else if s, ok := d.text(hn, field(kpath, "name")); ok {
+			canon := http.CanonicalHeaderKey(s)
+			switch {
+			case !headerTokenRE.MatchString(s):
+				d.add(hn.Line, field(kpath, "name"), "header name %q is not a valid HTTP token", s)
+			case forbiddenAuthHeaders[canon] || strings.HasPrefix(canon, "Proxy-"):
+				d.add(hn.Line, field(kpath, "name"), "header %q is hop-by-hop or controls message framing and cannot carry a credential; use e.g. Authorization or X-API-Key", canon)
+			}
+			a.Header = canon
+		}
+		if f := h.get("format"); f != nil {
+			if s, ok := d.text(f, field(kpath, "format")); ok {
+				if c := strings.Count(s, "{secret}"); c != 1 {
+					d.add(f.Line, field(kpath, "format"), "must contain {secret} exactly once (found %d), e.g. \"Token {secret}\"", c)
+				}
+				a.Format = s
+			}
+		}
+		a.Credential = d.requiredCredRef(p, h, kpath)
+		return a
+	case "basic":
+		b, ok := d.mapping(v, kpath, m.keyLine[kind], []string{"username", "credential"})
+		a := egress.Auth{Kind: egress.AuthBasic}
+		if !ok {
+			return a
+		}
+		if u := b.get("username"); u == nil {
+			d.add(b.line, field(kpath, "username"), "missing; set the literal user name (the credential is the password)")
+		} else if s, ok := d.text(u, field(kpath, "username")); ok {
+			if strings.Contains(s, ":") {
+				d.add(u.Line, field(kpath, "username"), "must not contain \":\" (basic auth separates user and password with it)")
+			}
+			a.Username = s
+		}
+		a.Credential = d.requiredCredRef(p, b, kpath)
+		return a
+	default: // query
+		q, ok := d.mapping(v, kpath, m.keyLine[kind], []string{"param", "credential"})
+		a := egress.Auth{Kind: egress.AuthQuery}
+		if !ok {
+			return a
+		}
+		if pn := q.get("param"); pn == nil {
+			d.add(q.line, field(kpath, "param"), "missing; name the query parameter, e.g. api_key")
+		} else if s, ok := d.text(pn, field(kpath, "param")); ok {
+			if !queryParamRE.MatchString(s) {
+				d.add(pn.Line, field(kpath, "param"), "query parameter %q: use letters, digits, \"_\", \".\", \"-\", \"~\" or brackets", s)
+			}
+			a.Param = s
+		}
+		a.Credential = d.requiredCredRef(p, q, kpath)
+		return a
+	}
+}
+
+func (d *decoder) requiredCredRef(p *Policy, m *mapping, path string) string {
+	v := m.get("credential")
+	if v == nil {
+		d.add(m.line, field(path, "credential"), "missing; name a credential from the credentials section")
+		return ""
+	}
+	return d.credRef(p, v, field(path, "credential"))
+}
+
+// credRef checks that a credential name refers to a declared credential.
+func (d *decoder) credRef(p *Policy, n *yaml.Node, path string) string {
+	s, ok := d.text(n, path)
+	if !ok {
+		return ""
+	}
+	if _, ok := p.Credentials[s]; !ok {
+		d.add(n.Line, path, "unknown credential %q; declare it under credentials%s", s, known(p.Credentials))
+	}
+	return s
+}
+
+func known[V any](m map[string]V) string {
+	if len(m) == 0 {
+		return " (there are none yet)"
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return fmt.Sprintf(" (declared: %s)", strings.Join(names, ", "))
+}
+
+func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
+	const path = "tasks"
+	m, _ := d.mapping(n, path, line, nil)
+	for _, name := range m.keys {
+		tpath := field(path, name)
+		tline := m.keyLine[name]
+		d.name("task", name, tline, tpath)
+		t, ok := d.mapping(m.vals[name], tpath, tline, []string{"module", "sha256", "entry", "version", "description", "endpoints", "on_secret_in_output", "limits"})
+		task := &Task{
+			Name:             name,
+			Entry:            DefaultEntry,
+			Version:          DefaultTaskVersion,
+			OnSecretInOutput: DefaultOnSecretInOutput,
+			Endpoints:        []string{},
+		}
+		p.Tasks[name] = task
+		if !ok {
+			continue
+		}
+		if v := t.get("module"); v == nil {
+			d.add(tline, field(tpath, "module"), "missing; set the path of the task's .wasm file")
+		} else {
+			task.Module, _ = d.path(v, field(tpath, "module"))
+		}
+		if v := t.get("sha256"); v != nil {
+			if s, ok := d.text(v, field(tpath, "sha256")); ok {
+				if !sha256RE.MatchString(s) {
+					d.add(v.Line, field(tpath, "sha256"), "must be 64 hexadecimal characters (the output of sha256sum), got %d characters", len(s))
+				}
+				task.SHA256 = strings.ToLower(s)
+			}
+		}
+		if v := t.get("entry"); v != nil {
+			if s, ok := d.text(v, field(tpath, "entry")); ok {
+				if len(s) > 256 {
+					d.add(v.Line, field(tpath, "entry"), "export name longer than 256 bytes")
+				}
+				task.Entry = s
+			}
+		}
+		if v := t.get("version"); v != nil {
+			if s, ok := d.text(v, field(tpath, "version")); ok {
+				if len(s) > 64 {
+					d.add(v.Line, field(tpath, "version"), "longer than 64 bytes")
+				}
+				task.Version = s
+			}
+		}
+		if v := t.get("description"); v != nil {
+			task.Description, _ = d.str(v, field(tpath, "description"))
+		}
+		if v := t.get("on_secret_in_output"); v != nil {
+			if s, ok := d.text(v, field(tpath, "on_secret_in_output")); ok {
+				if s != "fail" && s != "redact" {
+					d.add(v.Line, field(tpath, "on_secret_in_output"), "unknown value %q; use fail or redact", s)
+				}
+				task.OnSecretInOutput = s
+			}
+		}
+		if v := t.get("endpoints"); v != nil {
+			d.grants(p, task, v, field(tpath, "endpoints"))
+		}
+		task.Limits = d.limits(t.get("limits"), field(tpath, "limits"), t.keyLine["limits"])
+	}
+}
+
+var sha256RE = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+
+func (d *decoder) grants(p *Policy, task *Task, n *yaml.Node, path string) {
+	items, ok := d.list(n, path)
+	if !ok {
+		return
+	}
+	seen := map[string]int{}
+	for i, it := range items {
+		ipath := index(path, i)
+		s, ok := d.text(it, ipath)
+		if !ok {
+			continue
+		}
+		if _, ok := p.Endpoints[s]; !ok {
+			d.add(it.Line, ipath, "unknown endpoint %q; declare it under endpoints%s", s, known(p.Endpoints))
+			continue
+		}
+		if first, dup := seen[s]; dup {
+			d.add(it.Line, ipath, "endpoint %q is already granted at endpoints[%d]; remove one", s, first)
+			continue
+		}
+		seen[s] = i
+		task.Endpoints = append(task.Endpoints, s)
+	}
+}
+
+func (d *decoder) limits(n *yaml.Node, path string, line int) Limits {
+	l := Limits{
+		MemoryPages: DefaultMemory / WasmPageSize,
+		Timeout:     DefaultTimeout,
+		OutputBytes: DefaultOutput,
+		HTTPCalls:   DefaultHTTPCalls,
+		LogBytes:    DefaultLogBytes,
+	}
+	m, _ := d.mapping(n, path, line, []string{"memory", "timeout", "output_bytes", "http_calls", "log_bytes"})
+	if v := m.get("memory"); v != nil {
+		if s, ok := d.size(v, field(path, "memory"), MinMemory, MaxMemory); ok {
+			l.MemoryPages = uint32((s + WasmPageSize - 1) / WasmPageSize)
+		}
+	}
+	if v := m.get("timeout"); v != nil {
+		if t, ok := d.duration(v, field(path, "timeout"), MaxTimeout); ok {
+			l.Timeout = t
+		}
+	}
+	if v := m.get("output_bytes"); v != nil {
+		if s, ok := d.size(v, field(path, "output_bytes"), 0, MaxOutput); ok {
+			l.OutputBytes = s
+		}
+	}
+	if v := m.get("http_calls"); v != nil {
+		if c, ok := d.integer(v, field(path, "http_calls"), 0, MaxHTTPCalls); ok {
+			l.HTTPCalls = int(c)
+		}
+	}
+	if v := m.get("log_bytes"); v != nil {
+		if s, ok := d.size(v, field(path, "log_bytes"), 0, MaxLogBytes); ok {
+			l.LogBytes = s
+		}
+	}
+	return l
+}

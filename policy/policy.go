@@ -1,0 +1,130 @@
+package policy
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/secrets"
+)
+
+// Policy is a loaded, fully validated policy: every reference resolves, every default is
+// applied, and endpoints are ready for the egress gateway.
+type Policy struct {
+	Path        string                      // file it was loaded from (the name given to Parse)
+	Vault       *secrets.VaultConfig        // nil when the policy has no vault section
+	Credentials map[string]secrets.Spec     // by credential name
+	Endpoints   map[string]*egress.Endpoint // by endpoint name; BaseURL, Rules and Auth built, defaults applied
+	Tasks       map[string]*Task            // by task name
+}
+
+// Task is one task the worker may run.
+type Task struct {
+	Name        string
+	Module      string // absolute, cleaned path of the .wasm file
+	SHA256      string // lower-case hex pin of the module file; empty when unpinned
+	Entry       string // exported function to call, default "run"
+	Version     string // sent to the control plane catalog, default "0"
+	Description string
+	// Endpoints are the logical endpoint names the task may call, in policy order. Every name
+	// is a key of Policy.Endpoints.
+	Endpoints        []string
+	OnSecretInOutput string // "fail" or "redact"
+	Limits           Limits
+}
+
+// Limits bound one run of a task. Every field is set (defaults applied), so zero means zero:
+// HTTPCalls 0 forbids calls and LogBytes 0 drops every log line.
+type Limits struct {
+	MemoryPages uint32        // 64 KiB WebAssembly pages
+	Timeout     time.Duration // wall clock for the whole job
+	OutputBytes int64
+	HTTPCalls   int
+	LogBytes    int64
+}
+
+// Defaults and bounds, as documented in docs/policy.md.
+const (
+	DefaultEntry            = "run"
+	DefaultTaskVersion      = "0"
+	DefaultOnSecretInOutput = "fail"
+
+	WasmPageSize       = 64 << 10
+	DefaultMemory      = 64 << 20
+	MinMemory          = 64 << 10
+	MaxMemory          = 1 << 30
+	DefaultTimeout     = 30 * time.Second
+	MaxTimeout         = time.Hour
+	DefaultOutput      = 1 << 20
+	MaxOutput          = 64 << 20
+	DefaultHTTPCalls   = 100
+	MaxHTTPCalls       = 100000
+	DefaultLogBytes    = 64 << 10
+	MaxLogBytes        = 64 << 20
+	MaxEndpointBytes   = 1 << 30
+	MaxEndpointTimeout = time.Hour
+
+	DefaultVaultMount          = "secret"
+	DefaultVaultAuthMethod     = "token"
+	DefaultVaultTokenEnv       = "VAULT_TOKEN"
+	DefaultVaultAppRoleMount   = "approle"
+	DefaultVaultCacheTTL       = 5 * time.Minute
+	DefaultVaultRequestTimeout = 10 * time.Second
+)
+
+// Load reads and parses the policy file at path. Relative paths inside it (modules, credential
+// files, Vault CA and token files) resolve against the file's directory. Any problem, including
+// an unreadable file, is returned as *Error.
+func Load(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &Error{Problems: []Problem{{File: path, Msg: readErrorMsg(err)}}}
+	}
+	dir := filepath.Dir(path)
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return Parse(path, data, dir)
+}
+
+func readErrorMsg(err error) string {
+	switch {
+	case os.IsNotExist(err):
+		return "cannot read the policy: file does not exist; check the path (or --policy flag)"
+	case os.IsPermission(err):
+		return "cannot read the policy: permission denied; the worker's user needs read access"
+	}
+	// A *PathError repeats the path, which the Problem already names.
+	if pe, ok := err.(*os.PathError); ok {
+		err = pe.Err
+	}
+	return "cannot read the policy: " + err.Error()
+}
+
+// Parse parses policy data. name is used in error messages and as Policy.Path; relative paths
+// inside the policy resolve against baseDir (made absolute with the working directory if it is
+// relative). Every problem found is returned, together, as *Error.
+func Parse(name string, data []byte, baseDir string) (*Policy, error) {
+	if name == "" {
+		name = "policy"
+	}
+	d := &decoder{file: name, baseDir: baseDir}
+	p := d.policy(data)
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	p.Path = name
+	return p, nil
+}
+
+// TaskNames returns the task names in sorted order.
+func (p *Policy) TaskNames() []string {
+	names := make([]string, 0, len(p.Tasks))
+	for n := range p.Tasks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

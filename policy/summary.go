@@ -1,0 +1,106 @@
+package policy
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/castellan-dev/castellan/egress"
+)
+
+// WriteSummary writes a human summary of the policy, the output of `castellan policy check`:
+// per task (sorted by name) its module and pin, limits, and each granted endpoint with its
+// base URL, rules and credential. A credential appears only as its name, where its value
+// comes from (env, file or vault) and how it is injected, never as a value or reference.
+// The output is deterministic so it can be diffed in review.
+func (p *Policy) WriteSummary(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "policy %s: %s, %s, %s\n", p.Path,
+		plural(len(p.Tasks), "task"), plural(len(p.Endpoints), "endpoint"), plural(len(p.Credentials), "credential"))
+	if v := p.Vault; v != nil {
+		addr := v.Address
+		if addr == "" {
+			addr = "from VAULT_ADDR"
+		}
+		fmt.Fprintf(&b, "vault: %s, auth %s\n", addr, v.AuthMethod)
+	}
+	for _, name := range p.TaskNames() {
+		t := p.Tasks[name]
+		fmt.Fprintf(&b, "\ntask %s (version %s)\n", t.Name, t.Version)
+		if t.Description != "" {
+			fmt.Fprintf(&b, "  description: %s\n", strings.Join(strings.Fields(t.Description), " "))
+		}
+		pin := "unpinned"
+		if t.SHA256 != "" {
+			pin = "sha256 " + t.SHA256
+		}
+		fmt.Fprintf(&b, "  module: %s (%s), entry %s\n", t.Module, pin, t.Entry)
+		l := t.Limits
+		fmt.Fprintf(&b, "  limits: memory %s (%d pages), timeout %s, output %s, http calls %d, log %s\n",
+			formatSize(int64(l.MemoryPages)*WasmPageSize), l.MemoryPages, formatDuration(l.Timeout),
+			formatSize(l.OutputBytes), l.HTTPCalls, formatSize(l.LogBytes))
+		fmt.Fprintf(&b, "  secret in output: %s\n", t.OnSecretInOutput)
+		if len(t.Endpoints) == 0 {
+			b.WriteString("  endpoints: none (no network access)\n")
+		}
+		for _, en := range t.Endpoints {
+			p.writeEndpoint(&b, p.Endpoints[en])
+		}
+	}
+	if unused := p.unusedEndpoints(); len(unused) > 0 {
+		fmt.Fprintf(&b, "\nendpoints granted to no task: %s\n", strings.Join(unused, ", "))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func (p *Policy) writeEndpoint(b *strings.Builder, e *egress.Endpoint) {
+	fmt.Fprintf(b, "  endpoint %s: %s\n", e.Name, e.BaseURL)
+	for _, r := range e.Rules {
+		fmt.Fprintf(b, "    allow %s\n", r)
+	}
+	if a := e.Auth; a.Kind != egress.AuthNone {
+		fmt.Fprintf(b, "    credential %s from %s, %s\n", a.Credential, p.Credentials[a.Credential].Source(), injection(a))
+	} else {
+		b.WriteString("    credential: none\n")
+	}
+	fmt.Fprintf(b, "    timeout %s, max response %s, max request %s\n",
+		formatDuration(e.Timeout), formatSize(e.MaxResponseBytes), formatSize(e.MaxRequestBytes))
+}
+
+func injection(a egress.Auth) string {
+	switch a.Kind {
+	case egress.AuthHeader:
+		return fmt.Sprintf("as header %s: %s", a.Header, a.Format)
+	case egress.AuthBasic:
+		return fmt.Sprintf("as basic auth password for user %s", a.Username)
+	case egress.AuthQuery:
+		return fmt.Sprintf("as query parameter %s", a.Param)
+	}
+	return "not injected"
+}
+
+func (p *Policy) unusedEndpoints() []string {
+	used := map[string]bool{}
+	for _, t := range p.Tasks {
+		for _, e := range t.Endpoints {
+			used[e] = true
+		}
+	}
+	var out []string
+	for name := range p.Endpoints {
+		if !used[name] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}

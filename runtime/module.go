@@ -1,0 +1,329 @@
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
+	"github.com/tetratelabs/wazero/sys"
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/hostfuncs"
+	"github.com/castellan-dev/castellan/outcome"
+)
+
+const i32 = api.ValueTypeI32
+
+// Module is a compiled task module, ready to run jobs. It is safe for concurrent use: every
+// job gets its own instance.
+type Module struct {
+	engine     *Engine
+	cfg        ModuleConfig
+	limits     Limits
+	digest     string
+	rt         wazero.Runtime
+	compiled   wazero.CompiledModule
+	imports    []hostfuncs.Import
+	initialize bool // reactor with _initialize
+	command    bool // command module: the job runs in _start
+	pool       *pool
+	log        *zap.Logger
+
+	closeOnce sync.Once
+}
+
+// Digest is the hex SHA-256 of the module binary.
+func (m *Module) Digest() string { return m.digest }
+
+// Imports lists the functions the module imports, for the security audit.
+func (m *Module) Imports() []hostfuncs.Import { return append([]hostfuncs.Import(nil), m.imports...) }
+
+// Limits returns the effective limits, defaults applied.
+func (m *Module) Limits() Limits { return m.limits }
+
+// Close releases the module's instances and runtime. Jobs running on it fail.
+func (m *Module) Close(ctx context.Context) error {
+	m.engine.mu.Lock()
+	delete(m.engine.mods, m)
+	m.engine.mu.Unlock()
+	return m.close(ctx)
+}
+
+func (m *Module) close(ctx context.Context) error {
+	var err error
+	m.closeOnce.Do(func() {
+		if m.pool != nil {
+			m.pool.stop(ctx)
+		}
+		err = m.rt.Close(ctx)
+	})
+	return err
+}
+
+// Job is one execution request.
+type Job struct {
+	ID    string
+	Input []byte
+	// Log is the logger for this job's lines. Optional; default is the engine's logger
+	// tagged with task and job.
+	Log *zap.Logger
+}
+
+// Result is how a job ended. Err is nil on success, otherwise an *outcome.Error; Output is
+// only set on success (or when the output guard redacted it).
+type Result struct {
+	Output    []byte
+	Err       error
+	Duration  time.Duration
+	HTTPCalls int
+	Digest    string
+}
+
+// Code returns the outcome code of r.
+func (r Result) Code() outcome.Code { return outcome.CodeOf(r.Err) }
+
+// Run runs one job in a fresh instance and returns how it ended. It never panics on
+// anything the guest does. The job's wall-clock limit starts here and covers instantiation
+// when no pre-initialised instance is ready.
+func (m *Module) Run(ctx context.Context, job Job) Result {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, m.limits.Timeout)
+	defer cancel()
+
+	log := job.Log
+	if log == nil {
+		log = m.log.With(zap.String("job", job.ID))
+	}
+	j := &hostfuncs.Job{
+		ID:          job.ID,
+		Task:        m.cfg.Name,
+		Input:       job.Input,
+		OutputLimit: m.limits.OutputBytes,
+		HTTP:        m.cfg.HTTP,
+		HTTPCalls:   m.limits.HTTPCalls,
+		Log:         log,
+		LogBytes:    m.limits.LogBytes,
+	}
+	if m.cfg.Guard != nil {
+		j.Scrub = m.cfg.Guard
+	}
+	res := Result{Digest: m.digest}
+	err := m.run(ctx, j)
+	res.HTTPCalls = j.Calls()
+	res.Duration = time.Since(start)
+	if err == nil {
+		res.Output, err = m.guardOutput(j.Output())
+	}
+	if err != nil {
+		res.Err = m.guardError(err)
+		res.Output = nil
+	}
+	return res
+}
+
+func (m *Module) run(ctx context.Context, j *hostfuncs.Job) error {
+	if m.command {
+		// A command module runs the job in _start, so it cannot be prepared ahead.
+		inst, err := m.instantiate(hostfuncs.WithJob(ctx, j), j, []string{"_start"})
+		if inst != nil {
+			defer inst.close(ctx)
+		}
+		j.CloseResponses()
+		return m.classify(ctx, inst, j, 0, err)
+	}
+	inst, err := m.take(ctx, j)
+	if err != nil {
+		return err
+	}
+	defer inst.close(ctx)
+	inst.stdio.bind(j)
+	results, err := inst.entry.Call(hostfuncs.WithJob(ctx, j))
+	j.CloseResponses()
+	var rc uint32
+	if len(results) == 1 {
+		rc = api.DecodeU32(results[0])
+	}
+	return m.classify(ctx, inst, j, rc, err)
+}
+
+// take returns a pre-initialised instance, or makes one now.
+func (m *Module) take(ctx context.Context, j *hostfuncs.Job) (*instance, error) {
+	if m.pool != nil {
+		if inst := m.pool.get(); inst != nil {
+			return inst, nil
+		}
+	}
+	inst, err := m.instantiate(ctx, nil, m.startFunctions())
+	if err != nil {
+		return nil, m.classify(ctx, inst, j, 0, err)
+	}
+	if m.pool != nil {
+		m.pool.healthy()
+	}
+	return inst, nil
+}
+
+func (m *Module) startFunctions() []string {
+	if m.initialize {
+		return []string{"_initialize"}
+	}
+	return nil
+}
+
+// instance is one instantiation of the module, used for exactly one job.
+type instance struct {
+	mod   api.Module
+	entry api.Function
+	mem   *linearMemory
+	stdio *stdio
+}
+
+func (i *instance) close(ctx context.Context) {
+	if i.mod != nil {
+		_ = i.mod.Close(ctx)
+	}
+}
+
+// instantiate creates a fresh anonymous instance and runs its start functions. j, when set,
+// receives the stdout/stderr lines (command modules); otherwise they go to the module log
+// until a job is bound.
+func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []string) (*instance, error) {
+	inst := &instance{
+		mem:   &linearMemory{limit: uint64(m.limits.MemoryPages) * 65536},
+		stdio: newStdio(m.log, m.limits.LogBytes),
+	}
+	if j != nil {
+		inst.stdio.bind(j)
+	}
+	mc := wazero.NewModuleConfig().
+		WithName(""). // anonymous: nothing else in the runtime can import it
+		WithStartFunctions(start...).
+		WithSysWalltime().
+		WithSysNanotime().
+		WithSysNanosleep().
+		WithRandSource(rand.Reader).
+		WithStdout(inst.stdio.stream("stdout")).
+		WithStderr(inst.stdio.stream("stderr"))
+	mod, err := m.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.mem), m.compiled, mc)
+	inst.stdio.flush()
+	if mod != nil {
+		inst.mod = mod
+	}
+	if err != nil {
+		return inst, err
+	}
+	if !m.command {
+		inst.entry = mod.ExportedFunction(m.cfg.Entry)
+	}
+	return inst, nil
+}
+
+// classify turns what the guest did into an outcome. The order matters: a fatal condition
+// recorded by a host function wins over the trap it caused; the job's deadline wins over
+// the exit it forced; a refused memory.grow explains the trap or exit that followed it.
+func (m *Module) classify(ctx context.Context, inst *instance, j *hostfuncs.Job, rc uint32, err error) error {
+	if inst != nil {
+		inst.stdio.flush()
+	}
+	if f := j.Fatal(); f != nil {
+		return f
+	}
+	var exit *sys.ExitError
+	if errors.As(err, &exit) {
+		switch exit.ExitCode() {
+		case sys.ExitCodeDeadlineExceeded:
+			return outcome.Wrap(outcome.Timeout, context.DeadlineExceeded, "task exceeded its %s time limit", m.limits.Timeout)
+		case sys.ExitCodeContextCanceled:
+			return outcome.Wrap(outcome.Cancelled, context.Canceled, "job cancelled")
+		case 0:
+			err = nil // proc_exit(0): a normal end
+		}
+	}
+	if err == nil && ctx.Err() != nil {
+		// The deadline passed while the last host call returned; the result is not trusted.
+		return m.ctxOutcome(ctx)
+	}
+	if err != nil {
+		var oe *outcome.Error
+		switch {
+		case errors.As(err, &oe):
+			return oe
+		case inst != nil && inst.mem.refused:
+			return outcome.Wrap(outcome.MemoryLimit, err, "task exceeded its memory limit of %d pages (%d MiB)",
+				m.limits.MemoryPages, m.limits.MemoryPages/16)
+		case ctx.Err() != nil:
+			return m.ctxOutcome(ctx)
+		case exit != nil:
+			msg := fmt.Sprintf("task exited with code %d", exit.ExitCode())
+			if f, ok := j.Failure(); ok {
+				msg = f
+			}
+			return outcome.Wrap(outcome.TaskError, err, "%s", msg)
+		case isLinkError(err):
+			return outcome.Wrap(outcome.ModuleRejected, err, "task %q: %s", m.cfg.Name, firstLine(err))
+		default:
+			return outcome.Wrap(outcome.Trap, err, "%s", firstLine(err))
+		}
+	}
+	if f, ok := j.Failure(); ok {
+		return outcome.New(outcome.TaskError, "%s", f)
+	}
+	if rc != 0 {
+		return outcome.New(outcome.TaskError, "task returned %d", rc)
+	}
+	return nil
+}
+
+func (m *Module) ctxOutcome(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return outcome.Wrap(outcome.Cancelled, context.Canceled, "job cancelled")
+	}
+	return outcome.Wrap(outcome.Timeout, context.DeadlineExceeded, "task exceeded its %s time limit", m.limits.Timeout)
+}
+
+func isLinkError(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "import") && (strings.Contains(s, "not instantiated") || strings.Contains(s, "not exported"))
+}
+
+func firstLine(err error) string {
+	s := err.Error()
+	s, _, _ = strings.Cut(s, "\n")
+	return strings.TrimSuffix(s, " (recovered by wazero)")
+}
+
+func joinLines(ss []string) string { return strings.Join(ss, "\n  ") }
+
+// guardOutput is the output guard: no credential value leaves the worker in a result.
+func (m *Module) guardOutput(out []byte) ([]byte, error) {
+	g := m.cfg.Guard
+	if g == nil || !g.Contains(out) {
+		return out, nil
+	}
+	if m.cfg.RedactOutput {
+		m.log.Warn("credential value redacted from task output")
+		return g.Redact(out), nil
+	}
+	return nil, outcome.New(outcome.SecretInOutput, "the output contained a credential value and was discarded")
+}
+
+// guardError applies the output guard to the message of a failure, which is sent to the
+// control plane as well.
+func (m *Module) guardError(err error) error {
+	g := m.cfg.Guard
+	var oe *outcome.Error
+	if g == nil || !errors.As(err, &oe) || !g.Contains([]byte(oe.Msg)) {
+		return err
+	}
+	if m.cfg.RedactOutput {
+		return &outcome.Error{Code: oe.Code, Msg: g.RedactString(oe.Msg), Err: oe.Err}
+	}
+	return outcome.New(outcome.SecretInOutput, "the task's error message contained a credential value and was discarded")
+}

@@ -1,0 +1,38 @@
+// Package secrets resolves the credential names used in the policy ("crm_token") to their
+// values, at the moment a host function needs them, so that rotated values are picked up
+// without restarting the worker.
+//
+// Providers, chosen per credential by its [Spec]:
+//
+//   - env: an environment variable of the worker process, read on every call.
+//   - file: a file on the worker's host (a mounted Kubernetes or systemd secret), read on
+//     every call; one trailing newline is trimmed because editors and `echo` add one.
+//   - vault: one field of a KV version 2 secret in HashiCorp Vault. The store logs in with a
+//     token (file or environment variable) or AppRole, renews renewable tokens in the
+//     background, re-logs in with AppRole when the token is rejected or expires, and caches
+//     each secret for [VaultConfig].CacheTTL. Concurrent callers of an uncached secret share
+//     one request.
+//
+// Threat model. The adversary is the sandboxed task and anyone who reads what the worker
+// reports (the control plane, logs, audit events). So:
+//
+//   - Values are never logged and never put in an error. Error messages are built from our
+//     own words and HTTP status codes, never from Vault's error strings or response bodies
+//     (which can echo request details), and the Vault token is never part of any message.
+//     The local cause wrapped in an error is reduced to a context error, an errno or a
+//     status code for the same reason.
+//   - Every value loaded is added to the worker's redact.Set before it is returned, so every
+//     stream the worker scrubs knows it, in all its encodings. A value shorter than
+//     redact.MinSecretLen is refused: it could not be scrubbed without destroying ordinary
+//     text, and an unscrubbable credential must not be injected anywhere.
+//   - Values live in process memory only: the Vault cache is a map in the Store, never
+//     written to disk, and dropped with the Store. Go strings cannot be wiped, so memory
+//     dumps of the worker are out of scope; protect the host instead.
+//   - The Vault token lives in the Store too; it is sent only to the configured Vault
+//     address, in the X-Vault-Token header.
+//
+// Errors returned by [Store.Credential] and [Store.Preload] are *outcome.Error with code
+// outcome.CredentialUnavailable (retryable: Vault may come back), and errors.Is works for
+// context.Canceled and context.DeadlineExceeded. Configuration errors from [NewStore] are
+// plain errors: they stop the worker at start-up.
+package secrets

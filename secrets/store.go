@@ -1,0 +1,333 @@
+package secrets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/outcome"
+	"github.com/castellan-dev/castellan/redact"
+)
+
+const (
+	defaultMount          = "secret"
+	defaultTokenEnv       = "VAULT_TOKEN"
+	defaultAppRoleMount   = "approle"
+	defaultCacheTTL       = 5 * time.Minute
+	defaultRequestTimeout = 10 * time.Second
+	// maxFileSize bounds what a file credential may hold: a credential is short, and a
+	// misconfigured path to a large file should fail, not fill memory.
+	maxFileSize = 64 << 10
+)
+
+// Store resolves credential names to values. It is safe for concurrent use.
+type Store struct {
+	specs map[string]Spec
+	red   *redact.Set
+	log   *zap.Logger
+	vault *vaultClient // nil when no credential comes from Vault
+	ttl   time.Duration
+	now   func() time.Time // the cache's clock; tests replace it
+
+	mu    sync.Mutex
+	cache map[string]*entry // by "mount/data/path"
+	waits int               // callers that joined an in-flight fetch; read by tests
+
+	closeOnce sync.Once
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// entry is one Vault secret, fetched or being fetched. data and err are written once,
+// before done is closed, and read only after.
+type entry struct {
+	done    chan struct{}
+	data    map[string]any
+	err     error
+	expires time.Time
+}
+
+// NewStore checks specs and the Vault configuration and returns a Store. It contacts no
+// provider: call Preload for that. vault may be nil (every field then takes its default or
+// environment fallback); it is only used when some spec names Vault. log may be nil.
+func NewStore(specs map[string]Spec, vault *VaultConfig, red *redact.Set, log *zap.Logger) (*Store, error) {
+	if red == nil {
+		return nil, errors.New("secrets: NewStore needs the worker's redact.Set")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Store{
+		specs: make(map[string]Spec, len(specs)),
+		red:   red,
+		log:   log,
+		ttl:   defaultCacheTTL,
+		now:   time.Now,
+		cache: make(map[string]*entry),
+	}
+	needVault := false
+	for name, sp := range specs {
+		sp, err := checkSpec(name, sp)
+		if err != nil {
+			return nil, err
+		}
+		s.specs[name] = sp
+		needVault = needVault || sp.Vault != nil
+	}
+	bg, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	if needVault {
+		cfg := VaultConfig{}
+		if vault != nil {
+			cfg = *vault
+		}
+		if cfg.CacheTTL > 0 {
+			s.ttl = cfg.CacheTTL
+		}
+		vc, err := newVaultClient(cfg, log.Named("vault"), bg, &s.wg)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		s.vault = vc
+	}
+	return s, nil
+}
+
+func checkSpec(name string, sp Spec) (Spec, error) {
+	if name == "" {
+		return sp, errors.New("secrets: a credential has an empty name")
+	}
+	n := 0
+	for _, set := range []bool{sp.Env != "", sp.File != "", sp.Vault != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return sp, fmt.Errorf("secrets: credential %q: set exactly one of env, file or vault (found %d)", name, n)
+	}
+	if sp.Vault != nil {
+		ref := *sp.Vault // copy: the caller's struct stays theirs
+		ref.Mount = strings.Trim(ref.Mount, "/")
+		if ref.Mount == "" {
+			ref.Mount = defaultMount
+		}
+		ref.Path = strings.Trim(ref.Path, "/")
+		if ref.Path == "" {
+			return sp, fmt.Errorf("secrets: credential %q: vault path is empty", name)
+		}
+		for _, seg := range strings.Split(ref.Mount+"/"+ref.Path, "/") {
+			if seg == "" || seg == "." || seg == ".." {
+				return sp, fmt.Errorf("secrets: credential %q: vault mount/path %q has an empty, \".\" or \"..\" segment", name, ref.Mount+"/"+ref.Path)
+			}
+		}
+		if ref.Field == "" {
+			return sp, fmt.Errorf("secrets: credential %q: vault field is empty (which key of the secret holds the value?)", name)
+		}
+		sp.Vault = &ref
+	}
+	return sp, nil
+}
+
+// failure is an error whose message is safe to show anywhere; cause is the local reason,
+// already stripped of anything that could hold a secret or a token.
+type failure struct {
+	msg   string
+	cause error
+}
+
+func (f *failure) Error() string { return f.msg }
+func (f *failure) Unwrap() error { return f.cause }
+
+func fail(cause error, format string, args ...any) *failure {
+	return &failure{msg: fmt.Sprintf(format, args...), cause: cause}
+}
+
+// Credential returns the current value of the named credential and makes sure the
+// redactor knows it. Errors are *outcome.Error with code CredentialUnavailable.
+func (s *Store) Credential(ctx context.Context, name string) (string, error) {
+	v, err := s.value(ctx, name)
+	if err == nil && len(v) < redact.MinSecretLen {
+		err = fail(nil, "value shorter than %d bytes cannot be redacted safely; use a longer credential", redact.MinSecretLen)
+	}
+	if err == nil {
+		err = s.red.Add(v) // cannot fail after the length check; kept for safety
+	}
+	if err != nil {
+		var f *failure
+		if errors.As(err, &f) {
+			return "", outcome.Wrap(outcome.CredentialUnavailable, f.cause, "credential %q: %s", name, f.msg)
+		}
+		return "", outcome.New(outcome.CredentialUnavailable, "credential %q: unavailable", name)
+	}
+	return v, nil
+}
+
+func (s *Store) value(ctx context.Context, name string) (string, error) {
+	sp, ok := s.specs[name]
+	if !ok {
+		return "", fail(nil, "no such credential in the policy")
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fail(err, "cancelled before it was read (%v)", err)
+	}
+	switch {
+	case sp.Env != "":
+		v, ok := os.LookupEnv(sp.Env)
+		if !ok {
+			return "", fail(nil, "environment variable %s is not set", sp.Env)
+		}
+		if v == "" {
+			return "", fail(nil, "environment variable %s is empty", sp.Env)
+		}
+		return v, nil
+	case sp.File != "":
+		return readSecretFile(sp.File)
+	default:
+		return s.vaultValue(ctx, *sp.Vault)
+	}
+}
+
+// readSecretFile reads a small file and trims one trailing newline ("\n" or "\r\n").
+func readSecretFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fileFailure(path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return "", fileFailure(path, err)
+	}
+	if len(b) > maxFileSize {
+		return "", fail(nil, "file %s is larger than %d bytes; is it the right file?", path, maxFileSize)
+	}
+	v := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if v == "" {
+		return "", fail(nil, "file %s is empty", path)
+	}
+	return v, nil
+}
+
+func fileFailure(path string, err error) *failure {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err // an errno: no content, and we print the path ourselves
+	}
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fail(err, "file %s does not exist", path)
+	case errors.Is(err, fs.ErrPermission):
+		return fail(err, "file %s: permission denied", path)
+	}
+	return fail(err, "file %s: cannot read it (%v)", path, err)
+}
+
+// vaultValue returns one field of a (cached) Vault secret.
+func (s *Store) vaultValue(ctx context.Context, ref VaultRef) (string, error) {
+	where := ref.Mount + "/data/" + ref.Path
+	data, err := s.vaultSecret(ctx, where)
+	if err != nil {
+		return "", err
+	}
+	raw, ok := data[ref.Field]
+	if !ok {
+		return "", fail(nil, "vault: %s: field %q not found in secret", where, ref.Field)
+	}
+	v, ok := raw.(string)
+	if !ok {
+		return "", fail(nil, "vault: %s: field %q is not a string", where, ref.Field)
+	}
+	return v, nil
+}
+
+// vaultSecret returns the data of the KV v2 secret at path ("mount/data/path"), from the
+// cache while it is fresh. Callers asking for the same uncached path at the same time share
+// one request; if that request dies with its caller's context, the others try again with
+// their own.
+func (s *Store) vaultSecret(ctx context.Context, path string) (map[string]any, error) {
+	for {
+		s.mu.Lock()
+		e := s.cache[path]
+		if e != nil {
+			select {
+			case <-e.done:
+				if e.err == nil && s.now().Before(e.expires) {
+					s.mu.Unlock()
+					return e.data, nil
+				}
+				e = nil // stale: fetch again below
+			default:
+			}
+		}
+		if e != nil { // in flight: wait for it
+			s.waits++
+			s.mu.Unlock()
+			select {
+			case <-e.done:
+			case <-ctx.Done():
+				return nil, fail(ctx.Err(), "vault: %s: cancelled while waiting for vault (%v)", path, ctx.Err())
+			}
+			if e.err != nil && isContextErr(e.err) && ctx.Err() == nil {
+				continue // the fetching caller gave up, we have not
+			}
+			return e.data, e.err
+		}
+		e = &entry{done: make(chan struct{})}
+		s.cache[path] = e
+		s.mu.Unlock()
+
+		data, err := s.vault.readKV(ctx, path)
+		s.mu.Lock()
+		e.data, e.err = data, err
+		e.expires = s.now().Add(s.ttl)
+		if err != nil && s.cache[path] == e {
+			delete(s.cache, path) // failures are not cached
+		}
+		close(e.done)
+		s.mu.Unlock()
+		return data, err
+	}
+}
+
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// Preload fetches every credential now, so that a worker fails at start rather than on the
+// first job, and so that every value is known to the redactor before any task runs. It
+// returns all failures joined, in name order.
+func (s *Store) Preload(ctx context.Context) error {
+	names := make([]string, 0, len(s.specs))
+	for n := range s.specs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var errs []error
+	for _, n := range names {
+		if _, err := s.Credential(ctx, n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops token renewal and waits for it to finish. Credential keeps working after
+// Close (values are still fetched on demand) but tokens are no longer renewed.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.stop()
+		s.wg.Wait()
+	})
+	return nil
+}
