@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -202,7 +204,8 @@ func parseToken(token string) (parsedToken, *RejectError) {
 		return parsedToken{}, reject(Malformed, "the JWS header is not a JSON object")
 	}
 	var alg, kid, typ string
-	for name, v := range header {
+	for _, name := range slices.Sorted(maps.Keys(header)) { // sorted: the same token always gets the same message
+		v := header[name]
 		if !headerNames[name] {
 			return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS header has parameter %q; an approval header may hold only alg, kid and typ", name))
 		}
@@ -257,7 +260,7 @@ func decodeClaims(payload []byte) (Claims, *RejectError) {
 	if err := json.Unmarshal(payload, &members); err != nil || members == nil {
 		return Claims{}, reject(Malformed, "the claims are not a JSON object")
 	}
-	for name := range members {
+	for _, name := range slices.Sorted(maps.Keys(members)) {
 		if !claimNames[name] {
 			return Claims{}, reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", name))
 		}

@@ -176,6 +176,11 @@ func httpRequest(ctx context.Context, mod api.Module, stack []uint64) {
 	}
 	resp, err := j.HTTP.Do(ctx, egress.JobRef{Task: j.Task, Job: j.ID}, req)
 	if err != nil {
+		if ctx.Err() != nil {
+			// The job's own deadline or cancellation explains whatever failed (a credential
+			// fetch or the request itself): report that, not its symptom.
+			j.terminate(ctxOutcome(ctx, "job ended during an HTTP call"))
+		}
 		var up *egress.UpstreamError
 		if errors.As(err, &up) {
 			j.Log.Info("http request failed upstream", zap.String("endpoint", req.Endpoint), zap.Error(err))
@@ -253,12 +258,8 @@ func httpBodyRead(ctx context.Context, mod api.Module, stack []uint64) {
 			ret(stack, errTooLarge)
 			return
 		case err != nil:
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				code := outcome.Timeout
-				if errors.Is(ctxErr, context.Canceled) {
-					code = outcome.Cancelled
-				}
-				j.terminate(outcome.Wrap(code, ctxErr, "job ended while reading a response"))
+			if ctx.Err() != nil {
+				j.terminate(ctxOutcome(ctx, "job ended while reading a response"))
 			}
 			j.Log.Info("http response body failed", zap.Error(err))
 			ret(stack, errUpstream)
@@ -334,4 +335,11 @@ func sortedKeys(h http.Header) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+func ctxOutcome(ctx context.Context, msg string) *outcome.Error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return outcome.Wrap(outcome.Cancelled, ctx.Err(), "%s", msg)
+	}
+	return outcome.Wrap(outcome.Timeout, ctx.Err(), "%s", msg)
 }

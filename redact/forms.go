@@ -105,9 +105,11 @@ func jsonEscape(secret string, st jsonStyle) string {
 	for i := 0; i < len(secret); {
 		r, size := utf8.DecodeRuneInString(secret[i:])
 		if r == utf8.RuneError && size == 1 {
-			// Invalid UTF-8: encoders either refuse it or substitute U+FFFD; the
-			// substituted text no longer carries the byte, so there is nothing to find.
-			u(utf8.RuneError)
+			// Not UTF-8 on its own, but it may complete a rune with the bytes around the
+			// secret (a secret ending in a lead byte), and encoders then write the rune
+			// as is. On its own an encoder substitutes U+FFFD, which json.Marshal's
+			// form covers.
+			b.WriteByte(secret[i])
 			i++
 			continue
 		}

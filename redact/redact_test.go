@@ -32,10 +32,13 @@ func reference(forms []string, b []byte) (out []byte, holes [][2]int) {
 	type iv struct{ s, e int }
 	var ivs []iv
 	for _, f := range forms {
-		for i := 0; i+len(f) <= len(b); i++ {
-			if string(b[i:i+len(f)]) == f {
-				ivs = append(ivs, iv{i, i + len(f)})
+		for i := 0; ; i++ {
+			j := bytes.Index(b[i:], []byte(f))
+			if j < 0 {
+				break
 			}
+			i += j
+			ivs = append(ivs, iv{i, i + len(f)})
 		}
 	}
 	slices.SortFunc(ivs, func(a, b iv) int { return a.s - b.s })

@@ -45,6 +45,14 @@ func (m *Module) Digest() string { return m.digest }
 // Imports lists the functions the module imports, for the security audit.
 func (m *Module) Imports() []hostfuncs.Import { return append([]hostfuncs.Import(nil), m.imports...) }
 
+// PoolReady returns how many pre-initialised instances are waiting for a job.
+func (m *Module) PoolReady() int {
+	if m.pool == nil {
+		return 0
+	}
+	return len(m.pool.ready)
+}
+
 // Limits returns the effective limits, defaults applied.
 func (m *Module) Limits() Limits { return m.limits }
 

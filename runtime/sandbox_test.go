@@ -46,7 +46,7 @@ type upstream struct {
 	ctxDone  chan struct{}
 }
 
-func newUpstream(t *testing.T) *upstream {
+func newUpstream(t testing.TB) *upstream {
 	u := &upstream{ctxDone: make(chan struct{}, 16)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/customers/{id}", func(w http.ResponseWriter, r *http.Request) {
@@ -118,7 +118,7 @@ func (s *sandbox) lastEvent() egress.Event {
 	return s.events[len(s.events)-1]
 }
 
-func newSandbox(t *testing.T, base string, lim runtime.Limits, fixtureName string, rules ...string) *sandbox {
+func newSandbox(t testing.TB, base string, lim runtime.Limits, fixtureName string, rules ...string) *sandbox {
 	t.Helper()
 	if len(rules) == 0 {
 		rules = []string{"GET /api/customers/*"}

@@ -355,7 +355,8 @@ func isStatus(err error, code int) bool {
 }
 
 // failure turns an error from do into a message fit for the control plane, prefixed with
-// what (e.g. "vault: secret/data/x"). Only our own words, the address and status codes go
+// what (e.g. "vault: secret/data/x"). Only our own words and status codes go (never the
+// address: the message reaches the control plane, which must not learn the network layout)
 // into it; the cause kept is a context error, an errno, a status or a generic error.
 func (c *vaultClient) failure(ctx context.Context, what string, err error) error {
 	var f *failure
@@ -370,15 +371,15 @@ func (c *vaultClient) failure(ctx context.Context, what string, err error) error
 	case ctx.Err() != nil:
 		return fail(ctx.Err(), "%s: cancelled (%v)", what, ctx.Err())
 	case errors.Is(err, context.DeadlineExceeded):
-		return fail(context.DeadlineExceeded, "%s: vault at %s did not answer within %s", what, c.addr, c.timeout)
+		return fail(context.DeadlineExceeded, "%s: vault did not answer within %s", what, c.timeout)
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return fail(syscall.ECONNREFUSED, "%s: vault unreachable at %s (connection refused)", what, c.addr)
+		return fail(syscall.ECONNREFUSED, "%s: vault unreachable (connection refused)", what)
 	case errors.Is(err, syscall.ECONNRESET):
-		return fail(syscall.ECONNRESET, "%s: vault unreachable at %s (connection reset)", what, c.addr)
+		return fail(syscall.ECONNRESET, "%s: vault unreachable (connection reset)", what)
 	}
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {
-		return fail(errors.New("host not found"), "%s: vault unreachable at %s (host not found)", what, c.addr)
+		return fail(errors.New("host not found"), "%s: vault unreachable (host not found)", what)
 	}
 	var (
 		unknownCA   x509.UnknownAuthorityError
@@ -387,13 +388,13 @@ func (c *vaultClient) failure(ctx context.Context, what string, err error) error
 		verifyErr   *tls.CertificateVerificationError
 	)
 	if errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalidCert) || errors.As(err, &verifyErr) {
-		return fail(errors.New("tls certificate not trusted"), "%s: vault at %s: TLS certificate not trusted (set the CA certificate?)", what, c.addr)
+		return fail(errors.New("tls certificate not trusted"), "%s: vault TLS certificate not trusted (set the CA certificate?)", what)
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) && netErr.Timeout() {
-		return fail(context.DeadlineExceeded, "%s: vault at %s timed out", what, c.addr)
+		return fail(context.DeadlineExceeded, "%s: vault timed out", what)
 	}
-	return fail(errors.New("request failed"), "%s: request to vault at %s failed", what, c.addr)
+	return fail(errors.New("request failed"), "%s: request to vault failed", what)
 }
 
 func statusText(code int) string {

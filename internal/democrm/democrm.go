@@ -33,12 +33,19 @@ type Customer struct {
 	Since       string `json:"customer_since"`
 }
 
-// Customers are the seeded records. Email and Since are there so that tasks have fields to
+// customers are the seeded records. Email and Since are there so that tasks have fields to
 // leave out of their output.
-var Customers = map[string]Customer{
+var customers = map[string]Customer{
 	"7":    {CustomerID: "7", Name: "Grace Hopper", Tier: "silver", OpenTickets: 0, Email: "grace@example.com", Since: "2019-03-14"},
 	"42":   {CustomerID: "42", Name: "Ada Lovelace", Tier: "gold", OpenTickets: 2, Email: "ada@example.com", Since: "2015-12-10"},
 	"1001": {CustomerID: "1001", Name: "Alan Turing", Tier: "bronze", OpenTickets: 5, Email: "alan@example.com", Since: "2023-06-23"},
+}
+
+// Lookup returns the seeded record with this id (42, 7 and 1001 exist), for tests that
+// compare a task's output with what the CRM holds.
+func Lookup(id string) (Customer, bool) {
+	c, ok := customers[id]
+	return c, ok
 }
 
 // Server is the demo CRM. Its handler is safe for concurrent use.
@@ -94,7 +101,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 
 func (s *Server) customer(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	c, ok := Customers[id]
+	c, ok := Lookup(id)
 	if !ok {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("customer %q not found", id)})
 		return

@@ -87,7 +87,7 @@ func TestNewEmptyTokenPanics(t *testing.T) {
 func TestCustomers(t *testing.T) {
 	t.Parallel()
 	h := New(token).Handler()
-	for id, want := range Customers {
+	for id, want := range customers {
 		rec := get(t, h, "/api/customers/"+id, "Bearer "+token)
 		var got Customer
 		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil || rec.Code != 200 || got != want {
@@ -97,7 +97,7 @@ func TestCustomers(t *testing.T) {
 			t.Errorf("Content-Type = %q, want application/json", ct)
 		}
 	}
-	if _, ok := Customers["42"]; !ok {
+	if _, ok := Lookup("42"); !ok {
 		t.Fatalf("customer 42 is not seeded; the demo needs it")
 	}
 	rec := get(t, h, "/api/customers/99", "Bearer "+token)
