@@ -218,3 +218,43 @@ func TestOpenReplayStoreErrors(t *testing.T) {
 		t.Errorf("OpenReplayStore(schema 99) = nil, want an error")
 	}
 }
+
+// Two stores over one file (two worker processes on a host) see each other's records.
+func TestSQLiteReplayStoreShared(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "replay.db")
+	a, err := OpenReplayStore(path, WithStoreClock(clockAt(t0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	b, err := OpenReplayStore(path, WithStoreClock(clockAt(t0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make([]error, 2*n)
+	for i := range 2 * n {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() { errs[i] = s.Consume(t.Context(), "shared-nonce", "job-1", 1, 1, t0.Add(time.Hour)) })
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case ReasonOf(err) != Replayed:
+			t.Errorf("Consume on a shared file = %v, want success or %s", err, Replayed)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d of %d Consume calls across two stores succeeded, want exactly 1", ok, 2*n)
+	}
+}

@@ -162,7 +162,7 @@ func (v *Verifier) Verify(ctx context.Context, token string, want Expect) (Claim
 		return Claims{}, rej.outcome()
 	}
 	keepUntil := time.Unix(c.Expiry, 0).Add(v.leeway)
-	if err := error(nil); err != nil && keepUntil.IsZero() {
+	if err := v.replay.Consume(ctx, c.Nonce, c.JobID, want.Attempt, c.MaxAttempts, keepUntil); err != nil {
 		var re *RejectError
 		switch {
 		case errors.As(err, &re):
