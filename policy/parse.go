@@ -500,7 +500,7 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 		tpath := field(path, name)
 		tline := m.keyLine[name]
 		d.name("task", name, tline, tpath)
-		t, ok := d.mapping(m.vals[name], tpath, tline, []string{"module", "sha256", "entry", "version", "description", "endpoints", "on_secret_in_output", "limits"})
+		t, ok := d.mapping(m.vals[name], tpath, tline, []string{"module", "sha256", "entry", "version", "description", "input_schema", "output_schema", "endpoints", "on_secret_in_output", "limits"})
 		task := &Task{
 			Name:             name,
 			Entry:            DefaultEntry,
@@ -543,6 +543,12 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 		}
 		if v := t.get("description"); v != nil {
 			task.Description, _ = d.str(v, field(tpath, "description"))
+		}
+		if v := t.get("input_schema"); v != nil {
+			task.InputSchema, _ = d.path(v, field(tpath, "input_schema"))
+		}
+		if v := t.get("output_schema"); v != nil {
+			task.OutputSchema, _ = d.path(v, field(tpath, "output_schema"))
 		}
 		if v := t.get("on_secret_in_output"); v != nil {
 			if s, ok := d.text(v, field(tpath, "on_secret_in_output")); ok {

@@ -28,6 +28,11 @@ type Task struct {
 	Entry       string // exported function to call, default "run"
 	Version     string // sent to the control plane catalog, default "0"
 	Description string
+	// InputSchema and OutputSchema are paths of JSON Schema files describing the task's input
+	// and output, published to the control plane's catalog, which validates every submitted
+	// input against the input schema. Optional: without one the catalog accepts any JSON object.
+	InputSchema  string
+	OutputSchema string
 	// Endpoints are the logical endpoint names the task may call, in policy order. Every name
 	// is a key of Policy.Endpoints.
 	Endpoints        []string

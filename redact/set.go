@@ -101,6 +101,9 @@ func (s *Set) Contains(b []byte) bool {
 // memory of a stream together with the longest form.
 const chunkSize = 32 << 10
 
+// firstChunk is a Reader's first read size.
+const firstChunk = 4 << 10
+
 // stream is the state shared by Reader and Writer: the undecided tail of the input and the
 // length of an open overlapping run at its start.
 type stream struct {
@@ -114,7 +117,7 @@ type stream struct {
 func (st *stream) step(data []byte, final bool) []byte {
 	m := st.set.m.Load()
 	if need := len(st.in) + len(data); cap(st.in) < need {
-		st.in = append(make([]byte, 0, max(need, chunkSize+maxLenOf(m))), st.in...)
+		st.in = append(make([]byte, 0, max(need, len(data)+maxLenOf(m))), st.in...)
 	}
 	st.in = append(st.in, data...)
 	var consumed int
@@ -146,6 +149,7 @@ type reader struct {
 	err  error
 	done bool
 	buf  []byte
+	full bool // the last read filled buf
 }
 
 func (r *reader) Read(p []byte) (int, error) {
@@ -156,10 +160,16 @@ func (r *reader) Read(p []byte) (int, error) {
 		if r.done {
 			return 0, r.err
 		}
-		if r.buf == nil {
-			r.buf = make([]byte, chunkSize)
+		switch {
+		case r.buf == nil:
+			// Most responses a task reads are small: start small and grow while reads fill
+			// the buffer, up to chunkSize.
+			r.buf = make([]byte, firstChunk)
+		case r.full && len(r.buf) < chunkSize:
+			r.buf = make([]byte, 2*len(r.buf))
 		}
 		n, err := r.src.Read(r.buf)
+		r.full = n == len(r.buf)
 		if n == 0 && err == nil {
 			if empty++; empty >= 100 {
 				return 0, io.ErrNoProgress

@@ -26,7 +26,7 @@ func (s *Server) register(ctx context.Context, p Principal, req api.RegisterRequ
 	if len(req.AgentVersion) > 64 {
 		return api.RegisterResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "agent_version is over 64 bytes")
 	}
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		now := s.cfg.Now()
 		_, err := tx.ExecContext(ctx, `INSERT INTO workers(token_id, pool, name, agent_version, registered_at, last_seen_at)
 			VALUES (?,?,?,?,?,?) ON CONFLICT(token_id) DO UPDATE SET name = excluded.name,
@@ -111,7 +111,7 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 		seen[key] = true
 		defs[i] = def{t, in, out}
 	}
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		var one int
 		err := tx.QueryRowContext(ctx, `SELECT 1 FROM workers WHERE token_id = ?`, p.TokenID).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {

@@ -82,6 +82,8 @@ func looksLikeJWS(tok string) error {
 	return nil
 }
 
+var qJobByID = hot(`SELECT ` + jobColumns + ` FROM jobs WHERE id = ?`)
+
 // jobColumns must match scanJob.
 const jobColumns = `seq, id, task, task_version, pool, state, input, approval, attempt, max_attempts,
 	not_before, outcome, output, error_message, duration_ms, module_digest, idempotency_key,
@@ -126,12 +128,12 @@ func scanJob(sc scanner) (jobRow, error) {
 // getJobRow loads a job the principal may see; a job in another pool is "not found" so
 // that ids in other pools cannot be probed.
 func getJobRow(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
+	queryRow(context.Context, string, ...any) *sql.Row
 }, p Principal, id string) (jobRow, error) {
 	if !jobIDRE.MatchString(id) {
 		return jobRow{}, errf(http.StatusNotFound, api.CodeNotFound, "no job %q (job ids look like job_ and 24 hex digits)", id)
 	}
-	j, err := scanJob(q.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, id))
+	j, err := scanJob(q.queryRow(ctx, qJobByID, id))
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.canPool(j.Pool)) {
 		return jobRow{}, errf(http.StatusNotFound, api.CodeNotFound, "no job %q in the pools your token may see", id)
 	}
@@ -196,13 +198,13 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	// Find the task definition: the version asked for, or the newest published.
 	var version string
 	var schemaText []byte
-	q := `SELECT version, input_schema FROM tasks WHERE pool = ? AND name = ? ORDER BY published_at DESC, version DESC LIMIT 1`
+	q := qTaskNewest
 	args := []any{pool, req.Task}
 	if req.TaskVersion != "" {
-		q = `SELECT version, input_schema FROM tasks WHERE pool = ? AND name = ? AND version = ?`
+		q = qTaskVersion
 		args = append(args, req.TaskVersion)
 	}
-	err = s.store.db.QueryRowContext(ctx, q, args...).Scan(&version, &schemaText)
+	err = s.store.queryRow(ctx, q, args...).Scan(&version, &schemaText)
 	if errors.Is(err, sql.ErrNoRows) {
 		v := ""
 		if req.TaskVersion != "" {
@@ -236,14 +238,14 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	reqHash := sha256.Sum256(hashed)
 
 	existing := func(q interface {
-		QueryRowContext(context.Context, string, ...any) *sql.Row
+		queryRow(context.Context, string, ...any) *sql.Row
 	}) (api.Job, bool, error) {
 		if req.IdempotencyKey == "" {
 			return api.Job{}, false, nil
 		}
 		var id string
 		var h []byte
-		err := q.QueryRowContext(ctx, `SELECT id, request_hash FROM jobs WHERE pool = ? AND idempotency_key = ?`, pool, req.IdempotencyKey).Scan(&id, &h)
+		err := q.queryRow(ctx, qIdemLookup, pool, req.IdempotencyKey).Scan(&id, &h)
 		if errors.Is(err, sql.ErrNoRows) {
 			return api.Job{}, false, nil
 		}
@@ -256,7 +258,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 		j, err := getJobRow(ctx, q, p, id)
 		return j.Job, true, err
 	}
-	if j, found, err := existing(s.store.db); found || err != nil {
+	if j, found, err := existing(s.store); found || err != nil {
 		return j, false, err
 	}
 
@@ -278,7 +280,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	now := s.cfg.Now().UnixMilli()
 	var out api.Job
 	created := false
-	err = s.store.tx(ctx, func(tx *sql.Tx) error {
+	err = s.store.tx(ctx, func(tx *txn) error {
 		j, found, err := existing(tx)
 		if found || err != nil {
 			out = j
@@ -288,8 +290,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 		if req.IdempotencyKey != "" {
 			idem = req.IdempotencyKey
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO jobs(id, task, task_version, pool, input, approval, state, max_attempts,
-			idempotency_key, request_hash, submitted_by, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		_, err = tx.ExecContext(ctx, qInsertJob,
 			id, req.Task, version, pool, input, approval, string(state), req.MaxAttempts, idem, reqHash[:], p.TokenID, now, now)
 		if err != nil {
 			return err
@@ -321,7 +322,7 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 		return api.Job{}, errf(http.StatusBadRequest, api.CodeInvalidField, "token: %v", err)
 	}
 	var out api.Job
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		j, err := getJobRow(ctx, tx, p, id)
 		if err != nil {
 			return err
@@ -330,7 +331,7 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 			return errf(http.StatusConflict, api.CodeInvalidState, "job %s is %s; only a pending_approval job takes an approval", id, j.State)
 		}
 		now := s.cfg.Now().UnixMilli()
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET approval = ?, state = 'queued', updated_at = ? WHERE id = ? AND state = 'pending_approval'`,
+		if _, err := tx.ExecContext(ctx, qApprove,
 			token, now, id); err != nil {
 			return err
 		}
@@ -350,7 +351,7 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, error) {
 	var out api.Job
 	var done bool
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		j, err := getJobRow(ctx, tx, p, id)
 		if err != nil {
 			return err
@@ -358,10 +359,10 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 		now := s.cfg.Now().UnixMilli()
 		switch j.State {
 		case api.StatePendingApproval, api.StateQueued:
-			_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE id = ?`, now, now, id)
+			_, err = tx.ExecContext(ctx, qCancelNow, now, now, id)
 			done = true
 		case api.StateRunning:
-			_, err = tx.ExecContext(ctx, `UPDATE jobs SET state = 'cancel_requested', updated_at = ? WHERE id = ?`, now, id)
+			_, err = tx.ExecContext(ctx, qCancelRequest, now, id)
 		case api.StateCancelRequested:
 			out = j.Job
 			return nil // already asked; cancelling twice is not an error
@@ -441,11 +442,9 @@ func (s *Server) listJobs(ctx context.Context, p Principal, f jobFilter) (api.Jo
 // is in the worker's own catalog, oldest first.
 func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.LeasedJob, error) {
 	var out []api.LeasedJob
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		now := s.cfg.Now()
-		rows, err := tx.QueryContext(ctx, `SELECT id FROM jobs j WHERE j.pool = ? AND j.state = 'queued' AND j.not_before <= ?
-			AND EXISTS (SELECT 1 FROM worker_tasks wt WHERE wt.token_id = ? AND wt.name = j.task AND wt.version = j.task_version)
-			ORDER BY j.seq LIMIT ?`, p.Pool, now.UnixMilli(), p.TokenID, max)
+		rows, err := tx.QueryContext(ctx, qDueJobs, p.Pool, now.UnixMilli(), p.TokenID, max)
 		if err != nil {
 			return err
 		}
@@ -465,8 +464,7 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 		expires := now.Add(s.cfg.LeaseTTL)
 		for _, id := range ids {
 			tok := newLeaseToken()
-			res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_hash = ?,
-				lease_expires_at = ?, leased_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'`,
+			res, err := tx.ExecContext(ctx, qLeaseJob,
 				hashLease(tok), expires.UnixMilli(), p.TokenID, now.UnixMilli(), id)
 			if err != nil {
 				return err
@@ -476,14 +474,14 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 			}
 			var lj api.LeasedJob
 			var input []byte
-			if err := tx.QueryRowContext(ctx, `SELECT id, task, task_version, pool, input, approval, attempt, max_attempts FROM jobs WHERE id = ?`, id).
+			if err := tx.QueryRowContext(ctx, qLeasedJob, id).
 				Scan(&lj.JobID, &lj.Task, &lj.TaskVersion, &lj.Pool, &input, &lj.Approval, &lj.Attempt, &lj.MaxAttempts); err != nil {
 				return err
 			}
 			lj.Input = input
 			lj.LeaseToken = tok
 			lj.LeaseExpiresAt = msTime(expires.UnixMilli())
-			if _, err := tx.ExecContext(ctx, `INSERT INTO job_attempts(job_id, attempt, leased_by, leased_at) VALUES (?,?,?,?)`,
+			if _, err := tx.ExecContext(ctx, qInsertAttempt,
 				id, lj.Attempt, p.TokenID, now.UnixMilli()); err != nil {
 				return err
 			}
@@ -492,7 +490,7 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 			}
 			out = append(out, lj)
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE workers SET last_seen_at = ? WHERE token_id = ?`, now.UnixMilli(), p.TokenID)
+		_, err = tx.ExecContext(ctx, qWorkerSeen, now.UnixMilli(), p.TokenID)
 		return err
 	})
 	if err != nil {
@@ -507,11 +505,11 @@ func (s *Server) heartbeat(ctx context.Context, p Principal, leaseTok string) (a
 		return api.HeartbeatResponse{}, lost
 	}
 	var out api.HeartbeatResponse
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		var id, pool string
 		var state api.State
 		var expires sql.NullInt64
-		err := tx.QueryRowContext(ctx, `SELECT id, pool, state, lease_expires_at FROM jobs WHERE lease_hash = ?`, hashLease(leaseTok)).
+		err := tx.QueryRowContext(ctx, qJobByLease, hashLease(leaseTok)).
 			Scan(&id, &pool, &state, &expires)
 		if errors.Is(err, sql.ErrNoRows) || (err == nil && pool != p.Pool) {
 			return lost
@@ -527,11 +525,11 @@ func (s *Server) heartbeat(ctx context.Context, p Principal, leaseTok string) (a
 			return lost
 		}
 		newExp := now.Add(s.cfg.LeaseTTL)
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?`, newExp.UnixMilli(), now.UnixMilli(), id); err != nil {
+		if _, err := tx.ExecContext(ctx, qExtendLease, newExp.UnixMilli(), now.UnixMilli(), id); err != nil {
 			return err
 		}
 		out = api.HeartbeatResponse{JobID: id, LeaseExpiresAt: msTime(newExp.UnixMilli()), CancelRequested: state == api.StateCancelRequested}
-		_, err = tx.ExecContext(ctx, `UPDATE workers SET last_seen_at = ? WHERE token_id = ?`, now.UnixMilli(), p.TokenID)
+		_, err = tx.ExecContext(ctx, qWorkerSeen, now.UnixMilli(), p.TokenID)
 		return err
 	})
 	return out, err
@@ -581,7 +579,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 	}
 
 	var out api.CompleteResponse
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		j, err := getJobRow(ctx, tx, p, id)
 		if err != nil {
 			return err
@@ -610,11 +608,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 			finished = nowMS
 		}
 		// The fence: only the current lease token and attempt of a leased job, once.
-		res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, outcome = ?, output = ?, error_message = ?,
-			duration_ms = ?, module_digest = ?, not_before = ?, updated_at = ?, finished_at = ?,
-			lease_expires_at = NULL,
-			lease_hash = CASE WHEN ? = 'queued' THEN NULL ELSE lease_hash END
-			WHERE id = ? AND lease_hash = ? AND attempt = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?`,
+		res, err := tx.ExecContext(ctx, qCompleteJob,
 			string(next), string(code), output, req.ErrorMessage, req.DurationMS, req.ModuleDigest, notBefore, nowMS, finished,
 			string(next), id, hashLease(req.LeaseToken), req.Attempt, nowMS)
 		if err != nil {
@@ -623,8 +617,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 		if n, _ := res.RowsAffected(); n != 1 {
 			return errf(http.StatusConflict, api.CodeLeaseConflict, "job %s: lease token or attempt %d is not the current lease (expired, re-leased, or already completed); nothing was recorded", id, req.Attempt)
 		}
-		res, err = tx.ExecContext(ctx, `UPDATE job_attempts SET finished_at = ?, end_reason = 'completed', outcome = ?, error_message = ?,
-			duration_ms = ?, module_digest = ? WHERE job_id = ? AND attempt = ? AND finished_at IS NULL`,
+		res, err = tx.ExecContext(ctx, qCompleteAttempt,
 			nowMS, string(code), req.ErrorMessage, req.DurationMS, req.ModuleDigest, id, req.Attempt)
 		if err != nil {
 			return err
@@ -658,10 +651,9 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 func (s *Server) reap(ctx context.Context) (int, error) {
 	var n int
 	var requeued, ended bool
-	err := s.store.tx(ctx, func(tx *sql.Tx) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		now := s.cfg.Now().UnixMilli()
-		rows, err := tx.QueryContext(ctx, `SELECT id, state, attempt, max_attempts FROM jobs
-			WHERE state IN ('running', 'cancel_requested') AND lease_expires_at <= ?`, now)
+		rows, err := tx.QueryContext(ctx, qExpiredLeases, now)
 		if err != nil {
 			return err
 		}
@@ -708,8 +700,7 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE job_attempts SET finished_at = ?, end_reason = 'lease_expired', outcome = 'timeout'
-				WHERE job_id = ? AND attempt = ? AND finished_at IS NULL`, now, e.id, e.attempt); err != nil {
+			if _, err := tx.ExecContext(ctx, qExpireAttempt, now, e.id, e.attempt); err != nil {
 				return err
 			}
 			detail := fmt.Sprintf(`{"attempt":%d,"state":%q}`, e.attempt, next)
@@ -728,3 +719,38 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 	}
 	return n, err
 }
+
+// Hot-path statements (see stmts.go).
+var qIdemLookup = hot(`SELECT id, request_hash FROM jobs WHERE pool = ? AND idempotency_key = ?`)
+var qInsertJob = hot(`INSERT INTO jobs(id, task, task_version, pool, input, approval, state, max_attempts,
+			idempotency_key, request_hash, submitted_by, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`)
+var qApprove = hot(`UPDATE jobs SET approval = ?, state = 'queued', updated_at = ? WHERE id = ? AND state = 'pending_approval'`)
+var qCancelNow = hot(`UPDATE jobs SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE id = ?`)
+var qCancelRequest = hot(`UPDATE jobs SET state = 'cancel_requested', updated_at = ? WHERE id = ?`)
+var qDueJobs = hot(`SELECT id FROM jobs j WHERE j.pool = ? AND j.state = 'queued' AND j.not_before <= ?
+			AND EXISTS (SELECT 1 FROM worker_tasks wt WHERE wt.token_id = ? AND wt.name = j.task AND wt.version = j.task_version)
+			ORDER BY j.seq LIMIT ?`)
+var qLeaseJob = hot(`UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_hash = ?,
+				lease_expires_at = ?, leased_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'`)
+var qLeasedJob = hot(`SELECT id, task, task_version, pool, input, approval, attempt, max_attempts FROM jobs WHERE id = ?`)
+var qInsertAttempt = hot(`INSERT INTO job_attempts(job_id, attempt, leased_by, leased_at) VALUES (?,?,?,?)`)
+var qWorkerSeen = hot(`UPDATE workers SET last_seen_at = ? WHERE token_id = ?`)
+var qJobByLease = hot(`SELECT id, pool, state, lease_expires_at FROM jobs WHERE lease_hash = ?`)
+var qExtendLease = hot(`UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?`)
+
+// qCompleteJob is the fence: only the current lease token and attempt of a leased job, once.
+var qCompleteJob = hot(`UPDATE jobs SET state = ?, outcome = ?, output = ?, error_message = ?,
+			duration_ms = ?, module_digest = ?, not_before = ?, updated_at = ?, finished_at = ?,
+			lease_expires_at = NULL,
+			lease_hash = CASE WHEN ? = 'queued' THEN NULL ELSE lease_hash END
+			WHERE id = ? AND lease_hash = ? AND attempt = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?`)
+var qCompleteAttempt = hot(`UPDATE job_attempts SET finished_at = ?, end_reason = 'completed', outcome = ?, error_message = ?,
+			duration_ms = ?, module_digest = ? WHERE job_id = ? AND attempt = ? AND finished_at IS NULL`)
+var qExpiredLeases = hot(`SELECT id, state, attempt, max_attempts FROM jobs
+			WHERE state IN ('running', 'cancel_requested') AND lease_expires_at <= ?`)
+var qExpireAttempt = hot(`UPDATE job_attempts SET finished_at = ?, end_reason = 'lease_expired', outcome = 'timeout'
+				WHERE job_id = ? AND attempt = ? AND finished_at IS NULL`)
+var (
+	qTaskNewest  = hot(`SELECT version, input_schema FROM tasks WHERE pool = ? AND name = ? ORDER BY published_at DESC, version DESC LIMIT 1`)
+	qTaskVersion = hot(`SELECT version, input_schema FROM tasks WHERE pool = ? AND name = ? AND version = ?`)
+)

@@ -338,7 +338,7 @@ func (s *Server) hGet(w http.ResponseWriter, r *http.Request, p Principal) error
 	if e := onlyParams(r); e != nil {
 		return e
 	}
-	j, err := getJobRow(r.Context(), s.store.db, p, r.PathValue("id"))
+	j, err := getJobRow(r.Context(), s.store, p, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -398,7 +398,7 @@ func (s *Server) hWait(w http.ResponseWriter, r *http.Request, p Principal) erro
 	defer recheck.Stop()
 	for {
 		ch := s.finished.wait() // take the channel before reading, so no change is missed
-		j, err := getJobRow(ctx, s.store.db, p, r.PathValue("id"))
+		j, err := getJobRow(ctx, s.store, p, r.PathValue("id"))
 		if err != nil {
 			return err
 		}
@@ -462,7 +462,7 @@ func (s *Server) hLease(w http.ResponseWriter, r *http.Request, p Principal) err
 	}
 	ctx := r.Context()
 	var one int
-	if err := s.store.db.QueryRowContext(ctx, `SELECT 1 FROM workers WHERE token_id = ?`, p.TokenID).Scan(&one); err != nil {
+	if err := s.store.queryRow(ctx, qWorkerExists, p.TokenID).Scan(&one); err != nil {
 		return errf(http.StatusConflict, api.CodeNotRegistered, "register and publish a catalog first: POST /v1/workers/register, PUT /v1/catalog")
 	}
 	deadline := time.NewTimer(time.Duration(wait) * time.Second)
@@ -620,3 +620,5 @@ func intParam(v, name string, def, lo, hi int) (int, *apiError) {
 	}
 	return n, nil
 }
+
+var qWorkerExists = hot(`SELECT 1 FROM workers WHERE token_id = ?`)

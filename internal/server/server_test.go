@@ -597,3 +597,109 @@ func memDir(t *testing.T) string {
 	}
 	return t.TempDir()
 }
+
+func TestPoolAndCatalogScoping(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	other := api.TaskDef{Name: "other", Version: "1", InputSchema: json.RawMessage(`{}`)}
+	betaWorker := e.newWorker("beta-worker", "beta", echoTask())
+	narrow := e.newWorker("narrow", "alpha", other) // same pool, does not run echo
+	betaClient := e.newClient("beta-client", api.RoleClient, "beta")
+
+	j := e.submit(ctx, 1, true)
+	for name, w := range map[string]*client.Client{"other pool": betaWorker, "task not in catalog": narrow} {
+		if jobs, err := w.Lease(ctx, 10, 0); err != nil || len(jobs) != 0 {
+			t.Fatalf("Lease(%s) = %d jobs, %v; want none", name, len(jobs), err)
+		}
+	}
+	if _, err := betaClient.Get(ctx, j.ID); !client.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("Get(other pool's job) = %v, want not_found", err)
+	}
+	list, err := betaClient.List(ctx, client.ListOptions{})
+	if err != nil || len(list.Jobs) != 0 {
+		t.Fatalf("List(beta client) = %d jobs, %v; want 0", len(list.Jobs), err)
+	}
+	list, err = e.admin.List(ctx, client.ListOptions{Pool: "alpha", State: api.StateQueued})
+	if err != nil || len(list.Jobs) != 1 || list.Jobs[0].ID != j.ID || list.Jobs[0].Input != nil {
+		t.Fatalf("List(admin, alpha, queued) = %+v, %v; want job %s without input", list.Jobs, err, j.ID)
+	}
+	// Catalogs are per pool: beta's echo is not alpha's.
+	cat, err := betaClient.Catalog(ctx, "")
+	if err != nil || cat.Pool != "beta" || len(cat.Tasks) != 1 || cat.Tasks[0].Name != "echo" {
+		t.Fatalf("Catalog(beta) = %+v, %v; want beta with echo", cat, err)
+	}
+	lj := e.leaseOne(ctx, e.worker)
+	if _, err := betaWorker.Complete(ctx, lj.JobID, api.CompleteRequest{LeaseToken: lj.LeaseToken, Attempt: 1, Outcome: "ok"}); !client.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("Complete(from other pool with the right lease) = %v, want not_found", err)
+	}
+	// Revoked tokens stop working at once.
+	toks, err := e.admin.ListTokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range toks {
+		if tk.Name == "beta-client" {
+			if err := e.admin.RevokeToken(ctx, tk.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := betaClient.List(ctx, client.ListOptions{}); !client.IsCode(err, api.CodeUnauthenticated) {
+		t.Fatalf("List(revoked token) = %v, want unauthenticated", err)
+	}
+}
+
+func TestListPagination(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	var want []string
+	for i := range 5 {
+		want = append([]string{e.submit(ctx, i, false).ID}, want...) // newest first
+	}
+	var got []string
+	cursor := ""
+	for range 10 {
+		page, err := e.client.List(ctx, client.ListOptions{Limit: 2, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range page.Jobs {
+			got = append(got, j.ID)
+		}
+		if cursor = page.NextCursor; cursor == "" {
+			break
+		}
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("paged List() = %v, want %v", got, want)
+	}
+}
+
+func TestTokenAPIAndStorage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	tk, err := e.admin.CreateToken(ctx, api.TokenCreateRequest{Role: api.RoleClient, Pool: "alpha", Name: "ci"})
+	if err != nil || !strings.HasPrefix(tk.Secret, "cst_") || len(tk.Secret) != 4+43 {
+		t.Fatalf("CreateToken() = %+v, %v; want a cst_ token of 47 chars", tk, err)
+	}
+	// Only the hash is stored: the secret appears nowhere in the database.
+	if strings.Contains(e.snapshot(), tk.Secret) || strings.Contains(e.snapshot(), tk.Secret[4:]) {
+		t.Fatal("the token secret is stored in the database")
+	}
+	toks, _ := e.admin.ListTokens(ctx)
+	for _, x := range toks {
+		if x.Secret != "" {
+			t.Fatalf("ListTokens() returned a secret for %s", x.ID)
+		}
+	}
+	c, _ := client.New(e.url, tk.Secret)
+	if _, err := c.List(ctx, client.ListOptions{}); err != nil {
+		t.Fatalf("List(new token) = %v", err)
+	}
+	if n := e.count(`SELECT COUNT(*) FROM audit WHERE action = 'token.create'`); n != 1 {
+		t.Fatalf("token.create audits = %d, want 1", n)
+	}
+}

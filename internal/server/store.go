@@ -15,7 +15,8 @@ import (
 // Store is the server's SQLite state. It is safe for concurrent use: the pool holds one
 // connection, so writes are serialised by database/sql itself.
 type Store struct {
-	db *sql.DB
+	db    *sql.DB
+	stmts map[string]*sql.Stmt // prepared hot statements, read-only after OpenStore
 }
 
 // migrations are applied in order; each runs once, recorded in schema_migrations. Never
@@ -139,6 +140,10 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("server: database %s: %w", path, err)
 	}
+	if err := s.prepareHot(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("server: database %s: %w", path, err)
+	}
 	return s, nil
 }
 
@@ -158,7 +163,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		return fmt.Errorf("schema version %d is newer than this binary knows (%d): upgrade castellan", have, len(migrations))
 	}
 	for v := have + 1; v <= len(migrations); v++ {
-		err := s.tx(ctx, func(tx *sql.Tx) error {
+		err := s.tx(ctx, func(tx *txn) error {
 			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
 				return err
 			}
@@ -180,21 +185,22 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 }
 
 // tx runs fn in one immediate transaction, committing when fn returns nil.
-func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+func (s *Store) tx(ctx context.Context, fn func(*txn) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(&txn{tx: tx, s: s}); err != nil {
 		tx.Rollback()
 		return err
 	}
 	return tx.Commit()
 }
 
-func audit(ctx context.Context, tx *sql.Tx, at time.Time, actor, role, action, jobID, detail string) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO audit(at, actor, role, action, job_id, detail) VALUES (?,?,?,?,?,?)`,
-		at.UnixMilli(), actor, role, action, jobID, detail)
+var qAudit = hot(`INSERT INTO audit(at, actor, role, action, job_id, detail) VALUES (?,?,?,?,?,?)`)
+
+func audit(ctx context.Context, tx *txn, at time.Time, actor, role, action, jobID, detail string) error {
+	_, err := tx.ExecContext(ctx, qAudit, at.UnixMilli(), actor, role, action, jobID, detail)
 	return err
 }
 
@@ -208,7 +214,7 @@ func msTimePtr(ms sql.NullInt64) *time.Time {
 	return &t
 }
 
-type sqlTx = sql.Tx
+type sqlTx = txn
 
 func (s *Store) listAudit(ctx context.Context, jobID, action string, limit int, cursor int64) (api.AuditList, error) {
 	q := `SELECT id, at, actor, role, action, job_id, detail FROM audit WHERE 1=1`

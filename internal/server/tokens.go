@@ -117,7 +117,7 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 	var p Principal
 	var stored []byte
 	var revoked sql.NullInt64
-	err := s.db.QueryRowContext(ctx, `SELECT id, hash, role, pool, revoked_at FROM tokens WHERE hash = ?`, sum[:]).
+	err := s.queryRow(ctx, qTokenByHash, sum[:]).
 		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, ErrTokenInvalid
@@ -132,3 +132,6 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 	}
 	return p, nil
 }
+
+// Hot-path statements (see stmts.go).
+var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at FROM tokens WHERE hash = ?`)

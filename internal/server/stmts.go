@@ -1,0 +1,70 @@
+package server
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// Hot-path statements are prepared once when the store opens and reused in every
+// transaction: parsing SQL is the largest cost of a lease or completion otherwise. They
+// must be prepared before any transaction runs, because the pool's single connection is
+// busy during one.
+var hotQueries []string
+
+func hot(q string) string {
+	hotQueries = append(hotQueries, q)
+	return q
+}
+
+func (s *Store) prepareHot(ctx context.Context) error {
+	s.stmts = make(map[string]*sql.Stmt, len(hotQueries))
+	for _, q := range hotQueries {
+		st, err := s.db.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("prepare %q: %w", q, err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+// txn is a transaction that uses the prepared hot statements.
+type txn struct {
+	tx *sql.Tx
+	s  *Store
+}
+
+func (t *txn) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	if st, ok := t.s.stmts[q]; ok {
+		return t.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return t.tx.ExecContext(ctx, q, args...)
+}
+
+func (t *txn) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	if st, ok := t.s.stmts[q]; ok {
+		return t.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return t.tx.QueryRowContext(ctx, q, args...)
+}
+
+func (t *txn) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st, ok := t.s.stmts[q]; ok {
+		return t.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return t.tx.QueryContext(ctx, q, args...)
+}
+
+// queryRow runs q outside a transaction, prepared if hot. Never call it while holding a
+// transaction: the single connection would deadlock.
+func (s *Store) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	if st, ok := s.stmts[q]; ok {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return s.db.QueryRowContext(ctx, q, args...)
+}
+
+func (t *txn) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	return t.QueryRowContext(ctx, q, args...)
+}

@@ -1,0 +1,388 @@
+// Package worker is Castellan's private worker loop: it leases approved jobs from the control
+// plane over outbound HTTPS, verifies each approval itself, runs the task in the sandbox with
+// local credentials, and reports back only the outcome code, the output, the task's (guarded)
+// error message, the duration and the module digest.
+//
+// It opens no port. It reserves a run slot before it asks for work, so it never holds a lease
+// on a job it cannot start (Temporal's poller does the same). It heartbeats while a job runs
+// and cancels the job when the control plane says so. Shutdown has two stages, as in the
+// Buildkite agent: the first stops leasing and lets running jobs finish; the second cancels
+// them, and they are reported as cancelled and retryable, so another worker picks them up.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/tasks"
+	"github.com/castellan-dev/castellan/outcome"
+	"github.com/castellan-dev/castellan/runtime"
+)
+
+// Runner runs one job of a task; *tasks.Set implements it.
+type Runner interface {
+	Run(ctx context.Context, task, jobID string, input []byte) runtime.Result
+}
+
+var _ Runner = (*tasks.Set)(nil)
+
+// Config configures a Worker.
+type Config struct {
+	// Client talks to the control plane with a worker token.
+	Client *client.Client
+	// Runner runs tasks; Catalog is what the worker tells the control plane it can run.
+	Runner  Runner
+	Catalog []api.TaskDef
+	// Verifier checks every approval before anything runs.
+	Verifier *approval.Verifier
+	// Name labels the worker in the control plane (default: "castellan-worker").
+	Name    string
+	Version string
+	// Concurrency is the number of jobs run at once. Optional; default 2.
+	Concurrency int
+	// LeaseWait is the long-poll wait. Optional; default 30s.
+	LeaseWait time.Duration
+	// Heartbeat is the interval between heartbeats. Optional; default a third of the lease TTL
+	// the control plane announces at registration.
+	Heartbeat time.Duration
+	// Backoff bounds the wait after a failed control-plane call: exponential with full jitter
+	// from BackoffMin to BackoffMax. Optional; defaults 500ms and 30s.
+	BackoffMin, BackoffMax time.Duration
+	// Log is the worker's logger.
+	Log *zap.Logger
+}
+
+// Worker leases and runs jobs. Run it with Run.
+type Worker struct {
+	cfg     Config
+	log     *zap.Logger
+	catalog map[string]api.TaskDef
+
+	mu       sync.Mutex
+	inflight int
+	done     int
+}
+
+// New returns a Worker.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Client == nil || cfg.Runner == nil || cfg.Verifier == nil {
+		return nil, errors.New("worker: Client, Runner and Verifier are required")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "castellan-worker"
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 2
+	}
+	if cfg.LeaseWait <= 0 {
+		cfg.LeaseWait = 30 * time.Second
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = 500 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	w := &Worker{cfg: cfg, log: cfg.Log, catalog: map[string]api.TaskDef{}}
+	for _, t := range cfg.Catalog {
+		w.catalog[t.Name] = t
+	}
+	return w, nil
+}
+
+// Run registers, publishes the catalog and serves jobs until lease is cancelled (the first
+// stage of shutdown). It then waits for running jobs to finish and be reported; cancelling
+// jobs (the second stage) cancels the running jobs. Run returns nil after a clean drain.
+// Control-plane outages are retried with backoff for as long as lease is not cancelled.
+func (w *Worker) Run(lease, jobs context.Context) error {
+	reg, err := w.register(lease)
+	if err != nil {
+		return err
+	}
+	hb := w.cfg.Heartbeat
+	if hb <= 0 {
+		hb = time.Duration(reg.LeaseTTLSeconds) * time.Second / 3
+		if hb <= 0 {
+			hb = 10 * time.Second
+		}
+	}
+	wait := w.cfg.LeaseWait
+	if max := time.Duration(reg.MaxWaitSeconds) * time.Second; max > 0 && wait > max {
+		wait = max
+	}
+	w.log.Info("worker ready", zap.String("worker_id", reg.WorkerID), zap.String("pool", reg.Pool),
+		zap.Int("concurrency", w.cfg.Concurrency), zap.Int("tasks", len(w.catalog)))
+
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	failures := 0
+	for {
+		// Reserve a slot before asking for work: never hold a lease on a job that cannot start.
+		select {
+		case slots <- struct{}{}:
+		case <-lease.Done():
+			return w.drain(&wg)
+		}
+		n := 1
+	more:
+		for n < w.cfg.Concurrency {
+			select {
+			case slots <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
+		leased, err := w.cfg.Client.Lease(lease, n, wait)
+		for range n - len(leased) {
+			<-slots
+		}
+		if err != nil {
+			if lease.Err() != nil {
+				return w.drain(&wg)
+			}
+			failures++
+			d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+			w.log.Warn("lease failed; retrying", zap.Error(err), zap.Duration("in", d))
+			if client.IsCode(err, api.CodeNotRegistered) {
+				if _, err := w.register(lease); err != nil {
+					return w.drain(&wg)
+				}
+			}
+			if !sleep(lease, d) {
+				return w.drain(&wg)
+			}
+			continue
+		}
+		failures = 0
+		for _, j := range leased {
+			wg.Add(1)
+			w.track(1)
+			go func(j api.LeasedJob) {
+				defer func() {
+					w.track(-1)
+					<-slots
+					wg.Done()
+				}()
+				w.handle(jobs, j, hb)
+			}(j)
+		}
+	}
+}
+
+func (w *Worker) drain(wg *sync.WaitGroup) error {
+	w.mu.Lock()
+	n := w.inflight
+	w.mu.Unlock()
+	if n > 0 {
+		w.log.Info("draining: no new jobs; waiting for running jobs to finish", zap.Int("running", n))
+	}
+	wg.Wait()
+	w.log.Info("worker stopped", zap.Int("jobs_run", w.Done()))
+	return nil
+}
+
+func (w *Worker) track(d int) {
+	w.mu.Lock()
+	w.inflight += d
+	if d < 0 {
+		w.done++
+	}
+	w.mu.Unlock()
+}
+
+// Done returns how many jobs this worker finished (reported or not).
+func (w *Worker) Done() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.done
+}
+
+// register registers and publishes the catalog, retrying with backoff while ctx lives.
+func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
+	for failures := 1; ; failures++ {
+		reg, err := w.cfg.Client.Register(ctx, api.RegisterRequest{Name: w.cfg.Name, AgentVersion: w.cfg.Version})
+		if err == nil {
+			_, err = w.cfg.Client.PublishCatalog(ctx, w.cfg.Catalog)
+		}
+		if err == nil {
+			return reg, nil
+		}
+		var ae *client.APIError
+		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != 429 {
+			// A bad token or a bad catalog does not fix itself: stop and say so.
+			return reg, fmt.Errorf("register with the control plane: %w", err)
+		}
+		d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+		w.log.Warn("control plane unreachable; retrying", zap.Error(err), zap.Duration("in", d))
+		if !sleep(ctx, d) {
+			return reg, ctx.Err()
+		}
+	}
+}
+
+// handle verifies, runs and reports one leased job.
+func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration) {
+	log := w.log.With(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
+	ctx, cancel := context.WithCancelCause(jobs)
+	defer cancel(nil)
+
+	// Heartbeats run for the whole job, including verification and reporting.
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		w.heartbeat(ctx, cancel, j, hb, log)
+	}()
+	defer func() {
+		cancel(nil)
+		<-hbDone
+	}()
+
+	start := time.Now()
+	req := api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt}
+	if err := w.admit(ctx, j); err != nil {
+		log.Warn("job refused", zap.Error(err))
+		req.Outcome = string(outcome.Rejected)
+		req.ErrorMessage = outcome.Message(err)
+		no := false
+		req.Retryable = &no
+	} else {
+		log.Info("job started")
+		res := w.cfg.Runner.Run(ctx, j.Task, j.JobID, j.Input)
+		req.DurationMS = res.Duration.Milliseconds()
+		req.ModuleDigest = res.Digest
+		err := res.Err
+		if err == nil && len(res.Output) > 0 && !json.Valid(res.Output) {
+			err = outcome.New(outcome.TaskError, "the task's output is not a JSON document")
+		}
+		code := outcome.CodeOf(err)
+		req.Outcome = string(code)
+		if err != nil {
+			req.ErrorMessage = outcome.Message(err)
+			if code == outcome.Cancelled {
+				// Cancelled by the control plane: final. Cancelled by our shutdown: another
+				// worker should run it.
+				retry := !errors.Is(context.Cause(ctx), errCancelRequested)
+				req.Retryable = &retry
+			}
+		} else if len(res.Output) > 0 {
+			req.Output = json.RawMessage(res.Output)
+		}
+		log.Info("job finished", zap.String("outcome", req.Outcome), zap.Duration("duration", time.Since(start)),
+			zap.Int("http_calls", res.HTTPCalls), zap.NamedError("cause", err))
+	}
+	w.complete(j, req, log)
+}
+
+var errCancelRequested = errors.New("the control plane asked to cancel the job")
+
+// admit decides whether the job may run: the task must be served here at the signed version,
+// and the approval must verify against the trusted keys (signature, expiry, job, task,
+// version, pool, input hash, replay).
+func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
+	def, ok := w.catalog[j.Task]
+	if !ok {
+		return outcome.New(outcome.Rejected, "task %q is not served by this worker", j.Task)
+	}
+	if def.Version != j.TaskVersion {
+		return outcome.New(outcome.Rejected, "task %q version %q is not served by this worker (it serves %q)", j.Task, j.TaskVersion, def.Version)
+	}
+	_, err := w.cfg.Verifier.Verify(ctx, j.Approval, approval.Expect{
+		JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input, Attempt: j.Attempt,
+	})
+	return err
+}
+
+func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, every time.Duration, log *zap.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hctx, hcancel := context.WithTimeout(context.Background(), every)
+		resp, err := w.cfg.Client.Heartbeat(hctx, j.LeaseToken)
+		hcancel()
+		switch {
+		case err == nil && resp.CancelRequested, client.IsCode(err, api.CodeJobCancelled):
+			log.Info("control plane asked to cancel the job")
+			cancel(errCancelRequested)
+			return
+		case client.IsCode(err, api.CodeLeaseLost):
+			// Another worker may be running it now: stop, our result would be refused.
+			log.Warn("lease lost; stopping the job")
+			cancel(errCancelRequested)
+			return
+		case err != nil:
+			log.Warn("heartbeat failed", zap.Error(err))
+		}
+	}
+}
+
+// complete reports the result, retrying through control-plane outages until the lease is
+// surely gone: a refused (fenced) completion is final.
+func (w *Worker) complete(j api.LeasedJob, req api.CompleteRequest, log *zap.Logger) {
+	deadline := time.Now().Add(time.Until(j.LeaseExpiresAt) + time.Minute)
+	for failures := 1; ; failures++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err := w.cfg.Client.Complete(ctx, j.JobID, req)
+		cancel()
+		if err == nil {
+			return
+		}
+		var ae *client.APIError
+		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != 429 {
+			log.Warn("completion refused by the control plane", zap.Error(err))
+			return
+		}
+		if time.Now().After(deadline) {
+			log.Error("could not report the result before the lease expired; the job will run again", zap.Error(err))
+			return
+		}
+		d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+		log.Warn("reporting the result failed; retrying", zap.Error(err), zap.Duration("in", d))
+		time.Sleep(d)
+	}
+}
+
+// backoff is exponential with full jitter.
+func backoff(min, max time.Duration, failures int) time.Duration {
+	d := min << min64(failures-1, 20)
+	if d > max || d <= 0 {
+		d = max
+	}
+	return min/2 + rand.N(d)
+}
+
+func min64(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
