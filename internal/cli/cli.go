@@ -65,6 +65,13 @@ func App(stdout, stderr io.Writer) *cli.App {
 		ExitErrHandler:  func(*cli.Context, error) {}, // main decides exit codes
 		Commands: []*cli.Command{
 			runCommand(),
+			serverCommand(),
+			workerCommand(),
+			jobCommand(),
+			keygenCommand(),
+			tokenCommand(),
+			pluginCommand(),
+			auditCommand(),
 			policyCommand(),
 			demoCommand(),
 			demoCRMCommand(),

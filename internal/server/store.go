@@ -258,3 +258,34 @@ func (s *Store) listAudit(ctx context.Context, jobID, action string, limit int, 
 	}
 	return out, rows.Err()
 }
+
+// Counts is a summary of the database, for operators and for tests that must prove every
+// job completed exactly once.
+type Counts struct {
+	Jobs        map[api.State]int // jobs by state
+	Completions int               // attempts with a recorded result
+	Attempts    int               // attempts leased
+}
+
+// Count summarises the jobs table and the attempts recorded.
+func (s *Store) Count(ctx context.Context) (Counts, error) {
+	c := Counts{Jobs: map[api.State]int{}}
+	rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*) FROM jobs GROUP BY state`)
+	if err != nil {
+		return c, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return c, err
+		}
+		c.Jobs[api.State(st)] = n
+	}
+	if err := rows.Err(); err != nil {
+		return c, err
+	}
+	err = s.db.QueryRowContext(ctx, `SELECT COUNT(*), COUNT(finished_at) FROM job_attempts`).Scan(&c.Attempts, &c.Completions)
+	return c, err
+}

@@ -36,13 +36,34 @@ type Runner interface {
 
 var _ Runner = (*tasks.Set)(nil)
 
+// Queue is the worker's side of the transport to the control plane. *client.Client (HTTPS
+// long-poll) implements it, and so does the NATS JetStream transport. Everything above it
+// (verification, the sandbox, reporting, drain) is shared by both.
+//
+// A final refusal (a bad token, a fenced completion, a lost lease) is a *client.APIError with
+// a 4xx Status and one of the api.Code* codes; any other error is treated as an outage and
+// retried with backoff.
+type Queue interface {
+	Register(ctx context.Context, req api.RegisterRequest) (api.RegisterResponse, error)
+	PublishCatalog(ctx context.Context, tasks []api.TaskDef) (api.CatalogResponse, error)
+	Lease(ctx context.Context, max int, wait time.Duration) ([]api.LeasedJob, error)
+	Heartbeat(ctx context.Context, leaseToken string) (api.HeartbeatResponse, error)
+	Complete(ctx context.Context, jobID string, req api.CompleteRequest) (api.CompleteResponse, error)
+}
+
+var _ Queue = (*client.Client)(nil)
+
 // Config configures a Worker.
 type Config struct {
-	// Client talks to the control plane with a worker token.
-	Client *client.Client
+	// Client is the transport to the control plane, authenticated as a worker.
+	Client Queue
 	// Runner runs tasks; Catalog is what the worker tells the control plane it can run.
 	Runner  Runner
 	Catalog []api.TaskDef
+	// CatalogUpdates, when set, delivers the whole new catalog each time the served tasks
+	// change (a plugin added, replaced or removed): the worker republishes it and admits jobs
+	// against it from then on. Optional.
+	CatalogUpdates <-chan []api.TaskDef
 	// Verifier checks every approval before anything runs.
 	Verifier *approval.Verifier
 	// Name labels the worker in the control plane (default: "castellan-worker").
@@ -64,11 +85,11 @@ type Config struct {
 
 // Worker leases and runs jobs. Run it with Run.
 type Worker struct {
-	cfg     Config
-	log     *zap.Logger
-	catalog map[string]api.TaskDef
+	cfg Config
+	log *zap.Logger
 
 	mu       sync.Mutex
+	catalog  map[string]api.TaskDef
 	inflight int
 	done     int
 }
@@ -96,11 +117,58 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Log, catalog: map[string]api.TaskDef{}}
-	for _, t := range cfg.Catalog {
-		w.catalog[t.Name] = t
-	}
+	w := &Worker{cfg: cfg, log: cfg.Log}
+	w.setCatalog(cfg.Catalog)
 	return w, nil
+}
+
+func (w *Worker) setCatalog(tasks []api.TaskDef) {
+	m := make(map[string]api.TaskDef, len(tasks))
+	for _, t := range tasks {
+		m[t.Name] = t
+	}
+	w.mu.Lock()
+	w.catalog = m
+	w.cfg.Catalog = tasks
+	w.mu.Unlock()
+}
+
+func (w *Worker) task(name string) (api.TaskDef, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.catalog[name]
+	return t, ok
+}
+
+// followCatalog republishes the catalog after every change, retrying through outages; a
+// newer change supersedes a publication still being retried.
+func (w *Worker) followCatalog(ctx context.Context) {
+	for {
+		var tasks []api.TaskDef
+		select {
+		case <-ctx.Done():
+			return
+		case tasks = <-w.cfg.CatalogUpdates:
+		}
+		w.setCatalog(tasks)
+		for failures := 1; ; failures++ {
+			_, err := w.cfg.Client.PublishCatalog(ctx, tasks)
+			if err == nil {
+				w.log.Info("catalog republished", zap.Int("tasks", len(tasks)))
+				break
+			}
+			d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+			w.log.Warn("republishing the catalog failed; retrying", zap.Error(err), zap.Duration("in", d))
+			select {
+			case <-ctx.Done():
+				return
+			case tasks = <-w.cfg.CatalogUpdates:
+				w.setCatalog(tasks)
+				failures = 0
+			case <-time.After(d):
+			}
+		}
+	}
 }
 
 // Run registers, publishes the catalog and serves jobs until lease is cancelled (the first
@@ -124,8 +192,11 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		wait = max
 	}
 	w.log.Info("worker ready", zap.String("worker_id", reg.WorkerID), zap.String("pool", reg.Pool),
-		zap.Int("concurrency", w.cfg.Concurrency), zap.Int("tasks", len(w.catalog)))
+		zap.Int("concurrency", w.cfg.Concurrency), zap.Int("tasks", len(w.cfg.Catalog)))
 
+	if w.cfg.CatalogUpdates != nil {
+		go w.followCatalog(lease)
+	}
 	slots := make(chan struct{}, w.cfg.Concurrency)
 	var wg sync.WaitGroup
 	failures := 0
@@ -216,7 +287,10 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 	for failures := 1; ; failures++ {
 		reg, err := w.cfg.Client.Register(ctx, api.RegisterRequest{Name: w.cfg.Name, AgentVersion: w.cfg.Version})
 		if err == nil {
-			_, err = w.cfg.Client.PublishCatalog(ctx, w.cfg.Catalog)
+			w.mu.Lock()
+			tasks := w.cfg.Catalog
+			w.mu.Unlock()
+			_, err = w.cfg.Client.PublishCatalog(ctx, tasks)
 		}
 		if err == nil {
 			return reg, nil
@@ -293,7 +367,7 @@ var errCancelRequested = errors.New("the control plane asked to cancel the job")
 // and the approval must verify against the trusted keys (signature, expiry, job, task,
 // version, pool, input hash, replay).
 func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
-	def, ok := w.catalog[j.Task]
+	def, ok := w.task(j.Task)
 	if !ok {
 		return outcome.New(outcome.Rejected, "task %q is not served by this worker", j.Task)
 	}

@@ -414,12 +414,12 @@ func TestThousandJobsThreeWorkers(t *testing.T) {
 			t.Fatalf("job %d = %s attempt %d output %s, want succeeded once with its own output", i, got.State, got.Attempt, got.Output)
 		}
 	}
-	var completions int
-	if err := s.srv.Store().QueryRowContext(context.Background(), `SELECT COUNT(*) FROM jobs WHERE state = 'succeeded' AND attempt = 1`).Scan(&completions); err != nil {
+	counts, err := s.srv.Store().Count(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if completions != n {
-		t.Errorf("succeeded jobs with one attempt in the database = %d, want %d", completions, n)
+	if counts.Jobs[api.StateSucceeded] != n || counts.Completions != n || counts.Attempts != n {
+		t.Errorf("database: %d succeeded, %d attempts, %d completions; want %d each", counts.Jobs[api.StateSucceeded], counts.Attempts, counts.Completions, n)
 	}
 }
 
