@@ -37,9 +37,9 @@ fmt:
 fixtures:
 	for f in runtime/testdata/*.wat; do wat2wasm "$$f" -o "$${f%.wat}.wasm"; done
 
-## examples: rebuild the example tasks from source
+## examples: rebuild the example tasks in every language from source (toolchains: scripts/ci-toolchains.sh)
 examples:
-	cd examples/crm-lookup && ./build.sh
+	./examples/build-all.sh
 
 ## bench: the benchmarks recorded in docs/benchmarks.md
 bench:
