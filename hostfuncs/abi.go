@@ -146,8 +146,13 @@ func CheckImports(r wazero.Runtime, m wazero.CompiledModule) []string {
 		allowedWASI[n] = true
 	}
 	var bad []string
+	seen := map[string]bool{}
 	for _, imp := range ImportsOf(m) {
 		key := imp.Module + "." + imp.Name
+		if seen[imp.String()] {
+			continue // toolchains may import the same function twice
+		}
+		seen[imp.String()] = true
 		switch {
 		case imp.Module == wasi_snapshot_preview1.ModuleName && !allowedWASI[imp.Name]:
 			bad = append(bad, imp.String()+": WASI function not offered (no filesystem, sockets or process control)")
