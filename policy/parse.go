@@ -27,7 +27,7 @@ func (d *decoder) policy(data []byte) *Policy {
 	if n == nil {
 		return p
 	}
-	top, ok := d.mapping(n, "", n.Line, []string{"version", "vault", "credentials", "endpoints", "tasks"})
+	top, ok := d.mapping(n, "", n.Line, []string{"version", "vault", "credentials", "endpoints", "tasks", "plugins"})
 	if !ok {
 		return p
 	}
@@ -48,6 +48,7 @@ func (d *decoder) policy(data []byte) *Policy {
 	if v := top.get("tasks"); v != nil {
 		d.tasks(p, v, top.keyLine["tasks"])
 	}
+	p.Plugins = d.plugins(top.get("plugins"), top.keyLine["plugins"])
 	return p
 }
 
@@ -513,7 +514,19 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 			continue
 		}
 		if v := t.get("module"); v == nil {
-			d.add(tline, field(tpath, "module"), "missing; set the path of the task's .wasm file")
+			// Without a module the task is a grant for the plugin of the same name. Keys that
+			// only a module's author can answer come from the plugin's manifest instead, so
+			// writing them here is refused rather than silently ignored.
+			var authorKeys []string
+			for _, k := range pluginManifestKeys {
+				if t.get(k) != nil {
+					authorKeys = append(authorKeys, k)
+				}
+			}
+			if len(authorKeys) > 0 {
+				d.add(tline, field(tpath, "module"), "missing; set the path of the task's .wasm file, or remove %s to make this task a grant for the plugin named %q (its manifest supplies them; see docs/plugins.md)",
+					strings.Join(authorKeys, ", "), name)
+			}
 		} else {
 			task.Module, _ = d.path(v, field(tpath, "module"))
 		}

@@ -18,12 +18,16 @@ type Policy struct {
 	Credentials map[string]secrets.Spec     // by credential name
 	Endpoints   map[string]*egress.Endpoint // by endpoint name; BaseURL, Rules and Auth built, defaults applied
 	Tasks       map[string]*Task            // by task name
+	Plugins     Plugins                     // how plugins are trusted; defaults applied
 }
 
 // Task is one task the worker may run.
 type Task struct {
-	Name        string
-	Module      string // absolute, cleaned path of the .wasm file
+	Name string
+	// Module is the absolute, cleaned path of the .wasm file. Empty for a plugin grant
+	// (IsPluginGrant): the module then comes from the plugin of the same name, and Entry,
+	// Version, Description and the schemas from its manifest.
+	Module      string
 	SHA256      string // lower-case hex pin of the module file; empty when unpinned
 	Entry       string // exported function to call, default "run"
 	Version     string // sent to the control plane catalog, default "0"

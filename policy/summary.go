@@ -27,7 +27,11 @@ func (p *Policy) WriteSummary(w io.Writer) error {
 	}
 	for _, name := range p.TaskNames() {
 		t := p.Tasks[name]
-		fmt.Fprintf(&b, "\ntask %s (version %s)\n", t.Name, t.Version)
+		if t.IsPluginGrant() {
+			fmt.Fprintf(&b, "\ntask %s (plugin grant)\n", t.Name)
+		} else {
+			fmt.Fprintf(&b, "\ntask %s (version %s)\n", t.Name, t.Version)
+		}
 		if t.Description != "" {
 			fmt.Fprintf(&b, "  description: %s\n", strings.Join(strings.Fields(t.Description), " "))
 		}
@@ -35,7 +39,11 @@ func (p *Policy) WriteSummary(w io.Writer) error {
 		if t.SHA256 != "" {
 			pin = "sha256 " + t.SHA256
 		}
-		fmt.Fprintf(&b, "  module: %s (%s), entry %s\n", t.Module, pin, t.Entry)
+		if t.IsPluginGrant() {
+			fmt.Fprintf(&b, "  module: from the plugin named %s (%s); these are the most it is granted\n", t.Name, pin)
+		} else {
+			fmt.Fprintf(&b, "  module: %s (%s), entry %s\n", t.Module, pin, t.Entry)
+		}
 		l := t.Limits
 		fmt.Fprintf(&b, "  limits: memory %s (%d pages), timeout %s, output %s, http calls %d, log %s\n",
 			formatSize(int64(l.MemoryPages)*WasmPageSize), l.MemoryPages, formatDuration(l.Timeout),
@@ -47,6 +55,9 @@ func (p *Policy) WriteSummary(w io.Writer) error {
 		for _, en := range t.Endpoints {
 			p.writeEndpoint(&b, p.Endpoints[en])
 		}
+	}
+	if pl := p.Plugins; p.hasPluginGrants() || len(pl.TrustedPublishers) > 0 || !pl.RequireSigned || pl.Strict {
+		fmt.Fprintf(&b, "\nplugins: require_signed %t, strict %t, %s\n", pl.RequireSigned, pl.Strict, plural(len(pl.TrustedPublishers), "trusted publisher key file"))
 	}
 	if unused := p.unusedEndpoints(); len(unused) > 0 {
 		fmt.Fprintf(&b, "\nendpoints granted to no task: %s\n", strings.Join(unused, ", "))
@@ -103,4 +114,13 @@ func plural(n int, word string) string {
 		return "1 " + word
 	}
 	return fmt.Sprintf("%d %ss", n, word)
+}
+
+func (p *Policy) hasPluginGrants() bool {
+	for _, t := range p.Tasks {
+		if t.IsPluginGrant() {
+			return true
+		}
+	}
+	return false
 }

@@ -186,6 +186,10 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	if err != nil {
 		return fail(outcome.Wrap(outcome.ModuleRejected, err, "task %q: invalid module: %v", cfg.Name, firstLine(err)))
 	}
+	if usesExtism(compiled) { // an Extism plugin: runs through the go-sdk (extism.go)
+		defer rt.Close(ctx)
+		return e.loadExtism(ctx, cfg, lim, digest, compiled)
+	}
 	if bad := hostfuncs.CheckImports(rt, compiled); len(bad) > 0 {
 		return fail(outcome.New(outcome.ModuleRejected, "task %q: module imports what the sandbox does not offer:\n  %s",
 			cfg.Name, joinLines(bad)))

@@ -35,6 +35,7 @@ type Module struct {
 	command    bool // command module: the job runs in _start
 	pool       *pool
 	log        *zap.Logger
+	ext        *extismModule // set for Extism plugins (extism.go); rt and compiled are nil then
 
 	closeOnce sync.Once
 }
@@ -70,6 +71,10 @@ func (m *Module) close(ctx context.Context) error {
 		if m.pool != nil {
 			m.pool.stop(ctx)
 		}
+		if m.ext != nil {
+			err = m.ext.close(ctx)
+			return
+		}
 		err = m.rt.Close(ctx)
 	})
 	return err
@@ -102,6 +107,9 @@ func (r Result) Code() outcome.Code { return outcome.CodeOf(r.Err) }
 // when no pre-initialised instance is ready.
 func (m *Module) Run(ctx context.Context, job Job) Result {
 	start := time.Now()
+	if m.ext != nil {
+		return m.runExtism(ctx, job, start)
+	}
 	ctx, cancel := context.WithTimeout(ctx, m.limits.Timeout)
 	defer cancel()
 

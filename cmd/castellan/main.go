@@ -5,19 +5,16 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/castellan-dev/castellan/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := cli.App(os.Stdout, os.Stderr).RunContext(ctx, os.Args)
-	code := cli.ExitCode(err)
-	if err != nil && code == cli.ExitUsage {
+	// No signal handling here: each command decides (cli.App), because the server and the
+	// worker need two-stage shutdown, which a context cancelled on the first signal cannot give.
+	err := cli.App(os.Stdout, os.Stderr).RunContext(context.Background(), os.Args)
+	if cli.Unreported(err) {
 		fmt.Fprintf(os.Stderr, "castellan: %v\n", err)
 	}
-	os.Exit(code)
+	os.Exit(cli.ExitCode(err))
 }

@@ -8,6 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -38,22 +42,32 @@ func (e taskFailed) Unwrap() error { return e.err }
 // ExitCode maps an error returned by the app to the process exit code.
 func ExitCode(err error) int {
 	var tf taskFailed
+	var rp reported
 	switch {
 	case err == nil:
 		return ExitOK
-	case errors.As(err, &tf):
+	case errors.As(err, &tf), errors.As(err, &rp):
 		return ExitTaskFailed
 	default:
 		return ExitUsage
 	}
 }
 
+// Unreported reports whether main must still print err: every error except a failed job,
+// which the command has described already.
+func Unreported(err error) bool {
+	var tf taskFailed
+	return err != nil && !errors.As(err, &tf)
+}
+
 // Version is set by the linker (-X) in release builds.
 var Version = "dev"
 
-// App returns the castellan command.
+// App returns the castellan command. Run it with a context that signals do not cancel:
+// long-running commands (server, worker) handle SIGINT/SIGTERM themselves, in two stages;
+// every other command's context is cancelled by the first signal.
 func App(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "castellan",
 		Usage: "run approved WebAssembly tasks inside your network, with credentials they can never read",
 		Description: "Castellan keeps the keys: a private worker that pulls approved tasks from an outbound queue,\n" +
@@ -77,6 +91,27 @@ func App(stdout, stderr io.Writer) *cli.App {
 			demoCRMCommand(),
 			versionCommand(),
 		},
+	}
+	cancelOnSignal(app.Commands, "server", "worker")
+	return app
+}
+
+// cancelOnSignal wraps the actions of cmds (and their subcommands), except the named ones,
+// so that SIGINT or SIGTERM cancels their context.
+func cancelOnSignal(cmds []*cli.Command, except ...string) {
+	for _, c := range cmds {
+		if slices.Contains(except, c.Name) {
+			continue
+		}
+		cancelOnSignal(c.Subcommands)
+		if act := c.Action; act != nil {
+			c.Action = func(cc *cli.Context) error {
+				ctx, stop := signal.NotifyContext(cc.Context, os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				cc.Context = ctx
+				return act(cc)
+			}
+		}
 	}
 }
 

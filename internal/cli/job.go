@@ -1,12 +1,369 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-// jobCommand is a placeholder replaced by the file's owner.
-func jobCommand() *cli.Command {
-	return &cli.Command{Name: "job", Hidden: true, Action: func(*cli.Context) error { return errors.New("job: not built yet") }}
+// JobConfig is what every `castellan job` subcommand needs to reach the control plane.
+type JobConfig struct {
+	Server    string
+	TokenFile string // "" to read $CASTELLAN_TOKEN
+	JSON      bool   // machine output
 }
+
+func (cfg JobConfig) client() (*client.Client, error) {
+	if cfg.Server == "" {
+		return nil, usagef("--server is required (or CASTELLAN_SERVER)")
+	}
+	tok, err := readToken(cfg.TokenFile)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	c, err := client.New(cfg.Server, tok, client.WithUserAgent("castellan-cli/"+Version))
+	if err != nil {
+		return nil, usagef("--server: %v", err)
+	}
+	return c, nil
+}
+
+// SubmitConfig is `castellan job submit`.
+type SubmitConfig struct {
+	JobConfig
+	Task, TaskVersion, Pool string
+	Input                   string // JSON text or @FILE
+	IdempotencyKey          string
+	MaxAttempts             int
+	Wait                    bool
+}
+
+// ApproveConfig is `castellan job approve`.
+type ApproveConfig struct {
+	JobConfig
+	JobID    string
+	Key      string // private JWK file
+	As       string // approver name; default $USER
+	TTL      time.Duration
+	Wait     bool
+	Approval string // set by JobApprove: the token it posted (for tests and the demo)
+}
+
+func jobCommand() *cli.Command {
+	var jc JobConfig
+	common := []cli.Flag{
+		&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &jc.Server},
+		tokenFileFlag(&jc.TokenFile),
+		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of text", Destination: &jc.JSON},
+	}
+	var sub SubmitConfig
+	var appr ApproveConfig
+	var list client.ListOptions
+	var state string
+	oneJob := func(name, usage, desc string, fn func(context.Context, JobConfig, string, io.Writer) error) *cli.Command {
+		return &cli.Command{
+			Name: name, Usage: usage, ArgsUsage: "JOB_ID", Description: desc, Flags: common,
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return usagef("%s takes exactly one JOB_ID", name)
+				}
+				return fn(c.Context, jc, c.Args().First(), c.App.Writer)
+			},
+		}
+	}
+	return &cli.Command{
+		Name:  "job",
+		Usage: "submit, approve, inspect and cancel jobs on the control plane",
+		Description: "Every subcommand talks to --server (CASTELLAN_SERVER) with the bearer token from --token-file\n" +
+			"or $CASTELLAN_TOKEN. Output is for people unless --json is given. Exit status: 0 ok, 1 the job\n" +
+			"did not succeed (submit --wait, wait) or the control plane refused the request, 2 usage error.",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "submit",
+				Usage: "submit a job; it waits for approval unless the server auto-approves the task",
+				Description: "The input is validated against the task's JSON Schema by the control plane.\n\n" +
+					"Examples:\n" +
+					"  castellan job submit --task crm-lookup --pool default --input '{\"customer_id\":\"42\"}'\n" +
+					"  castellan job submit --task crm-lookup --pool default --input @job.json --idempotency-key ticket-1234 --wait",
+				Flags: append(append([]cli.Flag{}, common...),
+					&cli.StringFlag{Name: "task", Usage: "task `NAME`", Required: true, Destination: &sub.Task},
+					&cli.StringFlag{Name: "task-version", Usage: "task `VERSION` (default the newest published)", Destination: &sub.TaskVersion},
+					&cli.StringFlag{Name: "pool", Usage: "worker `POOL`", EnvVars: []string{"CASTELLAN_POOL"}, Value: "default", Destination: &sub.Pool},
+					&cli.StringFlag{Name: "input", Usage: "job input: JSON text, or @FILE", Value: "{}", Destination: &sub.Input},
+					&cli.StringFlag{Name: "idempotency-key", Usage: "`KEY` making a repeated submit return the same job", Destination: &sub.IdempotencyKey},
+					&cli.IntFlag{Name: "max-attempts", Usage: "executions allowed (default the server's, 3)", Destination: &sub.MaxAttempts},
+					&cli.BoolFlag{Name: "wait", Usage: "wait until the job ends and print its output", Destination: &sub.Wait},
+				),
+				Action: func(c *cli.Context) error {
+					sub.JobConfig = jc
+					_, err := JobSubmit(c.Context, sub, c.App.Writer)
+					return err
+				},
+			},
+			{
+				Name:      "approve",
+				Usage:     "sign an approval for a job on this machine and attach it",
+				ArgsUsage: "JOB_ID",
+				Description: "Fetches the job, shows what is being approved (task, version, pool, input and its SHA-256),\n" +
+					"signs an approval with the private key HERE, and posts only the signed token: the control\n" +
+					"plane never sees the key. Workers run the job only if they trust the key's public half.\n\n" +
+					"Examples:\n" +
+					"  castellan job approve --key ~/.castellan/alice.private.jwk.json 01J9Z3...\n" +
+					"  castellan job approve --key alice.private.jwk.json --as alice --ttl 15m --wait 01J9Z3...",
+				Flags: append(append([]cli.Flag{}, common...),
+					&cli.StringFlag{Name: "key", Usage: "private JWK `FILE` (from castellan keygen)", EnvVars: []string{"CASTELLAN_APPROVER_KEY"}, Required: true, Destination: &appr.Key},
+					&cli.StringFlag{Name: "as", Usage: "approver `NAME` recorded in the approval (default $USER)", Destination: &appr.As},
+					&cli.DurationFlag{Name: "ttl", Usage: "how long the approval stays valid", Value: approval.DefaultTTL, Destination: &appr.TTL},
+					&cli.BoolFlag{Name: "wait", Usage: "wait until the job ends and print its output", Destination: &appr.Wait},
+				),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return usagef("approve takes exactly one JOB_ID")
+					}
+					appr.JobConfig, appr.JobID = jc, c.Args().First()
+					return JobApprove(c.Context, &appr, c.App.Writer)
+				},
+			},
+			oneJob("get", "show one job", "Example:\n  castellan job get 01J9Z3...", JobGet),
+			oneJob("wait", "wait until a job ends and print it (exit 1 unless it succeeded)",
+				"Example:\n  castellan job wait --json 01J9Z3...", JobWait),
+			oneJob("cancel", "cancel a job (a running job's worker is told to stop)",
+				"Example:\n  castellan job cancel 01J9Z3...", JobCancel),
+			{
+				Name:        "list",
+				Usage:       "list jobs, newest first",
+				Description: "Examples:\n  castellan job list --state pending_approval\n  castellan job list --task crm-lookup --pool default --json",
+				Flags: append(append([]cli.Flag{}, common...),
+					&cli.StringFlag{Name: "state", Usage: "only jobs in `STATE`", Destination: &state},
+					&cli.StringFlag{Name: "task", Usage: "only jobs of task `NAME`", Destination: &list.Task},
+					&cli.StringFlag{Name: "pool", Usage: "only jobs in `POOL`", Destination: &list.Pool},
+					&cli.IntFlag{Name: "limit", Usage: "at most `N` jobs", Destination: &list.Limit},
+				),
+				Action: func(c *cli.Context) error {
+					list.State = api.State(state)
+					return JobList(c.Context, jc, list, c.App.Writer)
+				},
+			},
+		},
+	}
+}
+
+// JobSubmit submits a job, prints it and, with Wait, waits for it to end.
+func JobSubmit(ctx context.Context, cfg SubmitConfig, out io.Writer) (api.Job, error) {
+	input, err := readInput(cfg.Input)
+	if err != nil {
+		return api.Job{}, usageError{err}
+	}
+	c, err := cfg.client()
+	if err != nil {
+		return api.Job{}, err
+	}
+	j, err := c.Submit(ctx, api.SubmitRequest{Task: cfg.Task, TaskVersion: cfg.TaskVersion, Pool: cfg.Pool,
+		Input: input, IdempotencyKey: cfg.IdempotencyKey, MaxAttempts: cfg.MaxAttempts})
+	if err != nil {
+		return api.Job{}, apiFailure(err)
+	}
+	if cfg.Wait {
+		if !cfg.JSON {
+			fmt.Fprintf(out, "submitted job %s (%s); waiting\n", j.ID, j.State)
+		}
+		return waitJob(ctx, c, j.ID, cfg.JSON, out)
+	}
+	return j, printJob(out, j, cfg.JSON)
+}
+
+// JobApprove signs an approval for cfg.JobID with the private key in cfg.Key and attaches it.
+func JobApprove(ctx context.Context, cfg *ApproveConfig, out io.Writer) error {
+	key, err := approval.LoadPrivateKey(cfg.Key)
+	if err != nil {
+		return usagef("--key: %v", err)
+	}
+	c, err := cfg.client()
+	if err != nil {
+		return err
+	}
+	j, err := c.Get(ctx, cfg.JobID)
+	if err != nil {
+		return apiFailure(err)
+	}
+	if j.State != api.StatePendingApproval {
+		return reported{fmt.Errorf("job %s is %s, not pending_approval: nothing to approve", j.ID, j.State)}
+	}
+	hash, err := approval.InputHash(j.Input)
+	if err != nil {
+		return reported{fmt.Errorf("job %s: its input cannot be hashed: %v", j.ID, err)}
+	}
+	who := cfg.As
+	if who == "" {
+		who = os.Getenv("USER")
+	}
+	tok, _, err := approval.Sign(key, approval.Request{
+		JobID: j.ID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input,
+		TTL: cfg.TTL, MaxAttempts: j.MaxAttempts, Approver: who,
+	})
+	if err != nil {
+		return usagef("sign the approval: %v", err)
+	}
+	if !cfg.JSON {
+		fmt.Fprintf(out, "approving job %s\n  task:    %s %s\n  pool:    %s\n  input:   %s\n  sha256:  %s\n  signer:  %s (key %s), valid %s, up to %d attempt(s)\n",
+			j.ID, j.Task, j.TaskVersion, j.Pool, abbreviate(string(j.Input), 200), hash, who, key.KeyID, cfg.TTL, j.MaxAttempts)
+	}
+	j, err = c.Approve(ctx, j.ID, tok)
+	if err != nil {
+		return apiFailure(err)
+	}
+	cfg.Approval = tok
+	if cfg.Wait {
+		_, err := waitJob(ctx, c, j.ID, cfg.JSON, out)
+		return err
+	}
+	return printJob(out, j, cfg.JSON)
+}
+
+// JobGet prints one job.
+func JobGet(ctx context.Context, cfg JobConfig, id string, out io.Writer) error {
+	c, err := cfg.client()
+	if err != nil {
+		return err
+	}
+	j, err := c.Get(ctx, id)
+	if err != nil {
+		return apiFailure(err)
+	}
+	return printJob(out, j, cfg.JSON)
+}
+
+// JobWait waits until the job is terminal and prints it; it fails unless the job succeeded.
+func JobWait(ctx context.Context, cfg JobConfig, id string, out io.Writer) error {
+	c, err := cfg.client()
+	if err != nil {
+		return err
+	}
+	_, err = waitJob(ctx, c, id, cfg.JSON, out)
+	return err
+}
+
+// JobCancel cancels a job and prints its new state.
+func JobCancel(ctx context.Context, cfg JobConfig, id string, out io.Writer) error {
+	c, err := cfg.client()
+	if err != nil {
+		return err
+	}
+	j, err := c.Cancel(ctx, id)
+	if err != nil {
+		return apiFailure(err)
+	}
+	return printJob(out, j, cfg.JSON)
+}
+
+// JobList prints one page of jobs.
+func JobList(ctx context.Context, cfg JobConfig, o client.ListOptions, out io.Writer) error {
+	c, err := cfg.client()
+	if err != nil {
+		return err
+	}
+	l, err := c.List(ctx, o)
+	if err != nil {
+		return apiFailure(err)
+	}
+	if cfg.JSON {
+		return writeJSON(out, l)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTASK\tPOOL\tSTATE\tATTEMPT\tOUTCOME\tCREATED")
+	for _, j := range l.Jobs {
+		fmt.Fprintf(tw, "%s\t%s@%s\t%s\t%s\t%d/%d\t%s\t%s\n", j.ID, j.Task, j.TaskVersion, j.Pool, j.State,
+			j.Attempt, j.MaxAttempts, j.Outcome, j.CreatedAt.Local().Format(time.DateTime))
+	}
+	if l.NextCursor != "" {
+		fmt.Fprintf(tw, "(more: --cursor is not supported by this command yet; narrow the filters)\n")
+	}
+	return tw.Flush()
+}
+
+func waitJob(ctx context.Context, c *client.Client, id string, asJSON bool, out io.Writer) (api.Job, error) {
+	j, err := c.Wait(ctx, id)
+	if err != nil {
+		return j, apiFailure(err)
+	}
+	if err := printJob(out, j, asJSON); err != nil {
+		return j, err
+	}
+	if j.State != api.StateSucceeded {
+		return j, taskFailed{fmt.Errorf("job %s ended %s: %s", j.ID, j.State, j.ErrorMessage)}
+	}
+	return j, nil
+}
+
+func printJob(out io.Writer, j api.Job, asJSON bool) error {
+	if asJSON {
+		return writeJSON(out, j)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+	}
+	row("job", j.ID)
+	row("task", j.Task+" "+j.TaskVersion)
+	row("pool", j.Pool)
+	row("state", string(j.State))
+	row("attempt", fmt.Sprintf("%d of %d", j.Attempt, j.MaxAttempts))
+	row("approved", fmt.Sprint(j.HasApproval))
+	row("outcome", j.Outcome)
+	row("error", j.ErrorMessage)
+	if j.DurationMS > 0 {
+		row("duration", (time.Duration(j.DurationMS) * time.Millisecond).String())
+	}
+	row("input", abbreviate(string(j.Input), 200))
+	row("output", string(j.Output))
+	return tw.Flush()
+}
+
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func abbreviate(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// apiFailure turns a control-plane refusal into exit status 1 with the server's message
+// (and schema details); main prints it.
+func apiFailure(err error) error {
+	var ae *client.APIError
+	if errors.As(err, &ae) && len(ae.Details) > 0 {
+		var b strings.Builder
+		b.WriteString(ae.Error())
+		for _, d := range ae.Details {
+			fmt.Fprintf(&b, "\n  at %q: %s", d.Location, d.Message)
+		}
+		return reported{errors.New(b.String())}
+	}
+	return reported{err}
+}
+
+// reported is a failure (exit status 1) whose message main still has to print.
+type reported struct{ err error }
+
+func (e reported) Error() string { return e.err.Error() }
+func (e reported) Unwrap() error { return e.err }

@@ -28,6 +28,9 @@ func runFixture(t *testing.T) (policyPath string) {
 	module := filepath.Join(dir, "crm-lookup.wasm")
 	must(t, os.WriteFile(tokenFile, []byte(runToken+"\n"), 0o600))
 	must(t, os.WriteFile(module, examples.CRMLookupWasm, 0o644))
+	// The demo policy names its schemas relative to itself.
+	must(t, os.WriteFile(filepath.Join(dir, "input.schema.json"), []byte(crmLookupInputSchema), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "output.schema.json"), []byte(crmLookupOutputSchema), 0o644))
 	pol := strings.NewReplacer("{{.TokenFile}}", tokenFile, "{{.CRMURL}}", base, "{{.Module}}", module).Replace(examples.DemoPolicy)
 	policyPath = filepath.Join(dir, "policy.yaml")
 	must(t, os.WriteFile(policyPath, []byte(pol), 0o644))

@@ -1,12 +1,189 @@
 package cli
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/logging"
+	"github.com/castellan-dev/castellan/internal/server"
 )
 
-// serverCommand is a placeholder replaced by the file's owner.
+// ServerConfig is the configuration of `castellan server`.
+type ServerConfig struct {
+	DB               string
+	Listen           string
+	TLSCert, TLSKey  string
+	LeaseTTL         time.Duration
+	AutoApproveKey   string   // private JWK file; "" for no auto-approval
+	AutoApproveTasks []string // task names, or "*"
+	LogLevel         string
+	LogFormat        string
+}
+
 func serverCommand() *cli.Command {
-	return &cli.Command{Name: "server", Hidden: true, Action: func(*cli.Context) error { return errors.New("server: not built yet") }}
+	var cfg ServerConfig
+	var tasks cli.StringSlice
+	return &cli.Command{
+		Name:  "server",
+		Usage: "run the reference control plane (job queue, catalog, approvals, audit)",
+		Description: "Serves the /v1 JSON API (docs/api.md) with its state in a SQLite file. Workers inside the\n" +
+			"private network long-poll it over outbound HTTPS; it never learns endpoints, URLs or\n" +
+			"credentials. Bootstrap tokens with `castellan token create --db FILE` before the first start.\n" +
+			"Once listening it prints \"castellan server listening on URL\" on stdout; logs go to stderr.\n" +
+			"SIGINT/SIGTERM shut it down gracefully (requests in flight get up to 10s); a second signal\n" +
+			"exits at once. Exit status: 0 clean shutdown, 1 runtime failure, 2 configuration error.\n\n" +
+			"With --auto-approve-key the server signs approvals itself for the listed tasks: meant for\n" +
+			"demos and low-risk tasks only; workers must trust that key, and the approvals say \"auto\".\n\n" +
+			"Every flag can also come from CASTELLAN_<FLAG> (e.g. CASTELLAN_DB) or from --config FILE, a\n" +
+			"YAML map of flag names to values (flags and env win over the file).\n\n" +
+			"Examples:\n" +
+			"  castellan token create --db /var/lib/castellan/cp.db --role admin --pool '*' --name ops\n" +
+			"  castellan server --db /var/lib/castellan/cp.db --listen 0.0.0.0:8443 --tls-cert cp.crt --tls-key cp.key\n" +
+			"  castellan server --db demo.db --listen 127.0.0.1:8443 --auto-approve-key auto.private.jwk.json --auto-approve-tasks echo",
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.StringFlag{Name: "db", Usage: "SQLite database `FILE` (created if missing)", EnvVars: []string{"CASTELLAN_DB"}, Destination: &cfg.DB},
+			&cli.StringFlag{Name: "listen", Usage: "`ADDR` to listen on", EnvVars: []string{"CASTELLAN_LISTEN"}, Value: "127.0.0.1:8443", Destination: &cfg.Listen},
+			&cli.StringFlag{Name: "tls-cert", Usage: "TLS certificate `FILE` (PEM)", EnvVars: []string{"CASTELLAN_TLS_CERT"}, Destination: &cfg.TLSCert},
+			&cli.StringFlag{Name: "tls-key", Usage: "TLS private key `FILE` (PEM)", EnvVars: []string{"CASTELLAN_TLS_KEY"}, Destination: &cfg.TLSKey},
+			&cli.DurationFlag{Name: "lease-ttl", Usage: "how long a lease lives without a heartbeat", EnvVars: []string{"CASTELLAN_LEASE_TTL"}, Value: 60 * time.Second, Destination: &cfg.LeaseTTL},
+			&cli.StringFlag{Name: "auto-approve-key", Usage: "private JWK `FILE` the server signs auto-approvals with", EnvVars: []string{"CASTELLAN_AUTO_APPROVE_KEY"}, Destination: &cfg.AutoApproveKey},
+			&cli.StringSliceFlag{Name: "auto-approve-tasks", Usage: "task `NAMES` to auto-approve (comma-separated, or *)", EnvVars: []string{"CASTELLAN_AUTO_APPROVE_TASKS"}, Destination: &tasks},
+			logLevelFlag(&cfg.LogLevel, "info"),
+			logFormatFlag(&cfg.LogFormat),
+		},
+		Before: loadConfigFile,
+		Action: func(c *cli.Context) error {
+			cfg.AutoApproveTasks = splitList(tasks.Value())
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			return Server(c.Context, cfg, c.App.Writer, c.App.ErrWriter, sigs)
+		},
+	}
+}
+
+// Server runs the control plane until the first value on sigs (graceful shutdown) or ctx ends.
+// A second value makes it return at once.
+func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sigs <-chan os.Signal) error {
+	if cfg.DB == "" {
+		return usagef("--db is required: the SQLite file that holds the control plane's state")
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return usagef("--tls-cert and --tls-key go together: give both or neither")
+	}
+	log, err := logging.New(stderr, logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat})
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = log.Sync() }()
+
+	scfg := server.Config{
+		Addr: cfg.Listen, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, DBPath: cfg.DB,
+		LeaseTTL: cfg.LeaseTTL, Logger: log.Named("server"),
+	}
+	if cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0 {
+		if cfg.AutoApproveKey == "" || len(cfg.AutoApproveTasks) == 0 {
+			return usagef("--auto-approve-key and --auto-approve-tasks go together: give both or neither")
+		}
+		key, err := approval.LoadPrivateKey(cfg.AutoApproveKey)
+		if err != nil {
+			return usagef("--auto-approve-key: %v", err)
+		}
+		scfg.AutoApprover = AutoApprover{Key: key}
+		scfg.AutoApproveTasks = cfg.AutoApproveTasks
+		log.Warn("!!! AUTO-APPROVAL IS ON: this server signs approvals itself for the listed tasks; "+
+			"any client token can run them on every worker that trusts this key !!!",
+			zap.Strings("tasks", cfg.AutoApproveTasks), zap.String("kid", key.KeyID))
+	}
+
+	srv, err := server.New(ctx, scfg)
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = srv.Close() }()
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		return usagef("--listen %s: %v", cfg.Listen, err)
+	}
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		scheme = "https"
+	}
+	fmt.Fprintf(stdout, "castellan server listening on %s://%s\n", scheme, ln.Addr())
+
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	select {
+	case err = <-done:
+	case s := <-sigs:
+		log.Info("shutting down: finishing requests in flight; a second signal exits at once", zap.Stringer("signal", s))
+		stop()
+		select {
+		case err = <-done:
+		case s := <-sigs:
+			log.Warn("second signal: exiting without waiting", zap.Stringer("signal", s))
+			return nil
+		}
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("control plane failed", zap.Error(err))
+		return taskFailed{err}
+	}
+	log.Info("control plane stopped")
+	return nil
+}
+
+// AutoApprover signs server-side approvals with a private key, marked Auto in the claims.
+// It lets demos and low-risk tasks skip a human; workers still verify every approval.
+type AutoApprover struct {
+	Key jose.JSONWebKey
+	// TTL is the approvals' lifetime. Optional; default approval.DefaultTTL.
+	TTL time.Duration
+	// MaxAttempts is how many executions an approval allows. Optional; default 100, the
+	// server's upper bound, so that the job's own max_attempts is what stops retries.
+	MaxAttempts int
+}
+
+var _ server.AutoApprover = AutoApprover{}
+
+// Approve implements server.AutoApprover.
+func (a AutoApprover) Approve(_ context.Context, j server.ApprovalSubject) (string, error) {
+	n := a.MaxAttempts
+	if n <= 0 {
+		n = 100
+	}
+	tok, _, err := approval.Sign(a.Key, approval.Request{
+		JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input,
+		TTL: a.TTL, MaxAttempts: n, Approver: "auto:" + a.Key.KeyID, Auto: true,
+	})
+	return tok, err
+}
+
+// splitList flattens comma-separated values and drops empty items.
+func splitList(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
 }

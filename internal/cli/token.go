@@ -1,12 +1,88 @@
 package cli
 
 import (
-	"errors"
+	"context"
+	"fmt"
+	"io"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/castellan-dev/castellan/internal/server"
+	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-// tokenCommand is a placeholder replaced by the file's owner.
+// TokenConfig is the configuration of `castellan token create`.
+type TokenConfig struct {
+	DB        string // direct database access (bootstrap); exclusive with Server
+	Server    string // via the API with an admin token
+	TokenFile string
+	Role      string
+	Pool      string
+	Name      string
+	JSON      bool
+}
+
 func tokenCommand() *cli.Command {
-	return &cli.Command{Name: "token", Hidden: true, Action: func(*cli.Context) error { return errors.New("token: not built yet") }}
+	var cfg TokenConfig
+	return &cli.Command{
+		Name:  "token",
+		Usage: "manage control-plane bearer tokens",
+		Subcommands: []*cli.Command{{
+			Name:  "create",
+			Usage: "create a bearer token and print its secret (once)",
+			Description: "Roles: worker (lease and run jobs of one pool), client (submit, get, list, cancel, wait),\n" +
+				"approver (attach approvals), admin (everything, including tokens and audit). Worker tokens\n" +
+				"need a pool; other roles may use '*' for every pool. Only a hash is stored: the secret is\n" +
+				"printed once. With --db the database is opened directly (to bootstrap the first admin\n" +
+				"token, before or while the server runs); with --server an admin token creates it via the API.\n\n" +
+				"Examples:\n" +
+				"  castellan token create --db /var/lib/castellan/cp.db --role admin --pool '*' --name ops\n" +
+				"  castellan token create --server https://cp:8443 --token-file admin.token --role worker --pool default --name dc1-w1 > w1.token",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "db", Usage: "control plane SQLite `FILE` (direct access)", EnvVars: []string{"CASTELLAN_DB"}, Destination: &cfg.DB},
+				&cli.StringFlag{Name: "server", Usage: "control plane `URL` (needs an admin token)", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &cfg.Server},
+				tokenFileFlag(&cfg.TokenFile),
+				&cli.StringFlag{Name: "role", Usage: "worker, client, approver or admin", Required: true, Destination: &cfg.Role},
+				&cli.StringFlag{Name: "pool", Usage: "`POOL` the token is bound to ('*' for all; not for workers)", Value: "default", Destination: &cfg.Pool},
+				&cli.StringFlag{Name: "name", Usage: "label shown in listings and the audit log", Destination: &cfg.Name},
+				&cli.BoolFlag{Name: "json", Usage: "print the token as JSON", Destination: &cfg.JSON},
+			},
+			Action: func(c *cli.Context) error { _, err := TokenCreate(c.Context, cfg, c.App.Writer); return err },
+		}},
+	}
+}
+
+// TokenCreate creates a token and prints its secret alone on stdout (or the JSON record).
+func TokenCreate(ctx context.Context, cfg TokenConfig, out io.Writer) (api.Token, error) {
+	var tok api.Token
+	var err error
+	switch {
+	case (cfg.DB == "") == (cfg.Server == ""):
+		return tok, usagef("give exactly one of --db FILE (direct) or --server URL (via the API)")
+	case cfg.DB != "":
+		st, oerr := server.OpenStore(ctx, cfg.DB)
+		if oerr != nil {
+			return tok, usagef("--db: %v", oerr)
+		}
+		defer st.Close()
+		tok, err = st.CreateToken(ctx, api.Role(cfg.Role), cfg.Pool, cfg.Name, time.Now())
+		if err != nil {
+			return tok, usageError{err}
+		}
+	default:
+		c, cerr := JobConfig{Server: cfg.Server, TokenFile: cfg.TokenFile}.client()
+		if cerr != nil {
+			return tok, cerr
+		}
+		tok, err = c.CreateToken(ctx, api.TokenCreateRequest{Role: api.Role(cfg.Role), Pool: cfg.Pool, Name: cfg.Name})
+		if err != nil {
+			return tok, apiFailure(err)
+		}
+	}
+	if cfg.JSON {
+		return tok, writeJSON(out, tok)
+	}
+	_, err = fmt.Fprintln(out, tok.Secret)
+	return tok, err
 }

@@ -1,12 +1,347 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+	"gopkg.in/yaml.v3"
+
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/logging"
+	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/tasks"
+	"github.com/castellan-dev/castellan/internal/worker"
+	"github.com/castellan-dev/castellan/policy"
+	"github.com/castellan-dev/castellan/redact"
+	"github.com/castellan-dev/castellan/runtime"
+	"github.com/castellan-dev/castellan/secrets"
 )
 
-// workerCommand is a placeholder replaced by the file's owner.
+// WorkerConfig is the configuration of `castellan worker`.
+type WorkerConfig struct {
+	Server      string   // control plane base URL
+	TokenFile   string   // worker bearer token file; "" to read $CASTELLAN_TOKEN
+	Policy      string   // policy file
+	TrustedKeys []string // JWKS files of approver public keys
+	StateDir    string   // replay store lives here; "" for the XDG state dir
+	CacheDir    string   // compilation cache; "" for the user cache dir, "off" for none
+	Concurrency int
+	Grace       time.Duration // drain period after the first signal before jobs are cancelled
+	Name        string
+	LogLevel    string
+	LogFormat   string
+}
+
 func workerCommand() *cli.Command {
-	return &cli.Command{Name: "worker", Hidden: true, Action: func(*cli.Context) error { return errors.New("worker: not built yet") }}
+	var cfg WorkerConfig
+	var keys cli.StringSlice
+	return &cli.Command{
+		Name:  "worker",
+		Usage: "run the private worker: lease approved jobs, verify, run sandboxed, report results only",
+		Description: "Loads the policy and its credentials on this host, compiles the tasks, publishes their names,\n" +
+			"versions and JSON Schemas to the control plane, then long-polls it for approved jobs. It opens\n" +
+			"no listening port. Each job's approval is verified against --trusted-keys before anything runs;\n" +
+			"used approvals are remembered in STATE-DIR/replay.db. Only the outcome, output, the task's\n" +
+			"error message, duration and module digest go back; URLs, credentials and request details stay\n" +
+			"in the local log.\n\n" +
+			"Shutdown: the first SIGTERM/SIGINT stops leasing and lets running jobs finish (\"draining\");\n" +
+			"a second signal, or --grace elapsing, cancels them (reported cancelled and retryable, so\n" +
+			"another worker runs them). Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
+			"at shutdown, 2 configuration error (nothing ran).\n\n" +
+			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. Every flag can also come from\n" +
+			"CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to values; flags and env win).\n\n" +
+			"Examples:\n" +
+			"  castellan worker --server https://cp.example:8443 --token-file /etc/castellan/worker.token \\\n" +
+			"      --policy /etc/castellan/policy.yaml --trusted-keys /etc/castellan/approvers.jwks.json\n" +
+			"  castellan worker --config /etc/castellan/worker.yaml --concurrency 4",
+		Flags: []cli.Flag{
+			configFlag(),
+			&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &cfg.Server},
+			tokenFileFlag(&cfg.TokenFile),
+			&cli.StringFlag{Name: "policy", Usage: "policy `FILE`", EnvVars: []string{"CASTELLAN_POLICY"}, Destination: &cfg.Policy},
+			&cli.StringSliceFlag{Name: "trusted-keys", Usage: "JWKS `FILES` of approver public keys (comma-separated)", EnvVars: []string{"CASTELLAN_TRUSTED_KEYS"}, Destination: &keys},
+			&cli.StringFlag{Name: "state-dir", Usage: "`DIR` for durable worker state (default $XDG_STATE_HOME/castellan)", EnvVars: []string{"CASTELLAN_STATE_DIR"}, Destination: &cfg.StateDir},
+			&cli.StringFlag{Name: "cache-dir", Usage: "compilation cache `DIR` (\"off\" to disable)", EnvVars: []string{"CASTELLAN_CACHE_DIR"}, Destination: &cfg.CacheDir},
+			&cli.IntFlag{Name: "concurrency", Usage: "jobs run at once", EnvVars: []string{"CASTELLAN_CONCURRENCY"}, Value: 2, Destination: &cfg.Concurrency},
+			&cli.DurationFlag{Name: "grace", Usage: "how long running jobs may finish after the first signal", EnvVars: []string{"CASTELLAN_GRACE"}, Value: 5 * time.Minute, Destination: &cfg.Grace},
+			&cli.StringFlag{Name: "name", Usage: "worker `NAME` shown in the control plane (default the host name)", EnvVars: []string{"CASTELLAN_NAME"}, Destination: &cfg.Name},
+			logLevelFlag(&cfg.LogLevel, "info"),
+			logFormatFlag(&cfg.LogFormat),
+		},
+		Before: loadConfigFile,
+		Action: func(c *cli.Context) error {
+			cfg.TrustedKeys = splitList(keys.Value())
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			return Worker(c.Context, cfg, c.App.ErrWriter, sigs)
+		},
+	}
+}
+
+// Worker runs the worker until it has drained after the first value on sigs (or ctx ends).
+// A second value, or cfg.Grace elapsing after the first, cancels the running jobs.
+func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan os.Signal) error {
+	if cfg.Server == "" || cfg.Policy == "" || len(cfg.TrustedKeys) == 0 {
+		return usagef("--server, --policy and --trusted-keys are required")
+	}
+	token, err := readToken(cfg.TokenFile)
+	if err != nil {
+		return usageError{err}
+	}
+	pol, err := policy.Load(cfg.Policy)
+	if err != nil {
+		return usageError{err}
+	}
+	keys, err := approval.LoadKeySet(cfg.TrustedKeys...)
+	if err != nil {
+		return usagef("--trusted-keys: %v", err)
+	}
+	stateDir, err := workerStateDir(cfg.StateDir)
+	if err != nil {
+		return usageError{err}
+	}
+	red := redact.NewSet()
+	_ = red.Add(token) // never log our own bearer token either
+	log, err := logging.New(stderr, logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat, Scrub: red})
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = log.Sync() }()
+
+	replay, err := approval.OpenReplayStore(filepath.Join(stateDir, "replay.db"))
+	if err != nil {
+		return usagef("replay store in --state-dir %s: %v", stateDir, err)
+	}
+	defer replay.Close()
+
+	store, err := secrets.NewStore(pol.Credentials, pol.Vault, red, log.Named("secrets"))
+	if err != nil {
+		return usageError{err}
+	}
+	defer store.Close()
+	if err := store.Preload(ctx); err != nil {
+		log.Warn("some credentials could not be loaded; tasks needing them fail with credential_unavailable", zap.Error(err))
+	}
+	cache, err := cacheDir(cfg.CacheDir)
+	if err != nil {
+		return usageError{err}
+	}
+	engine, err := runtime.NewEngine(runtime.Config{CacheDir: cache, Logger: log.Named("sandbox")})
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = engine.Close(context.Background()) }()
+	set, err := tasks.Load(ctx, tasks.Options{Policy: pol, Engine: engine, Secrets: store, Redactor: red, Log: log})
+	if err != nil {
+		return usageError{err}
+	}
+	defer set.Close(context.Background())
+	catalog, err := Catalog(set)
+	if err != nil {
+		return usageError{err}
+	}
+
+	cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version))
+	if err != nil {
+		return usagef("--server: %v", err)
+	}
+	name := cfg.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	w, err := worker.New(worker.Config{
+		Client: cl, Runner: set, Catalog: catalog, Verifier: approval.NewVerifier(keys, replay),
+		Name: name, Version: Version, Concurrency: cfg.Concurrency, Log: log.Named("worker"),
+	})
+	if err != nil {
+		return usageError{err}
+	}
+
+	lease, stopLease := context.WithCancel(ctx)
+	defer stopLease()
+	jobs, cancelJobs := context.WithCancel(ctx)
+	defer cancelJobs()
+	done := make(chan struct{})
+	forced := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+			return
+		case s := <-sigs:
+			log.Info("draining: no new jobs; running jobs may finish (a second signal cancels them)",
+				zap.Stringer("signal", s), zap.Duration("grace", cfg.Grace))
+			stopLease()
+		}
+		grace := time.NewTimer(cfg.Grace)
+		defer grace.Stop()
+		select {
+		case <-done:
+			return
+		case s := <-sigs:
+			log.Warn("second signal: cancelling running jobs", zap.Stringer("signal", s))
+		case <-grace.C:
+			log.Warn("grace period elapsed: cancelling running jobs", zap.Duration("grace", cfg.Grace))
+		}
+		close(forced)
+		cancelJobs()
+	}()
+	err = w.Run(lease, jobs)
+	close(done)
+	if err != nil {
+		log.Error("worker stopped", zap.Error(err))
+		return taskFailed{err}
+	}
+	select {
+	case <-forced:
+		return taskFailed{errors.New("shutdown forced: running jobs were cancelled")}
+	default:
+	}
+	return nil
+}
+
+// Catalog describes the loaded tasks for the control plane: name, version, description and
+// the JSON Schemas from the policy. Nothing else leaves the worker.
+func Catalog(set *tasks.Set) ([]api.TaskDef, error) {
+	var out []api.TaskDef
+	for _, name := range set.Names() {
+		t, _ := set.Get(name)
+		def := api.TaskDef{Name: name, Version: t.Policy.Version, Description: t.Policy.Description,
+			InputSchema: json.RawMessage(`{"type":"object"}`)}
+		var err error
+		if t.Policy.InputSchema != "" {
+			if def.InputSchema, err = readSchema(name, "input_schema", t.Policy.InputSchema); err != nil {
+				return nil, err
+			}
+		}
+		if t.Policy.OutputSchema != "" {
+			if def.OutputSchema, err = readSchema(name, "output_schema", t.Policy.OutputSchema); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, def)
+	}
+	return out, nil
+}
+
+func readSchema(task, field, path string) (json.RawMessage, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("task %q %s: %w", task, field, err)
+	}
+	var v map[string]any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("task %q %s %s: not a JSON Schema object: %v", task, field, path, err)
+	}
+	return json.RawMessage(b), nil
+}
+
+func workerStateDir(flag string) (string, error) {
+	dir := flag
+	if dir == "" {
+		base := os.Getenv("XDG_STATE_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", fmt.Errorf("--state-dir is needed: no $XDG_STATE_HOME and no home directory (%v)", err)
+			}
+			base = filepath.Join(home, ".local", "state")
+		}
+		dir = filepath.Join(base, "castellan")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("--state-dir: %w", err)
+	}
+	return dir, nil
+}
+
+// readToken reads a bearer token from file, or from $CASTELLAN_TOKEN when file is "".
+func readToken(file string) (string, error) {
+	if file == "" {
+		if t := strings.TrimSpace(os.Getenv("CASTELLAN_TOKEN")); t != "" {
+			return t, nil
+		}
+		return "", errors.New("no bearer token: pass --token-file FILE or set CASTELLAN_TOKEN")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("--token-file %s is empty", file)
+	}
+	return t, nil
+}
+
+func tokenFileFlag(dst *string) cli.Flag {
+	return &cli.StringFlag{Name: "token-file", Usage: "bearer token `FILE` (default $CASTELLAN_TOKEN)", EnvVars: []string{"CASTELLAN_TOKEN_FILE"}, Destination: dst}
+}
+
+func configFlag() cli.Flag {
+	return &cli.StringFlag{Name: "config", Usage: "YAML `FILE` of flag values (flag names as keys)", EnvVars: []string{"CASTELLAN_CONFIG"}}
+}
+
+func logLevelFlag(dst *string, def string) cli.Flag {
+	return &cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"CASTELLAN_LOG_LEVEL"}, Value: def, Destination: dst}
+}
+
+func logFormatFlag(dst *string) cli.Flag {
+	return &cli.StringFlag{Name: "log-format", Usage: "console or json", EnvVars: []string{"CASTELLAN_LOG_FORMAT"}, Value: "console", Destination: dst}
+}
+
+// loadConfigFile applies --config FILE: a YAML map whose keys are the command's flag names.
+// A value applies only when the flag was not given on the command line or in the
+// environment. Lists may be YAML sequences.
+func loadConfigFile(c *cli.Context) error {
+	path := c.String("config")
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return usagef("--config: %v", err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		return usagef("--config %s: %v", path, err)
+	}
+	known := map[string]bool{}
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			known[n] = true
+		}
+	}
+	for k, v := range m {
+		if !known[k] || k == "config" {
+			return usagef("--config %s: unknown key %q; keys are the flag names of `castellan %s`", path, k, c.Command.Name)
+		}
+		if c.IsSet(k) {
+			continue
+		}
+		var vals []any
+		if list, ok := v.([]any); ok {
+			vals = list
+		} else {
+			vals = []any{v}
+		}
+		for _, item := range vals {
+			if err := c.Set(k, fmt.Sprint(item)); err != nil {
+				return usagef("--config %s: key %q: %v", path, k, err)
+			}
+		}
+	}
+	return nil
 }

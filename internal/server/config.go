@@ -7,7 +7,12 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
+
+	auditlog "github.com/castellan-dev/castellan/audit"
+	"github.com/castellan-dev/castellan/internal/metrics"
 )
 
 // AutoApprover signs approvals on the server for tasks configured for auto-approval. It is
@@ -54,6 +59,17 @@ type Config struct {
 	AutoApproveTasks []string
 	// Logger receives the server's logs. Optional, default zap.NewNop().
 	Logger *zap.Logger
+	// Audit receives a tamper-evident record of each job action (submit, approve, lease,
+	// complete, cancel, lease expiry), after the database committed it. Optional. A failed
+	// write is logged; the database's own audit table still holds the action.
+	Audit *auditlog.Log
+	// Metrics counts job actions. Optional.
+	Metrics *metrics.Server
+	// Tracer traces job actions. The job's trace context (from the submit's traceparent
+	// field or header, continued by the submit span) is stored with the job and handed to
+	// the worker with the lease. Optional, default no spans (a submitter's traceparent is
+	// still passed on).
+	Tracer trace.TracerProvider
 	// Now is the clock. Optional, default time.Now; tests inject a fake one.
 	Now func() time.Time
 	// Jitter picks the actual back-off in [0, max). Optional, default uniform random.
@@ -103,6 +119,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Tracer == nil {
+		c.Tracer = noop.NewTracerProvider()
 	}
 	if c.Jitter == nil {
 		c.Jitter = func(max time.Duration) time.Duration {

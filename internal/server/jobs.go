@@ -17,7 +17,9 @@ import (
 	"strings"
 	"time"
 
+	auditlog "github.com/castellan-dev/castellan/audit"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/tracing"
 	"github.com/castellan-dev/castellan/outcome"
 )
 
@@ -263,6 +265,9 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	}
 
 	id := newJobID()
+	ctx, span := s.startSpan(ctx, "submit", req.TraceParent, id, req.Task)
+	defer span.End()
+	traceparent := tracing.TraceParent(ctx)
 	approval := req.Approval
 	auto := false
 	if approval == "" && s.autoApproves(req.Task) {
@@ -291,7 +296,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 			idem = req.IdempotencyKey
 		}
 		_, err = tx.ExecContext(ctx, qInsertJob,
-			id, req.Task, version, pool, input, approval, string(state), req.MaxAttempts, idem, reqHash[:], p.TokenID, now, now)
+			id, req.Task, version, pool, input, approval, string(state), req.MaxAttempts, idem, reqHash[:], p.TokenID, now, now, traceparent)
 		if err != nil {
 			return err
 		}
@@ -310,6 +315,14 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	})
 	if err != nil {
 		return api.Job{}, false, err
+	}
+	if created {
+		s.record(auditlog.Action{Type: auditlog.ActionSubmitted, Job: id, Task: req.Task, Pool: pool, Actor: p.TokenID, Role: string(p.Role), State: string(state)})
+		s.cfg.Metrics.Submitted(req.Task)
+		if auto {
+			s.record(auditlog.Action{Type: auditlog.ActionApproved, Job: id, Task: req.Task, Pool: pool, Actor: "server", Role: "server"})
+			s.cfg.Metrics.Approved(req.Task)
+		}
 	}
 	if created && state == api.StateQueued {
 		s.queued.broadcast()
@@ -343,6 +356,9 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 		return err
 	})
 	if err == nil {
+		s.step(ctx, "approve", id, out.Task)
+		s.record(auditlog.Action{Type: auditlog.ActionApproved, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role)})
+		s.cfg.Metrics.Approved(out.Task)
 		s.queued.broadcast()
 	}
 	return out, err
@@ -379,6 +395,9 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 		out = j.Job
 		return err
 	})
+	if err == nil {
+		s.record(auditlog.Action{Type: auditlog.ActionCancelled, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
+	}
 	if err == nil && done {
 		s.finished.broadcast()
 	}
@@ -442,7 +461,9 @@ func (s *Server) listJobs(ctx context.Context, p Principal, f jobFilter) (api.Jo
 // is in the worker's own catalog, oldest first.
 func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.LeasedJob, error) {
 	var out []api.LeasedJob
+	var waits, leasedWaits []time.Duration
 	err := s.store.tx(ctx, func(tx *txn) error {
+		waits, leasedWaits = waits[:0], leasedWaits[:0]
 		now := s.cfg.Now()
 		rows, err := tx.QueryContext(ctx, qDueJobs, p.Pool, now.UnixMilli(), p.TokenID, max)
 		if err != nil {
@@ -451,18 +472,20 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 		var ids []string
 		for rows.Next() {
 			var id string
-			if err := rows.Scan(&id); err != nil {
+			var since int64
+			if err := rows.Scan(&id, &since); err != nil {
 				rows.Close()
 				return err
 			}
 			ids = append(ids, id)
+			waits = append(waits, now.Sub(msTime(since)))
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
 		}
 		expires := now.Add(s.cfg.LeaseTTL)
-		for _, id := range ids {
+		for i, id := range ids {
 			tok := newLeaseToken()
 			res, err := tx.ExecContext(ctx, qLeaseJob,
 				hashLease(tok), expires.UnixMilli(), p.TokenID, now.UnixMilli(), id)
@@ -475,7 +498,7 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 			var lj api.LeasedJob
 			var input []byte
 			if err := tx.QueryRowContext(ctx, qLeasedJob, id).
-				Scan(&lj.JobID, &lj.Task, &lj.TaskVersion, &lj.Pool, &input, &lj.Approval, &lj.Attempt, &lj.MaxAttempts); err != nil {
+				Scan(&lj.JobID, &lj.Task, &lj.TaskVersion, &lj.Pool, &input, &lj.Approval, &lj.Attempt, &lj.MaxAttempts, &lj.TraceParent); err != nil {
 				return err
 			}
 			lj.Input = input
@@ -489,12 +512,18 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 				return err
 			}
 			out = append(out, lj)
+			leasedWaits = append(leasedWaits, waits[i])
 		}
 		_, err = tx.ExecContext(ctx, qWorkerSeen, now.UnixMilli(), p.TokenID)
 		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i, lj := range out {
+		s.stepFrom(ctx, "lease", lj.TraceParent, lj.JobID, lj.Task)
+		s.record(auditlog.Action{Type: auditlog.ActionLeased, Job: lj.JobID, Task: lj.Task, Pool: lj.Pool, Actor: p.TokenID, Role: string(p.Role), Attempt: lj.Attempt})
+		s.cfg.Metrics.Leased(lj.Task, leasedWaits[i])
 	}
 	return out, nil
 }
@@ -579,6 +608,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 	}
 
 	var out api.CompleteResponse
+	var task, pool string
 	err := s.store.tx(ctx, func(tx *txn) error {
 		j, err := getJobRow(ctx, tx, p, id)
 		if err != nil {
@@ -630,6 +660,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 			return err
 		}
 		out = api.CompleteResponse{JobID: id, State: next, Attempt: req.Attempt}
+		task, pool = j.Task, j.Pool
 		if next == api.StateQueued {
 			t := msTime(notBefore)
 			out.NotBefore = &t
@@ -639,6 +670,10 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 	if err != nil {
 		return api.CompleteResponse{}, err
 	}
+	s.step(ctx, "complete", id, task)
+	s.record(auditlog.Action{Type: auditlog.ActionCompleted, Job: id, Task: task, Pool: pool, Actor: p.TokenID, Role: string(p.Role),
+		Attempt: req.Attempt, Outcome: string(code), State: string(out.State)})
+	s.cfg.Metrics.Completed(task, string(out.State))
 	if out.State == api.StateQueued {
 		s.queued.broadcast()
 	} else {
@@ -651,7 +686,9 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 func (s *Server) reap(ctx context.Context) (int, error) {
 	var n int
 	var requeued, ended bool
+	var expired []auditlog.Action
 	err := s.store.tx(ctx, func(tx *txn) error {
+		expired = expired[:0]
 		now := s.cfg.Now().UnixMilli()
 		rows, err := tx.QueryContext(ctx, qExpiredLeases, now)
 		if err != nil {
@@ -707,10 +744,18 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 			if err := audit(ctx, tx, msTime(now), "server", "server", "lease.expire", e.id, detail); err != nil {
 				return err
 			}
+			expired = append(expired, auditlog.Action{Type: auditlog.ActionLeaseExpiry, Job: e.id, Actor: "server", Role: "server",
+				Attempt: e.attempt, State: string(next)})
 			n++
 		}
 		return nil
 	})
+	if err == nil {
+		for _, a := range expired {
+			s.record(a)
+		}
+		s.cfg.Metrics.LeaseExpired(len(expired))
+	}
 	if requeued {
 		s.queued.broadcast()
 	}
@@ -723,16 +768,16 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 // Hot-path statements (see stmts.go).
 var qIdemLookup = hot(`SELECT id, request_hash FROM jobs WHERE pool = ? AND idempotency_key = ?`)
 var qInsertJob = hot(`INSERT INTO jobs(id, task, task_version, pool, input, approval, state, max_attempts,
-			idempotency_key, request_hash, submitted_by, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`)
+			idempotency_key, request_hash, submitted_by, created_at, updated_at, traceparent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
 var qApprove = hot(`UPDATE jobs SET approval = ?, state = 'queued', updated_at = ? WHERE id = ? AND state = 'pending_approval'`)
 var qCancelNow = hot(`UPDATE jobs SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE id = ?`)
 var qCancelRequest = hot(`UPDATE jobs SET state = 'cancel_requested', updated_at = ? WHERE id = ?`)
-var qDueJobs = hot(`SELECT id FROM jobs j WHERE j.pool = ? AND j.state = 'queued' AND j.not_before <= ?
+var qDueJobs = hot(`SELECT id, MAX(j.updated_at, j.not_before) FROM jobs j WHERE j.pool = ? AND j.state = 'queued' AND j.not_before <= ?
 			AND EXISTS (SELECT 1 FROM worker_tasks wt WHERE wt.token_id = ? AND wt.name = j.task AND wt.version = j.task_version)
 			ORDER BY j.seq LIMIT ?`)
 var qLeaseJob = hot(`UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_hash = ?,
 				lease_expires_at = ?, leased_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'`)
-var qLeasedJob = hot(`SELECT id, task, task_version, pool, input, approval, attempt, max_attempts FROM jobs WHERE id = ?`)
+var qLeasedJob = hot(`SELECT id, task, task_version, pool, input, approval, attempt, max_attempts, traceparent FROM jobs WHERE id = ?`)
 var qInsertAttempt = hot(`INSERT INTO job_attempts(job_id, attempt, leased_by, leased_at) VALUES (?,?,?,?)`)
 var qWorkerSeen = hot(`UPDATE workers SET last_seen_at = ? WHERE token_id = ?`)
 var qJobByLease = hot(`SELECT id, pool, state, lease_expires_at FROM jobs WHERE lease_hash = ?`)

@@ -322,6 +322,9 @@ func (s *Server) hSubmit(w http.ResponseWriter, r *http.Request, p Principal) er
 	if e := decode(w, r, int64(s.cfg.MaxInputBytes)+bodySlack, &req, false); e != nil {
 		return e
 	}
+	if req.TraceParent == "" {
+		req.TraceParent = r.Header.Get("traceparent")
+	}
 	job, created, err := s.submit(r.Context(), p, req)
 	if err != nil {
 		return err

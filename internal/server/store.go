@@ -113,6 +113,8 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_job ON audit(job_id);
 `,
+	// 2: the job's W3C trace context, stored at submit and handed out with each lease.
+	`ALTER TABLE jobs ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';`,
 }
 
 // OpenStore opens (creating if needed) the SQLite database at path and applies pending

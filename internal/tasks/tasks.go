@@ -1,20 +1,31 @@
-// Package tasks turns a policy into runnable tasks: for each task it reads and pins the module,
-// compiles it in its own sandbox runtime, and gives it a gateway holding only the endpoints the
-// policy grants it, the credential store, and the output guard. The CLI's run command and the
-// worker both go through it, so a task behaves the same wherever it runs.
+// Package tasks turns a policy (and, optionally, a plugins directory) into runnable tasks: for
+// each task it reads and pins the module, compiles it in its own sandbox runtime, and gives it
+// a gateway holding only the endpoints the policy grants it, the credential store, and the
+// output guard. The CLI's run command and the worker both go through it, so a task behaves
+// the same wherever it runs.
+//
+// With a plugins directory the set is dynamic: plugins are added, replaced and removed while
+// jobs run (plugins.go). Each task name maps to one current version, swapped atomically;
+// a job holds a reference to the version it started on, and a replaced version is closed
+// only when its last job ends. So a job always runs one complete version, old or new.
 package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
+	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
+	"github.com/castellan-dev/castellan/plugins"
 	"github.com/castellan-dev/castellan/policy"
 	"github.com/castellan-dev/castellan/redact"
 	"github.com/castellan-dev/castellan/runtime"
@@ -31,61 +42,126 @@ type Options struct {
 	Log      *zap.Logger
 	// Audit receives one event per HTTP call. Optional; default logs it.
 	Audit func(egress.Event)
-	// Only limits loading to these tasks. Optional; default all.
+	// Only limits loading to these tasks. Optional; default all. With PluginsDir set it
+	// also limits which plugins are served.
 	Only []string
 	// PoolSize is passed to each module. Optional.
 	PoolSize int
+	// PluginsDir, when set, serves every plugin in this directory (docs/plugins.md) besides
+	// the policy's tasks with a module, and watches it: plugins added, replaced or removed
+	// take effect without a restart, and Updates delivers each new catalog. Optional.
+	PluginsDir string
+	// Debounce is how long a plugin's files must be quiet before a change is loaded.
+	// Optional; default plugins.DefaultDebounce (250ms).
+	Debounce time.Duration
 }
 
-// Task is one loaded task.
+// Task is one loaded version of a task.
 type Task struct {
-	Name   string
+	Name string
+	// Policy is the effective grant: for a plugin, the policy's grant narrowed to what its
+	// manifest requests, with Module, Entry and Version from the plugin.
 	Policy *policy.Task
 	Module *runtime.Module
+	// Def is what the control plane's catalog shows for this task.
+	Def api.TaskDef
+	// Plugin is the plugin this version came from; nil for a task with a module in the policy.
+	Plugin *plugins.Plugin
 }
 
-// Set is the tasks loaded from one policy.
+// slot is a task version in the set with the jobs running on it.
+type slot struct {
+	task    *Task
+	running int
+	retired bool // replaced or removed: close when running drops to 0
+}
+
+// Set is the tasks loaded from one policy (and plugins directory). It is safe for concurrent
+// use.
 type Set struct {
-	tasks map[string]*Task
+	opts  Options
 	log   *zap.Logger
+	audit func(egress.Event)
+
+	mu     sync.Mutex
+	tasks  map[string]*slot
+	closed bool
+
+	// Plugins only (plugins.go).
+	trust   *plugins.Trust
+	updates chan []api.TaskDef
+	stop    context.CancelFunc
+	done    chan struct{}
 }
 
-// Load loads the tasks of opts.Policy. A task that fails to load makes Load fail: a worker
-// with a broken policy should not start half-armed.
+// Load loads the tasks of opts.Policy that have a module, and the plugins of opts.PluginsDir
+// when set. A policy task that fails to load makes Load fail: a worker with a broken policy
+// should not start half-armed. A plugin that fails to load is logged and skipped (and its
+// previous version, on a later reload, keeps serving): plugins come and go while the worker
+// runs, and one bad file must not stop the others.
 func Load(ctx context.Context, opts Options) (*Set, error) {
 	log := opts.Log
 	if log == nil {
 		log = zap.NewNop()
 	}
+	opts.Log = log
 	audit := opts.Audit
 	if audit == nil {
 		audit = LogAudit(log.Named("audit"))
 	}
+	s := &Set{opts: opts, log: log, audit: audit, tasks: map[string]*slot{}}
 	names := opts.Only
 	if len(names) == 0 {
 		names = opts.Policy.TaskNames()
 	}
-	s := &Set{tasks: map[string]*Task{}, log: log}
 	for _, name := range names {
 		pt, ok := opts.Policy.Tasks[name]
 		if !ok {
+			if opts.PluginsDir != "" {
+				continue // may be a plugin without a grant; the plugin loader reports it
+			}
 			s.Close(ctx)
 			return nil, fmt.Errorf("task %q is not defined in policy %s (defined: %v)", name, opts.Policy.Path, opts.Policy.TaskNames())
 		}
-		t, err := loadTask(ctx, opts, pt, audit, log)
+		if pt.IsPluginGrant() {
+			if opts.PluginsDir == "" && len(opts.Only) > 0 {
+				s.Close(ctx)
+				return nil, fmt.Errorf("task %q has no module in policy %s: it is a grant for a plugin; pass the plugins directory (--plugins DIR)", name, opts.Policy.Path)
+			}
+			continue
+		}
+		t, err := s.build(ctx, pt, nil)
 		if err != nil {
 			s.Close(ctx)
 			return nil, err
 		}
-		s.tasks[name] = t
+		s.tasks[name] = &slot{task: t}
+	}
+	if opts.PluginsDir != "" {
+		if err := s.startPlugins(ctx); err != nil {
+			s.Close(ctx)
+			return nil, err
+		}
 	}
 	return s, nil
 }
 
-func loadTask(ctx context.Context, opts Options, pt *policy.Task, audit func(egress.Event), log *zap.Logger) (*Task, error) {
-	wasm, err := os.ReadFile(pt.Module)
+// build compiles one task version. wasm is the module when the caller already read it (a
+// plugin, whose bytes were verified); nil reads pt.Module.
+func (s *Set) build(ctx context.Context, pt *policy.Task, p *plugins.Plugin) (*Task, error) {
+	opts := s.opts
+	var wasm []byte
+	if p != nil {
+		wasm = p.Wasm
+	} else {
+		var err error
+		if wasm, err = os.ReadFile(pt.Module); err != nil {
+			return nil, outcome.Wrap(outcome.ModuleRejected, err, "task %q: read module: %v", pt.Name, err)
+		}
+	}
+	def, err := taskDef(pt, p)
 	if err != nil {
-		return nil, outcome.Wrap(outcome.ModuleRejected, err, "task %q: read module: %v", pt.Name, err)
+		return nil, err
 	}
 	cfg := runtime.ModuleConfig{
 		Name:         pt.Name,
@@ -93,7 +169,6 @@ func loadTask(ctx context.Context, opts Options, pt *policy.Task, audit func(egr
 		SHA256:       pt.SHA256,
 		Entry:        pt.Entry,
 		PoolSize:     opts.PoolSize,
-		Guard:        opts.Redactor,
 		RedactOutput: pt.OnSecretInOutput == "redact",
 		Limits: runtime.Limits{
 			MemoryPages: pt.Limits.MemoryPages,
@@ -102,6 +177,9 @@ func loadTask(ctx context.Context, opts Options, pt *policy.Task, audit func(egr
 			HTTPCalls:   pt.Limits.HTTPCalls,
 			LogBytes:    pt.Limits.LogBytes,
 		},
+	}
+	if opts.Redactor != nil { // a nil *redact.Set in the interface would not be a nil Guard
+		cfg.Guard = opts.Redactor
 	}
 	// In the policy zero means zero; in runtime.Limits zero means "default".
 	if pt.Limits.HTTPCalls == 0 {
@@ -122,7 +200,7 @@ func loadTask(ctx context.Context, opts Options, pt *policy.Task, audit func(egr
 		if opts.Secrets != nil {
 			creds = opts.Secrets
 		}
-		gw, err := egress.New(egress.Config{Endpoints: eps, Credentials: creds, Redactor: opts.Redactor, Audit: audit})
+		gw, err := egress.New(egress.Config{Endpoints: eps, Credentials: creds, Redactor: opts.Redactor, Audit: s.audit})
 		if err != nil {
 			return nil, fmt.Errorf("task %q: %w", pt.Name, err)
 		}
@@ -132,44 +210,164 @@ func loadTask(ctx context.Context, opts Options, pt *policy.Task, audit func(egr
 	if err != nil {
 		return nil, err
 	}
-	log.Info("task loaded", zap.String("task", pt.Name), zap.String("sha256", m.Digest()),
-		zap.Strings("endpoints", pt.Endpoints))
-	return &Task{Name: pt.Name, Policy: pt, Module: m}, nil
+	if p != nil {
+		// The runtime refuses imports outside the ABI; what a grant allows is checked here.
+		if bad := plugins.CheckImports(m.Imports(), pt.Endpoints); len(bad) > 0 {
+			_ = m.Close(ctx)
+			return nil, outcome.New(outcome.ModuleRejected, "plugin %q (%s): forbidden imports:\n  %s", pt.Name, p.Dir, joinLines(bad))
+		}
+	}
+	s.log.Info("task loaded", zap.String("task", pt.Name), zap.String("version", pt.Version),
+		zap.String("sha256", m.Digest()), zap.Strings("endpoints", pt.Endpoints))
+	return &Task{Name: pt.Name, Policy: pt, Module: m, Def: def, Plugin: p}, nil
+}
+
+// defaultInputSchema accepts any JSON object, as docs/policy.md says.
+var defaultInputSchema = json.RawMessage(`{"type":"object"}`)
+
+func taskDef(pt *policy.Task, p *plugins.Plugin) (api.TaskDef, error) {
+	def := api.TaskDef{Name: pt.Name, Version: pt.Version, Description: pt.Description, InputSchema: defaultInputSchema}
+	if p != nil {
+		if s := p.Manifest.InputSchema; s != nil {
+			def.InputSchema = s
+		}
+		def.OutputSchema = p.Manifest.OutputSchema
+		return def, nil
+	}
+	for _, sc := range []struct {
+		path string
+		dst  *json.RawMessage
+	}{{pt.InputSchema, &def.InputSchema}, {pt.OutputSchema, &def.OutputSchema}} {
+		if sc.path == "" {
+			continue
+		}
+		b, err := os.ReadFile(sc.path)
+		if err != nil {
+			return def, fmt.Errorf("task %q: schema: %w", pt.Name, err)
+		}
+		if !json.Valid(b) {
+			return def, fmt.Errorf("task %q: schema %s is not valid JSON", pt.Name, sc.path)
+		}
+		*sc.dst = b
+	}
+	return def, nil
 }
 
 // ErrUnknownTask is returned by Run for a task the set does not hold.
 var ErrUnknownTask = errors.New("unknown task")
 
-// Run runs one job of the named task.
+// Run runs one job of the named task on its current version. The version is held until the
+// job ends, even if a new one is swapped in meanwhile.
 func (s *Set) Run(ctx context.Context, task, jobID string, input []byte) runtime.Result {
-	t, ok := s.tasks[task]
-	if !ok {
+	sl := s.acquire(task)
+	if sl == nil {
 		return runtime.Result{Err: outcome.Wrap(outcome.Rejected, ErrUnknownTask, "task %q is not served by this worker", task)}
 	}
-	return t.Module.Run(ctx, runtime.Job{ID: jobID, Input: input,
+	defer s.release(ctx, sl)
+	return sl.task.Module.Run(ctx, runtime.Job{ID: jobID, Input: input,
 		Log: s.log.With(zap.String("task", task), zap.String("job", jobID))})
 }
 
-// Get returns a loaded task.
+func (s *Set) acquire(name string) *slot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.tasks[name]
+	if sl != nil {
+		sl.running++
+	}
+	return sl
+}
+
+func (s *Set) release(ctx context.Context, sl *slot) {
+	s.mu.Lock()
+	sl.running--
+	closeNow := sl.retired && sl.running == 0
+	s.mu.Unlock()
+	if closeNow {
+		_ = sl.task.Module.Close(context.WithoutCancel(ctx))
+	}
+}
+
+// swap makes t the current version of its task (nil removes the task) and retires the
+// previous version, which is closed once its last job ends. It reports whether the set
+// changed.
+func (s *Set) swap(ctx context.Context, name string, t *Task) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		if t != nil {
+			_ = t.Module.Close(ctx)
+		}
+		return false
+	}
+	old := s.tasks[name]
+	if t == nil {
+		delete(s.tasks, name)
+	} else {
+		s.tasks[name] = &slot{task: t}
+	}
+	var closeOld bool
+	if old != nil {
+		old.retired = true
+		closeOld = old.running == 0
+	}
+	s.mu.Unlock()
+	if closeOld {
+		_ = old.task.Module.Close(ctx)
+	}
+	return old != nil || t != nil
+}
+
+// Get returns the current version of a loaded task.
 func (s *Set) Get(name string) (*Task, bool) {
-	t, ok := s.tasks[name]
-	return t, ok
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl, ok := s.tasks[name]
+	if !ok {
+		return nil, false
+	}
+	return sl.task, true
 }
 
 // Names returns the loaded task names, sorted.
 func (s *Set) Names() []string {
+	s.mu.Lock()
 	out := make([]string, 0, len(s.tasks))
 	for n := range s.tasks {
 		out = append(out, n)
 	}
+	s.mu.Unlock()
 	sort.Strings(out)
 	return out
 }
 
-// Close releases every module.
+// Catalog returns what the worker tells the control plane it can run: one definition per
+// served task, sorted by name.
+func (s *Set) Catalog() []api.TaskDef {
+	s.mu.Lock()
+	out := make([]api.TaskDef, 0, len(s.tasks))
+	for _, sl := range s.tasks {
+		out = append(out, sl.task.Def)
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Close stops watching plugins and releases every module. Jobs still running fail; drain
+// them first.
 func (s *Set) Close(ctx context.Context) {
-	for _, t := range s.tasks {
-		_ = t.Module.Close(ctx)
+	if s.stop != nil {
+		s.stop()
+		<-s.done
+	}
+	s.mu.Lock()
+	s.closed = true
+	tasks := s.tasks
+	s.tasks = map[string]*slot{}
+	s.mu.Unlock()
+	for _, sl := range tasks {
+		_ = sl.task.Module.Close(ctx)
 	}
 }
 
@@ -184,4 +382,15 @@ func LogAudit(log *zap.Logger) func(egress.Event) {
 			zap.Int64("response_bytes", ev.ResponseBytes), zap.Duration("duration", ev.Duration),
 			zap.String("decision", ev.Decision), zap.String("reason", ev.Reason))
 	}
+}
+
+func joinLines(s []string) string {
+	out := ""
+	for i, l := range s {
+		if i > 0 {
+			out += "\n  "
+		}
+		out += l
+	}
+	return out
 }

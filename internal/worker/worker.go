@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/audit"
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/internal/tasks"
@@ -81,6 +82,56 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 	// Log is the worker's logger.
 	Log *zap.Logger
+	// Audit receives a tamper-evident record of each job step. Optional. A job whose
+	// records cannot be written is not run: it is reported as a retryable internal failure.
+	Audit *audit.Log
+	// Observer is told about each job step and each lease or heartbeat failure, for metrics
+	// and traces. Optional.
+	Observer Observer
+}
+
+// EventKind says which step an Event reports.
+type EventKind int
+
+const (
+	WorkerReady      EventKind = iota + 1 // registered; Capacity is set
+	JobReceived                           // leased; the job's steps follow with the returned ctx
+	ApprovalVerified                      // admitted
+	ApprovalRejected                      // refused; Reason says why; JobFinished follows
+	JobStarted                            // the task is running
+	JobFinished                           // always the last step of a received job
+	LeaseFailed                           // a lease call failed (Reason)
+	HeartbeatFailed                       // a heartbeat failed (Reason)
+)
+
+// Event is one step, for an Observer. It carries no input, output, approval or lease token.
+type Event struct {
+	Kind                           EventKind
+	JobID, Task, TaskVersion, Pool string
+	Attempt                        int
+	TraceParent                    string // from the control plane, W3C format
+	Reason                         string // outcome message of a refusal, or the failure
+	Outcome                        outcome.Code
+	Duration                       time.Duration // JobFinished: from receipt to the end of the run
+	HTTPCalls, OutputBytes         int
+	Capacity                       int // WorkerReady: Config.Concurrency
+}
+
+// Observer watches the worker. Observe returns the context for the job's next steps (a
+// tracer puts the job's span in it); for events outside a job the result is ignored.
+// Observe must not block.
+type Observer interface {
+	Observe(ctx context.Context, ev Event) context.Context
+}
+
+func (w *Worker) observe(ctx context.Context, ev Event) context.Context {
+	if w.cfg.Observer == nil {
+		return ctx
+	}
+	if c := w.cfg.Observer.Observe(ctx, ev); c != nil {
+		return c
+	}
+	return ctx
 }
 
 // Worker leases and runs jobs. Run it with Run.
@@ -191,6 +242,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 	if max := time.Duration(reg.MaxWaitSeconds) * time.Second; max > 0 && wait > max {
 		wait = max
 	}
+	w.observe(lease, Event{Kind: WorkerReady, Pool: reg.Pool, Capacity: w.cfg.Concurrency})
 	w.log.Info("worker ready", zap.String("worker_id", reg.WorkerID), zap.String("pool", reg.Pool),
 		zap.Int("concurrency", w.cfg.Concurrency), zap.Int("tasks", len(w.cfg.Catalog)))
 
@@ -226,6 +278,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 				return w.drain(&wg)
 			}
 			failures++
+			w.observe(lease, Event{Kind: LeaseFailed, Reason: err.Error()})
 			d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
 			w.log.Warn("lease failed; retrying", zap.Error(err), zap.Duration("in", d))
 			if client.IsCode(err, api.CodeNotRegistered) {
@@ -326,18 +379,43 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration)
 	}()
 
 	start := time.Now()
+	ev := Event{JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Attempt: j.Attempt, TraceParent: j.TraceParent}
+	// jctx carries the observer's span; ctx (watched by the heartbeat) stays as it is.
+	jctx := w.step(ctx, ev, JobReceived)
 	req := api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt}
-	if err := w.admit(ctx, j); err != nil {
-		log.Warn("job refused", zap.Error(err))
-		req.Outcome = string(outcome.Rejected)
-		req.ErrorMessage = outcome.Message(err)
-		no := false
-		req.Retryable = &no
-	} else {
+	auditErr := w.cfg.Audit.Append(audit.JobReceived{Job: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Attempt: j.Attempt})
+	var output []byte
+	if auditErr == nil {
+		if err := w.admit(jctx, j); err != nil {
+			log.Warn("job refused", zap.Error(err))
+			req.Outcome = string(outcome.Rejected)
+			req.ErrorMessage = outcome.Message(err)
+			no := false
+			req.Retryable = &no
+			ev.Reason = req.ErrorMessage
+			jctx = w.step(jctx, ev, ApprovalRejected)
+			auditErr = w.cfg.Audit.Append(audit.ApprovalRejected{Job: j.JobID, Task: j.Task, Attempt: j.Attempt, Reason: ev.Reason})
+		} else {
+			jctx = w.step(jctx, ev, ApprovalVerified)
+			auditErr = w.cfg.Audit.Append(audit.ApprovalVerified{Job: j.JobID, Task: j.Task, Attempt: j.Attempt})
+			if auditErr == nil {
+				auditErr = w.cfg.Audit.Append(audit.JobStarted{Job: j.JobID, Task: j.Task, Attempt: j.Attempt})
+			}
+		}
+	}
+	if auditErr != nil && req.Outcome == "" {
+		// Fail closed: no job runs unrecorded. Another worker (or this one, once the disk is
+		// fixed) runs it.
+		log.Error("audit log write failed; not running the job", zap.Error(auditErr))
+		req = api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: string(outcome.Internal),
+			ErrorMessage: "the worker's audit log cannot be written"}
+	} else if auditErr == nil && req.Outcome == "" {
 		log.Info("job started")
-		res := w.cfg.Runner.Run(ctx, j.Task, j.JobID, j.Input)
+		jctx = w.step(jctx, ev, JobStarted)
+		res := w.cfg.Runner.Run(jctx, j.Task, j.JobID, j.Input)
 		req.DurationMS = res.Duration.Milliseconds()
 		req.ModuleDigest = res.Digest
+		ev.HTTPCalls = res.HTTPCalls
 		err := res.Err
 		if err == nil && len(res.Output) > 0 && !json.Valid(res.Output) {
 			err = outcome.New(outcome.TaskError, "the task's output is not a JSON document")
@@ -354,11 +432,26 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration)
 			}
 		} else if len(res.Output) > 0 {
 			req.Output = json.RawMessage(res.Output)
+			output = res.Output
 		}
 		log.Info("job finished", zap.String("outcome", req.Outcome), zap.Duration("duration", time.Since(start)),
 			zap.Int("http_calls", res.HTTPCalls), zap.NamedError("cause", err))
 	}
+	ev.Outcome, ev.Reason, ev.Duration, ev.OutputBytes = outcome.Code(req.Outcome), req.ErrorMessage, time.Since(start), len(output)
+	w.step(jctx, ev, JobFinished)
+	if auditErr == nil {
+		if err := w.cfg.Audit.Append(audit.JobFinished{Job: j.JobID, Task: j.Task, Attempt: j.Attempt,
+			Outcome: req.Outcome, Duration: ev.Duration, Output: output}); err != nil {
+			log.Error("audit log write failed", zap.Error(err))
+		}
+	}
 	w.complete(j, req, log)
+}
+
+// step reports one step of a job to the observer.
+func (w *Worker) step(ctx context.Context, ev Event, kind EventKind) context.Context {
+	ev.Kind = kind
+	return w.observe(ctx, ev)
 }
 
 var errCancelRequested = errors.New("the control plane asked to cancel the job")
@@ -403,6 +496,7 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 			cancel(errCancelRequested)
 			return
 		case err != nil:
+			w.observe(ctx, Event{Kind: HeartbeatFailed, JobID: j.JobID, Task: j.Task, Reason: err.Error()})
 			log.Warn("heartbeat failed", zap.Error(err))
 		}
 	}

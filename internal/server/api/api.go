@@ -143,6 +143,9 @@ type SubmitRequest struct {
 	IdempotencyKey string          `json:"idempotency_key,omitempty"`
 	MaxAttempts    int             `json:"max_attempts,omitempty"` // default 3, at most 100
 	Approval       string          `json:"approval,omitempty"`     // compact JWS
+	// TraceParent is a W3C traceparent header value: the job's trace continues from it on
+	// the control plane and the worker. Optional.
+	TraceParent string `json:"traceparent,omitempty"`
 }
 
 // ApproveRequest is POST /v1/jobs/{id}/approval.
@@ -198,6 +201,9 @@ type LeasedJob struct {
 	MaxAttempts    int             `json:"max_attempts"`
 	LeaseToken     string          `json:"lease_token"`
 	LeaseExpiresAt time.Time       `json:"lease_expires_at"`
+	// TraceParent is the W3C traceparent stored at submit, for the worker to continue the
+	// job's trace. Empty when the submit carried none.
+	TraceParent string `json:"traceparent,omitempty"`
 }
 
 // LeaseResponse may hold no jobs when the wait elapsed.

@@ -1,0 +1,5 @@
+//go:build !race
+
+package natsq_test
+
+const raceEnabled = false

@@ -1,0 +1,201 @@
+package natsq
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+)
+
+// Options configures a connection to NATS and the transport on top of it. The zero value
+// (apart from Pool for workers) connects without credentials, which suits tests only.
+type Options struct {
+	// Name labels the connection in the server's monitoring (`nats server report
+	// connections`). Optional; default "castellan".
+	Name string
+
+	// User and Password authenticate with a username and password. Optional.
+	User, Password string
+	// Token authenticates with a bearer token. Optional.
+	Token string
+	// CredsFile is a JWT + NKey seed credentials file (`nsc generate creds`), the usual way
+	// to authenticate in an operator-mode deployment. Optional.
+	CredsFile string
+	// NKeySeedFile is a file holding an NKey user seed (SU...). Optional.
+	NKeySeedFile string
+
+	// CAFile is the PEM bundle of CAs that sign the servers' certificates. Optional; default
+	// the system roots (TLS is used when the URL is tls:// or wss://, or when set).
+	CAFile string
+	// CertFile and KeyFile are a client certificate and key for mutual TLS. Optional.
+	CertFile, KeyFile string
+	// TLSConfig, when set, is used as the base TLS configuration. Optional.
+	TLSConfig *tls.Config
+
+	// Pool is the worker's pool; a worker consumes only its pool's jobs. Required for workers,
+	// unused by the Dispatcher. Must be a NATS subject token (letters, digits, '-', '_').
+	Pool string
+	// Replicas is the number of replicas of the streams and buckets this side creates.
+	// Optional; default 1. Use 3 on a 3-node cluster.
+	Replicas int
+	// AckWait is the lease: how long a delivered job stays invisible to other workers
+	// without a heartbeat. Optional; default 30s. Workers heartbeat every third of it.
+	AckWait time.Duration
+	// MaxJobBytes bounds a job message; larger ones are terminated and dead-lettered
+	// unread. Optional; default 1 MiB.
+	MaxJobBytes int
+	// RetryBase and RetryCap bound the redelivery delay after a retryable failure:
+	// RetryBase doubled per attempt, at most RetryCap. Optional; defaults 1s and 5m.
+	RetryBase, RetryCap time.Duration
+	// MultiTaskPoll is how long a worker serving several tasks waits on one task's consumer
+	// before it looks at the next one. Optional; default 250ms.
+	MultiTaskPoll time.Duration
+
+	// Log is the transport's logger. Optional; default no logging.
+	Log *zap.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Name == "" {
+		o.Name = "castellan"
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = 30 * time.Second
+	}
+	if o.MaxJobBytes <= 0 {
+		o.MaxJobBytes = 1 << 20
+	}
+	if o.RetryBase <= 0 {
+		o.RetryBase = time.Second
+	}
+	if o.RetryCap <= 0 {
+		o.RetryCap = 5 * time.Minute
+	}
+	if o.MultiTaskPoll <= 0 {
+		o.MultiTaskPoll = 250 * time.Millisecond
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	return o
+}
+
+// Connect dials NATS at serverURL (nats://, tls://, ws:// or wss://; several URLs may be
+// separated by commas) with the credentials and TLS settings in o. The connection
+// reconnects forever: a worker behind a flaky link keeps its place.
+func Connect(serverURL string, o Options) (*nats.Conn, error) {
+	o = o.withDefaults()
+	if serverURL == "" {
+		return nil, errors.New("natsq: the server URL is empty: pass nats://host:4222 (or wss://host:443)")
+	}
+	secure := false
+	for _, u := range splitURLs(serverURL) {
+		p, err := url.Parse(u)
+		if err != nil || p.Host == "" {
+			return nil, fmt.Errorf("natsq: server URL %q is not scheme://host[:port]", redactURL(u))
+		}
+		switch p.Scheme {
+		case "nats", "ws":
+		case "tls", "wss":
+			secure = true
+		default:
+			return nil, fmt.Errorf("natsq: server URL %q has scheme %q; use nats://, tls://, ws:// or wss://", redactURL(u), p.Scheme)
+		}
+	}
+	auth := 0
+	for _, set := range []bool{o.User != "", o.Token != "", o.CredsFile != "", o.NKeySeedFile != ""} {
+		if set {
+			auth++
+		}
+	}
+	if auth > 1 {
+		return nil, errors.New("natsq: set only one of user/password, token, credentials file and NKey seed file")
+	}
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				o.Log.Warn("disconnected from NATS; reconnecting", zap.Error(err))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			o.Log.Info("reconnected to NATS", zap.String("server", redactURL(nc.ConnectedUrl())))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			o.Log.Warn("NATS asynchronous error", zap.String("subscription", subj), zap.Error(err))
+		}),
+	}
+	switch {
+	case o.User != "":
+		opts = append(opts, nats.UserInfo(o.User, o.Password))
+	case o.Token != "":
+		opts = append(opts, nats.Token(o.Token))
+	case o.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	case o.NKeySeedFile != "":
+		opt, err := nats.NkeyOptionFromSeed(o.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("natsq: NKey seed file %s: %w", o.NKeySeedFile, err)
+		}
+		opts = append(opts, opt)
+	}
+	if o.TLSConfig != nil {
+		opts = append(opts, nats.Secure(o.TLSConfig.Clone()))
+	} else if secure || o.CAFile != "" || o.CertFile != "" {
+		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
+	}
+	if o.CAFile != "" {
+		opts = append(opts, nats.RootCAs(o.CAFile))
+	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return nil, errors.New("natsq: a client certificate needs both CertFile and KeyFile")
+	}
+	if o.CertFile != "" {
+		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
+	}
+	nc, err := nats.Connect(serverURL, opts...)
+	if err != nil {
+		// nats errors never echo the password or token; the URL may embed them, so it is
+		// redacted.
+		return nil, fmt.Errorf("natsq: connect to %s: %w", redactURL(serverURL), err)
+	}
+	return nc, nil
+}
+
+func splitURLs(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// redactURL drops a user:password or token embedded in a URL before it is shown.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		if err != nil {
+			return "(unparseable URL)"
+		}
+		return s
+	}
+	u.User = url.User("REDACTED")
+	return u.String()
+}

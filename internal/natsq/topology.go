@@ -1,0 +1,219 @@
+package natsq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+// Names of the streams and buckets. They are part of the deployment contract: account
+// permissions (docs/deploy.md) name them.
+const (
+	JobsStreamPrefix = "CASTELLAN_JOBS_" // + pool token: one work-queue stream per pool
+	ResultsStream    = "CASTELLAN_RESULTS"
+	DeadStream       = "CASTELLAN_DEAD"
+	JobsBucket       = "castellan_jobs"
+	CancelBucket     = "castellan_cancel"
+	CatalogBucket    = "castellan_catalog"
+
+	// ResultsConsumer is the dispatchers' shared durable consumer on ResultsStream.
+	ResultsConsumer = "dispatcher"
+
+	// HeaderReason carries why a message was dead-lettered.
+	HeaderReason = "Castellan-Reason"
+
+	// maxAttemptsCap is the API's bound on max_attempts; the consumers' MaxDeliver is one
+	// more, a backstop behind the per-job bound the worker applies.
+	maxAttemptsCap = 100
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
+
+// token turns a pool or task name (which may hold dots) into one NATS subject token and a
+// valid stream or consumer name. '~' is not allowed in either name, so this cannot collide.
+func token(name string) string { return strings.ReplaceAll(name, ".", "~") }
+
+func checkName(kind, name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("natsq: %s %q must match %s (lowercase letters, digits, '_', '-', '.')", kind, name, nameRE)
+	}
+	return nil
+}
+
+// JobsStream is the work-queue stream of pool.
+func JobsStream(pool string) string { return JobsStreamPrefix + token(pool) }
+
+// JobSubject is where jobs of task in pool are published.
+func JobSubject(pool, task string) string { return "castellan.jobs." + token(pool) + "." + token(task) }
+
+// ResultSubject is where workers of pool publish results.
+func ResultSubject(pool string) string { return "castellan.results." + token(pool) }
+
+// DeadSubject is where unprocessable jobs of pool are republished.
+func DeadSubject(pool, task string) string {
+	return "castellan.dead." + token(pool) + "." + token(task)
+}
+
+func poolOfResultSubject(subj string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(subj, "castellan.results."), "~", ".")
+}
+
+// Envelope is a job message: api.LeasedJob without the lease fields, which the transport
+// supplies (the attempt is the delivery count).
+type Envelope struct {
+	JobID       string          `json:"job_id"`
+	Task        string          `json:"task"`
+	TaskVersion string          `json:"task_version"`
+	Pool        string          `json:"pool"`
+	Input       json.RawMessage `json:"input"`
+	Approval    string          `json:"approval"`
+	MaxAttempts int             `json:"max_attempts"`
+}
+
+func (e Envelope) check() error {
+	switch {
+	case e.JobID == "" || len(e.JobID) > 128:
+		return errors.New("job_id is empty or over 128 bytes")
+	case e.Approval == "":
+		return errors.New("approval is empty")
+	case e.MaxAttempts < 1 || e.MaxAttempts > maxAttemptsCap:
+		return fmt.Errorf("max_attempts is %d, want 1..%d", e.MaxAttempts, maxAttemptsCap)
+	case e.TaskVersion == "":
+		return errors.New("task_version is empty")
+	case len(e.Input) == 0 || !json.Valid(e.Input):
+		return errors.New("input is not a JSON document")
+	}
+	if err := checkName("pool", e.Pool); err != nil {
+		return err
+	}
+	return checkName("task", e.Task)
+}
+
+// Result is what a worker publishes on ResultSubject: the api.CompleteRequest fields without
+// the lease token, plus who and which attempt.
+type Result struct {
+	JobID        string          `json:"job_id"`
+	Task         string          `json:"task"`
+	Attempt      int             `json:"attempt"`
+	WorkerID     string          `json:"worker_id"`
+	Outcome      string          `json:"outcome"`
+	Output       json.RawMessage `json:"output,omitempty"`
+	ErrorMessage string          `json:"error_message,omitempty"`
+	DurationMS   int64           `json:"duration_ms"`
+	ModuleDigest string          `json:"module_digest,omitempty"`
+	Retryable    *bool           `json:"retryable,omitempty"`
+}
+
+func resultMsgID(jobID string, attempt int) string { return fmt.Sprintf("%s/%d", jobID, attempt) }
+
+// Record is a job's state in the JobsBucket.
+type Record struct {
+	Job         api.Job      `json:"job"`
+	Approval    string       `json:"approval"`
+	JobsSeq     uint64       `json:"jobs_seq,omitempty"` // stream sequence of the job message
+	Completions []Completion `json:"completions,omitempty"`
+}
+
+// Completion is one recorded attempt.
+type Completion struct {
+	Attempt  int       `json:"attempt"`
+	Outcome  string    `json:"outcome"`
+	WorkerID string    `json:"worker_id,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+func (r *Record) completed(attempt int) bool {
+	for _, c := range r.Completions {
+		if c.Attempt == attempt {
+			return true
+		}
+	}
+	return false
+}
+
+// nextState is the state after a result, decided as the HTTP control plane decides it.
+func nextState(current api.State, code string, retryable bool, attempt, maxAttempts int) api.State {
+	switch {
+	case current == api.StateCancelRequested || current == api.StateCancelled:
+		return api.StateCancelled
+	case code == "ok":
+		return api.StateSucceeded
+	case code == "rejected":
+		return api.StateRejected
+	case retryable && attempt < maxAttempts:
+		return api.StateQueued
+	case retryable:
+		return api.StateDead
+	}
+	return api.StateFailed
+}
+
+// ensureShared creates (or updates) the results and dead-letter streams and the buckets.
+func ensureShared(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	streams := []jetstream.StreamConfig{
+		{Name: ResultsStream, Subjects: []string{"castellan.results.>"}, Retention: jetstream.LimitsPolicy,
+			MaxAge: 7 * 24 * time.Hour, Duplicates: 10 * time.Minute, Replicas: replicas, Storage: jetstream.FileStorage},
+		{Name: DeadStream, Subjects: []string{"castellan.dead.>"}, Retention: jetstream.LimitsPolicy,
+			MaxAge: 30 * 24 * time.Hour, Replicas: replicas, Storage: jetstream.FileStorage},
+	}
+	for _, c := range streams {
+		if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
+			return fmt.Errorf("natsq: create stream %s: %w", c.Name, err)
+		}
+	}
+	buckets := []jetstream.KeyValueConfig{
+		{Bucket: JobsBucket, Description: "Castellan job state", History: 1, Replicas: replicas},
+		{Bucket: CancelBucket, Description: "Castellan cancellation requests", History: 1, TTL: 7 * 24 * time.Hour, Replicas: replicas},
+		{Bucket: CatalogBucket, Description: "Castellan worker catalogs", History: 1, Replicas: replicas},
+	}
+	for _, c := range buckets {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, c); err != nil {
+			return fmt.Errorf("natsq: create bucket %s: %w", c.Bucket, err)
+		}
+	}
+	return nil
+}
+
+func ensurePoolStream(ctx context.Context, js jetstream.JetStream, pool string, replicas int) error {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       JobsStream(pool),
+		Subjects:   []string{"castellan.jobs." + token(pool) + ".>"},
+		Retention:  jetstream.WorkQueuePolicy,
+		Storage:    jetstream.FileStorage,
+		Replicas:   replicas,
+		Duplicates: 10 * time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("natsq: create stream %s: %w", JobsStream(pool), err)
+	}
+	return nil
+}
+
+func consumerConfig(pool, task string, ackWait time.Duration) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       token(task),
+		Description:   "Castellan workers of pool " + pool + " serving " + task,
+		FilterSubject: JobSubject(pool, task),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    maxAttemptsCap + 1,
+		MaxAckPending: 100_000,
+		MaxWaiting:    4096,
+	}
+}
+
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, pool, task string, ackWait time.Duration) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, JobsStream(pool), consumerConfig(pool, task, ackWait))
+	if err != nil {
+		return nil, fmt.Errorf("natsq: create consumer %s on %s: %w", token(task), JobsStream(pool), err)
+	}
+	return c, nil
+}

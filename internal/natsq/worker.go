@@ -1,0 +1,537 @@
+package natsq
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/outcome"
+)
+
+// WorkerQueue is the worker's side of the JetStream transport. It implements worker.Queue:
+// the worker loop, approval verification, the sandbox and drain are the same as over HTTP.
+// Safe for concurrent use.
+type WorkerQueue struct {
+	nc       *nats.Conn
+	ownsConn bool
+	js       jetstream.JetStream
+	o        Options
+	log      *zap.Logger
+	workerID string
+
+	mu        sync.Mutex
+	tasks     []string                      // served task names, in catalog order
+	consumers map[string]jetstream.Consumer // bound consumers by task
+	lastBind  time.Time
+	next      int // rotation over tasks, so that one busy task cannot starve the others
+	inflight  map[string]*inflight
+	cancelKV  jetstream.KeyValue
+	catalogKV jetstream.KeyValue
+}
+
+type inflight struct {
+	msg     jetstream.Msg
+	env     Envelope
+	attempt int
+}
+
+// DialWorker connects to NATS at serverURL and returns the worker's queue for o.Pool. Close
+// closes the connection.
+func DialWorker(ctx context.Context, serverURL string, o Options) (*WorkerQueue, error) {
+	nc, err := Connect(serverURL, o)
+	if err != nil {
+		return nil, err
+	}
+	q, err := NewWorkerQueue(ctx, nc, o)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	q.ownsConn = true
+	return q, nil
+}
+
+// NewWorkerQueue returns the worker's queue on an existing connection. The streams, buckets
+// and consumers need not exist yet: they are bound when they appear (the control plane
+// creates them; a worker whose account may create them does so itself).
+func NewWorkerQueue(ctx context.Context, nc *nats.Conn, o Options) (*WorkerQueue, error) {
+	o = o.withDefaults()
+	if err := checkName("pool", o.Pool); err != nil {
+		return nil, fmt.Errorf("%w: set Options.Pool to the worker's pool", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("natsq: %w", err)
+	}
+	id := o.Name + "-" + randomHex(6)
+	return &WorkerQueue{nc: nc, js: js, o: o, workerID: id,
+		log:       o.Log.With(zap.String("pool", o.Pool), zap.String("worker_id", id)),
+		consumers: map[string]jetstream.Consumer{}, inflight: map[string]*inflight{}}, nil
+}
+
+// Close closes the connection if DialWorker opened it. Unacknowledged jobs are redelivered
+// to other workers after AckWait.
+func (q *WorkerQueue) Close() error {
+	if q.ownsConn {
+		q.nc.Close()
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func refusal(status int, code, format string, args ...any) error {
+	return &client.APIError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Register binds the buckets the worker uses and returns the lease parameters: the lease is
+// the consumers' AckWait.
+func (q *WorkerQueue) Register(ctx context.Context, req api.RegisterRequest) (api.RegisterResponse, error) {
+	if err := q.bindBuckets(ctx); err != nil {
+		return api.RegisterResponse{}, err
+	}
+	q.log.Info("registered on NATS JetStream", zap.String("name", req.Name), zap.String("version", req.AgentVersion))
+	return api.RegisterResponse{WorkerID: q.workerID, Pool: q.o.Pool,
+		LeaseTTLSeconds: max(1, int(q.o.AckWait/time.Second)), MaxWaitSeconds: 30}, nil
+}
+
+func (q *WorkerQueue) bindBuckets(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.cancelKV != nil && q.catalogKV != nil {
+		return nil
+	}
+	c, err := q.js.KeyValue(ctx, CancelBucket)
+	if err != nil {
+		return fmt.Errorf("natsq: bucket %s (created by the control plane): %w", CancelBucket, err)
+	}
+	cat, err := q.js.KeyValue(ctx, CatalogBucket)
+	if err != nil {
+		return fmt.Errorf("natsq: bucket %s (created by the control plane): %w", CatalogBucket, err)
+	}
+	q.cancelKV, q.catalogKV = c, cat
+	return nil
+}
+
+// PublishCatalog records the worker's catalog in the catalog bucket and binds one consumer
+// per served task, so that Lease pulls only those tasks.
+func (q *WorkerQueue) PublishCatalog(ctx context.Context, tasks []api.TaskDef) (api.CatalogResponse, error) {
+	names := make([]string, 0, len(tasks))
+	for _, t := range tasks {
+		if err := checkName("task", t.Name); err != nil {
+			return api.CatalogResponse{}, refusal(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
+		}
+		names = append(names, t.Name)
+	}
+	if err := q.bindBuckets(ctx); err != nil {
+		return api.CatalogResponse{}, err
+	}
+	data, err := json.Marshal(api.CatalogResponse{Pool: q.o.Pool, Tasks: tasks})
+	if err != nil {
+		return api.CatalogResponse{}, err
+	}
+	if _, err := q.catalogKV.Put(ctx, token(q.o.Pool)+"."+q.workerID, data); err != nil {
+		return api.CatalogResponse{}, fmt.Errorf("natsq: publish the catalog: %w", err)
+	}
+	q.mu.Lock()
+	q.tasks = names
+	old := q.consumers
+	q.consumers = map[string]jetstream.Consumer{}
+	for _, n := range names {
+		if c, ok := old[n]; ok {
+			q.consumers[n] = c
+		}
+	}
+	q.lastBind = time.Time{}
+	q.mu.Unlock()
+	q.bind(ctx)
+	return api.CatalogResponse{Pool: q.o.Pool, Tasks: tasks}, nil
+}
+
+// bind looks up (or, if allowed, creates) the consumers of served tasks not bound yet. It
+// runs at most once a second: a consumer the control plane has not created yet is looked
+// for again at the next lease.
+func (q *WorkerQueue) bind(ctx context.Context) {
+	q.mu.Lock()
+	var missing []string
+	for _, t := range q.tasks {
+		if q.consumers[t] == nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) == 0 || time.Since(q.lastBind) < time.Second {
+		q.mu.Unlock()
+		return
+	}
+	q.lastBind = time.Now()
+	q.mu.Unlock()
+	for _, t := range missing {
+		c, err := q.js.Consumer(ctx, JobsStream(q.o.Pool), token(t))
+		if err != nil {
+			// Not there yet: create it if this account may (the stream too).
+			c, err = ensureConsumer(ctx, q.js, q.o.Pool, t, q.o.AckWait)
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				if err = ensurePoolStream(ctx, q.js, q.o.Pool, q.o.Replicas); err == nil {
+					c, err = ensureConsumer(ctx, q.js, q.o.Pool, t, q.o.AckWait)
+				}
+			}
+		}
+		if err != nil {
+			q.log.Warn("the consumer of a served task is not available yet; retrying", zap.String("task", t), zap.Error(err))
+			continue
+		}
+		q.mu.Lock()
+		q.consumers[t] = c
+		q.mu.Unlock()
+	}
+}
+
+func (q *WorkerQueue) rotation() []jetstream.Consumer {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []jetstream.Consumer
+	n := len(q.tasks)
+	for i := range n {
+		if c := q.consumers[q.tasks[(q.next+i)%n]]; c != nil {
+			out = append(out, c)
+		}
+	}
+	if n > 0 {
+		q.next = (q.next + 1) % n
+	}
+	return out
+}
+
+// Lease pulls up to max jobs of the served tasks, waiting up to wait for the first. It first
+// takes what is available without waiting from each task in turn, then waits on one task at
+// a time (MultiTaskPoll each) so that it never holds a pull request open that could deliver
+// more than max jobs: a job delivered and not run would use up one of its attempts.
+func (q *WorkerQueue) Lease(ctx context.Context, max int, wait time.Duration) ([]api.LeasedJob, error) {
+	if max < 1 {
+		return nil, refusal(http.StatusBadRequest, api.CodeInvalidField, "max is %d, want at least 1", max)
+	}
+	q.bind(ctx)
+	deadline := time.Now().Add(wait)
+	for {
+		cons := q.rotation()
+		if len(cons) == 0 {
+			// Nothing to pull from yet; come back soon so that binding is retried.
+			t := time.NewTimer(min(wait, time.Second))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-t.C:
+			}
+			return nil, nil
+		}
+		var jobs []api.LeasedJob
+		for _, c := range cons {
+			if len(jobs) >= max {
+				break
+			}
+			b, err := c.FetchNoWait(max - len(jobs))
+			if err != nil {
+				return jobs, q.fetchErr(err)
+			}
+			jobs = q.take(ctx, b, jobs)
+		}
+		if len(jobs) > 0 {
+			return jobs, nil
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, nil
+		}
+		if len(cons) > 1 {
+			remaining = min(remaining, q.o.MultiTaskPoll)
+		}
+		fctx, cancel := context.WithTimeout(ctx, max64(remaining, 100*time.Millisecond))
+		b, err := cons[0].Fetch(1, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, q.fetchErr(err)
+		}
+		jobs = q.take(ctx, b, jobs)
+		cancel()
+		if ctx.Err() != nil && len(jobs) == 0 {
+			return nil, ctx.Err()
+		}
+		if len(jobs) > 0 {
+			return jobs, nil
+		}
+	}
+}
+
+func max64(a, b time.Duration) time.Duration {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func (q *WorkerQueue) fetchErr(err error) error {
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		// Deleted under us: look it up again at the next lease.
+		q.mu.Lock()
+		q.consumers = map[string]jetstream.Consumer{}
+		q.lastBind = time.Time{}
+		q.mu.Unlock()
+	}
+	return fmt.Errorf("natsq: pull jobs: %w", err)
+}
+
+// take turns delivered messages into leased jobs, terminating those that cannot be run.
+func (q *WorkerQueue) take(ctx context.Context, b jetstream.MessageBatch, jobs []api.LeasedJob) []api.LeasedJob {
+	for msg := range b.Messages() {
+		if j, ok := q.admit(ctx, msg); ok {
+			jobs = append(jobs, j)
+		}
+	}
+	if err := b.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
+		!errors.Is(err, nats.ErrTimeout) {
+		q.log.Warn("pull ended with an error", zap.Error(err))
+	}
+	return jobs
+}
+
+func (q *WorkerQueue) admit(ctx context.Context, msg jetstream.Msg) (api.LeasedJob, bool) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		q.poison(ctx, msg, "", "the message has no JetStream metadata")
+		return api.LeasedJob{}, false
+	}
+	if n := len(msg.Data()); n > q.o.MaxJobBytes {
+		q.poison(ctx, msg, "", fmt.Sprintf("the message is %d bytes, over the worker's limit of %d", n, q.o.MaxJobBytes))
+		return api.LeasedJob{}, false
+	}
+	var env Envelope
+	dec := json.NewDecoder(bytes.NewReader(msg.Data()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil || dec.More() {
+		reason := "the message is not one job envelope"
+		if err != nil {
+			reason += ": " + err.Error()
+		}
+		q.poison(ctx, msg, "", reason)
+		return api.LeasedJob{}, false
+	}
+	if err := env.check(); err != nil {
+		q.poison(ctx, msg, env.JobID, "invalid job envelope: "+err.Error())
+		return api.LeasedJob{}, false
+	}
+	if env.Pool != q.o.Pool || msg.Subject() != JobSubject(env.Pool, env.Task) {
+		q.poison(ctx, msg, env.JobID, fmt.Sprintf("the envelope names pool %q task %q but arrived on %s", env.Pool, env.Task, msg.Subject()))
+		return api.LeasedJob{}, false
+	}
+	attempt := int(meta.NumDelivered)
+	if attempt > env.MaxAttempts {
+		q.exhausted(ctx, msg, env, attempt)
+		return api.LeasedJob{}, false
+	}
+	tok := randomHex(16)
+	q.mu.Lock()
+	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt}
+	q.mu.Unlock()
+	return api.LeasedJob{JobID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion, Pool: env.Pool,
+		Input: env.Input, Approval: env.Approval, Attempt: attempt, MaxAttempts: env.MaxAttempts,
+		LeaseToken: tok, LeaseExpiresAt: time.Now().Add(q.o.AckWait)}, true
+}
+
+// poison dead-letters and terminates a message no worker could ever run. It never fails:
+// a poison message must not block the consumer.
+func (q *WorkerQueue) poison(ctx context.Context, msg jetstream.Msg, jobID, reason string) {
+	q.log.Warn("terminating an unprocessable job message", zap.String("subject", msg.Subject()),
+		zap.String("job", jobID), zap.String("reason", reason))
+	data := msg.Data()
+	if len(data) > q.o.MaxJobBytes {
+		data = nil // keep the evidence small; the headers say what it was
+	}
+	q.deadLetter(ctx, msg, data, reason)
+	if err := msg.TermWithReason(truncate(reason, 200)); err != nil {
+		q.log.Warn("terminating the message failed; it will be redelivered and terminated again", zap.Error(err))
+	}
+}
+
+func (q *WorkerQueue) deadLetter(ctx context.Context, msg jetstream.Msg, data []byte, reason string) {
+	task := "unknown"
+	if tail, ok := strings.CutPrefix(msg.Subject(), "castellan.jobs."+token(q.o.Pool)+"."); ok && tail != "" {
+		task = tail
+	}
+	dm := nats.NewMsg("castellan.dead." + token(q.o.Pool) + "." + task)
+	dm.Data = data
+	dm.Header.Set(HeaderReason, truncate(reason, 500))
+	dm.Header.Set("Castellan-Subject", msg.Subject())
+	dm.Header.Set("Castellan-Size", strconv.Itoa(len(msg.Data())))
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := q.js.PublishMsg(pctx, dm); err != nil {
+		q.log.Warn("dead-lettering failed", zap.Error(err))
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// exhausted ends a job delivered more often than its max_attempts (its workers died or lost
+// their connection without reporting): the control plane records it dead, and the message
+// goes to the dead-letter subject.
+func (q *WorkerQueue) exhausted(ctx context.Context, msg jetstream.Msg, env Envelope, attempt int) {
+	reason := fmt.Sprintf("delivered %d times, more than max_attempts %d: earlier attempts ended without a result (worker stopped or lost its connection)", attempt, env.MaxAttempts)
+	q.log.Warn("job out of attempts", zap.String("job", env.JobID), zap.Int("attempt", attempt))
+	yes := true
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := q.publishResult(pctx, Result{JobID: env.JobID, Task: env.Task, Attempt: attempt, WorkerID: q.workerID,
+		Outcome: string(outcome.Internal), ErrorMessage: reason, Retryable: &yes}); err != nil {
+		// Leave it: redelivered later, and handled the same way then.
+		q.log.Warn("reporting the exhausted job failed; it will be redelivered", zap.Error(err))
+		return
+	}
+	q.deadLetter(ctx, msg, msg.Data(), reason)
+	_ = msg.TermWithReason("attempts exhausted")
+}
+
+func (q *WorkerQueue) publishResult(ctx context.Context, r Result) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = q.js.Publish(ctx, ResultSubject(q.o.Pool), data, jetstream.WithMsgID(resultMsgID(r.JobID, r.Attempt)))
+	if errors.Is(err, nats.ErrMaxPayload) && r.Output != nil {
+		r.Output = nil
+		r.Outcome = string(outcome.OutputTooLarge)
+		r.ErrorMessage = fmt.Sprintf("the result is %d bytes, over the NATS server's max_payload of %d", len(data), q.nc.MaxPayload())
+		r.Retryable = nil
+		return q.publishResult(ctx, r)
+	}
+	if err != nil {
+		return fmt.Errorf("natsq: publish the result of %s attempt %d: %w", r.JobID, r.Attempt, err)
+	}
+	return nil
+}
+
+func (q *WorkerQueue) lease(tok string) *inflight {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.inflight[tok]
+}
+
+// Heartbeat extends the lease (InProgress resets the AckWait timer) and reports a
+// cancellation request found in the cancel bucket.
+func (q *WorkerQueue) Heartbeat(ctx context.Context, leaseToken string) (api.HeartbeatResponse, error) {
+	l := q.lease(leaseToken)
+	if l == nil {
+		return api.HeartbeatResponse{}, refusal(http.StatusConflict, api.CodeLeaseLost, "no job is leased under this token on this worker")
+	}
+	if err := l.msg.InProgress(); err != nil {
+		if errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			return api.HeartbeatResponse{}, refusal(http.StatusConflict, api.CodeLeaseLost, "job %s was already acknowledged", l.env.JobID)
+		}
+		return api.HeartbeatResponse{}, fmt.Errorf("natsq: heartbeat for %s: %w", l.env.JobID, err)
+	}
+	resp := api.HeartbeatResponse{JobID: l.env.JobID, LeaseExpiresAt: time.Now().Add(q.o.AckWait)}
+	q.mu.Lock()
+	kv := q.cancelKV
+	q.mu.Unlock()
+	if kv != nil {
+		_, err := kv.Get(ctx, token(q.o.Pool)+"."+l.env.JobID)
+		switch {
+		case err == nil:
+			resp.CancelRequested = true
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			q.log.Warn("reading cancellation requests failed", zap.String("job", l.env.JobID), zap.Error(err))
+		}
+	}
+	return resp, nil
+}
+
+// Complete publishes the result (deduplicated by job id and attempt), waits for the stream
+// to store it, and only then settles the job message: Ack when the job is finished, Term
+// when it was refused or will never succeed, NakWithDelay for a retryable failure with
+// attempts left. If settling fails the worker retries Complete: the result is republished
+// under the same message id (dropped as a duplicate) and the settle is tried again.
+func (q *WorkerQueue) Complete(ctx context.Context, jobID string, req api.CompleteRequest) (api.CompleteResponse, error) {
+	l := q.lease(req.LeaseToken)
+	if l == nil || l.env.JobID != jobID || l.attempt != req.Attempt {
+		return api.CompleteResponse{}, refusal(http.StatusConflict, api.CodeLeaseConflict,
+			"job %s attempt %d is not leased under this token on this worker; nothing was recorded", jobID, req.Attempt)
+	}
+	code := outcome.Code(req.Outcome)
+	retryable := code.Retryable()
+	if req.Retryable != nil {
+		retryable = *req.Retryable
+	}
+	r := Result{JobID: jobID, Task: l.env.Task, Attempt: l.attempt, WorkerID: q.workerID, Outcome: req.Outcome,
+		Output: req.Output, ErrorMessage: req.ErrorMessage, DurationMS: req.DurationMS, ModuleDigest: req.ModuleDigest,
+		Retryable: req.Retryable}
+	if err := q.publishResult(ctx, r); err != nil {
+		return api.CompleteResponse{}, err
+	}
+	state := nextState(api.StateRunning, req.Outcome, retryable, l.attempt, l.env.MaxAttempts)
+	var err error
+	switch state {
+	case api.StateQueued:
+		err = l.msg.NakWithDelay(q.retryDelay(l.attempt))
+	case api.StateRejected:
+		err = l.msg.TermWithReason("rejected by the worker")
+	case api.StateDead:
+		q.deadLetter(ctx, l.msg, l.msg.Data(), "retryable failures used up max_attempts: "+truncate(req.ErrorMessage, 300))
+		err = l.msg.TermWithReason("attempts exhausted")
+	default:
+		err = l.msg.DoubleAck(ctx)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		return api.CompleteResponse{}, fmt.Errorf("natsq: settle %s attempt %d after publishing its result: %w", jobID, l.attempt, err)
+	}
+	q.mu.Lock()
+	delete(q.inflight, req.LeaseToken)
+	q.mu.Unlock()
+	resp := api.CompleteResponse{JobID: jobID, State: state, Attempt: l.attempt}
+	if state == api.StateQueued {
+		t := time.Now().Add(q.retryDelay(l.attempt))
+		resp.NotBefore = &t
+	}
+	return resp, nil
+}
+
+func (q *WorkerQueue) retryDelay(attempt int) time.Duration {
+	d := q.o.RetryBase
+	for i := 1; i < attempt && d < q.o.RetryCap; i++ {
+		d *= 2
+	}
+	return min(d, q.o.RetryCap)
+}
+
+// InFlight returns how many leased jobs are not settled yet.
+func (q *WorkerQueue) InFlight() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.inflight)
+}

@@ -1,0 +1,211 @@
+package policy
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Manifest is a plugin's plugin.yaml, written by the task's author: what the module is and
+// what it asks for. It grants nothing; the policy's task of the same name does
+// (docs/plugins.md). It is parsed as strictly as the policy, with the same file:line: field
+// problems, because a misspelt capability silently dropped would make the audit lie.
+type Manifest struct {
+	File        string // the manifest file, as named to ParseManifest
+	Name        string
+	Version     string
+	Module      string // file name of the module inside the plugin directory; default NAME.wasm
+	Entry       string // default "run"
+	Description string
+	// InputSchema and OutputSchema are JSON Schema documents (JSON text), written inline in
+	// YAML or read from a file in the plugin directory; nil when absent.
+	InputSchema  json.RawMessage
+	OutputSchema json.RawMessage
+	// SchemaFiles maps "input_schema"/"output_schema" to the file (relative to the plugin
+	// directory) the schema was read from, for signing; absent for inline schemas.
+	SchemaFiles map[string]string
+	// Endpoints are the endpoint names the plugin requests, in manifest order.
+	Endpoints []string
+	// Limits are the limits requested; only the keys listed in LimitsSet were written.
+	Limits    Limits
+	LimitsSet []string // subset of memory, timeout, output_bytes, http_calls, log_bytes
+}
+
+// ManifestFile is the manifest's file name inside a plugin directory.
+const ManifestFile = "plugin.yaml"
+
+// ParseManifest parses manifest data. name is used in problems and as Manifest.File; schema
+// files resolve against dir and must stay inside it. Every problem is returned as *Error.
+func ParseManifest(name string, data []byte, dir string) (*Manifest, error) {
+	d := &decoder{file: name, baseDir: dir}
+	mf := d.manifest(data, dir)
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	mf.File = name
+	return mf, nil
+}
+
+var limitKeys = []string{"memory", "timeout", "output_bytes", "http_calls", "log_bytes"}
+
+func (d *decoder) manifest(data []byte, dir string) *Manifest {
+	mf := &Manifest{Entry: DefaultEntry, SchemaFiles: map[string]string{}}
+	n := d.root(data)
+	if n == nil {
+		return mf
+	}
+	top, ok := d.mapping(n, "", n.Line, []string{"name", "version", "module", "entry", "description", "input_schema", "output_schema", "capabilities"})
+	if !ok {
+		return mf
+	}
+	if v := top.get("name"); v == nil {
+		d.add(n.Line, "name", "missing; set the plugin's name (the task name the policy grants, and the directory's name)")
+	} else if s, ok := d.text(v, "name"); ok {
+		d.name("plugin", s, v.Line, "name")
+		mf.Name = s
+	}
+	if v := top.get("version"); v == nil {
+		d.add(n.Line, "version", "missing; set the plugin's version, e.g. version: \"1.0.0\"")
+	} else if s, ok := d.text(v, "version"); ok {
+		if len(s) > 64 {
+			d.add(v.Line, "version", "longer than 64 bytes")
+		}
+		mf.Version = s
+	}
+	mf.Module = mf.Name + ".wasm"
+	if v := top.get("module"); v != nil {
+		if s, ok := d.plainFile(v, "module"); ok {
+			mf.Module = s
+		}
+	}
+	if v := top.get("entry"); v != nil {
+		if s, ok := d.text(v, "entry"); ok {
+			if len(s) > 256 {
+				d.add(v.Line, "entry", "export name longer than 256 bytes")
+			}
+			mf.Entry = s
+		}
+	}
+	if v := top.get("description"); v != nil {
+		mf.Description, _ = d.str(v, "description")
+	}
+	for _, key := range []string{"input_schema", "output_schema"} {
+		v := top.get(key)
+		if v == nil {
+			continue
+		}
+		schema, file := d.schema(v, key, dir)
+		if key == "input_schema" {
+			mf.InputSchema = schema
+		} else {
+			mf.OutputSchema = schema
+		}
+		if file != "" {
+			mf.SchemaFiles[key] = file
+		}
+	}
+	if v := top.get("capabilities"); v != nil {
+		c, _ := d.mapping(v, "capabilities", top.keyLine["capabilities"], []string{"endpoints", "limits"})
+		if ev := c.get("endpoints"); ev != nil {
+			items, _ := d.list(ev, "capabilities.endpoints")
+			seen := map[string]int{}
+			for i, it := range items {
+				ipath := index("capabilities.endpoints", i)
+				s, ok := d.text(it, ipath)
+				if !ok {
+					continue
+				}
+				d.name("endpoint", s, it.Line, ipath)
+				if first, dup := seen[s]; dup {
+					d.add(it.Line, ipath, "endpoint %q is already requested at capabilities.endpoints[%d]; remove one", s, first)
+					continue
+				}
+				seen[s] = i
+				mf.Endpoints = append(mf.Endpoints, s)
+			}
+		}
+		if lv := c.get("limits"); lv != nil {
+			mf.Limits = d.limits(lv, "capabilities.limits", c.keyLine["limits"])
+			if lv.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(lv.Content); i += 2 {
+					if k := lv.Content[i].Value; contains(limitKeys, k) && !contains(mf.LimitsSet, k) {
+						mf.LimitsSet = append(mf.LimitsSet, k)
+					}
+				}
+			}
+		}
+	}
+	return mf
+}
+
+// plainFile checks a file name inside the plugin directory: no directory part, so a manifest
+// can never point the worker at a file outside the plugin it came with.
+func (d *decoder) plainFile(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.text(n, path)
+	if !ok {
+		return "", false
+	}
+	if s != filepath.Base(s) || strings.ContainsAny(s, `/\`) || s == "." || s == ".." || strings.HasPrefix(s, ".") {
+		d.add(n.Line, path, "%q must be a plain file name inside the plugin directory (no \"/\", no leading \".\")", s)
+		return "", false
+	}
+	return s, true
+}
+
+// schema decodes an inline YAML schema (a mapping, converted to JSON) or a file name of a
+// JSON document in the plugin directory.
+func (d *decoder) schema(n *yaml.Node, path, dir string) (json.RawMessage, string) {
+	if n.Kind == yaml.MappingNode {
+		if d.hasAlias(n, path) {
+			return nil, ""
+		}
+		var v any
+		if err := n.Decode(&v); err != nil {
+			d.add(n.Line, path, "inline schema: %v", err)
+			return nil, ""
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			d.add(n.Line, path, "inline schema cannot be written as JSON (%v); keys must be strings", err)
+			return nil, ""
+		}
+		return b, ""
+	}
+	name, ok := d.plainFile(n, path)
+	if !ok {
+		return nil, ""
+	}
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		d.add(n.Line, path, "cannot read schema file %s: %v", name, unwrapPathError(err))
+		return nil, ""
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(b, &obj); err != nil {
+		d.add(n.Line, path, "schema file %s is not a JSON object: %v", name, err)
+		return nil, ""
+	}
+	return json.RawMessage(b), name
+}
+
+func (d *decoder) hasAlias(n *yaml.Node, path string) bool {
+	if d.alias(n, path) {
+		return true
+	}
+	for _, c := range n.Content {
+		if d.hasAlias(c, path) {
+			return true
+		}
+	}
+	return false
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}

@@ -1,0 +1,72 @@
+package policy
+
+import "gopkg.in/yaml.v3"
+
+// Plugins is the policy's plugins section: how the worker treats modules that arrive in a
+// plugins directory (docs/plugins.md) rather than through a task's module path.
+type Plugins struct {
+	// RequireSigned refuses plugins without a valid signature by a trusted publisher. Default
+	// true: a plugins directory is a deployment channel, and an unsigned module there is
+	// whatever the last person with write access put in it.
+	RequireSigned bool
+	// Strict refuses a plugin whose manifest requests more (endpoints or limits) than the
+	// policy grants its task, instead of loading it with the granted subset. Default false.
+	Strict bool
+	// TrustedPublishers are absolute paths of JWKS (or single JWK) files holding the Ed25519
+	// public keys whose signatures are accepted.
+	TrustedPublishers []string
+}
+
+// pluginManifestKeys are task keys that a plugin's manifest supplies; a task without a module
+// (a plugin grant) may not set them.
+var pluginManifestKeys = []string{"entry", "version", "description", "input_schema", "output_schema"}
+
+// IsPluginGrant reports whether t grants a plugin (a task without a module in the policy):
+// the module, entry, version, description and schemas come from the plugin's manifest, and
+// the endpoints and limits here are the most the plugin gets.
+func (t *Task) IsPluginGrant() bool { return t.Module == "" }
+
+func (d *decoder) plugins(n *yaml.Node, line int) Plugins {
+	const path = "plugins"
+	pl := Plugins{RequireSigned: true}
+	m, ok := d.mapping(n, path, line, []string{"require_signed", "strict", "trusted_publishers"})
+	if !ok {
+		return pl
+	}
+	if v := m.get("require_signed"); v != nil {
+		pl.RequireSigned, _ = d.boolean(v, field(path, "require_signed"))
+	}
+	if v := m.get("strict"); v != nil {
+		pl.Strict, _ = d.boolean(v, field(path, "strict"))
+	}
+	if v := m.get("trusted_publishers"); v != nil {
+		items, _ := d.list(v, field(path, "trusted_publishers"))
+		seen := map[string]int{}
+		for i, it := range items {
+			ipath := index(field(path, "trusted_publishers"), i)
+			s, ok := d.path(it, ipath)
+			if !ok {
+				continue
+			}
+			if first, dup := seen[s]; dup {
+				d.add(it.Line, ipath, "key file repeats trusted_publishers[%d]; remove one", first)
+				continue
+			}
+			seen[s] = i
+			pl.TrustedPublishers = append(pl.TrustedPublishers, s)
+		}
+	}
+	return pl
+}
+
+func (d *decoder) boolean(n *yaml.Node, path string) (bool, bool) {
+	if d.alias(n, path) {
+		return false, false
+	}
+	var b bool
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
+		d.add(n.Line, path, "must be true or false, not %s", describe(n))
+		return false, false
+	}
+	return b, true
+}
