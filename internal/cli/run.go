@@ -31,6 +31,7 @@ type RunConfig struct {
 	CacheDir  string // compilation cache; "" for the user cache dir, "off" for none
 	LogLevel  string
 	LogFormat string
+	Plugins   string // plugins directory, for tasks granted to plugins
 }
 
 func runCommand() *cli.Command {
@@ -51,6 +52,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "input", Usage: "job input: JSON text, or @FILE", EnvVars: []string{"CASTELLAN_INPUT"}, Value: "{}", Destination: &cfg.Input},
 			&cli.StringFlag{Name: "job-id", Usage: "job `ID` for logs and audit (default random)", EnvVars: []string{"CASTELLAN_JOB_ID"}, Destination: &cfg.JobID},
 			&cli.StringFlag{Name: "cache-dir", Usage: "compilation cache `DIR` (\"off\" to disable)", EnvVars: []string{"CASTELLAN_CACHE_DIR"}, Destination: &cfg.CacheDir},
+			&cli.StringFlag{Name: "plugins", Usage: "plugins `DIR` (for tasks the policy grants to a plugin)", EnvVars: []string{"CASTELLAN_PLUGINS"}, Destination: &cfg.Plugins},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"CASTELLAN_LOG_LEVEL"}, Value: "warn", Destination: &cfg.LogLevel},
 			&cli.StringFlag{Name: "log-format", Usage: "console or json", EnvVars: []string{"CASTELLAN_LOG_FORMAT"}, Value: "console", Destination: &cfg.LogFormat},
 		},
@@ -106,6 +108,7 @@ func Run(ctx context.Context, cfg RunConfig, stdout, stderr io.Writer) error {
 	set, err := tasks.Load(ctx, tasks.Options{
 		Policy: pol, Engine: engine, Secrets: store, Redactor: red, Log: log,
 		Only: []string{cfg.Task}, PoolSize: -1, // one job: nothing to prepare ahead
+		PluginsDir: cfg.Plugins,
 	})
 	if err != nil {
 		return usageError{err}

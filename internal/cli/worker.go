@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,7 +19,7 @@ import (
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/logging"
-	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/tasks"
 	"github.com/castellan-dev/castellan/internal/worker"
 	"github.com/castellan-dev/castellan/policy"
@@ -42,6 +41,13 @@ type WorkerConfig struct {
 	Name        string
 	LogLevel    string
 	LogFormat   string
+	PluginsDir  string // serve and watch plugins in this directory (docs/plugins.md)
+	AuditLog    string // tamper-evident audit log; "" for STATE-DIR/audit.log
+	MetricsAddr string // opt-in Prometheus listener; "" for none (the default)
+	OTLP        string // OTLP trace endpoint; "" for $OTEL_EXPORTER_OTLP_ENDPOINT or none
+	Pool        string // NATS mode: the worker's pool
+	NATSCreds   string // NATS mode: JWT/NKey credentials file
+	NATSCA      string // NATS mode: CA bundle for TLS
 }
 
 func workerCommand() *cli.Command {
@@ -77,6 +83,13 @@ func workerCommand() *cli.Command {
 			&cli.IntFlag{Name: "concurrency", Usage: "jobs run at once", EnvVars: []string{"CASTELLAN_CONCURRENCY"}, Value: 2, Destination: &cfg.Concurrency},
 			&cli.DurationFlag{Name: "grace", Usage: "how long running jobs may finish after the first signal", EnvVars: []string{"CASTELLAN_GRACE"}, Value: 5 * time.Minute, Destination: &cfg.Grace},
 			&cli.StringFlag{Name: "name", Usage: "worker `NAME` shown in the control plane (default the host name)", EnvVars: []string{"CASTELLAN_NAME"}, Destination: &cfg.Name},
+			&cli.StringFlag{Name: "plugins", Usage: "serve and hot-load the plugins in `DIR`", EnvVars: []string{"CASTELLAN_PLUGINS"}, Destination: &cfg.PluginsDir},
+			&cli.StringFlag{Name: "audit-log", Usage: "tamper-evident audit log `FILE` (default STATE-DIR/audit.log)", EnvVars: []string{"CASTELLAN_AUDIT_LOG"}, Destination: &cfg.AuditLog},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `ADDR` (off by default; \":9464\" binds 127.0.0.1)", EnvVars: []string{"CASTELLAN_METRICS_ADDR"}, Destination: &cfg.MetricsAddr},
+			&cli.StringFlag{Name: "otlp-endpoint", Usage: "export traces over OTLP/HTTP to `URL` (default $OTEL_EXPORTER_OTLP_ENDPOINT, else off)", EnvVars: []string{"CASTELLAN_OTLP_ENDPOINT"}, Destination: &cfg.OTLP},
+			&cli.StringFlag{Name: "pool", Usage: "NATS mode (--server nats://...): the worker's `POOL`", EnvVars: []string{"CASTELLAN_POOL"}, Destination: &cfg.Pool},
+			&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
+			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
@@ -97,9 +110,13 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if cfg.Server == "" || cfg.Policy == "" || len(cfg.TrustedKeys) == 0 {
 		return usagef("--server, --policy and --trusted-keys are required")
 	}
+	natsMode := isNATSURL(cfg.Server)
 	token, err := readToken(cfg.TokenFile)
-	if err != nil {
+	if err != nil && !(natsMode && cfg.NATSCreds != "") {
 		return usageError{err}
+	}
+	if natsMode && cfg.Pool == "" {
+		return usagef("--pool is required with a NATS --server")
 	}
 	pol, err := policy.Load(cfg.Policy)
 	if err != nil {
@@ -114,7 +131,9 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		return usageError{err}
 	}
 	red := redact.NewSet()
-	_ = red.Add(token) // never log our own bearer token either
+	if token != "" {
+		_ = red.Add(token) // never log our own bearer token either
+	}
 	log, err := logging.New(stderr, logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat, Scrub: red})
 	if err != nil {
 		return usageError{err}
@@ -144,27 +163,44 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		return usageError{err}
 	}
 	defer func() { _ = engine.Close(context.Background()) }()
-	set, err := tasks.Load(ctx, tasks.Options{Policy: pol, Engine: engine, Secrets: store, Redactor: red, Log: log})
+	obs, err := newObservability(ctx, cfg, stateDir, red, log)
+	if err != nil {
+		return usageError{err}
+	}
+	defer obs.close()
+
+	set, err := tasks.Load(ctx, tasks.Options{Policy: pol, Engine: engine, Secrets: store, Redactor: red, Log: log,
+		PluginsDir: cfg.PluginsDir, Audit: obs.httpCall})
 	if err != nil {
 		return usageError{err}
 	}
 	defer set.Close(context.Background())
-	catalog, err := Catalog(set)
-	if err != nil {
-		return usageError{err}
-	}
 
-	cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version))
-	if err != nil {
-		return usagef("--server: %v", err)
+	var queue worker.Queue
+	if natsMode {
+		wq, err := natsq.DialWorker(ctx, cfg.Server, natsq.Options{Name: "castellan-worker", Token: token,
+			CredsFile: cfg.NATSCreds, CAFile: cfg.NATSCA, Pool: cfg.Pool, Log: log.Named("nats")})
+		if err != nil {
+			return usagef("--server: %v", err)
+		}
+		defer wq.Close()
+		queue = wq
+	} else {
+		cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version))
+		if err != nil {
+			return usagef("--server: %v", err)
+		}
+		queue = cl
 	}
 	name := cfg.Name
 	if name == "" {
 		name, _ = os.Hostname()
 	}
 	w, err := worker.New(worker.Config{
-		Client: cl, Runner: set, Catalog: catalog, Verifier: approval.NewVerifier(keys, replay),
-		Name: name, Version: Version, Concurrency: cfg.Concurrency, Log: log.Named("worker"),
+		Client: queue, Runner: set, Catalog: set.Catalog(), CatalogUpdates: set.Updates(),
+		Verifier: approval.NewVerifier(keys, replay),
+		Name:     name, Version: Version, Concurrency: cfg.Concurrency, Log: log.Named("worker"),
+		Audit: obs.audit, Observer: obs.observer,
 	})
 	if err != nil {
 		return usageError{err}
@@ -210,42 +246,6 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	default:
 	}
 	return nil
-}
-
-// Catalog describes the loaded tasks for the control plane: name, version, description and
-// the JSON Schemas from the policy. Nothing else leaves the worker.
-func Catalog(set *tasks.Set) ([]api.TaskDef, error) {
-	var out []api.TaskDef
-	for _, name := range set.Names() {
-		t, _ := set.Get(name)
-		def := api.TaskDef{Name: name, Version: t.Policy.Version, Description: t.Policy.Description,
-			InputSchema: json.RawMessage(`{"type":"object"}`)}
-		var err error
-		if t.Policy.InputSchema != "" {
-			if def.InputSchema, err = readSchema(name, "input_schema", t.Policy.InputSchema); err != nil {
-				return nil, err
-			}
-		}
-		if t.Policy.OutputSchema != "" {
-			if def.OutputSchema, err = readSchema(name, "output_schema", t.Policy.OutputSchema); err != nil {
-				return nil, err
-			}
-		}
-		out = append(out, def)
-	}
-	return out, nil
-}
-
-func readSchema(task, field, path string) (json.RawMessage, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("task %q %s: %w", task, field, err)
-	}
-	var v map[string]any
-	if err := json.Unmarshal(b, &v); err != nil {
-		return nil, fmt.Errorf("task %q %s %s: not a JSON Schema object: %v", task, field, path, err)
-	}
-	return json.RawMessage(b), nil
 }
 
 func workerStateDir(flag string) (string, error) {

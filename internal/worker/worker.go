@@ -253,6 +253,9 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 	var wg sync.WaitGroup
 	failures := 0
 	for {
+		if lease.Err() != nil {
+			return w.drain(&wg)
+		}
 		// Reserve a slot before asking for work: never hold a lease on a job that cannot start.
 		select {
 		case slots <- struct{}{}:
@@ -269,12 +272,16 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 				break more
 			}
 		}
+		// Draining cancels the poll in flight, so shutdown is prompt. The control plane checks
+		// that the request is still wanted just before it commits a lease, so a cancelled poll
+		// normally leases nothing; a response lost after that commit leaves the job to its
+		// lease expiry, after which another worker runs it (delivery is at-least-once).
 		leased, err := w.cfg.Client.Lease(lease, n, wait)
 		for range n - len(leased) {
 			<-slots
 		}
 		if err != nil {
-			if lease.Err() != nil {
+			if lease.Err() != nil || jobs.Err() != nil {
 				return w.drain(&wg)
 			}
 			failures++

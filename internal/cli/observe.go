@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/audit"
+	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/internal/metrics"
+	"github.com/castellan-dev/castellan/internal/tasks"
+	"github.com/castellan-dev/castellan/internal/tracing"
+	"github.com/castellan-dev/castellan/internal/worker"
+	"github.com/castellan-dev/castellan/redact"
+)
+
+// observability bundles what the worker records about its jobs: the tamper-evident audit
+// log (always on), Prometheus metrics (opt-in listener) and traces (opt-in OTLP export).
+type observability struct {
+	audit    *audit.Log
+	observer worker.Observer
+	httpCall func(egress.Event)
+	close    func()
+}
+
+func newObservability(ctx context.Context, cfg WorkerConfig, stateDir string, red *redact.Set, log *zap.Logger) (*observability, error) {
+	key, err := auditKey(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	path := cfg.AuditLog
+	if path == "" {
+		path = filepath.Join(stateDir, "audit.log")
+	}
+	alog, err := audit.Open(audit.Options{Path: path, Key: key, Scrub: red})
+	if err != nil {
+		return nil, fmt.Errorf("--audit-log %s: %w", path, err)
+	}
+	reg := prometheus.NewRegistry()
+	wm, err := metrics.NewWorker(reg)
+	if err != nil {
+		_ = alog.Close()
+		return nil, err
+	}
+	tp, shutdown, err := tracing.NewProvider(ctx, tracing.Options{Endpoint: cfg.OTLP, Service: "castellan-worker"})
+	if err != nil {
+		_ = alog.Close()
+		return nil, fmt.Errorf("--otlp-endpoint: %w", err)
+	}
+	wt := tracing.NewWorker(tp)
+	mctx, stopMetrics := context.WithCancel(context.Background())
+	if cfg.MetricsAddr != "" {
+		go func() {
+			if err := metrics.Serve(mctx, cfg.MetricsAddr, reg); err != nil && mctx.Err() == nil {
+				log.Error("metrics listener failed", zap.Error(err))
+			}
+		}()
+		log.Info("metrics listener enabled", zap.String("addr", cfg.MetricsAddr))
+	}
+	logAudit := tasks.LogAudit(log.Named("audit"))
+	return &observability{
+		audit:    alog,
+		observer: fanout{wm, wt},
+		httpCall: func(ev egress.Event) {
+			logAudit(ev)
+			if err := alog.Append(audit.HTTPCall(ev)); err != nil {
+				log.Error("audit log write failed", zap.Error(err))
+			}
+			wm.HTTPCall(ev)
+			wt.HTTPCall(ev)
+		},
+		close: func() {
+			stopMetrics()
+			_ = shutdown(context.Background())
+			if err := alog.Close(); err != nil {
+				log.Error("closing the audit log", zap.Error(err))
+			}
+		},
+	}, nil
+}
+
+// fanout sends each worker event to several observers.
+type fanout []worker.Observer
+
+func (f fanout) Observe(ctx context.Context, ev worker.Event) context.Context {
+	for _, o := range f {
+		ctx = o.Observe(ctx, ev)
+	}
+	return ctx
+}
+
+// auditKey loads the worker's audit signing key from the state directory, creating it on
+// first start. Its public half (audit.public.jwks.json) is what `castellan audit verify
+// --key` takes.
+func auditKey(stateDir string) (ed25519.PrivateKey, error) {
+	priv := filepath.Join(stateDir, "audit.private.jwk.json")
+	if _, err := os.Stat(priv); errors.Is(err, os.ErrNotExist) {
+		if _, _, err := approval.WriteKeyFiles(stateDir, "audit"); err != nil {
+			return nil, fmt.Errorf("create the audit signing key in %s: %w", stateDir, err)
+		}
+	}
+	k, err := approval.LoadPrivateKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("audit signing key: %w", err)
+	}
+	key, ok := k.Key.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("audit signing key %s is not Ed25519", priv)
+	}
+	return key, nil
+}
+
+func isNATSURL(u string) bool {
+	for _, p := range []string{"nats://", "tls://", "ws://", "wss://"} {
+		if strings.HasPrefix(u, p) {
+			return true
+		}
+	}
+	return false
+}
