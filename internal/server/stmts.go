@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 )
 
 // Hot-path statements are prepared once when the store opens and reused in every
@@ -19,12 +20,19 @@ func hot(q string) string {
 
 func (s *Store) prepareHot(ctx context.Context) error {
 	s.stmts = make(map[string]*sql.Stmt, len(hotQueries))
+	s.rstmts = make(map[string]*sql.Stmt, len(hotQueries))
 	for _, q := range hotQueries {
 		st, err := s.db.PrepareContext(ctx, q)
 		if err != nil {
 			return fmt.Errorf("prepare %q: %w", q, err)
 		}
 		s.stmts[q] = st
+		if strings.HasPrefix(strings.TrimSpace(q), "SELECT") {
+			if st, err = s.rdb.PrepareContext(ctx, q); err != nil {
+				return fmt.Errorf("prepare %q: %w", q, err)
+			}
+			s.rstmts[q] = st
+		}
 	}
 	return nil
 }
@@ -56,13 +64,14 @@ func (t *txn) QueryContext(ctx context.Context, q string, args ...any) (*sql.Row
 	return t.tx.QueryContext(ctx, q, args...)
 }
 
-// queryRow runs q outside a transaction, prepared if hot. Never call it while holding a
-// transaction: the single connection would deadlock.
+// queryRow runs a read outside a transaction on the read pool, prepared if hot. In WAL mode
+// readers do not wait for the writer, so authenticating a request or reading a job never
+// queues behind a commit's fsync; a read sees every transaction committed before it began.
 func (s *Store) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	if st, ok := s.stmts[q]; ok {
+	if st, ok := s.rstmts[q]; ok {
 		return st.QueryRowContext(ctx, args...)
 	}
-	return s.db.QueryRowContext(ctx, q, args...)
+	return s.rdb.QueryRowContext(ctx, q, args...)
 }
 
 func (t *txn) queryRow(ctx context.Context, q string, args ...any) *sql.Row {

@@ -19,6 +19,9 @@ type Store struct {
 	db    *sql.DB
 	stmts map[string]*sql.Stmt // prepared hot statements, read-only after OpenStore
 
+	rdb    *sql.DB              // read pool (query_only), beside the single writer connection
+	rstmts map[string]*sql.Stmt // hot SELECTs prepared on rdb
+
 	writes     chan write    // transactions waiting for the writer (unbuffered)
 	closed     chan struct{} // closed by Close
 	closeOnce  sync.Once
@@ -143,13 +146,26 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	db.SetMaxOpenConns(1)
 	db.SetMaxIdleConns(1)
 	db.SetConnMaxLifetime(0)
-	s := &Store{db: db, writes: make(chan write), closed: make(chan struct{}), writerDone: make(chan struct{})}
+	rq := url.Values{}
+	for _, p := range []string{"busy_timeout(10000)", "query_only(1)"} {
+		rq.Add("_pragma", p)
+	}
+	rdb, err := sql.Open("sqlite", "file:"+path+"?"+rq.Encode())
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("server: open database %s: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(4)
+	rdb.SetMaxIdleConns(4)
+	s := &Store{db: db, rdb: rdb, writes: make(chan write), closed: make(chan struct{}), writerDone: make(chan struct{})}
 	go s.writer()
 	if err := s.migrate(ctx); err != nil {
+		rdb.Close()
 		db.Close()
 		return nil, fmt.Errorf("server: database %s: %w", path, err)
 	}
 	if err := s.prepareHot(ctx); err != nil {
+		rdb.Close()
 		db.Close()
 		return nil, fmt.Errorf("server: database %s: %w", path, err)
 	}
@@ -160,6 +176,7 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() { close(s.closed) })
 	<-s.writerDone
+	_ = s.rdb.Close()
 	return s.db.Close()
 }
 
