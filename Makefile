@@ -43,7 +43,7 @@ examples:
 
 ## bench: the benchmarks recorded in docs/benchmarks.md
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./runtime/ ./egress/ ./redact/
+	scripts/bench.sh
 
 ## fuzz: each fuzz target for a short while (FUZZTIME=30s by default)
 FUZZTIME ?= 30s

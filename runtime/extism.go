@@ -30,7 +30,6 @@ import (
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
-	"github.com/tetratelabs/wazero/sys"
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/egress"
@@ -345,43 +344,14 @@ func (m *Module) checkOutput(out []byte, err error) ([]byte, error) {
 	return out, nil
 }
 
-// classifyExtism mirrors classify for a plugin call.
+// classifyExtism is classify for a plugin call.
 func (m *Module) classifyExtism(ctx context.Context, j *extismJob, mem *sharedMemory, st *stdio, rc uint32, err error) error {
 	st.flush()
-	if j.fatal != nil {
-		return j.fatal
+	e := ending{refused: mem.refused, rc: rc, err: err}
+	if j.fatal != nil { // j.fatal is a *outcome.Error: a nil one must stay a nil error
+		e.fatal = j.fatal
 	}
-	var exit *sys.ExitError
-	if errors.As(err, &exit) {
-		switch exit.ExitCode() {
-		case sys.ExitCodeDeadlineExceeded:
-			return outcome.Wrap(outcome.Timeout, context.DeadlineExceeded, "task exceeded its %s time limit", m.limits.Timeout)
-		case sys.ExitCodeContextCanceled:
-			return outcome.Wrap(outcome.Cancelled, context.Canceled, "job cancelled")
-		case 0:
-			err = nil
-		}
-	}
-	if ctx.Err() != nil {
-		return m.ctxOutcome(ctx)
-	}
-	if err != nil {
-		switch {
-		case mem.refused:
-			return outcome.Wrap(outcome.MemoryLimit, err, "task exceeded its memory limit of %d pages (%d MiB)",
-				m.limits.MemoryPages, m.limits.MemoryPages/16)
-		case exit != nil:
-			return outcome.Wrap(outcome.TaskError, err, "task exited with code %d", exit.ExitCode())
-		case isLinkError(err):
-			return outcome.Wrap(outcome.ModuleRejected, err, "task %q: %s", m.cfg.Name, firstLine(err))
-		default:
-			return outcome.Wrap(outcome.Trap, err, "%s", firstLine(err))
-		}
-	}
-	if rc != 0 {
-		return outcome.New(outcome.TaskError, "task returned %d", rc)
-	}
-	return nil
+	return m.decide(ctx, e)
 }
 
 // ExtismRequest is the JSON a plugin passes to castellan_http_request.

@@ -97,6 +97,9 @@ type Result struct {
 	Duration  time.Duration
 	HTTPCalls int
 	Digest    string
+	// Instantiate is the part of Duration spent creating the instance on the job's path:
+	// near zero when a pre-initialised instance was ready.
+	Instantiate time.Duration
 }
 
 // Code returns the outcome code of r.
@@ -131,7 +134,7 @@ func (m *Module) Run(ctx context.Context, job Job) Result {
 		j.Scrub = m.cfg.Guard
 	}
 	res := Result{Digest: m.digest}
-	err := m.run(ctx, j)
+	err := m.run(ctx, j, &res.Instantiate)
 	res.HTTPCalls = j.Calls()
 	res.Duration = time.Since(start)
 	if err == nil {
@@ -144,23 +147,31 @@ func (m *Module) Run(ctx context.Context, job Job) Result {
 	return res
 }
 
-func (m *Module) run(ctx context.Context, j *hostfuncs.Job) error {
+func (m *Module) run(ctx context.Context, j *hostfuncs.Job, took *time.Duration) error {
 	if m.command {
-		// A command module runs the job in _start, so it cannot be prepared ahead.
+		// A command module runs the job in _start, so it cannot be prepared ahead; its whole
+		// run counts as instantiation.
+		start := time.Now()
 		inst, err := m.instantiate(hostfuncs.WithJob(ctx, j), j, []string{"_start"})
+		*took = time.Since(start)
 		if inst != nil {
 			defer inst.close(ctx)
 		}
 		j.CloseResponses()
 		return m.classify(ctx, inst, j, 0, err)
 	}
+	start := time.Now()
 	inst, err := m.take(ctx, j)
+	*took = time.Since(start)
 	if err != nil {
 		return err
 	}
 	defer inst.close(ctx)
 	inst.stdio.bind(j)
 	results, err := inst.entry.Call(hostfuncs.WithJob(ctx, j))
+	if m.pool != nil {
+		m.pool.jobDone()
+	}
 	j.CloseResponses()
 	var rc uint32
 	if len(results) == 1 {
@@ -241,16 +252,35 @@ func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []stri
 	return inst, nil
 }
 
-// classify turns what the guest did into an outcome. The order matters: a fatal condition
-// recorded by a host function wins over the trap it caused; the job's deadline wins over
-// the exit it forced; a refused memory.grow explains the trap or exit that followed it.
+// classify turns what a native instance did into an outcome.
 func (m *Module) classify(ctx context.Context, inst *instance, j *hostfuncs.Job, rc uint32, err error) error {
+	e := ending{fatal: j.Fatal(), rc: rc, err: err}
 	if inst != nil {
 		inst.stdio.flush()
+		e.refused = inst.mem.refused
 	}
-	if f := j.Fatal(); f != nil {
-		return f
+	e.failMsg, e.failed = j.Failure()
+	return m.decide(ctx, e)
+}
+
+// ending is what is known when a guest call returns, however it ran (native or Extism).
+type ending struct {
+	fatal   error  // recorded by a host function that ended the job
+	refused bool   // a memory.grow past the limit was refused
+	failMsg string // the task's own failure message
+	failed  bool
+	rc      uint32 // the entry's return value
+	err     error  // what the call returned
+}
+
+// decide turns an ending into an outcome. The order matters: a fatal condition recorded by a
+// host function wins over the trap it caused; the job's deadline wins over the exit it
+// forced; a refused memory.grow explains the trap or exit that followed it.
+func (m *Module) decide(ctx context.Context, e ending) error {
+	if e.fatal != nil {
+		return e.fatal
 	}
+	err := e.err
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
 		switch exit.ExitCode() {
@@ -271,15 +301,15 @@ func (m *Module) classify(ctx context.Context, inst *instance, j *hostfuncs.Job,
 		switch {
 		case errors.As(err, &oe):
 			return oe
-		case inst != nil && inst.mem.refused:
+		case e.refused:
 			return outcome.Wrap(outcome.MemoryLimit, err, "task exceeded its memory limit of %d pages (%d MiB)",
 				m.limits.MemoryPages, m.limits.MemoryPages/16)
 		case ctx.Err() != nil:
 			return m.ctxOutcome(ctx)
 		case exit != nil:
 			msg := fmt.Sprintf("task exited with code %d", exit.ExitCode())
-			if f, ok := j.Failure(); ok {
-				msg = f
+			if e.failed {
+				msg = e.failMsg
 			}
 			return outcome.Wrap(outcome.TaskError, err, "%s", msg)
 		case isLinkError(err):
@@ -288,11 +318,11 @@ func (m *Module) classify(ctx context.Context, inst *instance, j *hostfuncs.Job,
 			return outcome.Wrap(outcome.Trap, err, "%s", firstLine(err))
 		}
 	}
-	if f, ok := j.Failure(); ok {
-		return outcome.New(outcome.TaskError, "%s", f)
+	if e.failed {
+		return outcome.New(outcome.TaskError, "%s", e.failMsg)
 	}
-	if rc != 0 {
-		return outcome.New(outcome.TaskError, "task returned %d", rc)
+	if e.rc != 0 {
+		return outcome.New(outcome.TaskError, "task returned %d", e.rc)
 	}
 	return nil
 }

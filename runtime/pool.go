@@ -49,17 +49,22 @@ func (p *pool) signal() {
 	}
 }
 
-// get returns a ready instance or nil, without waiting.
+// get returns a ready instance or nil, without waiting. Taking an instance does not start a
+// refill: the caller calls jobDone when its job has run, so that making the next instance (a Go
+// guest allocates megabytes and triggers GC) does not compete with the job it was for. An
+// empty pool starts refilling at once.
 func (p *pool) get() *instance {
 	select {
 	case inst := <-p.ready:
-		p.signal()
 		return inst
 	default:
 		p.signal()
 		return nil
 	}
 }
+
+// jobDone tells the pool a job that took an instance has finished running.
+func (p *pool) jobDone() { p.signal() }
 
 func (p *pool) healthy() {
 	p.mu.Lock()

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-6}
 out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
 benchstat=${BENCHSTAT:-$(command -v benchstat || echo "$(go env GOPATH)/bin/benchstat")}
 [ -x "$benchstat" ] || go install golang.org/x/perf/cmd/benchstat@latest
 
@@ -18,10 +19,10 @@ run() { # name package pattern [benchtime]
 run job ./runtime/ 'BenchmarkJob$' 2000x
 run http ./runtime/ 'BenchmarkHTTPCall$' 5000x
 run compile ./runtime/ 'BenchmarkCompile$' 5x
-run redact ./redact/ 'Benchmark'
-[ -d internal/e2e ] && run e2e ./internal/e2e/ 'BenchmarkEndToEnd' 1x
-[ -d examples/crm-lookup/e2e ] && run languages ./examples/crm-lookup/e2e/ 'Benchmark'
-[ -d internal/natsq ] && run transports ./internal/natsq/ 'Benchmark' 1x
-[ -d internal/tasks ] && run plugins ./internal/tasks/ 'Benchmark' 1x
-[ -d audit ] && run audit ./audit/ 'Benchmark'
+run redact ./redact/ 'Benchmark' 
+run languages ./examples/crm-lookup/e2e/ 'BenchmarkPerJobOverhead' 200x
+run e2e ./internal/e2e/ 'BenchmarkEndToEnd' 3000x
+run transports ./internal/natsq/ 'BenchmarkTransports' 5000x
+run plugins ./internal/tasks/ 'BenchmarkPluginAppearToFirstJob' 20x
+run observability ./internal/metrics/ 'BenchmarkPerJobObservability' 
 echo "raw results in $out"

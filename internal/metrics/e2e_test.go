@@ -286,6 +286,7 @@ func TestScriptedRun(t *testing.T) {
 			{"castellan_server_jobs_completed_total", `{state="rejected",task="crm-lookup"}`, 1},
 			{"castellan_job_duration_seconds_count", `{task="crm-lookup"}`, 4},
 			{"castellan_queue_wait_seconds_count", ``, 4},
+			{"castellan_sandbox_instantiate_seconds_count", ``, 3}, // the refused job never ran
 		}
 		got := scrapeValues(t, e.reg)
 		for _, c := range counters {

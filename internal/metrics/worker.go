@@ -103,6 +103,9 @@ func (m *Worker) Observe(ctx context.Context, ev worker.Event) context.Context {
 		m.mu.Unlock()
 		m.jobs.WithLabelValues(ev.Task, string(ev.Outcome)).Inc()
 		m.jobDuration.WithLabelValues(ev.Task).Observe(ev.Duration.Seconds())
+		if ev.Instantiate > 0 { // zero when the job never ran (refused, audit failure)
+			m.instantiate.Observe(ev.Instantiate.Seconds())
+		}
 	case worker.LeaseFailed:
 		m.leaseErrors.Inc()
 	case worker.HeartbeatFailed:

@@ -113,6 +113,7 @@ type Event struct {
 	Reason                         string // outcome message of a refusal, or the failure
 	Outcome                        outcome.Code
 	Duration                       time.Duration // JobFinished: from receipt to the end of the run
+	Instantiate                    time.Duration // JobFinished: sandbox instance creation on the job's path
 	HTTPCalls, OutputBytes         int
 	Capacity                       int // WorkerReady: Config.Concurrency
 }
@@ -422,7 +423,7 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration)
 		res := w.cfg.Runner.Run(jctx, j.Task, j.JobID, j.Input)
 		req.DurationMS = res.Duration.Milliseconds()
 		req.ModuleDigest = res.Digest
-		ev.HTTPCalls = res.HTTPCalls
+		ev.HTTPCalls, ev.Instantiate = res.HTTPCalls, res.Instantiate
 		err := res.Err
 		if err == nil && len(res.Output) > 0 && !json.Valid(res.Output) {
 			err = outcome.New(outcome.TaskError, "the task's output is not a JSON document")
