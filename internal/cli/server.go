@@ -18,6 +18,7 @@ import (
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/logging"
+	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server"
 )
 
@@ -31,6 +32,13 @@ type ServerConfig struct {
 	AutoApproveTasks []string // task names, or "*"
 	LogLevel         string
 	LogFormat        string
+
+	// NATS selects the JetStream control plane (exclusive with DB): job state, tokens and
+	// catalogs live in JetStream, so several replicas may serve the API at once.
+	NATS      string
+	NATSCreds string // JWT/NKey credentials file
+	NATSCA    string // CA bundle for TLS to NATS
+	Replicas  int    // replicas of the streams and buckets this server creates
 }
 
 func serverCommand() *cli.Command {
@@ -52,7 +60,13 @@ func serverCommand() *cli.Command {
 			"Examples:\n" +
 			"  castellan token create --db /var/lib/castellan/cp.db --role admin --pool '*' --name ops\n" +
 			"  castellan server --db /var/lib/castellan/cp.db --listen 0.0.0.0:8443 --tls-cert cp.crt --tls-key cp.key\n" +
-			"  castellan server --db demo.db --listen 127.0.0.1:8443 --auto-approve-key auto.private.jwk.json --auto-approve-tasks echo",
+			"  castellan server --db demo.db --listen 127.0.0.1:8443 --auto-approve-key auto.private.jwk.json --auto-approve-tasks echo\n\n" +
+			"With --nats URL instead of --db the control plane keeps no local state: jobs, tokens and\n" +
+			"catalogs live in NATS JetStream, workers connect to NATS (castellan worker --server nats://...),\n" +
+			"and any number of replicas serve the same client API (submit, approve, get, wait, cancel,\n" +
+			"catalog). Create tokens with `castellan token create --nats URL`. See docs/deploy.md.\n" +
+			"  castellan token create --nats nats://nats:4222 --nats-creds cp.creds --role admin --pool '*' --name ops\n" +
+			"  castellan server --nats nats://n1:4222,nats://n2:4222,nats://n3:4222 --nats-creds cp.creds --replicas 3 --listen 0.0.0.0:8443",
 		Flags: []cli.Flag{
 			configFlag(),
 			&cli.StringFlag{Name: "db", Usage: "SQLite database `FILE` (created if missing)", EnvVars: []string{"CASTELLAN_DB"}, Destination: &cfg.DB},
@@ -62,6 +76,10 @@ func serverCommand() *cli.Command {
 			&cli.DurationFlag{Name: "lease-ttl", Usage: "how long a lease lives without a heartbeat", EnvVars: []string{"CASTELLAN_LEASE_TTL"}, Value: 60 * time.Second, Destination: &cfg.LeaseTTL},
 			&cli.StringFlag{Name: "auto-approve-key", Usage: "private JWK `FILE` the server signs auto-approvals with", EnvVars: []string{"CASTELLAN_AUTO_APPROVE_KEY"}, Destination: &cfg.AutoApproveKey},
 			&cli.StringSliceFlag{Name: "auto-approve-tasks", Usage: "task `NAMES` to auto-approve (comma-separated, or *)", EnvVars: []string{"CASTELLAN_AUTO_APPROVE_TASKS"}, Destination: &tasks},
+			&cli.StringFlag{Name: "nats", Usage: "NATS `URL`s (comma-separated): keep state in JetStream instead of --db", EnvVars: []string{"CASTELLAN_NATS"}, Destination: &cfg.NATS},
+			&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
+			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
+			&cli.IntFlag{Name: "replicas", Usage: "NATS mode: replicas of the streams and buckets (3 on a 3-node cluster)", EnvVars: []string{"CASTELLAN_REPLICAS"}, Value: 1, Destination: &cfg.Replicas},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
@@ -79,8 +97,11 @@ func serverCommand() *cli.Command {
 // Server runs the control plane until the first value on sigs (graceful shutdown) or ctx ends.
 // A second value makes it return at once.
 func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sigs <-chan os.Signal) error {
-	if cfg.DB == "" {
-		return usagef("--db is required: the SQLite file that holds the control plane's state")
+	if cfg.NATS != "" && cfg.DB != "" {
+		return usagef("give one of --db FILE (SQLite) or --nats URL (JetStream), not both")
+	}
+	if cfg.DB == "" && cfg.NATS == "" {
+		return usagef("--db is required: the SQLite file that holds the control plane's state (or --nats URL for JetStream)")
 	}
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return usagef("--tls-cert and --tls-key go together: give both or neither")
@@ -90,6 +111,10 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 		return usageError{err}
 	}
 	defer func() { _ = log.Sync() }()
+
+	if cfg.NATS != "" {
+		return serverNATS(ctx, cfg, stdout, log, sigs)
+	}
 
 	scfg := server.Config{
 		Addr: cfg.Listen, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, DBPath: cfg.DB,
@@ -186,4 +211,61 @@ func splitList(vals []string) []string {
 		}
 	}
 	return out
+}
+
+// natsOptions is the NATS connection of the control plane and of `token create --nats`.
+func natsOptions(name, creds, ca string, replicas int, log *zap.Logger) (natsq.Options, error) {
+	if replicas < 1 || replicas > 5 {
+		return natsq.Options{}, usagef("--replicas is %d, want 1..5 (3 on a 3-node cluster)", replicas)
+	}
+	return natsq.Options{Name: name, CredsFile: creds, CAFile: ca, Replicas: replicas, Log: log}, nil
+}
+
+// serverNATS runs the JetStream control plane: the client API and the shared result
+// consumer, with no local state, until the first signal or ctx ends.
+func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *zap.Logger, sigs <-chan os.Signal) error {
+	switch {
+	case cfg.TLSCert != "":
+		return usagef("--tls-cert is not supported with --nats yet: terminate TLS in front of the API (see docs/deploy.md)")
+	case cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0:
+		return usagef("--auto-approve-key is not supported with --nats: approvals come from approvers (castellan job approve)")
+	}
+	o, err := natsOptions("castellan-server", cfg.NATSCreds, cfg.NATSCA, cfg.Replicas, log.Named("nats"))
+	if err != nil {
+		return err
+	}
+	srv, err := natsq.DialAPIServer(ctx, cfg.NATS, o)
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = srv.Close() }()
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		return usagef("--listen %s: %v", cfg.Listen, err)
+	}
+	fmt.Fprintf(stdout, "castellan server listening on http://%s\n", ln.Addr())
+	log.Info("control plane on NATS JetStream", zap.Int("replicas", cfg.Replicas))
+
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	select {
+	case err = <-done:
+	case s := <-sigs:
+		log.Info("shutting down: finishing requests in flight; a second signal exits at once", zap.Stringer("signal", s))
+		stop()
+		select {
+		case err = <-done:
+		case s := <-sigs:
+			log.Warn("second signal: exiting without waiting", zap.Stringer("signal", s))
+			return nil
+		}
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("control plane failed", zap.Error(err))
+		return taskFailed{err}
+	}
+	log.Info("control plane stopped")
+	return nil
 }

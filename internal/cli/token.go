@@ -8,13 +8,18 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
 // TokenConfig is the configuration of `castellan token create`.
 type TokenConfig struct {
-	DB        string // direct database access (bootstrap); exclusive with Server
+	DB        string // direct database access (bootstrap); exclusive with Server and NATS
+	NATS      string // the JetStream control plane's NATS URL (direct access)
+	NATSCreds string
+	NATSCA    string
+	Replicas  int
 	Server    string // via the API with an admin token
 	TokenFile string
 	Role      string
@@ -38,9 +43,14 @@ func tokenCommand() *cli.Command {
 				"token, before or while the server runs); with --server an admin token creates it via the API.\n\n" +
 				"Examples:\n" +
 				"  castellan token create --db /var/lib/castellan/cp.db --role admin --pool '*' --name ops\n" +
+				"  castellan token create --nats nats://nats:4222 --nats-creds cp.creds --role client --pool default --name ci\n" +
 				"  castellan token create --server https://cp:8443 --token-file admin.token --role worker --pool default --name dc1-w1 > w1.token",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "db", Usage: "control plane SQLite `FILE` (direct access)", EnvVars: []string{"CASTELLAN_DB"}, Destination: &cfg.DB},
+				&cli.StringFlag{Name: "nats", Usage: "NATS `URL` of a JetStream control plane (direct access; server --nats)", EnvVars: []string{"CASTELLAN_NATS"}, Destination: &cfg.NATS},
+				&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
+				&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
+				&cli.IntFlag{Name: "replicas", Usage: "NATS mode: replicas of the token bucket if it is created", EnvVars: []string{"CASTELLAN_REPLICAS"}, Value: 1, Destination: &cfg.Replicas},
 				&cli.StringFlag{Name: "server", Usage: "control plane `URL` (needs an admin token)", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &cfg.Server},
 				tokenFileFlag(&cfg.TokenFile),
 				&cli.StringFlag{Name: "role", Usage: "worker, client, approver or admin", Required: true, Destination: &cfg.Role},
@@ -57,9 +67,32 @@ func tokenCommand() *cli.Command {
 func TokenCreate(ctx context.Context, cfg TokenConfig, out io.Writer) (api.Token, error) {
 	var tok api.Token
 	var err error
+	given := 0
+	for _, s := range []string{cfg.DB, cfg.Server, cfg.NATS} {
+		if s != "" {
+			given++
+		}
+	}
 	switch {
-	case (cfg.DB == "") == (cfg.Server == ""):
-		return tok, usagef("give exactly one of --db FILE (direct) or --server URL (via the API)")
+	case given != 1:
+		return tok, usagef("give exactly one of --db FILE (direct), --nats URL (direct, JetStream control plane) or --server URL (via the API)")
+	case cfg.NATS != "":
+		if cfg.Replicas == 0 {
+			cfg.Replicas = 1
+		}
+		o, oerr := natsOptions("castellan-token", cfg.NATSCreds, cfg.NATSCA, cfg.Replicas, nil)
+		if oerr != nil {
+			return tok, oerr
+		}
+		nc, cerr := natsq.Connect(cfg.NATS, o)
+		if cerr != nil {
+			return tok, usagef("--nats: %v", cerr)
+		}
+		defer nc.Close()
+		tok, err = natsq.CreateToken(ctx, nc, api.Role(cfg.Role), cfg.Pool, cfg.Name, cfg.Replicas)
+		if err != nil {
+			return tok, usageError{err}
+		}
 	case cfg.DB != "":
 		st, oerr := server.OpenStore(ctx, cfg.DB)
 		if oerr != nil {

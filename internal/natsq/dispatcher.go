@@ -35,6 +35,42 @@ type Dispatcher struct {
 
 	mu    sync.Mutex
 	ready map[string]bool // "pool" and "pool\x00task" whose stream / consumer exist
+
+	// recent holds records this dispatcher wrote, with their revisions, so that recording a
+	// result can compare-and-set without reading the record first (half the round trips).
+	// It is only ever a guess: the write is checked against the KV revision, and a stale
+	// entry costs one failed write and a fresh read. Reads never use it.
+	cmu    sync.Mutex
+	recent map[string]cachedRecord
+}
+
+type cachedRecord struct {
+	rec Record
+	rev uint64
+}
+
+const maxRecent = 1 << 16
+
+func (d *Dispatcher) remember(id string, r Record, rev uint64) {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	if r.Job.State.Terminal() {
+		delete(d.recent, id)
+		return
+	}
+	if len(d.recent) >= maxRecent {
+		clear(d.recent) // a cache miss is only a read
+	}
+	d.recent[id] = cachedRecord{rec: r, rev: rev}
+}
+
+// take removes and returns the remembered record of id: the caller owns it.
+func (d *Dispatcher) take(id string) (Record, uint64, bool) {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	c, ok := d.recent[id]
+	delete(d.recent, id)
+	return c.rec, c.rev, ok
 }
 
 // DialDispatcher connects to NATS at serverURL and returns a Dispatcher.
@@ -63,7 +99,7 @@ func NewDispatcher(ctx context.Context, nc *nats.Conn, o Options) (*Dispatcher, 
 	if err := ensureShared(ctx, js, o.Replicas); err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{nc: nc, js: js, o: o, log: o.Log, ready: map[string]bool{}}
+	d := &Dispatcher{nc: nc, js: js, o: o, log: o.Log, ready: map[string]bool{}, recent: map[string]cachedRecord{}}
 	if d.jobs, err = js.KeyValue(ctx, JobsBucket); err != nil {
 		return nil, fmt.Errorf("natsq: bucket %s: %w", JobsBucket, err)
 	}
@@ -108,6 +144,11 @@ func (d *Dispatcher) ensure(ctx context.Context, pool, task string) error {
 // approval is not checked here: workers verify it. Dispatching a job id that exists returns
 // the recorded job unchanged.
 func (d *Dispatcher) Dispatch(ctx context.Context, env Envelope) (api.Job, error) {
+	return d.dispatch(ctx, env, api.Job{})
+}
+
+// dispatch is Dispatch with the API's extra job fields (submitter, idempotency key) in base.
+func (d *Dispatcher) dispatch(ctx context.Context, env Envelope, base api.Job) (api.Job, error) {
 	if err := env.check(); err != nil {
 		return api.Job{}, refusal(http.StatusBadRequest, api.CodeInvalidField, "job %q: %v", env.JobID, err)
 	}
@@ -115,14 +156,21 @@ func (d *Dispatcher) Dispatch(ctx context.Context, env Envelope) (api.Job, error
 		return api.Job{}, err
 	}
 	now := time.Now().UTC()
-	rec := Record{Approval: env.Approval, Job: api.Job{ID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion,
-		Pool: env.Pool, State: api.StateQueued, Input: env.Input, HasApproval: true, MaxAttempts: env.MaxAttempts,
-		CreatedAt: now, UpdatedAt: now}}
+	j := base
+	j.ID, j.Task, j.TaskVersion, j.Pool, j.State, j.Input = env.JobID, env.Task, env.TaskVersion, env.Pool, api.StateQueued, env.Input
+	j.HasApproval, j.MaxAttempts, j.UpdatedAt = true, env.MaxAttempts, now
+	if j.CreatedAt.IsZero() {
+		j.CreatedAt = now
+	}
+	rec := Record{Approval: env.Approval, Job: j}
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return api.Job{}, err
 	}
 	rev, err := d.jobs.Create(ctx, env.JobID, data)
+	if err == nil {
+		d.remember(env.JobID, rec, rev)
+	}
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		existing, _, gerr := d.record(ctx, env.JobID)
 		if gerr != nil {
@@ -140,19 +188,127 @@ func (d *Dispatcher) Dispatch(ctx context.Context, env Envelope) (api.Job, error
 	if err != nil {
 		return api.Job{}, err
 	}
-	ack, err := d.js.Publish(ctx, JobSubject(env.Pool, env.Task), body, jetstream.WithMsgID(env.JobID))
-	if err != nil {
+	// The stream sequence is not written back to the record: that second write was a third
+	// of a dispatch's cost. Cancel finds an unpulled job's message by its id instead.
+	if _, err := d.js.Publish(ctx, JobSubject(env.Pool, env.Task), body, jetstream.WithMsgID(env.JobID)); err != nil {
 		return api.Job{}, fmt.Errorf("natsq: publish job %s: %w", env.JobID, err)
 	}
-	if rev != 0 {
-		// Remember the sequence so that Cancel can delete a job nobody has pulled yet. Best
-		// effort: a result may already have changed the record.
-		rec.JobsSeq = ack.Sequence
-		if data, err := json.Marshal(rec); err == nil {
-			_, _ = d.jobs.Update(ctx, env.JobID, data, rev)
+	return rec.Job, nil
+}
+
+// DispatchBatch is Dispatch for many jobs at once, pipelined: every record is written and
+// every envelope published without waiting for each acknowledgement in turn, which is what
+// bounds a sequential Dispatch (two round trips per job). The guarantees are Dispatch's: a
+// record is written before its envelope is published, and a job id that exists is
+// dispatched as Dispatch would (returning the recorded job). Jobs are returned in order;
+// the first error stops nothing already published, and the batch may be retried whole.
+func (d *Dispatcher) DispatchBatch(ctx context.Context, envs []Envelope) ([]api.Job, error) {
+	out := make([]api.Job, len(envs))
+	for _, env := range envs {
+		if err := env.check(); err != nil {
+			return nil, refusal(http.StatusBadRequest, api.CodeInvalidField, "job %q: %v", env.JobID, err)
+		}
+		if err := d.ensure(ctx, env.Pool, env.Task); err != nil {
+			return nil, err
 		}
 	}
-	return rec.Job, nil
+	now := time.Now().UTC()
+	// 1. Create every record: a KV create is a publish on the key's subject expecting no
+	//    earlier revision, so it can be sent asynchronously.
+	futures := make([]jetstream.PubAckFuture, len(envs))
+	for i, env := range envs {
+		rec := Record{Approval: env.Approval, Job: api.Job{ID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion,
+			Pool: env.Pool, State: api.StateQueued, Input: env.Input, HasApproval: true, MaxAttempts: env.MaxAttempts,
+			CreatedAt: now, UpdatedAt: now}}
+		out[i] = rec.Job
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return nil, err
+		}
+		m := nats.NewMsg("$KV." + JobsBucket + "." + env.JobID)
+		m.Data = data
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+		if futures[i], err = d.js.PublishMsgAsync(m); err != nil {
+			return nil, fmt.Errorf("natsq: record job %s: %w", env.JobID, err)
+		}
+	}
+	created := make([]bool, len(envs))
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			created[i] = true
+			d.remember(envs[i].JobID, Record{Approval: envs[i].Approval, Job: out[i]}, ack.Sequence)
+		case err := <-f.Err():
+			var apiErr *jetstream.APIError
+			if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+				return nil, fmt.Errorf("natsq: record job %s: %w", envs[i].JobID, err)
+			}
+			// The id exists (a retried batch, or a deleted key): Dispatch decides.
+			j, err := d.Dispatch(ctx, envs[i])
+			if err != nil {
+				return nil, err
+			}
+			out[i] = j
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	// 2. Publish the envelopes of the jobs recorded above.
+	for i, env := range envs {
+		futures[i] = nil
+		if !created[i] {
+			continue
+		}
+		body, err := json.Marshal(env)
+		if err != nil {
+			return nil, err
+		}
+		m := nats.NewMsg(JobSubject(env.Pool, env.Task))
+		m.Data = body
+		if futures[i], err = d.js.PublishMsgAsync(m, jetstream.WithMsgID(env.JobID)); err != nil {
+			return nil, fmt.Errorf("natsq: publish job %s: %w", env.JobID, err)
+		}
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return nil, fmt.Errorf("natsq: publish job %s: %w", envs[i].JobID, err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return out, nil
+}
+
+// jobSeq finds the stream sequence of an unpulled job's message by its Nats-Msg-Id, walking
+// the task's subject with direct gets (a work-queue stream allows no second consumer on it).
+// Cancel is rare and a backlog is short-lived; dispatch stays one write cheaper. 0 means
+// the message is not in the stream (pulled and settled, or never published).
+func (d *Dispatcher) jobSeq(ctx context.Context, pool, task, id string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := d.js.Stream(ctx, JobsStream(pool))
+	if err != nil {
+		return 0, err
+	}
+	subj := JobSubject(pool, task)
+	for seq := uint64(1); ; {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if m.Header.Get(jetstream.MsgIDHeader) == id {
+			return m.Sequence, nil
+		}
+		seq = m.Sequence + 1
+	}
 }
 
 func (d *Dispatcher) record(ctx context.Context, id string) (Record, uint64, error) {
@@ -185,12 +341,21 @@ func (d *Dispatcher) Record(ctx context.Context, id string) (Record, error) {
 // update applies change to the job's record with compare-and-set, retrying on a concurrent
 // write. change returns false to leave the record as it is.
 func (d *Dispatcher) update(ctx context.Context, id string, change func(*Record) (bool, error)) (Record, error) {
-	for {
-		r, rev, err := d.record(ctx, id)
-		if err != nil {
-			return r, err
+	for try := 0; ; try++ {
+		r, rev, cached := Record{}, uint64(0), false
+		if try == 0 {
+			r, rev, cached = d.take(id)
+		}
+		if !cached {
+			var err error
+			if r, rev, err = d.record(ctx, id); err != nil {
+				return r, err
+			}
 		}
 		ok, err := change(&r)
+		if cached && (err != nil || !ok) {
+			continue // decided on a remembered record: decide again on the stored one
+		}
 		if err != nil || !ok {
 			return r, err
 		}
@@ -199,8 +364,9 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*Record)
 		if err != nil {
 			return r, err
 		}
-		_, err = d.jobs.Update(ctx, id, data, rev)
+		newRev, err := d.jobs.Update(ctx, id, data, rev)
 		if err == nil {
+			d.remember(id, r, newRev)
 			return r, nil
 		}
 		var apiErr *jetstream.APIError
@@ -219,6 +385,12 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (api.Job, error) {
 		if r.Job.State.Terminal() || r.Job.State == api.StateCancelRequested {
 			return false, nil
 		}
+		if r.Job.State == api.StatePendingApproval {
+			// Never published: nothing can run it.
+			now := time.Now().UTC()
+			r.Job.State, r.Job.FinishedAt = api.StateCancelled, &now
+			return true, nil
+		}
 		r.Job.State = api.StateCancelRequested
 		return true, nil
 	})
@@ -228,32 +400,45 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (api.Job, error) {
 	if _, err := d.cancels.Put(ctx, token(r.Job.Pool)+"."+id, []byte("1")); err != nil {
 		return r.Job, fmt.Errorf("natsq: record the cancellation of %s: %w", id, err)
 	}
-	if r.JobsSeq != 0 && r.Job.Attempt == 0 {
-		st, err := d.js.Stream(ctx, JobsStream(r.Job.Pool))
-		if err == nil {
-			err = st.DeleteMsg(ctx, r.JobsSeq)
-		}
-		if err == nil {
-			r, err = d.update(ctx, id, func(r *Record) (bool, error) {
-				if r.Job.State != api.StateCancelRequested {
-					return false, nil
-				}
-				r.Job.State = api.StateCancelled
-				now := time.Now().UTC()
-				r.Job.FinishedAt = &now
-				return true, nil
-			})
-			return r.Job, err
+	if r.Job.Attempt != 0 {
+		return r.Job, nil // running: the worker stops at its next heartbeat
+	}
+	seq := r.JobsSeq
+	if seq == 0 {
+		if seq, err = d.jobSeq(ctx, r.Job.Pool, r.Job.Task, id); err != nil {
+			d.log.Warn("looking for a cancelled job's message failed; its worker will stop it", zap.String("job", id), zap.Error(err))
+			return r.Job, nil
 		}
 	}
-	return r.Job, nil
+	if seq == 0 {
+		return r.Job, nil // pulled already: the worker stops it
+	}
+	st, err := d.js.Stream(ctx, JobsStream(r.Job.Pool))
+	if err == nil {
+		err = st.DeleteMsg(ctx, seq)
+	}
+	if err != nil {
+		return r.Job, nil // pulled meanwhile: the worker stops it
+	}
+	r, err = d.update(ctx, id, func(r *Record) (bool, error) {
+		if r.Job.State != api.StateCancelRequested {
+			return false, nil
+		}
+		r.Job.State = api.StateCancelled
+		now := time.Now().UTC()
+		r.Job.FinishedAt = &now
+		return true, nil
+	})
+	return r.Job, err
 }
 
 // Run consumes results until ctx ends, recording each at most once per job and attempt.
-// Several handlers run at once (workers is their number; default 8).
+// Several handlers run at once (workers is their number; default 32).
 func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 	if workers <= 0 {
-		workers = 8
+		// Recording is two round trips of waiting per result; enough handlers keep the
+		// results stream drained at thousands of jobs a second.
+		workers = 32
 	}
 	cons, err := d.js.CreateOrUpdateConsumer(ctx, ResultsStream, jetstream.ConsumerConfig{
 		Durable: ResultsConsumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,

@@ -1,7 +1,7 @@
 // Package natsq is Castellan's NATS JetStream transport: the worker side (WorkerQueue, an
-// implementation of worker.Queue) and the control-plane side (Dispatcher), for deployments
-// where one control plane on SQLite is no longer enough: many workers, many sites, high job
-// rates, or a control plane that must survive losing a machine.
+// implementation of worker.Queue) and the control-plane side (Dispatcher, APIServer), for
+// deployments where one control plane on SQLite is no longer enough: many workers, many
+// sites, high job rates, or a control plane that must survive losing a machine.
 //
 // Why JetStream rather than more of our own code: durable pull consumers already give
 // at-least-once delivery with leases (AckWait), lease extension (InProgress), retry with a
@@ -28,7 +28,12 @@
 //   - KV buckets: castellan_jobs (job state, written by dispatchers with compare-and-set so
 //     that any number of control-plane replicas can record completions and serve reads),
 //     castellan_cancel (cancellation requests, read by workers at each heartbeat) and
-//     castellan_catalog (each worker's published catalog).
+//     castellan_catalog (each worker's published catalog); for the API server also
+//     castellan_tokens (bearer token hashes) and castellan_idempotency.
+//
+// APIServer is `castellan server --nats`: the client-facing /v1 API (the wire types and error
+// codes of internal/server) with no local state, so any number of replicas serve it. Each
+// replica also runs the Dispatcher's result consumer, which all replicas share.
 //
 // The attempt number is the message's delivery count (NumDelivered). Workers still verify
 // every approval themselves, including the attempt bound and replay, exactly as over HTTP:

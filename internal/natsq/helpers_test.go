@@ -196,7 +196,7 @@ func startDispatcher(t testing.TB, url string, o natsq.Options) (*natsq.Dispatch
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = d.Run(ctx, 8); close(done) }()
+	go func() { _ = d.Run(ctx, 0); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return d, nc, cancel
 }

@@ -1,0 +1,369 @@
+package natsq_test
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/natsq"
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+var strictCatalog = []api.TaskDef{{
+	Name: "echo", Version: "1.0.0", Description: "echoes its input",
+	InputSchema: json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}`),
+}}
+
+type apiReplica struct {
+	srv  *natsq.APIServer
+	url  string
+	stop context.CancelFunc
+	done chan error
+}
+
+// startAPI runs one control-plane replica (HTTP API and result consumer) on its own
+// connection and listener.
+func startAPI(t testing.TB, natsURL string) *apiReplica {
+	t.Helper()
+	srv, err := natsq.DialAPIServer(context.Background(), natsURL, natsq.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &apiReplica{srv: srv, url: "http://" + ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
+	go func() { r.done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-r.done; _ = srv.Close() })
+	return r
+}
+
+func apiClient(t testing.TB, natsURL, baseURL string, role api.Role, pool string) *client.Client {
+	t.Helper()
+	nc := dial(t, natsURL)
+	tok, err := natsq.CreateToken(context.Background(), nc, role, pool, string(role), 1)
+	if err != nil {
+		t.Fatalf("CreateToken(%s, %s) = %v", role, pool, err)
+	}
+	c, err := client.New(baseURL, tok.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func waitCatalog(t testing.TB, c *client.Client) {
+	t.Helper()
+	poll(t, 20*time.Second, "the published catalog", func() bool {
+		cat, err := c.Catalog(context.Background(), pool)
+		return err == nil && len(cat.Tasks) > 0
+	})
+}
+
+// TestAPISubmitApproveWait: the HTTP API over JetStream end to end, through internal/client
+// and a real worker on the JetStream transport.
+func TestAPISubmitApproveWait(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	s := newSigner(t)
+	rep := startAPI(t, natsURL)
+	c := newCounter()
+	startWorker(t, natsURL, s, c.echo(), natsq.Options{}, 2)
+	submitter := apiClient(t, natsURL, rep.url, api.RoleClient, pool)
+	approver := apiClient(t, natsURL, rep.url, api.RoleApprover, pool)
+	waitCatalog(t, submitter)
+
+	in := `{"n":7}`
+	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(in), MaxAttempts: 2, IdempotencyKey: "k-1"})
+	if err != nil || j.State != api.StatePendingApproval || j.TaskVersion != "1.0.0" {
+		t.Fatalf("Submit() = %s %q, %v, want pending_approval 1.0.0", j.State, j.TaskVersion, err)
+	}
+	again, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(in), MaxAttempts: 2, IdempotencyKey: "k-1"})
+	if err != nil || again.ID != j.ID {
+		t.Fatalf("Submit(same idempotency key) = %s, %v, want %s", again.ID, err, j.ID)
+	}
+	_, err = submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":8}`), MaxAttempts: 2, IdempotencyKey: "k-1"})
+	if !client.IsCode(err, api.CodeIdempotency) {
+		t.Fatalf("Submit(reused idempotency key) = %v, want %s", err, api.CodeIdempotency)
+	}
+	if _, err := submitter.Approve(t.Context(), j.ID, "x.y.z"); !client.IsCode(err, api.CodeForbidden) {
+		t.Fatalf("Approve(with a client token) = %v, want %s", err, api.CodeForbidden)
+	}
+	tok, _, err := approval.Sign(s.key, approval.Request{JobID: j.ID, Task: "echo", TaskVersion: j.TaskVersion, Pool: pool,
+		Input: []byte(in), MaxAttempts: 2, Approver: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aj, err := approver.Approve(t.Context(), j.ID, tok); err != nil || aj.State != api.StateQueued {
+		t.Fatalf("Approve() = %s, %v, want queued", aj.State, err)
+	}
+	if _, err := approver.Approve(t.Context(), j.ID, tok); !client.IsCode(err, api.CodeInvalidState) {
+		t.Fatalf("Approve(again) = %v, want %s", err, api.CodeInvalidState)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	done, err := submitter.Wait(ctx, j.ID)
+	if err != nil || done.State != api.StateSucceeded || string(done.Output) != in || done.SubmittedBy == "" {
+		t.Fatalf("Wait(%s) = %s output %s by %q, %v, want succeeded with %s", j.ID, done.State, done.Output, done.SubmittedBy, err, in)
+	}
+	if got, err := submitter.Get(t.Context(), j.ID); err != nil || got.State != api.StateSucceeded {
+		t.Fatalf("Get(%s) = %s, %v, want succeeded", j.ID, got.State, err)
+	}
+	if n := c.get(j.ID); n != 1 {
+		t.Fatalf("runs of %s = %d, want 1", j.ID, n)
+	}
+	if _, err := submitter.Cancel(t.Context(), j.ID); !client.IsCode(err, api.CodeInvalidState) {
+		t.Fatalf("Cancel(finished job) = %v, want %s", err, api.CodeInvalidState)
+	}
+
+	// An approval attached to the submit dispatches the job at once; this one was signed
+	// for another job id, so the worker (not the control plane) refuses it.
+	aj, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(in), MaxAttempts: 2, Approval: tok})
+	if err != nil || aj.State != api.StateQueued || !aj.HasApproval {
+		t.Fatalf("Submit(with approval) = %s, %v, want queued", aj.State, err)
+	}
+	if rj, err := submitter.Wait(ctx, aj.ID); err != nil || rj.State != api.StateRejected {
+		t.Fatalf("Wait(%s) = %s, %v, want rejected (the approval names another job)", aj.ID, rj.State, err)
+	}
+
+	// A pending job is cancelled at once: it was never published.
+	p, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":9}`), MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cj, err := submitter.Cancel(t.Context(), p.ID); err != nil || cj.State != api.StateCancelled {
+		t.Fatalf("Cancel(pending job) = %s, %v, want cancelled", cj.State, err)
+	}
+}
+
+// TestAPIRefusals: schema, authentication, role and pool refusals carry the SQLite control
+// plane's statuses and codes.
+func TestAPIRefusals(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	rep := startAPI(t, natsURL)
+	q, err := natsq.DialWorker(t.Context(), natsURL, natsq.Options{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.PublishCatalog(t.Context(), strictCatalog); err != nil {
+		t.Fatal(err)
+	}
+	submitter := apiClient(t, natsURL, rep.url, api.RoleClient, pool)
+	otherPool := apiClient(t, natsURL, rep.url, api.RoleClient, "other")
+	approver := apiClient(t, natsURL, rep.url, api.RoleApprover, pool)
+	waitCatalog(t, submitter)
+	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
+	if err != nil {
+		t.Fatalf("Submit(valid) = %v", err)
+	}
+	bogus, err := client.New(rep.url, "cst_"+"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noToken := func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rep.url+"/v1/jobs/"+j.ID, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var body api.ErrorBody
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return &client.APIError{Status: resp.StatusCode, Code: body.Error.Code, Message: body.Error.Message}
+	}
+	tests := []struct {
+		name   string
+		call   func(context.Context) error
+		status int
+		code   string
+	}{
+		{"schema violation", func(ctx context.Context) error {
+			_, err := submitter.Submit(ctx, api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":"seven"}`)})
+			return err
+		}, http.StatusBadRequest, api.CodeInputInvalid},
+		{"extra property", func(ctx context.Context) error {
+			_, err := submitter.Submit(ctx, api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1,"x":2}`)})
+			return err
+		}, http.StatusBadRequest, api.CodeInputInvalid},
+		{"unknown task", func(ctx context.Context) error {
+			_, err := submitter.Submit(ctx, api.SubmitRequest{Task: "nope", Pool: pool, Input: json.RawMessage(`{}`)})
+			return err
+		}, http.StatusBadRequest, api.CodeUnknownTask},
+		{"unknown token", func(ctx context.Context) error { _, err := bogus.Get(ctx, j.ID); return err }, http.StatusUnauthorized, api.CodeUnauthenticated},
+		{"no token", noToken, http.StatusUnauthorized, api.CodeUnauthenticated},
+		{"approver submits", func(ctx context.Context) error {
+			_, err := approver.Submit(ctx, api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
+			return err
+		}, http.StatusForbidden, api.CodeForbidden},
+		{"client approves", func(ctx context.Context) error { _, err := submitter.Approve(ctx, j.ID, "a.b.c"); return err }, http.StatusForbidden, api.CodeForbidden},
+		{"other pool submits", func(ctx context.Context) error {
+			_, err := otherPool.Submit(ctx, api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
+			return err
+		}, http.StatusForbidden, api.CodeForbidden},
+		{"other pool reads", func(ctx context.Context) error { _, err := otherPool.Get(ctx, j.ID); return err }, http.StatusNotFound, api.CodeNotFound},
+		{"garbage approval", func(ctx context.Context) error { _, err := approver.Approve(ctx, j.ID, "not-a-jws"); return err }, http.StatusBadRequest, api.CodeInvalidField},
+		{"job id with wildcards", func(ctx context.Context) error { _, err := submitter.Get(ctx, "job.*"); return err }, http.StatusNotFound, api.CodeNotFound},
+		{"unknown job", func(ctx context.Context) error {
+			_, err := submitter.Get(ctx, "job_000000000000000000000000")
+			return err
+		}, http.StatusNotFound, api.CodeNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := tt.call(t.Context())
+			ae, ok := err.(*client.APIError)
+			if !ok || ae.Status != tt.status || ae.Code != tt.code {
+				t.Fatalf("%s = %v, want %d %s", tt.name, err, tt.status, tt.code)
+			}
+			if tt.code == api.CodeInputInvalid && len(ae.Details) == 0 {
+				t.Fatalf("%s = %v, want schema issue details", tt.name, err)
+			}
+		})
+	}
+	// Approved but not pulled (no worker runs here): a cancel removes it from the stream at once.
+	sig := newSigner(t)
+	tok, _, err := approval.Sign(sig.key, approval.Request{JobID: j.ID, Task: "echo", TaskVersion: j.TaskVersion, Pool: pool,
+		Input: []byte(`{"n":1}`), MaxAttempts: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aj, err := approver.Approve(t.Context(), j.ID, tok); err != nil || aj.State != api.StateQueued {
+		t.Fatalf("Approve() = %s, %v, want queued", aj.State, err)
+	}
+	if cj, err := submitter.Cancel(t.Context(), j.ID); err != nil || cj.State != api.StateCancelled {
+		t.Fatalf("Cancel(queued, unpulled) = %s, %v, want cancelled", cj.State, err)
+	}
+	if info, err := jobsStream(t, natsURL).Info(t.Context()); err != nil || info.State.Msgs != 0 {
+		t.Fatalf("jobs stream after the cancel = %+v, %v, want empty", info.State, err)
+	}
+	if _, err := natsq.CreateToken(t.Context(), dial(t, natsURL), api.RoleWorker, pool, "w", 1); err == nil {
+		t.Fatal("CreateToken(worker) = nil error, want a refusal: workers authenticate to NATS")
+	}
+}
+
+// TestAPIReplicas: two replicas on one NATS; one stops mid-flow, the other keeps answering,
+// and every result is recorded exactly once.
+func TestAPIReplicas(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	s := newSigner(t)
+	a, b := startAPI(t, natsURL), startAPI(t, natsURL)
+	c := newCounter()
+	startWorker(t, natsURL, s, c.echo(), natsq.Options{}, 4)
+	subA := apiClient(t, natsURL, a.url, api.RoleClient, pool)
+	appA := apiClient(t, natsURL, a.url, api.RoleApprover, pool)
+	subB := apiClient(t, natsURL, b.url, api.RoleClient, pool)
+	appB := apiClient(t, natsURL, b.url, api.RoleApprover, pool)
+	waitCatalog(t, subA)
+	waitCatalog(t, subB)
+	const n = 40
+	ids := make([]string, n)
+	inputs := make([]string, n)
+	for i := range n {
+		inputs[i] = `{"n":` + string(rune('0'+i%10)) + `}`
+		sub := subA
+		if i%2 == 1 {
+			sub = subB
+		}
+		j, err := sub.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(inputs[i]), MaxAttempts: 3})
+		if err != nil {
+			t.Fatalf("Submit(%d) = %v", i, err)
+		}
+		ids[i] = j.ID
+	}
+	approve := func(app *client.Client, i int) {
+		tok, _, err := approval.Sign(s.key, approval.Request{JobID: ids[i], Task: "echo", TaskVersion: "1.0.0", Pool: pool,
+			Input: []byte(inputs[i]), MaxAttempts: 3, Approver: "alice"})
+		if err == nil {
+			_, err = app.Approve(t.Context(), ids[i], tok)
+		}
+		if err != nil {
+			t.Errorf("Approve(%s) = %v", ids[i], err)
+		}
+	}
+	// Approve half through A, then stop A while its jobs run; B approves the rest (its own
+	// submissions and A's) and records every result.
+	for i := range n / 2 {
+		approve(appA, i)
+	}
+	a.stop()
+	if err := <-a.done; err != nil {
+		t.Fatalf("replica A Serve() = %v", err)
+	}
+	a.done <- nil // for the cleanup
+	if _, err := subA.Get(t.Context(), ids[0]); err == nil {
+		t.Fatal("Get() via the stopped replica = nil error, want a connection error")
+	}
+	var wg sync.WaitGroup
+	for i := n / 2; i < n; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); approve(appB, i) }()
+	}
+	wg.Wait()
+	for i, id := range ids {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		j, err := subB.Wait(ctx, id)
+		cancel()
+		if err != nil || j.State != api.StateSucceeded || string(j.Output) != inputs[i] {
+			t.Fatalf("Wait(%s) via B = %s output %s, %v, want succeeded with %s", id, j.State, j.Output, err, inputs[i])
+		}
+	}
+	d, _, _ := startDispatcher(t, natsURL, natsq.Options{})
+	for _, id := range ids {
+		rec, err := d.Record(t.Context(), id)
+		if err != nil || len(rec.Completions) != 1 {
+			t.Fatalf("Record(%s) = %d completions, %v, want 1", id, len(rec.Completions), err)
+		}
+		if runs := c.get(id); runs != 1 {
+			t.Fatalf("runs of %s = %d, want 1", id, runs)
+		}
+	}
+	results := resultsPerJob(t, natsURL)
+	for _, id := range ids {
+		if results[id] != 1 {
+			t.Fatalf("results published for %s = %d, want 1", id, results[id])
+		}
+	}
+}
+
+// TestCancelUnpulled: a dispatched job nobody has pulled is found by its message id,
+// deleted from the stream and cancelled at once (Dispatch does not record its sequence).
+func TestCancelUnpulled(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	s := newSigner(t)
+	d, _, _ := startDispatcher(t, natsURL, natsq.Options{})
+	if _, err := d.DispatchBatch(t.Context(), []natsq.Envelope{s.envelope(t, "keep", `{"n":1}`, 1), s.envelope(t, "drop", `{"n":2}`, 1)}); err != nil {
+		t.Fatalf("DispatchBatch() = %v", err)
+	}
+	if j, err := d.Cancel(t.Context(), "drop"); err != nil || j.State != api.StateCancelled {
+		t.Fatalf("Cancel(drop) = %s, %v, want cancelled", j.State, err)
+	}
+	info, err := jobsStream(t, natsURL).Info(t.Context())
+	if err != nil || info.State.Msgs != 1 {
+		t.Fatalf("jobs stream after the cancel = %d messages, %v, want 1 (keep)", info.State.Msgs, err)
+	}
+	c := newCounter()
+	startWorker(t, natsURL, s, c.echo(), natsq.Options{}, 2)
+	waitState(t, d, "keep", 20*time.Second, api.StateSucceeded)
+	if n := c.get("drop"); n != 0 {
+		t.Fatalf("runs of the cancelled job = %d, want 0", n)
+	}
+}
