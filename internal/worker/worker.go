@@ -304,12 +304,18 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			wg.Add(1)
 			w.track(1)
 			go func(j api.LeasedJob) {
+				// The run slot is freed as soon as the sandbox is done with the job, before the
+				// result is reported: reporting is I/O that waits on the control plane's commit,
+				// and holding the slot through it would delay the next lease by that much. The
+				// wait group still covers the report, so a drain waits for every result.
+				var once sync.Once
+				release := func() { once.Do(func() { <-slots }) }
 				defer func() {
 					w.track(-1)
-					<-slots
+					release()
 					wg.Done()
 				}()
-				w.handle(jobs, j, hb)
+				w.handle(jobs, j, hb, release)
 			}(j)
 		}
 	}
@@ -370,7 +376,7 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 }
 
 // handle verifies, runs and reports one leased job.
-func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration) {
+func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration, release func()) {
 	log := w.log.With(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
 	ctx, cancel := context.WithCancelCause(jobs)
 	defer cancel(nil)
@@ -453,6 +459,7 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration)
 			log.Error("audit log write failed", zap.Error(err))
 		}
 	}
+	release()
 	w.complete(j, req, log)
 }
 
