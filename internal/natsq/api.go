@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -60,7 +61,7 @@ type APIServer struct {
 	tokens  jetstream.KeyValue
 	idem    jetstream.KeyValue
 	catalog jetstream.KeyValue
-	schemas schemaCache
+	schemas schema.Cache
 	mux     *http.ServeMux
 
 	cmu  sync.Mutex
@@ -433,17 +434,17 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 		return api.Job{}, false, refusal(http.StatusBadRequest, api.CodeUnknownTask,
 			"task %q%s is not published in pool %q: a worker must publish it first (GET /v1/catalog)", req.Task, v, pool)
 	}
-	sch, err := s.schemas.get(def.InputSchema)
+	sch, err := s.schemas.Get(def.InputSchema)
 	if err != nil {
 		return api.Job{}, false, fmt.Errorf("compile the published schema of %s@%s: %w", def.Name, def.Version, err)
 	}
-	issues, err := validateJSON(sch, input)
+	issues, err := schema.Validate(sch, input)
 	if err != nil {
 		return bad("input: %v", err)
 	}
 	if len(issues) > 0 {
 		return api.Job{}, false, &client.APIError{Status: http.StatusBadRequest, Code: api.CodeInputInvalid,
-			Message: issuesMessage(issues), Details: issues}
+			Message: schema.Message(issues), Details: issues}
 	}
 
 	id := "job_" + randomHex(12)

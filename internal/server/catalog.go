@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -75,7 +76,7 @@ func checkTask(i int, t api.TaskDef) (in, out []byte, err error) {
 		if len(c) > maxSchemaBytes {
 			return nil, nil, bad("%s is %d bytes, at most %d", sc.name, len(c), maxSchemaBytes)
 		}
-		if _, err := compileSchema(c); err != nil {
+		if _, err := schema.Compile(c); err != nil {
 			return nil, nil, bad("%s is not a valid JSON Schema: %v", sc.name, err)
 		}
 		*sc.dst = c

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	auditlog "github.com/castellan-dev/castellan/audit"
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/internal/tracing"
 	"github.com/castellan-dev/castellan/outcome"
@@ -217,16 +218,16 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	if err != nil {
 		return api.Job{}, false, err
 	}
-	sch, err := s.schemas.get(schemaText)
+	sch, err := s.schemas.Get(schemaText)
 	if err != nil {
 		return api.Job{}, false, fmt.Errorf("compile stored schema of %s@%s: %w", req.Task, version, err)
 	}
-	issues, err := validateJSON(sch, input)
+	issues, err := schema.Validate(sch, input)
 	if err != nil {
 		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "input: %v", err)
 	}
 	if len(issues) > 0 {
-		e := errf(http.StatusBadRequest, api.CodeInputInvalid, "%s", issuesMessage(issues))
+		e := errf(http.StatusBadRequest, api.CodeInputInvalid, "%s", schema.Message(issues))
 		e.details = issues
 		return api.Job{}, false, e
 	}

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -33,7 +34,7 @@ type Server struct {
 	cfg      Config
 	log      *zap.Logger
 	store    *Store
-	schemas  schemaCache
+	schemas  schema.Cache
 	queued   notifier // new leasable work: submit, approve, requeue, catalog
 	finished notifier // a job reached a terminal state
 	closing  chan struct{}

@@ -1,4 +1,7 @@
-package natsq
+// Package schema compiles and applies the JSON Schemas of the task catalog, for both control
+// planes (SQLite and JetStream): draft 2020-12, no external $ref, errors as JSON Pointer
+// locations with messages.
+package schema
 
 import (
 	"bytes"
@@ -15,9 +18,6 @@ import (
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-// The schema handling is internal/server's (schema.go), repeated here because it is
-// unexported there: the same compiler settings, the same refusal of external $refs.
-
 // noLoader refuses every $ref outside the schema itself. The default loader reads
 // file:// URLs, which would let a worker make the server open local files.
 type noLoader struct{}
@@ -26,9 +26,9 @@ func (noLoader) Load(url string) (any, error) {
 	return nil, fmt.Errorf("schema references %q: external $ref is not allowed; inline the definition under $defs", url)
 }
 
-// schemaCache keeps compiled schemas by the SHA-256 of their text, so a submit does not
+// Cache keeps compiled schemas by the SHA-256 of their text, so a submit does not
 // recompile the task's schema.
-type schemaCache struct {
+type Cache struct {
 	mu sync.Mutex
 	m  map[[32]byte]*jsonschema.Schema
 }
@@ -37,7 +37,8 @@ var printer = message.NewPrinter(language.English)
 
 const schemaURL = "urn:castellan:schema"
 
-func compileSchema(text []byte) (*jsonschema.Schema, error) {
+// Compile compiles a schema document, refusing external references.
+func Compile(text []byte) (*jsonschema.Schema, error) {
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(text))
 	if err != nil {
 		return nil, fmt.Errorf("not JSON: %w", err)
@@ -51,7 +52,8 @@ func compileSchema(text []byte) (*jsonschema.Schema, error) {
 	return c.Compile(schemaURL)
 }
 
-func (c *schemaCache) get(text []byte) (*jsonschema.Schema, error) {
+// Get returns the compiled schema for text, compiling it once.
+func (c *Cache) Get(text []byte) (*jsonschema.Schema, error) {
 	key := sha256.Sum256(text)
 	c.mu.Lock()
 	sch, ok := c.m[key]
@@ -59,7 +61,7 @@ func (c *schemaCache) get(text []byte) (*jsonschema.Schema, error) {
 	if ok {
 		return sch, nil
 	}
-	sch, err := compileSchema(text)
+	sch, err := Compile(text)
 	if err != nil {
 		return nil, err
 	}
@@ -72,8 +74,8 @@ func (c *schemaCache) get(text []byte) (*jsonschema.Schema, error) {
 	return sch, nil
 }
 
-// validateJSON checks doc against sch and turns violations into located issues.
-func validateJSON(sch *jsonschema.Schema, doc []byte) ([]api.SchemaIssue, error) {
+// Validate checks doc against sch and turns violations into located issues.
+func Validate(sch *jsonschema.Schema, doc []byte) ([]api.SchemaIssue, error) {
 	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
 	if err != nil {
 		return nil, err
@@ -116,7 +118,8 @@ func pointer(path []string) string {
 	return b.String()
 }
 
-func issuesMessage(issues []api.SchemaIssue) string {
+// Message summarises issues in one line for an API error.
+func Message(issues []api.SchemaIssue) string {
 	parts := make([]string, len(issues))
 	for i, is := range issues {
 		loc := is.Location
