@@ -150,28 +150,7 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 	}
 	fmt.Fprintf(stdout, "castellan server listening on %s://%s\n", scheme, ln.Addr())
 
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
-	select {
-	case err = <-done:
-	case s := <-sigs:
-		log.Info("shutting down: finishing requests in flight; a second signal exits at once", zap.Stringer("signal", s))
-		stop()
-		select {
-		case err = <-done:
-		case s := <-sigs:
-			log.Warn("second signal: exiting without waiting", zap.Stringer("signal", s))
-			return nil
-		}
-	}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		log.Error("control plane failed", zap.Error(err))
-		return taskFailed{err}
-	}
-	log.Info("control plane stopped")
-	return nil
+	return serveUntilSignalled(ctx, ln, srv.Serve, sigs, log)
 }
 
 // AutoApprover signs server-side approvals with a private key, marked Auto in the claims.
@@ -246,10 +225,18 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 	fmt.Fprintf(stdout, "castellan server listening on http://%s\n", ln.Addr())
 	log.Info("control plane on NATS JetStream", zap.Int("replicas", cfg.Replicas))
 
+	return serveUntilSignalled(ctx, ln, srv.Serve, sigs, log)
+}
+
+// serveUntilSignalled serves on ln until ctx ends or a signal arrives: the first signal
+// finishes the requests in flight, a second one returns at once.
+func serveUntilSignalled(ctx context.Context, ln net.Listener, serve func(context.Context, net.Listener) error,
+	sigs <-chan os.Signal, log *zap.Logger) error {
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
+	go func() { done <- serve(sctx, ln) }()
+	var err error
 	select {
 	case err = <-done:
 	case s := <-sigs:
