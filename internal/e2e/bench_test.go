@@ -104,7 +104,7 @@ func benchJobs(b *testing.B, r worker.Runner) {
 		}
 	}
 	w, err := worker.New(worker.Config{
-		Client: wc, Runner: r, Catalog: catalog, Concurrency: 32, LeaseWait: time.Second,
+		Client: wc, Runner: r, Catalog: catalog, Concurrency: 64, LeaseWait: time.Second,
 		Verifier: approval.NewVerifier(&jose.JSONWebKeySet{Keys: []jose.JSONWebKey{pub}}, approval.NewMemoryReplayStore()),
 	})
 	if err != nil {
