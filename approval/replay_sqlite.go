@@ -33,7 +33,9 @@ CREATE INDEX IF NOT EXISTS used_approvals_keep_until ON used_approvals (keep_unt
 // SQLiteReplayStore is a ReplayStore kept in a SQLite file, so that a restarted worker
 // still refuses approvals it used before the restart. Every Consume is committed with
 // synchronous=FULL before it returns: a job never starts on an approval whose use could be
-// lost by a crash. Several processes may share one file; SQLite serialises their writes.
+// lost by a crash. Consumes that arrive together share one transaction and one fsync (group
+// commit), so a busy worker pays one disk flush per batch, not per job. Several processes
+// may share one file; SQLite serialises their writes.
 type SQLiteReplayStore struct {
 	db   *sql.DB
 	path string
@@ -41,6 +43,19 @@ type SQLiteReplayStore struct {
 
 	mu        sync.Mutex // guards lastPrune
 	lastPrune time.Time
+
+	reqs      chan consumeReq
+	closed    chan struct{}
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+type consumeReq struct {
+	ctx          context.Context
+	nonce, jobID string
+	attempt      int
+	expiry, now  time.Time
+	result       chan error
 }
 
 var _ ReplayStore = (*SQLiteReplayStore)(nil)
@@ -83,7 +98,8 @@ func OpenReplayStore(path string, opts ...StoreOption) (*SQLiteReplayStore, erro
 	if err != nil {
 		return nil, fmt.Errorf("approval: opening replay store %s: %w", abs, err)
 	}
-	s := &SQLiteReplayStore{db: db, path: abs, now: time.Now}
+	s := &SQLiteReplayStore{db: db, path: abs, now: time.Now,
+		reqs: make(chan consumeReq), closed: make(chan struct{}), done: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -91,6 +107,7 @@ func OpenReplayStore(path string, opts ...StoreOption) (*SQLiteReplayStore, erro
 		_ = db.Close()
 		return nil, err
 	}
+	go s.writer()
 	return s, nil
 }
 
@@ -139,38 +156,104 @@ func (s *SQLiteReplayStore) Consume(ctx context.Context, nonce, jobID string, at
 }
 
 func (s *SQLiteReplayStore) consume(ctx context.Context, nonce, jobID string, attempt int, expiry, now time.Time) error {
+	r := consumeReq{ctx: ctx, nonce: nonce, jobID: jobID, attempt: attempt, expiry: expiry, now: now, result: make(chan error, 1)}
+	select {
+	case s.reqs <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closed:
+		return fmt.Errorf("approval: replay store %s is closed", s.path)
+	}
+	return <-r.result
+}
+
+// writer commits the consumes waiting at each moment in one transaction.
+func (s *SQLiteReplayStore) writer() {
+	defer close(s.done)
+	for {
+		var batch []consumeReq
+		select {
+		case r := <-s.reqs:
+			batch = append(batch, r)
+		case <-s.closed:
+			return
+		}
+	more:
+		for len(batch) < 128 {
+			select {
+			case r := <-s.reqs:
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// commit records a batch. A refused consume (replayed, nonce reused) writes nothing, so it
+// needs no savepoint; a database error fails the whole batch, since a use that was not
+// recorded must not run.
+func (s *SQLiteReplayStore) commit(batch []consumeReq) {
+	results := make([]error, len(batch))
+	fail := func(err error) {
+		for i, r := range batch {
+			if results[i] == nil {
+				results[i] = err
+			}
+			r.result <- results[i]
+		}
+	}
+	ctx := context.Background()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("approval: replay store %s: %w", s.path, err)
+		fail(fmt.Errorf("approval: replay store %s: %w", s.path, err))
+		return
 	}
-	defer func() { _ = tx.Rollback() }()
-
-	var other string
-	switch err := tx.QueryRowContext(ctx,
-		"SELECT job FROM used_approvals WHERE nonce = ? AND job <> ? LIMIT 1", nonce, jobID).Scan(&other); {
-	case err == nil:
-		return nonceReused(jobID, other)
-	case !errors.Is(err, sql.ErrNoRows):
-		return fmt.Errorf("approval: replay store %s: %w", s.path, err)
-	}
-	res, err := tx.ExecContext(ctx,
-		`INSERT INTO used_approvals (nonce, attempt, job, keep_until, used_at) VALUES (?, ?, ?, ?, ?)
-		 ON CONFLICT (nonce, attempt) DO NOTHING`,
-		nonce, attempt, jobID, expiry.Unix()+1, now.Unix())
-	if err != nil {
-		return fmt.Errorf("approval: replay store %s: %w", s.path, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("approval: replay store %s: %w", s.path, err)
-	}
-	if n == 0 {
-		return replayed(jobID, attempt)
+	var ok []int
+	for i, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			results[i] = err
+			continue
+		}
+		var other string
+		switch err := tx.QueryRowContext(ctx,
+			"SELECT job FROM used_approvals WHERE nonce = ? AND job <> ? LIMIT 1", r.nonce, r.jobID).Scan(&other); {
+		case err == nil:
+			results[i] = nonceReused(r.jobID, other)
+			continue
+		case !errors.Is(err, sql.ErrNoRows):
+			_ = tx.Rollback()
+			fail(fmt.Errorf("approval: replay store %s: %w", s.path, err))
+			return
+		}
+		res, err := tx.ExecContext(ctx,
+			`INSERT INTO used_approvals (nonce, attempt, job, keep_until, used_at) VALUES (?, ?, ?, ?, ?)
+			 ON CONFLICT (nonce, attempt) DO NOTHING`,
+			r.nonce, r.attempt, r.jobID, r.expiry.Unix()+1, r.now.Unix())
+		var n int64
+		if err == nil {
+			n, err = res.RowsAffected()
+		}
+		if err != nil {
+			_ = tx.Rollback()
+			fail(fmt.Errorf("approval: replay store %s: %w", s.path, err))
+			return
+		}
+		if n == 0 {
+			results[i] = replayed(r.jobID, r.attempt)
+			continue
+		}
+		ok = append(ok, i)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("approval: replay store %s: committing: %w", s.path, err)
+		for _, i := range ok {
+			results[i] = fmt.Errorf("approval: replay store %s: committing: %w", s.path, err)
+		}
 	}
-	return nil
+	for i, r := range batch {
+		r.result <- results[i]
+	}
 }
 
 // prune deletes records that no token can need any more.
@@ -192,5 +275,9 @@ func (s *SQLiteReplayStore) Len(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// Close closes the database.
-func (s *SQLiteReplayStore) Close() error { return s.db.Close() }
+// Close stops the writer and closes the database.
+func (s *SQLiteReplayStore) Close() error {
+	s.closeOnce.Do(func() { close(s.closed) })
+	<-s.done
+	return s.db.Close()
+}

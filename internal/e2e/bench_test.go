@@ -103,9 +103,15 @@ func benchJobs(b *testing.B, r worker.Runner) {
 			b.Fatal(err)
 		}
 	}
+	// The durable replay store, as `castellan worker` uses it (one fsync'd write per job).
+	replay, err := approval.OpenReplayStore(filepath.Join(b.TempDir(), "replay.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer replay.Close()
 	w, err := worker.New(worker.Config{
 		Client: wc, Runner: r, Catalog: catalog, Concurrency: 64, LeaseWait: time.Second,
-		Verifier: approval.NewVerifier(&jose.JSONWebKeySet{Keys: []jose.JSONWebKey{pub}}, approval.NewMemoryReplayStore()),
+		Verifier: approval.NewVerifier(&jose.JSONWebKeySet{Keys: []jose.JSONWebKey{pub}}, replay),
 	})
 	if err != nil {
 		b.Fatal(err)
