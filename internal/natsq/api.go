@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -23,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
@@ -35,7 +35,6 @@ const (
 	maxInputBytes      = 1 << 20
 	bodySlack          = 64 << 10
 	smallBody          = 64 << 10
-	maxApprovalBytes   = 16 << 10
 	defaultMaxAttempts = 3
 	defaultWaitSeconds = 30
 	maxWaitSeconds     = 60
@@ -327,26 +326,6 @@ func resolvePool(p principal, pool string) (string, error) {
 	return pool, nil
 }
 
-// looksLikeJWS stops obvious garbage; workers verify approvals.
-func looksLikeJWS(tok string) error {
-	if len(tok) > maxApprovalBytes {
-		return fmt.Errorf("approval is %d bytes, at most %d", len(tok), maxApprovalBytes)
-	}
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return fmt.Errorf("approval must be a compact JWS with 3 dot-separated parts, got %d", len(parts))
-	}
-	for i, p := range parts {
-		if p == "" && i != 1 {
-			return fmt.Errorf("approval part %d is empty", i+1)
-		}
-		if _, err := base64.RawURLEncoding.DecodeString(p); err != nil {
-			return fmt.Errorf("approval part %d is not base64url without padding", i+1)
-		}
-	}
-	return nil
-}
-
 func (s *APIServer) hCatalog(w http.ResponseWriter, r *http.Request, p principal) error {
 	pool, err := resolvePool(p, r.URL.Query().Get("pool"))
 	if err != nil {
@@ -416,7 +395,7 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 		return bad("idempotency_key must be 1-200 printable ASCII characters without spaces")
 	}
 	if req.Approval != "" {
-		if err := looksLikeJWS(req.Approval); err != nil {
+		if err := approval.CheckShape(req.Approval); err != nil {
 			return bad("approval: %v", err)
 		}
 	}
@@ -609,10 +588,10 @@ func (s *APIServer) hCancel(w http.ResponseWriter, r *http.Request, p principal)
 
 func (s *APIServer) hApprove(w http.ResponseWriter, r *http.Request, p principal) error {
 	var req api.ApproveRequest
-	if err := decode(w, r, maxApprovalBytes+1024, &req, false); err != nil {
+	if err := decode(w, r, approval.MaxTokenBytes+1024, &req, false); err != nil {
 		return err
 	}
-	if err := looksLikeJWS(req.Token); err != nil {
+	if err := approval.CheckShape(req.Token); err != nil {
 		return refusal(http.StatusBadRequest, api.CodeInvalidField, "token: %v", err)
 	}
 	id := r.PathValue("id")

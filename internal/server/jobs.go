@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/approval"
 	auditlog "github.com/castellan-dev/castellan/audit"
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
@@ -32,9 +33,8 @@ var (
 )
 
 const (
-	maxApprovalBytes = 16 << 10
-	maxErrorMessage  = 4096
-	maxLeaseBatch    = 100
+	maxErrorMessage = 4096
+	maxLeaseBatch   = 100
 )
 
 func randomHex(n int) string {
@@ -54,35 +54,6 @@ func newLeaseToken() string {
 func hashLease(tok string) []byte {
 	s := sha256.Sum256([]byte(tok))
 	return s[:]
-}
-
-// looksLikeJWS accepts a compact JWS (header.payload.signature, base64url, header a JSON
-// object naming an alg). The server cannot verify it, and need not: workers do. This only
-// stops obvious garbage from queuing a job that every worker will reject.
-func looksLikeJWS(tok string) error {
-	if len(tok) > maxApprovalBytes {
-		return fmt.Errorf("approval is %d bytes, at most %d", len(tok), maxApprovalBytes)
-	}
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return fmt.Errorf("approval must be a compact JWS with 3 dot-separated parts, got %d", len(parts))
-	}
-	for i, p := range parts {
-		if p == "" && i != 1 {
-			return fmt.Errorf("approval part %d is empty", i+1)
-		}
-		if _, err := base64.RawURLEncoding.DecodeString(p); err != nil {
-			return fmt.Errorf("approval part %d is not base64url without padding", i+1)
-		}
-	}
-	hdr, _ := base64.RawURLEncoding.DecodeString(parts[0])
-	var h struct {
-		Alg string `json:"alg"`
-	}
-	if err := json.Unmarshal(hdr, &h); err != nil || h.Alg == "" {
-		return errors.New("approval header is not a JSON object with an \"alg\"")
-	}
-	return nil
 }
 
 var qJobByID = hot(`SELECT ` + jobColumns + ` FROM jobs WHERE id = ?`)
@@ -193,7 +164,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "idempotency_key must be 1-200 printable ASCII characters without spaces")
 	}
 	if req.Approval != "" {
-		if err := looksLikeJWS(req.Approval); err != nil {
+		if err := approval.CheckShape(req.Approval); err != nil {
 			return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "approval: %v", err)
 		}
 	}
@@ -332,7 +303,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 }
 
 func (s *Server) approve(ctx context.Context, p Principal, id, token string) (api.Job, error) {
-	if err := looksLikeJWS(token); err != nil {
+	if err := approval.CheckShape(token); err != nil {
 		return api.Job{}, errf(http.StatusBadRequest, api.CodeInvalidField, "token: %v", err)
 	}
 	var out api.Job

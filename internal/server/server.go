@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -438,7 +439,7 @@ func (s *Server) hCancel(w http.ResponseWriter, r *http.Request, p Principal) er
 
 func (s *Server) hApprove(w http.ResponseWriter, r *http.Request, p Principal) error {
 	var req api.ApproveRequest
-	if e := decode(w, r, maxApprovalBytes+1024, &req, false); e != nil {
+	if e := decode(w, r, approval.MaxTokenBytes+1024, &req, false); e != nil {
 		return e
 	}
 	j, err := s.approve(r.Context(), p, r.PathValue("id"), req.Token)
