@@ -30,18 +30,27 @@ const MaxDepth = 64
 // IEEE-754 doubles, as JCS prescribes: integers beyond 2^53 lose precision, so inputs that
 // need exact big integers should carry them as strings.
 func CanonicalJSON(input []byte) ([]byte, error) {
+	v, err := parseJSON(input)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(input))
+	return v.appendTo(out), nil
+}
+
+// parseJSON parses one JSON document with CanonicalJSON's rules and returns its tree.
+func parseJSON(input []byte) (jsonValue, error) {
 	p := parser{data: input}
 	p.skipSpace()
 	v, err := p.value(0)
 	if err != nil {
-		return nil, err
+		return jsonValue{}, err
 	}
 	p.skipSpace()
 	if p.pos != len(p.data) {
-		return nil, p.errorf("unexpected data after the JSON value")
+		return jsonValue{}, p.errorf("unexpected data after the JSON value")
 	}
-	out := make([]byte, 0, len(input))
-	return v.appendTo(out), nil
+	return v, nil
 }
 
 // InputHash returns the lowercase hex SHA-256 of the canonical form of input. An empty
@@ -70,8 +79,35 @@ type jsonValue struct {
 
 type member struct {
 	name  string
-	key   []uint16 // name in UTF-16, the JCS sort key
 	value jsonValue
+}
+
+// compareUTF16 orders two names by their UTF-16 code units, the JCS sort key, without
+// converting them: code points below U+10000 are their own unit, and a supplementary code
+// point's first unit is its high surrogate (0xD800-0xDBFF), which sorts below U+E000-U+FFFF
+// although the code point is larger.
+func compareUTF16(a, b string) int {
+	for a != "" && b != "" {
+		ra, na := utf8.DecodeRuneInString(a)
+		rb, nb := utf8.DecodeRuneInString(b)
+		if ra != rb {
+			ha, la := utf16Units(ra)
+			hb, lb := utf16Units(rb)
+			if ha != hb {
+				return int(ha) - int(hb)
+			}
+			return int(la) - int(lb)
+		}
+		a, b = a[na:], b[nb:]
+	}
+	return len(a) - len(b)
+}
+
+func utf16Units(r rune) (first, second rune) {
+	if r < 0x10000 {
+		return r, 0
+	}
+	return utf16.EncodeRune(r)
 }
 
 func (v jsonValue) appendTo(b []byte) []byte {
@@ -98,6 +134,49 @@ func (v jsonValue) appendTo(b []byte) []byte {
 		return append(b, ']')
 	}
 	return append(b, v.text...)
+}
+
+// stringValue returns the value of a JSON string; ok is false for any other kind.
+func (v jsonValue) stringValue() (string, bool) {
+	if v.kind != 's' || !strings.HasPrefix(v.text, `"`) {
+		return "", false
+	}
+	// The text is canonical: only the escapes JCS writes, which strconv reads the same way.
+	s, err := strconv.Unquote(v.text)
+	return s, err == nil
+}
+
+// intValue returns the value of a JSON number that is an integer in int64's range.
+func (v jsonValue) intValue() (int64, bool) {
+	if v.kind != 's' || v.text == "" || !(v.text[0] == '-' || v.text[0] >= '0' && v.text[0] <= '9') {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v.text, 10, 64) // canonical text: "1e3" is "1000", "1.5" fails
+	return n, err == nil
+}
+
+func (v jsonValue) boolValue() (bool, bool) {
+	if v.kind != 's' || (v.text != "true" && v.text != "false") {
+		return false, false
+	}
+	return v.text == "true", true
+}
+
+// describe names the value's kind for error messages, never its content.
+func (v jsonValue) describe() string {
+	switch {
+	case v.kind == 'o':
+		return "an object"
+	case v.kind == 'a':
+		return "an array"
+	case strings.HasPrefix(v.text, `"`):
+		return "a string"
+	case v.text == "true" || v.text == "false":
+		return "a boolean"
+	case v.text == "null":
+		return "null"
+	}
+	return "a number that is not a whole number in range"
 }
 
 // SyntaxError reports where an input stopped being acceptable JSON.
@@ -177,7 +256,9 @@ func (p *parser) object(depth int) (jsonValue, error) {
 		p.pos++
 		return v, nil
 	}
-	seen := make(map[string]struct{})
+	// Duplicate names are found by a scan of the members so far: objects are small, and
+	// a map per object cost more than the scan. Large objects switch to a map.
+	var seen map[string]struct{}
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
@@ -188,10 +269,27 @@ func (p *parser) object(depth int) (jsonValue, error) {
 		if err != nil {
 			return jsonValue{}, err
 		}
-		if _, dup := seen[name]; dup {
+		if seen == nil && len(v.members) >= 16 {
+			seen = make(map[string]struct{}, 2*len(v.members))
+			for _, m := range v.members {
+				seen[m.name] = struct{}{}
+			}
+		}
+		dup := false
+		if seen != nil {
+			_, dup = seen[name]
+			seen[name] = struct{}{}
+		} else {
+			for _, m := range v.members {
+				if m.name == name {
+					dup = true
+					break
+				}
+			}
+		}
+		if dup {
 			return jsonValue{}, &SyntaxError{Offset: at, Msg: fmt.Sprintf("duplicate member name %q", name)}
 		}
-		seen[name] = struct{}{}
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != ':' {
 			return jsonValue{}, p.errorf("expected ':' after a member name")
@@ -202,7 +300,7 @@ func (p *parser) object(depth int) (jsonValue, error) {
 		if err != nil {
 			return jsonValue{}, err
 		}
-		v.members = append(v.members, member{name: name, key: utf16.Encode([]rune(name)), value: val})
+		v.members = append(v.members, member{name: name, value: val})
 		p.skipSpace()
 		if p.pos >= len(p.data) {
 			return jsonValue{}, p.errorf("unexpected end of input inside an object")
@@ -212,7 +310,7 @@ func (p *parser) object(depth int) (jsonValue, error) {
 			p.pos++
 		case '}':
 			p.pos++
-			slices.SortFunc(v.members, func(a, b member) int { return slices.Compare(a.key, b.key) })
+			slices.SortFunc(v.members, func(a, b member) int { return compareUTF16(a.name, b.name) })
 			return v, nil
 		default:
 			return jsonValue{}, p.errorf("expected ',' or '}' in an object")
@@ -257,7 +355,21 @@ func (p *parser) array(depth int) (jsonValue, error) {
 // string parses a JSON string at p.pos (which holds '"') and returns its decoded value.
 func (p *parser) string() (string, error) {
 	p.pos++ // opening quote
+	// Most strings are printable ASCII without escapes: take those as they are.
+	start := p.pos
+	for p.pos < len(p.data) {
+		c := p.data[p.pos]
+		if c == '"' {
+			p.pos++
+			return string(p.data[start : p.pos-1]), nil
+		}
+		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			break
+		}
+		p.pos++
+	}
 	var b strings.Builder
+	b.Write(p.data[start:p.pos])
 	for {
 		if p.pos >= len(p.data) {
 			return "", p.errorf("unterminated string")

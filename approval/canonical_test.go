@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -110,6 +111,17 @@ func TestCanonicalJSONRejects(t *testing.T) {
 	t.Parallel()
 	deep := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
 	deepObj := func(n int) string { return strings.Repeat(`{"a":`, n) + "1" + strings.Repeat("}", n) }
+	// wide has n distinct members and then a repeat of the first and of the last: objects
+	// past 16 members find duplicates with a map, smaller ones by a scan.
+	wide := func(n int, repeat string) string {
+		var b strings.Builder
+		b.WriteString("{")
+		for i := range n {
+			fmt.Fprintf(&b, `"k%d":%d,`, i, i)
+		}
+		b.WriteString(`"` + repeat + `":0}`)
+		return b.String()
+	}
 	tests := []struct {
 		name, in, wantMsg string
 	}{
@@ -118,6 +130,9 @@ func TestCanonicalJSONRejects(t *testing.T) {
 		{"duplicate key", `{"a":1,"a":2}`, "duplicate member name"},
 		{"duplicate key after unescaping", `{"a":1,"\u0061":2}`, "duplicate member name"},
 		{"nested duplicate", `{"x":{"a":1,"b":2,"a":3}}`, "duplicate member name"},
+		{"duplicate in a wide object, first name", wide(40, "k0"), "duplicate member name"},
+		{"duplicate in a wide object, last name", wide(40, "k39"), "duplicate member name"},
+		{"duplicate at the switch to a map", wide(16, "k15"), "duplicate member name"},
 		{"trailing data", `{"a":1} {"a":2}`, "after the JSON value"},
 		{"trailing garbage", `1 x`, "after the JSON value"},
 		{"too deep arrays", deep(MaxDepth + 1), "nesting deeper"},

@@ -1,7 +1,6 @@
 package approval
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -9,9 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -133,18 +131,26 @@ func signAt(key jose.JSONWebKey, r Request, now time.Time) (string, Claims, erro
 	return token, c, nil
 }
 
-// signPayload signs raw payload bytes; tests use it to sign payloads Sign would never make.
+// signPayload signs raw payload bytes as a compact JWS (RFC 7515) with the EdDSA algorithm
+// (RFC 8037); tests use it to sign payloads Sign would never make. It is written out rather
+// than built with go-jose's signer, which cost more than the signature itself; the
+// interoperability test checks that go-jose verifies what it makes.
 func signPayload(key jose.JSONWebKey, payload []byte) (string, error) {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key},
-		(&jose.SignerOptions{}).WithType(TokenType))
-	if err != nil {
-		return "", fmt.Errorf("approval: creating signer: %v", safeJOSEError(err))
+	priv, ok := key.Key.(ed25519.PrivateKey)
+	if !ok || len(priv) != ed25519.PrivateKeySize {
+		return "", fmt.Errorf("approval: signing key %q is not an Ed25519 private key", key.KeyID)
 	}
-	obj, err := signer.Sign(payload)
+	header, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{string(jose.EdDSA), key.KeyID, TokenType})
 	if err != nil {
-		return "", fmt.Errorf("approval: signing: %v", safeJOSEError(err))
+		return "", fmt.Errorf("approval: encoding the header: %w", err)
 	}
-	return obj.CompactSerialize()
+	enc := base64.RawURLEncoding
+	signed := enc.EncodeToString(header) + "." + enc.EncodeToString(payload)
+	return signed + "." + enc.EncodeToString(ed25519.Sign(priv, []byte(signed))), nil
 }
 
 // Inspect decodes an approval WITHOUT verifying its signature, expiry or anything else.
@@ -164,14 +170,22 @@ func Inspect(token string) (Claims, string, error) {
 }
 
 type parsedToken struct {
-	jws     *jose.JSONWebSignature
 	kid     string
-	payload []byte // unverified until jws.Verify succeeds
+	signed  string // BASE64URL(header) "." BASE64URL(payload): what the signature covers
+	payload []byte // unverified until verify succeeds
+	sig     []byte
 }
 
-// parseToken checks the token's structure and header. It does its own header checks
-// before handing the token to go-jose, so that every refusal has a precise reason and the
-// accepted header is exactly {alg, kid, typ}.
+// verify checks the Ed25519 signature over the JWS signing input (RFC 7515 section 5.2,
+// RFC 8037 section 3.1). The header was checked by parseToken to be exactly alg EdDSA, a
+// kid and the approval typ, so nothing in it can change how the signature is checked.
+func (p parsedToken) verify(pub ed25519.PublicKey) bool {
+	return len(pub) == ed25519.PublicKeySize && ed25519.Verify(pub, []byte(p.signed), p.sig)
+}
+
+// parseToken checks the token's structure and header and decodes its payload and
+// signature. Every refusal has a precise reason, and the accepted header is exactly
+// {alg, kid, typ}.
 func parseToken(token string) (parsedToken, *RejectError) {
 	token = strings.TrimSpace(token)
 	if token == "" {
@@ -188,32 +202,72 @@ func parseToken(token string) (parsedToken, *RejectError) {
 		}
 		return parsedToken{}, reject(Unsigned, "the approval is a bare JSON document, not a signed JWS")
 	}
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return parsedToken{}, reject(Malformed, fmt.Sprintf("a compact JWS has 3 dot-separated parts, this token has %d", len(parts)))
+	if n := strings.Count(token, ".") + 1; n != 3 {
+		return parsedToken{}, reject(Malformed, fmt.Sprintf("a compact JWS has 3 dot-separated parts, this token has %d", n))
 	}
-	rawHeader, err := base64.RawURLEncoding.Strict().DecodeString(parts[0])
+	dot := strings.LastIndexByte(token, '.')
+	signed, rawSig := token[:dot], token[dot+1:]
+	rawHeader, rawPayload, _ := strings.Cut(signed, ".")
+	kid, rej := checkHeader(rawHeader, rawSig == "")
+	if rej != nil {
+		return parsedToken{}, rej
+	}
+	payload, err := base64.RawURLEncoding.Strict().DecodeString(rawPayload)
 	if err != nil {
-		return parsedToken{}, reject(Malformed, "the JWS header is not unpadded base64url")
+		return parsedToken{}, reject(Malformed, "the JWS payload is not unpadded base64url")
 	}
-	if _, err := CanonicalJSON(rawHeader); err != nil {
-		return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS header is not valid JSON: %v", err))
+	sig, err := base64.RawURLEncoding.Strict().DecodeString(rawSig)
+	if err != nil {
+		return parsedToken{}, reject(Malformed, "the JWS signature is not unpadded base64url")
 	}
-	var header map[string]json.RawMessage
-	if err := json.Unmarshal(rawHeader, &header); err != nil || header == nil {
-		return parsedToken{}, reject(Malformed, "the JWS header is not a JSON object")
-	}
-	var alg, kid, typ string
-	for _, name := range slices.Sorted(maps.Keys(header)) { // sorted: the same token always gets the same message
-		v := header[name]
-		if !headerNames[name] {
-			return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS header has parameter %q; an approval header may hold only alg, kid and typ", name))
+	return parsedToken{kid: kid, signed: signed, payload: payload, sig: sig}, nil
+}
+
+// Every approval from one signer carries the same header, so headers that passed
+// checkHeader are remembered (up to maxCachedHeaders of them; a refused header is never
+// remembered): checking one was a fifth of a verification.
+const maxCachedHeaders = 64
+
+var (
+	headerMu    sync.RWMutex
+	headerCache = map[string]string{} // base64url header -> kid
+)
+
+// checkHeader checks the base64url protected header and returns its kid. noSignature says
+// the token's signature part is empty, which is reported (as unsigned) after an unusable
+// algorithm and before the other header problems.
+func checkHeader(encoded string, noSignature bool) (string, *RejectError) {
+	headerMu.RLock()
+	kid, ok := headerCache[encoded]
+	headerMu.RUnlock()
+	if ok {
+		if noSignature {
+			return "", reject(Unsigned, "the token has an empty signature")
 		}
-		var s string
-		if json.Unmarshal(v, &s) != nil {
-			return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS header parameter %q must be a string", name))
+		return kid, nil
+	}
+	rawHeader, err := base64.RawURLEncoding.Strict().DecodeString(encoded)
+	if err != nil {
+		return "", reject(Malformed, "the JWS header is not unpadded base64url")
+	}
+	// parseJSON refuses duplicate names, which encoding/json would silently resolve.
+	tree, err := parseJSON(rawHeader)
+	if err != nil {
+		return "", reject(Malformed, fmt.Sprintf("the JWS header is not valid JSON: %v", err))
+	}
+	if tree.kind != 'o' {
+		return "", reject(Malformed, "the JWS header is not a JSON object")
+	}
+	var alg, typ string
+	for _, m := range tree.members { // sorted: the same token always gets the same message
+		if !headerNames[m.name] {
+			return "", reject(Malformed, fmt.Sprintf("the JWS header has parameter %q; an approval header may hold only alg, kid and typ", m.name))
 		}
-		switch name {
+		s, ok := m.value.stringValue()
+		if !ok {
+			return "", reject(Malformed, fmt.Sprintf("the JWS header parameter %q must be a string", m.name))
+		}
+		switch m.name {
 		case "alg":
 			alg = s
 		case "kid":
@@ -224,52 +278,78 @@ func parseToken(token string) (parsedToken, *RejectError) {
 	}
 	switch {
 	case alg == "" || strings.EqualFold(alg, "none"):
-		return parsedToken{}, reject(Unsigned, fmt.Sprintf("the token is not signed (alg %q)", alg))
+		return "", reject(Unsigned, fmt.Sprintf("the token is not signed (alg %q)", alg))
 	case alg != string(jose.EdDSA):
-		return parsedToken{}, reject(BadAlgorithm, fmt.Sprintf("alg %q is not accepted; approvals are signed with EdDSA (Ed25519)", alg))
-	case parts[2] == "":
-		return parsedToken{}, reject(Unsigned, "the token has an empty signature")
+		return "", reject(BadAlgorithm, fmt.Sprintf("alg %q is not accepted; approvals are signed with EdDSA (Ed25519)", alg))
+	case noSignature:
+		return "", reject(Unsigned, "the token has an empty signature")
 	case kid == "":
-		return parsedToken{}, reject(Malformed, "the JWS header has no kid, so no trusted key can be chosen")
+		return "", reject(Malformed, "the JWS header has no kid, so no trusted key can be chosen")
 	case typ != TokenType:
-		return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS typ is %q, want %q (this JWS is not an approval)", typ, TokenType))
+		return "", reject(Malformed, fmt.Sprintf("the JWS typ is %q, want %q (this JWS is not an approval)", typ, TokenType))
 	}
-	if _, err := base64.RawURLEncoding.Strict().DecodeString(parts[1]); err != nil {
-		return parsedToken{}, reject(Malformed, "the JWS payload is not unpadded base64url")
+	headerMu.Lock()
+	if len(headerCache) < maxCachedHeaders {
+		headerCache[encoded] = kid
 	}
-	if _, err := base64.RawURLEncoding.Strict().DecodeString(parts[2]); err != nil {
-		return parsedToken{}, reject(Malformed, "the JWS signature is not unpadded base64url")
-	}
-	jws, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.EdDSA})
-	if err != nil {
-		return parsedToken{}, reject(Malformed, fmt.Sprintf("the JWS could not be parsed: %v", safeJOSEError(err)))
-	}
-	if len(jws.Signatures) != 1 {
-		return parsedToken{}, reject(Malformed, "the JWS must carry exactly one signature")
-	}
-	return parsedToken{jws: jws, kid: kid, payload: jws.UnsafePayloadWithoutVerification()}, nil
+	headerMu.Unlock()
+	return kid, nil
 }
 
 // decodeClaims decodes a payload strictly: exact member names, no duplicates, no unknown
 // members, right types, every required claim present and well-formed.
 func decodeClaims(payload []byte) (Claims, *RejectError) {
-	if _, err := CanonicalJSON(payload); err != nil {
+	tree, err := parseJSON(payload)
+	if err != nil {
 		return Claims{}, reject(Malformed, fmt.Sprintf("the claims are not valid JSON: %v", err))
 	}
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &members); err != nil || members == nil {
+	if tree.kind != 'o' {
 		return Claims{}, reject(Malformed, "the claims are not a JSON object")
 	}
-	for _, name := range slices.Sorted(maps.Keys(members)) {
-		if !claimNames[name] {
-			return Claims{}, reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", name))
+	for _, m := range tree.members { // sorted: the same token always gets the same message
+		if !claimNames[m.name] {
+			return Claims{}, reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", m.name))
 		}
 	}
 	var c Claims
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return Claims{}, reject(Malformed, fmt.Sprintf("a claim has the wrong type: %v", err))
+	present := map[string]bool{}
+	for _, m := range tree.members {
+		present[m.name] = true
+		v := m.value
+		if v.kind == 's' && v.text == "null" {
+			continue // null is an absent claim, as encoding/json reads it
+		}
+		var ok bool
+		switch m.name {
+		case "job":
+			c.JobID, ok = v.stringValue()
+		case "task":
+			c.Task, ok = v.stringValue()
+		case "task_version":
+			c.TaskVersion, ok = v.stringValue()
+		case "input_sha256":
+			c.InputSHA256, ok = v.stringValue()
+		case "pool":
+			c.Pool, ok = v.stringValue()
+		case "nonce":
+			c.Nonce, ok = v.stringValue()
+		case "sub":
+			c.Approver, ok = v.stringValue()
+		case "iat":
+			c.IssuedAt, ok = v.intValue()
+		case "exp":
+			c.Expiry, ok = v.intValue()
+		case "max_attempts":
+			var n int64
+			n, ok = v.intValue()
+			c.MaxAttempts = int(n)
+			ok = ok && int64(c.MaxAttempts) == n
+		case "auto":
+			c.Auto, ok = v.boolValue()
+		}
+		if !ok {
+			return Claims{}, reject(Malformed, fmt.Sprintf("a claim has the wrong type: %q is %s", m.name, v.describe()))
+		}
 	}
 	for _, f := range []struct{ name, v string }{
 		{"job", c.JobID}, {"task", c.Task}, {"task_version", c.TaskVersion}, {"pool", c.Pool},
@@ -285,10 +365,10 @@ func decodeClaims(payload []byte) (Claims, *RejectError) {
 	if n, err := base64.RawURLEncoding.Strict().DecodeString(c.Nonce); err != nil || len(n) != 16 {
 		return Claims{}, reject(Malformed, "the nonce claim is not 128 bits of unpadded base64url")
 	}
-	if _, ok := members["iat"]; !ok || c.IssuedAt <= 0 {
+	if !present["iat"] || c.IssuedAt <= 0 {
 		return Claims{}, reject(Malformed, "the required claim \"iat\" is missing or not a positive Unix time")
 	}
-	if _, ok := members["exp"]; !ok || c.Expiry <= c.IssuedAt {
+	if !present["exp"] || c.Expiry <= c.IssuedAt {
 		return Claims{}, reject(Malformed, "the \"exp\" claim is missing or not after \"iat\"")
 	}
 	if c.MaxAttempts < 1 {

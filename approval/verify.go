@@ -188,11 +188,10 @@ func (v *Verifier) check(token string, want Expect) (Claims, *RejectError) {
 	if key.problem != "" {
 		return Claims{}, reject(UnknownKey, key.problem)
 	}
-	payload, err := p.jws.Verify(key.pub)
-	if err != nil {
+	if !p.verify(key.pub) {
 		return Claims{}, reject(BadSignature, fmt.Sprintf("the signature does not verify with trusted key %q: the token was altered or signed by another key", p.kid))
 	}
-	c, rej := decodeClaims(payload)
+	c, rej := decodeClaims(p.payload)
 	if rej != nil {
 		return Claims{}, rej
 	}

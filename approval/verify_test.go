@@ -593,3 +593,49 @@ func TestRejectErrorText(t *testing.T) {
 		t.Errorf("len(Reasons) = %d, want 16", len(Reasons))
 	}
 }
+
+// TestTokensInteroperate checks approvals against an independent JOSE implementation:
+// go-jose verifies what Sign makes, and Verify accepts what go-jose signs.
+func TestTokensInteroperate(t *testing.T) {
+	t.Parallel()
+	priv, pub := newKey(t, "approver-1")
+	r, e := baseRequest()
+	tok, c := mustSign(t, priv, r, t0)
+	jws, err := jose.ParseSignedCompact(tok, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil {
+		t.Fatalf("go-jose ParseSignedCompact(Sign(...)) = %v", err)
+	}
+	payload, err := jws.Verify(pub)
+	if err != nil {
+		t.Fatalf("go-jose Verify(Sign(...)) = %v", err)
+	}
+	if want := mustJSON(t, c); string(payload) != string(want) {
+		t.Errorf("go-jose payload = %s, want %s", payload, want)
+	}
+	if got := jws.Signatures[0].Protected; got.KeyID != "approver-1" || got.ExtraHeaders["typ"] != TokenType {
+		t.Errorf("go-jose header kid %q typ %v, want approver-1 and %s", got.KeyID, got.ExtraHeaders["typ"], TokenType)
+	}
+
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: priv}, (&jose.SignerOptions{}).WithType(TokenType))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := signer.Sign(mustJSON(t, c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	joseTok, err := obj.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := NewVerifier(keySet(pub), NewMemoryReplayStore(), WithClock(clockAt(t0)))
+	if _, err := v.Verify(t.Context(), joseTok, e); err != nil {
+		t.Errorf("Verify(go-jose token) = %v, want nil", err)
+	}
+	// And a bit flipped in go-jose's signature is refused.
+	bad := []byte(joseTok)
+	bad[len(bad)-2] ^= 1
+	if ReasonOf(func() error { _, err := v.Verify(t.Context(), string(bad), e); return err }()) == "" {
+		t.Error("Verify(go-jose token with a flipped signature bit) = nil, want a rejection")
+	}
+}

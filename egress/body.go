@@ -10,7 +10,8 @@ import (
 
 // body is a Response.Body: upstream → LimitReader(max+1) → counter → redacting reader. It
 // never holds more than the redactor's window, and the request context (endpoint timeout
-// under the job context) keeps bounding every Read until Close.
+// under the job context) keeps bounding every Read until Close. The limit and the counter
+// live inside the body, so a call allocates them with it.
 type body struct {
 	g       *Gateway
 	ep      *endpoint
@@ -18,8 +19,11 @@ type body struct {
 	callCtx context.Context // the job's, bounded by the endpoint timeout
 	cancel  context.CancelFunc
 	raw     io.ReadCloser
-	r       io.Reader
-	n       atomic.Int64 // upstream bytes read so far
+	lim     io.LimitedReader // raw, capped at max+1 bytes
+	cnt     countingReader   // counts what lim yields
+	r       io.Reader        // the redactor's reader over cnt
+	hop     hop              // for redirect hops, through the request context
+	n       atomic.Int64     // upstream bytes read so far
 	max     int64
 	err     error // sticky; only touched by Read
 
@@ -72,6 +76,11 @@ func (b *body) fail(err error, reason string) {
 func (b *body) Close() error {
 	b.once.Do(func() {
 		b.raw.Close()
+		// After raw: a Read blocked in it returns, and the redactor hands its pooled buffers
+		// back then if not now. Reads after Close fail in the redactor, never reach the pool.
+		if c, ok := b.r.(io.Closer); ok {
+			c.Close()
+		}
 		b.cancel()
 		b.mu.Lock()
 		reason := b.reason

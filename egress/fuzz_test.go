@@ -59,6 +59,13 @@ func FuzzValidateTarget(f *testing.F) {
 		if c := path.Clean(back.Path); c != strings.TrimSuffix(back.Path, "/") {
 			t.Fatalf("ValidateTarget(%q) joined path %q is not clean (%q)", target, back.Path, c)
 		}
+		wire := "/base" + raw
+		if q != "" {
+			wire += "?" + q
+		}
+		if got := u.RequestURI(); got != wire {
+			t.Fatalf("ValidateTarget(%q) request line %q, want %q", target, got, wire)
+		}
 		if back.EscapedPath() != "/base"+raw || back.RawQuery != q {
 			t.Fatalf("ValidateTarget(%q) wire form %q?%q, want %q?%q", target, back.EscapedPath(), back.RawQuery, "/base"+raw, q)
 		}

@@ -22,6 +22,8 @@ import (
 type Redactor interface {
 	RedactString(string) string
 	NewReader(io.Reader) io.Reader
+	// ContainsFold reports a credential form in any letter case (for header names).
+	ContainsFold(string) bool
 }
 
 // ErrResponseTooLarge is returned by Response.Body.Read once the upstream has sent more than
@@ -76,6 +78,9 @@ type Gateway struct {
 	redactor  Redactor
 	audit     func(Event)
 	transport http.RoundTripper
+	// client is shared by every call: what differs per call (the endpoint and the credential
+	// that redirect hops need) travels in the request context, see redirectPolicy.
+	client *http.Client
 }
 
 // endpoint is an Endpoint after validation, with everything Do needs precomputed. It is a
@@ -90,6 +95,8 @@ type endpoint struct {
 	baseRawPath string // escaped, no trailing slash
 	rules       []Rule
 	auth        Auth
+	authPrefix  string // AuthHeader: Format before "{secret}"
+	authSuffix  string // AuthHeader: Format after "{secret}"
 	timeout     time.Duration
 	maxResp     int64
 	maxReq      int64
@@ -111,6 +118,7 @@ func New(cfg Config) (*Gateway, error) {
 	if g.transport == nil {
 		g.transport = defaultTransport()
 	}
+	g.client = &http.Client{Transport: g.transport, CheckRedirect: redirectPolicy}
 	for i, e := range cfg.Endpoints {
 		ep, err := prepare(e)
 		if err != nil {
@@ -169,6 +177,9 @@ func prepare(e *Endpoint) (*endpoint, error) {
 	if ep.hostname == "" {
 		return nil, fail("BaseURL has an empty host name")
 	}
+	if err := checkOrigin(u.Scheme, u.Host); err != nil {
+		return nil, fail("BaseURL %v", err)
+	}
 	if raw := strings.TrimRight(u.EscapedPath(), "/"); raw != "" {
 		if _, _, _, err := ValidateTarget(raw); err != nil {
 			return nil, fail("BaseURL path: %v", err)
@@ -204,6 +215,7 @@ func prepare(e *Endpoint) (*endpoint, error) {
 		if !validHeaderValue(a.Format) {
 			return nil, fail("Auth.Format contains a control character")
 		}
+		ep.authPrefix, ep.authSuffix, _ = strings.Cut(a.Format, "{secret}")
 	case AuthBasic:
 		if strings.Contains(a.Username, ":") || !validHeaderValue(a.Username) {
 			return nil, fail("Auth.Username must not contain \":\" or control characters")
@@ -216,6 +228,22 @@ func prepare(e *Endpoint) (*endpoint, error) {
 		return nil, fail("Auth.Kind %d is unknown", a.Kind)
 	}
 	return ep, nil
+}
+
+// checkOrigin is the second opinion on a base URL's origin, taken once at configuration
+// time: the origin must print and parse back to itself, and its host must be what the
+// request's Host header will carry (net/http would drop an empty port, "host:", from one of
+// them only). Per request, the URL is built from these checked parts and only its path and
+// query are checked (buildURL).
+func checkOrigin(scheme, host string) error {
+	if strings.HasSuffix(host, ":") {
+		return errors.New("has an empty port (\"host:\"); remove the colon")
+	}
+	back, err := url.Parse((&url.URL{Scheme: scheme, Host: host, Path: "/"}).String())
+	if err != nil || back.Scheme != scheme || back.Host != host || back.User != nil || back.EscapedPath() != "/" {
+		return errors.New("origin does not print and parse back to itself")
+	}
+	return nil
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -304,13 +332,13 @@ func (g *Gateway) finish(ev *Event, start time.Time, decision, reason string) {
 }
 
 // check applies the whole request policy without any I/O.
-func (g *Gateway) check(req Request) (*call, *outcome.Error) {
+func (g *Gateway) check(req Request) (call, *outcome.Error) {
 	ep := g.endpoints[req.Endpoint]
 	if ep == nil {
-		return nil, outcome.New(outcome.Denied, "endpoint %q is not granted to this task", clip(req.Endpoint))
+		return call{}, outcome.New(outcome.Denied, "endpoint %q is not granted to this task", clip(req.Endpoint))
 	}
-	deny := func(format string, args ...any) (*call, *outcome.Error) {
-		return nil, outcome.New(outcome.Denied, "endpoint %q: "+format, append([]any{ep.name}, args...)...)
+	deny := func(format string, args ...any) (call, *outcome.Error) {
+		return call{}, outcome.New(outcome.Denied, "endpoint %q: "+format, append([]any{ep.name}, args...)...)
 	}
 	if !isMethodToken(req.Method) {
 		return deny("method %q is not an upper-case HTTP method", clip(req.Method))
@@ -347,12 +375,12 @@ func (g *Gateway) check(req Request) (*call, *outcome.Error) {
 	if ep.auth.Kind == AuthQuery && hasParam(rawQuery, ep.auth.Param) {
 		return deny("query parameter %q is injected by the host and may not be set by a task", ep.auth.Param)
 	}
-	return &call{ep: ep, segments: segs, rawPath: rawPath, rawQuery: rawQuery, header: h}, nil
+	return call{ep: ep, segments: segs, rawPath: rawPath, rawQuery: rawQuery, header: h}, nil
 }
 
 // send fetches the credential, performs the request and wraps the response. On error it
 // emits the audit event itself.
-func (g *Gateway) send(ctx context.Context, c *call, req Request, ev *Event, start time.Time) (*Response, error) {
+func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, start time.Time) (*Response, error) {
 	ep := c.ep
 	fail := func(reason string, err error) (*Response, error) {
 		g.finish(ev, start, "allow", reason)
@@ -375,26 +403,30 @@ func (g *Gateway) send(ctx context.Context, c *call, req Request, ev *Event, sta
 		return nil, oe
 	}
 	callCtx, cancel := context.WithTimeout(ctx, ep.timeout)
-	var reqBody io.Reader
+	b := &body{
+		g: g, ep: ep, ctx: ctx, callCtx: callCtx, cancel: cancel,
+		max: ep.maxResp, start: start, hop: hop{ep: ep, secret: secret},
+	}
+	// The request is built from parts that are already checked (the origin by prepare, the
+	// path and query by ValidateTarget and buildURL), so it is never printed and parsed again.
+	hreq := (&http.Request{
+		Method:     req.Method,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     c.header,
+		Host:       ep.host,
+	}).WithContext(context.WithValue(callCtx, hopKey{}, &b.hop))
 	if len(req.Body) > 0 {
-		reqBody = bytes.NewReader(req.Body)
+		data := req.Body
+		hreq.ContentLength = int64(len(data))
+		hreq.Body = io.NopCloser(bytes.NewReader(data))
+		// A 307/308 hop re-sends the body.
+		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 	}
-	hreq, err := http.NewRequestWithContext(callCtx, req.Method, u.String(), reqBody)
-	if err != nil || hreq.URL.Scheme != ep.scheme || hreq.URL.Host != ep.host || hreq.Host != ep.host {
-		cancel()
-		oe := outcome.New(outcome.Denied, "endpoint %q: target does not map onto the endpoint's base URL", ep.name)
-		g.finish(ev, start, "deny", oe.Msg)
-		return nil, oe
-	}
-	hreq.Header = c.header
 	ep.inject(hreq, secret)
-	client := &http.Client{
-		Transport: g.transport,
-		CheckRedirect: func(r *http.Request, via []*http.Request) error {
-			return ep.checkRedirect(r, via, secret)
-		},
-	}
-	resp, err := client.Do(hreq)
+	resp, err := g.client.Do(hreq)
 	if err != nil {
 		var oe *outcome.Error
 		if errors.As(err, &oe) && oe.Code == outcome.Denied {
@@ -409,13 +441,34 @@ func (g *Gateway) send(ctx context.Context, c *call, req Request, ev *Event, sta
 		cancel()
 		return fail(reasonOf(e), e)
 	}
-	b := &body{
-		g: g, ep: ep, ctx: ctx, callCtx: callCtx, cancel: cancel,
-		raw: resp.Body, max: ep.maxResp, ev: *ev, start: start,
-	}
+	b.raw = resp.Body
+	b.ev = *ev
 	b.ev.Status = resp.StatusCode
-	b.r = g.redactor.NewReader(&countingReader{r: io.LimitReader(resp.Body, ep.maxResp+1), n: &b.n})
+	b.lim = io.LimitedReader{R: resp.Body, N: ep.maxResp + 1}
+	b.cnt = countingReader{r: &b.lim, n: &b.n}
+	b.r = g.redactor.NewReader(&b.cnt)
 	return &Response{Status: resp.StatusCode, Header: g.responseHeader(resp.Header), Body: b}, nil
+}
+
+// hop is what a redirect hop needs to re-apply the policy: the endpoint and the credential
+// fetched for this call. It travels in the request context under hopKey, so that one
+// http.Client serves every call. (A context prints a value of this type by its type name
+// only, never its fields.)
+type hop struct {
+	ep     *endpoint
+	secret string
+}
+
+type hopKey struct{}
+
+// redirectPolicy is the shared client's CheckRedirect: the endpoint's policy, applied to
+// every hop before it is sent. A request without its hop state fails closed.
+func redirectPolicy(r *http.Request, via []*http.Request) error {
+	h, _ := r.Context().Value(hopKey{}).(*hop)
+	if h == nil {
+		return outcome.New(outcome.Denied, "redirect refused: the request carries no endpoint policy")
+	}
+	return h.ep.checkRedirect(r, via, h.secret)
 }
 
 // credential returns the value to inject ("" for AuthNone). Errors are *outcome.Error.
@@ -443,40 +496,51 @@ func (g *Gateway) credential(ctx context.Context, ep *endpoint) (string, error) 
 	return secret, nil
 }
 
-// buildURL joins the base URL and a validated target so that the wire form of the path is
-// exactly base + rawPath, then re-parses the result as a second opinion.
+// buildURL joins the base URL and a validated target so that the request line is exactly
+// base + rawPath (+ "?" + rawQuery), and checks that with the function net/http itself uses to
+// write the request line. The origin parts were checked once, by prepare.
 func (ep *endpoint) buildURL(rawPath, rawQuery string) (*url.URL, error) {
 	dec, err := url.PathUnescape(rawPath)
 	if err != nil {
 		return nil, err
 	}
+	want := ep.baseRawPath + rawPath
+	path := want // the decoded path, when neither part holds an escape
+	if dec != rawPath || ep.basePath != ep.baseRawPath {
+		path = ep.basePath + dec
+	}
 	u := &url.URL{
 		Scheme:   ep.scheme,
 		Host:     ep.host,
-		Path:     ep.basePath + dec,
-		RawPath:  ep.baseRawPath + rawPath,
+		Path:     path,
+		RawPath:  want,
 		RawQuery: rawQuery,
 	}
-	want := ep.baseRawPath + rawPath
 	if u.EscapedPath() != want {
 		return nil, errors.New("escaped path differs from the validated target")
 	}
-	back, err := url.Parse(u.String())
-	if err != nil {
-		return nil, errors.New("joined URL does not parse")
-	}
-	if back.Scheme != ep.scheme || back.Host != ep.host || back.User != nil ||
-		back.EscapedPath() != want || back.RawQuery != rawQuery || back.Fragment != "" {
-		return nil, errors.New("joined URL does not round-trip")
+	ruri := u.RequestURI()
+	if !strings.HasPrefix(ruri, want) || !isQueryPart(ruri[len(want):], rawQuery) {
+		return nil, errors.New("request line differs from the validated target")
 	}
 	return u, nil
+}
+
+// isQueryPart reports whether rest is what follows the path on the request line for rawQuery:
+// nothing, or "?" and the query.
+func isQueryPart(rest, rawQuery string) bool {
+	if rawQuery == "" {
+		return rest == ""
+	}
+	return len(rest) == 1+len(rawQuery) && rest[0] == '?' && rest[1:] == rawQuery
 }
 
 // inject sets the credential on one hop.
 func (ep *endpoint) inject(r *http.Request, secret string) {
 	switch ep.auth.Kind {
 	case AuthHeader:
-		r.Header.Set(ep.auth.Header, strings.Replace(ep.auth.Format, "{secret}", secret, 1))
+		// Header is canonical (prepare), so this is Header.Set without re-canonicalising.
+		r.Header[ep.auth.Header] = []string{ep.authPrefix + secret + ep.authSuffix}
 	case AuthBasic:
 		r.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(ep.auth.Username+":"+secret)))
 	case AuthQuery:

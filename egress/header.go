@@ -3,6 +3,7 @@ package egress
 import (
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -121,23 +122,46 @@ func removeParam(raw, param string) string {
 
 // responseHeader returns the headers a task may see: no cookies, no hop-by-hop headers (nor
 // those the Connection header names), every value redacted, and no header whose very name
-// holds a credential.
+// holds a credential, in any letter case (net/http re-cases names as it parses them).
+//
+// It filters h in place: the map comes from the transport and belongs to this call alone, so
+// a call whose headers hold nothing to redact allocates nothing here. Every name and every
+// value that is kept goes through the redactor, whatever its length or name.
 func (g *Gateway) responseHeader(h http.Header) http.Header {
-	drop := map[string]bool{"Set-Cookie": true, "Set-Cookie2": true}
-	for _, v := range h.Values("Connection") {
-		for _, name := range strings.Split(v, ",") {
-			drop[http.CanonicalHeaderKey(strings.TrimSpace(name))] = true
+	for k := range h {
+		if http.CanonicalHeaderKey(k) != k {
+			// Not from net/http's own parsers (they canonicalise): merge into canonical keys
+			// first, so that no spelling of a dropped header slips past the checks below.
+			h = canonicalCopy(h)
+			break
 		}
 	}
+	var named []string // what the Connection header names: connection-scoped, dropped
+	for _, v := range h["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			named = append(named, http.CanonicalHeaderKey(strings.TrimSpace(name)))
+		}
+	}
+	for k, vals := range h {
+		if _, hop := hopByHop[k]; hop || k == "Set-Cookie" || k == "Set-Cookie2" ||
+			slices.Contains(named, k) || g.redactor.ContainsFold(k) {
+			delete(h, k) // deleting the current key while ranging is defined behaviour
+			continue
+		}
+		for i, v := range vals {
+			vals[i] = g.redactor.RedactString(v)
+		}
+	}
+	return h
+}
+
+// canonicalCopy returns h with every key canonicalised, values of keys that canonicalise alike
+// merged.
+func canonicalCopy(h http.Header) http.Header {
 	out := make(http.Header, len(h))
 	for k, vals := range h {
 		ck := http.CanonicalHeaderKey(k)
-		if _, hop := hopByHop[ck]; hop || drop[ck] || g.redactor.RedactString(ck) != ck {
-			continue
-		}
-		for _, v := range vals {
-			out[ck] = append(out[ck], g.redactor.RedactString(v))
-		}
+		out[ck] = append(out[ck], vals...)
 	}
 	return out
 }

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -168,8 +168,8 @@ func httpRequest(ctx context.Context, mod api.Module, stack []uint64) {
 		j.terminate(outcome.New(outcome.Denied, "endpoint %q is not granted to task %q", printable(endpoint), j.Task))
 	}
 	req := egress.Request{
-		Endpoint: string(endpoint),
-		Method:   string(method),
+		Endpoint: j.endpointName(endpoint),
+		Method:   methodName(method),
 		Target:   string(target),
 		Header:   h,
 		Body:     append([]byte(nil), body...),
@@ -197,7 +197,7 @@ func httpRequest(ctx context.Context, mod api.Module, stack []uint64) {
 		j.responses = map[int32]*openResponse{}
 	}
 	j.next++
-	j.responses[j.next] = &openResponse{resp: resp, header: renderHeader(resp.Header)}
+	j.responses[j.next] = &openResponse{resp: resp}
 	ret(stack, j.next)
 }
 
@@ -222,14 +222,14 @@ func httpStatus(ctx context.Context, _ api.Module, stack []uint64) {
 
 func httpHeaderSize(ctx context.Context, _ api.Module, stack []uint64) {
 	if _, r := response(ctx, stack); r != nil {
-		ret(stack, int32(len(r.header)))
+		ret(stack, int32(len(r.headerBlock())))
 	}
 }
 
 func httpHeaderRead(ctx context.Context, mod api.Module, stack []uint64) {
 	dst := read(ctx, mod, u32(stack[1]), u32(stack[2]))
 	if _, r := response(ctx, stack); r != nil {
-		ret(stack, int32(copy(dst, r.header)))
+		ret(stack, int32(copy(dst, r.headerBlock())))
 	}
 }
 
@@ -279,14 +279,42 @@ func httpClose(ctx context.Context, _ api.Module, stack []uint64) {
 	ret(stack, 0)
 }
 
+// methodName returns method as a string, without allocating for the common methods.
+func methodName(b []byte) string {
+	switch string(b) { // a switch on string(b) does not allocate
+	case http.MethodGet:
+		return http.MethodGet
+	case http.MethodPost:
+		return http.MethodPost
+	case http.MethodPut:
+		return http.MethodPut
+	case http.MethodPatch:
+		return http.MethodPatch
+	case http.MethodDelete:
+		return http.MethodDelete
+	case http.MethodHead:
+		return http.MethodHead
+	}
+	return string(b)
+}
+
+// endpointName returns b as a string, reusing the previous call's when it is the same
+// endpoint (tasks usually call one or two endpoints many times).
+func (j *Job) endpointName(b []byte) string {
+	if string(b) != j.lastEndpoint { // comparing with string(b) does not allocate
+		j.lastEndpoint = string(b)
+	}
+	return j.lastEndpoint
+}
+
 // parseHeaderBlock parses "Name: value\n" lines. Anything that is not exactly that (a bare CR,
 // a line without a colon, an invalid name) is refused: header smuggling is not a formatting
 // accident. Which names are allowed is the gateway's decision.
 func parseHeaderBlock(b []byte) (http.Header, error) {
-	h := http.Header{}
 	if len(b) == 0 {
-		return h, nil
+		return nil, nil // no headers; the gateway reads a nil Header as empty
 	}
+	h := http.Header{}
 	if !utf8.Valid(b) {
 		return nil, errors.New("header block is not valid UTF-8")
 	}
@@ -333,7 +361,7 @@ func sortedKeys(h http.Header) []string {
 	for k := range h {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys)
+	slices.Sort(keys)
 	return keys
 }
 

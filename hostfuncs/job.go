@@ -48,12 +48,24 @@ type Job struct {
 	logMuted  bool
 	responses map[int32]*openResponse
 	next      int32
-	fatal     error
+	// lastEndpoint is the endpoint name of the last http_request, kept to avoid converting
+	// the same guest bytes to a new string on every call.
+	lastEndpoint string
+	fatal        error
 }
 
 type openResponse struct {
-	resp   *egress.Response
-	header []byte
+	resp     *egress.Response
+	header   []byte // rendered on first use: most tasks never read response headers
+	rendered bool
+}
+
+// headerBlock returns the response's (already redacted) headers as the ABI's text block.
+func (r *openResponse) headerBlock() []byte {
+	if !r.rendered {
+		r.header, r.rendered = renderHeader(r.resp.Header), true
+	}
+	return r.header
 }
 
 // Output returns what the task wrote.
@@ -78,7 +90,14 @@ func (j *Job) CloseResponses() {
 
 // header block helpers shared by request parsing and response rendering.
 func renderHeader(h http.Header) []byte {
+	n := 0
+	for k, vals := range h {
+		for _, v := range vals {
+			n += len(k) + len(v) + 3
+		}
+	}
 	var b bytes.Buffer
+	b.Grow(n)
 	for _, k := range sortedKeys(h) {
 		for _, v := range h[k] {
 			b.WriteString(k)

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Placeholder replaces every occurrence of a secret form.
@@ -28,6 +30,7 @@ type Set struct {
 	secrets map[string]struct{} // guarded by mu
 	forms   map[string]struct{} // guarded by mu
 	m       atomic.Pointer[matcher]
+	fold    atomic.Pointer[matcher] // the forms in lower case, for ContainsFold
 	n       atomic.Int64
 }
 
@@ -57,6 +60,14 @@ func (s *Set) Add(secret string) error {
 		all = append(all, []byte(f))
 	}
 	slices.SortFunc(all, bytes.Compare)
+	lower := make([][]byte, 0, len(all))
+	for _, f := range all {
+		if l := bytes.ToLower(f); !slices.ContainsFunc(lower, func(x []byte) bool { return bytes.Equal(x, l) }) {
+			lower = append(lower, l)
+		}
+	}
+	slices.SortFunc(lower, bytes.Compare)
+	s.fold.Store(newMatcher(lower))
 	s.m.Store(newMatcher(all))
 	s.n.Store(int64(len(s.secrets)))
 	return nil
@@ -85,16 +96,39 @@ func (s *Set) RedactString(str string) string {
 	if len(str) < MinSecretLen {
 		return str
 	}
-	b := []byte(str)
-	if out := s.Redact(b); &out[0] != &b[0] || len(out) != len(b) {
-		return string(out)
+	// A read-only view of str's bytes: the matcher never writes to its text and the view does
+	// not outlive this call, so the common case (nothing to redact) costs no copy. Converting
+	// with []byte(str) would allocate for every header value and audit path the gateway checks.
+	b := unsafe.Slice(unsafe.StringData(str), len(str))
+	m := s.m.Load()
+	start := m.first(b)
+	if start < 0 {
+		return str
 	}
-	return str
+	out := make([]byte, start, len(b)+len(Placeholder))
+	copy(out, b[:start])
+	out, _, _ = m.scan(out, b[start:], 0, true)
+	return string(out)
 }
 
 // Contains reports whether b holds any form of any secret.
 func (s *Set) Contains(b []byte) bool {
 	return s.m.Load().first(b) >= 0
+}
+
+// ContainsFold reports whether str holds any form of any secret, ignoring ASCII letter
+// case. It is for text that something may have re-cased on the way, such as HTTP header
+// names, which net/http canonicalises ("x-tok-abc" arrives as "X-Tok-Abc"): a credential
+// echoed there would no longer match exactly, and Redact would miss it.
+func (s *Set) ContainsFold(str string) bool {
+	if len(str) < MinSecretLen {
+		return false
+	}
+	m := s.fold.Load()
+	if m == nil {
+		return false
+	}
+	return m.first([]byte(strings.ToLower(str))) >= 0
 }
 
 // chunkSize is how much a Reader reads, or a Writer processes, per step. It bounds the
@@ -138,45 +172,141 @@ func maxLenOf(m *matcher) int {
 // start a secret, and its memory does not grow with the stream's length. An error from r
 // is returned after the bytes read before it, themselves redacted as if the stream ended
 // there.
+//
+// The reader also implements io.Closer. Its working buffers come from a pool and go back to
+// it when the reader reaches the end of r or is closed, whichever comes first; Close may be
+// called while a Read is blocked in r (the buffers then go back when that Read returns), and
+// every Read after Close fails with ErrReaderClosed. A reader that is never closed leaves its
+// buffers to the garbage collector. Close does not close r.
 func (s *Set) NewReader(r io.Reader) io.Reader {
-	return &reader{src: r, st: stream{set: s}}
+	return &reader{src: r, set: s, size: firstChunk}
 }
 
+// ErrReaderClosed is returned by a Read after Close.
+var ErrReaderClosed = errors.New("redact: read from closed reader")
+
+// readerBufs are a reader's working buffers. They are pooled because most responses a task
+// reads are small, and allocating (and zeroing) a 4 KiB window per response was most of a
+// scoped HTTP call's garbage.
+type readerBufs struct {
+	in  []byte // the undecided tail of the input, then the next read
+	out []byte // redacted bytes of the last step
+}
+
+var bufPool = sync.Pool{New: func() any { return new(readerBufs) }}
+
+// maxPooled bounds what goes back to the pool: a response full of placeholders can grow out,
+// and one such response should not pin a large buffer for the rest of the process.
+const maxPooled = 4 * chunkSize
+
 type reader struct {
-	src  io.Reader
-	st   stream
-	out  []byte // redacted bytes not yet returned
-	err  error
-	done bool
-	buf  []byte
-	full bool // the last read filled buf
+	src io.Reader
+	set *Set
+
+	// mu guards closed, reading and the hand-back of bufs. It is never held across src.Read:
+	// Close must not wait for a Read blocked on the network.
+	mu      sync.Mutex
+	closed  bool
+	reading bool
+	bufs    *readerBufs // nil before the first Read and once handed back
+
+	out   []byte // redacted bytes not yet returned; a view into bufs.out
+	carry int
+	size  int  // how much the next read asks for at least
+	full  bool // the last read filled the space it was offered
+	err   error
+	done  bool
 }
 
 func (r *reader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return 0, ErrReaderClosed
+	}
+	r.reading = true
+	r.mu.Unlock()
+
+	n, err := r.read(p)
+
+	r.mu.Lock()
+	r.reading = false
+	if r.closed || (r.done && len(r.out) == 0) {
+		r.release()
+	}
+	r.mu.Unlock()
+	return n, err
+}
+
+// Close hands the buffers back (at once, or when a concurrent Read returns). It does not
+// close the source.
+func (r *reader) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	if !r.reading {
+		r.release()
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+// release returns the buffers to the pool. Callers hold mu and no Read is running, so
+// nothing can touch the buffers afterwards: out is dropped with them, and read takes new
+// ones only while neither closed nor done.
+func (r *reader) release() {
+	b := r.bufs
+	if b == nil {
+		return
+	}
+	r.bufs, r.out = nil, nil
+	if cap(b.in) > maxPooled || cap(b.out) > maxPooled {
+		return
+	}
+	b.in, b.out = b.in[:0], b.out[:0]
+	bufPool.Put(b)
+}
+
+// read fills r.out with the next redacted bytes and copies what fits into p. It runs with
+// r.reading set, so the buffers are not handed back under it.
+func (r *reader) read(p []byte) (int, error) {
 	for empty := 0; len(r.out) == 0; {
 		if r.done {
 			return 0, r.err
 		}
-		switch {
-		case r.buf == nil:
-			// Most responses a task reads are small: start small and grow while reads fill
-			// the buffer, up to chunkSize.
-			r.buf = make([]byte, firstChunk)
-		case r.full && len(r.buf) < chunkSize:
-			r.buf = make([]byte, 2*len(r.buf))
+		if r.bufs == nil {
+			r.bufs = bufPool.Get().(*readerBufs)
 		}
-		n, err := r.src.Read(r.buf)
-		r.full = n == len(r.buf)
+		m := r.set.m.Load()
+		in := r.bufs.in
+		// Most responses a task reads are small: start with firstChunk and ask for more while
+		// reads fill what they are offered, up to chunkSize. A pooled buffer may already be
+		// larger; all of its spare room is offered then.
+		if r.full && r.size < chunkSize {
+			r.size = min(2*r.size, chunkSize)
+		}
+		if cap(in)-len(in) < r.size {
+			grown := make([]byte, len(in), len(in)+r.size+maxLenOf(m))
+			copy(grown, in)
+			in = grown
+		}
+		space := in[len(in):cap(in)]
+		n, err := r.src.Read(space)
+		r.full = n == len(space)
+		in = in[:len(in)+n]
+		r.bufs.in = in
 		if n == 0 && err == nil {
 			if empty++; empty >= 100 {
 				return 0, io.ErrNoProgress
 			}
 			continue
 		}
-		r.out = r.st.step(r.buf[:n], err != nil)
+		var consumed int
+		r.bufs.out, consumed, r.carry = m.scan(r.bufs.out[:0], in, r.carry, err != nil)
+		r.bufs.in = in[:copy(in, in[consumed:])]
+		r.out = r.bufs.out
 		if err != nil {
 			r.done, r.err = true, err
 		}

@@ -223,6 +223,7 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	} else {
 		return fail(outcome.New(outcome.ModuleRejected, "task %q: module exports neither the entry %q nor _start", cfg.Name, cfg.Entry))
 	}
+	m.memCache = newMemoryCache(maxCachedMemory)
 	if !m.command && cfg.PoolSize > 0 {
 		m.pool = newPool(m, cfg.PoolSize)
 	}

@@ -1,15 +1,27 @@
 package runtime
 
-import "github.com/tetratelabs/wazero/experimental"
+import (
+	"sync"
+
+	"github.com/tetratelabs/wazero/experimental"
+)
 
 // linearMemory backs one instance's memory. wazero checks the page limit before it asks the
 // allocator, so the runtime is configured one page above the task's limit and this allocator
 // refuses the last step itself: that way a refused memory.grow is observed, and a trap or
 // exit that follows it is reported as memory_limit rather than guessed from sizes.
+//
+// Its buffer comes from the module's memoryCache when one fits, and goes back there (zeroed)
+// when the instance is closed after its job. wazero's Free is deliberately a no-op: on a
+// timeout wazero calls it from its watchdog while the guest may still be unwinding, so a
+// buffer released there could be written by the old job after the next one got it. The
+// buffer is released by instance.close instead, which runs only once the guest call has
+// returned.
 type linearMemory struct {
 	limit   uint64
 	buf     []byte
 	refused bool
+	cache   *memoryCache // nil: every buffer is freshly allocated
 }
 
 var _ experimental.MemoryAllocator = (*linearMemory)(nil)
@@ -17,6 +29,10 @@ var _ experimental.MemoryAllocator = (*linearMemory)(nil)
 func (l *linearMemory) Allocate(capacity, _ uint64) experimental.LinearMemory {
 	if capacity > l.limit {
 		capacity = l.limit
+	}
+	if b := l.cache.get(capacity); b != nil {
+		l.buf = b[:0]
+		return l
 	}
 	l.buf = make([]byte, 0, capacity)
 	return l
@@ -28,7 +44,8 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 		return nil
 	}
 	if size <= uint64(cap(l.buf)) {
-		// Bytes past the old length were zeroed by make and never written: memory only grows.
+		// Bytes past the old length are zero: make zeroed them, or the cache did when the
+		// buffer came back, and memory only grows.
 		l.buf = l.buf[:size]
 		return l.buf
 	}
@@ -45,4 +62,80 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 	return nb
 }
 
-func (l *linearMemory) Free() { l.buf = nil }
+// Free is called by wazero when the module closes, possibly while the guest still runs
+// (see linearMemory). It does nothing; release does the work.
+func (l *linearMemory) Free() {}
+
+// release hands the buffer to the cache (or to the garbage collector). Call it only once no
+// guest code can run on this memory any more.
+func (l *linearMemory) release() {
+	b := l.buf
+	l.buf = nil
+	l.cache.put(b)
+}
+
+// memoryCache keeps zeroed linear-memory buffers of one module for its next instances. A
+// fresh buffer per job was most of what a small module allocated per job, and the garbage
+// collection that followed was most of the sandbox's cost at a thousand jobs a second.
+//
+// Safety: a buffer is cleared before it is kept, so no byte of one job's memory is visible
+// to the next, and it is only put back after its instance's guest call has returned.
+type memoryCache struct {
+	maxBytes uint64 // bound on the bytes held
+
+	mu     sync.Mutex
+	held   uint64
+	bufs   [][]byte
+	reuses int64 // buffers handed out again, for tests
+}
+
+// maxCachedMemory bounds what one module's cache holds. Small modules (tens of KiB) keep
+// hundreds of buffers; a Go guest's multi-MiB memory keeps a few.
+const maxCachedMemory = 32 << 20
+
+func newMemoryCache(maxBytes uint64) *memoryCache { return &memoryCache{maxBytes: maxBytes} }
+
+// get returns a zeroed buffer with at least capacity bytes of capacity, or nil.
+func (c *memoryCache) get(capacity uint64) []byte {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.bufs) - 1; i >= 0; i-- {
+		b := c.bufs[i]
+		if uint64(cap(b)) >= capacity {
+			last := len(c.bufs) - 1
+			c.bufs[i] = c.bufs[last]
+			c.bufs[last] = nil
+			c.bufs = c.bufs[:last]
+			c.held -= uint64(cap(b))
+			c.reuses++
+			return b
+		}
+	}
+	return nil
+}
+
+// put clears b and keeps it if the cache has room.
+func (c *memoryCache) put(b []byte) {
+	if c == nil || cap(b) == 0 || uint64(cap(b)) > c.maxBytes {
+		return
+	}
+	c.mu.Lock()
+	room := c.held+uint64(cap(b)) <= c.maxBytes
+	c.mu.Unlock()
+	if !room {
+		return
+	}
+	// Only the first len bytes can have been written: the rest of the capacity was never
+	// part of the memory (see Reallocate).
+	clear(b[:len(b)])
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held+uint64(cap(b)) > c.maxBytes {
+		return
+	}
+	c.held += uint64(cap(b))
+	c.bufs = append(c.bufs, b)
+}

@@ -36,6 +36,10 @@ type Module struct {
 	pool       *pool
 	log        *zap.Logger
 	ext        *extismModule // set for Extism plugins (extism.go); rt and compiled are nil then
+	memCache   *memoryCache  // zeroed linear-memory buffers for the next instances
+
+	baseConfigOnce sync.Once
+	baseConfig     wazero.ModuleConfig
 
 	closeOnce sync.Once
 }
@@ -166,9 +170,11 @@ func (m *Module) run(ctx context.Context, j *hostfuncs.Job, took *time.Duration)
 	if err != nil {
 		return err
 	}
-	defer inst.close(ctx)
 	inst.stdio.bind(j)
 	results, err := inst.entry.Call(hostfuncs.WithJob(ctx, j))
+	// The call has returned: no guest code runs on this instance again, so its memory may
+	// go back to the cache, before the pool refills and would want it.
+	inst.close(ctx)
 	if m.pool != nil {
 		m.pool.jobDone()
 	}
@@ -212,10 +218,30 @@ type instance struct {
 	stdio *stdio
 }
 
+// close closes the instance and releases its memory. Call it only when no guest call on it
+// is running (see linearMemory); it is safe to call more than once.
 func (i *instance) close(ctx context.Context) {
 	if i.mod != nil {
 		_ = i.mod.Close(ctx)
+		i.mod = nil
 	}
+	if i.mem != nil {
+		i.mem.release()
+	}
+}
+
+// moduleConfig is the part of every instance's configuration that does not change between
+// instances. Built once: each With call copies the whole configuration.
+func (m *Module) moduleConfig() wazero.ModuleConfig {
+	m.baseConfigOnce.Do(func() {
+		m.baseConfig = wazero.NewModuleConfig().
+			WithName(""). // anonymous: nothing else in the runtime can import it
+			WithSysWalltime().
+			WithSysNanotime().
+			WithSysNanosleep().
+			WithRandSource(rand.Reader)
+	})
+	return m.baseConfig
 }
 
 // instantiate creates a fresh anonymous instance and runs its start functions. j, when set,
@@ -223,19 +249,14 @@ func (i *instance) close(ctx context.Context) {
 // until a job is bound.
 func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []string) (*instance, error) {
 	inst := &instance{
-		mem:   &linearMemory{limit: uint64(m.limits.MemoryPages) * 65536},
+		mem:   &linearMemory{limit: uint64(m.limits.MemoryPages) * 65536, cache: m.memCache},
 		stdio: newStdio(m.log, m.limits.LogBytes),
 	}
 	if j != nil {
 		inst.stdio.bind(j)
 	}
-	mc := wazero.NewModuleConfig().
-		WithName(""). // anonymous: nothing else in the runtime can import it
+	mc := m.moduleConfig().
 		WithStartFunctions(start...).
-		WithSysWalltime().
-		WithSysNanotime().
-		WithSysNanosleep().
-		WithRandSource(rand.Reader).
 		WithStdout(inst.stdio.stream("stdout")).
 		WithStderr(inst.stdio.stream("stderr"))
 	mod, err := m.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.mem), m.compiled, mc)

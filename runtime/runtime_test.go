@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -228,6 +229,37 @@ func TestFixturesUpToDate(t *testing.T) {
 		want, _ := os.ReadFile(strings.TrimSuffix(w, ".wat") + ".wasm")
 		if string(got) != string(want) {
 			t.Errorf("%s is stale: run `make fixtures`", strings.TrimSuffix(w, ".wat")+".wasm")
+		}
+	}
+}
+
+// TestRecycledMemoryIsZeroed runs jobs that mark their memory (a byte of the first page and
+// of a page they grow) and fail if they find a mark: recycled buffers must reach the next
+// instance zeroed, after a normal end and after a timeout (when wazero frees the memory from
+// its watchdog while the guest may still run). It also checks buffers were recycled at all,
+// so that it tests something.
+func TestRecycledMemoryIsZeroed(t *testing.T) {
+	t.Parallel()
+	for _, pool := range []int{-1, 2} { // on-demand instances, and the pre-initialised pool
+		e := newEngine(t)
+		m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: "residue", Wasm: fixture(t, "residue"), PoolSize: pool,
+			Limits: runtime.Limits{Timeout: 100 * time.Millisecond}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 12 {
+			in, want := "", outcome.OK
+			if i%3 == 1 {
+				in, want = "spin", outcome.Timeout
+			}
+			res := m.Run(t.Context(), runtime.Job{ID: fmt.Sprintf("j%d", i), Input: []byte(in)})
+			if got := res.Code(); got != want {
+				t.Fatalf("pool %d: job %d: Run() code = %s (%v), want %s (task returned 7: it saw an earlier job's memory)",
+					pool, i, got, res.Err, want)
+			}
+		}
+		if n := runtime.MemoryReuses(m); n == 0 {
+			t.Errorf("pool %d: MemoryReuses() = 0, want buffers recycled (the test would prove nothing)", pool)
 		}
 	}
 }

@@ -48,6 +48,7 @@ type WorkerConfig struct {
 	Pool        string // NATS mode: the worker's pool
 	NATSCreds   string // NATS mode: JWT/NKey credentials file
 	NATSCA      string // NATS mode: CA bundle for TLS
+	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
 }
 
 func workerCommand() *cli.Command {
@@ -90,6 +91,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "pool", Usage: "NATS mode (--server nats://...): the worker's `POOL`", EnvVars: []string{"CASTELLAN_POOL"}, Destination: &cfg.Pool},
 			&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
 			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
+			&cli.StringFlag{Name: "nats-inbox-prefix", Usage: "NATS mode: subject `PREFIX` of the worker's replies; its NATS user needs subscribe permission on PREFIX.> only (default _INBOX_<pool>)", EnvVars: []string{"CASTELLAN_NATS_INBOX_PREFIX"}, Destination: &cfg.NATSInbox},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
@@ -179,7 +181,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	var queue worker.Queue
 	if natsMode {
 		wq, err := natsq.DialWorker(ctx, cfg.Server, natsq.Options{Name: "castellan-worker", Token: token,
-			CredsFile: cfg.NATSCreds, CAFile: cfg.NATSCA, Pool: cfg.Pool, Log: log.Named("nats")})
+			CredsFile: cfg.NATSCreds, CAFile: cfg.NATSCA, Pool: cfg.Pool, InboxPrefix: cfg.NATSInbox, Log: log.Named("nats")})
 		if err != nil {
 			return usagef("--server: %v", err)
 		}

@@ -48,12 +48,14 @@ var (
 	jobIDRE = regexp.MustCompile(`^[-_=a-zA-Z0-9]{1,128}$`)
 )
 
-// APIServer serves the client-facing subset of the /v1 API (submit, approve, get, wait,
-// cancel, catalog) with its state in JetStream instead of SQLite, so that any number of
+// APIServer serves the client-facing subset of the /v1 API (submit, approve, get, list,
+// wait, cancel, catalog, and token list and revoke) with its state in JetStream instead of SQLite, so that any number of
 // replicas can serve it at once: every replica reads and writes the same KV buckets with
 // compare-and-set, and every replica runs the Dispatcher's shared results consumer. The wire
 // types and error codes are internal/server's, so internal/client and the CLI work unchanged.
-// Worker routes are not served: workers talk to NATS directly (WorkerQueue).
+// Worker routes are not served: workers talk to NATS directly (WorkerQueue). Nor are
+// POST /v1/tokens (tokens are created with direct NATS access, CreateToken) and the audit
+// log (there is none in this mode).
 type APIServer struct {
 	d       *Dispatcher
 	log     *zap.Logger
@@ -216,18 +218,22 @@ func (s *APIServer) routes() {
 	readers := []api.Role{api.RoleClient, api.RoleApprover, api.RoleAdmin}
 	submitters := []api.Role{api.RoleClient, api.RoleAdmin}
 	approvers := []api.Role{api.RoleApprover, api.RoleAdmin}
+	admin := []api.Role{api.RoleAdmin}
 	m.Handle("GET /v1/catalog", s.auth(readers, s.hCatalog))
 	m.Handle("POST /v1/jobs", s.auth(submitters, s.hSubmit))
+	m.Handle("GET /v1/jobs", s.auth(readers, s.hList))
 	m.Handle("GET /v1/jobs/{id}", s.auth(readers, s.hGet))
 	m.Handle("GET /v1/jobs/{id}/wait", s.auth(readers, s.hWait))
 	m.Handle("POST /v1/jobs/{id}/cancel", s.auth(submitters, s.hCancel))
 	m.Handle("POST /v1/jobs/{id}/approval", s.auth(approvers, s.hApprove))
+	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
+	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, refusal(http.StatusNotFound, api.CodeNotFound,
-			"no route %s %s on the NATS control plane (workers talk to NATS; tokens are made with `castellan token create --nats`)", r.Method, r.URL.Path).(*client.APIError))
+			"no route %s %s on the NATS control plane (workers talk to NATS; tokens are created with `castellan token create --nats`; see docs/api.md)", r.Method, r.URL.Path).(*client.APIError))
 	})
 	s.mux = m
 }
@@ -241,7 +247,7 @@ func (s *APIServer) auth(roles []api.Role, h apiHandler) http.Handler {
 			if !ok || tok == "" {
 				return refusal(http.StatusUnauthorized, api.CodeUnauthenticated, "missing Authorization: Bearer <token> header")
 			}
-			p, err := authenticate(r.Context(), s.tokens, strings.TrimSpace(tok))
+			p, err := authenticate(r.Context(), s.d.nc, strings.TrimSpace(tok))
 			if errors.Is(err, errTokenInvalid) {
 				return refusal(http.StatusUnauthorized, api.CodeUnauthenticated, "the bearer token is malformed, unknown or revoked")
 			}
@@ -336,6 +342,35 @@ func (s *APIServer) hCatalog(w http.ResponseWriter, r *http.Request, p principal
 		tasks = []api.TaskDef{}
 	}
 	writeJSON(w, http.StatusOK, api.CatalogResponse{Pool: pool, Tasks: tasks})
+	return nil
+}
+
+func (s *APIServer) hTokenList(w http.ResponseWriter, r *http.Request, _ principal) error {
+	if err := onlyParams(r); err != nil {
+		return err
+	}
+	list, err := listTokens(r.Context(), s.tokens)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.TokenList{Tokens: list})
+	return nil
+}
+
+func (s *APIServer) hTokenRevoke(w http.ResponseWriter, r *http.Request, p principal) error {
+	if err := onlyParams(r); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	ok, err := revokeToken(r.Context(), s.tokens, id, time.Now())
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return refusal(http.StatusNotFound, api.CodeNotFound, "no active token %q (ids look like tok_ and 12 hex digits; GET /v1/tokens lists them)", id)
+	}
+	s.log.Info("token revoked", zap.String("token_id", id), zap.String("by", p.tokenID))
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

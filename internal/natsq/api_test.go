@@ -3,8 +3,11 @@ package natsq_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -48,6 +51,13 @@ func startAPI(t testing.TB, natsURL string) *apiReplica {
 
 func apiClient(t testing.TB, natsURL, baseURL string, role api.Role, pool string) *client.Client {
 	t.Helper()
+	c, _ := apiToken(t, natsURL, baseURL, role, pool)
+	return c
+}
+
+// apiToken is apiClient that also returns the token (with its secret).
+func apiToken(t testing.TB, natsURL, baseURL string, role api.Role, pool string) (*client.Client, api.Token) {
+	t.Helper()
 	nc := dial(t, natsURL)
 	tok, err := natsq.CreateToken(context.Background(), nc, role, pool, string(role), 1)
 	if err != nil {
@@ -57,7 +67,7 @@ func apiClient(t testing.TB, natsURL, baseURL string, role api.Role, pool string
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return c, tok
 }
 
 func waitCatalog(t testing.TB, c *client.Client) {
@@ -365,5 +375,260 @@ func TestCancelUnpulled(t *testing.T) {
 	waitState(t, d, "keep", 20*time.Second, api.StateSucceeded)
 	if n := c.get("drop"); n != 0 {
 		t.Fatalf("runs of the cancelled job = %d, want 0", n)
+	}
+}
+
+// rawRequest sends method path (with its query) with the bearer secret and returns the
+// status, the error body (if any) and the raw body.
+func rawRequest(ctx context.Context, t testing.TB, method, base, secret, path string) (int, api.ErrorBody, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s = %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body api.ErrorBody
+	if resp.StatusCode >= 400 {
+		if err := json.Unmarshal(raw, &body); err != nil {
+			t.Fatalf("%s %s = %d with a body that is not an API error: %q", method, path, resp.StatusCode, raw)
+		}
+	}
+	return resp.StatusCode, body, raw
+}
+
+func ids(jobs []api.Job) []string {
+	out := make([]string, len(jobs))
+	for i, j := range jobs {
+		out[i] = j.ID
+	}
+	return out
+}
+
+// TestAPIListJobs: GET /v1/jobs over JetStream pages newest first with stable cursors,
+// filters by state, task and pool, scopes to the token's pool, omits input and output, and
+// refuses bad parameters as internal/server does.
+func TestAPIListJobs(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	rep := startAPI(t, natsURL)
+	d, err := natsq.NewDispatcher(t.Context(), dial(t, natsURL), natsq.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := func(id, pool, task string) natsq.Envelope {
+		return natsq.Envelope{JobID: id, Task: task, TaskVersion: "1.0.0", Pool: pool, Input: json.RawMessage(`{"secret_input":1}`),
+			Approval: "not.checked.here", MaxAttempts: 1}
+	}
+	// One at a time (distinct creation times) and in a batch (one creation time: the id
+	// orders them), in two pools and two tasks.
+	for _, e := range []natsq.Envelope{env("a1", "default", "echo"), env("a2", "default", "echo"), env("c1", "default", "other"), env("d1", "beta", "echo")} {
+		if _, err := d.Dispatch(t.Context(), e); err != nil {
+			t.Fatalf("Dispatch(%s) = %v", e.JobID, err)
+		}
+	}
+	if _, err := d.DispatchBatch(t.Context(), []natsq.Envelope{env("b1", "default", "echo"), env("b3", "default", "echo"),
+		env("b2", "default", "echo"), env("d2", "beta", "echo")}); err != nil {
+		t.Fatalf("DispatchBatch() = %v", err)
+	}
+	if j, err := d.Cancel(t.Context(), "a2"); err != nil || j.State != api.StateCancelled {
+		t.Fatalf("Cancel(a2) = %s, %v, want cancelled", j.State, err)
+	}
+	var all []api.Job
+	for _, id := range []string{"a1", "a2", "c1", "d1", "b1", "b2", "b3", "d2"} {
+		j, err := d.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, j)
+	}
+	slices.SortFunc(all, func(a, b api.Job) int {
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+	want := func(keep func(api.Job) bool) []string {
+		var out []string
+		for _, j := range all {
+			if keep(j) {
+				out = append(out, j.ID)
+			}
+		}
+		return out
+	}
+	admin, adminTok := apiToken(t, natsURL, rep.url, api.RoleAdmin, "")
+	inDefault := apiClient(t, natsURL, rep.url, api.RoleClient, pool)
+	everywhere := apiClient(t, natsURL, rep.url, api.RoleApprover, api.AllPools)
+
+	// Every page in turn: the concatenation is the whole order, each job once.
+	var paged []string
+	cursor := ""
+	for page := 0; ; page++ {
+		l, err := admin.List(t.Context(), client.ListOptions{Limit: 3, Cursor: cursor})
+		if err != nil || len(l.Jobs) > 3 {
+			t.Fatalf("List(limit 3, page %d) = %d jobs, %v, want at most 3", page, len(l.Jobs), err)
+		}
+		if page > len(all) {
+			t.Fatalf("List(limit 3) gave a next_cursor on page %d of %d jobs: the cursor does not advance", page, len(all))
+		}
+		for _, j := range l.Jobs {
+			if j.Input != nil || j.Output != nil {
+				t.Fatalf("List() job %s has input %s output %s, want both omitted", j.ID, j.Input, j.Output)
+			}
+		}
+		paged = append(paged, ids(l.Jobs)...)
+		if l.NextCursor == "" {
+			break
+		}
+		cursor = l.NextCursor
+	}
+	if w := want(func(api.Job) bool { return true }); !slices.Equal(paged, w) {
+		t.Fatalf("List(pages of 3) = %v, want %v", paged, w)
+	}
+
+	tests := []struct {
+		name string
+		c    *client.Client
+		o    client.ListOptions
+		want []string
+	}{
+		{"admin sees every pool", admin, client.ListOptions{}, want(func(api.Job) bool { return true })},
+		{"state", admin, client.ListOptions{State: api.StateCancelled}, []string{"a2"}},
+		{"task", admin, client.ListOptions{Task: "other"}, []string{"c1"}},
+		{"pool", admin, client.ListOptions{Pool: "beta"}, want(func(j api.Job) bool { return j.Pool == "beta" })},
+		{"all filters", admin, client.ListOptions{Pool: pool, Task: "echo", State: api.StateQueued},
+			want(func(j api.Job) bool { return j.Pool == pool && j.Task == "echo" && j.State == api.StateQueued })},
+		{"a pool-bound token sees its pool", inDefault, client.ListOptions{}, want(func(j api.Job) bool { return j.Pool == pool })},
+		{"a '*' token sees every pool", everywhere, client.ListOptions{}, want(func(api.Job) bool { return true })},
+		{"no match", admin, client.ListOptions{Task: "nothing"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			l, err := tt.c.List(t.Context(), tt.o)
+			if err != nil || !slices.Equal(ids(l.Jobs), tt.want) || l.NextCursor != "" {
+				t.Fatalf("List(%+v) = %v next %q, %v, want %v", tt.o, ids(l.Jobs), l.NextCursor, err, tt.want)
+			}
+			if l.Jobs == nil {
+				t.Fatalf("List(%+v) jobs = null, want []", tt.o)
+			}
+		})
+	}
+
+	bad := []struct {
+		query  string
+		status int
+		code   string
+		names  string // what the message must name
+	}{
+		{"?state=done", http.StatusBadRequest, api.CodeInvalidField, `state "done"`},
+		{"?task=Not%20A%20Task", http.StatusBadRequest, api.CodeInvalidField, `task "Not A Task"`},
+		{"?pool=BAD", http.StatusBadRequest, api.CodeInvalidField, `pool "BAD"`},
+		{"?limit=0", http.StatusBadRequest, api.CodeInvalidField, `limit "0" must be an integer in 1..500`},
+		{"?limit=501", http.StatusBadRequest, api.CodeInvalidField, `limit "501" must be an integer in 1..500`},
+		{"?limit=ten", http.StatusBadRequest, api.CodeInvalidField, `limit "ten"`},
+		{"?cursor=123", http.StatusBadRequest, api.CodeInvalidField, `cursor "123"`},
+		{"?cursor=-1.a1", http.StatusBadRequest, api.CodeInvalidField, `cursor "-1.a1"`},
+		{"?cursor=1.job*", http.StatusBadRequest, api.CodeInvalidField, `cursor "1.job*"`},
+		{"?sort=asc", http.StatusBadRequest, api.CodeUnknownField, `"sort"`},
+	}
+	for _, tt := range bad {
+		t.Run("refuses "+tt.query, func(t *testing.T) {
+			t.Parallel()
+			status, body, _ := rawRequest(t.Context(), t, http.MethodGet, rep.url, adminTok.Secret, "/v1/jobs"+tt.query)
+			if status != tt.status || body.Error.Code != tt.code || !strings.Contains(body.Error.Message, tt.names) {
+				t.Fatalf("GET /v1/jobs%s = %d %s %q, want %d %s naming %s", tt.query, status, body.Error.Code, body.Error.Message, tt.status, tt.code, tt.names)
+			}
+		})
+	}
+	if _, err := inDefault.List(t.Context(), client.ListOptions{Pool: "beta"}); !client.IsCode(err, api.CodeForbidden) {
+		t.Fatalf("List(pool beta) with a token for %s = %v, want %s", pool, err, api.CodeForbidden)
+	}
+}
+
+// TestAPITokens: GET /v1/tokens lists every token without a secret (admin only), and
+// DELETE /v1/tokens/{id} revokes one so that it fails at once on every replica.
+func TestAPITokens(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	a, b := startAPI(t, natsURL), startAPI(t, natsURL)
+	admin, adminTok := apiToken(t, natsURL, a.url, api.RoleAdmin, "")
+	victimA, victim := apiToken(t, natsURL, a.url, api.RoleClient, pool)
+	victimB, err := client.New(b.url, victim.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	approver, approverTok := apiToken(t, natsURL, b.url, api.RoleApprover, pool)
+
+	list, err := admin.ListTokens(t.Context())
+	if err != nil {
+		t.Fatalf("ListTokens() = %v", err)
+	}
+	var got []string
+	for _, tok := range list {
+		got = append(got, tok.ID+" "+string(tok.Role)+" "+tok.Pool)
+		if tok.Secret != "" || tok.RevokedAt != nil || tok.CreatedAt.IsZero() {
+			t.Fatalf("ListTokens() entry %+v, want no secret, not revoked, a creation time", tok)
+		}
+	}
+	wantList := []string{adminTok.ID + " admin *", victim.ID + " client " + pool, approverTok.ID + " approver " + pool}
+	if !slices.Equal(got, wantList) {
+		t.Fatalf("ListTokens() = %v, want %v (oldest first)", got, wantList)
+	}
+	_, _, raw := rawRequest(t.Context(), t, http.MethodGet, a.url, adminTok.Secret, "/v1/tokens")
+	for _, secret := range []string{adminTok.Secret, victim.Secret, approverTok.Secret} {
+		if strings.Contains(string(raw), strings.TrimPrefix(secret, "cst_")) {
+			t.Fatalf("GET /v1/tokens body %s holds a secret", raw)
+		}
+	}
+	if _, err := approver.ListTokens(t.Context()); !client.IsCode(err, api.CodeForbidden) {
+		t.Fatalf("ListTokens() as approver = %v, want %s", err, api.CodeForbidden)
+	}
+	if err := approver.RevokeToken(t.Context(), victim.ID); !client.IsCode(err, api.CodeForbidden) {
+		t.Fatalf("RevokeToken() as approver = %v, want %s", err, api.CodeForbidden)
+	}
+	if status, body, _ := rawRequest(t.Context(), t, http.MethodGet, a.url, adminTok.Secret, "/v1/tokens?all=1"); status != http.StatusBadRequest || body.Error.Code != api.CodeUnknownField {
+		t.Fatalf("GET /v1/tokens?all=1 = %d %s, want 400 %s", status, body.Error.Code, api.CodeUnknownField)
+	}
+
+	for name, c := range map[string]*client.Client{"A": victimA, "B": victimB} {
+		if _, err := c.List(t.Context(), client.ListOptions{}); err != nil {
+			t.Fatalf("List() via replica %s before the revoke = %v", name, err)
+		}
+	}
+	if err := admin.RevokeToken(t.Context(), victim.ID); err != nil {
+		t.Fatalf("RevokeToken(%s) via A = %v", victim.ID, err)
+	}
+	// No poll: the very next request on either replica is refused.
+	for name, c := range map[string]*client.Client{"A": victimA, "B": victimB} {
+		if _, err := c.List(t.Context(), client.ListOptions{}); !client.IsCode(err, api.CodeUnauthenticated) {
+			t.Fatalf("List() via replica %s right after the revoke = %v, want %s", name, err, api.CodeUnauthenticated)
+		}
+	}
+	if _, err := approver.List(t.Context(), client.ListOptions{}); err != nil {
+		t.Fatalf("List() with another token after the revoke = %v, want it unaffected", err)
+	}
+	for _, id := range []string{victim.ID, "tok_000000000000", "tok_*", "nope"} {
+		if err := admin.RevokeToken(t.Context(), id); !client.IsCode(err, api.CodeNotFound) {
+			t.Fatalf("RevokeToken(%q) = %v, want %s", id, err, api.CodeNotFound)
+		}
+	}
+	list, err = admin.ListTokens(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range list {
+		if (tok.RevokedAt != nil) != (tok.ID == victim.ID) {
+			t.Fatalf("ListTokens() after the revoke: %s revoked_at %v, want set only on %s", tok.ID, tok.RevokedAt, victim.ID)
+		}
 	}
 }

@@ -479,7 +479,11 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	pool := poolOfResultSubject(msg.Subject())
-	log := d.log.With(zap.String("job", r.JobID), zap.Int("attempt", r.Attempt), zap.String("outcome", r.Outcome))
+	// Built only when something is logged: With encodes its fields at once, and most
+	// results log nothing.
+	log := func() *zap.Logger {
+		return d.log.With(zap.String("job", r.JobID), zap.Int("attempt", r.Attempt), zap.String("outcome", r.Outcome))
+	}
 	retryable := outcome.Code(r.Outcome).Retryable()
 	if r.Retryable != nil {
 		retryable = *r.Retryable
@@ -489,7 +493,7 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		case rec.Job.Pool != pool:
 			// The subject is what the worker's account may publish on: a worker of another
 			// pool cannot complete this job.
-			log.Warn("result published on another pool's subject; ignored", zap.String("subject_pool", pool))
+			log().Warn("result published on another pool's subject; ignored", zap.String("subject_pool", pool))
 			return false, nil
 		case rec.completed(r.Attempt):
 			return false, nil // a duplicate: this attempt is recorded
@@ -515,10 +519,10 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 	var ae *client.APIError
 	switch {
 	case errors.As(err, &ae):
-		log.Warn("result for an unknown job; dropped", zap.Error(err))
+		log().Warn("result for an unknown job; dropped", zap.Error(err))
 		_ = msg.TermWithReason("unknown job")
 	case err != nil:
-		log.Warn("recording a result failed; it will be redelivered", zap.Error(err))
+		log().Warn("recording a result failed; it will be redelivered", zap.Error(err))
 		_ = msg.NakWithDelay(time.Second)
 	default:
 		_ = msg.Ack()

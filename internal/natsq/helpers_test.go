@@ -13,6 +13,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/natsq"
@@ -96,6 +97,20 @@ func startCluster(t testing.TB, n int) ([]*natsserver.Server, string) {
 	poll(t, 30*time.Second, "a JetStream meta leader", func() bool {
 		_, err := nc.Request("$JS.API.INFO", nil, time.Second)
 		return err == nil && servers[0].JetStreamIsClustered() && metaReady(servers)
+	})
+	// A leader can be elected before it has seen every peer: placing an R-n stream then
+	// fails with "no suitable peers". Wait until one can be placed.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 30*time.Second, fmt.Sprintf("all %d peers to take an R%d stream", n, n), func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe.>"}, Replicas: n}); err != nil {
+			return false
+		}
+		return js.DeleteStream(ctx, "PROBE") == nil
 	})
 	return servers, url
 }

@@ -294,13 +294,25 @@ func TestManyJobsExactlyOnce(t *testing.T) {
 // dispatchMany signs n jobs and dispatches them in batches of 128 (DispatchBatch) from 8
 // goroutines. It may run off the test's goroutine, so it returns its error.
 func dispatchMany(t testing.TB, d *natsq.Dispatcher, s signer, prefix string, n int) ([]string, error) {
-	const batch = 128
+	ids, envs := signMany(t, s, prefix, n)
+	return ids, dispatchAll(d, envs)
+}
+
+// signMany signs n approvals, as approvers would on their own machines.
+func signMany(t testing.TB, s signer, prefix string, n int) ([]string, []natsq.Envelope) {
 	ids := make([]string, n)
 	envs := make([]natsq.Envelope, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s-%05d", prefix, i)
 		envs[i] = s.envelope(t, ids[i], fmt.Sprintf(`{"n":%d}`, i), 3)
 	}
+	return ids, envs
+}
+
+// dispatchAll dispatches envs in batches from 8 goroutines.
+func dispatchAll(d *natsq.Dispatcher, envs []natsq.Envelope) error {
+	const batch = 128
+	n := len(envs)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -326,7 +338,7 @@ func dispatchMany(t testing.TB, d *natsq.Dispatcher, s signer, prefix string, n 
 	}
 	wg.Wait()
 	close(errs)
-	return ids, <-errs
+	return <-errs
 }
 
 // waitAll polls until every job succeeded. It checks jobs in dispatch order and waits on
@@ -430,5 +442,18 @@ func TestClusterNodeLoss(t *testing.T) {
 		if c.get(id) < 1 {
 			t.Fatalf("runs of %s = 0, want at least 1", id)
 		}
+	}
+}
+
+func TestConnectRefusesBadInboxPrefix(t *testing.T) {
+	t.Parallel()
+	for _, p := range []string{"_INBOX.>", "a b", "x.*", ".x", "x."} {
+		_, err := natsq.Connect("nats://127.0.0.1:1", natsq.Options{InboxPrefix: p})
+		if err == nil || !strings.Contains(err.Error(), "inbox prefix") {
+			t.Errorf("Connect(InboxPrefix %q) = %v, want an inbox prefix error", p, err)
+		}
+	}
+	if got := natsq.WorkerInboxPrefix("eu.payments"); got != "_INBOX_eu~payments" {
+		t.Errorf("WorkerInboxPrefix(eu.payments) = %q, want _INBOX_eu~payments", got)
 	}
 }

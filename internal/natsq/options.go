@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -55,6 +56,14 @@ type Options struct {
 	// MultiTaskPoll is how long a worker serving several tasks waits on one task's consumer
 	// before it looks at the next one. Optional; default 250ms.
 	MultiTaskPoll time.Duration
+
+	// InboxPrefix is the subject prefix of this connection's replies and pulled messages,
+	// instead of NATS's "_INBOX". A worker user must be allowed to subscribe to its
+	// replies, and with the shared "_INBOX.>" it could read every reply in its account
+	// (other pools' pulled jobs, the control plane's reads of job records): give each
+	// pool's workers a prefix of their own and allow only "<prefix>.>". Optional; DialWorker
+	// defaults it to "_INBOX_<pool>", other connections to "_INBOX".
+	InboxPrefix string
 
 	// Log is the transport's logger. Optional; default no logging.
 	Log *zap.Logger
@@ -154,6 +163,12 @@ func Connect(serverURL string, o Options) (*nats.Conn, error) {
 		}
 		opts = append(opts, opt)
 	}
+	if o.InboxPrefix != "" {
+		if !validInboxPrefix(o.InboxPrefix) {
+			return nil, fmt.Errorf("natsq: inbox prefix %q must be subject tokens (letters, digits, '_', '-', '~') separated by dots, with no wildcard", o.InboxPrefix)
+		}
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
+	}
 	if o.TLSConfig != nil {
 		opts = append(opts, nats.Secure(o.TLSConfig.Clone()))
 	} else if secure || o.CAFile != "" || o.CertFile != "" {
@@ -176,6 +191,13 @@ func Connect(serverURL string, o Options) (*nats.Conn, error) {
 	}
 	return nc, nil
 }
+
+var inboxPrefixRE = regexp.MustCompile(`^[A-Za-z0-9_~-]+(\.[A-Za-z0-9_~-]+)*$`)
+
+func validInboxPrefix(p string) bool { return len(p) <= 128 && inboxPrefixRE.MatchString(p) }
+
+// WorkerInboxPrefix is the inbox prefix DialWorker uses for pool when none is set.
+func WorkerInboxPrefix(pool string) string { return "_INBOX_" + token(pool) }
 
 func splitURLs(s string) []string {
 	var out []string

@@ -1,6 +1,7 @@
 package natsq
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -113,7 +114,7 @@ var errTokenInvalid = errors.New("invalid bearer token")
 
 // authenticate resolves a bearer token through the TokensBucket. The lookup is by hash, so
 // a wrong secret can only miss; there is nothing to compare in constant time.
-func authenticate(ctx context.Context, kv jetstream.KeyValue, secret string) (principal, error) {
+func authenticate(ctx context.Context, nc *nats.Conn, secret string) (principal, error) {
 	body, ok := strings.CutPrefix(secret, server.TokenPrefix)
 	if !ok || len(body) != 43 {
 		return principal{}, errTokenInvalid
@@ -121,16 +122,160 @@ func authenticate(ctx context.Context, kv jetstream.KeyValue, secret string) (pr
 	if b, err := base64.RawURLEncoding.DecodeString(body); err != nil || len(b) != 32 {
 		return principal{}, errTokenInvalid
 	}
-	ent, err := kv.Get(ctx, tokenKey(secret))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return principal{}, errTokenInvalid
-	}
+	e, found, err := readToken(ctx, nc, tokenKey(secret))
 	if err != nil {
-		return principal{}, fmt.Errorf("natsq: read %s: %w", TokensBucket, err)
+		return principal{}, err
 	}
-	var e tokenEntry
-	if err := json.Unmarshal(ent.Value(), &e); err != nil || e.RevokedAt != nil || e.Role == api.RoleWorker {
+	if !found || e.RevokedAt != nil || e.Role == api.RoleWorker || !slices.Contains(api.Roles, e.Role) {
 		return principal{}, errTokenInvalid
 	}
 	return principal{tokenID: e.ID, role: e.Role, pool: e.Pool}, nil
+}
+
+// readToken reads a token's entry from the stream leader ($JS.API.STREAM.MSG.GET) rather
+// than with the KV's direct get: in a cluster a direct get may be answered by a follower
+// that has not applied a revocation yet, and a revoked token must fail at once on every
+// replica. It costs the same one round trip, always to the leader. An unreadable entry is
+// reported as not found: it authenticates nobody.
+func readToken(ctx context.Context, nc *nats.Conn, key string) (tokenEntry, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + TokensBucket + "." + key})
+	msg, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+TokensBucket, req)
+	if err != nil {
+		return tokenEntry{}, false, fmt.Errorf("natsq: read %s: %w", TokensBucket, err)
+	}
+	var resp struct {
+		Message *struct {
+			Hdrs []byte `json:"hdrs"`
+			Data []byte `json:"data"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return tokenEntry{}, false, fmt.Errorf("natsq: read %s: unreadable reply: %w", TokensBucket, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.Code == 404:
+		return tokenEntry{}, false, nil
+	case resp.Error != nil:
+		return tokenEntry{}, false, fmt.Errorf("natsq: read %s: %s (code %d)", TokensBucket, resp.Error.Description, resp.Error.ErrCode)
+	case resp.Message == nil:
+		return tokenEntry{}, false, fmt.Errorf("natsq: read %s: a reply with neither message nor error", TokensBucket)
+	}
+	if bytes.Contains(bytes.ToLower(resp.Message.Hdrs), []byte("kv-operation:")) {
+		// A delete or purge marker: the key is gone. (A put carries no such header; it may
+		// carry the Nats-Expected-* headers of a compare-and-set.)
+		return tokenEntry{}, false, nil
+	}
+	var e tokenEntry
+	if err := json.Unmarshal(resp.Message.Data, &e); err != nil {
+		return tokenEntry{}, false, nil
+	}
+	return e, true, nil
+}
+
+// tokenIDRE is what a token id looks like: "tok_" and the first 12 hex digits of the
+// secret's SHA-256 (the key's), so that revoke can find the key by its prefix.
+var tokenIDRE = regexp.MustCompile(`^tok_[0-9a-f]{12}$`)
+
+// listTokens returns every token, revoked ones included, oldest first (as on SQLite),
+// without secrets: the bucket holds none. It reads the whole bucket (one ordered
+// consumer); tokens are few.
+func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("natsq: list %s: %w", TokensBucket, err)
+	}
+	defer func() { _ = w.Stop() }()
+	out := []api.Token{}
+	for {
+		var ent jetstream.KeyValueEntry
+		var ok bool
+		select {
+		case ent, ok = <-w.Updates():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if !ok {
+			return nil, fmt.Errorf("natsq: list %s: the watcher stopped before it caught up", TokensBucket)
+		}
+		if ent == nil {
+			break
+		}
+		var e tokenEntry
+		if err := json.Unmarshal(ent.Value(), &e); err != nil || e.ID == "" {
+			continue // authenticates nobody either
+		}
+		out = append(out, api.Token{ID: e.ID, Role: e.Role, Pool: e.Pool, Name: e.Name, CreatedAt: e.CreatedAt, RevokedAt: e.RevokedAt})
+	}
+	slices.SortFunc(out, func(a, b api.Token) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// revokeToken marks the active token id revoked and reports whether there was one. The
+// entry stays (listed with revoked_at); every replica reads the entry from the stream
+// leader on every request, so the token fails authentication everywhere as soon as this
+// returns. Finding the key costs one key listing of the TokensBucket.
+func revokeToken(ctx context.Context, kv jetstream.KeyValue, id string, now time.Time) (bool, error) {
+	if !tokenIDRE.MatchString(id) {
+		return false, nil
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		return false, fmt.Errorf("natsq: list %s: %w", TokensBucket, err)
+	}
+	prefix := "sha256_" + strings.TrimPrefix(id, "tok_")
+	var matching []string
+	for k := range keys.Keys() {
+		if strings.HasPrefix(k, prefix) {
+			matching = append(matching, k)
+		}
+	}
+	revoked := false
+	// Ids are 48 bits of the hash: two tokens sharing one is all but impossible, and if it
+	// happens both are revoked rather than one chosen at random.
+	for _, k := range matching {
+		for {
+			ent, err := kv.Get(ctx, k)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				break
+			}
+			if err != nil {
+				return revoked, fmt.Errorf("natsq: read %s: %w", TokensBucket, err)
+			}
+			var e tokenEntry
+			if err := json.Unmarshal(ent.Value(), &e); err != nil || e.ID != id || e.RevokedAt != nil {
+				break
+			}
+			at := now.UTC().Truncate(time.Millisecond)
+			e.RevokedAt = &at
+			data, err := json.Marshal(e)
+			if err != nil {
+				return revoked, err
+			}
+			_, err = kv.Update(ctx, k, data, ent.Revision())
+			if err == nil {
+				revoked = true
+				break
+			}
+			var apiErr *jetstream.APIError
+			if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+				return revoked, fmt.Errorf("natsq: revoke token %s: %w", id, err)
+			}
+			// Changed meanwhile (revoked by another replica?): read again.
+		}
+	}
+	return revoked, nil
 }

@@ -51,8 +51,12 @@ type inflight struct {
 }
 
 // DialWorker connects to NATS at serverURL and returns the worker's queue for o.Pool. Close
-// closes the connection.
+// closes the connection. Its replies use the inbox prefix WorkerInboxPrefix(o.Pool) unless
+// o.InboxPrefix is set, so that the worker's NATS user need not be allowed "_INBOX.>".
 func DialWorker(ctx context.Context, serverURL string, o Options) (*WorkerQueue, error) {
+	if o.InboxPrefix == "" && o.Pool != "" {
+		o.InboxPrefix = WorkerInboxPrefix(o.Pool)
+	}
 	nc, err := Connect(serverURL, o)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,49 @@
+package runtime
+
+import (
+	"bytes"
+	"testing"
+)
+
+func TestMemoryCache(t *testing.T) {
+	t.Parallel()
+	c := newMemoryCache(5 << 16) // room for two of the 2-page buffers below
+	if b := c.get(1 << 16); b != nil {
+		t.Fatalf("get() on an empty cache = %d bytes, want nil", cap(b))
+	}
+	dirty := func(n int) []byte {
+		b := make([]byte, n, n+1<<16) // length n written, one more page of capacity never written
+		for i := range b {
+			b[i] = 0xAB
+		}
+		return b
+	}
+	c.put(dirty(1 << 16))
+	c.put(dirty(1 << 16))
+	c.put(dirty(1 << 16)) // 2 pages of capacity each: the third does not fit
+	if c.held != 4<<16 || len(c.bufs) != 2 {
+		t.Fatalf("after 3 puts: held %d bytes in %d buffers, want %d in 2", c.held, len(c.bufs), 4<<16)
+	}
+	c.put(make([]byte, 0, 6<<16)) // larger than the whole budget: dropped
+	if len(c.bufs) != 2 {
+		t.Fatalf("a buffer over the budget was kept: %d buffers", len(c.bufs))
+	}
+	if b := c.get(3 << 16); b != nil {
+		t.Fatalf("get(3 pages) = %d bytes of capacity, want nil (none is that large)", cap(b))
+	}
+	b := c.get(2 << 16)
+	if b == nil {
+		t.Fatal("get(2 pages) = nil, want a cached buffer")
+	}
+	if !bytes.Equal(b[:cap(b)], make([]byte, cap(b))) {
+		t.Fatal("a cached buffer is not zeroed over its whole capacity")
+	}
+	if c.held != 2<<16 || c.reuses != 1 {
+		t.Fatalf("after get: held %d, reuses %d, want %d and 1", c.held, c.reuses, 2<<16)
+	}
+	var nilCache *memoryCache // modules without a cache
+	nilCache.put(dirty(10))
+	if nilCache.get(1) != nil {
+		t.Fatal("a nil cache returned a buffer")
+	}
+}
