@@ -66,12 +66,25 @@ func New(baseURL, token string, opts ...Option) (*Client, error) {
 	if token == "" {
 		return nil, errors.New("client: token is empty: pass the bearer token from `castellan token create`")
 	}
-	c := &Client{base: u, token: token, hc: &http.Client{}, reqTimeout: 30 * time.Second,
+	c := &Client{base: u, token: token, hc: &http.Client{Transport: newTransport()}, reqTimeout: 30 * time.Second,
 		pollMargin: 30 * time.Second, userAgent: "castellan-client"}
 	for _, o := range opts {
 		o(c)
 	}
 	return c, nil
+}
+
+// maxIdlePerHost is how many idle connections the client keeps to the control plane. A
+// worker reports results, heartbeats and leases from many goroutines at once; with
+// net/http's default of 2, every request beyond the second dialled a new connection and
+// closed it afterwards (measured: 6% of the CPU of a busy worker went to dialling).
+const maxIdlePerHost = 128
+
+func newTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = maxIdlePerHost
+	t.MaxIdleConnsPerHost = maxIdlePerHost
+	return t
 }
 
 // do sends one request; body (if not nil) is JSON-encoded, out (if not nil) decoded.

@@ -251,6 +251,8 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		go w.followCatalog(lease)
 	}
 	slots := make(chan struct{}, w.cfg.Concurrency)
+	rn := newRunners()
+	defer rn.stop() // after drain: every job has finished
 	var wg sync.WaitGroup
 	failures := 0
 	for {
@@ -300,10 +302,19 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			continue
 		}
 		failures = 0
+		if len(leased) > 1 {
+			// One batch check of the lease's signatures instead of one check each (about a
+			// third of the cost at 16); each job's Verify still makes every other check.
+			toks := make([]string, len(leased))
+			for i, j := range leased {
+				toks[i] = j.Approval
+			}
+			w.cfg.Verifier.Preverify(toks)
+		}
 		for _, j := range leased {
 			wg.Add(1)
 			w.track(1)
-			go func(j api.LeasedJob) {
+			rn.run(func() {
 				// The run slot is freed as soon as the sandbox is done with the job, before the
 				// result is reported: reporting is I/O that waits on the control plane's commit,
 				// and holding the slot through it would delay the next lease by that much. The
@@ -316,10 +327,53 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 					wg.Done()
 				}()
 				w.handle(jobs, j, hb, release)
-			}(j)
+			})
 		}
 	}
 }
+
+// runners runs jobs on goroutines that, once done, wait a while for the next job instead
+// of exiting. A fresh goroutine per job grew its stack from the minimum again each time,
+// copying it at every doubling: about 10 µs of each job at thousands of jobs a second.
+type runners struct {
+	work chan func()
+	quit chan struct{}
+}
+
+// runnerIdle is how long a goroutine waits for another job before it exits.
+const runnerIdle = 10 * time.Second
+
+func newRunners() *runners {
+	return &runners{work: make(chan func()), quit: make(chan struct{})}
+}
+
+// run runs f on an idle goroutine, or a new one if none is idle. It never blocks.
+func (r *runners) run(f func()) {
+	select {
+	case r.work <- f:
+	default:
+		go r.loop(f)
+	}
+}
+
+func (r *runners) loop(f func()) {
+	idle := time.NewTimer(runnerIdle)
+	defer idle.Stop()
+	for {
+		f()
+		idle.Reset(runnerIdle)
+		select {
+		case f = <-r.work:
+		case <-idle.C:
+			return
+		case <-r.quit:
+			return
+		}
+	}
+}
+
+// stop makes idle goroutines exit; busy ones exit after their job.
+func (r *runners) stop() { close(r.quit) }
 
 func (w *Worker) drain(wg *sync.WaitGroup) error {
 	w.mu.Lock()
