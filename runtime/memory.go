@@ -11,7 +11,7 @@ import (
 // refuses the last step itself: that way a refused memory.grow is observed, and a trap or
 // exit that follows it is reported as memory_limit rather than guessed from sizes.
 //
-// Its buffer comes from the module's memoryCache when one fits, and goes back there (zeroed)
+// Its buffer comes from the module's memoryCache when one fits (zeroed), and goes back there
 // when the instance is closed after its job. wazero's Free is deliberately a no-op: on a
 // timeout wazero calls it from its watchdog while the guest may still be unwinding, so a
 // buffer released there could be written by the old job after the next one got it. The
@@ -31,7 +31,7 @@ func (l *linearMemory) Allocate(capacity, _ uint64) experimental.LinearMemory {
 		capacity = l.limit
 	}
 	if b := l.cache.get(capacity); b != nil {
-		l.buf = b[:0]
+		l.buf = b
 		return l
 	}
 	l.buf = make([]byte, 0, capacity)
@@ -74,24 +74,32 @@ func (l *linearMemory) release() {
 	l.cache.put(b)
 }
 
-// memoryCache keeps zeroed linear-memory buffers of one module for its next instances. A
-// fresh buffer per job was most of what a small module allocated per job, and the garbage
-// collection that followed was most of the sandbox's cost at a thousand jobs a second.
+// memoryCache keeps the linear-memory buffers of one module's finished instances for its
+// next instances. A fresh buffer per job was most of what a small module allocated per job,
+// and the garbage collection that followed was most of the sandbox's cost at a thousand jobs
+// a second.
 //
-// Safety: a buffer is cleared before it is kept, so no byte of one job's memory is visible
-// to the next, and it is only put back after its instance's guest call has returned.
+// Safety: a buffer is only put back after its instance's guest call has returned, and it is
+// cleared when it is taken out again, so no byte of one job's memory is visible to the next.
+// Clearing at take rather than at put keeps it off the job's path: the pool takes buffers
+// when it pre-initialises instances, between jobs.
 type memoryCache struct {
 	maxBytes uint64 // bound on the bytes held
 
 	mu     sync.Mutex
 	held   uint64
-	bufs   [][]byte
-	reuses int64 // buffers handed out again, for tests
+	bufs   [][]byte // dirty: bytes up to len(b) may hold an earlier job's data
+	reuses int64    // buffers handed out again, for tests
 }
 
-// maxCachedMemory bounds what one module's cache holds. Small modules (tens of KiB) keep
-// hundreds of buffers; a Go guest's multi-MiB memory keeps a few.
-const maxCachedMemory = 32 << 20
+// maxCachedMemory bounds what one module's cache holds; maxCachedBuffer bounds one buffer.
+// Larger memories (a Go guest's runtime takes megabytes) are left to the garbage collector:
+// the allocator gets large buffers as fresh pages the kernel has zeroed, which is cheaper
+// than clearing megabytes by hand.
+const (
+	maxCachedMemory = 16 << 20
+	maxCachedBuffer = 1 << 20
+)
 
 func newMemoryCache(maxBytes uint64) *memoryCache { return &memoryCache{maxBytes: maxBytes} }
 
@@ -100,37 +108,35 @@ func (c *memoryCache) get(capacity uint64) []byte {
 	if c == nil {
 		return nil
 	}
+	var b []byte
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for i := len(c.bufs) - 1; i >= 0; i-- {
-		b := c.bufs[i]
-		if uint64(cap(b)) >= capacity {
+		if uint64(cap(c.bufs[i])) >= capacity {
+			b = c.bufs[i]
 			last := len(c.bufs) - 1
 			c.bufs[i] = c.bufs[last]
 			c.bufs[last] = nil
 			c.bufs = c.bufs[:last]
 			c.held -= uint64(cap(b))
 			c.reuses++
-			return b
+			break
 		}
 	}
-	return nil
-}
-
-// put clears b and keeps it if the cache has room.
-func (c *memoryCache) put(b []byte) {
-	if c == nil || cap(b) == 0 || uint64(cap(b)) > c.maxBytes {
-		return
-	}
-	c.mu.Lock()
-	room := c.held+uint64(cap(b)) <= c.maxBytes
 	c.mu.Unlock()
-	if !room {
-		return
+	if b == nil {
+		return nil
 	}
 	// Only the first len bytes can have been written: the rest of the capacity was never
 	// part of the memory (see Reallocate).
 	clear(b[:len(b)])
+	return b[:0]
+}
+
+// put keeps b for a later get if the cache has room. The caller must not use b again.
+func (c *memoryCache) put(b []byte) {
+	if c == nil || cap(b) == 0 || uint64(cap(b)) > maxCachedBuffer {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.held+uint64(cap(b)) > c.maxBytes {

@@ -41,6 +41,11 @@ func TestMemoryCache(t *testing.T) {
 	if c.held != 2<<16 || c.reuses != 1 {
 		t.Fatalf("after get: held %d, reuses %d, want %d and 1", c.held, c.reuses, 2<<16)
 	}
+	big := newMemoryCache(64 << 20)
+	big.put(make([]byte, 0, maxCachedBuffer+1)) // one buffer over the per-buffer bound
+	if len(big.bufs) != 0 {
+		t.Errorf("a %d-byte buffer was kept, want buffers over %d left to the GC", maxCachedBuffer+1, maxCachedBuffer)
+	}
 	var nilCache *memoryCache // modules without a cache
 	nilCache.put(dirty(10))
 	if nilCache.get(1) != nil {

@@ -16,13 +16,24 @@ run() { # name package pattern [benchtime]
   go test -run '^$' -bench "$3" -benchmem -count "$COUNT" ${4:+-benchtime "$4"} "$2" | tee "$out/$1.txt" >/dev/null
   echo "## $1"; "$benchstat" "$out/$1.txt"; echo
 }
+# alternate: COUNT separate runs of one test binary, so that the sub-benchmarks compared with
+# each other (Wasm and native, the transports) take turns instead of running COUNT times each
+# in a row while the machine's load drifts.
+alternate() { # name package pattern benchtime
+  go test -c -o "$out/$1.test" "$2"
+  (cd "$2" && for _ in $(seq "$COUNT"); do "$out/$1.test" -test.run '^$' -test.bench "$3" -test.benchmem -test.benchtime "$4"; done) | tee "$out/$1.txt" >/dev/null
+  echo "## $1"; "$benchstat" "$out/$1.txt"; echo
+}
 run job ./runtime/ 'BenchmarkJob$' 2000x
 run http ./runtime/ 'BenchmarkHTTPCall$' 5000x
+run http-interleaved ./runtime/ 'BenchmarkHTTPCallInterleaved$' 5000x
+run approval ./approval/ 'Verify|Sign|Preverify' 
 run compile ./runtime/ 'BenchmarkCompile$' 5x
 run redact ./redact/ 'Benchmark' 
 run languages ./examples/crm-lookup/e2e/ 'BenchmarkPerJobOverhead' 200x
-run e2e ./internal/e2e/ 'BenchmarkEndToEnd' 3000x
-run transports ./internal/natsq/ 'BenchmarkTransports' 5000x
+alternate e2e ./internal/e2e/ 'BenchmarkEndToEnd' 3000x
+alternate transports ./internal/natsq/ 'BenchmarkTransports' 10000x
+alternate nats-process ./internal/natsq/ 'BenchmarkNATSServerProcess' 10000x
 run plugins ./internal/tasks/ 'BenchmarkPluginAppearToFirstJob' 20x
 run observability ./internal/metrics/ 'BenchmarkPerJobObservability' 
 echo "raw results in $out"
