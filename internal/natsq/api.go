@@ -83,7 +83,7 @@ func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	if s.tokens, err = tokensKV(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err
 	}
-	if s.idem, err = d.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: IdempotencyBucket,
+	if s.idem, err = ensureKV(ctx, d.js, jetstream.KeyValueConfig{Bucket: IdempotencyBucket,
 		Description: "Castellan idempotency keys", History: 1, TTL: 30 * 24 * time.Hour, Replicas: d.o.Replicas}); err != nil {
 		return nil, fmt.Errorf("natsq: create bucket %s: %w", IdempotencyBucket, err)
 	}

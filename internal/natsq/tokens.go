@@ -45,7 +45,7 @@ func tokenKey(secret string) string {
 }
 
 func tokensKV(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: TokensBucket,
+	kv, err := ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: TokensBucket,
 		Description: "Castellan API bearer tokens (SHA-256 hashes)", History: 1, Replicas: max(replicas, 1)})
 	if err != nil {
 		return nil, fmt.Errorf("natsq: create bucket %s: %w", TokensBucket, err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -165,7 +166,7 @@ func ensureShared(ctx context.Context, js jetstream.JetStream, replicas int) err
 			MaxAge: 30 * 24 * time.Hour, Replicas: replicas, Storage: jetstream.FileStorage},
 	}
 	for _, c := range streams {
-		if _, err := js.CreateOrUpdateStream(ctx, c); err != nil {
+		if _, err := ensureStream(ctx, js, c); err != nil {
 			return fmt.Errorf("natsq: create stream %s: %w", c.Name, err)
 		}
 	}
@@ -175,7 +176,7 @@ func ensureShared(ctx context.Context, js jetstream.JetStream, replicas int) err
 		{Bucket: CatalogBucket, Description: "Castellan worker catalogs", History: 1, Replicas: replicas},
 	}
 	for _, c := range buckets {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, c); err != nil {
+		if _, err := ensureKV(ctx, js, c); err != nil {
 			return fmt.Errorf("natsq: create bucket %s: %w", c.Bucket, err)
 		}
 	}
@@ -183,7 +184,7 @@ func ensureShared(ctx context.Context, js jetstream.JetStream, replicas int) err
 }
 
 func ensurePoolStream(ctx context.Context, js jetstream.JetStream, pool string, replicas int) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	_, err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:       JobsStream(pool),
 		Subjects:   []string{"castellan.jobs." + token(pool) + ".>"},
 		Retention:  jetstream.WorkQueuePolicy,
@@ -216,4 +217,60 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, pool, task stri
 		return nil, fmt.Errorf("natsq: create consumer %s on %s: %w", token(task), JobsStream(pool), err)
 	}
 	return c, nil
+}
+
+// ensureStream creates the stream, or updates it only if a setting this package makes
+// differs. Every control-plane replica and worker calls it at start and on first use, and
+// an update of an unchanged stream is not free: the server rewrites the stream's
+// configuration, and nats-server 2.15 does that racily with a consumer being added at the
+// same moment (its file store, as the race detector reports).
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case err == nil:
+		if sameStream(s.CachedInfo().Config, cfg) {
+			return s, nil
+		}
+		return js.UpdateStream(ctx, cfg)
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		s, err = js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return js.Stream(ctx, cfg.Name) // created meanwhile by another replica or worker
+		}
+		return s, err
+	}
+	return nil, err
+}
+
+// sameStream reports whether have already has every setting of want that this package sets.
+// Zero values in want are the server's defaults and are not compared.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
+		have.Storage == want.Storage && have.MaxAge == want.MaxAge &&
+		(want.Duplicates == 0 || have.Duplicates == want.Duplicates) &&
+		max(have.Replicas, 1) == max(want.Replicas, 1)
+}
+
+// ensureKV is ensureStream for a key-value bucket.
+func ensureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	switch {
+	case err == nil:
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.History() == int64(max(cfg.History, 1)) &&
+			bs.TTL() == cfg.TTL && max(bs.StreamInfo().Config.Replicas, 1) == max(cfg.Replicas, 1) {
+			return kv, nil
+		}
+		return js.CreateOrUpdateKeyValue(ctx, cfg)
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			return js.KeyValue(ctx, cfg.Bucket)
+		}
+		return kv, err
+	}
+	return nil, err
 }
