@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -338,6 +339,8 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 type runners struct {
 	work chan func()
 	quit chan struct{}
+	live atomic.Int64 // goroutines running loop, for tests
+	idle atomic.Int64 // of those, waiting for a job, for tests
 }
 
 // runnerIdle is how long a goroutine waits for another job before it exits.
@@ -357,16 +360,22 @@ func (r *runners) run(f func()) {
 }
 
 func (r *runners) loop(f func()) {
+	r.live.Add(1)
+	defer r.live.Add(-1)
 	idle := time.NewTimer(runnerIdle)
 	defer idle.Stop()
 	for {
 		f()
 		idle.Reset(runnerIdle)
+		r.idle.Add(1)
 		select {
 		case f = <-r.work:
+			r.idle.Add(-1)
 		case <-idle.C:
+			r.idle.Add(-1)
 			return
 		case <-r.quit:
+			r.idle.Add(-1)
 			return
 		}
 	}
