@@ -167,13 +167,10 @@ func (w *watched) errors() []error {
 	return slices.Clone(w.errs)
 }
 
-// TestWorkerAccountPermissions proves docs/deploy.md section 3 against a real server: a
-// worker of pool acme with exactly the documented permissions runs, heartbeats and
-// cancels acme's jobs (and the server reports no violation while it does), and cannot
-// touch another pool's jobs, results or cancellations, the control plane's job state, or
-// the streams and consumers themselves.
-func TestWorkerAccountPermissions(t *testing.T) {
-	t.Parallel()
+// startAccountsControlPlane starts the accounts server and a dispatcher recording results,
+// connected as the control-plane user.
+func startAccountsControlPlane(t *testing.T) (string, *natsq.Dispatcher) {
+	t.Helper()
 	url := startAccountsNATS(t).ClientURL()
 	cpOpts := natsq.Options{User: cpUser, Password: cpPassword}
 	cpNC, err := natsq.Connect(url, cpOpts)
@@ -189,6 +186,17 @@ func TestWorkerAccountPermissions(t *testing.T) {
 	runDone := make(chan struct{})
 	go func() { _ = d.Run(runCtx, 0); close(runDone) }()
 	t.Cleanup(func() { stopRun(); <-runDone })
+	return url, d
+}
+
+// TestWorkerAccountPermissions proves docs/deploy.md section 3 against a real server: a
+// worker of pool acme with exactly the documented permissions runs, heartbeats and
+// cancels acme's jobs (and the server reports no violation while it does), and cannot
+// touch another pool's jobs, results or cancellations, the control plane's job state, or
+// the streams and consumers themselves.
+func TestWorkerAccountPermissions(t *testing.T) {
+	t.Parallel()
+	url, d := startAccountsControlPlane(t)
 
 	s := newSigner(t)
 	env := func(id, pool, input string) natsq.Envelope {
@@ -403,21 +411,7 @@ func TestWorkerAccountPermissions(t *testing.T) {
 // jobs, and cannot subscribe to the account's other replies.
 func TestWorkerOwnInbox(t *testing.T) {
 	t.Parallel()
-	url := startAccountsNATS(t).ClientURL()
-	cpOpts := natsq.Options{User: cpUser, Password: cpPassword}
-	cpNC, err := natsq.Connect(url, cpOpts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cpNC.Close)
-	d, err := natsq.NewDispatcher(t.Context(), cpNC, cpOpts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stopRun := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() { _ = d.Run(runCtx, 0); close(runDone) }()
-	t.Cleanup(func() { stopRun(); <-runDone })
+	url, d := startAccountsControlPlane(t)
 	s := newSigner(t)
 	tok, _, err := approval.Sign(s.key, approval.Request{JobID: "acme-1", Task: "echo", TaskVersion: "1.0.0", Pool: "acme",
 		Input: []byte(`{"n":1}`), MaxAttempts: 1, Approver: "alice"})
