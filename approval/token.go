@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,13 +36,6 @@ type Claims struct {
 	MaxAttempts int    `json:"max_attempts"` // executions (first run plus retries) this approval allows, >= 1
 	Approver    string `json:"sub,omitempty"`
 	Auto        bool   `json:"auto,omitempty"` // signed by a server-side auto-approve key
-}
-
-// claimNames are the JSON members a payload may have, matched exactly (encoding/json
-// alone would also accept "JOB" or "Job" for "job").
-var claimNames = map[string]bool{
-	"job": true, "task": true, "task_version": true, "input_sha256": true, "pool": true,
-	"iat": true, "exp": true, "nonce": true, "max_attempts": true, "sub": true, "auto": true,
 }
 
 // headerNames are the protected header parameters an approval may have. Anything else
@@ -298,23 +290,226 @@ func checkHeader(encoded string, noSignature bool) (string, *RejectError) {
 
 // decodeClaims decodes a payload strictly: exact member names, no duplicates, no unknown
 // members, right types, every required claim present and well-formed.
+//
+// A well-formed payload (every member a known claim with a scalar value of its type) is read
+// in one pass without building a tree: that is every token a worker sees in normal work, and
+// the tree cost more than the rest of Verify after the signature. Anything else goes through
+// the tree, which finds and reports the problem in a stable order.
 func decodeClaims(payload []byte) (Claims, *RejectError) {
+	c, present, ok := scanClaims(payload)
+	if !ok {
+		var rej *RejectError
+		if c, present, rej = treeClaims(payload); rej != nil {
+			return Claims{}, rej
+		}
+	}
+	return checkClaims(c, present)
+}
+
+// Claim bits for the presence set of scanClaims and treeClaims.
+const (
+	claimJob = 1 << iota
+	claimTask
+	claimTaskVersion
+	claimInputSHA256
+	claimPool
+	claimNonce
+	claimSub
+	claimIat
+	claimExp
+	claimMaxAttempts
+	claimAuto
+)
+
+// claimBit returns the bit of a claim name, 0 for a name that is not a claim. Names match
+// exactly (encoding/json alone would also accept "JOB" or "Job" for "job").
+func claimBit(name string) uint16 {
+	switch name {
+	case "job":
+		return claimJob
+	case "task":
+		return claimTask
+	case "task_version":
+		return claimTaskVersion
+	case "input_sha256":
+		return claimInputSHA256
+	case "pool":
+		return claimPool
+	case "nonce":
+		return claimNonce
+	case "sub":
+		return claimSub
+	case "iat":
+		return claimIat
+	case "exp":
+		return claimExp
+	case "max_attempts":
+		return claimMaxAttempts
+	case "auto":
+		return claimAuto
+	}
+	return 0
+}
+
+// scanClaims is decodeClaims's one-pass reader. ok is false whenever the payload is not a
+// plain object of known claims with values of their types; the caller then decodes it
+// through the tree, which accepts or rejects it with the full rules. scanClaims therefore
+// never rejects anything itself, and what it accepts the tree would decode the same way.
+func scanClaims(payload []byte) (c Claims, present uint16, ok bool) {
+	p := parser{data: payload}
+	p.skipSpace()
+	if p.pos >= len(p.data) || p.data[p.pos] != '{' {
+		return Claims{}, 0, false
+	}
+	p.pos++
+	p.skipSpace()
+	if p.pos < len(p.data) && p.data[p.pos] == '}' {
+		p.pos++
+	} else {
+		for {
+			p.skipSpace()
+			if p.pos >= len(p.data) || p.data[p.pos] != '"' {
+				return Claims{}, 0, false
+			}
+			name, err := p.string()
+			if err != nil {
+				return Claims{}, 0, false
+			}
+			bit := claimBit(name)
+			if bit == 0 || present&bit != 0 {
+				return Claims{}, 0, false // unknown or duplicate: the tree reports it
+			}
+			present |= bit
+			p.skipSpace()
+			if p.pos >= len(p.data) || p.data[p.pos] != ':' {
+				return Claims{}, 0, false
+			}
+			p.pos++
+			p.skipSpace()
+			if !p.scanClaim(&c, bit) {
+				return Claims{}, 0, false
+			}
+			p.skipSpace()
+			if p.pos >= len(p.data) {
+				return Claims{}, 0, false
+			}
+			if p.data[p.pos] == ',' {
+				p.pos++
+				continue
+			}
+			if p.data[p.pos] != '}' {
+				return Claims{}, 0, false
+			}
+			p.pos++
+			break
+		}
+	}
+	p.skipSpace()
+	return c, present, p.pos == len(p.data)
+}
+
+// scanClaim reads the value of one claim into c; false means "not the plain case".
+func (p *parser) scanClaim(c *Claims, bit uint16) bool {
+	if p.pos >= len(p.data) {
+		return false
+	}
+	switch ch := p.data[p.pos]; {
+	case ch == 'n':
+		_, err := p.literal("null")
+		return err == nil // null is an absent claim, as encoding/json reads it
+	case bit == claimAuto:
+		word := "false"
+		if ch == 't' {
+			word = "true"
+		}
+		_, err := p.literal(word)
+		c.Auto = word == "true"
+		return err == nil
+	case bit&(claimIat|claimExp|claimMaxAttempts) != 0:
+		n, ok := p.scanInt()
+		switch bit {
+		case claimIat:
+			c.IssuedAt = n
+		case claimExp:
+			c.Expiry = n
+		case claimMaxAttempts:
+			c.MaxAttempts = int(n)
+			ok = ok && int64(c.MaxAttempts) == n
+		}
+		return ok
+	case ch == '"':
+		s, err := p.string()
+		if err != nil {
+			return false
+		}
+		switch bit {
+		case claimJob:
+			c.JobID = s
+		case claimTask:
+			c.Task = s
+		case claimTaskVersion:
+			c.TaskVersion = s
+		case claimInputSHA256:
+			c.InputSHA256 = s
+		case claimPool:
+			c.Pool = s
+		case claimNonce:
+			c.Nonce = s
+		case claimSub:
+			c.Approver = s
+		}
+		return true
+	}
+	return false
+}
+
+// scanInt reads a number that is a plain integer of at most 15 digits, which a float64
+// holds exactly, so the tree's canonical number text would be the same digits. Fractions,
+// exponents and longer numbers are left to the tree.
+func (p *parser) scanInt() (int64, bool) {
+	i, neg := p.pos, false
+	if i < len(p.data) && p.data[i] == '-' {
+		neg, i = true, i+1
+	}
+	start := i
+	var n int64
+	for i < len(p.data) && p.data[i] >= '0' && p.data[i] <= '9' {
+		n = n*10 + int64(p.data[i]-'0')
+		i++
+	}
+	digits := i - start
+	if digits == 0 || digits > 15 || (digits > 1 && p.data[start] == '0') {
+		return 0, false
+	}
+	if i < len(p.data) && (p.data[i] == '.' || p.data[i] == 'e' || p.data[i] == 'E') {
+		return 0, false
+	}
+	p.pos = i
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// treeClaims decodes the claims through the parsed tree, whose members are sorted: the
+// same token always gets the same message.
+func treeClaims(payload []byte) (Claims, uint16, *RejectError) {
 	tree, err := parseJSON(payload)
 	if err != nil {
-		return Claims{}, reject(Malformed, fmt.Sprintf("the claims are not valid JSON: %v", err))
+		return Claims{}, 0, reject(Malformed, fmt.Sprintf("the claims are not valid JSON: %v", err))
 	}
 	if tree.kind != 'o' {
-		return Claims{}, reject(Malformed, "the claims are not a JSON object")
+		return Claims{}, 0, reject(Malformed, "the claims are not a JSON object")
 	}
-	for _, m := range tree.members { // sorted: the same token always gets the same message
-		if !claimNames[m.name] {
-			return Claims{}, reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", m.name))
+	for _, m := range tree.members {
+		if claimBit(m.name) == 0 {
+			return Claims{}, 0, reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", m.name))
 		}
 	}
 	var c Claims
-	present := map[string]bool{}
+	var present uint16
 	for _, m := range tree.members {
-		present[m.name] = true
+		present |= claimBit(m.name)
 		v := m.value
 		if v.kind == 's' && v.text == "null" {
 			continue // null is an absent claim, as encoding/json reads it
@@ -348,9 +543,27 @@ func decodeClaims(payload []byte) (Claims, *RejectError) {
 			c.Auto, ok = v.boolValue()
 		}
 		if !ok {
-			return Claims{}, reject(Malformed, fmt.Sprintf("a claim has the wrong type: %q is %s", m.name, v.describe()))
+			return Claims{}, 0, reject(Malformed, fmt.Sprintf("a claim has the wrong type: %q is %s", m.name, v.describe()))
 		}
 	}
+	return c, present, nil
+}
+
+// lowerHex reports whether s is the lowercase hex form of n bytes.
+func lowerHex(s string, n int) bool {
+	if len(s) != 2*n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkClaims makes the checks on decoded claims that do not depend on how they were read.
+func checkClaims(c Claims, present uint16) (Claims, *RejectError) {
 	for _, f := range []struct{ name, v string }{
 		{"job", c.JobID}, {"task", c.Task}, {"task_version", c.TaskVersion}, {"pool", c.Pool},
 		{"input_sha256", c.InputSHA256}, {"nonce", c.Nonce},
@@ -359,16 +572,20 @@ func decodeClaims(payload []byte) (Claims, *RejectError) {
 			return Claims{}, reject(Malformed, fmt.Sprintf("the required claim %q is missing or empty", f.name))
 		}
 	}
-	if h, err := hex.DecodeString(c.InputSHA256); err != nil || len(h) != 32 || strings.ToLower(c.InputSHA256) != c.InputSHA256 {
+	if !lowerHex(c.InputSHA256, 32) {
 		return Claims{}, reject(Malformed, "the input_sha256 claim is not 64 lowercase hex digits")
 	}
-	if n, err := base64.RawURLEncoding.Strict().DecodeString(c.Nonce); err != nil || len(n) != 16 {
+	var nonce [18]byte
+	if len(c.Nonce) != 22 {
 		return Claims{}, reject(Malformed, "the nonce claim is not 128 bits of unpadded base64url")
 	}
-	if !present["iat"] || c.IssuedAt <= 0 {
+	if n, err := base64.RawURLEncoding.Strict().Decode(nonce[:], []byte(c.Nonce)); err != nil || n != 16 {
+		return Claims{}, reject(Malformed, "the nonce claim is not 128 bits of unpadded base64url")
+	}
+	if present&claimIat == 0 || c.IssuedAt <= 0 {
 		return Claims{}, reject(Malformed, "the required claim \"iat\" is missing or not a positive Unix time")
 	}
-	if !present["exp"] || c.Expiry <= c.IssuedAt {
+	if present&claimExp == 0 || c.Expiry <= c.IssuedAt {
 		return Claims{}, reject(Malformed, "the \"exp\" claim is missing or not after \"iat\"")
 	}
 	if c.MaxAttempts < 1 {
