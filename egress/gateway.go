@@ -3,12 +3,10 @@ package egress
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -66,8 +64,9 @@ type Config struct {
 	// Audit receives exactly one Event per Do: at once for a denial, when the response body
 	// is closed or the call fails otherwise. Optional.
 	Audit func(Event)
-	// Transport performs the requests. Optional; default a dedicated *http.Transport with no
-	// proxy, bounded dial/TLS/idle timeouts and HTTP/2 (never http.DefaultTransport).
+	// Transport performs the requests. Optional; default the gateway's own HTTP/1.1
+	// transport (transport.go): no proxy, bounded dial/TLS/idle timeouts, never shared with
+	// http.DefaultTransport.
 	Transport http.RoundTripper
 }
 
@@ -78,6 +77,9 @@ type Gateway struct {
 	redactor  Redactor
 	audit     func(Event)
 	transport http.RoundTripper
+	// ownTransport is set when transport is the gateway's own, which enforces the request
+	// context's deadline on the connection (see callContext).
+	ownTransport bool
 	// client is shared by every call: what differs per call (the endpoint and the credential
 	// that redirect hops need) travels in the request context, see redirectPolicy.
 	client *http.Client
@@ -116,7 +118,7 @@ func New(cfg Config) (*Gateway, error) {
 		transport: cfg.Transport,
 	}
 	if g.transport == nil {
-		g.transport = defaultTransport()
+		g.transport, g.ownTransport = newTransport(), true
 	}
 	g.client = &http.Client{Transport: g.transport, CheckRedirect: redirectPolicy}
 	for i, e := range cfg.Endpoints {
@@ -264,22 +266,6 @@ func portOf(u *url.URL) string {
 	return "80"
 }
 
-func defaultTransport() *http.Transport {
-	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	return &http.Transport{
-		Proxy:                  nil, // an environment proxy would see every request and credential
-		DialContext:            d.DialContext,
-		ForceAttemptHTTP2:      true,
-		MaxIdleConns:           128,
-		MaxIdleConnsPerHost:    32,
-		IdleConnTimeout:        90 * time.Second,
-		TLSHandshakeTimeout:    10 * time.Second,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-		TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12},
-	}
-}
-
 // CloseIdleConnections closes the transport's idle connections (when the task is retired).
 func (g *Gateway) CloseIdleConnections() {
 	if c, ok := g.transport.(interface{ CloseIdleConnections() }); ok {
@@ -402,11 +388,22 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		g.finish(ev, start, "deny", oe.Msg)
 		return nil, oe
 	}
-	callCtx, cancel := context.WithTimeout(ctx, ep.timeout)
 	b := &body{
-		g: g, ep: ep, ctx: ctx, callCtx: callCtx, cancel: cancel,
+		g: g, ep: ep, ctx: ctx,
 		max: ep.maxResp, start: start, hop: hop{ep: ep, secret: secret},
 	}
+	var reqCtx context.Context
+	if g.ownTransport {
+		// The gateway's transport bounds the connection by the context's deadline itself,
+		// so the endpoint timeout needs no timer and no cancel: the call context is only
+		// the job's with an earlier deadline and the hop state.
+		cc := &callContext{Context: ctx, deadline: start.Add(ep.timeout), hop: &b.hop}
+		b.callCtx, b.cancel, reqCtx = cc, func() {}, cc
+	} else {
+		b.callCtx, b.cancel = context.WithTimeout(ctx, ep.timeout)
+		reqCtx = context.WithValue(b.callCtx, hopKey{}, &b.hop)
+	}
+	callCtx, cancel := b.callCtx, b.cancel
 	// The request is built from parts that are already checked (the origin by prepare, the
 	// path and query by ValidateTarget and buildURL), so it is never printed and parsed again.
 	hreq := (&http.Request{
@@ -417,7 +414,7 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		ProtoMinor: 1,
 		Header:     c.header,
 		Host:       ep.host,
-	}).WithContext(context.WithValue(callCtx, hopKey{}, &b.hop))
+	}).WithContext(reqCtx)
 	if len(req.Body) > 0 {
 		data := req.Body
 		hreq.ContentLength = int64(len(data))
@@ -460,6 +457,34 @@ type hop struct {
 }
 
 type hopKey struct{}
+
+// callContext is the request context of one call on the gateway's own transport: the job's
+// context, with the endpoint's deadline when that comes first, and the hop state. It adds no
+// timer: Done is the job's, and the transport sets the deadline on the connection, so the
+// endpoint timeout interrupts I/O without a context of its own. Err is the job's too; the
+// gateway tells an endpoint timeout by the clock (expired).
+type callContext struct {
+	context.Context // the job's
+	deadline        time.Time
+	hop             *hop
+}
+
+func (c *callContext) Deadline() (time.Time, bool) {
+	if d, ok := c.Context.Deadline(); ok && d.Before(c.deadline) {
+		return d, true
+	}
+	return c.deadline, true
+}
+
+// String names the type only: the hop holds the credential.
+func (c *callContext) String() string { return "egress.callContext" }
+
+func (c *callContext) Value(key any) any {
+	if _, ok := key.(hopKey); ok {
+		return c.hop
+	}
+	return c.Context.Value(key)
+}
 
 // redirectPolicy is the shared client's CheckRedirect: the endpoint's policy, applied to
 // every hop before it is sent. A request without its hop state fails closed.
@@ -592,7 +617,7 @@ func (g *Gateway) classify(ctx, callCtx context.Context, ep *endpoint, err error
 	if oe := ctxOutcome(ctx, ep.name); oe != nil {
 		return oe
 	}
-	if callCtx.Err() != nil {
+	if expired(callCtx) {
 		return &UpstreamError{Endpoint: ep.name, Err: ErrEndpointTimeout}
 	}
 	var ue *url.Error
@@ -614,9 +639,22 @@ func reasonOf(err error) string {
 	return "internal"
 }
 
+// expired reports whether ctx is done or its deadline has passed. The transport's
+// connection deadlines and a context's timer are separate timers: an I/O timeout can be
+// seen a moment before the context says it is done, and must be read as the same event.
+func expired(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
+}
+
 // ctxOutcome returns the job's timeout or cancellation, or nil while ctx is live.
 func ctxOutcome(ctx context.Context, endpoint string) *outcome.Error {
 	switch err := ctx.Err(); {
+	case err == nil && expired(ctx):
+		return outcome.Wrap(outcome.Timeout, context.DeadlineExceeded, "job deadline reached during a call to endpoint %q", endpoint)
 	case err == nil:
 		return nil
 	case errors.Is(err, context.DeadlineExceeded):

@@ -2,6 +2,7 @@ package egress
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -87,22 +88,28 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 }
 
+// TestDefaultTransportIsDedicated checks that each gateway gets its own transport (its own
+// connection pool) with bounded timeouts, never http.DefaultTransport or a proxy.
 func TestDefaultTransportIsDedicated(t *testing.T) {
 	t.Parallel()
 	g, err := New(Config{Redactor: newSet(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, ok := g.transport.(*http.Transport)
+	g2, err := New(Config{Redactor: newSet(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, ok := g.transport.(*transport)
 	switch {
 	case !ok:
-		t.Fatalf("default transport = %T, want *http.Transport", g.transport)
-	case tr == http.DefaultTransport:
-		t.Errorf("default transport is http.DefaultTransport")
-	case tr.Proxy != nil:
-		t.Errorf("default transport has a Proxy func; want none")
-	case tr.MaxIdleConnsPerHost != 32 || !tr.ForceAttemptHTTP2 || tr.TLSHandshakeTimeout == 0 || tr.IdleConnTimeout == 0 || tr.DialContext == nil:
-		t.Errorf("default transport = %+v; want bounded timeouts, HTTP/2 and 32 idle conns per host", tr)
+		t.Fatalf("default transport = %T, want *egress.transport", g.transport)
+	case g.transport == g2.transport:
+		t.Errorf("two gateways share one transport; want one connection pool per gateway")
+	case tr.dialer.Timeout == 0 || tr.tlsTimeout == 0 || tr.idleTimeout == 0 || tr.maxHeaderBytes == 0:
+		t.Errorf("default transport = %+v; want bounded dial, TLS, idle and header limits", tr)
+	case tr.maxIdlePerHost != 32 || tr.tlsConfig.MinVersion < tls.VersionTLS12:
+		t.Errorf("default transport = %+v; want 32 idle conns per host and TLS 1.2 or later", tr)
 	}
 }
 
