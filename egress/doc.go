@@ -25,7 +25,11 @@
 // method and whole decoded path segments; every redirect hop is re-checked against the
 // origin, the prefix and the rules before it is sent, so the credential (injected host-side
 // from Credentials at call time, and re-injected on each allowed hop) never reaches a hop
-// the policy would refuse; and the transport is private, with no proxy.
+// the policy would refuse; and the transport is private, with no proxy. It is the gateway's
+// own (transport.go): HTTP/1.1 with net/http's request writer and response parser, one
+// request at a time per connection, and a connection reused only when it is provably at the
+// end of its last response, so that no upstream can answer one call with bytes meant for
+// another.
 //
 // Path rules are only as strong as the agreement between this parser and the upstream's.
 // ValidateTarget is therefore much stricter than RFC 3986: no dot segments in any
@@ -37,7 +41,9 @@
 // What comes back is redacted before the task sees it: header values and the body, which
 // streams through the Redactor with a byte cap, so neither a huge nor an endless response is
 // ever held in memory. Accept-Encoding and Range are refused so that an echoed credential
-// comes back whole and uncompressed, where the redactor can recognise it. The redactor knows
+// comes back whole, where the redactor can recognise it: the transport asks for gzip itself
+// and decompresses it before the redactor reads the body, and a response in any other coding
+// fails the call. The redactor knows
 // the exact forms of each credential (raw, base64, URL and hex encodings); an upstream that
 // transforms a credential some other way, or hands it out piece by piece over many calls, is
 // outside what this package can catch.

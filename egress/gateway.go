@@ -339,7 +339,7 @@ func (g *Gateway) check(req Request) (call, *outcome.Error) {
 	if !matchAny(ep.rules, req.Method, segs) {
 		return deny("%s %s not allowed by any rule", req.Method, clip(rawPath))
 	}
-	h := make(http.Header, len(req.Header)+1)
+	h := make(http.Header, len(req.Header)+2) // + the credential and Accept-Encoding
 	for name, vals := range req.Header {
 		if !isToken(name) {
 			return deny("header name %q is not a valid token", clip(name))
@@ -422,6 +422,10 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		// A 307/308 hop re-sends the body.
 		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 	}
+	if g.ownTransport {
+		// The transport would add it to a copy of the header map; c.header is this call's.
+		c.header["Accept-Encoding"] = acceptGzip
+	}
 	ep.inject(hreq, secret)
 	resp, err := g.client.Do(hreq)
 	if err != nil {
@@ -457,6 +461,10 @@ type hop struct {
 }
 
 type hopKey struct{}
+
+// acceptGzip is the Accept-Encoding the gateway's transport sends and decodes. Shared: a
+// header value slice is only read, and an Add would append to a copy (its capacity is 1).
+var acceptGzip = []string{"gzip"}
 
 // callContext is the request context of one call on the gateway's own transport: the job's
 // context, with the endpoint's deadline when that comes first, and the hop state. It adds no

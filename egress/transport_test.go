@@ -435,3 +435,38 @@ func TestTransportRefusesWhatItWouldNotWrite(t *testing.T) {
 		t.Fatalf("the server saw %d connections; nothing should have been sent", n)
 	}
 }
+
+// TestCredentialEchoCompressed is TestCredentialEcho with the echo compressed: gzip (which
+// the transport asks for) is decompressed before the redactor reads it; a coding it cannot
+// read fails the call instead of carrying the credential past the redactor.
+func TestCredentialEchoCompressed(t *testing.T) {
+	t.Parallel()
+	srv := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		fmt.Fprintf(zw, `{"auth":%q}`, r.Header.Get("Authorization"))
+		_ = zw.Close()
+		w.Header().Set("Content-Encoding", strings.TrimPrefix(r.URL.Path, "/"))
+		_, _ = w.Write(b.Bytes())
+	})
+	f := newFixture(t, srv.URL, "", bearer, "GET /*")
+	resp, err := f.gw.Do(t.Context(), JobRef{}, Request{Endpoint: "crm", Method: "GET", Target: "/gzip"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := readAll(t, resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contains(body, testSecret) || !contains(body, "REDACTED") {
+		t.Errorf("gzip echo reached the task as %q; want the credential redacted", body)
+	}
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" {
+		t.Errorf("the task sees Content-Encoding %q for a body that is no longer encoded", ce)
+	}
+	_, err = f.gw.Do(t.Context(), JobRef{}, Request{Endpoint: "crm", Method: "GET", Target: "/x-unknown"})
+	var ue *UpstreamError
+	if !errors.As(err, &ue) || !contains(err.Error(), "cannot inspect") || contains(err.Error(), testSecret) {
+		t.Fatalf("a response in an unreadable coding = %v; want an *UpstreamError saying the gateway cannot inspect it", err)
+	}
+}
