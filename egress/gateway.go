@@ -118,8 +118,9 @@ func New(cfg Config) (*Gateway, error) {
 		transport: cfg.Transport,
 	}
 	if g.transport == nil {
-		g.transport, g.ownTransport = newTransport(), true
+		g.transport = newTransport()
 	}
+	_, g.ownTransport = g.transport.(*transport)
 	g.client = &http.Client{Transport: g.transport, CheckRedirect: redirectPolicy}
 	for i, e := range cfg.Endpoints {
 		ep, err := prepare(e)

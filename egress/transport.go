@@ -47,6 +47,11 @@ type transport struct {
 	idle map[string][]*persistConn // by connKey, most recently used last
 }
 
+// NewTransport returns a new transport of the kind every Gateway makes for itself unless
+// Config.Transport is set: for callers outside the sandbox that want the same connection
+// handling, and for benchmarks that compare a task's call with a native one on equal terms.
+func NewTransport() http.RoundTripper { return newTransport() }
+
 func newTransport() *transport {
 	return &transport{
 		dialer:         net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},

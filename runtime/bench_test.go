@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/egress"
 	"github.com/castellan-dev/castellan/internal/wasmbuild"
 	"github.com/castellan-dev/castellan/runtime"
 	"github.com/tetratelabs/wazero"
@@ -89,14 +90,18 @@ func BenchmarkHTTPCall(b *testing.B) {
 	})
 }
 
-// BenchmarkHTTPCallInterleaved is BenchmarkHTTPCall with the two sides taking turns, 100
-// native calls then one sandbox job of 100 calls, each timed on its own. On a shared
+// BenchmarkHTTPCallInterleaved is BenchmarkHTTPCall with the sides taking turns: 100 native
+// calls, one sandbox job of 100 calls, 100 native calls with a deadline, and 100 native calls
+// with a deadline over the gateway's own transport, each timed on its own. On a shared
 // machine whose load drifts over seconds, both sides then see the same conditions, and the
 // ratio it reports is steadier than that of two sub-benchmarks run one after the other.
 func BenchmarkHTTPCallInterleaved(b *testing.B) {
 	const perJob = 100
 	up := newUpstream(b)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
+	// The gateway's own transport, as a native client would use it: the fourth side tells
+	// the sandbox's overhead apart from what its transport saves.
+	same := &http.Client{Transport: egress.NewTransport()}
 	req, _ := http.NewRequest("GET", up.URL+"/api/customers/42", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	s := newSandbox(b, up.URL, runtime.Limits{HTTPCalls: perJob}, "http_loop")
@@ -104,27 +109,27 @@ func BenchmarkHTTPCallInterleaved(b *testing.B) {
 	ctx := context.Background()
 	// The sandbox's request carries a deadline (the endpoint's timeout); so does the third
 	// side, native with a per-request deadline, as a careful native client would set one.
-	call := func(deadline bool) {
+	call := func(c *http.Client, deadline bool) {
 		r := req
 		if deadline {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			r = req.WithContext(dctx)
 		}
-		resp, err := client.Do(r)
+		resp, err := c.Do(r)
 		if err != nil {
 			b.Fatal(err)
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	var native, nativeDeadline, sandbox time.Duration
+	var native, nativeDeadline, nativeSame, sandbox time.Duration
 	calls := 0
 	b.ResetTimer()
 	for ; calls < b.N; calls += perJob {
 		t0 := time.Now()
 		for range perJob {
-			call(false)
+			call(client, false)
 		}
 		t1 := time.Now()
 		if res := s.m.Run(ctx, runtime.Job{ID: "b", Input: in}); res.Err != nil {
@@ -132,17 +137,24 @@ func BenchmarkHTTPCallInterleaved(b *testing.B) {
 		}
 		t2 := time.Now()
 		for range perJob {
-			call(true)
+			call(client, true)
+		}
+		t3 := time.Now()
+		for range perJob {
+			call(same, true)
 		}
 		native += t1.Sub(t0)
 		sandbox += t2.Sub(t1)
-		nativeDeadline += time.Since(t2)
+		nativeDeadline += t3.Sub(t2)
+		nativeSame += time.Since(t3)
 	}
 	b.ReportMetric(float64(native.Nanoseconds())/float64(calls)/1e3, "native-µs/call")
 	b.ReportMetric(float64(nativeDeadline.Nanoseconds())/float64(calls)/1e3, "native-deadline-µs/call")
 	b.ReportMetric(float64(sandbox.Nanoseconds())/float64(calls)/1e3, "sandbox-µs/call")
 	b.ReportMetric(float64(sandbox)/float64(native), "ratio")
 	b.ReportMetric(float64(sandbox)/float64(nativeDeadline), "ratio-vs-deadline")
+	b.ReportMetric(float64(nativeSame.Nanoseconds())/float64(calls)/1e3, "native-same-transport-µs/call")
+	b.ReportMetric(float64(sandbox)/float64(nativeSame), "ratio-vs-same-transport")
 }
 
 // BenchmarkCompile compares compiling the Go module from scratch with loading it from a warm
