@@ -514,7 +514,7 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 	}
 	base.ID, base.Task, base.TaskVersion, base.Pool, base.State = id, req.Task, def.Version, pool, api.StatePendingApproval
 	base.Input, base.MaxAttempts, base.UpdatedAt = input, req.MaxAttempts, now
-	data, err := json.Marshal(Record{Job: base})
+	data, err := (&Record{Job: base}).appendJSON(nil)
 	if err != nil {
 		return api.Job{}, false, err
 	}
@@ -668,7 +668,7 @@ func (d *Dispatcher) approve(ctx context.Context, id, tok string) (api.Job, erro
 	if err := d.ensure(ctx, env.Pool, env.Task); err != nil {
 		return rec.Job, err
 	}
-	body, err := json.Marshal(env)
+	body, err := env.appendJSON(nil)
 	if err != nil {
 		return rec.Job, err
 	}

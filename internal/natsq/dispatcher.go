@@ -163,7 +163,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, env Envelope, base api.Job) (
 		j.CreatedAt = now
 	}
 	rec := Record{Approval: env.Approval, Job: j}
-	data, err := json.Marshal(rec)
+	data, err := rec.appendJSON(nil)
 	if err != nil {
 		return api.Job{}, err
 	}
@@ -184,7 +184,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, env Envelope, base api.Job) (
 	} else if err != nil {
 		return api.Job{}, fmt.Errorf("natsq: record job %s: %w", env.JobID, err)
 	}
-	body, err := json.Marshal(env)
+	body, err := env.appendJSON(nil)
 	if err != nil {
 		return api.Job{}, err
 	}
@@ -221,7 +221,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context, envs []Envelope) ([]api.
 			Pool: env.Pool, State: api.StateQueued, Input: env.Input, HasApproval: true, MaxAttempts: env.MaxAttempts,
 			CreatedAt: now, UpdatedAt: now}}
 		out[i] = rec.Job
-		data, err := json.Marshal(rec)
+		data, err := rec.appendJSON(nil)
 		if err != nil {
 			return nil, err
 		}
@@ -259,7 +259,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context, envs []Envelope) ([]api.
 		if !created[i] {
 			continue
 		}
-		body, err := json.Marshal(env)
+		body, err := env.appendJSON(nil)
 		if err != nil {
 			return nil, err
 		}
@@ -360,7 +360,7 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*Record)
 			return r, err
 		}
 		r.Job.UpdatedAt = time.Now().UTC()
-		data, err := json.Marshal(r)
+		data, err := r.appendJSON(nil)
 		if err != nil {
 			return r, err
 		}
@@ -471,8 +471,8 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 }
 
 func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
-	var r Result
-	if err := json.Unmarshal(msg.Data(), &r); err != nil || r.JobID == "" || r.Attempt < 1 ||
+	r, err := decodeResult(msg.Data())
+	if err != nil || r.JobID == "" || r.Attempt < 1 ||
 		!slices.Contains(outcome.Codes, outcome.Code(r.Outcome)) {
 		d.log.Warn("dropping an unreadable result", zap.String("subject", msg.Subject()), zap.NamedError("cause", err))
 		_ = msg.TermWithReason("unreadable result")
@@ -488,7 +488,7 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 	if r.Retryable != nil {
 		retryable = *r.Retryable
 	}
-	_, err := d.update(ctx, r.JobID, func(rec *Record) (bool, error) {
+	_, err = d.update(ctx, r.JobID, func(rec *Record) (bool, error) {
 		switch {
 		case rec.Job.Pool != pool:
 			// The subject is what the worker's account may publish on: a worker of another

@@ -1,7 +1,6 @@
 package natsq
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -331,15 +330,9 @@ func (q *WorkerQueue) admit(ctx context.Context, msg jetstream.Msg) (api.LeasedJ
 		q.poison(ctx, msg, "", fmt.Sprintf("the message is %d bytes, over the worker's limit of %d", n, q.o.MaxJobBytes))
 		return api.LeasedJob{}, false
 	}
-	var env Envelope
-	dec := json.NewDecoder(bytes.NewReader(msg.Data()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil || dec.More() {
-		reason := "the message is not one job envelope"
-		if err != nil {
-			reason += ": " + err.Error()
-		}
-		q.poison(ctx, msg, "", reason)
+	env, err := decodeEnvelope(msg.Data())
+	if err != nil {
+		q.poison(ctx, msg, "", "the message is not one job envelope: "+err.Error())
 		return api.LeasedJob{}, false
 	}
 	if err := env.check(); err != nil {
@@ -423,7 +416,7 @@ func (q *WorkerQueue) exhausted(ctx context.Context, msg jetstream.Msg, env Enve
 }
 
 func (q *WorkerQueue) publishResult(ctx context.Context, r Result) error {
-	data, err := json.Marshal(r)
+	data, err := r.appendJSON(nil)
 	if err != nil {
 		return err
 	}
