@@ -157,7 +157,7 @@ func (t *transport) roundTrip(req *http.Request) (*http.Response, error) {
 			}
 			reused = false
 		}
-		resp, err, gotBytes := t.exchange(ctx, pc, req)
+		resp, gotBytes, err := t.exchange(ctx, pc, req)
 		if err == nil {
 			return resp, nil
 		}
@@ -222,24 +222,24 @@ func (t *transport) dial(ctx context.Context, scheme, addr, key string) (*persis
 
 // exchange writes req on pc and reads the response head. gotBytes reports whether any of a
 // response arrived (then the request must not be retried).
-func (t *transport) exchange(ctx context.Context, pc *persistConn, req *http.Request) (resp *http.Response, err error, gotBytes bool) {
+func (t *transport) exchange(ctx context.Context, pc *persistConn, req *http.Request) (resp *http.Response, gotBytes bool, err error) {
 	deadline, _ := ctx.Deadline()
 	if err := pc.conn.SetDeadline(deadline); err != nil {
-		return nil, err, false
+		return nil, false, err
 	}
 	stop := func() bool { return true }
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { pc.conn.SetDeadline(aLongTimeAgo) })
 	}
-	fail := func(err error, got bool) (*http.Response, error, bool) {
+	fail := func(err error, got bool) (*http.Response, bool, error) {
 		stop()
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr, got
+			return nil, got, cerr
 		}
 		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
-			return nil, context.DeadlineExceeded, got
+			return nil, got, context.DeadlineExceeded
 		}
-		return nil, err, got
+		return nil, got, err
 	}
 	hdr := req.Header
 	if req.Method != "HEAD" && hdr.Get("Accept-Encoding") == "" && hdr.Get("Range") == "" {
@@ -300,9 +300,9 @@ func (t *transport) exchange(ctx context.Context, pc *persistConn, req *http.Req
 	default:
 		// A coding the redactor cannot see through would carry an echoed credential past it.
 		b.Close()
-		return nil, fmt.Errorf("the response has Content-Encoding %q, which the gateway cannot inspect", clip(ce)), true
+		return nil, true, fmt.Errorf("the response has Content-Encoding %q, which the gateway cannot inspect", clip(ce))
 	}
-	return resp, nil, true
+	return resp, true, nil
 }
 
 // aLongTimeAgo is a deadline that has passed: setting it makes blocked I/O return at once.
