@@ -470,3 +470,56 @@ func TestCredentialEchoCompressed(t *testing.T) {
 		t.Fatalf("a response in an unreadable coding = %v; want an *UpstreamError saying the gateway cannot inspect it", err)
 	}
 }
+
+// FuzzTransportResponse sends arbitrary bytes as the answer to a first request, then checks
+// that the transport neither panics nor hangs past the request's deadline, and that a second
+// request is answered by the server's genuine reply to it: whatever the first answer held
+// (a forged second response, a lying length, garbage), it must not answer the next call.
+func FuzzTransportResponse(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 6\r\n\r\nforged",
+		"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+		"HTTP/1.0 200 OK\r\n\r\nuntil close",
+		"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+		"garbage\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, first []byte) {
+		srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
+			for i := 0; ; i++ {
+				// An idle connection is closed soon: a response framed "until close" ends.
+				_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				r, ok := readRequest(br)
+				if !ok {
+					return
+				}
+				if n == 1 && i == 0 {
+					_, _ = c.Write(first)
+					continue
+				}
+				reply(c, "genuine "+r.URL.Path)
+			}
+		})
+		tr := newTransport()
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.url()+"/first", nil)
+		if resp, err := tr.RoundTrip(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the first request took its whole deadline for %q", first)
+		}
+		got, err := get(t, tr, srv.url()+"/second")
+		if err != nil || got != "genuine /second" {
+			t.Fatalf("after a first answer of %q, the second request got %q, %v; want the server's genuine reply", first, got, err)
+		}
+	})
+}
