@@ -408,6 +408,47 @@ func scanClaims(payload []byte) (c Claims, present uint16, ok bool) {
 	return c, present, p.pos == len(p.data)
 }
 
+// Claim kinds, by bit: which JSON type a claim's value must have.
+const (
+	intClaims    = claimIat | claimExp | claimMaxAttempts
+	boolClaims   = claimAuto
+	stringClaims = claimJob | claimTask | claimTaskVersion | claimInputSHA256 | claimPool | claimNonce | claimSub
+)
+
+// setString, setInt and setBool store a claim's value; both readers use them. setInt is
+// false for a max_attempts beyond int.
+func (c *Claims) setString(bit uint16, s string) {
+	switch bit {
+	case claimJob:
+		c.JobID = s
+	case claimTask:
+		c.Task = s
+	case claimTaskVersion:
+		c.TaskVersion = s
+	case claimInputSHA256:
+		c.InputSHA256 = s
+	case claimPool:
+		c.Pool = s
+	case claimNonce:
+		c.Nonce = s
+	case claimSub:
+		c.Approver = s
+	}
+}
+
+func (c *Claims) setInt(bit uint16, n int64) bool {
+	switch bit {
+	case claimIat:
+		c.IssuedAt = n
+	case claimExp:
+		c.Expiry = n
+	case claimMaxAttempts:
+		c.MaxAttempts = int(n)
+		return int64(c.MaxAttempts) == n
+	}
+	return true
+}
+
 // scanClaim reads the value of one claim into c; false means "not the plain case".
 func (p *parser) scanClaim(c *Claims, bit uint16) bool {
 	if p.pos >= len(p.data) {
@@ -417,7 +458,7 @@ func (p *parser) scanClaim(c *Claims, bit uint16) bool {
 	case ch == 'n':
 		_, err := p.literal("null")
 		return err == nil // null is an absent claim, as encoding/json reads it
-	case bit == claimAuto:
+	case bit&boolClaims != 0:
 		word := "false"
 		if ch == 't' {
 			word = "true"
@@ -425,39 +466,15 @@ func (p *parser) scanClaim(c *Claims, bit uint16) bool {
 		_, err := p.literal(word)
 		c.Auto = word == "true"
 		return err == nil
-	case bit&(claimIat|claimExp|claimMaxAttempts) != 0:
+	case bit&intClaims != 0:
 		n, ok := p.scanInt()
-		switch bit {
-		case claimIat:
-			c.IssuedAt = n
-		case claimExp:
-			c.Expiry = n
-		case claimMaxAttempts:
-			c.MaxAttempts = int(n)
-			ok = ok && int64(c.MaxAttempts) == n
-		}
-		return ok
+		return ok && c.setInt(bit, n)
 	case ch == '"':
 		s, err := p.string()
 		if err != nil {
 			return false
 		}
-		switch bit {
-		case claimJob:
-			c.JobID = s
-		case claimTask:
-			c.Task = s
-		case claimTaskVersion:
-			c.TaskVersion = s
-		case claimInputSHA256:
-			c.InputSHA256 = s
-		case claimPool:
-			c.Pool = s
-		case claimNonce:
-			c.Nonce = s
-		case claimSub:
-			c.Approver = s
-		}
+		c.setString(bit, s)
 		return true
 	}
 	return false
@@ -515,31 +532,17 @@ func treeClaims(payload []byte) (Claims, uint16, *RejectError) {
 			continue // null is an absent claim, as encoding/json reads it
 		}
 		var ok bool
-		switch m.name {
-		case "job":
-			c.JobID, ok = v.stringValue()
-		case "task":
-			c.Task, ok = v.stringValue()
-		case "task_version":
-			c.TaskVersion, ok = v.stringValue()
-		case "input_sha256":
-			c.InputSHA256, ok = v.stringValue()
-		case "pool":
-			c.Pool, ok = v.stringValue()
-		case "nonce":
-			c.Nonce, ok = v.stringValue()
-		case "sub":
-			c.Approver, ok = v.stringValue()
-		case "iat":
-			c.IssuedAt, ok = v.intValue()
-		case "exp":
-			c.Expiry, ok = v.intValue()
-		case "max_attempts":
+		switch bit := claimBit(m.name); {
+		case bit&stringClaims != 0:
+			var str string
+			if str, ok = v.stringValue(); ok {
+				c.setString(bit, str)
+			}
+		case bit&intClaims != 0:
 			var n int64
 			n, ok = v.intValue()
-			c.MaxAttempts = int(n)
-			ok = ok && int64(c.MaxAttempts) == n
-		case "auto":
+			ok = ok && c.setInt(bit, n)
+		case bit&boolClaims != 0:
 			c.Auto, ok = v.boolValue()
 		}
 		if !ok {
