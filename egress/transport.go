@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -417,12 +418,26 @@ func (t *transport) putIdle(pc *persistConn) {
 		return
 	}
 	pc.idleAt = time.Now()
+	key := pc.key
 	t.mu.Lock()
-	if len(t.idle[pc.key]) < t.maxIdlePerHost {
-		t.idle[pc.key] = append(t.idle[pc.key], pc)
+	list := t.idle[key]
+	// There is no timer per idle connection: the oldest ones, at the front, are swept here
+	// once they pass the idle timeout, and the rest when the gateway is retired.
+	expired := 0
+	for expired < len(list) && pc.idleAt.Sub(list[expired].idleAt) >= t.idleTimeout {
+		expired++
+	}
+	stale := slices.Clone(list[:expired])
+	list = slices.Delete(list, 0, expired)
+	if len(list) < t.maxIdlePerHost {
+		list = append(list, pc)
 		pc = nil
 	}
+	t.idle[key] = list
 	t.mu.Unlock()
+	for _, s := range stale {
+		s.conn.Close()
+	}
 	if pc != nil {
 		pc.conn.Close()
 	}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -106,6 +107,24 @@ func do(t *testing.T, tr *transport, method, url string, body io.Reader) (string
 	return string(b), err
 }
 
+// waitUnusable polls until the pooled connection has something pending (bytes or the
+// server's FIN): the state in which the next request must not use it.
+func waitUnusable(t *testing.T, tr *transport) {
+	t.Helper()
+	waitFor(t, "the pooled connection to receive the server's bytes or FIN", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		for _, list := range tr.idle {
+			for _, pc := range list {
+				if !idleUsable(pc.raw) {
+					return true
+				}
+			}
+		}
+		return false
+	})
+}
+
 func TestTransportReusesConnectionsOnlyAtTheEndOfABody(t *testing.T) {
 	t.Parallel()
 	var conns atomic.Int32
@@ -189,7 +208,9 @@ func TestTransportDropsConnectionsWithUnsolicitedBytes(t *testing.T) {
 				t.Fatalf("first GET = %q, %v", got, err)
 			}
 			<-sent
-			time.Sleep(50 * time.Millisecond) // the forged bytes are in the socket now
+			if tc.late {
+				waitUnusable(t, tr)
+			}
 			got, err := get(t, tr, srv.url())
 			if err != nil || got != "conn-2" {
 				t.Fatalf("second GET = %q, %v; want conn-2, answered on a new connection", got, err)
@@ -220,7 +241,7 @@ func TestTransportStaleConnections(t *testing.T) {
 		if got, err := get(t, tr, srv.url()); err != nil || got != "conn-1" {
 			t.Fatalf("GET = %q, %v", got, err)
 		}
-		time.Sleep(50 * time.Millisecond) // the FIN has arrived
+		waitUnusable(t, tr)
 		// A POST cannot be retried; it must not be sent on the dead connection at all.
 		if got, err := do(t, tr, "POST", srv.url(), strings.NewReader("once")); err != nil || got != "conn-2" {
 			t.Fatalf("POST after the server closed the idle connection = %q, %v; want conn-2", got, err)
@@ -522,4 +543,58 @@ func FuzzTransportResponse(f *testing.F) {
 			t.Fatalf("after a first answer of %q, the second request got %q, %v; want the server's genuine reply", first, got, err)
 		}
 	})
+}
+
+func TestTransportSweepsExpiredIdleConnections(t *testing.T) {
+	t.Parallel()
+	srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
+		for {
+			if _, ok := readRequest(br); !ok {
+				return
+			}
+			reply(c, fmt.Sprintf("conn-%d", n))
+		}
+	})
+	tr := newTransport()
+	pooled := func() []*persistConn {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		var all []*persistConn
+		for _, list := range tr.idle {
+			all = append(all, list...)
+		}
+		return all
+	}
+	// Two responses open at once: two connections, both pooled when closed.
+	var bodies []io.ReadCloser
+	for range 2 {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", srv.url(), nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, resp.Body)
+	}
+	for _, b := range bodies {
+		_, _ = io.Copy(io.Discard, b)
+		b.Close()
+	}
+	if p := pooled(); len(p) != 2 {
+		t.Fatalf("pooled connections = %d, want 2", len(p))
+	}
+	// Age the older one past the idle timeout. The next request takes the newer one, and
+	// putting it back must sweep the older one: no timer per connection does it.
+	old := pooled()[0]
+	tr.mu.Lock()
+	old.idleAt = old.idleAt.Add(-2 * tr.idleTimeout)
+	tr.mu.Unlock()
+	if _, err := get(t, tr, srv.url()); err != nil {
+		t.Fatal(err)
+	}
+	if p := pooled(); len(p) != 1 || p[0] == old {
+		t.Fatalf("pooled after the sweep = %d connections (expired one still there: %v), want 1", len(p), slices.Contains(p, old))
+	}
+	if _, err := old.conn.Read(make([]byte, 1)); err == nil || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("reading the swept connection = %v, want net.ErrClosed", err)
+	}
 }
