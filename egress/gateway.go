@@ -400,6 +400,8 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		// the job's with an earlier deadline and the hop state.
 		cc := &callContext{Context: ctx, deadline: start.Add(ep.timeout), hop: &b.hop}
 		b.callCtx, b.cancel, reqCtx = cc, func() {}, cc
+		// The transport would add this to a copy of the header map; c.header is this call's.
+		c.header["Accept-Encoding"] = acceptGzip
 	} else {
 		b.callCtx, b.cancel = context.WithTimeout(ctx, ep.timeout)
 		reqCtx = context.WithValue(b.callCtx, hopKey{}, &b.hop)
@@ -422,10 +424,6 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		hreq.Body = io.NopCloser(bytes.NewReader(data))
 		// A 307/308 hop re-sends the body.
 		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
-	}
-	if g.ownTransport {
-		// The transport would add it to a copy of the header map; c.header is this call's.
-		c.header["Accept-Encoding"] = acceptGzip
 	}
 	ep.inject(hreq, secret)
 	resp, err := g.client.Do(hreq)
