@@ -45,13 +45,10 @@ examples:
 bench:
 	scripts/bench.sh
 
-## fuzz: each fuzz target for a short while (FUZZTIME=30s by default)
+## fuzz: every fuzz target in the repository for a short while (FUZZTIME=30s by default)
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzValidateTarget -fuzztime $(FUZZTIME) ./egress/
-	$(GO) test -run '^$$' -fuzz FuzzRuleMatch -fuzztime $(FUZZTIME) ./egress/
-	$(GO) test -run '^$$' -fuzz FuzzReaderMatchesRedact -fuzztime $(FUZZTIME) ./redact/
-	$(GO) test -run '^$$' -fuzz FuzzNoSecretSurvives -fuzztime $(FUZZTIME) ./redact/
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 clean:
 	rm -rf bin
