@@ -3,7 +3,6 @@ module github.com/castellan-dev/castellan
 go 1.26.0
 
 require (
-	filippo.io/edwards25519 v1.2.0
 	github.com/extism/go-sdk v1.7.1
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/go-jose/go-jose/v4 v4.1.9
