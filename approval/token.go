@@ -155,8 +155,9 @@ func Inspect(token string) (Claims, string, error) {
 // signatures) and maps each refusal to its reason. The accepted header is exactly
 // {alg, kid, typ}.
 func parseToken(token string) (*jws.Token, *RejectError) {
-	token = strings.TrimSpace(token)
-	if token == "" {
+	// No trimming: the compact form is exact, and whitespace around or inside a token is
+	// refused by jws.Parse (a token with only whitespace is no token at all).
+	if strings.TrimSpace(token) == "" {
 		return nil, reject(Unsigned, "the job carries no approval token")
 	}
 	if strings.HasPrefix(token, "{") {

@@ -84,7 +84,7 @@ func TestVerify(t *testing.T) {
 		detail string           // a substring the rejection detail must contain
 	}{
 		{name: "genuine approval", token: func(t *testing.T, e verifyEnv) string { return e.token }},
-		{name: "genuine approval with surrounding whitespace", token: func(t *testing.T, e verifyEnv) string { return "\n" + e.token + " \n" }},
+		{name: "genuine approval with surrounding whitespace", token: func(t *testing.T, e verifyEnv) string { return "\n" + e.token + " \n" }, reason: Malformed, detail: "whitespace"},
 
 		// Unsigned.
 		{name: "empty token", token: func(*testing.T, verifyEnv) string { return "" }, reason: Unsigned},
