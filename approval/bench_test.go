@@ -67,39 +67,3 @@ func BenchmarkSign(b *testing.B) {
 		}
 	})
 }
-
-// BenchmarkPreverify measures the signature check per token when a worker's lease of 16
-// approvals is checked as one batch, against one ed25519.Verify per token.
-func BenchmarkPreverify(b *testing.B) {
-	priv, pub := newKey(b, "approver-1")
-	r, _ := baseRequest()
-	const lease = 16
-	toks := make([]string, lease)
-	for i := range toks {
-		r.JobID = "job-" + strings.Repeat("x", i)
-		toks[i], _ = mustSign(b, priv, r, time.Now())
-	}
-	parsed := make([]parsedToken, lease)
-	for i, tok := range toks {
-		parsed[i], _ = parseToken(tok)
-	}
-	key := pub.Key.(ed25519.PublicKey)
-	b.Run("single", func(b *testing.B) {
-		for b.Loop() {
-			for _, p := range parsed {
-				if !p.verify(key) {
-					b.Fatal("a signature does not verify")
-				}
-			}
-		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lease)/1e3, "µs/token")
-	})
-	b.Run("batch", func(b *testing.B) {
-		v := NewVerifier(keySet(pub), NewMemoryReplayStore())
-		for b.Loop() {
-			v.Preverify(toks)
-			v.pre.m = nil
-		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lease)/1e3, "µs/token")
-	})
-}

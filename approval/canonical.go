@@ -17,18 +17,34 @@ import (
 // exhaust the worker's stack than data.
 const MaxDepth = 64
 
+// CheckIJSON reports whether input is one I-JSON document (RFC 7493) that CanonicalJSON
+// accepts, and if not, why: a *SyntaxError naming the byte offset and the JSON Pointer
+// (RFC 6901) of the offending value, never the value itself. Control planes call it at
+// submit so that an input the worker would refuse is refused at the door; CanonicalJSON
+// and InputHash use the same parser, so a non-I-JSON input can never be hashed or approved.
+//
+// Refused: invalid JSON or trailing data; invalid UTF-8; surrogates, raw or escaped
+// (\ud800), unless an escaped pair; Unicode noncharacters (U+FDD0-U+FDEF, U+xFFFE,
+// U+xFFFF); duplicate member names (two parsers could pick different values); nesting
+// deeper than MaxDepth; and numbers that do not round-trip through an IEEE-754 double:
+// the number's decimal value must equal that of the double's shortest form, the form
+// RFC 8785 writes. 9007199254740993, 12345678901234567890, 0.10000000000000001, 1e400 and
+// 1e-400 are refused, as is -0 in any spelling: a double reader sees -0 and 0 as
+// different values, but RFC 8785 writes both as 0, so one approval would cover both.
+// Otherwise two inputs a task reads differently would have one canonical form and one
+// approval. 1.0, 1E2 and 2.50 are accepted (the same value as 1, 100 and 2.5).
+func CheckIJSON(input []byte) error {
+	_, err := parseJSON(input)
+	return err
+}
+
 // CanonicalJSON returns the RFC 8785 (JSON Canonicalization Scheme) form of input: object
 // members sorted by the UTF-16 code units of their names, no insignificant whitespace,
 // numbers in ECMAScript's shortest round-trip form, strings with only the escapes JCS
 // requires. Two documents that differ only in key order, whitespace or number spelling
 // ("1.0" and "1", "1E2" and "100") have the same canonical form, so an approver and a
 // worker agree on the input hash however the control plane re-serialised the input.
-//
-// It rejects what a hash must not paper over: invalid JSON, invalid UTF-8, lone UTF-16
-// surrogates, duplicate object names (two parsers could pick different values), numbers
-// outside float64's range, nesting deeper than MaxDepth, and trailing data. Numbers are
-// IEEE-754 doubles, as JCS prescribes: integers beyond 2^53 lose precision, so inputs that
-// need exact big integers should carry them as strings.
+// It refuses every input CheckIJSON refuses, with the same error.
 func CanonicalJSON(input []byte) ([]byte, error) {
 	v, err := parseJSON(input)
 	if err != nil {
@@ -179,14 +195,32 @@ func (v jsonValue) describe() string {
 	return "a number that is not a whole number in range"
 }
 
-// SyntaxError reports where an input stopped being acceptable JSON.
+// SyntaxError reports where an input stopped being acceptable I-JSON.
 type SyntaxError struct {
-	Offset int // byte offset into the input
+	Offset int    // byte offset into the input
+	Path   string // JSON Pointer (RFC 6901) of the value holding the error; "" is the document
 	Msg    string
 }
 
 func (e *SyntaxError) Error() string {
-	return fmt.Sprintf("invalid JSON at byte %d: %s", e.Offset, e.Msg)
+	if e.Path == "" {
+		return fmt.Sprintf("invalid JSON at byte %d: %s", e.Offset, e.Msg)
+	}
+	return fmt.Sprintf("invalid JSON at byte %d (%s): %s", e.Offset, e.Path, e.Msg)
+}
+
+// within prefixes the path of err (a *SyntaxError from a nested value) with one token: the
+// pointer is built while the error unwinds, so accepted input pays nothing for it.
+func within(err error, token string) error {
+	if se, ok := err.(*SyntaxError); ok {
+		token = strings.ReplaceAll(strings.ReplaceAll(token, "~", "~0"), "/", "~1")
+		if len(se.Path)+len(token) < 256 {
+			se.Path = "/" + token + se.Path
+		} else if !strings.HasPrefix(se.Path, "/...") {
+			se.Path = "/..." + se.Path
+		}
+	}
+	return err
 }
 
 type parser struct {
@@ -288,7 +322,7 @@ func (p *parser) object(depth int) (jsonValue, error) {
 			}
 		}
 		if dup {
-			return jsonValue{}, &SyntaxError{Offset: at, Msg: fmt.Sprintf("duplicate member name %q", name)}
+			return jsonValue{}, within(&SyntaxError{Offset: at, Msg: fmt.Sprintf("duplicate member name %q", name)}, name)
 		}
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != ':' {
@@ -298,7 +332,7 @@ func (p *parser) object(depth int) (jsonValue, error) {
 		p.skipSpace()
 		val, err := p.value(depth)
 		if err != nil {
-			return jsonValue{}, err
+			return jsonValue{}, within(err, name)
 		}
 		v.members = append(v.members, member{name: name, value: val})
 		p.skipSpace()
@@ -333,7 +367,7 @@ func (p *parser) array(depth int) (jsonValue, error) {
 		p.skipSpace()
 		it, err := p.value(depth)
 		if err != nil {
-			return jsonValue{}, err
+			return jsonValue{}, within(err, strconv.Itoa(len(v.items)))
 		}
 		v.items = append(v.items, it)
 		p.skipSpace()
@@ -380,9 +414,13 @@ func (p *parser) string() (string, error) {
 			p.pos++
 			return b.String(), nil
 		case c == '\\':
+			at := p.pos
 			r, err := p.escape()
 			if err != nil {
 				return "", err
+			}
+			if nonCharacter(r) {
+				return "", &SyntaxError{Offset: at, Msg: fmt.Sprintf("escaped Unicode noncharacter U+%04X (I-JSON forbids noncharacters)", r)}
 			}
 			b.WriteRune(r)
 		case c < 0x20:
@@ -394,6 +432,9 @@ func (p *parser) string() (string, error) {
 			r, size := utf8.DecodeRune(p.data[p.pos:])
 			if r == utf8.RuneError && size <= 1 {
 				return "", p.errorf("invalid UTF-8 in a string")
+			}
+			if nonCharacter(r) {
+				return "", p.errorf("Unicode noncharacter U+%04X (I-JSON forbids noncharacters)", r)
 			}
 			b.WriteRune(r)
 			p.pos += size
@@ -499,7 +540,8 @@ func (p *parser) number() (jsonValue, error) {
 			return jsonValue{}, p.errorf("invalid number: digits must follow the exponent")
 		}
 	}
-	f, err := strconv.ParseFloat(string(p.data[start:p.pos]), 64)
+	lit := string(p.data[start:p.pos])
+	f, err := strconv.ParseFloat(lit, 64)
 	if err != nil {
 		return jsonValue{}, &SyntaxError{Offset: start, Msg: "number out of the range of an IEEE-754 double"}
 	}
@@ -507,7 +549,49 @@ func (p *parser) number() (jsonValue, error) {
 	if err != nil {
 		return jsonValue{}, &SyntaxError{Offset: start, Msg: err.Error()}
 	}
+	if f == 0 && math.Signbit(f) {
+		return jsonValue{}, &SyntaxError{Offset: start, Msg: "negative zero: RFC 8785 writes it as 0, so it would hash like 0; write 0"}
+	}
+	if !sameDecimal(lit, text) {
+		return jsonValue{}, &SyntaxError{Offset: start, Msg: fmt.Sprintf("number of %d characters does not round-trip through an IEEE-754 double (it would hash like its neighbours); write it as the double's shortest form, or carry it as a string", len(lit))}
+	}
 	return jsonValue{kind: 's', text: text}, nil
+}
+
+// sameDecimal reports whether two JSON number texts have the same decimal value.
+func sameDecimal(a, b string) bool {
+	na, da, ea, oka := decimal(a)
+	nb, db, eb, okb := decimal(b)
+	return oka && okb && na == nb && da == db && ea == eb
+}
+
+// decimal splits a JSON number's text into sign, significant digits (no leading or trailing
+// zeros) and exponent, so that its value is 0.digits × 10^exp; zero has no digits and
+// exponent 0. ok is false for an exponent too large to matter for a double.
+func decimal(s string) (neg bool, digits string, exp int, ok bool) {
+	neg = strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	mant, e, hasExp := strings.Cut(strings.ToLower(s), "e")
+	intPart, frac, _ := strings.Cut(mant, ".")
+	all := intPart + frac
+	trimmed := strings.TrimLeft(all, "0")
+	digits = strings.TrimRight(trimmed, "0")
+	if digits == "" {
+		return neg, "", 0, true
+	}
+	n := 0
+	if hasExp {
+		var err error
+		if n, err = strconv.Atoi(strings.TrimPrefix(e, "+")); err != nil || n > 1<<20 || n < -(1<<20) {
+			return neg, "", 0, false
+		}
+	}
+	return neg, digits, len(intPart) - (len(all) - len(trimmed)) + n, true
+}
+
+// nonCharacter reports whether r is one of the 66 Unicode noncharacters.
+func nonCharacter(r rune) bool {
+	return r >= 0xFDD0 && r <= 0xFDEF || r&0xFFFE == 0xFFFE
 }
 
 // formatNumber renders f as ECMAScript's Number.prototype.toString does, which is what

@@ -61,10 +61,12 @@ func TestCanonicalJSON(t *testing.T) {
 		name, in, want string
 	}{
 		{
-			// RFC 8785 section 3.2.2.
+			// RFC 8785 section 3.2.2, with 333333333.3333333 for the RFC's 333333333.33333329:
+			// the RFC's spelling has more digits than its double holds, which I-JSON refuses
+			// (TestCheckIJSON).
 			name: "rfc8785 primitives",
 			in: `{
-  "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+  "numbers": [333333333.3333333, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
   "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
   "literals": [null, true, false]
 }`,
@@ -87,14 +89,13 @@ func TestCanonicalJSON(t *testing.T) {
 		},
 		{name: "nested objects sorted", in: `{"b":{"z":1,"a":[{"y":2,"x":1}]},"a":null}`, want: `{"a":null,"b":{"a":[{"x":1,"y":2}],"z":1}}`},
 		{name: "whitespace everywhere", in: " \t\r\n{ \"a\" :\n[ 1 , 2 ] }\n", want: `{"a":[1,2]}`},
-		{name: "number spellings", in: `[1.0, 1, 1e0, 10E-1, -0, 0.0, 1E2, 100, 0.1e1, 123456789012345678901234]`, want: `[1,1,1,1,0,0,100,100,1,1.2345678901234569e+23]`},
-		{name: "big integer below 1e21 stays fixed", in: `[1e20, 999999999999999999999, 1e21]`, want: `[100000000000000000000,1e+21,1e+21]`},
+		{name: "number spellings", in: `[1.0, 1, 1e0, 10E-1, 0, 0.0, 1E2, 100, 0.1e1, 123456789012345690000000, 1.2345678901234569e+23]`, want: `[1,1,1,1,0,0,100,100,1,1.2345678901234569e+23,1.2345678901234569e+23]`},
+		{name: "big integer below 1e21 stays fixed", in: `[1e20, 1000000000000000000000, 1e21]`, want: `[100000000000000000000,1e+21,1e+21]`},
 		{name: "control characters", in: `"\u0000\u0001\b\t\n\u000b\f\r\u001f \u007f"`, want: "\"\\u0000\\u0001\\b\\t\\n\\u000b\\f\\r\\u001f \u007f\""},
 		{name: "no escaping of non-ASCII, slash or html", in: `"\u2028<>&\/é"`, want: "\"\u2028<>&/é\""},
 		{name: "raw UTF-8 kept", in: `"😀"`, want: `"😀"`},
 		{name: "empty containers", in: `[{},[],""]`, want: `[{},[],""]`},
 		{name: "scalar document", in: ` true `, want: `true`},
-		{name: "underflow to zero", in: `1e-400`, want: `0`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,65 +1,99 @@
 package approval
 
 import (
+	stdjson "encoding/json"
+	"strings"
 	"testing"
 )
 
-// claimSeeds are payloads for the claims readers: the plain form a signer writes, and the
-// forms the one-pass reader must hand to the tree (or read exactly as the tree does).
-var claimSeeds = []struct {
-	payload string
-	plain   bool // read in one pass rather than handed to the tree
-}{
-	{`{"exp":1790000000,"iat":1789990000,"input_sha256":"74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c019892f982b90b","job":"j-1","max_attempts":3,"nonce":"AAAAAAAAAAAAAAAAAAAAAA","pool":"acme","sub":"alice","task":"echo","task_version":"v1"}`, true},
-	{` { "job" : "j\u002d1" , "auto" : true , "sub" : null , "iat" : -5 , "exp" : 0 } `, true},
-	{`{"task":"\ud83d\ude00\u00e9"}`, true},
-	{`{"max_attempts":123456789012345}`, true},
-	{`{}`, true},
-	{`{"job":"a","job":"b"}`, false},
-	{`{"JOB":"a"}`, false},
-	{`{"iat":1e9}`, false},
-	{`{"iat":1000000000.0}`, false},
-	{`{"iat":0123}`, false},
-	{`{"iat":9007199254740993}`, false},
-	{`{"auto":"true"}`, false},
-	{`{"auto":fals}`, false},
-	{`{"task":["x"]}`, false},
-	{`{"task":"a"}x`, false},
-	{`[]`, false},
-	{`{"task":"a",}`, false},
+const claimsOK = `{"job":"j-1","task":"echo","task_version":"v1","input_sha256":"74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c019892f982b90b","pool":"acme","iat":1789990000,"exp":1790000000,"nonce":"AAAAAAAAAAAAAAAAAAAAAA","max_attempts":3,"sub":"alice"}`
+
+// withClaim returns claimsOK with the member name's value text replaced by value.
+func withClaim(name, value string) string {
+	i := strings.Index(claimsOK, `"`+name+`":`)
+	j := i + len(name) + 3
+	k := j + strings.IndexAny(claimsOK[j:], ",}")
+	if claimsOK[j] == '"' {
+		k = j + 1 + strings.IndexByte(claimsOK[j+1:], '"') + 1
+	}
+	return claimsOK[:j] + value + claimsOK[k:]
 }
 
-// TestScanClaimsAgreesWithTree checks the one-pass claims reader against the tree on
-// inputs that exercise each way out of the plain case.
-func TestScanClaimsAgreesWithTree(t *testing.T) {
-	for _, s := range claimSeeds {
-		if plain := checkScanAgainstTree(t, []byte(s.payload)); plain != s.plain {
-			t.Errorf("one-pass read of %s: %v, want %v", s.payload, plain, s.plain)
-		}
+// TestDecodeClaimsStrict: the claims have one reading. Each payload below is refused with
+// the reason given, whatever another JSON reader would make of it.
+func TestDecodeClaimsStrict(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, payload string
+		reason        Reason // "" means accepted
+		detail        string
+	}{
+		{"plain", claimsOK, "", ""},
+		{"whitespace between tokens", strings.ReplaceAll(claimsOK, ",", " ,\n\t"), "", ""},
+		{"auto true", strings.TrimSuffix(claimsOK, "}") + `,"auto":true}`, "", ""},
+		{"duplicate claim", strings.TrimSuffix(claimsOK, "}") + `,"pool":"admin"}`, Malformed, "duplicate"},
+		{"claim name in other case", strings.Replace(claimsOK, `"job"`, `"JOB"`, 1), UnknownClaim, `"JOB"`},
+		{"claim name with a different Unicode case fold", strings.Replace(claimsOK, `"task"`, `"tas\u212a"`, 1), UnknownClaim, ""},
+		{"unknown claim", strings.TrimSuffix(claimsOK, "}") + `,"scope":"read-only"}`, UnknownClaim, `"scope"`},
+		{"iat in exponent form", withClaim("iat", "1.78999e9"), Malformed, `"iat"`},
+		{"exp with a fraction part", withClaim("exp", "1790000000.0"), Malformed, `"exp"`},
+		{"max_attempts in exponent form", withClaim("max_attempts", "3e0"), Malformed, `"max_attempts"`},
+		{"iat beyond int64", withClaim("iat", "9223372036854775808"), Malformed, `"iat"`},
+		{"max_attempts as string", withClaim("max_attempts", `"3"`), Malformed, `"max_attempts"`},
+		{"auto as string", strings.TrimSuffix(claimsOK, "}") + `,"auto":"true"}`, Malformed, `"auto"`},
+		{"task as array", withClaim("task", `["echo"]`), Malformed, `"task"`},
+		{"job null", withClaim("job", "null"), Malformed, `"job"`},
+		{"invalid UTF-8 in a claim", withClaim("sub", "\"al\xffce\""), Malformed, ""},
+		{"lone surrogate in a claim", withClaim("sub", `"\ud800"`), Malformed, ""},
+		{"trailing data", claimsOK + "x", Malformed, ""},
+		{"array", `[1]`, Malformed, "object"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, rej := decodeClaims([]byte(tt.payload))
+			switch {
+			case tt.reason == "" && rej != nil:
+				t.Fatalf("decodeClaims(%s) = %v, want success", tt.payload, rej)
+			case tt.reason == "" && c.JobID != "j-1":
+				t.Fatalf("decodeClaims(%s) = %+v, want job j-1", tt.payload, c)
+			case tt.reason != "" && (rej == nil || rej.Reason != tt.reason):
+				t.Fatalf("decodeClaims(%s) = %+v, %v, want rejection %s", tt.payload, c, rej, tt.reason)
+			case rej != nil && !strings.Contains(rej.Detail, tt.detail):
+				t.Fatalf("decodeClaims(%s) = %v, want the detail to mention %s", tt.payload, rej, tt.detail)
+			}
+		})
 	}
 }
 
-// FuzzDecodeClaims checks that whatever the one-pass reader accepts, the tree decodes to
-// the same claims and presence set.
+// FuzzDecodeClaims: whatever decodeClaims accepts is an I-JSON object of known claims under
+// their exact names, and encoding/json reads the same values from it.
 func FuzzDecodeClaims(f *testing.F) {
-	for _, s := range claimSeeds {
-		f.Add([]byte(s.payload))
-	}
-	f.Fuzz(func(t *testing.T, payload []byte) { checkScanAgainstTree(t, payload) })
-}
-
-func checkScanAgainstTree(t *testing.T, payload []byte) bool {
-	t.Helper()
-	c, present, ok := scanClaims(payload)
-	if !ok {
-		return false
-	}
-	tc, tp, rej := treeClaims(payload)
-	if rej != nil {
-		t.Fatalf("scanClaims accepted %q, the tree rejects it: %v", payload, rej)
-	}
-	if c != tc || present != tp {
-		t.Fatalf("scanClaims(%q) = %+v, %b; the tree gives %+v, %b", payload, c, present, tc, tp)
-	}
-	return true
+	f.Add([]byte(claimsOK))
+	f.Add([]byte(strings.TrimSuffix(claimsOK, "}") + `,"auto":true}`))
+	f.Add([]byte(withClaim("iat", "1.78999e9")))
+	f.Add([]byte(strings.Replace(claimsOK, `"job"`, `"JOB"`, 1)))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		c, rej := decodeClaims(payload)
+		if rej != nil {
+			return
+		}
+		if err := CheckIJSON(payload); err != nil {
+			t.Fatalf("decodeClaims accepted %q, which is not I-JSON: %v", payload, err)
+		}
+		var m map[string]stdjson.RawMessage
+		if err := stdjson.Unmarshal(payload, &m); err != nil {
+			t.Fatalf("decodeClaims accepted %q; encoding/json: %v", payload, err)
+		}
+		known := map[string]bool{"job": true, "task": true, "task_version": true, "input_sha256": true, "pool": true,
+			"iat": true, "exp": true, "nonce": true, "max_attempts": true, "sub": true, "auto": true}
+		for name := range m {
+			if !known[name] {
+				t.Fatalf("decodeClaims accepted %q with member %q", payload, name)
+			}
+		}
+		var std Claims
+		if err := stdjson.Unmarshal(payload, &std); err != nil || std != c {
+			t.Fatalf("decodeClaims(%q) = %+v; encoding/json reads %+v, %v", payload, c, std, err)
+		}
+	})
 }

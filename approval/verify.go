@@ -91,7 +91,6 @@ type Verifier struct {
 	now    func() time.Time
 	leeway time.Duration
 	maxTTL time.Duration
-	pre    preverified // signatures found valid by Preverify, not yet used by Verify
 }
 
 // VerifierOption configures a Verifier.
@@ -182,17 +181,18 @@ func (v *Verifier) check(token string, want Expect) (Claims, *RejectError) {
 	if rej != nil {
 		return Claims{}, rej
 	}
-	key, ok := v.keys[p.kid]
+	key, ok := v.keys[p.Kid]
 	if !ok {
-		return Claims{}, reject(UnknownKey, fmt.Sprintf("no trusted key has kid %q (is the signer's public key in this worker's key set?)", p.kid))
+		return Claims{}, reject(UnknownKey, fmt.Sprintf("no trusted key has kid %q (is the signer's public key in this worker's key set?)", p.Kid))
 	}
 	if key.problem != "" {
 		return Claims{}, reject(UnknownKey, key.problem)
 	}
-	if !v.pre.take(v.now(), p) && !p.verify(key.pub) {
-		return Claims{}, reject(BadSignature, fmt.Sprintf("the signature does not verify with trusted key %q: the token was altered or signed by another key", p.kid))
+	payload, ok := p.Verify(key.pub)
+	if !ok {
+		return Claims{}, reject(BadSignature, fmt.Sprintf("the signature does not verify with trusted key %q: the token was altered or signed by another key", p.Kid))
 	}
-	c, rej := decodeClaims(p.payload)
+	c, rej := decodeClaims(payload)
 	if rej != nil {
 		return Claims{}, rej
 	}

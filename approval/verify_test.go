@@ -84,7 +84,7 @@ func TestVerify(t *testing.T) {
 		detail string           // a substring the rejection detail must contain
 	}{
 		{name: "genuine approval", token: func(t *testing.T, e verifyEnv) string { return e.token }},
-		{name: "genuine approval with surrounding whitespace", token: func(t *testing.T, e verifyEnv) string { return "\n" + e.token + " \n" }},
+		{name: "genuine approval with surrounding whitespace", token: func(t *testing.T, e verifyEnv) string { return "\n" + e.token + " \n" }, reason: Malformed, detail: "whitespace"},
 
 		// Unsigned.
 		{name: "empty token", token: func(*testing.T, verifyEnv) string { return "" }, reason: Unsigned},
@@ -594,8 +594,8 @@ func TestRejectErrorText(t *testing.T) {
 	}
 }
 
-// TestTokensInteroperate checks approvals against an independent JOSE implementation:
-// go-jose verifies what Sign makes, and Verify accepts what go-jose signs.
+// TestTokensInteroperate checks approvals against tokens minted independently: go-jose's
+// own signer and verifier, and a token built with crypto/ed25519 alone.
 func TestTokensInteroperate(t *testing.T) {
 	t.Parallel()
 	priv, pub := newKey(t, "approver-1")
@@ -631,6 +631,12 @@ func TestTokensInteroperate(t *testing.T) {
 	v := NewVerifier(keySet(pub), NewMemoryReplayStore(), WithClock(clockAt(t0)))
 	if _, err := v.Verify(t.Context(), joseTok, e); err != nil {
 		t.Errorf("Verify(go-jose token) = %v, want nil", err)
+	}
+	// A token made with crypto/ed25519 alone, no JOSE library, verifies too.
+	signed := b64([]byte(`{"alg":"EdDSA","kid":"approver-1","typ":"`+TokenType+`"}`)) + "." + b64(mustJSON(t, c))
+	raw := signed + "." + b64(ed25519.Sign(priv.Key.(ed25519.PrivateKey), []byte(signed)))
+	if _, err := NewVerifier(keySet(pub), NewMemoryReplayStore(), WithClock(clockAt(t0))).Verify(t.Context(), raw, e); err != nil {
+		t.Errorf("Verify(hand-made token) = %v, want nil", err)
 	}
 	// And a bit flipped in go-jose's signature is refused.
 	bad := []byte(joseTok)

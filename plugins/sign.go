@@ -2,7 +2,6 @@ package plugins
 
 import (
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,14 +10,18 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/go-jose/go-jose/v4"
+	"github.com/go-json-experiment/json"
 
 	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/jws"
 	"github.com/castellan-dev/castellan/policy"
 )
 
 // SignatureFile is the detached signature's file name inside a plugin directory.
 const SignatureFile = "plugin.sig"
+
+// SignatureType is the JWS "typ" header of a plugin signature.
+const SignatureType = "castellan-plugin+jws"
 
 // PayloadType marks a plugin signature payload, so that a JWS made for something else with
 // the same key (an approval token) can never pass as a plugin signature.
@@ -91,22 +94,13 @@ func Sign(dirOrFile, keyFile string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key},
-		(&jose.SignerOptions{}).WithType("castellan-plugin+jws").WithHeader("kid", key.KeyID))
-	if err != nil {
-		return "", fmt.Errorf("signing %s: %v", dir, err)
-	}
-	body, err := json.Marshal(pl)
+	body, err := json.Marshal(pl, json.Deterministic(true))
 	if err != nil {
 		return "", err
 	}
-	jws, err := signer.Sign(body)
+	compact, err := jws.Sign(key.Key.(ed25519.PrivateKey), key.KeyID, SignatureType, body) // LoadPrivateKey admits Ed25519 keys only
 	if err != nil {
 		return "", fmt.Errorf("signing %s: %v", dir, err)
-	}
-	compact, err := jws.CompactSerialize()
-	if err != nil {
-		return "", err
 	}
 	out := filepath.Join(dir, SignatureFile)
 	// Write-then-rename, so a watching worker never reads half a signature.
@@ -200,17 +194,13 @@ func (p *Plugin) verify(trust *Trust) (*Signature, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %s: %v", SignatureFile, unwrapPath(err))
 	}
-	jws, err := jose.ParseSignedCompact(strings.TrimSpace(string(raw)), []jose.SignatureAlgorithm{jose.EdDSA})
+	// The file is the compact token and the newline Sign writes after it; the token itself
+	// must be exact (internal/jws, the same reader as approvals).
+	tok, err := jws.Parse(strings.TrimSuffix(string(raw), "\n"), SignatureType)
 	if err != nil {
-		return nil, fmt.Errorf("%s is not a valid signature (want a compact EdDSA JWS from `castellan plugin sign`): %s", SignatureFile, strings.TrimPrefix(err.Error(), "go-jose/go-jose: "))
+		return nil, fmt.Errorf("%s is not a valid signature (want a compact EdDSA JWS from `castellan plugin sign`): %v", SignatureFile, err)
 	}
-	if len(jws.Signatures) != 1 {
-		return nil, fmt.Errorf("%s must hold exactly one signature", SignatureFile)
-	}
-	kid := jws.Signatures[0].Header.KeyID
-	if kid == "" {
-		return nil, fmt.Errorf("%s names no key (kid); re-sign with `castellan plugin sign`", SignatureFile)
-	}
+	kid := tok.Kid
 	var pub ed25519.PublicKey
 	if trust != nil {
 		pub = trust.keys[kid]
@@ -218,14 +208,13 @@ func (p *Plugin) verify(trust *Trust) (*Signature, error) {
 	if pub == nil {
 		return nil, fmt.Errorf("signed by unknown key %q; trusted publisher keys: %s (policy plugins.trusted_publishers)", kid, orNone(trust.KeyIDs()))
 	}
-	body, err := jws.Verify(pub)
-	if err != nil {
+	body, ok := tok.Verify(pub)
+	if !ok {
 		return nil, fmt.Errorf("%s does not verify with trusted key %q: the signature was altered or made with another key", SignatureFile, kid)
 	}
+	// Strict: exact member names, no duplicates, no unknown members (go-json-experiment/json).
 	var pl payload
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&pl); err != nil || pl.Type != PayloadType {
+	if err := json.Unmarshal(body, &pl, json.RejectUnknownMembers(true)); err != nil || pl.Type != PayloadType {
 		return nil, fmt.Errorf("%s (key %q) is not a plugin signature (payload type is not %s)", SignatureFile, kid, PayloadType)
 	}
 	if pl.Name != p.Name || (p.Manifest != nil && pl.Version != p.Manifest.Version) {

@@ -414,6 +414,9 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 	if len(bytes.TrimSpace(req.Input)) == 0 || !json.Valid(req.Input) {
 		return bad("input is required: the task's JSON input (use {} for none)")
 	}
+	if err := approval.CheckIJSON(req.Input); err != nil {
+		return bad("input is not I-JSON (RFC 7493), so it cannot be approved: %v", err)
+	}
 	var buf bytes.Buffer
 	_ = json.Compact(&buf, req.Input)
 	input := buf.Bytes()

@@ -94,6 +94,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"submit input too large", "client", "POST", "/v1/jobs", big, 413, api.CodeInputTooLarge},
 		{"submit body too large", "client", "POST", "/v1/jobs", huge, 413, api.CodeBodyTooLarge},
 		{"submit schema invalid", "client", "POST", "/v1/jobs", `{"task":"echo","pool":"alpha","input":{"n":true}}`, 400, api.CodeInputInvalid},
+		{"submit input beyond a double", "client", "POST", "/v1/jobs", `{"task":"echo","pool":"alpha","input":{"n":9007199254740993}}`, 400, api.CodeInvalidField},
+		{"submit input invalid UTF-8", "client", "POST", "/v1/jobs", "{\"task\":\"echo\",\"pool\":\"alpha\",\"input\":{\"n\":1,\"s\":\"\xff\"}}", 400, api.CodeInvalidField},
+		{"submit input lone surrogate", "client", "POST", "/v1/jobs", `{"task":"echo","pool":"alpha","input":{"n":1,"s":"\ud800"}}`, 400, api.CodeInvalidField},
 		// get / list / wait / cancel
 		{"get unknown", "client", "GET", noID, "", 404, api.CodeNotFound},
 		{"get malformed id", "client", "GET", "/v1/jobs/zzz", "", 404, api.CodeNotFound},

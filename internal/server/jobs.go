@@ -150,6 +150,9 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	if !validRawJSON(req.Input) {
 		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "input is required: the task's JSON input (use {} for none)")
 	}
+	if err := approval.CheckIJSON(req.Input); err != nil {
+		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "input is not I-JSON (RFC 7493), so it cannot be approved: %v", err)
+	}
 	input := compactJSON(req.Input)
 	if len(input) > s.cfg.MaxInputBytes {
 		return api.Job{}, false, errf(http.StatusRequestEntityTooLarge, api.CodeInputTooLarge, "input is %d bytes, the cap is %d", len(input), s.cfg.MaxInputBytes)

@@ -303,15 +303,6 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			continue
 		}
 		failures = 0
-		if len(leased) > 1 {
-			// One batch check of the lease's signatures instead of one check each (about a
-			// third of the cost at 16); each job's Verify still makes every other check.
-			toks := make([]string, len(leased))
-			for i, j := range leased {
-				toks[i] = j.Approval
-			}
-			w.cfg.Verifier.Preverify(toks)
-		}
 		for _, j := range leased {
 			wg.Add(1)
 			w.track(1)
