@@ -32,7 +32,7 @@ func regenerateFixtures(t *testing.T) {
 	if _, _, err := approval.WriteKeyFiles(keys, "acme"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"echo", "probe", "orphan"} {
+	for _, p := range []string{"echo", "probe", "orphan", "hello"} {
 		if _, err := Sign(filepath.Join(auditDir, "plugins", p), filepath.Join(keys, "acme"+approval.PrivateKeySuffix)); err != nil {
 			t.Fatal(err)
 		}
@@ -116,6 +116,17 @@ func TestAuditFindings(t *testing.T) {
 	for _, f := range rep.Findings {
 		if f.Task == "echo" && f.Severity != Low {
 			t.Errorf("Audit() finding %+v for echo, a signed plugin within its grant", f)
+		}
+	}
+	// The Extism plugin and the same module as a policy task run on a worker, so they load here.
+	for _, name := range []string{"hello", "hello_policy"} {
+		if tr := taskReport(t, rep, name); tr.Status != "loads" {
+			t.Errorf("Audit() %s status = %q (%s), want loads: the worker runs it", name, tr.Status, tr.Refused)
+		}
+		for _, f := range rep.Findings {
+			if f.Task == name && f.Severity != Low {
+				t.Errorf("Audit() finding %+v for %s, a signed or pinned Extism module within its grant", f, name)
+			}
 		}
 	}
 	probe := taskReport(t, rep, "probe")
