@@ -7,11 +7,13 @@
 //   - env: an environment variable of the worker process, read on every call.
 //   - file: a file on the worker's host (a mounted Kubernetes or systemd secret), read on
 //     every call; one trailing newline is trimmed because editors and `echo` add one.
-//   - vault: one field of a KV version 2 secret in HashiCorp Vault. The store logs in with a
-//     token (file or environment variable) or AppRole, renews renewable tokens in the
-//     background, re-logs in with AppRole when the token is rejected or expires, and caches
-//     each secret for [VaultConfig].CacheTTL. Concurrent callers of an uncached secret share
-//     one request.
+//   - vault: one field of a KV version 2 secret in HashiCorp Vault, read with vault/api's
+//     KVv2. The store logs in with a token (file or environment variable) or AppRole
+//     (vault/api/auth/approle), renews renewable tokens in the background with vault/api's
+//     LifetimeWatcher, drops a token that is no longer renewed shortly before it expires (the
+//     next read logs in again, or reads the token again), re-logs in with AppRole when the
+//     token is rejected, and caches each secret for [VaultConfig].CacheTTL. Concurrent
+//     callers of an uncached secret share one request.
 //
 // Threat model. The adversary is the sandboxed task and anyone who reads what the worker
 // reports (the control plane, logs, audit events). So:

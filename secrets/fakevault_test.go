@@ -6,8 +6,8 @@ package secrets
 // Vault's documented request and response shapes:
 //
 //	GET  /v1/{mount}/data/{path}        KV v2 read: {"data":{"data":{...},"metadata":{...}}}
-//	POST /v1/auth/{approle}/login       {"auth":{"client_token","lease_duration","renewable"}}
-//	POST /v1/auth/token/renew-self      same "auth" shape (PUT accepted too)
+//	PUT  /v1/auth/{mount}/login         {"auth":{"client_token","lease_duration","renewable"}} (POST too)
+//	PUT  /v1/auth/token/renew-self      same "auth" shape (POST too)
 //	GET  /v1/auth/token/lookup-self     {"data":{"id","ttl","renewable"}}
 //
 // It checks X-Vault-Token and X-Vault-Namespace, answers 403 {"errors":["permission
@@ -126,7 +126,7 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
 	switch {
-	case strings.HasPrefix(path, "auth/") && strings.HasSuffix(path, "/login") && r.Method == http.MethodPost: // any AppRole mount
+	case strings.HasPrefix(path, "auth/") && strings.HasSuffix(path, "/login") && (r.Method == http.MethodPost || r.Method == http.MethodPut): // any AppRole mount
 		var body struct{ RoleID, SecretID string }
 		var raw map[string]string
 		if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {

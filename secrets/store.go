@@ -282,7 +282,7 @@ func fileFailure(path string, err error) *failure {
 // vaultValue returns one field of a (cached) Vault secret.
 func (s *Store) vaultValue(ctx context.Context, ref VaultRef) (string, error) {
 	where := ref.Mount + "/data/" + ref.Path
-	data, err := s.vaultSecret(ctx, where)
+	data, err := s.vaultSecret(ctx, ref)
 	if err != nil {
 		return "", err
 	}
@@ -297,11 +297,11 @@ func (s *Store) vaultValue(ctx context.Context, ref VaultRef) (string, error) {
 	return v, nil
 }
 
-// vaultSecret returns the data of the KV v2 secret at path ("mount/data/path"), from the
-// cache while it is fresh. Callers asking for the same uncached path at the same time share
+// vaultSecret returns the data of the KV v2 secret ref, from the cache while it is fresh. Callers asking for the same uncached path at the same time share
 // one request; if that request dies with its caller's context, the others try again with
 // their own.
-func (s *Store) vaultSecret(ctx context.Context, path string) (map[string]any, error) {
+func (s *Store) vaultSecret(ctx context.Context, ref VaultRef) (map[string]any, error) {
+	path := ref.Mount + "/data/" + ref.Path
 	for {
 		s.mu.Lock()
 		e := s.cache[path]
@@ -333,7 +333,7 @@ func (s *Store) vaultSecret(ctx context.Context, path string) (map[string]any, e
 		s.cache[path] = e
 		s.mu.Unlock()
 
-		data, err := s.vault.readKV(ctx, path)
+		data, err := s.vault.readKV(ctx, ref)
 		s.mu.Lock()
 		e.data, e.err = data, err
 		e.expires = s.now().Add(s.ttl)
