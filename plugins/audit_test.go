@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,7 +33,7 @@ func regenerateFixtures(t *testing.T) {
 	if _, _, err := approval.WriteKeyFiles(keys, "acme"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"echo", "probe", "orphan"} {
+	for _, p := range []string{"echo", "probe", "orphan", "hello"} {
 		if _, err := Sign(filepath.Join(auditDir, "plugins", p), filepath.Join(keys, "acme"+approval.PrivateKeySuffix)); err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +52,7 @@ func TestAuditGolden(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Audit() error = %v", err)
 	}
-	for _, format := range Formats {
+	for _, format := range Formats() {
 		t.Run(format, func(t *testing.T) {
 			var buf bytes.Buffer
 			if err := rep.Write(&buf, format); err != nil {
@@ -116,6 +117,17 @@ func TestAuditFindings(t *testing.T) {
 	for _, f := range rep.Findings {
 		if f.Task == "echo" && f.Severity != Low {
 			t.Errorf("Audit() finding %+v for echo, a signed plugin within its grant", f)
+		}
+	}
+	// The Extism plugin and the same module as a policy task run on a worker, so they load here.
+	for _, name := range []string{"hello", "hello_policy"} {
+		if tr := taskReport(t, rep, name); tr.Status != "loads" {
+			t.Errorf("Audit() %s status = %q (%s), want loads: the worker runs it", name, tr.Status, tr.Refused)
+		}
+		for _, f := range rep.Findings {
+			if f.Task == name && f.Severity != Low {
+				t.Errorf("Audit() finding %+v for %s, a signed or pinned Extism module within its grant", f, name)
+			}
 		}
 	}
 	probe := taskReport(t, rep, "probe")
@@ -183,5 +195,24 @@ func TestAuditJSONSchema(t *testing.T) {
 	m["surprise"] = true
 	if err := sch.Validate(m); err == nil {
 		t.Errorf("docs/audit.schema.json accepts an unknown top-level field; it must be closed")
+	}
+}
+
+// TestFormatsIsACopy: an embedding program cannot change what the package reports as its
+// formats (no mutable package state).
+func TestFormatsIsACopy(t *testing.T) {
+	t.Parallel()
+	f := Formats()
+	f[0] = "changed"
+	if got := Formats(); got[0] != "table" || len(got) != 3 {
+		t.Errorf("Formats() after changing a returned slice = %q, want [table json markdown]", got)
+	}
+	for _, format := range Formats() {
+		if err := (&Report{}).Write(io.Discard, format); err != nil {
+			t.Errorf("Write(%q) error = %v; every listed format must be accepted", format, err)
+		}
+	}
+	if err := (&Report{}).Write(io.Discard, "changed"); err == nil || !strings.Contains(err.Error(), "table, json, markdown") {
+		t.Errorf("Write(unknown) error = %v, want it to list table, json, markdown", err)
 	}
 }

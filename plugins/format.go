@@ -8,8 +8,9 @@ import (
 	"text/tabwriter"
 )
 
-// Formats accepted by Write.
-var Formats = []string{"table", "json", "markdown"}
+// Formats returns the formats Write accepts, in a new slice: the list is the package's, not
+// something an importer can change.
+func Formats() []string { return []string{"table", "json", "markdown"} }
 
 // Write writes the report in format "table", "json" or "markdown". Every form is
 // deterministic, so reports can be diffed in review.
@@ -27,7 +28,7 @@ func (r *Report) Write(w io.Writer, format string) error {
 	case "markdown":
 		return r.writeMarkdown(w)
 	}
-	return fmt.Errorf("unknown format %q; use %s", format, strings.Join(Formats, ", "))
+	return fmt.Errorf("unknown format %q; use %s", format, strings.Join(Formats(), ", "))
 }
 
 func (r *Report) header() string {

@@ -52,7 +52,8 @@ func (d Diff) String() string {
 	return fmt.Sprintf("%s: requested %s, granted %s", d.Field, d.Requested, d.Granted)
 }
 
-// Names returns the plugin names in root: its subdirectories, sorted. Names starting with "."
+// Names returns the plugin names in root: its subdirectories (and symbolic links, which Open
+// refuses), sorted. Names starting with "."
 // are skipped: they are copies in progress (write to .NAME.tmp, then rename; docs/plugins.md).
 func Names(root string) ([]string, error) {
 	ents, err := os.ReadDir(root)
@@ -61,7 +62,8 @@ func Names(root string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() && !Ignored(e.Name()) {
+		// A link is listed so that Open refuses it by name rather than it being skipped unseen.
+		if (e.IsDir() || e.Type()&fs.ModeSymlink != 0) && !Ignored(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}
@@ -89,15 +91,20 @@ func Open(root, name string, pol *policy.Policy, trust *Trust) (*Plugin, error) 
 	refuse := func(format string, args ...any) error {
 		return outcome.New(outcome.ModuleRejected, "plugin %q (%s): %s", name, dir, fmt.Sprintf(format, args...))
 	}
+	pdir, err := openDir(dir)
+	if err != nil {
+		return nil, refuse("%v", err)
+	}
+	defer pdir.Close()
 	mfPath := filepath.Join(dir, policy.ManifestFile)
-	mfData, err := os.ReadFile(mfPath)
+	mfData, err := readIn(pdir, policy.ManifestFile)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, refuse("no %s; every plugin directory needs a manifest (docs/plugins.md)", policy.ManifestFile)
 		}
-		return nil, refuse("cannot read %s: %v", policy.ManifestFile, unwrapPath(err))
+		return nil, refuse("cannot read %v", err)
 	}
-	mf, err := policy.ParseManifest(mfPath, mfData, dir)
+	mf, err := policy.ParseManifest(mfPath, mfData, reader(pdir))
 	if err != nil {
 		return nil, outcome.Wrap(outcome.ModuleRejected, err, "plugin %q: invalid manifest:\n%s", name, err)
 	}
@@ -118,12 +125,12 @@ func Open(root, name string, pol *policy.Policy, trust *Trust) (*Plugin, error) 
 		}
 	}
 
-	wasm, err := os.ReadFile(filepath.Join(dir, mf.Module))
+	wasm, err := readIn(pdir, mf.Module)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, refuse("module file %s does not exist (manifest field module; default NAME.wasm)", mf.Module)
 	case err != nil:
-		return nil, refuse("cannot read module %s: %v", mf.Module, unwrapPath(err))
+		return nil, refuse("module %v", err)
 	case len(wasm) == 0:
 		return nil, refuse("module %s is empty (0 bytes); a copy still in progress? write to a temporary name, then rename", mf.Module)
 	}
@@ -133,7 +140,7 @@ func Open(root, name string, pol *policy.Policy, trust *Trust) (*Plugin, error) 
 
 	// The signature is checked before the grant: a tampered plugin is reported as tampered
 	// even when its (tampered) manifest also asks for too much.
-	sig, err := p.verify(trust)
+	sig, err := p.verify(pdir, trust)
 	p.Signature = sig
 	if err != nil {
 		return p, refuse("%v", err)

@@ -239,25 +239,6 @@ func TestSignVerify(t *testing.T) {
 	}
 }
 
-func TestCheckImports(t *testing.T) {
-	t.Parallel()
-	imps := []struct {
-		mod, name string
-	}{{"castellan_v1", "http_request"}, {"castellan_v1", "input_size"}, {"wasi_snapshot_preview1", "fd_write"}, {"wasi_snapshot_preview1", "path_open"}, {"env", "system"}}
-	var in []importT
-	for _, i := range imps {
-		in = append(in, importT{Module: i.mod, Name: i.name})
-	}
-	bad := CheckImports(in, nil)
-	if len(bad) != 3 || !strings.Contains(bad[0], "http_request") || !strings.Contains(bad[0], "without an endpoint grant") ||
-		!strings.Contains(bad[1], "path_open") || !strings.Contains(bad[2], "env.system") {
-		t.Errorf("CheckImports(no endpoints) = %q, want http_request, path_open and env.system refused", bad)
-	}
-	if bad := CheckImports(in[:3], []string{"crm"}); len(bad) != 0 {
-		t.Errorf("CheckImports(with endpoint) = %q, want none", bad)
-	}
-}
-
 func sign(t *testing.T, dir, key string) {
 	t.Helper()
 	if _, err := Sign(dir, key); err != nil {

@@ -127,16 +127,21 @@ func Verify(dirOrFile string, trust *Trust) (*Signature, error) {
 	if err != nil {
 		return nil, err
 	}
+	root, err := openDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", dir, err)
+	}
+	defer root.Close()
 	p := &Plugin{Name: pl.Name, Dir: dir, files: map[string][]byte{}}
 	for name := range pl.Files {
-		b, err := os.ReadFile(filepath.Join(dir, name))
+		b, err := readIn(root, name)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %v", name, unwrapPath(err))
+			return nil, err
 		}
 		p.files[name] = b
 	}
 	p.Manifest = &policy.Manifest{Name: pl.Name, Version: pl.Version}
-	sig, err := p.verify(trust)
+	sig, err := p.verify(root, trust)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %q (%s): %v", pl.Name, dir, err)
 	}
@@ -157,14 +162,20 @@ func pluginDir(dirOrFile string) (string, error) {
 	return filepath.Dir(dirOrFile), nil
 }
 
-// readForSigning builds the payload for the plugin in dir from the files on disk.
+// readForSigning builds the payload for the plugin in dir from the files on disk, read as
+// Open reads them (readIn).
 func readForSigning(dir string) (*payload, error) {
-	mfPath := filepath.Join(dir, policy.ManifestFile)
-	data, err := os.ReadFile(mfPath)
+	root, err := openDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%s is not a plugin directory: %s: %v", dir, policy.ManifestFile, unwrapPath(err))
+		return nil, fmt.Errorf("%s: %v", dir, err)
 	}
-	mf, err := policy.ParseManifest(mfPath, data, dir)
+	defer root.Close()
+	mfPath := filepath.Join(dir, policy.ManifestFile)
+	data, err := readIn(root, policy.ManifestFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not a plugin directory: %v", dir, err)
+	}
+	mf, err := policy.ParseManifest(mfPath, data, reader(root))
 	if err != nil {
 		return nil, err
 	}
@@ -174,9 +185,9 @@ func readForSigning(dir string) (*payload, error) {
 		names = append(names, f)
 	}
 	for _, n := range names {
-		b, err := os.ReadFile(filepath.Join(dir, n))
+		b, err := readIn(root, n)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %v", filepath.Join(dir, n), unwrapPath(err))
+			return nil, fmt.Errorf("%s: %v", dir, err)
 		}
 		pl.Files[n] = digest(b)
 	}
@@ -186,13 +197,13 @@ func readForSigning(dir string) (*payload, error) {
 // verify checks dir/plugin.sig against the bytes in p.files. It returns nil, nil when there
 // is no signature file; a signature that is present but bad is always an error, whatever the
 // policy says about unsigned plugins.
-func (p *Plugin) verify(trust *Trust) (*Signature, error) {
-	raw, err := os.ReadFile(filepath.Join(p.Dir, SignatureFile))
+func (p *Plugin) verify(root *os.Root, trust *Trust) (*Signature, error) {
+	raw, err := readIn(root, SignatureFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %s: %v", SignatureFile, unwrapPath(err))
+		return nil, fmt.Errorf("cannot read %v", err)
 	}
 	// The file is the compact token and the newline Sign writes after it; the token itself
 	// must be exact (internal/jws, the same reader as approvals).

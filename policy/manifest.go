@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -37,11 +38,14 @@ type Manifest struct {
 // ManifestFile is the manifest's file name inside a plugin directory.
 const ManifestFile = "plugin.yaml"
 
-// ParseManifest parses manifest data. name is used in problems and as Manifest.File; schema
-// files resolve against dir and must stay inside it. Every problem is returned as *Error.
-func ParseManifest(name string, data []byte, dir string) (*Manifest, error) {
-	d := &decoder{file: name, baseDir: dir}
-	mf := d.manifest(data, dir)
+// ParseManifest parses manifest data. name is used in problems and as Manifest.File.
+// readFile reads a schema file the manifest names (a plain file name in the plugin's
+// directory); the caller decides what may be read, so that a link or another file that is
+// not the plugin's own is refused in one place (package plugins). A nil readFile refuses
+// every schema file. Every problem is returned as *Error.
+func ParseManifest(name string, data []byte, readFile func(file string) ([]byte, error)) (*Manifest, error) {
+	d := &decoder{file: name}
+	mf := d.manifest(data, readFile)
 	if err := d.err(); err != nil {
 		return nil, err
 	}
@@ -49,9 +53,17 @@ func ParseManifest(name string, data []byte, dir string) (*Manifest, error) {
 	return mf, nil
 }
 
+// A plugin's version and description are published in the control plane's catalog, which
+// refuses the whole catalog for one bad entry; they are held to the catalog's rules here, so
+// that one plugin is refused at load instead.
+var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`)
+
+// MaxDescription is the longest description the control plane's catalog accepts, in bytes.
+const MaxDescription = 1024
+
 var limitKeys = []string{"memory", "timeout", "output_bytes", "http_calls", "log_bytes"}
 
-func (d *decoder) manifest(data []byte, dir string) *Manifest {
+func (d *decoder) manifest(data []byte, readFile func(string) ([]byte, error)) *Manifest {
 	mf := &Manifest{Entry: DefaultEntry, SchemaFiles: map[string]string{}}
 	n := d.root(data)
 	if n == nil {
@@ -70,8 +82,8 @@ func (d *decoder) manifest(data []byte, dir string) *Manifest {
 	if v := top.get("version"); v == nil {
 		d.add(n.Line, "version", "missing; set the plugin's version, e.g. version: \"1.0.0\"")
 	} else if s, ok := d.text(v, "version"); ok {
-		if len(s) > 64 {
-			d.add(v.Line, "version", "longer than 64 bytes")
+		if !versionRE.MatchString(s) {
+			d.add(v.Line, "version", "%q must be 1-64 of A-Z a-z 0-9 _ . + - starting with a letter or digit (what the control plane accepts in its catalog)", s)
 		}
 		mf.Version = s
 	}
@@ -91,13 +103,16 @@ func (d *decoder) manifest(data []byte, dir string) *Manifest {
 	}
 	if v := top.get("description"); v != nil {
 		mf.Description, _ = d.str(v, "description")
+		if len(mf.Description) > MaxDescription {
+			d.add(v.Line, "description", "is %d bytes, at most %d (what the control plane accepts in its catalog)", len(mf.Description), MaxDescription)
+		}
 	}
 	for _, key := range []string{"input_schema", "output_schema"} {
 		v := top.get(key)
 		if v == nil {
 			continue
 		}
-		schema, file := d.schema(v, key, dir)
+		schema, file := d.schema(v, key, readFile)
 		if key == "input_schema" {
 			mf.InputSchema = schema
 		} else {
@@ -156,8 +171,8 @@ func (d *decoder) plainFile(n *yaml.Node, path string) (string, bool) {
 }
 
 // schema decodes an inline YAML schema (a mapping, converted to JSON) or a file name of a
-// JSON document in the plugin directory.
-func (d *decoder) schema(n *yaml.Node, path, dir string) (json.RawMessage, string) {
+// JSON document in the plugin directory, read with readFile.
+func (d *decoder) schema(n *yaml.Node, path string, readFile func(string) ([]byte, error)) (json.RawMessage, string) {
 	if n.Kind == yaml.MappingNode {
 		if d.hasAlias(n, path) {
 			return nil, ""
@@ -178,7 +193,11 @@ func (d *decoder) schema(n *yaml.Node, path, dir string) (json.RawMessage, strin
 	if !ok {
 		return nil, ""
 	}
-	b, err := os.ReadFile(filepath.Join(dir, name))
+	if readFile == nil {
+		d.add(n.Line, path, "schema file %s: no files can be read here; write the schema inline", name)
+		return nil, ""
+	}
+	b, err := readFile(name)
 	if err != nil {
 		d.add(n.Line, path, "cannot read schema file %s: %v", name, unwrapPathError(err))
 		return nil, ""

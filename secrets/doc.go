@@ -7,11 +7,13 @@
 //   - env: an environment variable of the worker process, read on every call.
 //   - file: a file on the worker's host (a mounted Kubernetes or systemd secret), read on
 //     every call; one trailing newline is trimmed because editors and `echo` add one.
-//   - vault: one field of a KV version 2 secret in HashiCorp Vault. The store logs in with a
-//     token (file or environment variable) or AppRole, renews renewable tokens in the
-//     background, re-logs in with AppRole when the token is rejected or expires, and caches
-//     each secret for [VaultConfig].CacheTTL. Concurrent callers of an uncached secret share
-//     one request.
+//   - vault: one field of a KV version 2 secret in HashiCorp Vault, read with vault/api's
+//     KVv2. The store logs in with a token (file or environment variable) or AppRole
+//     (vault/api/auth/approle), renews renewable tokens in the background with vault/api's
+//     LifetimeWatcher, drops a token that is no longer renewed shortly before it expires (the
+//     next read logs in again, or reads the token again), re-logs in with AppRole when the
+//     token is rejected, and caches each secret for [VaultConfig].CacheTTL. Concurrent
+//     callers of an uncached secret share one request.
 //
 // Threat model. The adversary is the sandboxed task and anyone who reads what the worker
 // reports (the control plane, logs, audit events). So:
@@ -21,18 +23,28 @@
 //     (which can echo request details), and the Vault token is never part of any message.
 //     The local cause wrapped in an error is reduced to a context error, an errno or a
 //     status code for the same reason.
+//
 //   - Every value loaded is added to the worker's redact.Set before it is returned, so every
 //     stream the worker scrubs knows it, in all its encodings. A value shorter than
 //     redact.MinSecretLen is refused: it could not be scrubbed without destroying ordinary
 //     text, and an unscrubbable credential must not be injected anywhere.
+//
 //   - Values live in process memory only: the Vault cache is a map in the Store, never
 //     written to disk, and dropped with the Store. Go strings cannot be wiped, so memory
 //     dumps of the worker are out of scope; protect the host instead.
+//
 //   - The Vault token lives in the Store too; it is sent only to the configured Vault
 //     address, in the X-Vault-Token header.
 //
+//   - Where a credential lives is a host detail too: a file path, an environment variable
+//     name, a Vault address, mount, path or field. None of it is in the message of an error
+//     that can leave the worker: a job's outcome message reaches the control plane. [Error]
+//     has two faces: its Error text names the credential by its logical name only
+//     ("credential \"erp_password\" is unavailable (see the worker's log)"); its Detail, for
+//     the worker's log, says where and why, and the Store logs it on every failure.
+//
 // Errors returned by [Store.Credential] and [Store.Preload] are *outcome.Error with code
-// outcome.CredentialUnavailable (retryable: Vault may come back), and errors.Is works for
-// context.Canceled and context.DeadlineExceeded. Configuration errors from [NewStore] are
+// outcome.CredentialUnavailable (retryable: Vault may come back) wrapping an [*Error], and
+// errors.Is works for context.Canceled and context.DeadlineExceeded. Configuration errors from [NewStore] are
 // plain errors: they stop the worker at start-up.
 package secrets

@@ -6,8 +6,8 @@ package secrets
 // Vault's documented request and response shapes:
 //
 //	GET  /v1/{mount}/data/{path}        KV v2 read: {"data":{"data":{...},"metadata":{...}}}
-//	POST /v1/auth/{approle}/login       {"auth":{"client_token","lease_duration","renewable"}}
-//	POST /v1/auth/token/renew-self      same "auth" shape (PUT accepted too)
+//	PUT  /v1/auth/{mount}/login         {"auth":{"client_token","lease_duration","renewable"}} (POST too)
+//	PUT  /v1/auth/token/renew-self      same "auth" shape (POST too)
 //	GET  /v1/auth/token/lookup-self     {"data":{"id","ttl","renewable"}}
 //
 // It checks X-Vault-Token and X-Vault-Namespace, answers 403 {"errors":["permission
@@ -45,6 +45,7 @@ type fakeVault struct {
 	issued   int
 	requests map[string]int // "METHOD /v1/path" -> count
 	block    chan struct{}  // when set, KV reads wait for it (or for the client to go away)
+	status   int            // when set, KV reads answer this status (a body naming the path)
 	seen     chan struct{}  // receives (non-blocking) when a KV read arrives
 }
 
@@ -86,6 +87,12 @@ func (f *fakeVault) put(mountPath string, data map[string]any) {
 	f.secrets[mountPath] = data
 }
 
+func (f *fakeVault) remove(mountPath string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.secrets, mountPath)
+}
+
 func (f *fakeVault) count(key string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -119,7 +126,7 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
 	switch {
-	case path == "auth/approle/login" && r.Method == http.MethodPost:
+	case strings.HasPrefix(path, "auth/") && strings.HasSuffix(path, "/login") && (r.Method == http.MethodPost || r.Method == http.MethodPut): // any AppRole mount
 		var body struct{ RoleID, SecretID string }
 		var raw map[string]string
 		if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
@@ -174,6 +181,13 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		if !valid {
 			denied()
+			return
+		}
+		f.mu.Lock()
+		status := f.status
+		f.mu.Unlock()
+		if status != 0 {
+			writeJSON(w, status, map[string]any{"errors": []string{"failing on purpose for " + path}})
 			return
 		}
 		mount, rest, _ := strings.Cut(path, "/data/")

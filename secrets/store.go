@@ -139,8 +139,9 @@ func checkSpec(name string, sp Spec) (Spec, error) {
 	return sp, nil
 }
 
-// failure is an error whose message is safe to show anywhere; cause is the local reason,
-// already stripped of anything that could hold a secret or a token.
+// failure is the local reason a credential could not be read: msg may name where it lives
+// (a path, an environment variable, a Vault path) and is only ever put in an Error's detail;
+// cause is already stripped of anything that could hold a secret or a token.
 type failure struct {
 	msg   string
 	cause error
@@ -153,8 +154,51 @@ func fail(cause error, format string, args ...any) *failure {
 	return &failure{msg: fmt.Sprintf(format, args...), cause: cause}
 }
 
+// Error is why a credential is unavailable. It has two faces. Error, the text that may leave
+// the worker (a job's outcome message goes to the control plane), names the credential by
+// its logical name only. Detail, for the worker's own log, says where the credential lives
+// and what went wrong there: the file path, the environment variable, the Vault mount, path
+// and field, the status Vault answered. The Store logs the detail of every failure itself,
+// so nothing else needs to carry it.
+type Error struct {
+	Name   string // the credential's name in the policy
+	detail string
+	cause  error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("credential %q is unavailable (see the worker's log)", e.Name)
+}
+
+// Detail is the local reason, which names host details: for the worker's own log only.
+func (e *Error) Detail() string { return fmt.Sprintf("credential %q: %s", e.Name, e.detail) }
+
+// Unwrap returns the cause: a context error, an errno, a Vault status, or nil.
+func (e *Error) Unwrap() error { return e.cause }
+
+// Detail returns the local detail of every *Error in err (one per line, for the joined
+// errors of Preload), or err's own text when it holds none.
+func Detail(err error) string {
+	if err == nil {
+		return ""
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var lines []string
+		for _, e := range j.Unwrap() {
+			lines = append(lines, Detail(e))
+		}
+		return strings.Join(lines, "\n")
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Detail()
+	}
+	return err.Error()
+}
+
 // Credential returns the current value of the named credential and makes sure the
-// redactor knows it. Errors are *outcome.Error with code CredentialUnavailable.
+// redactor knows it. Errors are *outcome.Error with code CredentialUnavailable wrapping an
+// *Error; their message names only the credential, and the detail goes to the Store's log.
 func (s *Store) Credential(ctx context.Context, name string) (string, error) {
 	v, err := s.value(ctx, name)
 	if err == nil && len(v) < redact.MinSecretLen {
@@ -164,11 +208,13 @@ func (s *Store) Credential(ctx context.Context, name string) (string, error) {
 		err = s.red.Add(v) // cannot fail after the length check; kept for safety
 	}
 	if err != nil {
+		e := &Error{Name: name, detail: "unavailable"}
 		var f *failure
 		if errors.As(err, &f) {
-			return "", outcome.Wrap(outcome.CredentialUnavailable, f.cause, "credential %q: %s", name, f.msg)
+			e.detail, e.cause = f.msg, f.cause
 		}
-		return "", outcome.New(outcome.CredentialUnavailable, "credential %q: unavailable", name)
+		s.log.Warn("credential unavailable", zap.String("credential", name), zap.String("detail", e.Detail()))
+		return "", outcome.Wrap(outcome.CredentialUnavailable, e, "%s", e.Error())
 	}
 	return v, nil
 }
@@ -236,7 +282,7 @@ func fileFailure(path string, err error) *failure {
 // vaultValue returns one field of a (cached) Vault secret.
 func (s *Store) vaultValue(ctx context.Context, ref VaultRef) (string, error) {
 	where := ref.Mount + "/data/" + ref.Path
-	data, err := s.vaultSecret(ctx, where)
+	data, err := s.vaultSecret(ctx, ref)
 	if err != nil {
 		return "", err
 	}
@@ -251,11 +297,11 @@ func (s *Store) vaultValue(ctx context.Context, ref VaultRef) (string, error) {
 	return v, nil
 }
 
-// vaultSecret returns the data of the KV v2 secret at path ("mount/data/path"), from the
-// cache while it is fresh. Callers asking for the same uncached path at the same time share
+// vaultSecret returns the data of the KV v2 secret ref, from the cache while it is fresh. Callers asking for the same uncached path at the same time share
 // one request; if that request dies with its caller's context, the others try again with
 // their own.
-func (s *Store) vaultSecret(ctx context.Context, path string) (map[string]any, error) {
+func (s *Store) vaultSecret(ctx context.Context, ref VaultRef) (map[string]any, error) {
+	path := ref.Mount + "/data/" + ref.Path
 	for {
 		s.mu.Lock()
 		e := s.cache[path]
@@ -287,7 +333,7 @@ func (s *Store) vaultSecret(ctx context.Context, path string) (map[string]any, e
 		s.cache[path] = e
 		s.mu.Unlock()
 
-		data, err := s.vault.readKV(ctx, path)
+		data, err := s.vault.readKV(ctx, ref)
 		s.mu.Lock()
 		e.data, e.err = data, err
 		e.expires = s.now().Add(s.ttl)

@@ -28,7 +28,8 @@ func newStore(t *testing.T, specs map[string]Spec, vc *VaultConfig) (*Store, *re
 	return s, red
 }
 
-// checkErr asserts err is a CredentialUnavailable *outcome.Error whose message contains
+// checkErr asserts err is a CredentialUnavailable *outcome.Error wrapping an *Error, whose
+// message says only that the credential is unavailable, and whose local detail contains
 // every part of want.
 func checkErr(t *testing.T, call string, err error, want ...string) {
 	t.Helper()
@@ -39,9 +40,18 @@ func checkErr(t *testing.T, call string, err error, want ...string) {
 	if !errors.As(err, &oe) || oe.Code != outcome.CredentialUnavailable {
 		t.Errorf("%s error = %#v, want *outcome.Error with code %s", call, err, outcome.CredentialUnavailable)
 	}
+	var se *Error
+	if !errors.As(err, &se) {
+		t.Errorf("%s error = %#v, want it to wrap a *secrets.Error", call, err)
+	}
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if !strings.HasSuffix(line, "is unavailable (see the worker's log)") {
+			t.Errorf("%s error = %q, want only `credential \"NAME\" is unavailable (see the worker's log)`", call, line)
+		}
+	}
 	for _, w := range want {
-		if !strings.Contains(err.Error(), w) {
-			t.Errorf("%s error = %q, want it to contain %q", call, err, w)
+		if d := Detail(err); !strings.Contains(d, w) {
+			t.Errorf("Detail(%s error) = %q, want it to contain %q", call, d, w)
 		}
 	}
 }

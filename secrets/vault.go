@@ -16,14 +16,15 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/hashicorp/vault/api/auth/approle"
 	"go.uber.org/zap"
 )
 
-// vaultClient talks to one Vault server with one identity. It builds every request itself
-// with an explicit token, rather than setting the token on the shared api.Client, so that a
-// re-login never races with reads in flight.
+// vaultClient talks to one Vault server with one identity. Every token gets its own clone of
+// the api.Client (same configuration and connection pool, that token set), so that a re-login
+// never changes the token of a read in flight.
 type vaultClient struct {
-	api     *api.Client
+	api     *api.Client // no token: clones are made from it, and AppRole logs in through it
 	addr    string
 	cfg     VaultConfig
 	timeout time.Duration
@@ -35,8 +36,9 @@ type vaultClient struct {
 
 	mu      sync.Mutex // guards the token state below
 	token   string
-	gen     int       // incremented for every new token; older renewal loops exit
-	expires time.Time // zero when the token does not expire (or we do not know)
+	client  *api.Client          // a clone of api carrying token
+	watcher *api.LifetimeWatcher // renews token; nil when it is not renewed
+	expires time.Time            // zero when the token does not expire (or we do not know)
 }
 
 func newVaultClient(cfg VaultConfig, log *zap.Logger, bg context.Context, wg *sync.WaitGroup) (*vaultClient, error) {
@@ -87,6 +89,7 @@ func newVaultClient(cfg VaultConfig, log *zap.Logger, bg context.Context, wg *sy
 	conf.MaxRetries = 2 // on 5xx and connection errors, quickly: the job is retried anyway
 	conf.MinRetryWait = 100 * time.Millisecond
 	conf.MaxRetryWait = time.Second
+	conf.CloneHeaders = true // a token's clone keeps the namespace header
 	if cfg.CACert != "" {
 		if _, err := os.Stat(cfg.CACert); err != nil {
 			return nil, fmt.Errorf("secrets: vault: CA certificate %s: %w", cfg.CACert, err)
@@ -109,134 +112,226 @@ func newVaultClient(cfg VaultConfig, log *zap.Logger, bg context.Context, wg *sy
 	}, nil
 }
 
-// readKV returns .data.data of the KV v2 secret at path ("mount/data/path").
-func (c *vaultClient) readKV(ctx context.Context, path string) (map[string]any, error) {
-	tok, err := c.currentToken(ctx)
+// readKV returns the data of the current version of the KV v2 secret ref.
+func (c *vaultClient) readKV(ctx context.Context, ref VaultRef) (map[string]any, error) {
+	where := ref.Mount + "/data/" + ref.Path
+	tok, client, err := c.currentToken(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sec, err := c.do(ctx, http.MethodGet, path, tok, nil)
+	sec, err := c.get(ctx, client, ref)
 	if c.cfg.AuthMethod == "approle" && isStatus(err, http.StatusForbidden) {
 		// The token may have expired or been revoked: log in again, once.
 		c.dropToken(tok)
-		if tok, err = c.currentToken(ctx); err != nil {
+		if _, client, err = c.currentToken(ctx); err != nil {
 			return nil, err
 		}
-		sec, err = c.do(ctx, http.MethodGet, path, tok, nil)
+		sec, err = c.get(ctx, client, ref)
+	}
+	if errors.Is(err, api.ErrSecretNotFound) {
+		return nil, fail(nil, "vault: %s: not found (404)", where)
 	}
 	if err != nil {
-		return nil, c.failure(ctx, "vault: "+path, err)
+		return nil, c.failure(ctx, "vault: "+where, err)
 	}
-	if sec == nil || sec.Data == nil {
-		return nil, fail(nil, "vault: %s: not found (404)", path)
-	}
-	data, ok := sec.Data["data"].(map[string]any)
-	if !ok {
+	if sec.Data == nil {
 		// KV v2 keeps metadata of deleted and destroyed versions: data is null then.
-		return nil, fail(nil, "vault: %s: no data (deleted version, or not a KV v2 mount?)", path)
+		return nil, fail(nil, "vault: %s: no data (deleted version, or not a KV v2 mount?)", where)
 	}
-	return data, nil
+	return sec.Data, nil
 }
 
-// currentToken returns a usable token, reading or logging in for one if needed.
-func (c *vaultClient) currentToken(ctx context.Context) (string, error) {
-	if tok := c.validToken(); tok != "" {
-		return tok, nil
+// get reads ref with KVv2. Its errors may quote Vault's response, so they are only ever
+// classified (failure), never shown.
+func (c *vaultClient) get(ctx context.Context, client *api.Client, ref VaultRef) (*api.KVSecret, error) {
+	sec, err := client.KVv2(ref.Mount).Get(ctx, ref.Path)
+	if err != nil && !errors.Is(err, api.ErrSecretNotFound) && !isResponse(err) && ctx.Err() == nil &&
+		!errors.Is(err, context.DeadlineExceeded) && !isNetwork(err) {
+		// The response was not a KV v2 secret (its parse error quotes the data).
+		return nil, errNotKVv2
+	}
+	return sec, err
+}
+
+var errNotKVv2 = errors.New("the response is not a KV v2 secret")
+
+// currentToken returns a usable token and its client, reading or logging in for one if needed.
+func (c *vaultClient) currentToken(ctx context.Context) (string, *api.Client, error) {
+	if tok, cl := c.validToken(); tok != "" {
+		return tok, cl, nil
 	}
 	select {
 	case c.login <- struct{}{}:
 	case <-ctx.Done():
-		return "", fail(ctx.Err(), "vault: cancelled while waiting for login (%v)", ctx.Err())
+		return "", nil, fail(ctx.Err(), "vault: cancelled while waiting for login (%v)", ctx.Err())
 	}
 	defer func() { <-c.login }()
-	if tok := c.validToken(); tok != "" { // someone else logged in meanwhile
-		return tok, nil
+	if tok, cl := c.validToken(); tok != "" { // someone else logged in meanwhile
+		return tok, cl, nil
 	}
 	var (
-		tok       string
-		lease     time.Duration
-		renewable bool
-		err       error
+		auth *api.SecretAuth
+		err  error
 	)
 	if c.cfg.AuthMethod == "approle" {
-		tok, lease, renewable, err = c.appRoleLogin(ctx)
+		auth, err = c.appRoleLogin(ctx)
 	} else {
-		tok, lease, renewable, err = c.staticToken(ctx)
+		auth, err = c.staticToken(ctx)
 	}
 	if err != nil {
-		return "", err
+		return "", nil, err
+	}
+	client, err := c.api.Clone()
+	if err != nil {
+		return "", nil, fail(errors.New("client clone failed"), "vault: cannot set up a client for the token")
+	}
+	client.SetToken(auth.ClientToken)
+	var w *api.LifetimeWatcher
+	if auth.Renewable && auth.LeaseDuration > 0 {
+		// The watcher renews with the token it was given (renew-self), whatever client.
+		w, err = c.api.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: &api.Secret{Auth: auth}})
+		if err != nil {
+			w = nil
+			c.log.Warn("cannot watch the vault token; it will not be renewed")
+		}
 	}
 	c.mu.Lock()
-	c.token = tok
-	c.gen++
-	gen := c.gen
+	old := c.watcher
+	c.token, c.client, c.watcher = auth.ClientToken, client, w
 	c.expires = time.Time{}
-	if lease > 0 {
-		c.expires = time.Now().Add(lease)
+	if auth.LeaseDuration > 0 {
+		c.expires = time.Now().Add(time.Duration(auth.LeaseDuration) * time.Second)
 	}
 	c.mu.Unlock()
-	if renewable && lease > 0 {
-		c.wg.Add(1)
-		go c.renewLoop(gen, tok, lease)
+	if old != nil {
+		old.Stop()
 	}
-	return tok, nil
+	if w != nil {
+		c.wg.Add(2)
+		go func() { defer c.wg.Done(); w.Start() }()
+		go c.watch(w, auth.ClientToken)
+	}
+	return auth.ClientToken, client, nil
 }
 
-// validToken returns the current token unless there is none or it has expired.
-func (c *vaultClient) validToken() string {
+// validToken returns the current token and its client unless there is none or it has
+// expired.
+func (c *vaultClient) validToken() (string, *api.Client) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.token == "" || (!c.expires.IsZero() && time.Now().After(c.expires)) {
-		return ""
+		return "", nil
 	}
-	return c.token
+	return c.token, c.client
 }
 
-// dropToken forgets tok if it is still the current token (a rejected token is not reused).
+// dropToken forgets tok if it is still the current token (a rejected or expiring token is
+// not reused: the next read reads the token again, or logs in), and stops its renewal.
 func (c *vaultClient) dropToken(tok string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	var w *api.LifetimeWatcher
 	if c.token == tok {
-		c.token = ""
-		c.gen++
+		w = c.watcher
+		c.token, c.client, c.watcher = "", nil, nil
+	}
+	c.mu.Unlock()
+	if w != nil {
+		w.Stop()
+	}
+}
+
+// watch follows the renewal of tok by w until the store closes, the token is replaced, or
+// Vault stops renewing it. A token that is no longer renewed is dropped shortly before it
+// expires, so that the next read logs in again (AppRole) or reads the token again.
+func (c *vaultClient) watch(w *api.LifetimeWatcher, tok string) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.bg.Done():
+			w.Stop()
+			<-w.DoneCh() // a renewal in flight ends before Close returns
+			return
+		case err := <-w.DoneCh():
+			reason := "the token reached its maximum lifetime or was replaced"
+			if err != nil {
+				reason = c.failure(c.bg, "renew-self", err).Error()
+			}
+			c.mu.Lock()
+			current := c.token == tok
+			c.mu.Unlock()
+			if current {
+				c.log.Info("vault token is no longer renewed; it is replaced at the next read", zap.String("reason", reason))
+				c.dropToken(tok)
+			}
+			return
+		case out := <-w.RenewCh():
+			if out.Secret == nil || out.Secret.Auth == nil {
+				continue
+			}
+			lease := time.Duration(out.Secret.Auth.LeaseDuration) * time.Second
+			c.mu.Lock()
+			if c.token == tok && lease > 0 {
+				c.expires = time.Now().Add(lease)
+			}
+			c.mu.Unlock()
+			c.log.Debug("vault token renewed", zap.Duration("lease", lease))
+		}
 	}
 }
 
 // staticToken reads the token from its file or environment variable and looks it up to
 // learn whether it should be renewed. A failed look-up is not fatal: the token may lack the
 // permission, and the read that follows will say whether it works.
-func (c *vaultClient) staticToken(ctx context.Context) (string, time.Duration, bool, error) {
+func (c *vaultClient) staticToken(ctx context.Context) (*api.SecretAuth, error) {
 	tok, err := c.readSecretSetting("vault token", c.cfg.TokenFile, c.cfg.TokenEnv)
 	if err != nil {
-		return "", 0, false, err
+		return nil, err
 	}
-	sec, err := c.do(ctx, http.MethodGet, "auth/token/lookup-self", tok, nil)
+	auth := &api.SecretAuth{ClientToken: tok}
+	client, err := c.api.Clone()
 	if err != nil {
+		return auth, nil
+	}
+	client.SetToken(tok)
+	sec, err := client.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil || sec == nil {
+		if err == nil {
+			err = errors.New("empty response")
+		}
 		c.log.Warn("cannot look up the vault token; it will not be renewed",
 			zap.String("reason", c.failure(ctx, "lookup-self", err).Error()))
-		return tok, 0, false, nil
+		return auth, nil
 	}
 	ttl, _ := sec.TokenTTL()
-	renewable, _ := sec.TokenIsRenewable()
-	return tok, ttl, renewable, nil
+	auth.Renewable, _ = sec.TokenIsRenewable()
+	auth.LeaseDuration = int(ttl / time.Second)
+	return auth, nil
 }
 
-func (c *vaultClient) appRoleLogin(ctx context.Context) (string, time.Duration, bool, error) {
+// appRoleLogin logs in with vault/api's AppRole method. The secret id is read by us, as
+// every credential setting is, so that its errors are ours.
+func (c *vaultClient) appRoleLogin(ctx context.Context) (*api.SecretAuth, error) {
 	secretID, err := c.readSecretSetting("vault approle secret id", c.cfg.SecretIDFile, c.cfg.SecretIDEnv)
 	if err != nil {
-		return "", 0, false, err
+		return nil, err
 	}
-	path := "auth/" + c.cfg.AppRoleMount + "/login"
-	sec, err := c.do(ctx, http.MethodPost, path, "", map[string]any{"role_id": c.cfg.RoleID, "secret_id": secretID})
+	where := "vault: approle login at auth/" + c.cfg.AppRoleMount + "/login"
+	method, err := approle.NewAppRoleAuth(c.cfg.RoleID, &approle.SecretID{FromString: secretID}, approle.WithMountPath(c.cfg.AppRoleMount))
 	if err != nil {
-		return "", 0, false, c.failure(ctx, "vault: approle login at "+path, err)
+		return nil, fail(errors.New("approle configuration"), "%s: invalid configuration", where)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	sec, err := method.Login(ctx, c.api)
+	if err != nil {
+		return nil, c.failure(ctx, where, err)
 	}
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
-		return "", 0, false, fail(nil, "vault: approle login at %s: no token in the response", path)
+		return nil, fail(nil, "%s: no token in the response", where)
 	}
 	c.log.Info("logged in to vault with approle", zap.String("role_id", c.cfg.RoleID),
 		zap.Duration("lease", time.Duration(sec.Auth.LeaseDuration)*time.Second))
-	return sec.Auth.ClientToken, time.Duration(sec.Auth.LeaseDuration) * time.Second, sec.Auth.Renewable, nil
+	return sec.Auth, nil
 }
 
 // readSecretSetting reads a token or secret id from a file (preferred) or an environment
@@ -258,100 +353,43 @@ func (c *vaultClient) readSecretSetting(what, file, env string) (string, error) 
 	return v, nil
 }
 
-// renewLoop renews tok at two thirds of its lease until the store closes, the token is
-// replaced, or Vault stops renewing it. With AppRole, a token that can no longer be renewed
-// is dropped so that the next read logs in again.
-func (c *vaultClient) renewLoop(gen int, tok string, lease time.Duration) {
-	defer c.wg.Done()
-	t := time.NewTimer(renewAfter(lease))
-	defer t.Stop()
-	for {
-		select {
-		case <-c.bg.Done():
-			return
-		case <-t.C:
-		}
-		c.mu.Lock()
-		current := c.gen == gen
-		c.mu.Unlock()
-		if !current {
-			return
-		}
-		sec, err := c.do(c.bg, http.MethodPost, "auth/token/renew-self", tok, map[string]any{})
-		if err == nil && (sec == nil || sec.Auth == nil) {
-			err = errors.New("no auth in the response")
-		}
-		if err != nil {
-			if c.bg.Err() != nil {
-				return
-			}
-			c.log.Warn("vault token renewal failed", zap.String("reason", c.failure(c.bg, "renew-self", err).Error()))
-			if c.cfg.AuthMethod == "approle" {
-				c.dropToken(tok)
-				return
-			}
-			t.Reset(min(renewAfter(lease), 30*time.Second))
-			continue
-		}
-		lease = time.Duration(sec.Auth.LeaseDuration) * time.Second
-		c.mu.Lock()
-		if c.gen == gen {
-			c.expires = time.Now().Add(lease)
-		}
-		c.mu.Unlock()
-		c.log.Debug("vault token renewed", zap.Duration("lease", lease))
-		if !sec.Auth.Renewable || lease <= 0 {
-			c.log.Info("vault token is no longer renewable; it will be replaced when it expires")
-			return
-		}
-		t.Reset(renewAfter(lease))
-	}
-}
-
-func renewAfter(lease time.Duration) time.Duration {
-	return max(lease*2/3, 10*time.Millisecond)
-}
-
-// do sends one request with an explicit token (none when tok is empty).
-func (c *vaultClient) do(ctx context.Context, method, path, tok string, body any) (*api.Secret, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	req := c.api.NewRequest(method, "/v1/"+path)
-	req.ClientToken = tok
-	if body != nil {
-		if err := req.SetJSONBody(body); err != nil {
-			return nil, err
-		}
-	}
-	//nolint:staticcheck // RawRequestWithContext is the one call that takes a per-request token.
-	resp, err := c.api.RawRequestWithContext(ctx, req)
-	if resp != nil {
-		defer resp.Body.Close()
-	}
-	if err != nil {
-		if resp != nil && resp.StatusCode >= 400 {
-			return nil, &statusError{code: resp.StatusCode}
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, err
-	}
-	if resp.StatusCode == http.StatusNoContent {
-		return nil, nil
-	}
-	return api.ParseSecret(resp.Body)
-}
-
 // statusError is an HTTP status from Vault, without Vault's message (which can echo request
 // details) so that it is safe to keep as an error's cause.
 type statusError struct{ code int }
 
 func (e *statusError) Error() string { return fmt.Sprintf("vault answered %d", e.code) }
 
-func isStatus(err error, code int) bool {
+// status returns the HTTP status of a Vault error response in err's chain.
+func status(err error) (int, bool) {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode, true
+	}
 	var se *statusError
-	return errors.As(err, &se) && se.code == code
+	if errors.As(err, &se) {
+		return se.code, true
+	}
+	return 0, false
+}
+
+func isStatus(err error, code int) bool {
+	c, ok := status(err)
+	return ok && c == code
+}
+
+func isResponse(err error) bool {
+	_, ok := status(err)
+	return ok
+}
+
+// isNetwork reports whether err is a transport failure (failure classifies it further).
+func isNetwork(err error) bool {
+	var netErr net.Error
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	var urlErr *url.Error
+	return errors.As(err, &netErr) || errors.As(err, &opErr) || errors.As(err, &dnsErr) || errors.As(err, &urlErr) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // failure turns an error from do into a message fit for the control plane, prefixed with
@@ -363,9 +401,11 @@ func (c *vaultClient) failure(ctx context.Context, what string, err error) error
 	if errors.As(err, &f) {
 		return err
 	}
-	var se *statusError
-	if errors.As(err, &se) {
-		return fail(se, "%s: %s", what, statusText(se.code))
+	if code, ok := status(err); ok {
+		return fail(&statusError{code: code}, "%s: %s", what, statusText(code))
+	}
+	if errors.Is(err, errNotKVv2) {
+		return fail(errNotKVv2, "%s: %v", what, errNotKVv2)
 	}
 	switch {
 	case ctx.Err() != nil:

@@ -64,8 +64,8 @@ func Audit(ctx context.Context, cfg AuditConfig, out io.Writer) error {
 			return usagef("--fail-on: %v (or none)", err)
 		}
 	}
-	if !contains(plugins.Formats, cfg.Format) {
-		return usagef("--format %q: use %s", cfg.Format, strings.Join(plugins.Formats, ", "))
+	if !contains(plugins.Formats(), cfg.Format) {
+		return usagef("--format %q: use %s", cfg.Format, strings.Join(plugins.Formats(), ", "))
 	}
 	pol, err := policy.Load(cfg.Policy)
 	if err != nil {

@@ -1,7 +1,9 @@
 package tasks
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -10,7 +12,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/plugins"
 )
 
@@ -107,6 +111,9 @@ func (s *Set) reload(ctx context.Context, name string) bool {
 	if err == nil && cur != nil && same(cur.Plugin, p) {
 		return false
 	}
+	if err == nil {
+		err = publishable(p)
+	}
 	var t *Task
 	if err == nil {
 		t, err = s.build(ctx, p.Grant, p)
@@ -131,6 +138,36 @@ func (s *Set) reload(ctx context.Context, name string) bool {
 	log.Info("plugin loaded", zap.String("version", p.Manifest.Version), zap.String("sha256", p.Digest),
 		zap.String("signer", signer), zap.Bool("replaces", cur != nil))
 	return s.swap(ctx, name, t)
+}
+
+// maxSchemaBytes is the control plane's limit on one catalog schema, compacted.
+const maxSchemaBytes = 64 << 10
+
+// publishable refuses a plugin whose schemas the control plane would refuse in its catalog.
+// The control plane refuses a whole catalog for one bad entry: published as is, one plugin
+// would stop the worker at start (registration fails) and every later catalog update. The
+// schemas are compiled by the same package the control planes use (internal/schema); the
+// manifest parser holds version and description to the catalog's rules.
+func publishable(p *plugins.Plugin) error {
+	for _, sc := range []struct {
+		field string
+		raw   json.RawMessage
+	}{{"input_schema", p.Manifest.InputSchema}, {"output_schema", p.Manifest.OutputSchema}} {
+		if sc.raw == nil {
+			continue
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, sc.raw); err != nil {
+			return outcome.New(outcome.ModuleRejected, "plugin %q: %s is not JSON: %v", p.Name, sc.field, err)
+		}
+		if buf.Len() > maxSchemaBytes {
+			return outcome.New(outcome.ModuleRejected, "plugin %q: %s is %d bytes (compacted), the control plane's catalog accepts at most %d", p.Name, sc.field, buf.Len(), maxSchemaBytes)
+		}
+		if _, err := schema.Compile(buf.Bytes()); err != nil {
+			return outcome.New(outcome.ModuleRejected, "plugin %q: %s is not a JSON Schema the control plane accepts: %v", p.Name, sc.field, err)
+		}
+	}
+	return nil
 }
 
 // same reports whether two reads of a plugin are byte-for-byte the same plugin, so that a

@@ -313,3 +313,48 @@ func TestRetiredVersionClosedAfterLastJob(t *testing.T) {
 		t.Errorf("Run on the retired version after its last job = ok, want it closed")
 	}
 }
+
+// TestExtismPluginAndPolicyTask serves one real Extism plugin (built with Extism's C PDK)
+// twice: from the plugins directory and as a policy task with a module path. Both must load
+// and run, because the runtime runs it; neither path may keep an import check of its own.
+func TestExtismPluginAndPolicyTask(t *testing.T) {
+	t.Parallel()
+	hello, err := filepath.Abs(testdata + "/extism_hello.wasm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	dir := filepath.Join(root, "hello")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wasm, err := os.ReadFile(hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, dir, "hello.wasm", wasm)
+	put(t, dir, "plugin.yaml", []byte("name: hello\nversion: \"1\"\nentry: run_test\n"))
+	doc := fmt.Sprintf("version: 1\nplugins: {require_signed: false}\ntasks:\n  hello: {}\n  hello_policy:\n    module: %s\n    entry: run_test\n", hello)
+	pol, err := policy.Parse("policy.yaml", []byte(doc), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine, err := runtime.NewEngine(runtime.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	set, err := Load(t.Context(), Options{Policy: pol, Engine: engine, Log: zap.New(core), PluginsDir: root, PoolSize: -1})
+	if err != nil {
+		t.Fatalf("Load() error = %v", err)
+	}
+	t.Cleanup(func() {
+		set.Close(context.Background())
+		_ = engine.Close(context.Background())
+	})
+	for _, task := range []string{"hello", "hello_policy"} {
+		if got := output(set, task); got != "Hello, world!" {
+			t.Errorf("Run(%s) = %q, want Hello, world!; refusals: %v", task, got, logs.FilterMessageSnippet("refused").All())
+		}
+	}
+}
