@@ -123,12 +123,17 @@ func (l *Log) openActive() error {
 // rotated record that continues their chain.
 func (l *Log) start() error {
 	newest := ""
-	if rotated, err := filepath.Glob(l.opts.Path + ".*"); err == nil {
-		for _, r := range rotated {
-			if suf := r[len(l.opts.Path)+1:]; len(suf) == 20 && strings.Trim(suf, "0123456789") == "" && r > newest {
-				newest = r
+	base := filepath.Base(l.opts.Path) + "."
+	if entries, err := os.ReadDir(filepath.Dir(l.opts.Path)); err == nil {
+		for _, e := range entries {
+			suf, ok := strings.CutPrefix(e.Name(), base)
+			if ok && len(suf) == 20 && strings.Trim(suf, "0123456789") == "" && e.Name() > newest {
+				newest = e.Name()
 			}
 		}
+	}
+	if newest != "" {
+		newest = filepath.Join(filepath.Dir(l.opts.Path), newest)
 	}
 	if newest == "" {
 		return l.checkpoint()
