@@ -1,6 +1,7 @@
 package audit_test
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -469,4 +470,46 @@ func TestParseHead(t *testing.T) {
 			t.Errorf("Head.String() = %q, want %q", got.String(), strings.TrimSpace(tt.in))
 		}
 	}
+}
+
+// FuzzVerifyAgainstHead: any change to a log sealed at its head (bytes replaced, inserted or
+// cut anywhere) fails Verify with the key and the head; only the log itself passes.
+func FuzzVerifyAgainstHead(f *testing.F) {
+	_, key, _ := ed25519.GenerateKey(nil)
+	dir := f.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	l, err := audit.Open(audit.Options{Path: path, Key: key, CheckpointEvery: 3, MaxBytes: -1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for i := range 8 {
+		if err := l.Append(audit.JobStarted{Job: fmt.Sprint("j", i), Task: "t", Attempt: 1}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		f.Fatal(err)
+	}
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	opts := audit.VerifyOptions{Trusted: []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}, Head: l.Head()}
+	f.Add(uint16(0), uint16(0), []byte{})
+	f.Add(uint16(len(orig)/2), uint16(len(orig)), []byte{})      // cut
+	f.Add(uint16(10), uint16(1), []byte("1"))                    // one byte
+	f.Add(uint16(len(orig)), uint16(0), []byte("{\"seq\":1}\n")) // appended
+	f.Fuzz(func(t *testing.T, at, cut uint16, insert []byte) {
+		i := min(int(at), len(orig))
+		j := min(i+int(cut), len(orig))
+		mutated := append(append(append([]byte{}, orig[:i]...), insert...), orig[j:]...)
+		p := filepath.Join(t.TempDir(), "audit.jsonl")
+		if err := os.WriteFile(p, mutated, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := audit.Verify([]string{p}, opts)
+		if bytes.Equal(mutated, orig) != (err == nil) {
+			t.Fatalf("Verify(log with [%d:%d] replaced by %q) = %v", i, j, insert, err)
+		}
+	})
 }
