@@ -8,9 +8,12 @@
 // it since. With the chain, changing one byte, deleting, inserting or swapping a line, or
 // dropping a rotated file breaks a link that Verify names. The signed checkpoints stop a
 // forger from simply recomputing the chain: without the worker's private key they cannot
-// produce a checkpoint signature over the new head. What the chain cannot prove is the
-// absence of records cut from the very end of the newest file after its last checkpoint;
-// Verify reports such an unsealed tail so the reader knows how much is covered.
+// produce a checkpoint signature over the new head. A new log starts with a checkpoint and
+// never more than Options.CheckpointEvery records follow one, so with the trusted key a log
+// without a checkpoint, or with a longer unsealed tail, is refused. What neither the chain
+// nor the key can show is a log cut at a checkpoint or an older copy restored: it looks like
+// one closed there. For that the writer's Head (its latest checkpoint) is reported off the
+// host, and Verify with VerifyOptions.Head requires the chain to still contain it.
 //
 // Why typed events only: Append accepts the event structs of this package and nothing else
 // (the Event interface is sealed). None of them has a field for a body, a header value, a

@@ -56,8 +56,12 @@ type Record struct {
 	OutputSHA256 string `json:"output_sha256,omitempty"`
 
 	RotatedFrom string `json:"rotated_from,omitempty"`
-	Key         string `json:"key,omitempty"` // checkpoint: hex Ed25519 public key
-	Sig         string `json:"sig,omitempty"` // checkpoint: hex signature, see checkpointMessage
+	// Every is the writer's checkpoint interval, in a checkpoint: at most this many records
+	// follow it before the next checkpoint, so a longer unsealed tail was not written by it.
+	// Absent in checkpoints written before it was recorded (DefaultCheckpointEvery applies).
+	Every int    `json:"every,omitempty"`
+	Key   string `json:"key,omitempty"` // checkpoint: hex Ed25519 public key
+	Sig   string `json:"sig,omitempty"` // checkpoint: hex signature, see checkpointMessage
 }
 
 // Event is something Append can record. The interface is sealed: only this package's event

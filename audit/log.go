@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -29,7 +30,8 @@ type Options struct {
 	// Key signs checkpoints. Required: an unsigned chain can be recomputed by anyone.
 	Key ed25519.PrivateKey
 	// CheckpointEvery is how many records may follow a checkpoint before the next one.
-	// Optional; default 100.
+	// Optional; default DefaultCheckpointEvery. It is the longest unsealed tail the writer
+	// ever leaves (after a crash), so a verifier with the key refuses a longer one.
 	CheckpointEvery int
 	// MaxBytes rotates the active file once it reaches this size. Optional; default 64 MiB;
 	// negative never rotates.
@@ -42,6 +44,9 @@ type Options struct {
 	Now func() time.Time
 }
 
+// DefaultCheckpointEvery is Options.CheckpointEvery's default.
+const DefaultCheckpointEvery = 100
+
 // Log is an open audit log. It is safe for concurrent use; a nil *Log records nothing, so
 // callers can hold an optional one without checks.
 type Log struct {
@@ -53,6 +58,7 @@ type Log struct {
 	seq       uint64
 	prev      string // hex SHA-256 of the last line written
 	sinceSeal int    // records since the last checkpoint
+	head      Head   // the last checkpoint written or found at Open
 	err       error  // sticky write error: a log with a hole in it must not go on
 }
 
@@ -65,7 +71,7 @@ func Open(opts Options) (*Log, error) {
 		return nil, fmt.Errorf("audit: Options.Key is %d bytes, want an Ed25519 private key (%d bytes)", len(opts.Key), ed25519.PrivateKeySize)
 	}
 	if opts.CheckpointEvery <= 0 {
-		opts.CheckpointEvery = 100
+		opts.CheckpointEvery = DefaultCheckpointEvery
 	}
 	if opts.MaxBytes == 0 {
 		opts.MaxBytes = 64 << 20
@@ -80,56 +86,145 @@ func Open(opts Options) (*Log, error) {
 	return l, nil
 }
 
-// openActive opens opts.Path for appending and reads the chain position from its last line.
+// openActive opens opts.Path for appending and reads the chain position from its lines.
+// A new log starts with a checkpoint, so every log this writer leaves is signed from its
+// first record: a log without any checkpoint was not written by it.
 func (l *Log) openActive() error {
 	f, err := os.OpenFile(l.opts.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("audit: open %s: %w", l.opts.Path, err)
 	}
-	seq, prev, size, err := tail(f)
+	st, err := scan(f)
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("audit: %s: %w; run `castellan audit verify` on it and move it aside", l.opts.Path, err)
 	}
-	l.f, l.size = f, size
-	if size > 0 {
-		l.seq, l.prev = seq, prev
+	l.f, l.size = f, st.size
+	if st.size == 0 {
+		return l.start()
+	}
+	l.seq, l.prev, l.sinceSeal, l.head = st.seq, st.hash, st.sinceSeal, st.checkpoint
+	if l.head.Seq == 0 && st.rotatedFrom != "" {
+		// Sealed in the previous file: rotation checkpoints before it renames.
+		if prev, err := scanFile(filepath.Join(filepath.Dir(l.opts.Path), st.rotatedFrom)); err == nil {
+			l.head = prev.checkpoint
+		}
+	}
+	if l.sinceSeal > 0 && st.every > 0 && st.every < l.opts.CheckpointEvery {
+		// The tail was left under a shorter interval, which its checkpoint names: seal it
+		// before the longer interval lets it grow past that.
+		return l.checkpoint()
 	}
 	return nil
 }
 
-// tail returns the sequence number and hash of the last line of f.
-func tail(f *os.File) (seq uint64, hash string, size int64, err error) {
+// start begins an empty active file: the first checkpoint of a new log, or, when rotated
+// files lie beside it (a crash between the rename and the new file's first record), the
+// rotated record that continues their chain.
+func (l *Log) start() error {
+	newest := ""
+	base := filepath.Base(l.opts.Path) + "."
+	if entries, err := os.ReadDir(filepath.Dir(l.opts.Path)); err == nil {
+		for _, e := range entries {
+			suf, ok := strings.CutPrefix(e.Name(), base)
+			if ok && len(suf) == 20 && strings.Trim(suf, "0123456789") == "" && e.Name() > newest {
+				newest = e.Name()
+			}
+		}
+	}
+	if newest != "" {
+		newest = filepath.Join(filepath.Dir(l.opts.Path), newest)
+	}
+	if newest == "" {
+		return l.checkpoint()
+	}
+	st, err := scanFile(newest)
+	if err != nil {
+		l.f.Close()
+		return fmt.Errorf("audit: %s is empty and its newest rotated file %s cannot be read: %w", l.opts.Path, filepath.Base(newest), err)
+	}
+	if st.size == 0 {
+		l.f.Close()
+		return fmt.Errorf("audit: %s is empty and so is its newest rotated file %s; run `castellan audit verify` on the log and move it aside", l.opts.Path, filepath.Base(newest))
+	}
+	l.seq, l.prev, l.sinceSeal, l.head = st.seq, st.hash, st.sinceSeal, st.checkpoint
+	if err := l.write(Record{Type: TypeRotated, RotatedFrom: filepath.Base(newest)}); err != nil {
+		return err
+	}
+	l.sinceSeal++
+	return nil
+}
+
+// fileState is what scan reads from a log file.
+type fileState struct {
+	size        int64
+	seq         uint64 // of the last record
+	hash        string // of the last line
+	sinceSeal   int    // records after the last checkpoint (all of them without one)
+	checkpoint  Head   // the last checkpoint; zero without one
+	every       int    // its interval
+	rotatedFrom string // the first record's, when it is a rotated record
+}
+
+func scanFile(path string) (fileState, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return fileState{}, err
+	}
+	defer f.Close()
+	return scan(f)
+}
+
+var checkpointMark = []byte(`"type":"` + TypeCheckpoint + `"`)
+
+// scan reads f from the start: the position of its last line and of its last checkpoint.
+func scan(f *os.File) (st fileState, err error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return 0, "", 0, err
+		return st, err
 	}
 	r := bufio.NewReader(f)
 	var last []byte
 	line := 0
 	for {
 		b, err := r.ReadBytes('\n')
-		size += int64(len(b))
+		st.size += int64(len(b))
 		if err == io.EOF {
 			if len(b) > 0 {
-				return 0, "", 0, fmt.Errorf("line %d is an incomplete record (no newline)", line+1)
+				return st, fmt.Errorf("line %d is an incomplete record (no newline)", line+1)
 			}
 			break
 		}
 		if err != nil {
-			return 0, "", 0, err
+			return st, err
 		}
 		line++
-		last = b
+		last = bytes.TrimSuffix(b, []byte("\n"))
+		st.sinceSeal++
+		// A string value cannot hold the mark unescaped, so only checkpoints are decoded.
+		if line == 1 || bytes.Contains(last, checkpointMark) {
+			var rec Record
+			if err := json.Unmarshal(last, &rec); err != nil {
+				return st, fmt.Errorf("line %d is not a JSON record: %v", line, err)
+			}
+			if line == 1 && rec.Type == TypeRotated {
+				st.rotatedFrom = rec.RotatedFrom
+			}
+			if rec.Type == TypeCheckpoint {
+				st.checkpoint, st.every, st.sinceSeal = Head{Seq: rec.Seq, Hash: lineHash(last)}, rec.Every, 0
+			}
+		}
 	}
 	if last == nil {
-		return 0, "", 0, nil
+		return st, nil
 	}
-	last = bytes.TrimSuffix(last, []byte("\n"))
-	var rec Record
+	var rec struct {
+		Seq uint64 `json:"seq"`
+	}
 	if err := json.Unmarshal(last, &rec); err != nil {
-		return 0, "", 0, fmt.Errorf("line %d is not a JSON record: %v", line, err)
+		return st, fmt.Errorf("line %d is not a JSON record: %v", line, err)
 	}
-	return rec.Seq, lineHash(last), size, nil
+	st.seq, st.hash = rec.Seq, lineHash(last)
+	return st, nil
 }
 
 func lineHash(line []byte) string {
@@ -164,6 +259,12 @@ func (l *Log) Append(ev Event) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.err == nil && l.sinceSeal >= l.opts.CheckpointEvery {
+		// Only after a restart on a tail a crash left: seal it before it grows further.
+		if err := l.checkpoint(); err != nil {
+			return err
+		}
+	}
 	if err := l.write(rec); err != nil {
 		return err
 	}
@@ -204,7 +305,7 @@ func (l *Log) Close() error {
 		return l.err
 	}
 	var err error
-	if l.sinceSeal > 0 || l.seq == 0 {
+	if l.sinceSeal > 0 || l.seq == 0 || l.head.Seq != l.seq {
 		err = l.checkpoint()
 	}
 	if cerr := l.f.Close(); err == nil && cerr != nil {
@@ -215,6 +316,19 @@ func (l *Log) Close() error {
 		l.err = errors.New("audit: log is closed")
 	}
 	return err
+}
+
+// Head returns the last checkpoint: its seq and the hash of its line. It is what the worker
+// reports to the control plane, so that a copy of the log can be checked against it from
+// outside the host (VerifyOptions.Head). A checkpoint is fsynced before Head names it, so
+// a machine crash never loses a head that was reported. Zero before the first checkpoint.
+func (l *Log) Head() Head {
+	if l == nil {
+		return Head{}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.head
 }
 
 // Seq returns the sequence number of the last record written.
@@ -266,7 +380,7 @@ func (l *Log) write(rec Record) error {
 
 func (l *Log) checkpoint() error {
 	pub := l.opts.Key.Public().(ed25519.PublicKey)
-	rec := Record{Type: TypeCheckpoint, Key: hex.EncodeToString(pub)}
+	rec := Record{Type: TypeCheckpoint, Every: l.opts.CheckpointEvery, Key: hex.EncodeToString(pub)}
 	if err := l.write(rec); err != nil {
 		return err
 	}
@@ -275,6 +389,7 @@ func (l *Log) checkpoint() error {
 		l.err = fmt.Errorf("audit: fsync %s: %w", l.opts.Path, err)
 		return l.err
 	}
+	l.head = Head{Seq: l.seq, Hash: l.prev}
 	return nil
 }
 

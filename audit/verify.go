@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -23,6 +24,9 @@ type Problem struct {
 }
 
 func (p *Problem) Error() string {
+	if p.Line == 0 {
+		return fmt.Sprintf("%s: %s", p.File, p.What)
+	}
 	if p.Seq == 0 {
 		return fmt.Sprintf("%s:%d: %s", p.File, p.Line, p.What)
 	}
@@ -54,6 +58,42 @@ type Report struct {
 	Unsealed int
 }
 
+// Head names one record of a chain: its sequence number and the hex SHA-256 of its line.
+// The worker reports its latest checkpoint as a Head with each result, and the control
+// plane keeps the newest; a log that does not contain it was cut or rolled back.
+type Head struct {
+	Seq  uint64
+	Hash string
+}
+
+// String is the SEQ:HASH form that ParseHead reads.
+func (h Head) String() string { return fmt.Sprintf("%d:%s", h.Seq, h.Hash) }
+
+// ParseHead reads SEQ:HASH, a decimal sequence number from 1 and 64 lowercase hex digits.
+func ParseHead(s string) (Head, error) {
+	s = strings.TrimSpace(s)
+	seq, hash, ok := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if !ok || err != nil || n == 0 || len(hash) != 64 || strings.Trim(hash, "0123456789abcdef") != "" {
+		return Head{}, fmt.Errorf("audit: head %q is not SEQ:HASH (a sequence number from 1, a colon, 64 lowercase hex digits)", s)
+	}
+	return Head{Seq: n, Hash: hash}, nil
+}
+
+// VerifyOptions configure Verify.
+type VerifyOptions struct {
+	// Trusted are the writer's public keys. With them, every checkpoint must be signed by
+	// one, the log must have at least one checkpoint, and no more records may follow the
+	// last one than the writer's checkpoint interval (named in that checkpoint). Without
+	// them, checkpoints are checked against the key each names: consistency, not authorship.
+	Trusted []ed25519.PublicKey
+	// Head, when set, is a head the writer reported off the host (the control plane keeps
+	// the newest per worker): the chain must contain that record with that hash. This is
+	// what detects a log cut at a checkpoint or an older copy restored, which the key
+	// alone cannot tell from a log closed there.
+	Head Head
+}
+
 type fileLines struct {
 	path  string
 	lines [][]byte
@@ -67,6 +107,12 @@ type fileLines struct {
 // line, a missing rotated file, a bad or untrusted signature. Other errors (an unreadable
 // file) are returned as they are.
 func VerifyFiles(paths []string, trusted ...ed25519.PublicKey) (Report, error) {
+	return Verify(paths, VerifyOptions{Trusted: trusted})
+}
+
+// Verify is VerifyFiles with a head to check against (see VerifyOptions).
+func Verify(paths []string, opts VerifyOptions) (Report, error) {
+	trusted := opts.Trusted
 	var rep Report
 	if len(paths) == 0 {
 		return rep, fmt.Errorf("audit verify: no files given")
@@ -78,6 +124,12 @@ func VerifyFiles(paths []string, trusted ...ed25519.PublicKey) (Report, error) {
 			return rep, fmt.Errorf("audit verify: %w", err)
 		}
 		fl := fileLines{path: p}
+		if len(data) == 0 {
+			// The writer never leaves a file empty: a new log starts with a checkpoint, a
+			// rotated file with its rotated record (a crash between the rename and that
+			// record is repaired at the next Open).
+			return rep, &Problem{File: p, What: "the file is empty: its records were removed (the writer never leaves a log file empty)"}
+		}
 		if len(data) > 0 {
 			if data[len(data)-1] != '\n' {
 				n := bytes.Count(data, []byte("\n")) + 1
@@ -103,6 +155,8 @@ func VerifyFiles(paths []string, trusted ...ed25519.PublicKey) (Report, error) {
 		prevSeq  uint64
 		prevFile string
 		started  bool
+		every    = DefaultCheckpointEvery // the last checkpoint's interval
+		headSeen bool
 	)
 	for fi, fl := range files {
 		fr := FileReport{Path: fl.path}
@@ -163,8 +217,21 @@ func VerifyFiles(paths []string, trusted ...ed25519.PublicKey) (Report, error) {
 					rep.Signers = append(rep.Signers, r.Key)
 				}
 				rep.Unsealed = 0
+				every = DefaultCheckpointEvery
+				if r.Every > 0 {
+					every = r.Every
+				}
 			} else {
 				rep.Unsealed++
+				if rep.Trusted && rep.Checkpoints > 0 && rep.Unsealed > every {
+					return rep, bad(r.Seq, "%d records follow the last checkpoint, more than the writer ever leaves (it seals every %d): records were appended or its checkpoints removed", rep.Unsealed, every)
+				}
+			}
+			if opts.Head.Seq == r.Seq {
+				if h := lineHash(line); h != opts.Head.Hash {
+					return rep, bad(r.Seq, "this line's SHA-256 %s… is not the head %s… that the writer reported for seq %d: the log was rewritten or rolled back to an older copy and continued", h[:16], opts.Head.Hash[:min(16, len(opts.Head.Hash))], r.Seq)
+				}
+				headSeen = true
 			}
 			started = true
 			prevSeq, prevHash, prevFile = r.Seq, lineHash(line), fl.path
@@ -178,6 +245,15 @@ func VerifyFiles(paths []string, trusted ...ed25519.PublicKey) (Report, error) {
 		rep.Files = append(rep.Files, fr)
 	}
 	rep.LastSeq, rep.Head = prevSeq, prevHash
+	last := files[len(files)-1]
+	if rep.Trusted && rep.Checkpoints == 0 {
+		return rep, &Problem{File: last.path, Line: len(last.lines), Seq: prevSeq,
+			What: "no checkpoint in the log: nothing in it is signed, so it was invented or its checkpoints were removed (the writer starts every log with one)"}
+	}
+	if opts.Head.Seq != 0 && !headSeen {
+		return rep, &Problem{File: last.path, Line: len(last.lines), Seq: prevSeq,
+			What: fmt.Sprintf("the log ends at seq %d, before the head seq %d that the writer reported: records %d..%d were cut, or an older copy was restored (rolled back)", prevSeq, opts.Head.Seq, prevSeq+1, opts.Head.Seq)}
+	}
 	return rep, nil
 }
 

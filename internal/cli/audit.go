@@ -3,15 +3,19 @@ package cli
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/audit"
+	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/plugins"
 	"github.com/castellan-dev/castellan/policy"
 )
@@ -95,35 +99,58 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// AuditVerifyConfig is the configuration of `castellan audit verify`.
+type AuditVerifyConfig struct {
+	Keys []string // trusted signers: JWKS/JWK files or hex Ed25519 public keys
+	Head string   // SEQ:HASH the worker reported; "" for none
+	// Server, Worker and TokenFile fetch the head from the control plane instead:
+	// GET Server/v1/workers/Worker/audit-head with an admin token.
+	Server, Worker, TokenFile string
+}
+
 func auditVerifyCommand() *cli.Command {
 	var keys cli.StringSlice
+	var cfg AuditVerifyConfig
 	return &cli.Command{
 		Name:      "verify",
-		Usage:     "check a worker's tamper-evident audit log: hash chain, checkpoint signatures, rotation",
+		Usage:     "check a worker's tamper-evident audit log: hash chain, checkpoint signatures, rotation, reported head",
 		ArgsUsage: "FILE...",
 		Description: "Reads the audit log files (the active file and its rotated predecessors, in any order) and\n" +
 			"checks that every record chains to the one before it and that every checkpoint is signed.\n" +
 			"The first bad record is named (file, line, sequence number, what is wrong) on any edit,\n" +
 			"deletion, insertion, reordering, or a rotated file missing. With --key, checkpoints must be\n" +
-			"signed by that key (the worker's STATE-DIR/audit.public.jwks.json); without it they are only\n" +
-			"checked for consistency. Exit status: 0 intact, 1 tampered, 2 usage error.\n\n" +
-			"Example:\n  castellan audit verify --key /var/lib/castellan/audit.public.jwks.json /var/lib/castellan/audit.log*",
+			"signed by that key (the worker's audit.public.jwks.json), the log must hold at least one\n" +
+			"checkpoint, and no more records may follow the last one than the writer's checkpoint interval;\n" +
+			"without it they are only checked for consistency.\n\n" +
+			"A log cut at a checkpoint, or an older copy restored, still looks whole with --key alone. The\n" +
+			"worker reports its latest checkpoint to the control plane with every result: --head SEQ:HASH,\n" +
+			"or --server URL --worker NAME with an admin token, checks that the log still contains it.\n" +
+			"Exit status: 0 intact, 1 tampered (or cut before the head), 2 usage error or head unavailable.\n\n" +
+			"Examples:\n  castellan audit verify --key /var/lib/castellan/audit.public.jwks.json /var/lib/castellan/audit.log*\n" +
+			"  castellan audit verify --key audit.public.jwks.json --server https://cp.example:8443 \\\n" +
+			"      --token-file admin.token --worker worker-1 audit.log*",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "key", Usage: "trusted signer: a JWKS/JWK `FILE` or a hex Ed25519 public key", Destination: &keys},
+			&cli.StringFlag{Name: "head", Usage: "the head the worker reported, `SEQ:HASH`: the log must contain it", Destination: &cfg.Head},
+			&cli.StringFlag{Name: "server", Usage: "fetch the head from the control plane at `URL` (with --worker)", Destination: &cfg.Server},
+			&cli.StringFlag{Name: "worker", Usage: "the worker's `NAME` or id at the control plane (with --server)", Destination: &cfg.Worker},
+			tokenFileFlag(&cfg.TokenFile),
 		},
 		Action: func(c *cli.Context) error {
-			return AuditVerify(c.Args().Slice(), keys.Value(), c.App.Writer)
+			cfg.Keys = keys.Value()
+			return AuditVerify(c.Context, c.Args().Slice(), cfg, c.App.Writer)
 		},
 	}
 }
 
-// AuditVerify verifies audit log files against the trusted keys (files or hex).
-func AuditVerify(files, keys []string, out io.Writer) error {
+// AuditVerify verifies audit log files against the trusted keys (files or hex) and, when
+// given or fetched, the head the worker reported to the control plane.
+func AuditVerify(ctx context.Context, files []string, cfg AuditVerifyConfig, out io.Writer) error {
 	if len(files) == 0 {
 		return usagef("audit verify: name the audit log FILEs")
 	}
 	var trusted []ed25519.PublicKey
-	for _, k := range keys {
+	for _, k := range cfg.Keys {
 		if pk, err := audit.ParsePublicKey(k); err == nil {
 			trusted = append(trusted, pk)
 			continue
@@ -140,7 +167,27 @@ func AuditVerify(files, keys []string, out io.Writer) error {
 			trusted = append(trusted, pk)
 		}
 	}
-	rep, err := audit.VerifyFiles(files, trusted...)
+	opts := audit.VerifyOptions{Trusted: trusted}
+	switch {
+	case cfg.Head != "" && (cfg.Server != "" || cfg.Worker != ""):
+		return usagef("--head and --server/--worker both name the head: give one")
+	case cfg.Head != "":
+		h, err := audit.ParseHead(cfg.Head)
+		if err != nil {
+			return usagef("--head: %v", err)
+		}
+		opts.Head = h
+	case cfg.Server != "" || cfg.Worker != "":
+		if cfg.Server == "" || cfg.Worker == "" {
+			return usagef("--server and --worker go together: the control plane and the worker whose head it holds")
+		}
+		h, err := fetchAuditHead(ctx, cfg)
+		if err != nil {
+			return usageError{err}
+		}
+		opts.Head = h
+	}
+	rep, err := audit.Verify(files, opts)
 	if err != nil {
 		var p *audit.Problem
 		if errors.As(err, &p) {
@@ -153,10 +200,59 @@ func AuditVerify(files, keys []string, out io.Writer) error {
 	if rep.Trusted {
 		trust = "checkpoints signed by a trusted key"
 	}
-	fmt.Fprintf(out, "intact: %d records in %d file(s), %d checkpoints, %s; head %s\n",
-		rep.Records, len(rep.Files), rep.Checkpoints, trust, rep.Head)
+	fmt.Fprintf(out, "intact: %d records in %d file(s), %d checkpoints, %s; head %d:%s\n",
+		rep.Records, len(rep.Files), rep.Checkpoints, trust, rep.LastSeq, rep.Head)
+	if opts.Head.Seq != 0 {
+		fmt.Fprintf(out, "the reported head %s is in the chain\n", opts.Head)
+	} else {
+		fmt.Fprintf(out, "note: no --head: a log cut at a checkpoint or rolled back to an older copy would look the same\n")
+	}
 	if rep.Unsealed > 0 {
 		fmt.Fprintf(out, "note: the last %d record(s) follow the last checkpoint (chained, not yet signed)\n", rep.Unsealed)
 	}
 	return nil
+}
+
+// fetchAuditHead asks the control plane for the newest head the worker reported.
+func fetchAuditHead(ctx context.Context, cfg AuditVerifyConfig) (audit.Head, error) {
+	token, err := readToken(cfg.TokenFile)
+	if err != nil {
+		return audit.Head{}, err
+	}
+	u, err := url.Parse(strings.TrimRight(cfg.Server, "/"))
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return audit.Head{}, fmt.Errorf("--server %q is not an http(s) URL", cfg.Server)
+	}
+	u = u.JoinPath("v1", "workers", cfg.Worker, "audit-head")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return audit.Head{}, fmt.Errorf("--server: %v", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("User-Agent", "castellan/"+Version)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return audit.Head{}, fmt.Errorf("fetch the audit head of worker %q: %w", cfg.Worker, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return audit.Head{}, fmt.Errorf("fetch the audit head of worker %q: %w", cfg.Worker, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var eb api.ErrorBody
+		if json.Unmarshal(body, &eb) == nil && eb.Error.Code != "" {
+			return audit.Head{}, fmt.Errorf("the control plane has no audit head for worker %q: %d %s: %s", cfg.Worker, resp.StatusCode, eb.Error.Code, eb.Error.Message)
+		}
+		return audit.Head{}, fmt.Errorf("the control plane has no audit head for worker %q: HTTP %d", cfg.Worker, resp.StatusCode)
+	}
+	var wh api.WorkerAuditHead
+	if err := json.Unmarshal(body, &wh); err != nil {
+		return audit.Head{}, fmt.Errorf("the control plane's audit head for worker %q is not JSON: %v", cfg.Worker, err)
+	}
+	h, err := audit.ParseHead(fmt.Sprintf("%d:%s", wh.Seq, wh.Hash))
+	if err != nil {
+		return audit.Head{}, fmt.Errorf("the control plane's audit head for worker %q: %v", cfg.Worker, err)
+	}
+	return h, nil
 }

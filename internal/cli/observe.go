@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -31,14 +32,17 @@ type observability struct {
 	close    func()
 }
 
-func newObservability(ctx context.Context, cfg WorkerConfig, stateDir string, red *redact.Set, log *zap.Logger) (*observability, error) {
-	key, err := auditKey(stateDir)
-	if err != nil {
-		return nil, err
-	}
+func newObservability(ctx context.Context, cfg WorkerConfig, stateDir string, store credentialSource, red *redact.Set, log *zap.Logger) (*observability, error) {
 	path := cfg.AuditLog
 	if path == "" {
 		path = filepath.Join(stateDir, "audit.log")
+	}
+	key, err := auditKey(ctx, cfg, stateDir, store)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AuditKeyFile != "" && (within(stateDir, cfg.AuditKeyFile) || within(filepath.Dir(path), cfg.AuditKeyFile)) {
+		log.Warn("the audit signing key file lies beside the audit log: whoever can edit the log can likely re-sign it (docs/audit-log.md)")
 	}
 	alog, err := audit.Open(audit.Options{Path: path, Key: key, Scrub: red})
 	if err != nil {
@@ -97,25 +101,61 @@ func (f fanout) Observe(ctx context.Context, ev worker.Event) context.Context {
 	return ctx
 }
 
-// auditKey loads the worker's audit signing key from the state directory, creating it on
-// first start. Its public half (audit.public.jwks.json) is what `castellan audit verify
-// --key` takes.
-func auditKey(stateDir string) (ed25519.PrivateKey, error) {
-	priv := filepath.Join(stateDir, "audit.private.jwk.json")
-	if _, err := os.Stat(priv); errors.Is(err, os.ErrNotExist) {
-		if _, _, err := approval.WriteKeyFiles(stateDir, "audit"); err != nil {
-			return nil, fmt.Errorf("create the audit signing key in %s: %w", stateDir, err)
+// credentialSource resolves a policy credential; *secrets.Store implements it.
+type credentialSource interface {
+	Credential(ctx context.Context, name string) (string, error)
+}
+
+// auditKey loads the worker's audit signing key: from --audit-key-credential, from
+// --audit-key-file, or from the state directory, creating it there on first start. Its
+// public half is what `castellan audit verify --key` takes.
+func auditKey(ctx context.Context, cfg WorkerConfig, stateDir string, store credentialSource) (ed25519.PrivateKey, error) {
+	var k jose.JSONWebKey
+	switch {
+	case cfg.AuditKeyCredential != "" && cfg.AuditKeyFile != "":
+		return nil, errors.New("--audit-key-file and --audit-key-credential both name the audit signing key: give one")
+	case cfg.AuditKeyCredential != "":
+		v, err := store.Credential(ctx, cfg.AuditKeyCredential)
+		if err != nil {
+			return nil, fmt.Errorf("--audit-key-credential: %v", err)
 		}
-	}
-	k, err := approval.LoadPrivateKey(priv)
-	if err != nil {
-		return nil, fmt.Errorf("audit signing key: %w", err)
+		// The value is a secret: the decoder's message is not repeated.
+		if err := k.UnmarshalJSON([]byte(v)); err != nil || k.IsPublic() {
+			return nil, fmt.Errorf("--audit-key-credential %s: the value is not a private Ed25519 JWK (as `castellan keygen --name audit` writes)", cfg.AuditKeyCredential)
+		}
+	case cfg.AuditKeyFile != "":
+		var err error
+		if k, err = approval.LoadPrivateKey(cfg.AuditKeyFile); err != nil {
+			return nil, fmt.Errorf("--audit-key-file: %w (create one with `castellan keygen --name audit`)", err)
+		}
+	default:
+		priv := filepath.Join(stateDir, "audit.private.jwk.json")
+		if _, err := os.Stat(priv); errors.Is(err, os.ErrNotExist) {
+			if _, _, err := approval.WriteKeyFiles(stateDir, "audit"); err != nil {
+				return nil, fmt.Errorf("create the audit signing key in %s: %w", stateDir, err)
+			}
+		}
+		var err error
+		if k, err = approval.LoadPrivateKey(priv); err != nil {
+			return nil, fmt.Errorf("audit signing key: %w", err)
+		}
 	}
 	key, ok := k.Key.(ed25519.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("audit signing key %s is not Ed25519", priv)
+		return nil, errors.New("the audit signing key is not an Ed25519 private key")
 	}
 	return key, nil
+}
+
+// within reports whether path lies in dir or below it.
+func within(dir, path string) bool {
+	d, err1 := filepath.Abs(dir)
+	p, err2 := filepath.Abs(path)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	rel, err := filepath.Rel(d, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
 func isNATSURL(u string) bool {

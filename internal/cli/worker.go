@@ -49,6 +49,12 @@ type WorkerConfig struct {
 	NATSCreds   string // NATS mode: JWT/NKey credentials file
 	NATSCA      string // NATS mode: CA bundle for TLS
 	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
+
+	// AuditKeyFile is the audit signing key (a private Ed25519 JWK) kept outside STATE-DIR;
+	// "" for STATE-DIR/audit.private.jwk.json, created on first start.
+	AuditKeyFile string
+	// AuditKeyCredential names a policy credential (env, file or Vault) holding that key.
+	AuditKeyCredential string
 }
 
 func workerCommand() *cli.Command {
@@ -86,6 +92,8 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "name", Usage: "worker `NAME` shown in the control plane (default the host name)", EnvVars: []string{"CASTELLAN_NAME"}, Destination: &cfg.Name},
 			&cli.StringFlag{Name: "plugins", Usage: "serve and hot-load the plugins in `DIR`", EnvVars: []string{"CASTELLAN_PLUGINS"}, Destination: &cfg.PluginsDir},
 			&cli.StringFlag{Name: "audit-log", Usage: "tamper-evident audit log `FILE` (default STATE-DIR/audit.log)", EnvVars: []string{"CASTELLAN_AUDIT_LOG"}, Destination: &cfg.AuditLog},
+			&cli.StringFlag{Name: "audit-key-file", Usage: "audit signing key `FILE` (a private Ed25519 JWK, e.g. from `castellan keygen --name audit`), kept where the log's editors cannot read it (default STATE-DIR/audit.private.jwk.json, created on first start; see docs/audit-log.md)", EnvVars: []string{"CASTELLAN_AUDIT_KEY_FILE"}, Destination: &cfg.AuditKeyFile},
+			&cli.StringFlag{Name: "audit-key-credential", Usage: "read the audit signing key (a private Ed25519 JWK) from the policy credential `NAME` (env, file or Vault)", EnvVars: []string{"CASTELLAN_AUDIT_KEY_CREDENTIAL"}, Destination: &cfg.AuditKeyCredential},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `ADDR` (off by default; \":9464\" binds 127.0.0.1)", EnvVars: []string{"CASTELLAN_METRICS_ADDR"}, Destination: &cfg.MetricsAddr},
 			&cli.StringFlag{Name: "otlp-endpoint", Usage: "export traces over OTLP/HTTP to `URL` (default $OTEL_EXPORTER_OTLP_ENDPOINT, else off)", EnvVars: []string{"CASTELLAN_OTLP_ENDPOINT"}, Destination: &cfg.OTLP},
 			&cli.StringFlag{Name: "pool", Usage: "NATS mode (--server nats://...): the worker's `POOL`", EnvVars: []string{"CASTELLAN_POOL"}, Destination: &cfg.Pool},
@@ -165,7 +173,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		return usageError{err}
 	}
 	defer func() { _ = engine.Close(context.Background()) }()
-	obs, err := newObservability(ctx, cfg, stateDir, red, log)
+	obs, err := newObservability(ctx, cfg, stateDir, store, red, log)
 	if err != nil {
 		return usageError{err}
 	}

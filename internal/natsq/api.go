@@ -228,6 +228,7 @@ func (s *APIServer) routes() {
 	m.Handle("POST /v1/jobs/{id}/approval", s.auth(approvers, s.hApprove))
 	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
+	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

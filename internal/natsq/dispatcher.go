@@ -32,6 +32,7 @@ type Dispatcher struct {
 	log      *zap.Logger
 	jobs     jetstream.KeyValue
 	cancels  jetstream.KeyValue
+	heads    jetstream.KeyValue // workers' audit-log heads (audithead.go)
 
 	mu    sync.Mutex
 	ready map[string]bool // "pool" and "pool\x00task" whose stream / consumer exist
@@ -105,6 +106,9 @@ func NewDispatcher(ctx context.Context, nc *nats.Conn, o Options) (*Dispatcher, 
 	}
 	if d.cancels, err = js.KeyValue(ctx, CancelBucket); err != nil {
 		return nil, fmt.Errorf("natsq: bucket %s: %w", CancelBucket, err)
+	}
+	if d.heads, err = js.KeyValue(ctx, AuditHeadsBucket); err != nil {
+		return nil, fmt.Errorf("natsq: bucket %s: %w", AuditHeadsBucket, err)
 	}
 	return d, nil
 }
@@ -525,6 +529,7 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		log().Warn("recording a result failed; it will be redelivered", zap.Error(err))
 		_ = msg.NakWithDelay(time.Second)
 	default:
+		d.recordAuditHead(ctx, pool, r, msg.Headers())
 		_ = msg.Ack()
 	}
 }

@@ -174,6 +174,7 @@ func ensureShared(ctx context.Context, js jetstream.JetStream, replicas int) err
 		{Bucket: JobsBucket, Description: "Castellan job state", History: 1, Replicas: replicas},
 		{Bucket: CancelBucket, Description: "Castellan cancellation requests", History: 1, TTL: 7 * 24 * time.Hour, Replicas: replicas},
 		{Bucket: CatalogBucket, Description: "Castellan worker catalogs", History: 1, Replicas: replicas},
+		auditHeadsConfig(replicas),
 	}
 	for _, c := range buckets {
 		if _, err := ensureKV(ctx, js, c); err != nil {

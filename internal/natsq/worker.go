@@ -415,18 +415,22 @@ func (q *WorkerQueue) exhausted(ctx context.Context, msg jetstream.Msg, env Enve
 	_ = msg.TermWithReason("attempts exhausted")
 }
 
-func (q *WorkerQueue) publishResult(ctx context.Context, r Result) error {
+func (q *WorkerQueue) publishResult(ctx context.Context, r Result, head ...*api.AuditHead) error {
 	data, err := r.appendJSON(nil)
 	if err != nil {
 		return err
 	}
-	_, err = q.js.Publish(ctx, ResultSubject(q.o.Pool), data, jetstream.WithMsgID(resultMsgID(r.JobID, r.Attempt)))
+	var h *api.AuditHead
+	if len(head) > 0 {
+		h = head[0]
+	}
+	_, err = q.js.PublishMsg(ctx, auditHeadMsg(ResultSubject(q.o.Pool), data, h), jetstream.WithMsgID(resultMsgID(r.JobID, r.Attempt)))
 	if errors.Is(err, nats.ErrMaxPayload) && r.Output != nil {
 		r.Output = nil
 		r.Outcome = string(outcome.OutputTooLarge)
 		r.ErrorMessage = fmt.Sprintf("the result is %d bytes, over the NATS server's max_payload of %d", len(data), q.nc.MaxPayload())
 		r.Retryable = nil
-		return q.publishResult(ctx, r)
+		return q.publishResult(ctx, r, h)
 	}
 	if err != nil {
 		return fmt.Errorf("natsq: publish the result of %s attempt %d: %w", r.JobID, r.Attempt, err)
@@ -488,7 +492,7 @@ func (q *WorkerQueue) Complete(ctx context.Context, jobID string, req api.Comple
 	r := Result{JobID: jobID, Task: l.env.Task, Attempt: l.attempt, WorkerID: q.workerID, Outcome: req.Outcome,
 		Output: req.Output, ErrorMessage: req.ErrorMessage, DurationMS: req.DurationMS, ModuleDigest: req.ModuleDigest,
 		Retryable: req.Retryable}
-	if err := q.publishResult(ctx, r); err != nil {
+	if err := q.publishResult(ctx, r, req.AuditHead); err != nil {
 		return api.CompleteResponse{}, err
 	}
 	state := nextState(api.StateRunning, req.Outcome, retryable, l.attempt, l.env.MaxAttempts)

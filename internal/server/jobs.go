@@ -570,6 +570,9 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 	case req.Retryable != nil && *req.Retryable && (code == outcome.OK || code == outcome.Rejected):
 		return api.CompleteResponse{}, bad("outcome %q cannot be retryable", code)
 	}
+	if e := checkAuditHead(req.AuditHead); e != nil {
+		return api.CompleteResponse{}, e
+	}
 	var output []byte
 	if len(req.Output) > 0 && string(bytes.TrimSpace(req.Output)) != "null" {
 		output = compactJSON(req.Output)
@@ -632,6 +635,9 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 		}
 		detail, _ := json.Marshal(map[string]any{"attempt": req.Attempt, "outcome": code, "state": next})
 		if err := audit(ctx, tx, now, p.TokenID, string(p.Role), "job.complete", id, string(detail)); err != nil {
+			return err
+		}
+		if err := recordAuditHead(ctx, tx, p.TokenID, req.AuditHead, nowMS); err != nil {
 			return err
 		}
 		out = api.CompleteResponse{JobID: id, State: next, Attempt: req.Attempt}

@@ -201,6 +201,7 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/audit", s.auth(admin, s.hAudit))
+	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	s.mux = http.NewServeMux()
 	s.mux.Handle("/", jsonFallback(m))
 }

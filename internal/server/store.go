@@ -124,6 +124,13 @@ CREATE INDEX audit_job ON audit(job_id);
 `,
 	// 2: the job's W3C trace context, stored at submit and handed out with each lease.
 	`ALTER TABLE jobs ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';`,
+	// 3: the newest audit-log head each worker reported (see audithead.go).
+	`CREATE TABLE audit_heads (
+	worker_id   TEXT PRIMARY KEY,
+	seq         INTEGER NOT NULL,
+	hash        TEXT NOT NULL,
+	reported_at INTEGER NOT NULL
+);`,
 }
 
 // OpenStore opens (creating if needed) the SQLite database at path and applies pending

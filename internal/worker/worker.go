@@ -513,6 +513,10 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 			log.Error("audit log write failed", zap.Error(err))
 		}
 	}
+	if h := w.cfg.Audit.Head(); h.Seq > 0 {
+		// The control plane keeps it: the log can then be checked against it off this host.
+		req.AuditHead = &api.AuditHead{Seq: h.Seq, Hash: h.Hash}
+	}
 	release()
 	w.complete(j, req, log)
 }

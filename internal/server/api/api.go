@@ -228,6 +228,25 @@ type CompleteRequest struct {
 	DurationMS   int64           `json:"duration_ms"`
 	ModuleDigest string          `json:"module_digest,omitempty"`
 	Retryable    *bool           `json:"retryable,omitempty"` // default: outcome.Code.Retryable()
+	// AuditHead is the worker's latest signed audit checkpoint, so that its log can be
+	// checked from off the host (`castellan audit verify --head`). Optional.
+	AuditHead *AuditHead `json:"audit_head,omitempty"`
+}
+
+// AuditHead names a checkpoint in a worker's audit log: its sequence number and the hex
+// SHA-256 of its line. Nothing about the network or the jobs.
+type AuditHead struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// WorkerAuditHead is GET /v1/workers/{id}/audit-head: the newest head the worker reported.
+type WorkerAuditHead struct {
+	WorkerID   string    `json:"worker_id"`
+	Name       string    `json:"name"`
+	Seq        uint64    `json:"seq"`
+	Hash       string    `json:"hash"`
+	ReportedAt time.Time `json:"reported_at"`
 }
 
 // CompleteResponse says what the completion did to the job.

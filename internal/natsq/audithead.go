@@ -1,0 +1,119 @@
+package natsq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+// The worker's audit-log head travels with its result as a header (the result's JSON is
+// left as it is), and the dispatcher keeps the furthest one per worker in a bucket of its
+// own, so that `castellan audit verify --server` can check the worker's log from off its host.
+const (
+	// AuditHeadsBucket holds one api.WorkerAuditHead per worker, keyed <pool>.<worker id>.
+	AuditHeadsBucket = "castellan_audit_heads"
+	// AuditHeadHeader carries SEQ:HASH on a result message.
+	AuditHeadHeader = "Castellan-Audit-Head"
+)
+
+func auditHeadsConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{Bucket: AuditHeadsBucket, Description: "Castellan workers' audit-log heads", History: 1, Replicas: replicas}
+}
+
+// auditHeadMsg is the result message, with the head as a header when there is one.
+func auditHeadMsg(subject string, data []byte, h *api.AuditHead) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = data
+	if h != nil {
+		m.Header.Set(AuditHeadHeader, strconv.FormatUint(h.Seq, 10)+":"+h.Hash)
+	}
+	return m
+}
+
+// parseAuditHead reads SEQ:HASH; ok is false for anything else.
+func parseAuditHead(v string) (api.AuditHead, bool) {
+	seq, hash, found := strings.Cut(v, ":")
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if !found || err != nil || n == 0 || len(hash) != 64 || strings.Trim(hash, "0123456789abcdef") != "" {
+		return api.AuditHead{}, false
+	}
+	return api.AuditHead{Seq: n, Hash: hash}, true
+}
+
+// recordAuditHead keeps the head a result carried if it is further along than the one held
+// for that worker of that pool (the pool comes from the subject, which the worker's account
+// restricts). Best effort: the result itself is recorded already.
+func (d *Dispatcher) recordAuditHead(ctx context.Context, pool string, r Result, hdr nats.Header) {
+	v := hdr.Get(AuditHeadHeader)
+	if v == "" || d.heads == nil || !plainKey(r.WorkerID) {
+		return
+	}
+	h, ok := parseAuditHead(v)
+	if !ok {
+		d.log.Warn("a result carried a malformed audit head; ignored", zap.String("job", r.JobID))
+		return
+	}
+	key := token(pool) + "." + r.WorkerID
+	data, _ := json.Marshal(api.WorkerAuditHead{WorkerID: r.WorkerID, Seq: h.Seq, Hash: h.Hash, ReportedAt: time.Now().UTC()})
+	for range 5 {
+		e, err := d.heads.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = d.heads.Create(ctx, key, data)
+		case err != nil:
+		default:
+			var cur api.WorkerAuditHead
+			if json.Unmarshal(e.Value(), &cur) == nil && cur.Seq >= h.Seq {
+				return
+			}
+			_, err = d.heads.Update(ctx, key, data, e.Revision())
+		}
+		if err == nil {
+			return
+		}
+	}
+	d.log.Warn("recording a worker's audit head failed", zap.String("worker_id", r.WorkerID))
+}
+
+// hWorkerAuditHead is GET /v1/workers/{id}/audit-head: the furthest head worker {id} reported.
+func (s *APIServer) hWorkerAuditHead(w http.ResponseWriter, r *http.Request, p principal) error {
+	id := r.PathValue("id")
+	if !plainKey(id) || s.d.heads == nil {
+		return refusal(http.StatusNotFound, api.CodeNotFound, "no audit head reported by worker %q", id)
+	}
+	keys, err := s.d.heads.ListKeysFiltered(r.Context(), "*."+id)
+	if err != nil {
+		return err
+	}
+	var found *api.WorkerAuditHead
+	for k := range keys.Keys() {
+		e, err := s.d.heads.Get(r.Context(), k)
+		if err != nil {
+			continue
+		}
+		var h api.WorkerAuditHead
+		if json.Unmarshal(e.Value(), &h) == nil && (found == nil || h.Seq > found.Seq) {
+			found = &h
+		}
+	}
+	if found == nil {
+		return refusal(http.StatusNotFound, api.CodeNotFound, "no audit head reported by worker %q", id)
+	}
+	writeJSON(w, http.StatusOK, found)
+	return nil
+}
+
+// plainKey reports whether s can be one token of a KV key as it is.
+func plainKey(s string) bool {
+	return s != "" && len(s) <= 128 && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == ""
+}
