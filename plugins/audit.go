@@ -101,7 +101,7 @@ type RuleReport struct {
 // CredentialReport names a credential and how it is injected.
 type CredentialReport struct {
 	Name      string `json:"name"`
-	Source    string `json:"source"`    // env, file or vault
+	Source    string `json:"source"`    // env, file, vault or aws
 	Injection string `json:"injection"` // e.g. "header Authorization: Bearer {secret}"
 }
 
