@@ -41,6 +41,51 @@ tasks:
 	return p
 }
 
+// TestAuditVaultWithoutTLS: a plain-http Vault address is reported like a plain-http
+// endpoint that carries a credential, because the Vault token goes with every request.
+func TestAuditVaultWithoutTLS(t *testing.T) {
+	t.Parallel()
+	const fromVault = "{vault: {path: castellan/api, field: key}}"
+	tests := []struct {
+		name, vault, source string
+		want                bool
+	}{
+		{"plain http", "vault: {address: http://vault.internal:8200}", fromVault, true},
+		{"plain http, upper-case scheme", "vault: {address: HTTP://vault.internal:8200}", fromVault, true},
+		{"https", "vault: {address: https://vault.internal:8200}", fromVault, false},
+		{"address from VAULT_ADDR at run time", "vault: {}", fromVault, false},
+		{"plain http but no credential from vault", "vault: {address: http://vault.internal:8200}", "{env: API_KEY}", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rep, err := Audit(t.Context(), credPolicy(t, tt.vault, tt.source), "")
+			if err != nil {
+				t.Fatalf("Audit() error = %v", err)
+			}
+			var got *Finding
+			for i, f := range rep.Findings {
+				if f.Code == CodeVaultNoTLS {
+					got = &rep.Findings[i]
+				}
+			}
+			if (got != nil) != tt.want {
+				t.Fatalf("Audit() %s finding = %+v, want present = %t; findings %+v", CodeVaultNoTLS, got, tt.want, rep.Findings)
+			}
+			if got == nil {
+				return
+			}
+			if got.Severity != High || !strings.Contains(got.Message, `credential "api_key" is read from it`) ||
+				!strings.Contains(got.Message, "Vault token") || strings.Contains(got.Message, "vault.internal") {
+				t.Errorf("Audit() finding = %+v, want high, naming credential api_key and the Vault token, not the address", *got)
+			}
+			if rep.Max() != High {
+				t.Errorf("Report.Max() = %q, want high", rep.Max())
+			}
+		})
+	}
+}
+
 // TestAuditShowsAWSSource: a credential from AWS Secrets Manager appears by its source kind,
 // like the others, never by its secret id, field or stage.
 func TestAuditShowsAWSSource(t *testing.T) {
