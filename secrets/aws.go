@@ -218,8 +218,8 @@ func (c *awsClient) failure(ctx context.Context, where string, err error) error 
 		return fail(&awsAPIError{status: status}, "%s: unexpected answer (HTTP %d)", where, status)
 	}
 	switch {
-	case ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && errors.Is(err, context.DeadlineExceeded):
-		return fail(context.DeadlineExceeded, "%s: AWS did not answer within %s", where, c.timeout)
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fail(context.DeadlineExceeded, "%s: no answer within %s (or the job's deadline)", where, c.timeout)
 	case ctx.Err() != nil:
 		return fail(ctx.Err(), "%s: cancelled (%v)", where, ctx.Err())
 	case errors.Is(err, syscall.ECONNREFUSED):
