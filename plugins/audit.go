@@ -101,7 +101,7 @@ type RuleReport struct {
 // CredentialReport names a credential and how it is injected.
 type CredentialReport struct {
 	Name      string `json:"name"`
-	Source    string `json:"source"`    // env, file or vault
+	Source    string `json:"source"`    // env, file, vault or aws
 	Injection string `json:"injection"` // e.g. "header Authorization: Bearer {secret}"
 }
 
@@ -138,6 +138,7 @@ const (
 	CodeNoGrant            = "plugin_without_grant"
 	CodeWildcard           = "wildcard_rule"
 	CodeNoTLS              = "endpoint_without_tls"
+	CodeVaultNoTLS         = "vault_without_tls"
 	CodeSharedCredential   = "shared_credential"
 	CodeUnusedGrant        = "unused_grant"
 	CodeRequestedMore      = "requested_not_granted"
@@ -208,6 +209,7 @@ func Audit(ctx context.Context, pol *policy.Policy, pluginsDir string) (*Report,
 		}
 	}
 	a.endpoints()
+	a.vault()
 	r := a.r
 	sort.Slice(r.Tasks, func(i, j int) bool { return r.Tasks[i].Name < r.Tasks[j].Name })
 	sort.SliceStable(r.Findings, func(i, j int) bool {
@@ -414,6 +416,39 @@ func (a *auditor) endpoints() {
 			a.add(Medium, CodeSharedCredential, "", strings.Join(eps, ","), "credential %q is injected into %d endpoints (%s): a compromise of one system exposes the others", c, len(eps), strings.Join(eps, ", "))
 		}
 	}
+}
+
+// vault adds a finding when credentials are read from a Vault whose address is plain http:
+// the Vault token (and AppRole's secret id) goes out with every request, and every secret
+// comes back, unencrypted. An address left to VAULT_ADDR is only known where the worker runs.
+func (a *auditor) vault() {
+	v := a.pol.Vault
+	if v == nil || v.Address == "" || !strings.HasPrefix(strings.ToLower(v.Address), "http://") {
+		return
+	}
+	var names []string
+	for n, c := range a.pol.Credentials {
+		if c.Vault != nil {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return // no credential comes from Vault: the worker never contacts it
+	}
+	sort.Strings(names)
+	what := "credential " + quoteList(names) + " is"
+	if len(names) > 1 {
+		what = "credentials " + quoteList(names) + " are"
+	}
+	a.add(High, CodeVaultNoTLS, "", "", "the vault address is plain http and %s read from it: the Vault token and every secret read cross the network unencrypted", what)
+}
+
+func quoteList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = fmt.Sprintf("%q", n)
+	}
+	return strings.Join(q, ", ")
 }
 
 func injection(a egress.Auth) string {

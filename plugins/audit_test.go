@@ -95,6 +95,7 @@ func TestAuditFindings(t *testing.T) {
 		{High, CodeUnsigned, "rogue", ""},
 		{High, CodeRefused, "rogue", ""},
 		{High, CodeNoTLS, "", "crm"},
+		{High, CodeVaultNoTLS, "", ""},
 		{Medium, CodeNoGrant, "orphan", ""},
 		{Medium, CodeWildcard, "", "crm"},
 		{Medium, CodeSharedCredential, "", "crm,wiki"},
@@ -146,8 +147,10 @@ func TestAuditFindings(t *testing.T) {
 	// No credential value or location ever appears; the fixture's env var name is a location.
 	var buf bytes.Buffer
 	_ = rep.Write(&buf, "json")
-	if strings.Contains(buf.String(), "CRM_TOKEN") {
-		t.Errorf("Audit() JSON mentions where a credential lives (CRM_TOKEN)")
+	for _, where := range []string{"CRM_TOKEN", "vault.internal", "castellan/erp"} {
+		if strings.Contains(buf.String(), where) {
+			t.Errorf("Audit() JSON mentions where a credential lives (%s)", where)
+		}
 	}
 }
 

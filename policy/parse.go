@@ -158,24 +158,24 @@ func (d *decoder) credentials(p *Policy, n *yaml.Node, line int) {
 		cpath := field(path, name)
 		cline := m.keyLine[name]
 		d.name("credential", name, cline, cpath)
-		c, ok := d.mapping(m.vals[name], cpath, cline, []string{"env", "file", "vault"})
+		c, ok := d.mapping(m.vals[name], cpath, cline, []string{"env", "file", "vault", "aws"})
 		var spec secrets.Spec
 		if !ok {
 			p.Credentials[name] = spec // declared, so references to it do not cascade
 			continue
 		}
 		var sources []string
-		for _, k := range []string{"env", "file", "vault"} {
+		for _, k := range []string{"env", "file", "vault", "aws"} {
 			if c.get(k) != nil {
 				sources = append(sources, k)
 			}
 		}
 		switch len(sources) {
 		case 0:
-			d.add(cline, cpath, "no source; set exactly one of env, file or vault")
+			d.add(cline, cpath, "no source; set exactly one of env, file, vault or aws")
 		case 1:
 		default:
-			d.add(cline, cpath, "has %s; set exactly one of env, file or vault", strings.Join(sources, " and "))
+			d.add(cline, cpath, "has %s; set exactly one of env, file, vault or aws", strings.Join(sources, " and "))
 		}
 		if v := c.get("env"); v != nil {
 			spec.Env, _ = d.envName(v, field(cpath, "env"))
@@ -190,8 +190,46 @@ func (d *decoder) credentials(p *Policy, n *yaml.Node, line int) {
 				d.add(v.Line, vpath, "uses Vault, but the policy has no vault section; add one (\"vault: {}\" takes VAULT_ADDR and VAULT_TOKEN from the environment)")
 			}
 		}
+		if v := c.get("aws"); v != nil {
+			spec.AWS = d.awsRef(v, field(cpath, "aws"), c.keyLine["aws"])
+		}
 		p.Credentials[name] = spec
 	}
+}
+
+// awsSecretIDRE is what Secrets Manager accepts as a SecretId: a name (letters, digits and
+// /_+=.@-) or an ARN (which adds ":"), at most 2048 characters.
+var awsSecretIDRE = regexp.MustCompile(`^[A-Za-z0-9/_+=.@:-]+$`)
+
+// awsStageRE is a staging label: 1 to 256 characters, no spaces or control characters.
+var awsStageRE = regexp.MustCompile(`^[A-Za-z0-9_+=.@:/-]{1,256}$`)
+
+func (d *decoder) awsRef(n *yaml.Node, path string, line int) *secrets.AWSRef {
+	m, ok := d.mapping(n, path, line, []string{"secret_id", "field", "version_stage"})
+	ref := &secrets.AWSRef{VersionStage: secrets.DefaultAWSVersionStage}
+	if !ok {
+		return ref
+	}
+	if v := m.get("secret_id"); v == nil {
+		d.add(m.line, field(path, "secret_id"), "missing; name the secret or give its ARN, e.g. secret_id: castellan/ticketing")
+	} else if s, ok := d.text(v, field(path, "secret_id")); ok {
+		if !awsSecretIDRE.MatchString(s) || len(s) > 2048 {
+			d.add(v.Line, field(path, "secret_id"), "want a secret name (letters, digits and /_+=.@-) or an ARN, at most 2048 characters")
+		}
+		ref.SecretID = s
+	}
+	if v := m.get("field"); v != nil {
+		ref.Field, _ = d.text(v, field(path, "field"))
+	}
+	if v := m.get("version_stage"); v != nil {
+		if s, ok := d.text(v, field(path, "version_stage")); ok {
+			if !awsStageRE.MatchString(s) {
+				d.add(v.Line, field(path, "version_stage"), "want a staging label such as AWSCURRENT or AWSPREVIOUS (no spaces, at most 256 characters)")
+			}
+			ref.VersionStage = s
+		}
+	}
+	return ref
 }
 
 func (d *decoder) vaultRef(n *yaml.Node, path string, line int) *secrets.VaultRef {

@@ -12,7 +12,7 @@ import (
 // WriteSummary writes a human summary of the policy, the output of `castellan policy check`:
 // per task (sorted by name) its module and pin, limits, and each granted endpoint with its
 // base URL, rules and credential. A credential appears only as its name, where its value
-// comes from (env, file or vault) and how it is injected, never as a value or reference.
+// comes from (env, file, vault or aws) and how it is injected, never as a value or reference.
 // The output is deterministic so it can be diffed in review.
 func (p *Policy) WriteSummary(w io.Writer) error {
 	var b strings.Builder

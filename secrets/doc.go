@@ -14,18 +14,28 @@
 //     next read logs in again, or reads the token again), re-logs in with AppRole when the
 //     token is rejected, and caches each secret for [VaultConfig].CacheTTL. Concurrent
 //     callers of an uncached secret share one request.
+//   - aws: a secret of AWS Secrets Manager, read with the AWS SDK's GetSecretValue, the
+//     version with the staging label [AWSRef].VersionStage (default AWSCURRENT): the whole
+//     SecretString, or one string field of it when it is a JSON object. Region and
+//     credentials come from the standard AWS chain (config.LoadDefaultConfig); an ARN names
+//     its own region. Secrets are cached and shared like Vault's, for the same CacheTTL, so a
+//     rotation (new AWSCURRENT, old AWSPREVIOUS) is picked up when the cached value expires.
+//     SecretBinary is refused. The SDK's request logging is off: a response holds the value.
 //
 // Threat model. The adversary is the sandboxed task and anyone who reads what the worker
 // reports (the control plane, logs, audit events). So:
 //
 //   - Values are never logged and never put in an error. Error messages are built from our
-//     own words and HTTP status codes, never from Vault's error strings or response bodies
-//     (which can echo request details), and the Vault token is never part of any message.
+//     own words, HTTP status codes and AWS error codes, never from Vault's or AWS's error
+//     strings or response bodies (which can echo request details, the caller's identity or
+//     the secret's name), and no token or AWS key is ever part of any message.
 //     The local cause wrapped in an error is reduced to a context error, an errno or a
 //     status code for the same reason.
 //
 //   - Every value loaded is added to the worker's redact.Set before it is returned, so every
-//     stream the worker scrubs knows it, in all its encodings. A value shorter than
+//     stream the worker scrubs knows it, in all its encodings. Values are never removed: after
+//     a rotation both the old and the new value are scrubbed, since a job that started before
+//     it may still hold the old one. A value shorter than
 //     redact.MinSecretLen is refused: it could not be scrubbed without destroying ordinary
 //     text, and an unscrubbable credential must not be injected anywhere.
 //
@@ -37,14 +47,16 @@
 //     address, in the X-Vault-Token header.
 //
 //   - Where a credential lives is a host detail too: a file path, an environment variable
-//     name, a Vault address, mount, path or field. None of it is in the message of an error
+//     name, a Vault address, mount, path or field, an AWS secret id, region or field. None of it is in the message of an error
 //     that can leave the worker: a job's outcome message reaches the control plane. [Error]
 //     has two faces: its Error text names the credential by its logical name only
 //     ("credential \"erp_password\" is unavailable (see the worker's log)"); its Detail, for
 //     the worker's log, says where and why, and the Store logs it on every failure.
 //
 // Errors returned by [Store.Credential] and [Store.Preload] are *outcome.Error with code
-// outcome.CredentialUnavailable (retryable: Vault may come back) wrapping an [*Error], and
-// errors.Is works for context.Canceled and context.DeadlineExceeded. Configuration errors from [NewStore] are
+// outcome.CredentialUnavailable (retryable: Vault or AWS may come back) wrapping an [*Error],
+// and errors.Is works for context.Canceled and context.DeadlineExceeded, and for
+// [ErrFieldNotFound], [ErrFieldNotString], [ErrNotJSONObject] and [ErrBinarySecret] when a
+// secret was read but holds no usable value. Configuration errors from [NewStore] are
 // plain errors: they stop the worker at start-up.
 package secrets

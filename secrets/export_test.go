@@ -23,3 +23,23 @@ func (v *FakeVault) AppRole(roleID, secretID string) {
 	defer v.f.mu.Unlock()
 	v.f.roleID, v.f.secretID, v.f.loginTTL = roleID, secretID, 3600
 }
+
+// FakeAWS exposes the in-test fake Secrets Manager (fakeaws_test.go) to the external tests.
+type FakeAWS struct{ f *fakeAWS }
+
+// NewFakeAWS starts the fake and points the standard AWS chain at it (t.Setenv: the test
+// cannot be parallel).
+func NewFakeAWS(t *testing.T) *FakeAWS {
+	f := newFakeAWS(t)
+	setAWSEnv(t, f.srv.URL, nil)
+	return &FakeAWS{f}
+}
+
+const (
+	FakeAWSRegion    = fakeRegion
+	FakeAWSAccessKey = fakeAccessKey
+)
+
+func (a *FakeAWS) Close()                           { a.f.srv.Close() }
+func (a *FakeAWS) Put(id, value string)             { a.f.put(id, value) }
+func (a *FakeAWS) FailWith(status int, code string) { a.f.failWith(status, code, 0) }

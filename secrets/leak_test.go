@@ -34,6 +34,8 @@ const (
 	vaultPath    = "team/leakpath"
 	vaultField   = "leakfield"
 	appRoleMount = "leakapprole"
+	awsSecretID  = "leakaws/team-secret"
+	awsField     = "leakawsfield"
 	goodToken    = "hvs.leak-test-token-value"
 	goodValue    = "a-credential-value-long-enough"
 )
@@ -119,6 +121,16 @@ func TestNoHostDetailReachesTheControlPlane(t *testing.T) {
 		}
 	}
 	withToken := func(v *secrets.FakeVault) { v.AddToken(goodToken) }
+	aws := func(field string, setup func(a *secrets.FakeAWS)) func(t *testing.T) (secrets.Spec, *secrets.VaultConfig) {
+		return func(t *testing.T) (secrets.Spec, *secrets.VaultConfig) {
+			a := secrets.NewFakeAWS(t)
+			setup(a)
+			return secrets.Spec{AWS: &secrets.AWSRef{SecretID: awsSecretID, Field: field}}, nil
+		}
+	}
+	awsFails := func(status int, code string) func(a *secrets.FakeAWS) {
+		return func(a *secrets.FakeAWS) { a.Put(awsSecretID, goodValue); a.FailWith(status, code) }
+	}
 	type source func(t *testing.T) (secrets.Spec, *secrets.VaultConfig)
 	env := func(name string) source {
 		return func(*testing.T) (secrets.Spec, *secrets.VaultConfig) { return secrets.Spec{Env: name}, nil }
@@ -175,13 +187,25 @@ func TestNoHostDetailReachesTheControlPlane(t *testing.T) {
 				SecretIDFile: file("secret-id", "wrong-secret-id\n")}
 			return sp, vc
 		}, code: outcome.CredentialUnavailable, local: "approle"},
+		{name: "aws not found", source: aws("", func(*secrets.FakeAWS) {}), code: outcome.CredentialUnavailable, local: "ResourceNotFoundException"},
+		{name: "aws access denied", source: aws("", awsFails(400, "AccessDeniedException")), code: outcome.CredentialUnavailable, local: "AccessDeniedException"},
+		{name: "aws decryption failure", source: aws("", awsFails(400, "DecryptionFailure")), code: outcome.CredentialUnavailable, local: "DecryptionFailure"},
+		{name: "aws throttled", source: aws("", awsFails(400, "ThrottlingException")), code: outcome.CredentialUnavailable, local: "ThrottlingException"},
+		{name: "aws 500", source: aws("", awsFails(500, "InternalServiceError")), code: outcome.CredentialUnavailable, local: "HTTP 500"},
+		{name: "aws bad field", source: aws(awsField, func(a *secrets.FakeAWS) {
+			a.Put(awsSecretID, `{"other":"`+goodValue+`"}`)
+		}), code: outcome.CredentialUnavailable, local: awsField},
+		{name: "aws field of a non-JSON string", source: aws(awsField, func(a *secrets.FakeAWS) { a.Put(awsSecretID, goodValue) }),
+			code: outcome.CredentialUnavailable, local: "not a JSON object"},
+		{name: "aws down", source: aws("", func(a *secrets.FakeAWS) { a.Close() }), code: outcome.CredentialUnavailable, local: "unreachable"},
+		{name: "aws works", source: aws("", func(a *secrets.FakeAWS) { a.Put(awsSecretID, goodValue) }), code: outcome.OK},
 		// Egress failures reachable through a job, with a working credential.
 		{name: "endpoint down", source: env(envGood), baseURL: downURL, code: outcome.OK},
 		{name: "path not allowed", source: env(envGood), target: "/y", code: outcome.Denied},
 		{name: "redirect to another host", source: env(envGood), target: "/x?go=away", code: outcome.Denied},
 	}
 	forbidden := []string{dir, "leakdir", envMissing, envEmpty, envShort, envGood, envToken, vaultMount, vaultPath, "leakpath",
-		vaultField, appRoleMount, "127.0.0.1", "localhost", "leakhost", strings.TrimPrefix(upstream.URL, "http://"),
+		vaultField, appRoleMount, awsSecretID, "leakaws", awsField, secrets.FakeAWSRegion, secrets.FakeAWSAccessKey, "127.0.0.1", "localhost", "leakhost", strings.TrimPrefix(upstream.URL, "http://"),
 		strings.TrimPrefix(downURL, "http://"), goodToken, goodValue}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,15 +2,16 @@ package secrets
 
 import "time"
 
-// Spec says where one credential comes from. Exactly one of Env, File or Vault is set; the
-// policy loader enforces that.
+// Spec says where one credential comes from. Exactly one of Env, File, Vault or AWS is set;
+// the policy loader enforces that.
 type Spec struct {
 	Env   string    // name of an environment variable on the worker's host
 	File  string    // path of a file on the worker's host; one trailing newline is trimmed
 	Vault *VaultRef // a field of a KV v2 secret in HashiCorp Vault
+	AWS   *AWSRef   // a secret in AWS Secrets Manager
 }
 
-// Source returns "env", "file" or "vault".
+// Source returns "env", "file", "vault" or "aws".
 func (s Spec) Source() string {
 	switch {
 	case s.Env != "":
@@ -19,6 +20,8 @@ func (s Spec) Source() string {
 		return "file"
 	case s.Vault != nil:
 		return "vault"
+	case s.AWS != nil:
+		return "aws"
 	}
 	return ""
 }
@@ -31,6 +34,19 @@ type VaultRef struct {
 	Field string
 }
 
+// AWSRef names a secret in AWS Secrets Manager, read with GetSecretValue. Region and
+// credentials come from the standard AWS chain (AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE,
+// the shared files, web identity, container and instance roles); an ARN names its own region.
+type AWSRef struct {
+	SecretID string // the secret's name or ARN
+	// Field, when set, selects one string member of a SecretString that is a JSON object
+	// (the shape the console's key/value editor writes); when empty the whole SecretString
+	// is the value. A secret holding SecretBinary is refused either way.
+	Field string
+	// VersionStage is the staging label of the version to read, default AWSCURRENT.
+	VersionStage string
+}
+
 // VaultConfig is how the worker reaches and logs in to Vault. Every field is optional: the
 // address falls back to VAULT_ADDR and the token to VAULT_TOKEN, as Vault's own CLI does.
 type VaultConfig struct {
@@ -41,11 +57,13 @@ type VaultConfig struct {
 	TokenEnv   string // token auth: env var holding the token, default VAULT_TOKEN
 	TokenFile  string // token auth: file holding the token (wins over TokenEnv)
 	// AppRole: role id literal (not a secret) and the secret id from a file or env var.
-	RoleID         string
-	SecretIDFile   string
-	SecretIDEnv    string
-	AppRoleMount   string        // default "approle"
-	CACert         string        // PEM file to trust for TLS to Vault
-	CacheTTL       time.Duration // how long a fetched value is reused, default 5m
+	RoleID       string
+	SecretIDFile string
+	SecretIDEnv  string
+	AppRoleMount string // default "approle"
+	CACert       string // PEM file to trust for TLS to Vault
+	// CacheTTL is how long a fetched value is reused, default 5m. It applies to AWS Secrets
+	// Manager secrets too.
+	CacheTTL       time.Duration
 	RequestTimeout time.Duration // per request, default 10s
 }

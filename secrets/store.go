@@ -35,11 +35,12 @@ type Store struct {
 	red   *redact.Set
 	log   *zap.Logger
 	vault *vaultClient // nil when no credential comes from Vault
+	aws   *awsClient   // nil when no credential comes from AWS Secrets Manager
 	ttl   time.Duration
 	now   func() time.Time // the cache's clock; tests replace it
 
 	mu    sync.Mutex
-	cache map[string]*entry // by "mount/data/path"
+	cache map[string]*entry // by "mount/data/path" (Vault) or awsKey
 	waits int               // callers that joined an in-flight fetch; read by tests
 
 	closeOnce sync.Once
@@ -47,11 +48,11 @@ type Store struct {
 	wg        sync.WaitGroup
 }
 
-// entry is one Vault secret, fetched or being fetched. data and err are written once,
-// before done is closed, and read only after.
+// entry is one secret (Vault's data map, or an *awsSecret), fetched or being fetched. data
+// and err are written once, before done is closed, and read only after.
 type entry struct {
 	done    chan struct{}
-	data    map[string]any
+	data    any
 	err     error
 	expires time.Time
 }
@@ -74,7 +75,7 @@ func NewStore(specs map[string]Spec, vault *VaultConfig, red *redact.Set, log *z
 		now:   time.Now,
 		cache: make(map[string]*entry),
 	}
-	needVault := false
+	needVault, needAWS, needRegion := false, false, false
 	for name, sp := range specs {
 		sp, err := checkSpec(name, sp)
 		if err != nil {
@@ -82,6 +83,18 @@ func NewStore(specs map[string]Spec, vault *VaultConfig, red *redact.Set, log *z
 		}
 		s.specs[name] = sp
 		needVault = needVault || sp.Vault != nil
+		needAWS = needAWS || sp.AWS != nil
+		needRegion = needRegion || (sp.AWS != nil && regionOf(sp.AWS.SecretID) == "")
+	}
+	if vault != nil && vault.CacheTTL > 0 {
+		s.ttl = vault.CacheTTL
+	}
+	if needAWS {
+		ac, err := newAWSClient(needRegion, log.Named("aws"))
+		if err != nil {
+			return nil, err
+		}
+		s.aws = ac
 	}
 	bg, stop := context.WithCancel(context.Background())
 	s.stop = stop
@@ -89,9 +102,6 @@ func NewStore(specs map[string]Spec, vault *VaultConfig, red *redact.Set, log *z
 		cfg := VaultConfig{}
 		if vault != nil {
 			cfg = *vault
-		}
-		if cfg.CacheTTL > 0 {
-			s.ttl = cfg.CacheTTL
 		}
 		vc, err := newVaultClient(cfg, log.Named("vault"), bg, &s.wg)
 		if err != nil {
@@ -108,13 +118,26 @@ func checkSpec(name string, sp Spec) (Spec, error) {
 		return sp, errors.New("secrets: a credential has an empty name")
 	}
 	n := 0
-	for _, set := range []bool{sp.Env != "", sp.File != "", sp.Vault != nil} {
+	for _, set := range []bool{sp.Env != "", sp.File != "", sp.Vault != nil, sp.AWS != nil} {
 		if set {
 			n++
 		}
 	}
 	if n != 1 {
-		return sp, fmt.Errorf("secrets: credential %q: set exactly one of env, file or vault (found %d)", name, n)
+		return sp, fmt.Errorf("secrets: credential %q: set exactly one of env, file, vault or aws (found %d)", name, n)
+	}
+	if sp.AWS != nil {
+		ref := *sp.AWS
+		if ref.SecretID == "" || hasControl(ref.SecretID) {
+			return sp, fmt.Errorf("secrets: credential %q: aws secret_id is empty or has control characters", name)
+		}
+		if ref.VersionStage == "" {
+			ref.VersionStage = DefaultAWSVersionStage
+		}
+		if hasControl(ref.VersionStage) || hasControl(ref.Field) {
+			return sp, fmt.Errorf("secrets: credential %q: aws version_stage or field has control characters", name)
+		}
+		sp.AWS = &ref
 	}
 	if sp.Vault != nil {
 		ref := *sp.Vault // copy: the caller's struct stays theirs
@@ -158,8 +181,8 @@ func fail(cause error, format string, args ...any) *failure {
 // the worker (a job's outcome message goes to the control plane), names the credential by
 // its logical name only. Detail, for the worker's own log, says where the credential lives
 // and what went wrong there: the file path, the environment variable, the Vault mount, path
-// and field, the status Vault answered. The Store logs the detail of every failure itself,
-// so nothing else needs to carry it.
+// and field, the status Vault answered, the AWS secret id, region and error code. The Store
+// logs the detail of every failure itself, so nothing else needs to carry it.
 type Error struct {
 	Name   string // the credential's name in the policy
 	detail string
@@ -173,7 +196,8 @@ func (e *Error) Error() string {
 // Detail is the local reason, which names host details: for the worker's own log only.
 func (e *Error) Detail() string { return fmt.Sprintf("credential %q: %s", e.Name, e.detail) }
 
-// Unwrap returns the cause: a context error, an errno, a Vault status, or nil.
+// Unwrap returns the cause: a context error, an errno, a Vault status, an AWS error code and
+// status, one of the Err* values of this package, or nil.
 func (e *Error) Unwrap() error { return e.cause }
 
 // Detail returns the local detail of every *Error in err (one per line, for the joined
@@ -239,6 +263,8 @@ func (s *Store) value(ctx context.Context, name string) (string, error) {
 		return v, nil
 	case sp.File != "":
 		return readSecretFile(sp.File)
+	case sp.AWS != nil:
+		return s.awsValue(ctx, *sp.AWS)
 	default:
 		return s.vaultValue(ctx, *sp.Vault)
 	}
@@ -288,20 +314,32 @@ func (s *Store) vaultValue(ctx context.Context, ref VaultRef) (string, error) {
 	}
 	raw, ok := data[ref.Field]
 	if !ok {
-		return "", fail(nil, "vault: %s: field %q not found in secret", where, ref.Field)
+		return "", fail(ErrFieldNotFound, "vault: %s: field %q not found in secret", where, ref.Field)
 	}
 	v, ok := raw.(string)
 	if !ok {
-		return "", fail(nil, "vault: %s: field %q is not a string", where, ref.Field)
+		return "", fail(ErrFieldNotString, "vault: %s: field %q is not a string", where, ref.Field)
 	}
 	return v, nil
 }
 
-// vaultSecret returns the data of the KV v2 secret ref, from the cache while it is fresh. Callers asking for the same uncached path at the same time share
-// one request; if that request dies with its caller's context, the others try again with
-// their own.
+// vaultSecret returns the data of the KV v2 secret ref, from the cache while it is fresh.
 func (s *Store) vaultSecret(ctx context.Context, ref VaultRef) (map[string]any, error) {
 	path := ref.Mount + "/data/" + ref.Path
+	v, err := s.cached(ctx, path, "vault: "+path, func(ctx context.Context) (any, error) {
+		return s.vault.readKV(ctx, ref)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(map[string]any), nil
+}
+
+// cached returns the secret cached under key while it is fresh, or fetches it. Callers
+// asking for the same uncached key at the same time share one request; if that request
+// dies with its caller's context, the others try again with their own. Failures are not
+// cached. what names the secret in a cancellation's detail.
+func (s *Store) cached(ctx context.Context, path, what string, fetch func(context.Context) (any, error)) (any, error) {
 	for {
 		s.mu.Lock()
 		e := s.cache[path]
@@ -322,7 +360,7 @@ func (s *Store) vaultSecret(ctx context.Context, ref VaultRef) (map[string]any, 
 			select {
 			case <-e.done:
 			case <-ctx.Done():
-				return nil, fail(ctx.Err(), "vault: %s: cancelled while waiting for vault (%v)", path, ctx.Err())
+				return nil, fail(ctx.Err(), "%s: cancelled while waiting for the request in flight (%v)", what, ctx.Err())
 			}
 			if e.err != nil && isContextErr(e.err) && ctx.Err() == nil {
 				continue // the fetching caller gave up, we have not
@@ -333,7 +371,7 @@ func (s *Store) vaultSecret(ctx context.Context, ref VaultRef) (map[string]any, 
 		s.cache[path] = e
 		s.mu.Unlock()
 
-		data, err := s.vault.readKV(ctx, ref)
+		data, err := fetch(ctx)
 		s.mu.Lock()
 		e.data, e.err = data, err
 		e.expires = s.now().Add(s.ttl)

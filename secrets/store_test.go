@@ -173,7 +173,7 @@ func TestNewStoreValidates(t *testing.T) {
 		vc    *VaultConfig
 		want  string
 	}{
-		{"no source", map[string]Spec{"a": {}}, nil, `credential "a": set exactly one of env, file or vault (found 0)`},
+		{"no source", map[string]Spec{"a": {}}, nil, `credential "a": set exactly one of env, file, vault or aws (found 0)`},
 		{"two sources", map[string]Spec{"a": {Env: "X", File: "/f"}}, nil, "found 2"},
 		{"vault no path", map[string]Spec{"a": {Vault: &VaultRef{Field: "f"}}}, &VaultConfig{Address: "http://v"}, "vault path is empty"},
 		{"vault no field", map[string]Spec{"a": {Vault: &VaultRef{Path: "p"}}}, &VaultConfig{Address: "http://v"}, "vault field is empty"},
