@@ -176,6 +176,30 @@ type scratch struct {
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
+// eachView calls fn with every view of text with one or two layers of escaping undone in
+// which something was decoded (a layer that decodes nothing gives a view already seen),
+// saying whether percent-encoding was undone in it and whether it has two layers. fn may
+// rewrite the view's bytes in place; a second layer is decoded from what it leaves.
+func eachView(text []byte, sc *scratch, fn func(v *view, pct, two bool)) {
+	pct, js := hasEscapes(text)
+	for _, first := range []struct {
+		on, pct bool
+		l       layer
+		trigger byte
+	}{{pct, true, percentLayer, '%'}, {js, false, jsonLayer, '\\'}} {
+		if !first.on || !decode(first.l, first.trigger, text, nil, &sc.v1) {
+			continue
+		}
+		fn(&sc.v1, first.pct, false)
+		if bytes.IndexByte(sc.v1.b, '%') >= 0 && decode(percentLayer, '%', sc.v1.b, &sc.v1, &sc.v2) {
+			fn(&sc.v2, true, true)
+		}
+		if bytes.IndexByte(sc.v1.b, '\\') >= 0 && decode(jsonLayer, '\\', sc.v1.b, &sc.v1, &sc.v2) {
+			fn(&sc.v2, first.pct, true)
+		}
+	}
+}
+
 // viewOccs returns the occurrences found in the decoded views of text that start in
 // [from, limit], sorted by start, longest first among equal starts. Occurrences that
 // decoding does not create are found by the raw matcher too; they may be listed as well.
@@ -184,13 +208,18 @@ func (s *searcher) viewOccs(text []byte, from, limit int, sc *scratch) []occ {
 	if limit < from || s.one == nil {
 		return sc.occs
 	}
-	pct, js := hasEscapes(text)
-	if !pct && !js {
-		return sc.occs
-	}
-	search := func(m *matcher, v *view) {
-		if m == nil {
-			return
+	eachView(text, sc, func(v *view, pct, two bool) {
+		m := s.one
+		switch {
+		case pct && two:
+			m = s.twoP
+		case pct:
+			m = s.oneP
+		case two:
+			m = s.two
+		}
+		if pct && s.plusSpace {
+			plusSpace(v.b)
 		}
 		for p := 0; p+m.minLen <= len(v.b); {
 			start, length, _ := m.find(v.b, p, len(v.b)-m.minLen)
@@ -202,43 +231,7 @@ func (s *searcher) viewOccs(text []byte, from, limit int, sc *scratch) []occ {
 			}
 			p = start + 1
 		}
-	}
-	// Each first layer, then each second layer over it. A layer that decodes nothing gives
-	// a view already searched with a larger set of forms.
-	for _, first := range []struct {
-		on, pct bool
-		l       layer
-		trigger byte
-	}{{pct, true, percentLayer, '%'}, {js, false, jsonLayer, '\\'}} {
-		if !first.on || !decode(first.l, first.trigger, text, nil, &sc.v1) {
-			continue
-		}
-		pctSeen := first.pct
-		if pctSeen {
-			if s.plusSpace {
-				plusSpace(sc.v1.b)
-			}
-			search(s.oneP, &sc.v1)
-		} else {
-			search(s.one, &sc.v1)
-		}
-		if bytes.IndexByte(sc.v1.b, '%') >= 0 && decode(percentLayer, '%', sc.v1.b, &sc.v1, &sc.v2) {
-			if s.plusSpace {
-				plusSpace(sc.v2.b)
-			}
-			search(s.twoP, &sc.v2)
-		}
-		if bytes.IndexByte(sc.v1.b, '\\') >= 0 && decode(jsonLayer, '\\', sc.v1.b, &sc.v1, &sc.v2) {
-			if pctSeen {
-				if s.plusSpace {
-					plusSpace(sc.v2.b)
-				}
-				search(s.twoP, &sc.v2)
-			} else {
-				search(s.two, &sc.v2)
-			}
-		}
-	}
+	})
 	slices.SortFunc(sc.occs, func(a, b occ) int {
 		if a.s != b.s {
 			return a.s - b.s

@@ -145,11 +145,26 @@ func (s *Set) ContainsFold(str string) bool {
 	if m == nil {
 		return false
 	}
-	return m.first([]byte(strings.ToLower(str))) >= 0
+	lower := []byte(strings.ToLower(str))
+	if m.first(lower) >= 0 {
+		return true
+	}
+	// Escaped, as in a header name like "X-%74ok-..." (percent-escapes may stand for
+	// upper-case letters, so each view is lower-cased in turn).
+	found := false
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	eachView(lower, sc, func(v *view, _, _ bool) {
+		for i, c := range v.b {
+			v.b[i] = toLowerASCII(c)
+		}
+		found = found || m.first(v.b) >= 0
+	})
+	return found
 }
 
 // chunkSize is how much a Reader reads, or a Writer processes, per step. It bounds the
-// memory of a stream together with the longest form.
+// memory of a stream together with the longest occurrence.
 const chunkSize = 32 << 10
 
 // firstChunk is a Reader's first read size.
@@ -214,8 +229,8 @@ func maxLenOf(m *searcher) int {
 }
 
 // NewReader returns a reader yielding r's bytes redacted exactly as Redact would redact the
-// whole stream. It holds back at most (longest form − 1) bytes until it knows whether they
-// start a secret, and its memory does not grow with the stream's length. An error from r
+// whole stream. It holds back a bounded tail until it knows whether it starts a secret (see
+// the package documentation), and its memory does not grow with the stream's length. An error from r
 // is returned after the bytes read before it, themselves redacted as if the stream ended
 // there.
 //
@@ -368,8 +383,8 @@ func (r *reader) read(p []byte) (int, error) {
 }
 
 // NewWriter returns a writer that redacts what is written to it, exactly as Redact would
-// redact the concatenation of all writes, and writes the result to w. It holds back at most
-// (longest form − 1) bytes between writes; Close flushes them. Close does not close w.
+// redact the concatenation of all writes, and writes the result to w. It holds back a
+// bounded tail between writes, as a reader does; Close flushes it. Close does not close w.
 func (s *Set) NewWriter(w io.Writer) io.WriteCloser {
 	return &writer{dst: w, st: stream{set: s}}
 }
