@@ -112,6 +112,15 @@ func TestFormsAreFoundInContext(t *testing.T) {
 		{"json python ascii", `{"echo": "s3cr3t/Tok+en\"\u00e9~x"}`},
 		{"json php", `{"echo":"s3cr3t\/Tok+en\"\u00e9~x"}`},
 		{"json escaped slash", `{"echo":"s3cr3t\/Tok+en\"é~x"}`},
+		// The forms of issue 12 item 6, found on main at f1bee04 by a hostile upstream.
+		{"url lower-case hex", "https://h/?t=s3cr3t%2fTok%2ben%22%c3%a9~x"},
+		{"json \\u escape lower", `{"echo":"s3cr3t\u002fTok+en\"\u00e9~x"}`},
+		{"json \\u escape upper", `{"echo":"s3cr3t\u002FTok\u002Ben\u0022\u00E9\u007Ex"}`},
+		{"json every character", `"` + jsonEscape(sec, jsonStyle{all: true}) + `"`},
+		{"json base64 with \\/", `{"b":"` + strings.ReplaceAll(b64("ab"+sec+"!"), "/", `\/`) + `"}`},
+		{"url of base64", "x=" + url.QueryEscape(b64(sec))},
+		{"json of hex", `"` + jsonEscape(hex.EncodeToString([]byte(sec)), jsonStyle{all: true, upper: true}) + `"`},
+		{"url of json", "q=" + lowerHexEscapes(url.QueryEscape(jsonOf(sec)))},
 	}
 	s := mustSet(t, sec)
 	for _, tt := range tests {

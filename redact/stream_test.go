@@ -77,7 +77,7 @@ func streamInput() []byte {
 		// a long text), and escapings that only decoding finds: lower-case percent-encoding,
 		// every character JSON-escaped, and both nested in each other.
 		for i, f := range Forms(s) {
-			if i < 12 || i%9 == 0 {
+			if i < 8 || i%25 == 0 {
 				b.WriteString(f)
 				b.WriteString(" | ")
 			}
