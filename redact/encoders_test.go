@@ -205,15 +205,13 @@ func always(rune) bool { return true }
 // Kubernetes secret, a hex dump.
 func encoders() []encoder {
 	id := func(s string) string { return s }
-	lo := func(s string) string { return s }
 	nonASCII := func(r rune) bool { return r >= 0x80 }
 	slashOrNonASCII := func(r rune) bool { return r == '/' || r >= 0x80 }
 	all := func(rune) bool { return true }
 	upper := strings.ToUpper
-	_ = lo
-	textual := func(name string, any func(*rand.Rand) func(string) string, styles ...func(string) string) encoder {
+	textual := func(name string, anySubset func(*rand.Rand) func(string) string, styles ...func(string) string) encoder {
 		return encoder{name: name, textual: true, styles: styles, enc: func(in encoded, rng *rand.Rand) encoded {
-			return perChar(in, any(rng))
+			return perChar(in, anySubset(rng))
 		}}
 	}
 	binary := func(name string, f func([]byte) string, bits int) encoder {
