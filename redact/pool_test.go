@@ -159,10 +159,7 @@ func TestReaderPoolHammer(t *testing.T) {
 func TestReaderBuffersBounded(t *testing.T) {
 	t.Parallel()
 	s := mustSet(t, secA, secB)
-	longest := 0
-	for _, f := range allForms(secA, secB) {
-		longest = max(longest, len(f))
-	}
+	longest := holdBack(s.m.Load()) + maxContext
 	r := s.NewReader(bytes.NewReader(bytes.Repeat([]byte("plain text, no secret. "), 20000)))
 	p := make([]byte, 64<<10)
 	for {

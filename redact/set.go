@@ -26,17 +26,21 @@ var ErrTooShort = fmt.Errorf("redact: secret shorter than %d bytes cannot be red
 // other goroutines redact: they see either the old or the new set, never a torn one. The
 // zero value is not usable; use NewSet.
 type Set struct {
-	mu      sync.Mutex          // serialises Add
-	secrets map[string]struct{} // guarded by mu
-	forms   map[string]struct{} // guarded by mu
-	m       atomic.Pointer[matcher]
+	mu      sync.Mutex             // serialises Add
+	secrets map[string]struct{}    // guarded by mu
+	forms   [3]map[string]struct{} // guarded by mu; raw, one and two layers (see secretForms)
+	m       atomic.Pointer[searcher]
 	fold    atomic.Pointer[matcher] // the forms in lower case, for ContainsFold
 	n       atomic.Int64
 }
 
 // NewSet returns an empty set.
 func NewSet() *Set {
-	return &Set{secrets: make(map[string]struct{}), forms: make(map[string]struct{})}
+	s := &Set{secrets: make(map[string]struct{})}
+	for i := range s.forms {
+		s.forms[i] = make(map[string]struct{})
+	}
+	return s
 }
 
 // Add makes secret and all its Forms redacted from now on. Adding a known secret is cheap
@@ -52,23 +56,29 @@ func (s *Set) Add(secret string) error {
 		return nil
 	}
 	s.secrets[secret] = struct{}{}
-	for _, f := range Forms(secret) {
-		s.forms[f] = struct{}{}
+	fs := formsOf(secret)
+	var tiers [3][][]byte
+	for i, tier := range [][]string{fs.raw, fs.one, fs.two} {
+		for _, f := range tier {
+			s.forms[i][f] = struct{}{}
+		}
+		for f := range s.forms[i] {
+			tiers[i] = append(tiers[i], []byte(f))
+		}
+		slices.SortFunc(tiers[i], bytes.Compare)
 	}
-	all := make([][]byte, 0, len(s.forms))
-	for f := range s.forms {
-		all = append(all, []byte(f))
-	}
-	slices.SortFunc(all, bytes.Compare)
+	all := tiers[0]
+	lowerSeen := make(map[string]bool, len(all))
 	lower := make([][]byte, 0, len(all))
 	for _, f := range all {
-		if l := bytes.ToLower(f); !slices.ContainsFunc(lower, func(x []byte) bool { return bytes.Equal(x, l) }) {
+		if l := bytes.ToLower(f); !lowerSeen[string(l)] {
+			lowerSeen[string(l)] = true
 			lower = append(lower, l)
 		}
 	}
 	slices.SortFunc(lower, bytes.Compare)
 	s.fold.Store(newMatcher(lower))
-	s.m.Store(newMatcher(all))
+	s.m.Store(newSearcher(tiers[0], tiers[1], tiers[2]))
 	s.n.Store(int64(len(s.secrets)))
 	return nil
 }
@@ -85,9 +95,19 @@ func (s *Set) Redact(b []byte) []byte {
 	if start < 0 {
 		return b
 	}
+	return m.redact(b, start)
+}
+
+// redact redacts b, which has its first occurrence at start.
+func (s *searcher) redact(b []byte, start int) []byte {
 	out := make([]byte, start, len(b)+len(Placeholder))
 	copy(out, b[:start])
-	out, _, _ = m.scan(out, b[start:], 0, true)
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	// The bytes before start are context: decoding from there splits the escapes as
+	// decoding from the beginning does.
+	ctx := syncBefore(b, start, start)
+	out, _, _ = s.scan(out, b[ctx:], start-ctx, 0, true, sc)
 	return out
 }
 
@@ -105,10 +125,7 @@ func (s *Set) RedactString(str string) string {
 	if start < 0 {
 		return str
 	}
-	out := make([]byte, start, len(b)+len(Placeholder))
-	copy(out, b[:start])
-	out, _, _ = m.scan(out, b[start:], 0, true)
-	return string(out)
+	return string(m.redact(b, start))
 }
 
 // Contains reports whether b holds any form of any secret.
@@ -128,11 +145,26 @@ func (s *Set) ContainsFold(str string) bool {
 	if m == nil {
 		return false
 	}
-	return m.first([]byte(strings.ToLower(str))) >= 0
+	lower := []byte(strings.ToLower(str))
+	if m.first(lower) >= 0 {
+		return true
+	}
+	// Escaped, as in a header name like "X-%74ok-..." (percent-escapes may stand for
+	// upper-case letters, so each view is lower-cased in turn).
+	found := false
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	eachView(lower, sc, func(v *view, _, _ bool) {
+		for i, c := range v.b {
+			v.b[i] = toLowerASCII(c)
+		}
+		found = found || m.first(v.b) >= 0
+	})
+	return found
 }
 
 // chunkSize is how much a Reader reads, or a Writer processes, per step. It bounds the
-// memory of a stream together with the longest form.
+// memory of a stream together with the longest occurrence.
 const chunkSize = 32 << 10
 
 // firstChunk is a Reader's first read size.
@@ -142,9 +174,11 @@ const firstChunk = 4 << 10
 // length of an open overlapping run at its start.
 type stream struct {
 	set   *Set
-	in    []byte
+	in    []byte // ctx bytes of context, then the undecided tail
+	ctx   int
 	carry int
 	out   []byte
+	sc    scratch
 }
 
 // step appends data to the pending input and redacts what can be decided.
@@ -154,13 +188,40 @@ func (st *stream) step(data []byte, final bool) []byte {
 		st.in = append(make([]byte, 0, max(need, len(data)+maxLenOf(m))), st.in...)
 	}
 	st.in = append(st.in, data...)
+	if !final && len(st.in)-st.ctx < holdBack(m) {
+		return st.out[:0] // too little to decide anything yet
+	}
 	var consumed int
-	st.out, consumed, st.carry = m.scan(st.out[:0], st.in, st.carry, final)
-	st.in = st.in[:copy(st.in, st.in[consumed:])]
+	st.out, consumed, st.carry = m.scan(st.out[:0], st.in, st.ctx, st.carry, final, &st.sc)
+	st.in, st.ctx = keepTail(st.in, consumed)
 	return st.out
 }
 
-func maxLenOf(m *matcher) int {
+// keepTail moves the undecided in[consumed:] to the front of in, after the bytes before it
+// that the decoders need as context, and returns the new in and the context's length.
+func keepTail(in []byte, consumed int) ([]byte, int) {
+	from := syncBefore(in, consumed, maxContext)
+	return in[:copy(in, in[from:])], consumed - from
+}
+
+// maxContext bounds the context a stream keeps before its undecided tail. Decoding is exact
+// when the context reaches back to a position where no escape is open; only text made of
+// '%', '\\', 'u' and hex digits alone for this long, cut at a chunk boundary, may be split
+// differently than the whole stream would be.
+const maxContext = 2 * syncWindow
+
+// holdBack is how many undecided bytes a stream collects before it scans them. Each scan
+// decodes and searches all of them to decide the first len − maxLen, so scanning only once
+// maxLen/2 bytes can be decided keeps the work per byte bounded when a source dribbles in
+// a few bytes per read.
+func holdBack(m *searcher) int {
+	if m == nil {
+		return 0
+	}
+	return m.maxLen + m.maxLen/2
+}
+
+func maxLenOf(m *searcher) int {
 	if m == nil {
 		return 0
 	}
@@ -168,8 +229,8 @@ func maxLenOf(m *matcher) int {
 }
 
 // NewReader returns a reader yielding r's bytes redacted exactly as Redact would redact the
-// whole stream. It holds back at most (longest form − 1) bytes until it knows whether they
-// start a secret, and its memory does not grow with the stream's length. An error from r
+// whole stream. It holds back a bounded tail until it knows whether it starts a secret (see
+// the package documentation), and its memory does not grow with the stream's length. An error from r
 // is returned after the bytes read before it, themselves redacted as if the stream ended
 // there.
 //
@@ -189,8 +250,9 @@ var ErrReaderClosed = errors.New("redact: read from closed reader")
 // reads are small, and allocating (and zeroing) a 4 KiB window per response was most of a
 // scoped HTTP call's garbage.
 type readerBufs struct {
-	in  []byte // the undecided tail of the input, then the next read
+	in  []byte // context, the undecided tail of the input, then the next read
 	out []byte // redacted bytes of the last step
+	sc  scratch
 }
 
 var bufPool = sync.Pool{New: func() any { return new(readerBufs) }}
@@ -211,6 +273,7 @@ type reader struct {
 	bufs    *readerBufs // nil before the first Read and once handed back
 
 	out   []byte // redacted bytes not yet returned; a view into bufs.out
+	ctx   int    // length of the context at the start of bufs.in
 	carry int
 	size  int  // how much the next read asks for at least
 	full  bool // the last read filled the space it was offered
@@ -303,9 +366,12 @@ func (r *reader) read(p []byte) (int, error) {
 			}
 			continue
 		}
+		if err == nil && len(in)-r.ctx < holdBack(m) {
+			continue // too little to decide anything yet: read on
+		}
 		var consumed int
-		r.bufs.out, consumed, r.carry = m.scan(r.bufs.out[:0], in, r.carry, err != nil)
-		r.bufs.in = in[:copy(in, in[consumed:])]
+		r.bufs.out, consumed, r.carry = m.scan(r.bufs.out[:0], in, r.ctx, r.carry, err != nil, &r.bufs.sc)
+		r.bufs.in, r.ctx = keepTail(in, consumed)
 		r.out = r.bufs.out
 		if err != nil {
 			r.done, r.err = true, err
@@ -317,8 +383,8 @@ func (r *reader) read(p []byte) (int, error) {
 }
 
 // NewWriter returns a writer that redacts what is written to it, exactly as Redact would
-// redact the concatenation of all writes, and writes the result to w. It holds back at most
-// (longest form − 1) bytes between writes; Close flushes them. Close does not close w.
+// redact the concatenation of all writes, and writes the result to w. It holds back a
+// bounded tail between writes, as a reader does; Close flushes it. Close does not close w.
 func (s *Set) NewWriter(w io.Writer) io.WriteCloser {
 	return &writer{dst: w, st: stream{set: s}}
 }
@@ -375,3 +441,5 @@ func (w *writer) write(b []byte) error {
 	_, err := w.dst.Write(b)
 	return err
 }
+
+func (s *Set) occurrences(b []byte) []occ { return s.m.Load().occurrences(b) }

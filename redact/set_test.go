@@ -24,6 +24,9 @@ func TestContainsFold(t *testing.T) {
 		{"X-Tok-Zq8vn3xr7pl2mk9wy4", true}, // as net/http canonicalises it
 		{strings.ToUpper(secret), true},
 		{"X-" + base64.StdEncoding.EncodeToString([]byte(secret)), true},
+		{"X-%54ok-Zq8vN3xR7pL2mK9wY4", true}, // percent-escaped, upper-case letter
+		{"X-%74ok-zq8vn3xr7pl2mk9wy4", true}, // percent-escaped, lower-case hex
+		{"X-tok-%5a%71%38vn3xr7pl2mk9wy4", true},
 		{"X-Tok-Zq8vN3xR7pL2mK9wY", false}, // one character short
 		{"Content-Type", false},
 	} {
