@@ -127,7 +127,7 @@ func removeParam(raw, param string) string {
 // It filters h in place: the map comes from the transport and belongs to this call alone, so
 // a call whose headers hold nothing to redact allocates nothing here. Every name and every
 // value that is kept goes through the redactor, whatever its length or name.
-func (g *Gateway) responseHeader(h http.Header) http.Header {
+func (g *Gateway) responseHeader(ep *endpoint, h http.Header) http.Header {
 	for k := range h {
 		if http.CanonicalHeaderKey(k) != k {
 			// Not from net/http's own parsers (they canonicalise): merge into canonical keys
@@ -144,12 +144,13 @@ func (g *Gateway) responseHeader(h http.Header) http.Header {
 	}
 	for k, vals := range h {
 		if _, hop := hopByHop[k]; hop || k == "Set-Cookie" || k == "Set-Cookie2" ||
-			slices.Contains(named, k) || g.redactor.ContainsFold(k) {
+			slices.Contains(named, k) || g.redactor.ContainsFold(k) ||
+			(ep.address != nil && ep.address.ContainsFold(k)) {
 			delete(h, k) // deleting the current key while ranging is defined behaviour
 			continue
 		}
 		for i, v := range vals {
-			vals[i] = g.redactor.RedactString(v)
+			vals[i] = g.redact(ep, v)
 		}
 	}
 	return h
