@@ -681,7 +681,27 @@ func (g *Gateway) classify(ctx, callCtx context.Context, ep *endpoint, err error
 	if errors.As(err, &ue) {
 		err = ue.Err // url.Error's text holds the URL, and the URL may hold a query credential
 	}
-	return &UpstreamError{Endpoint: ep.name, Err: errors.New(g.redact(ep, err.Error()))}
+	return &UpstreamError{Endpoint: ep.name, Err: errors.New(g.redact(ep, withoutAddress(err)))}
+}
+
+// withoutAddress describes a connection failure without the addresses that net's and
+// crypto/x509's messages carry (the resolved IP and port, the host a certificate is valid
+// for): the error reaches the task, and from there maybe the control plane.
+func withoutAddress(err error) string {
+	var (
+		dns  *net.DNSError
+		op   *net.OpError
+		host x509.HostnameError
+	)
+	switch {
+	case errors.As(err, &dns):
+		return "lookup of the endpoint's host failed: " + dns.Err
+	case errors.As(err, &host):
+		return "TLS: the endpoint's certificate is not valid for its host"
+	case errors.As(err, &op):
+		return op.Op + ": " + op.Err.Error() // Op is "dial", "read", "write"; Err has no address
+	}
+	return err.Error()
 }
 
 func reasonOf(err error) string {

@@ -759,8 +759,9 @@ func TestUpstreamUnreachable(t *testing.T) {
 	if !errors.As(err, &ue) || ue.Timeout() {
 		t.Fatalf("Do() to a closed port = %v; want *UpstreamError", err)
 	}
-	if contains(err.Error(), testSecret) || contains(err.Error(), "page=2") || contains(err.Error(), "api_key") {
-		t.Errorf("UpstreamError %q holds the query or the credential", err)
+	if contains(err.Error(), testSecret) || contains(err.Error(), "page=2") || contains(err.Error(), "api_key") ||
+		contains(err.Error(), addr) || contains(err.Error(), "127.0.0.1") {
+		t.Errorf("UpstreamError %q holds the query, the credential or the endpoint's address", err)
 	}
 	evs := f.audit.all()
 	if len(evs) != 1 || contains(fmt.Sprintf("%+v", evs[0]), testSecret) || !contains(evs[0].Reason, "upstream:") {
