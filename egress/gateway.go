@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/redact"
 )
@@ -226,7 +228,7 @@ func prepare(e *Endpoint) (*endpoint, error) {
 	switch a.Kind {
 	case AuthNone:
 	case AuthHeader:
-		if !isToken(a.Header) {
+		if !httpguts.ValidHeaderFieldName(a.Header) {
 			return nil, fail("Auth.Header %q is not a valid header name", a.Header)
 		}
 		a.Header = http.CanonicalHeaderKey(a.Header)
@@ -236,12 +238,12 @@ func prepare(e *Endpoint) (*endpoint, error) {
 		if strings.Count(a.Format, "{secret}") != 1 {
 			return nil, fail("Auth.Format must contain \"{secret}\" exactly once")
 		}
-		if !validHeaderValue(a.Format) {
+		if !httpguts.ValidHeaderFieldValue(a.Format) {
 			return nil, fail("Auth.Format contains a control character")
 		}
 		ep.authPrefix, ep.authSuffix, _ = strings.Cut(a.Format, "{secret}")
 	case AuthBasic:
-		if strings.Contains(a.Username, ":") || !validHeaderValue(a.Username) {
+		if strings.Contains(a.Username, ":") || !httpguts.ValidHeaderFieldValue(a.Username) {
 			return nil, fail("Auth.Username must not contain \":\" or control characters")
 		}
 	case AuthQuery:
@@ -386,7 +388,7 @@ func (g *Gateway) check(req Request) (call, *outcome.Error) {
 	}
 	h := make(http.Header, len(req.Header)+2) // + the credential and Accept-Encoding
 	for name, vals := range req.Header {
-		if !isToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return deny("header name %q is not a valid token", clip(name))
 		}
 		k := http.CanonicalHeaderKey(name)
@@ -395,7 +397,7 @@ func (g *Gateway) check(req Request) (call, *outcome.Error) {
 			return deny("header %q may not be set by a task", k)
 		}
 		for _, v := range vals {
-			if !validHeaderValue(v) {
+			if !httpguts.ValidHeaderFieldValue(v) {
 				return deny("header %q: value contains CR, LF, NUL or another control character", k)
 			}
 		}
@@ -572,7 +574,7 @@ func (g *Gateway) credential(ctx context.Context, ep *endpoint) (string, error) 
 	if secret == "" {
 		return "", outcome.New(outcome.CredentialUnavailable, "credential %q for endpoint %q is empty", ep.auth.Credential, ep.name)
 	}
-	if ep.auth.Kind != AuthQuery && !validHeaderValue(secret) {
+	if ep.auth.Kind != AuthQuery && !httpguts.ValidHeaderFieldValue(secret) {
 		return "", outcome.New(outcome.CredentialUnavailable, "credential %q for endpoint %q contains control characters and cannot go in a header", ep.auth.Credential, ep.name)
 	}
 	return secret, nil

@@ -12,9 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+	"gopkg.in/yaml.v3"
+
 	"github.com/castellan-dev/castellan/egress"
 	"github.com/castellan-dev/castellan/secrets"
-	"gopkg.in/yaml.v3"
 )
 
 // Sections are decoded in dependency order (vault, credentials, endpoints, tasks) whatever
@@ -467,8 +469,7 @@ var (
 		"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true,
 		"Transfer-Encoding": true, "Upgrade": true, "Host": true, "Content-Length": true,
 	}
-	headerTokenRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-	queryParamRE  = regexp.MustCompile(`^[A-Za-z0-9_.~\[\]-]+$`)
+	queryParamRE = regexp.MustCompile(`^[A-Za-z0-9_.~\[\]-]+$`)
 )
 
 func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Auth {
@@ -504,7 +505,7 @@ func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Au
 		} else if s, ok := d.text(hn, field(kpath, "name")); ok {
 			canon := http.CanonicalHeaderKey(s)
 			switch {
-			case !headerTokenRE.MatchString(s):
+			case !httpguts.ValidHeaderFieldName(s):
 				d.add(hn.Line, field(kpath, "name"), "header name %q is not a valid HTTP token", s)
 			case forbiddenAuthHeaders[canon] || strings.HasPrefix(canon, "Proxy-"):
 				d.add(hn.Line, field(kpath, "name"), "header %q is hop-by-hop or controls message framing and cannot carry a credential; use e.g. Authorization or X-API-Key", canon)
