@@ -718,9 +718,9 @@ func reasonOf(err error) string {
 	return "internal"
 }
 
-// expired reports whether ctx is done or its deadline has passed. The transport's
-// connection deadlines and a context's timer are separate timers: an I/O timeout can be
-// seen a moment before the context says it is done, and must be read as the same event.
+// expired reports whether ctx is done or its deadline has passed. An I/O error caused by the
+// deadline (a dial or TLS handshake cut short) can be seen a moment before the context says
+// it is done, and must be read as the same event.
 func expired(ctx context.Context) bool {
 	if ctx.Err() != nil {
 		return true

@@ -50,7 +50,7 @@ func newTransport(ep *endpoint) *http.Transport {
 	}
 }
 
-// errUnreadableCoding is the UpstreamError of a response whose content coding the gateway
+// codingError is the failure of a response whose content coding the gateway
 // cannot decode: a credential inside it would reach the task unredacted.
 type codingError struct{ codings string }
 
