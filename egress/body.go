@@ -22,6 +22,7 @@ type body struct {
 	lim     io.LimitedReader // raw, capped at max+1 bytes
 	cnt     countingReader   // counts what lim yields
 	r       io.Reader        // the redactor's reader over cnt
+	r2      io.Reader        // the address redactor's reader over r; nil without one
 	hop     hop              // for redirect hops, through the request context
 	n       atomic.Int64     // upstream bytes read so far
 	max     int64
@@ -50,7 +51,11 @@ func (b *body) Read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	n, err := b.r.Read(p)
+	r := b.r
+	if b.r2 != nil {
+		r = b.r2
+	}
+	n, err := r.Read(p)
 	if b.n.Load() > b.max {
 		// Whatever the redactor still held back stays unread: the task gets E_TOO_LARGE.
 		b.fail(ErrResponseTooLarge, "response too large")
@@ -78,8 +83,10 @@ func (b *body) Close() error {
 		b.raw.Close()
 		// After raw: a Read blocked in it returns, and the redactor hands its pooled buffers
 		// back then if not now. Reads after Close fail in the redactor, never reach the pool.
-		if c, ok := b.r.(io.Closer); ok {
-			c.Close()
+		for _, r := range []io.Reader{b.r2, b.r} {
+			if c, ok := r.(io.Closer); ok {
+				c.Close()
+			}
 		}
 		b.cancel()
 		b.mu.Lock()

@@ -1,3 +1,10 @@
+// Package egress performs the HTTP requests that sandboxed tasks ask for, on their behalf and
+// under the security team's policy. A task never supplies a URL: it names a logical endpoint
+// ("crm"), a method and a path. The gateway builds the URL from the endpoint's base URL,
+// refuses anything that could escape or confuse it, matches the method and path against the
+// endpoint's allow rules, injects the credential host-side, and redacts every credential form
+// from what comes back before the task sees it.
+//
 // # Threat model
 //
 // The adversary is the task: a WebAssembly module that may be buggy, compromised through a
@@ -25,11 +32,12 @@
 // method and whole decoded path segments; every redirect hop is re-checked against the
 // origin, the prefix and the rules before it is sent, so the credential (injected host-side
 // from Credentials at call time, and re-injected on each allowed hop) never reaches a hop
-// the policy would refuse; and the transport is private, with no proxy. It is the gateway's
-// own (transport.go): HTTP/1.1 with net/http's request writer and response parser, one
-// request at a time per connection, and a connection reused only when it is provably at the
-// end of its last response, so that no upstream can answer one call with bytes meant for
-// another.
+// the policy would refuse; and each endpoint has its own net/http Transport: HTTP/1.1, no
+// proxy, its own connection pool, dial and TLS handshake bounded by the endpoint's timeout,
+// and its own CA and client certificate. A pooled connection carries a new request only once
+// it is at rest (net/http's reader waits on it with nothing unread in its buffer, the TLS
+// layer or the socket), so that no upstream can answer one call, maybe another job's, with
+// bytes it sent after the previous response.
 //
 // Path rules are only as strong as the agreement between this parser and the upstream's.
 // ValidateTarget is therefore much stricter than RFC 3986: no dot segments in any
@@ -41,9 +49,10 @@
 // What comes back is redacted before the task sees it: header values and the body, which
 // streams through the Redactor with a byte cap, so neither a huge nor an endless response is
 // ever held in memory. Accept-Encoding and Range are refused so that an echoed credential
-// comes back whole, where the redactor can recognise it: the transport asks for gzip itself
-// and decompresses it before the redactor reads the body, and a response in any other coding
-// fails the call. The redactor knows
+// comes back whole, where the redactor can recognise it: the gateway asks for gzip itself and
+// decompresses it before the redactor reads the body. The codings of all Content-Encoding
+// lines are taken together (RFC 9110 §5.3); anything but none or a single gzip layer fails
+// the call. The redactor knows
 // the exact forms of each credential (raw, base64, URL and hex encodings); an upstream that
 // transforms a credential some other way, or hands it out piece by piece over many calls, is
 // outside what this package can catch.

@@ -1,16 +1,9 @@
-// Package egress performs the HTTP requests that sandboxed tasks ask for, on their behalf and
-// under the security team's policy. A task never supplies a URL: it names a logical endpoint
-// ("crm"), a method and a path. The gateway builds the URL from the endpoint's base URL,
-// refuses anything that could escape or confuse it, matches the method and path against the
-// endpoint's allow rules, injects the credential host-side, and redacts every credential form
-// from what comes back before the task sees it.
-//
-// CONTRACT (written first so the sandbox, the policy loader and this package can be built in
-// parallel). Implementations live in the other files of this package.
 package egress
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	"net/url"
@@ -33,6 +26,21 @@ type Endpoint struct {
 	MaxResponseBytes int64
 	// MaxRequestBytes bounds the request body. Optional, default DefaultMaxRequestBytes.
 	MaxRequestBytes int64
+	// RootCAs verifies an https endpoint's certificate. Optional; default the host's roots.
+	RootCAs *x509.CertPool
+	// ClientCertificate is presented to an https endpoint that asks for one (mutual TLS).
+	// Optional; default none.
+	ClientCertificate *tls.Certificate
+	// RedactAddress adds the endpoint's own address (host, host:port, origin and base URL,
+	// in every encoding the redactor knows) to what is redacted from its responses, so that
+	// an API echoing its Host header does not hand the task an internal address. Optional;
+	// the zero value redacts nothing more (the policy loader sets it unless told otherwise).
+	RedactAddress bool
+	// IdempotencyKey makes the gateway send "Idempotency-Key: <job id>" with every request
+	// whose method is not safe (anything but GET, HEAD and OPTIONS); a task may then not set
+	// that header itself. The job id is the same on every attempt of a job, so an API that
+	// honours the header applies a retried job's side effect once. Optional; default off.
+	IdempotencyKey bool
 }
 
 const (

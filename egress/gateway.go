@@ -3,16 +3,23 @@ package egress
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/castellan-dev/castellan/outcome"
+	"github.com/castellan-dev/castellan/redact"
 )
 
 // Redactor removes every form of every credential from text and streams. *redact.Set
@@ -64,9 +71,10 @@ type Config struct {
 	// Audit receives exactly one Event per Do: at once for a denial, when the response body
 	// is closed or the call fails otherwise. Optional.
 	Audit func(Event)
-	// Transport performs the requests. Optional; default the gateway's own HTTP/1.1
-	// transport (transport.go): no proxy, bounded dial/TLS/idle timeouts, never shared with
-	// http.DefaultTransport.
+	// Transport performs the requests of every endpoint. Optional; default one net/http
+	// Transport per endpoint (transport.go): HTTP/1.1, no proxy, bounded dial, TLS and idle
+	// timeouts, the endpoint's TLS settings, never shared with http.DefaultTransport.
+	// Endpoint TLS settings do not apply to a Transport given here.
 	Transport http.RoundTripper
 }
 
@@ -76,13 +84,9 @@ type Gateway struct {
 	creds     Credentials
 	redactor  Redactor
 	audit     func(Event)
-	transport http.RoundTripper
-	// ownTransport is set when transport is the gateway's own, which enforces the request
-	// context's deadline on the connection (see callContext).
-	ownTransport bool
-	// client is shared by every call: what differs per call (the endpoint and the credential
-	// that redirect hops need) travels in the request context, see redirectPolicy.
-	client *http.Client
+	// transports are the endpoints' own, closed by CloseIdleConnections; empty when
+	// Config.Transport is set.
+	transports []*http.Transport
 }
 
 // endpoint is an Endpoint after validation, with everything Do needs precomputed. It is a
@@ -102,6 +106,15 @@ type endpoint struct {
 	timeout     time.Duration
 	maxResp     int64
 	maxReq      int64
+	rootCAs     *x509.CertPool
+	clientCerts []tls.Certificate
+	// address redacts the endpoint's own address from its responses; nil when
+	// Endpoint.RedactAddress is off.
+	address        *redact.Set
+	idempotencyKey bool
+	// client is shared by every call to the endpoint: what differs per call (the credential
+	// that redirect hops need) travels in the request context, see redirectPolicy.
+	client *http.Client
 }
 
 // New validates cfg and returns a Gateway. Errors name the endpoint and field at fault and
@@ -115,13 +128,7 @@ func New(cfg Config) (*Gateway, error) {
 		creds:     cfg.Credentials,
 		redactor:  cfg.Redactor,
 		audit:     cfg.Audit,
-		transport: cfg.Transport,
 	}
-	if g.transport == nil {
-		g.transport = newTransport()
-	}
-	_, g.ownTransport = g.transport.(*transport)
-	g.client = &http.Client{Transport: g.transport, CheckRedirect: redirectPolicy}
 	for i, e := range cfg.Endpoints {
 		ep, err := prepare(e)
 		if err != nil {
@@ -133,6 +140,13 @@ func New(cfg Config) (*Gateway, error) {
 		if ep.auth.Kind != AuthNone && cfg.Credentials == nil {
 			return nil, fmt.Errorf("egress: endpoint %q injects credential %q but Config.Credentials is nil", ep.name, ep.auth.Credential)
 		}
+		rt := cfg.Transport
+		if rt == nil {
+			tr := newTransport(ep)
+			g.transports = append(g.transports, tr)
+			rt = tr
+		}
+		ep.client = &http.Client{Transport: rt, CheckRedirect: redirectPolicy}
 		g.endpoints[ep.name] = ep
 	}
 	return g, nil
@@ -176,6 +190,15 @@ func prepare(e *Endpoint) (*endpoint, error) {
 		timeout:  orDefault(e.Timeout, DefaultTimeout),
 		maxResp:  orDefault(e.MaxResponseBytes, DefaultMaxResponseBytes),
 		maxReq:   orDefault(e.MaxRequestBytes, DefaultMaxRequestBytes),
+		rootCAs:  e.RootCAs,
+
+		idempotencyKey: e.IdempotencyKey,
+	}
+	if e.ClientCertificate != nil {
+		ep.clientCerts = []tls.Certificate{*e.ClientCertificate}
+	}
+	if e.RedactAddress {
+		ep.address = addressSet(u, ep.hostname, ep.port)
 	}
 	if ep.hostname == "" {
 		return nil, fail("BaseURL has an empty host name")
@@ -205,7 +228,7 @@ func prepare(e *Endpoint) (*endpoint, error) {
 	switch a.Kind {
 	case AuthNone:
 	case AuthHeader:
-		if !isToken(a.Header) {
+		if !httpguts.ValidHeaderFieldName(a.Header) {
 			return nil, fail("Auth.Header %q is not a valid header name", a.Header)
 		}
 		a.Header = http.CanonicalHeaderKey(a.Header)
@@ -215,12 +238,12 @@ func prepare(e *Endpoint) (*endpoint, error) {
 		if strings.Count(a.Format, "{secret}") != 1 {
 			return nil, fail("Auth.Format must contain \"{secret}\" exactly once")
 		}
-		if !validHeaderValue(a.Format) {
+		if !httpguts.ValidHeaderFieldValue(a.Format) {
 			return nil, fail("Auth.Format contains a control character")
 		}
 		ep.authPrefix, ep.authSuffix, _ = strings.Cut(a.Format, "{secret}")
 	case AuthBasic:
-		if strings.Contains(a.Username, ":") || !validHeaderValue(a.Username) {
+		if strings.Contains(a.Username, ":") || !httpguts.ValidHeaderFieldValue(a.Username) {
 			return nil, fail("Auth.Username must not contain \":\" or control characters")
 		}
 	case AuthQuery:
@@ -249,6 +272,28 @@ func checkOrigin(scheme, host string) error {
 	return nil
 }
 
+// addressSet is the redactor of an endpoint's own address: its host, host:port (as configured
+// and with the port spelt out), origin and base URL, as written and in lower case. Forms
+// shorter than redact.MinSecretLen are left out, as for credentials: a host name such as
+// "crm" alone would match ordinary words.
+func addressSet(u *url.URL, hostname, port string) *redact.Set {
+	origin := u.Scheme + "://" + u.Host
+	values := []string{
+		u.Host, hostname, net.JoinHostPort(hostname, port),
+		origin, u.Scheme + "://" + net.JoinHostPort(hostname, port),
+		origin + strings.TrimRight(u.EscapedPath(), "/"),
+	}
+	s := redact.NewSet()
+	for _, v := range values {
+		for _, form := range []string{v, strings.ToLower(v)} {
+			if len(form) >= redact.MinSecretLen {
+				_ = s.Add(form) // only a value too short fails, and those are skipped above
+			}
+		}
+	}
+	return s
+}
+
 func orDefault[T comparable](v, def T) T {
 	var zero T
 	if v == zero {
@@ -267,10 +312,11 @@ func portOf(u *url.URL) string {
 	return "80"
 }
 
-// CloseIdleConnections closes the transport's idle connections (when the task is retired).
+// CloseIdleConnections closes every pooled connection of the gateway's endpoints. A retired
+// gateway must be told once its last job has ended: nothing else closes them.
 func (g *Gateway) CloseIdleConnections() {
-	if c, ok := g.transport.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
+	for _, tr := range g.transports {
+		tr.CloseIdleConnections()
 	}
 }
 
@@ -302,7 +348,7 @@ func (g *Gateway) Do(ctx context.Context, job JobRef, req Request) (*Response, e
 		return nil, denied
 	}
 	ev.Decision = "allow"
-	resp, err := g.send(ctx, c, req, &ev, start)
+	resp, err := g.send(ctx, job, c, req, &ev, start)
 	if err != nil {
 		return nil, err
 	}
@@ -342,15 +388,16 @@ func (g *Gateway) check(req Request) (call, *outcome.Error) {
 	}
 	h := make(http.Header, len(req.Header)+2) // + the credential and Accept-Encoding
 	for name, vals := range req.Header {
-		if !isToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return deny("header name %q is not a valid token", clip(name))
 		}
 		k := http.CanonicalHeaderKey(name)
-		if forbiddenHeader(k) || (ep.auth.Kind == AuthHeader && k == ep.auth.Header) {
+		if forbiddenHeader(k) || (ep.auth.Kind == AuthHeader && k == ep.auth.Header) ||
+			(ep.idempotencyKey && k == "Idempotency-Key") {
 			return deny("header %q may not be set by a task", k)
 		}
 		for _, v := range vals {
-			if !validHeaderValue(v) {
+			if !httpguts.ValidHeaderFieldValue(v) {
 				return deny("header %q: value contains CR, LF, NUL or another control character", k)
 			}
 		}
@@ -367,7 +414,7 @@ func (g *Gateway) check(req Request) (call, *outcome.Error) {
 
 // send fetches the credential, performs the request and wraps the response. On error it
 // emits the audit event itself.
-func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, start time.Time) (*Response, error) {
+func (g *Gateway) send(ctx context.Context, job JobRef, c call, req Request, ev *Event, start time.Time) (*Response, error) {
 	ep := c.ep
 	fail := func(reason string, err error) (*Response, error) {
 		g.finish(ev, start, "allow", reason)
@@ -393,20 +440,22 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		g: g, ep: ep, ctx: ctx,
 		max: ep.maxResp, start: start, hop: hop{ep: ep, secret: secret},
 	}
-	var reqCtx context.Context
-	if g.ownTransport {
-		// The gateway's transport bounds the connection by the context's deadline itself,
-		// so the endpoint timeout needs no timer and no cancel: the call context is only
-		// the job's with an earlier deadline and the hop state.
-		cc := &callContext{Context: ctx, deadline: start.Add(ep.timeout), hop: &b.hop}
-		b.callCtx, b.cancel, reqCtx = cc, func() {}, cc
-		// The transport would add this to a copy of the header map; c.header is this call's.
-		c.header["Accept-Encoding"] = acceptGzip
-	} else {
-		b.callCtx, b.cancel = context.WithTimeout(ctx, ep.timeout)
-		reqCtx = context.WithValue(b.callCtx, hopKey{}, &b.hop)
+	// The endpoint timeout bounds the whole call, dial, TLS handshake and body included.
+	b.callCtx, b.cancel = context.WithTimeout(ctx, ep.timeout)
+	reqCtx := context.WithValue(b.callCtx, hopKey{}, &b.hop)
+	if g.transports != nil {
+		reqCtx = httptrace.WithClientTrace(reqCtx, &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) { awaitQuiet(b.callCtx, info) },
+		})
 	}
 	callCtx, cancel := b.callCtx, b.cancel
+	if req.Method != http.MethodHead {
+		// The gateway decodes what it asks for itself (decodeBody); the transport does not.
+		c.header["Accept-Encoding"] = acceptGzip
+	}
+	if ep.idempotencyKey && job.Job != "" && !safeMethod(req.Method) {
+		c.header["Idempotency-Key"] = []string{job.Job}
+	}
 	// The request is built from parts that are already checked (the origin by prepare, the
 	// path and query by ValidateTarget and buildURL), so it is never printed and parsed again.
 	hreq := (&http.Request{
@@ -426,7 +475,7 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		hreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 	}
 	ep.inject(hreq, secret)
-	resp, err := g.client.Do(hreq)
+	resp, err := ep.client.Do(hreq)
 	if err != nil {
 		var oe *outcome.Error
 		if errors.As(err, &oe) && oe.Code == outcome.Denied {
@@ -441,13 +490,44 @@ func (g *Gateway) send(ctx context.Context, c call, req Request, ev *Event, star
 		cancel()
 		return fail(reasonOf(e), e)
 	}
-	b.raw = resp.Body
+	raw, err := decodeBody(resp, req.Method)
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The gateway never asks for an upgrade; an upgraded connection would be a raw
+		// socket to the upstream, outside every limit, that no timeout closes.
+		err = errors.New("the server switched protocols, which is not supported")
+	}
+	if err != nil {
+		resp.Body.Close()
+		cancel()
+		ev.Status = resp.StatusCode
+		e := &UpstreamError{Endpoint: ep.name, Err: errors.New(g.redact(ep, err.Error()))}
+		return fail(reasonOf(e), e)
+	}
+	b.raw = raw
 	b.ev = *ev
 	b.ev.Status = resp.StatusCode
-	b.lim = io.LimitedReader{R: resp.Body, N: ep.maxResp + 1}
+	b.lim = io.LimitedReader{R: raw, N: ep.maxResp + 1}
 	b.cnt = countingReader{r: &b.lim, n: &b.n}
 	b.r = g.redactor.NewReader(&b.cnt)
-	return &Response{Status: resp.StatusCode, Header: g.responseHeader(resp.Header), Body: b}, nil
+	if ep.address != nil {
+		b.r2 = ep.address.NewReader(b.r)
+	}
+	return &Response{Status: resp.StatusCode, Header: g.responseHeader(ep, resp.Header), Body: b}, nil
+}
+
+// redact removes credentials and, when the endpoint asks for it, its own address from s.
+func (g *Gateway) redact(ep *endpoint, s string) string {
+	s = g.redactor.RedactString(s)
+	if ep.address != nil {
+		s = ep.address.RedactString(s)
+	}
+	return s
+}
+
+// safeMethod reports the methods that never carry an idempotency key: RFC 9110 §9.2.1's
+// safe methods, which have no side effect to deduplicate.
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
 }
 
 // hop is what a redirect hop needs to re-apply the policy: the endpoint and the credential
@@ -461,37 +541,9 @@ type hop struct {
 
 type hopKey struct{}
 
-// acceptGzip is the Accept-Encoding the gateway's transport sends and decodes. Shared: a
-// header value slice is only read, and an Add would append to a copy (its capacity is 1).
+// acceptGzip is the Accept-Encoding the gateway sends and decodes. Shared: a header value
+// slice is only read, and an Add would append to a copy (its capacity is 1).
 var acceptGzip = []string{"gzip"}
-
-// callContext is the request context of one call on the gateway's own transport: the job's
-// context, with the endpoint's deadline when that comes first, and the hop state. It adds no
-// timer: Done is the job's, and the transport sets the deadline on the connection, so the
-// endpoint timeout interrupts I/O without a context of its own. Err is the job's too; the
-// gateway tells an endpoint timeout by the clock (expired).
-type callContext struct {
-	context.Context // the job's
-	deadline        time.Time
-	hop             *hop
-}
-
-func (c *callContext) Deadline() (time.Time, bool) {
-	if d, ok := c.Context.Deadline(); ok && d.Before(c.deadline) {
-		return d, true
-	}
-	return c.deadline, true
-}
-
-// String names the type only: the hop holds the credential.
-func (c *callContext) String() string { return "egress.callContext" }
-
-func (c *callContext) Value(key any) any {
-	if _, ok := key.(hopKey); ok {
-		return c.hop
-	}
-	return c.Context.Value(key)
-}
 
 // redirectPolicy is the shared client's CheckRedirect: the endpoint's policy, applied to
 // every hop before it is sent. A request without its hop state fails closed.
@@ -522,7 +574,7 @@ func (g *Gateway) credential(ctx context.Context, ep *endpoint) (string, error) 
 	if secret == "" {
 		return "", outcome.New(outcome.CredentialUnavailable, "credential %q for endpoint %q is empty", ep.auth.Credential, ep.name)
 	}
-	if ep.auth.Kind != AuthQuery && !validHeaderValue(secret) {
+	if ep.auth.Kind != AuthQuery && !httpguts.ValidHeaderFieldValue(secret) {
 		return "", outcome.New(outcome.CredentialUnavailable, "credential %q for endpoint %q contains control characters and cannot go in a header", ep.auth.Credential, ep.name)
 	}
 	return secret, nil
@@ -631,7 +683,27 @@ func (g *Gateway) classify(ctx, callCtx context.Context, ep *endpoint, err error
 	if errors.As(err, &ue) {
 		err = ue.Err // url.Error's text holds the URL, and the URL may hold a query credential
 	}
-	return &UpstreamError{Endpoint: ep.name, Err: errors.New(g.redactor.RedactString(err.Error()))}
+	return &UpstreamError{Endpoint: ep.name, Err: errors.New(g.redact(ep, withoutAddress(err)))}
+}
+
+// withoutAddress describes a connection failure without the addresses that net's and
+// crypto/x509's messages carry (the resolved IP and port, the host a certificate is valid
+// for): the error reaches the task, and from there maybe the control plane.
+func withoutAddress(err error) string {
+	var (
+		dns  *net.DNSError
+		op   *net.OpError
+		host x509.HostnameError
+	)
+	switch {
+	case errors.As(err, &dns):
+		return "lookup of the endpoint's host failed: " + dns.Err
+	case errors.As(err, &host):
+		return "TLS: the endpoint's certificate is not valid for its host"
+	case errors.As(err, &op):
+		return op.Op + ": " + op.Err.Error() // Op is "dial", "read", "write"; Err has no address
+	}
+	return err.Error()
 }
 
 func reasonOf(err error) string {
@@ -646,9 +718,9 @@ func reasonOf(err error) string {
 	return "internal"
 }
 
-// expired reports whether ctx is done or its deadline has passed. The transport's
-// connection deadlines and a context's timer are separate timers: an I/O timeout can be
-// seen a moment before the context says it is done, and must be read as the same event.
+// expired reports whether ctx is done or its deadline has passed. An I/O error caused by the
+// deadline (a dial or TLS handshake cut short) can be seen a moment before the context says
+// it is done, and must be read as the same event.
 func expired(ctx context.Context) bool {
 	if ctx.Err() != nil {
 		return true

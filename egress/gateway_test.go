@@ -88,28 +88,36 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 }
 
-// TestDefaultTransportIsDedicated checks that each gateway gets its own transport (its own
-// connection pool) with bounded timeouts, never http.DefaultTransport or a proxy.
+// TestDefaultTransportIsDedicated checks that each endpoint gets its own transport (its own
+// connection pool) with bounded timeouts, HTTP/1.1 only, no proxy and no transparent
+// decompression, never http.DefaultTransport.
 func TestDefaultTransportIsDedicated(t *testing.T) {
 	t.Parallel()
-	g, err := New(Config{Redactor: newSet(t)})
+	ep := func(name string) *Endpoint {
+		return &Endpoint{Name: name, BaseURL: mustURL(t, "https://crm.internal"), Rules: []Rule{MustParseRule("GET /x")}, Timeout: 3 * time.Second}
+	}
+	g, err := New(Config{Redactor: newSet(t), Endpoints: []*Endpoint{ep("a"), ep("b")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	g2, err := New(Config{Redactor: newSet(t)})
-	if err != nil {
-		t.Fatal(err)
+	if len(g.transports) != 2 || g.transports[0] == g.transports[1] {
+		t.Fatalf("transports = %d; want one per endpoint", len(g.transports))
 	}
-	tr, ok := g.transport.(*transport)
-	switch {
-	case !ok:
-		t.Fatalf("default transport = %T, want *egress.transport", g.transport)
-	case g.transport == g2.transport:
-		t.Errorf("two gateways share one transport; want one connection pool per gateway")
-	case tr.dialer.Timeout == 0 || tr.tlsTimeout == 0 || tr.idleTimeout == 0 || tr.maxHeaderBytes == 0:
-		t.Errorf("default transport = %+v; want bounded dial, TLS, idle and header limits", tr)
-	case tr.maxIdlePerHost != 32 || tr.tlsConfig.MinVersion < tls.VersionTLS12:
-		t.Errorf("default transport = %+v; want 32 idle conns per host and TLS 1.2 or later", tr)
+	for _, tr := range g.transports {
+		switch {
+		case tr == http.DefaultTransport:
+			t.Errorf("an endpoint uses http.DefaultTransport")
+		case tr.Proxy != nil:
+			t.Errorf("transport has a proxy function; want none (never the environment's)")
+		case !tr.DisableCompression:
+			t.Errorf("transport decompresses transparently; the gateway must decide on codings itself")
+		case tr.TLSHandshakeTimeout != 3*time.Second || tr.IdleConnTimeout == 0 || tr.MaxResponseHeaderBytes == 0:
+			t.Errorf("transport = %+v; want the endpoint timeout for TLS handshakes, bounded idle time and headers", tr)
+		case tr.TLSClientConfig == nil || tr.TLSClientConfig.MinVersion < tls.VersionTLS12:
+			t.Errorf("transport TLS config = %+v; want TLS 1.2 or later", tr.TLSClientConfig)
+		case tr.Protocols == nil || tr.Protocols.HTTP2() || !tr.Protocols.HTTP1():
+			t.Errorf("transport protocols = %v; want HTTP/1.1 only", tr.Protocols)
+		}
 	}
 }
 
@@ -751,8 +759,9 @@ func TestUpstreamUnreachable(t *testing.T) {
 	if !errors.As(err, &ue) || ue.Timeout() {
 		t.Fatalf("Do() to a closed port = %v; want *UpstreamError", err)
 	}
-	if contains(err.Error(), testSecret) || contains(err.Error(), "page=2") || contains(err.Error(), "api_key") {
-		t.Errorf("UpstreamError %q holds the query or the credential", err)
+	if contains(err.Error(), testSecret) || contains(err.Error(), "page=2") || contains(err.Error(), "api_key") ||
+		contains(err.Error(), addr) || contains(err.Error(), "127.0.0.1") {
+		t.Errorf("UpstreamError %q holds the query, the credential or the endpoint's address", err)
 	}
 	evs := f.audit.all()
 	if len(evs) != 1 || contains(fmt.Sprintf("%+v", evs[0]), testSecret) || !contains(evs[0].Reason, "upstream:") {

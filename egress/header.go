@@ -53,33 +53,6 @@ func forbiddenHeader(canonical string) bool {
 	return strings.HasPrefix(canonical, "Proxy-") || strings.HasPrefix(canonical, "X-Forwarded-")
 }
 
-// isToken reports whether s is an RFC 9110 token (a valid header name).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// validHeaderValue refuses CR, LF, NUL and every other control character except tab.
-func validHeaderValue(v string) bool {
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
 // queryKeys calls f with every decoded parameter name of a raw query. Both "&" and ";" count
 // as separators, since some servers split on either.
 func queryKeys(raw string, f func(key string) bool) {
@@ -127,7 +100,7 @@ func removeParam(raw, param string) string {
 // It filters h in place: the map comes from the transport and belongs to this call alone, so
 // a call whose headers hold nothing to redact allocates nothing here. Every name and every
 // value that is kept goes through the redactor, whatever its length or name.
-func (g *Gateway) responseHeader(h http.Header) http.Header {
+func (g *Gateway) responseHeader(ep *endpoint, h http.Header) http.Header {
 	for k := range h {
 		if http.CanonicalHeaderKey(k) != k {
 			// Not from net/http's own parsers (they canonicalise): merge into canonical keys
@@ -144,12 +117,13 @@ func (g *Gateway) responseHeader(h http.Header) http.Header {
 	}
 	for k, vals := range h {
 		if _, hop := hopByHop[k]; hop || k == "Set-Cookie" || k == "Set-Cookie2" ||
-			slices.Contains(named, k) || g.redactor.ContainsFold(k) {
+			slices.Contains(named, k) || g.redactor.ContainsFold(k) ||
+			(ep.address != nil && ep.address.ContainsFold(k)) {
 			delete(h, k) // deleting the current key while ranging is defined behaviour
 			continue
 		}
 		for i, v := range vals {
-			vals[i] = g.redactor.RedactString(v)
+			vals[i] = g.redact(ep, v)
 		}
 	}
 	return h

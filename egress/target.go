@@ -2,7 +2,6 @@ package egress
 
 import (
 	"errors"
-	"net/url"
 	"strings"
 )
 
@@ -188,6 +187,3 @@ func matchAny(rules []Rule, method string, segs []string) bool {
 	}
 	return false
 }
-
-// escapedPathOK is a guard used after URL building: rawPath must be what url.URL will send.
-func escapedPathOK(u *url.URL, want string) bool { return u.EscapedPath() == want }

@@ -5,14 +5,19 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,24 +25,66 @@ import (
 	"time"
 )
 
-// rawServer is a loopback TCP server whose connections are handled by script, which gets
-// the connection's number (from 1) and reads requests itself: it can send what no
+// testCA is a self-signed certificate for 127.0.0.1 and the pool that trusts it, shared by
+// every TLS test server of the package.
+var testCA = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "castellan test upstream"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+})
+
+// rawServer is a loopback TCP (or TLS) server whose connections are handled by script, which
+// gets the connection's number (from 1) and reads requests itself: it can send what no
 // well-behaved HTTP server would.
 type rawServer struct {
 	ln    net.Listener
+	tls   bool
 	conns atomic.Int32
+	done  atomic.Int32 // connections whose script returned
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	open  []net.Conn
 }
 
-func newRawServer(t *testing.T, script func(n int, c net.Conn, br *bufio.Reader)) *rawServer {
+// transports are the two ways an upstream is reached: every desync and reuse test runs on both.
+var transports = []struct {
+	name string
+	tls  bool
+}{{"plaintext", false}, {"tls", true}}
+
+func newRawServer(t *testing.T, useTLS bool, script func(n int, c net.Conn, br *bufio.Reader)) *rawServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &rawServer{ln: ln}
+	if useTLS {
+		cert, _ := testCA()
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+	}
+	s := &rawServer{ln: ln, tls: useTLS}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -53,6 +100,7 @@ func newRawServer(t *testing.T, script func(n int, c net.Conn, br *bufio.Reader)
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
+				defer s.done.Add(1)
 				defer c.Close()
 				script(n, c, bufio.NewReader(c))
 			}()
@@ -62,7 +110,7 @@ func newRawServer(t *testing.T, script func(n int, c net.Conn, br *bufio.Reader)
 		ln.Close()
 		s.mu.Lock()
 		for _, c := range s.open {
-			c.Close() // the transport's pool may hold the other end open
+			c.Close() // the gateway's pool may hold the other end open
 		}
 		s.mu.Unlock()
 		s.wg.Wait()
@@ -70,7 +118,29 @@ func newRawServer(t *testing.T, script func(n int, c net.Conn, br *bufio.Reader)
 	return s
 }
 
-func (s *rawServer) url() string { return "http://" + s.ln.Addr().String() }
+func (s *rawServer) url() string {
+	if s.tls {
+		return "https://" + s.ln.Addr().String()
+	}
+	return "http://" + s.ln.Addr().String()
+}
+
+// gateway returns a gateway with one endpoint "up" at s that allows everything and trusts
+// the test certificate.
+func (s *rawServer) gateway(t *testing.T, mod ...func(*Endpoint)) *Gateway {
+	t.Helper()
+	_, pool := testCA()
+	ep := &Endpoint{Name: "up", BaseURL: mustURL(t, s.url()), Rules: []Rule{MustParseRule("* /**")}, RootCAs: pool}
+	for _, m := range mod {
+		m(ep)
+	}
+	gw, err := New(Config{Endpoints: []*Endpoint{ep}, Redactor: newSet(t, testSecret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.CloseIdleConnections)
+	return gw
+}
 
 // readRequest reads one request and its body; false when the client went away.
 func readRequest(br *bufio.Reader) (*http.Request, bool) {
@@ -86,175 +156,129 @@ func reply(c net.Conn, body string) {
 	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 }
 
-// get makes one GET through tr and returns the body as read to the end.
-func get(t *testing.T, tr *transport, url string) (string, error) {
+// callUp makes one request through gw and returns the body as read to the end.
+func callUp(t *testing.T, gw *Gateway, method, target string, body []byte) (string, error) {
 	t.Helper()
-	return do(t, tr, "GET", url, nil)
-}
-
-func do(t *testing.T, tr *transport, method, url string, body io.Reader) (string, error) {
-	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, url, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := tr.RoundTrip(req)
+	resp, err := gw.Do(t.Context(), JobRef{Task: "t", Job: "j"}, Request{Endpoint: "up", Method: method, Target: target, Body: body})
 	if err != nil {
 		return "", err
 	}
-	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
 	return string(b), err
 }
 
-// waitUnusable polls until the pooled connection has something pending (bytes or the
-// server's FIN): the state in which the next request must not use it.
-func waitUnusable(t *testing.T, tr *transport) {
-	t.Helper()
-	waitFor(t, "the pooled connection to receive the server's bytes or FIN", func() bool {
-		tr.mu.Lock()
-		defer tr.mu.Unlock()
-		for _, list := range tr.idle {
-			for _, pc := range list {
-				if !idleUsable(pc.raw) {
-					return true
-				}
-			}
-		}
-		return false
-	})
-}
-
-func TestTransportReusesConnectionsOnlyAtTheEndOfABody(t *testing.T) {
+func TestConnectionsReusedOnlyAtTheEndOfABody(t *testing.T) {
 	t.Parallel()
-	var conns atomic.Int32
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/big" {
-			_, _ = w.Write(bytes.Repeat([]byte("x"), 1<<20))
-			return
-		}
-		fmt.Fprint(w, r.URL.Path)
-	}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.Start()
-	t.Cleanup(srv.Close)
-	tr := newTransport()
-	for i := range 50 {
-		if got, err := get(t, tr, fmt.Sprintf("%s/%d", srv.URL, i)); err != nil || got != fmt.Sprintf("/%d", i) {
-			t.Fatalf("GET /%d = %q, %v", i, got, err)
-		}
-	}
-	if n := conns.Load(); n != 1 {
-		t.Fatalf("50 sequential requests used %d connections, want 1", n)
-	}
-	// A body closed before its end leaves the connection in the middle of a response: it
-	// must be closed, and the next request must get its own answer on a new connection.
-	req, _ := http.NewRequestWithContext(t.Context(), "GET", srv.URL+"/big", nil)
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := resp.Body.Read(make([]byte, 10)); err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if got, err := get(t, tr, srv.URL+"/after"); err != nil || got != "/after" {
-		t.Fatalf("GET /after an abandoned body = %q, %v; want /after", got, err)
-	}
-	if n := conns.Load(); n != 2 {
-		t.Fatalf("connections = %d, want 2 (the abandoned one is not reused)", n)
-	}
-}
-
-// TestTransportDropsConnectionsWithUnsolicitedBytes is the desynchronisation attack: the
-// upstream sends a second response nobody asked for, hoping it answers the next request
-// (which would hand a task another caller's data, or a forged answer). It must not.
-func TestTransportDropsConnectionsWithUnsolicitedBytes(t *testing.T) {
-	t.Parallel()
-	const forged = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
-	for _, tc := range []struct {
-		name string
-		late bool // the forged response comes after the real one, not in the same write
-	}{{"same write", false}, {"while idle", true}} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
 			t.Parallel()
-			sent := make(chan struct{})
-			srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
+			srv := newRawServer(t, tr.tls, func(n int, c net.Conn, br *bufio.Reader) {
 				for {
-					if _, ok := readRequest(br); !ok {
+					r, ok := readRequest(br)
+					if !ok {
 						return
 					}
-					real := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nconn-%d", n)
-					if n > 1 {
-						fmt.Fprint(c, real)
+					if r.URL.Path == "/big" {
+						reply(c, strings.Repeat("x", 1<<20))
 						continue
 					}
-					if !tc.late {
-						fmt.Fprint(c, real+forged)
-					} else {
-						fmt.Fprint(c, real)
-						time.Sleep(20 * time.Millisecond)
-						fmt.Fprint(c, forged)
-					}
-					close(sent)
+					reply(c, fmt.Sprintf("conn-%d %s", n, r.URL.Path))
 				}
 			})
-			tr := newTransport()
-			if got, err := get(t, tr, srv.url()); err != nil || got != "conn-1" {
-				t.Fatalf("first GET = %q, %v", got, err)
+			gw := srv.gateway(t)
+			for i := range 20 {
+				want := fmt.Sprintf("conn-1 /%d", i)
+				if got, err := callUp(t, gw, "GET", fmt.Sprintf("/%d", i), nil); err != nil || got != want {
+					t.Fatalf("GET /%d = %q, %v; want %q", i, got, err, want)
+				}
 			}
-			<-sent
-			if tc.late {
-				waitUnusable(t, tr)
+			// A body closed before its end leaves the connection in the middle of a response:
+			// the next request must get its own answer on a new connection.
+			resp, err := gw.Do(t.Context(), JobRef{}, Request{Endpoint: "up", Method: "GET", Target: "/big"})
+			if err != nil {
+				t.Fatal(err)
 			}
-			got, err := get(t, tr, srv.url())
-			if err != nil || got != "conn-2" {
-				t.Fatalf("second GET = %q, %v; want conn-2, answered on a new connection", got, err)
+			if _, err := resp.Body.Read(make([]byte, 10)); err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got, err := callUp(t, gw, "GET", "/after", nil); err != nil || got != "conn-2 /after" {
+				t.Fatalf("GET /after an abandoned body = %q, %v; want conn-2 /after", got, err)
 			}
 		})
 	}
 }
 
-// TestTransportStaleConnections covers a server closing a kept-alive connection: seen
-// before reuse (any request then goes to a new connection), or only when the request is
-// sent (retried once if it is replayable, never otherwise).
-func TestTransportStaleConnections(t *testing.T) {
+// TestUnsolicitedBytesNeverAnswerTheNextRequest is the desynchronisation attack: the
+// upstream sends a second response nobody asked for, hoping it answers the next request
+// (which would hand a task another job's data, or a forged answer). Over TLS the extra bytes
+// sit in the TLS layer's buffers, not the socket's, so a check of the socket alone misses them.
+func TestUnsolicitedBytesNeverAnswerTheNextRequest(t *testing.T) {
 	t.Parallel()
-	t.Run("closed while idle", func(t *testing.T) {
-		t.Parallel()
-		var posts atomic.Int32
-		srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-			r, ok := readRequest(br)
-			if !ok {
-				return
-			}
-			if r.Method == "POST" {
-				posts.Add(1)
-			}
-			reply(c, fmt.Sprintf("conn-%d", n)) // keep-alive promised, then closed
-		})
-		tr := newTransport()
-		if got, err := get(t, tr, srv.url()); err != nil || got != "conn-1" {
-			t.Fatalf("GET = %q, %v", got, err)
+	const forged = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+	for _, tr := range transports {
+		for _, mode := range []string{"same write", "next write", "while idle"} {
+			t.Run(tr.name+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				sendForged := make(chan struct{})
+				srv := newRawServer(t, tr.tls, func(n int, c net.Conn, br *bufio.Reader) {
+					for {
+						if _, ok := readRequest(br); !ok {
+							return
+						}
+						real := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nconn-%d", n)
+						switch {
+						case n > 1:
+							fmt.Fprint(c, real)
+							continue
+						case mode == "same write":
+							fmt.Fprint(c, real+forged)
+						case mode == "next write":
+							fmt.Fprint(c, real)
+							fmt.Fprint(c, forged)
+						default:
+							fmt.Fprint(c, real)
+							<-sendForged
+							fmt.Fprint(c, forged)
+						}
+						// The client must hang up on this connection: wait for it.
+						_, _ = br.ReadByte()
+						return
+					}
+				})
+				gw := srv.gateway(t)
+				if got, err := callUp(t, gw, "GET", "/1", nil); err != nil || got != "conn-1" {
+					t.Fatalf("first GET = %q, %v", got, err)
+				}
+				if mode == "while idle" {
+					close(sendForged)
+					// The forged bytes must have reached the client before the next request,
+					// or they would merely be a fast reply to it: the client hanging up on the
+					// connection says they did.
+					waitFor(t, "the gateway to drop the connection with unsolicited bytes", func() bool {
+						return srv.done.Load() == 1
+					})
+				}
+				got, err := callUp(t, gw, "GET", "/2", nil)
+				if err != nil || got != "conn-2" {
+					t.Fatalf("second GET = %q, %v; want conn-2, answered on a new connection", got, err)
+				}
+			})
 		}
-		waitUnusable(t, tr)
-		// A POST cannot be retried; it must not be sent on the dead connection at all.
-		if got, err := do(t, tr, "POST", srv.url(), strings.NewReader("once")); err != nil || got != "conn-2" {
-			t.Fatalf("POST after the server closed the idle connection = %q, %v; want conn-2", got, err)
-		}
-		if n := posts.Load(); n != 1 {
-			t.Fatalf("the server saw %d POSTs, want 1", n)
-		}
-	})
-	t.Run("closed on the next request", func(t *testing.T) {
-		t.Parallel()
-		var posts atomic.Int32
-		srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-			for i := 0; ; i++ {
+	}
+}
+
+// TestStaleConnections covers a server closing a kept-alive connection: seen before reuse
+// (any request then goes to a new connection), or only when the request is sent (retried
+// once if it is replayable, never otherwise).
+func TestStaleConnections(t *testing.T) {
+	t.Parallel()
+	for _, tr := range transports {
+		t.Run(tr.name+"/closed while idle", func(t *testing.T) {
+			t.Parallel()
+			var posts atomic.Int32
+			srv := newRawServer(t, tr.tls, func(n int, c net.Conn, br *bufio.Reader) {
 				r, ok := readRequest(br)
 				if !ok {
 					return
@@ -262,95 +286,153 @@ func TestTransportStaleConnections(t *testing.T) {
 				if r.Method == "POST" {
 					posts.Add(1)
 				}
-				if n == 1 && i == 1 || n == 3 && i == 1 {
-					return // closes without answering, as a server timing out the idle connection would
-				}
-				reply(c, fmt.Sprintf("conn-%d", n))
+				reply(c, fmt.Sprintf("conn-%d", n)) // keep-alive promised, then closed
+			})
+			gw := srv.gateway(t)
+			if got, err := callUp(t, gw, "GET", "/x", nil); err != nil || got != "conn-1" {
+				t.Fatalf("GET = %q, %v", got, err)
+			}
+			waitFor(t, "the server to close the first connection", func() bool { return srv.done.Load() == 1 })
+			if got, err := callUp(t, gw, "POST", "/x", []byte("once")); err != nil || got != "conn-2" {
+				t.Fatalf("POST after the server closed the idle connection = %q, %v; want conn-2", got, err)
+			}
+			if n := posts.Load(); n != 1 {
+				t.Fatalf("the server saw %d POSTs, want 1", n)
 			}
 		})
-		tr := newTransport()
-		if got, err := get(t, tr, srv.url()); err != nil || got != "conn-1" {
-			t.Fatalf("GET = %q, %v", got, err)
-		}
-		if got, err := get(t, tr, srv.url()); err != nil || got != "conn-2" {
-			t.Fatalf("GET on a connection closed under it = %q, %v; want a retry answered by conn-2", got, err)
-		}
-		// conn-2 is idle and healthy: use it, so that conn-3 is next.
-		tr.CloseIdleConnections()
-		if got, err := get(t, tr, srv.url()); err != nil || got != "conn-3" {
-			t.Fatalf("GET = %q, %v; want conn-3", got, err)
-		}
-		_, err := do(t, tr, "POST", srv.url(), strings.NewReader("once"))
-		if err == nil {
-			t.Fatal("a POST whose connection closed under it succeeded; it must fail, not be sent twice")
-		}
-		if n := posts.Load(); n != 1 {
-			t.Fatalf("the server saw %d POSTs, want exactly 1", n)
-		}
-	})
+	}
 }
 
-func TestTransportResponseFraming(t *testing.T) {
+// TestTLSHandshakeTimeout: an upstream that accepts the TCP connection and never answers the
+// TLS handshake must cost the call the endpoint's timeout, not the job's deadline.
+func TestTLSHandshakeTimeout(t *testing.T) {
 	t.Parallel()
-	gz := func(s string) string {
-		var b bytes.Buffer
-		w := gzip.NewWriter(&b)
-		_, _ = w.Write([]byte(s))
-		_ = w.Close()
-		return b.String()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	var held sync.WaitGroup
+	held.Add(1)
+	go func() {
+		defer held.Done()
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c) // accepted, never answered
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); held.Wait() })
+	_, pool := testCA()
+	ep := &Endpoint{Name: "up", BaseURL: mustURL(t, "https://"+ln.Addr().String()), Rules: []Rule{MustParseRule("GET /**")},
+		RootCAs: pool, Timeout: 200 * time.Millisecond}
+	gw, err := New(Config{Endpoints: []*Endpoint{ep}, Redactor: newSet(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.CloseIdleConnections)
+	// The job's own deadline is far away; only the endpoint timeout can end the call in time.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = gw.Do(ctx, JobRef{}, Request{Endpoint: "up", Method: "GET", Target: "/x"})
+	elapsed := time.Since(start)
+	var ue *UpstreamError
+	if !errors.As(err, &ue) || !ue.Timeout() {
+		t.Fatalf("Do() against a stalled TLS handshake = %v after %v; want an endpoint-timeout *UpstreamError", err, elapsed)
+	}
+	if elapsed > 5*time.Second {
+		t.Fatalf("Do() against a stalled TLS handshake took %v; want about the endpoint timeout of 200ms", elapsed)
+	}
+}
+
+// TestEndpointTLS: an endpoint's certificate is checked against its own CA, a certificate
+// the endpoint does not trust is refused, and a client certificate is presented when the
+// endpoint asks for one.
+func TestEndpointTLS(t *testing.T) {
+	t.Parallel()
+	cert, pool := testCA()
+	var sawClientCert atomic.Bool
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tln := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sawClientCert.Store(len(r.TLS.PeerCertificates) > 0)
+		fmt.Fprint(w, r.Proto)
+	}), ErrorLog: log.New(io.Discard, "", 0)}
+	go srv.Serve(tln)
+	t.Cleanup(func() { srv.Close() })
+	base := mustURL(t, "https://"+ln.Addr().String())
+	do := func(ep *Endpoint) (string, error) {
+		ep.Name, ep.BaseURL, ep.Rules = "up", base, []Rule{MustParseRule("GET /**")}
+		gw, err := New(Config{Endpoints: []*Endpoint{ep}, Redactor: newSet(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gw.CloseIdleConnections()
+		return callUp(t, gw, "GET", "/x", nil)
+	}
+	if _, err := do(&Endpoint{}); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("GET with a certificate the endpoint does not trust = %v, want a certificate error", err)
+	}
+	if got, err := do(&Endpoint{RootCAs: pool}); err != nil || got != "HTTP/1.1" || sawClientCert.Load() {
+		t.Fatalf("GET with the endpoint's CA = %q, %v (client cert %v); want HTTP/1.1 without a client certificate", got, err, sawClientCert.Load())
+	}
+	if got, err := do(&Endpoint{RootCAs: pool, ClientCertificate: &cert}); err != nil || got != "HTTP/1.1" || !sawClientCert.Load() {
+		t.Fatalf("GET with a client certificate = %q, %v (client cert %v); want HTTP/1.1 with the certificate presented", got, err, sawClientCert.Load())
+	}
+}
+
+func TestResponseFraming(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
-		name    string
-		resp    string // sent for the first request; later requests get "next"
-		want    string // body, or the error's text with err set
-		err     bool
-		reuse   bool // the connection carries the next request
-		headers int  // the transport's header limit, 0 for the default
+		name  string
+		resp  string // sent for the first request; later requests get "next"
+		want  string // body, or the error's text with err set
+		err   bool
+		reuse bool // the connection carries the next request
 	}{
 		{name: "informational responses skipped", resp: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", want: "ok", reuse: true},
-		{name: "too many informational responses", resp: strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 7), want: "informational", err: true},
-		{name: "switching protocols", resp: "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n", want: "switched protocols", err: true},
-		{name: "chunked wins over a content length", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n", want: "hello", reuse: true}, // framed by the chunks, as net/http reads it
+		{name: "switching protocols", resp: "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n", want: "upstream", err: true},
+		{name: "chunked wins over a content length", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n", want: "hello", reuse: true}, // net/http frames by the chunks and keeps the connection
 		{name: "conflicting content lengths", resp: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", want: "Content-Length", err: true},
 		{name: "connection close", resp: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", want: "ok"},
-		{name: "headers over the limit", resp: "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 8000) + "\r\nContent-Length: 2\r\n\r\nok", want: "headers exceed 4096 bytes", err: true, headers: 4096},
-		{name: "gzip decompressed", resp: fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s", len(gz("plain text")), gz("plain text")), want: "plain text", reuse: true},
-		{name: "gzip with trailing bytes inside the length", resp: fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%sXY", len(gz("plain"))+2, gz("plain")), want: "plain", reuse: true},
-		{name: "an encoding the redactor cannot read", resp: "HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 4\r\n\r\nabcd", want: `Content-Encoding "br"`, err: true},
-		{name: "two encodings", resp: fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s", len(gz(gz("x"))), gz(gz("x"))), want: `Content-Encoding "gzip"`, err: true},
+		{name: "transfer coding other than chunked", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", want: "upstream", err: true},
+		{name: "two transfer-encoding lines", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", want: "upstream", err: true},
+		{name: "headers over the limit", resp: "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\nContent-Length: 2\r\n\r\nok", want: "upstream", err: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			var acceptEncoding atomic.Value
-			srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
+			srv := newRawServer(t, false, func(n int, c net.Conn, br *bufio.Reader) {
 				for i := 0; ; i++ {
-					r, ok := readRequest(br)
-					if !ok {
+					if _, ok := readRequest(br); !ok {
 						return
 					}
 					if i == 0 && n == 1 {
-						acceptEncoding.Store(r.Header.Get("Accept-Encoding"))
 						fmt.Fprint(c, tc.resp)
 						continue
 					}
 					reply(c, "next")
 				}
 			})
-			tr := newTransport()
-			if tc.headers > 0 {
-				tr.maxHeaderBytes = int64(tc.headers)
-			}
-			got, err := get(t, tr, srv.url())
+			gw := srv.gateway(t)
+			got, err := callUp(t, gw, "GET", "/x", nil)
 			switch {
 			case tc.err && (err == nil || !strings.Contains(err.Error(), tc.want)):
 				t.Fatalf("GET = %q, %v; want an error containing %q", got, err, tc.want)
 			case !tc.err && (err != nil || got != tc.want):
 				t.Fatalf("GET = %q, %v; want %q", got, err, tc.want)
 			}
-			if ae, _ := acceptEncoding.Load().(string); ae != "gzip" {
-				t.Errorf("Accept-Encoding sent = %q, want gzip (so that the transport decompresses what it asked for)", ae)
-			}
-			if got, err := get(t, tr, srv.url()); err != nil || got != "next" {
+			if got, err := callUp(t, gw, "GET", "/x", nil); err != nil || got != "next" {
 				t.Fatalf("the next GET = %q, %v; want next", got, err)
 			}
 			if want := map[bool]int32{true: 1, false: 2}[tc.reuse]; srv.conns.Load() != want {
@@ -360,142 +442,11 @@ func TestTransportResponseFraming(t *testing.T) {
 	}
 }
 
-// TestTransportDeadlineAndCancel checks that the request context bounds the whole call:
-// its deadline while waiting for the head, its cancellation while reading the body.
-func TestTransportDeadlineAndCancel(t *testing.T) {
-	t.Parallel()
-	hold := make(chan struct{})
-	srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-		r, ok := readRequest(br)
-		if !ok {
-			return
-		}
-		if r.URL.Path == "/body" {
-			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
-		}
-		<-hold
-	})
-	t.Cleanup(func() { close(hold) }) // before the server's cleanup, which waits for this script
-	tr := newTransport()
-	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.url()+"/head", nil)
-	if _, err := tr.RoundTrip(req); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("RoundTrip past the deadline = %v, want context.DeadlineExceeded", err)
-	}
-	ctx, cancel = context.WithCancel(t.Context())
-	req, _ = http.NewRequestWithContext(ctx, "GET", srv.url()+"/body", nil)
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	buf := make([]byte, 7)
-	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "partial" {
-		t.Fatalf("first bytes = %q, %v", buf, err)
-	}
-	go func() { time.Sleep(20 * time.Millisecond); cancel() }()
-	if _, err := io.ReadAll(resp.Body); err == nil {
-		t.Fatal("a body read went on after the request context was cancelled")
-	}
-}
-
-func TestTransportTLS(t *testing.T) {
-	t.Parallel()
-	var conns atomic.Int32
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, r.Proto)
-	}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	tr := newTransport()
-	if _, err := get(t, tr, srv.URL); err == nil || !strings.Contains(err.Error(), "certificate") {
-		t.Fatalf("GET with an untrusted certificate = %v, want a certificate error", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(srv.Certificate())
-	tr = newTransport()
-	tr.tlsConfig.RootCAs = pool
-	for range 3 {
-		if got, err := get(t, tr, srv.URL); err != nil || got != "HTTP/1.1" {
-			t.Fatalf("GET over TLS = %q, %v; want HTTP/1.1", got, err)
-		}
-	}
-	if n := conns.Load(); n != 2 { // the refused handshake, then one reused connection
-		t.Fatalf("connections = %d, want 2", n)
-	}
-}
-
-// TestTransportRefusesWhatItWouldNotWrite checks that the transport itself refuses header
-// injection, whoever calls it.
-func TestTransportRefusesWhatItWouldNotWrite(t *testing.T) {
-	t.Parallel()
-	srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-		if _, ok := readRequest(br); ok {
-			reply(c, "sent")
-		}
-	})
-	tr := newTransport()
-	for _, h := range []http.Header{
-		{"X-A": {"v\r\nX-Injected: 1"}},
-		{"X-A\r\nX-Injected": {"v"}},
-		{"X A": {"v"}},
-	} {
-		req, _ := http.NewRequestWithContext(t.Context(), "GET", srv.url(), nil)
-		req.Header = h
-		if _, err := tr.RoundTrip(req); err == nil {
-			t.Errorf("RoundTrip with header %q succeeded; want it refused", h)
-		}
-	}
-	if n := srv.conns.Load(); n != 0 {
-		t.Fatalf("the server saw %d connections; nothing should have been sent", n)
-	}
-}
-
-// TestCredentialEchoCompressed is TestCredentialEcho with the echo compressed: gzip (which
-// the transport asks for) is decompressed before the redactor reads it; a coding it cannot
-// read fails the call instead of carrying the credential past the redactor.
-func TestCredentialEchoCompressed(t *testing.T) {
-	t.Parallel()
-	srv := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		var b bytes.Buffer
-		zw := gzip.NewWriter(&b)
-		fmt.Fprintf(zw, `{"auth":%q}`, r.Header.Get("Authorization"))
-		_ = zw.Close()
-		w.Header().Set("Content-Encoding", strings.TrimPrefix(r.URL.Path, "/"))
-		_, _ = w.Write(b.Bytes())
-	})
-	f := newFixture(t, srv.URL, "", bearer, "GET /*")
-	resp, err := f.gw.Do(t.Context(), JobRef{}, Request{Endpoint: "crm", Method: "GET", Target: "/gzip"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := readAll(t, resp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if contains(body, testSecret) || !contains(body, "REDACTED") {
-		t.Errorf("gzip echo reached the task as %q; want the credential redacted", body)
-	}
-	if ce := resp.Header.Get("Content-Encoding"); ce != "" {
-		t.Errorf("the task sees Content-Encoding %q for a body that is no longer encoded", ce)
-	}
-	_, err = f.gw.Do(t.Context(), JobRef{}, Request{Endpoint: "crm", Method: "GET", Target: "/x-unknown"})
-	var ue *UpstreamError
-	if !errors.As(err, &ue) || !contains(err.Error(), "cannot inspect") || contains(err.Error(), testSecret) {
-		t.Fatalf("a response in an unreadable coding = %v; want an *UpstreamError saying the gateway cannot inspect it", err)
-	}
-}
-
-// FuzzTransportResponse sends arbitrary bytes as the answer to a first request, then checks
-// that the transport neither panics nor hangs past the request's deadline, and that a second
-// request is answered by the server's genuine reply to it: whatever the first answer held
-// (a forged second response, a lying length, garbage), it must not answer the next call.
+// FuzzTransportResponse sends arbitrary bytes as the answer to a first request, over
+// plaintext or TLS, then checks that the gateway neither panics nor hangs past the
+// endpoint's timeout, and that a second request is answered by the server's genuine reply to
+// it: whatever the first answer held (a forged second response, a lying length, garbage), it
+// must not answer the next call.
 func FuzzTransportResponse(f *testing.F) {
 	for _, s := range []string{
 		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -506,13 +457,15 @@ func FuzzTransportResponse(f *testing.F) {
 		"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
 		"HTTP/1.0 200 OK\r\n\r\nuntil close",
 		"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
 		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
 		"garbage\r\n\r\n",
 	} {
-		f.Add([]byte(s))
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
 	}
-	f.Fuzz(func(t *testing.T, first []byte) {
-		srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
+	f.Fuzz(func(t *testing.T, first []byte, useTLS bool) {
+		srv := newRawServer(t, useTLS, func(n int, c net.Conn, br *bufio.Reader) {
 			for i := 0; ; i++ {
 				// An idle connection is closed soon: a response framed "until close" ends.
 				_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
@@ -527,74 +480,24 @@ func FuzzTransportResponse(f *testing.F) {
 				reply(c, "genuine "+r.URL.Path)
 			}
 		})
-		tr := newTransport()
-		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, "GET", srv.url()+"/first", nil)
-		if resp, err := tr.RoundTrip(req); err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+		gw := srv.gateway(t, func(ep *Endpoint) { ep.Timeout = 2 * time.Second })
+		start := time.Now()
+		_, _ = callUp(t, gw, "GET", "/first", nil)
+		if time.Since(start) > 4*time.Second {
+			t.Fatalf("the first request outlived the endpoint timeout for %q", first)
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("the first request took its whole deadline for %q", first)
-		}
-		got, err := get(t, tr, srv.url()+"/second")
+		got, err := callUp(t, gw, "GET", "/second", nil)
 		if err != nil || got != "genuine /second" {
 			t.Fatalf("after a first answer of %q, the second request got %q, %v; want the server's genuine reply", first, got, err)
 		}
 	})
 }
 
-func TestTransportSweepsExpiredIdleConnections(t *testing.T) {
-	t.Parallel()
-	srv := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-		for {
-			if _, ok := readRequest(br); !ok {
-				return
-			}
-			reply(c, fmt.Sprintf("conn-%d", n))
-		}
-	})
-	tr := newTransport()
-	pooled := func() []*persistConn {
-		tr.mu.Lock()
-		defer tr.mu.Unlock()
-		var all []*persistConn
-		for _, list := range tr.idle {
-			all = append(all, list...)
-		}
-		return all
-	}
-	// Two responses open at once: two connections, both pooled when closed.
-	var bodies []io.ReadCloser
-	for range 2 {
-		req, _ := http.NewRequestWithContext(t.Context(), "GET", srv.url(), nil)
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bodies = append(bodies, resp.Body)
-	}
-	for _, b := range bodies {
-		_, _ = io.Copy(io.Discard, b)
-		b.Close()
-	}
-	if p := pooled(); len(p) != 2 {
-		t.Fatalf("pooled connections = %d, want 2", len(p))
-	}
-	// Age the older one past the idle timeout. The next request takes the newer one, and
-	// putting it back must sweep the older one: no timer per connection does it.
-	old := pooled()[0]
-	tr.mu.Lock()
-	old.idleAt = old.idleAt.Add(-2 * tr.idleTimeout)
-	tr.mu.Unlock()
-	if _, err := get(t, tr, srv.url()); err != nil {
-		t.Fatal(err)
-	}
-	if p := pooled(); len(p) != 1 || p[0] == old {
-		t.Fatalf("pooled after the sweep = %d connections (expired one still there: %v), want 1", len(p), slices.Contains(p, old))
-	}
-	if _, err := old.conn.Read(make([]byte, 1)); err == nil || !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("reading the swept connection = %v, want net.ErrClosed", err)
-	}
+// gzipped returns s compressed with gzip.
+func gzipped(s string) string {
+	var b bytes.Buffer
+	w := gzip.NewWriter(&b)
+	_, _ = w.Write([]byte(s))
+	_ = w.Close()
+	return b.String()
 }

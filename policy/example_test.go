@@ -75,5 +75,5 @@ func ExampleError() {
 	fmt.Println(err)
 	// Output:
 	// policy.yaml:5: endpoints.crm.allow[0]: rule "GET api": path must start with "/"
-	// policy.yaml:6: endpoints.crm.timout: unknown key (did you mean "timeout"?); allowed here: base_url, allow, auth, timeout, max_response_bytes, max_request_bytes
+	// policy.yaml:6: endpoints.crm.timout: unknown key (did you mean "timeout"?); allowed here: base_url, allow, auth, timeout, max_response_bytes, max_request_bytes, ca_file, client_cert, client_key, redact_address, idempotency_key
 }

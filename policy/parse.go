@@ -1,17 +1,22 @@
 package policy
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+	"gopkg.in/yaml.v3"
+
 	"github.com/castellan-dev/castellan/egress"
 	"github.com/castellan-dev/castellan/secrets"
-	"gopkg.in/yaml.v3"
 )
 
 // Sections are decoded in dependency order (vault, credentials, endpoints, tasks) whatever
@@ -331,12 +336,14 @@ func (d *decoder) endpoints(p *Policy, n *yaml.Node, line int) {
 		epath := field(path, name)
 		eline := m.keyLine[name]
 		d.name("endpoint", name, eline, epath)
-		e, ok := d.mapping(m.vals[name], epath, eline, []string{"base_url", "allow", "auth", "timeout", "max_response_bytes", "max_request_bytes"})
+		e, ok := d.mapping(m.vals[name], epath, eline, []string{"base_url", "allow", "auth", "timeout", "max_response_bytes", "max_request_bytes",
+			"ca_file", "client_cert", "client_key", "redact_address", "idempotency_key"})
 		ep := &egress.Endpoint{
 			Name:             name,
 			Timeout:          egress.DefaultTimeout,
 			MaxResponseBytes: egress.DefaultMaxResponseBytes,
 			MaxRequestBytes:  egress.DefaultMaxRequestBytes,
+			RedactAddress:    true,
 		}
 		p.Endpoints[name] = ep
 		if !ok {
@@ -366,7 +373,97 @@ func (d *decoder) endpoints(p *Policy, n *yaml.Node, line int) {
 				ep.MaxRequestBytes = s
 			}
 		}
+		if v := e.get("redact_address"); v != nil {
+			if b, ok := d.boolean(v, field(epath, "redact_address")); ok {
+				ep.RedactAddress = b
+			}
+		}
+		if v := e.get("idempotency_key"); v != nil {
+			if b, ok := d.boolean(v, field(epath, "idempotency_key")); ok {
+				ep.IdempotencyKey = b
+			}
+		}
+		d.endpointTLS(ep, e, epath)
 	}
+}
+
+// endpointTLS reads an endpoint's CA and client certificate files. They are read once, when
+// the policy is loaded, so that a missing or malformed file is a policy error at its line
+// rather than a failure of every call.
+func (d *decoder) endpointTLS(ep *egress.Endpoint, e *mapping, epath string) {
+	ca, cert, key := e.get("ca_file"), e.get("client_cert"), e.get("client_key")
+	if ca == nil && cert == nil && key == nil {
+		return
+	}
+	if ep.BaseURL != nil && ep.BaseURL.Scheme != "https" {
+		for _, k := range []string{"ca_file", "client_cert", "client_key"} {
+			if e.get(k) != nil {
+				d.add(e.keyLine[k], field(epath, k), "only applies to an https base_url; remove it or use https")
+			}
+		}
+		return
+	}
+	if ca != nil {
+		cpath := field(epath, "ca_file")
+		if file, ok := d.path(ca, cpath); ok {
+			if data, ok := d.readFile(ca, cpath, file); ok {
+				pool := x509.NewCertPool()
+				if !pool.AppendCertsFromPEM(data) {
+					d.add(ca.Line, cpath, "%s holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")", file)
+				} else {
+					ep.RootCAs = pool
+				}
+			}
+		}
+	}
+	switch {
+	case cert == nil && key == nil:
+		return
+	case cert == nil:
+		d.add(e.keyLine["client_key"], field(epath, "client_key"), "needs client_cert as well (the certificate that goes with the key)")
+		return
+	case key == nil:
+		d.add(e.keyLine["client_cert"], field(epath, "client_cert"), "needs client_key as well (the private key of the certificate)")
+		return
+	}
+	cpath, kpath := field(epath, "client_cert"), field(epath, "client_key")
+	certFile, ok1 := d.path(cert, cpath)
+	keyFile, ok2 := d.path(key, kpath)
+	if !ok1 || !ok2 {
+		return
+	}
+	certPEM, ok1 := d.readFile(cert, cpath, certFile)
+	keyPEM, ok2 := d.readFile(key, kpath, keyFile)
+	if !ok1 || !ok2 {
+		return
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		// crypto/tls's messages name what is wrong (no certificate, key mismatch), never the
+		// key's bytes.
+		d.add(cert.Line, cpath, "%s with %s is not a usable client certificate: %v", certFile, keyFile, err)
+		return
+	}
+	ep.ClientCertificate = &pair
+}
+
+// readFile reads a file the policy names, reporting why it cannot at the value's line.
+func (d *decoder) readFile(n *yaml.Node, path, file string) ([]byte, bool) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		why := "file does not exist"
+		switch pe, ok := err.(*os.PathError); {
+		case os.IsPermission(err):
+			why = "permission denied; the worker's user needs read access"
+		case ok && !os.IsNotExist(err):
+			why = pe.Err.Error() // a *PathError repeats the path, named here already
+		case !ok:
+			why = err.Error()
+		}
+		d.add(n.Line, path, "cannot read %s: %s", file, why)
+		return nil, false
+	}
+	return data, true
 }
 
 func (d *decoder) rules(ep *egress.Endpoint, n *yaml.Node, path string, line int) {
@@ -410,8 +507,7 @@ var (
 		"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true,
 		"Transfer-Encoding": true, "Upgrade": true, "Host": true, "Content-Length": true,
 	}
-	headerTokenRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-	queryParamRE  = regexp.MustCompile(`^[A-Za-z0-9_.~\[\]-]+$`)
+	queryParamRE = regexp.MustCompile(`^[A-Za-z0-9_.~\[\]-]+$`)
 )
 
 func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Auth {
@@ -447,7 +543,7 @@ func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Au
 		} else if s, ok := d.text(hn, field(kpath, "name")); ok {
 			canon := http.CanonicalHeaderKey(s)
 			switch {
-			case !headerTokenRE.MatchString(s):
+			case !httpguts.ValidHeaderFieldName(s):
 				d.add(hn.Line, field(kpath, "name"), "header name %q is not a valid HTTP token", s)
 			case forbiddenAuthHeaders[canon] || strings.HasPrefix(canon, "Proxy-"):
 				d.add(hn.Line, field(kpath, "name"), "header %q is hop-by-hop or controls message framing and cannot carry a credential; use e.g. Authorization or X-API-Key", canon)

@@ -67,6 +67,17 @@ type Task struct {
 	Def api.TaskDef
 	// Plugin is the plugin this version came from; nil for a task with a module in the policy.
 	Plugin *plugins.Plugin
+
+	gateway *egress.Gateway // nil without endpoints; its pooled connections close with the version
+}
+
+// close releases the version's module and its gateway's pooled connections, which nothing
+// else would close once the version is retired.
+func (t *Task) close(ctx context.Context) error {
+	if t.gateway != nil {
+		t.gateway.CloseIdleConnections()
+	}
+	return t.Module.Close(ctx)
 }
 
 // slot is a task version in the set with the jobs running on it.
@@ -210,16 +221,20 @@ func (s *Set) build(ctx context.Context, pt *policy.Task, p *plugins.Plugin) (*T
 	if err != nil {
 		return nil, err
 	}
+	t := &Task{Name: pt.Name, Policy: pt, Module: m, Def: def, Plugin: p}
+	if gw, ok := cfg.HTTP.(*egress.Gateway); ok {
+		t.gateway = gw
+	}
 	if p != nil {
 		// The runtime refuses imports outside the ABI; what a grant allows is checked here.
 		if bad := plugins.CheckImports(m.Imports(), pt.Endpoints); len(bad) > 0 {
-			_ = m.Close(ctx)
+			_ = t.close(ctx)
 			return nil, outcome.New(outcome.ModuleRejected, "plugin %q (%s): forbidden imports:\n  %s", pt.Name, p.Dir, joinLines(bad))
 		}
 	}
 	s.log.Info("task loaded", zap.String("task", pt.Name), zap.String("version", pt.Version),
 		zap.String("sha256", m.Digest()), zap.Strings("endpoints", pt.Endpoints))
-	return &Task{Name: pt.Name, Policy: pt, Module: m, Def: def, Plugin: p}, nil
+	return t, nil
 }
 
 // defaultInputSchema accepts any JSON object, as docs/policy.md says.
@@ -284,7 +299,7 @@ func (s *Set) release(ctx context.Context, sl *slot) {
 	closeNow := sl.retired && sl.running == 0
 	s.mu.Unlock()
 	if closeNow {
-		_ = sl.task.Module.Close(context.WithoutCancel(ctx))
+		_ = sl.task.close(context.WithoutCancel(ctx))
 	}
 }
 
@@ -296,7 +311,7 @@ func (s *Set) swap(ctx context.Context, name string, t *Task) bool {
 	if s.closed {
 		s.mu.Unlock()
 		if t != nil {
-			_ = t.Module.Close(ctx)
+			_ = t.close(ctx)
 		}
 		return false
 	}
@@ -313,7 +328,7 @@ func (s *Set) swap(ctx context.Context, name string, t *Task) bool {
 	}
 	s.mu.Unlock()
 	if closeOld {
-		_ = old.task.Module.Close(ctx)
+		_ = old.task.close(ctx)
 	}
 	return old != nil || t != nil
 }
@@ -367,7 +382,7 @@ func (s *Set) Close(ctx context.Context) {
 	s.tasks = map[string]*slot{}
 	s.mu.Unlock()
 	for _, sl := range tasks {
-		_ = sl.task.Module.Close(ctx)
+		_ = sl.task.close(ctx)
 	}
 }
 
