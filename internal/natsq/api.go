@@ -582,8 +582,8 @@ func (s *APIServer) hWait(w http.ResponseWriter, r *http.Request, p principal) e
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			var cur Record
-			if json.Unmarshal(e.Value(), &cur) != nil {
+			cur, err := decodeRecord(e.Value())
+			if err != nil {
 				continue
 			}
 			last = cur.Job

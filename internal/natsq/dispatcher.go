@@ -2,7 +2,6 @@ package natsq
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -319,8 +318,8 @@ func (d *Dispatcher) record(ctx context.Context, id string) (Record, uint64, err
 	if err != nil {
 		return Record{}, 0, fmt.Errorf("natsq: read job %s: %w", id, err)
 	}
-	var r Record
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	r, err := decodeRecord(e.Value())
+	if err != nil {
 		return Record{}, 0, fmt.Errorf("natsq: job %s: the record in %s is unreadable: %w", id, JobsBucket, err)
 	}
 	return r, e.Revision(), nil

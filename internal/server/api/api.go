@@ -27,6 +27,10 @@ var Roles = []Role{RoleWorker, RoleClient, RoleApprover, RoleAdmin}
 // AllPools is the pool of a non-worker token that may act on every pool.
 const AllPools = "*"
 
+// TokenPrefix starts every bearer token, in both control-plane modes, so that secret
+// scanners can find leaked ones.
+const TokenPrefix = "cst_"
+
 // State is where a job is in its life.
 type State string
 
