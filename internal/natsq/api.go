@@ -655,13 +655,14 @@ func (d *Dispatcher) approve(ctx context.Context, id, tok string) (api.Job, erro
 			return false, refusal(http.StatusConflict, api.CodeInvalidState, "job %s is %s; only a pending_approval job takes an approval", id, r.Job.State)
 		}
 		r.Approval, r.Job.HasApproval, r.Job.State = tok, true, api.StateQueued
+		r.ClaimKey = randomHex(16)
 		return true, nil
 	})
 	if err != nil {
 		return rec.Job, err
 	}
 	env := Envelope{JobID: id, Task: rec.Job.Task, TaskVersion: rec.Job.TaskVersion, Pool: rec.Job.Pool,
-		Input: rec.Job.Input, Approval: tok, MaxAttempts: rec.Job.MaxAttempts}
+		Input: rec.Job.Input, Approval: tok, MaxAttempts: rec.Job.MaxAttempts, ClaimKey: rec.ClaimKey}
 	if err := env.check(); err != nil {
 		return rec.Job, refusal(http.StatusBadRequest, api.CodeInvalidField, "job %s: %v", id, err)
 	}

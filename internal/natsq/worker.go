@@ -46,7 +46,8 @@ type WorkerQueue struct {
 type inflight struct {
 	msg     jetstream.Msg
 	env     Envelope
-	attempt int
+	attempt int    // granted by the dispatcher at the claim
+	fence   string // granted with it; the result carries it
 }
 
 // DialWorker connects to NATS at serverURL and returns the worker's queue for o.Pool. Close
@@ -343,14 +344,18 @@ func (q *WorkerQueue) admit(ctx context.Context, msg jetstream.Msg) (api.LeasedJ
 		q.poison(ctx, msg, env.JobID, fmt.Sprintf("the envelope names pool %q task %q but arrived on %s", env.Pool, env.Task, msg.Subject()))
 		return api.LeasedJob{}, false
 	}
-	attempt := int(meta.NumDelivered)
-	if attempt > env.MaxAttempts {
-		q.exhausted(ctx, msg, env, attempt)
+	if env.ClaimKey == "" {
+		q.poison(ctx, msg, env.JobID, "the envelope has no claim key: it was not published by a dispatcher of this version")
 		return api.LeasedJob{}, false
 	}
+	grant, ok := q.claim(ctx, msg, env, meta)
+	if !ok {
+		return api.LeasedJob{}, false
+	}
+	attempt := grant.Attempt
 	tok := randomHex(16)
 	q.mu.Lock()
-	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt}
+	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt, fence: grant.Fence}
 	q.mu.Unlock()
 	return api.LeasedJob{JobID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion, Pool: env.Pool,
 		Input: env.Input, Approval: env.Approval, Attempt: attempt, MaxAttempts: env.MaxAttempts,
@@ -396,23 +401,52 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// exhausted ends a job delivered more often than its max_attempts (its workers died or lost
-// their connection without reporting): the control plane records it dead, and the message
-// goes to the dead-letter subject.
-func (q *WorkerQueue) exhausted(ctx context.Context, msg jetstream.Msg, env Envelope, attempt int) {
-	reason := fmt.Sprintf("delivered %d times, more than max_attempts %d: earlier attempts ended without a result (worker stopped or lost its connection)", attempt, env.MaxAttempts)
-	q.log.Warn("job out of attempts", zap.String("job", env.JobID), zap.Int("attempt", attempt))
-	yes := true
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := q.publishResult(pctx, Result{JobID: env.JobID, Task: env.Task, Attempt: attempt, WorkerID: q.workerID,
-		Outcome: string(outcome.Internal), ErrorMessage: reason, Retryable: &yes}); err != nil {
-		// Leave it: redelivered later, and handled the same way then.
-		q.log.Warn("reporting the exhausted job failed; it will be redelivered", zap.Error(err))
-		return
+// claim asks the dispatcher for an attempt of a job just pulled, proving the delivery with
+// the envelope's claim key. Only a granted job runs: its attempt number and fence come from
+// the grant. A final refusal (cancelled, finished, attempts used up, or not a job of this
+// pool) terminates the message; anything else (no dispatcher answering in time, a refusal
+// to retry) hands it back for a later delivery, unrun.
+func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope, meta *jetstream.MsgMetadata) (ClaimReply, bool) {
+	data, err := json.Marshal(ClaimRequest{JobID: env.JobID, ClaimKey: env.ClaimKey, WorkerID: q.workerID,
+		Delivery: fmt.Sprintf("%d/%d", meta.Sequence.Stream, meta.NumDelivered)})
+	if err != nil {
+		return ClaimReply{}, false
 	}
-	q.deadLetter(ctx, msg, msg.Data(), reason)
-	_ = msg.TermWithReason("attempts exhausted")
+	var reply ClaimReply
+	for try := 0; ; try++ {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.o.ClaimTimeout)
+		m, rerr := q.nc.RequestWithContext(rctx, ClaimSubject(q.o.Pool), data)
+		cancel()
+		if rerr == nil {
+			if rerr = json.Unmarshal(m.Data, &reply); rerr == nil && reply.Refused == "" && (reply.Fence == "" || reply.Attempt < 1) {
+				rerr = errors.New("the claim reply has neither a grant nor a refusal")
+			}
+		}
+		if rerr == nil {
+			break
+		}
+		if try == 2 || ctx.Err() != nil {
+			q.log.Warn("claiming a job failed; handing it back", zap.String("job", env.JobID), zap.Error(rerr))
+			_ = msg.NakWithDelay(q.o.RetryBase)
+			return ClaimReply{}, false
+		}
+		_ = msg.InProgress() // the claim may take a while: keep the delivery
+	}
+	switch {
+	case reply.Refused == "":
+		return reply, true
+	case reply.Dead:
+		q.log.Warn("job out of attempts", zap.String("job", env.JobID), zap.String("reason", reply.Refused))
+		q.deadLetter(ctx, msg, msg.Data(), reply.Refused)
+		_ = msg.TermWithReason("attempts exhausted")
+	case reply.Final:
+		q.log.Info("the control plane refused the claim of a job; terminating it", zap.String("job", env.JobID), zap.String("reason", reply.Refused))
+		_ = msg.TermWithReason(truncate("claim refused: "+reply.Refused, 200))
+	default:
+		q.log.Warn("the control plane refused the claim of a job for now; handing it back", zap.String("job", env.JobID), zap.String("reason", reply.Refused))
+		_ = msg.NakWithDelay(q.o.RetryBase)
+	}
+	return ClaimReply{}, false
 }
 
 func (q *WorkerQueue) publishResult(ctx context.Context, r Result) error {
@@ -487,7 +521,7 @@ func (q *WorkerQueue) Complete(ctx context.Context, jobID string, req api.Comple
 	}
 	r := Result{JobID: jobID, Task: l.env.Task, Attempt: l.attempt, WorkerID: q.workerID, Outcome: req.Outcome,
 		Output: req.Output, ErrorMessage: req.ErrorMessage, DurationMS: req.DurationMS, ModuleDigest: req.ModuleDigest,
-		Retryable: req.Retryable}
+		Retryable: req.Retryable, Fence: l.fence}
 	if err := q.publishResult(ctx, r); err != nil {
 		return api.CompleteResponse{}, err
 	}
