@@ -148,6 +148,15 @@ func TestForgedResultsRefused(t *testing.T) {
 			t.Fatalf("%s: publish = %v", f.name, err)
 		}
 	}
+	// Message ids the real worker's result could use: taking one first must not make the
+	// stream drop the real result as a duplicate.
+	for _, id := range []string{"acme-running/1", "acme-running/1/", "acme-running"} {
+		body, _ := json.Marshal(map[string]any{"job_id": "acme-running", "task": "echo", "attempt": 1, "worker_id": "forger",
+			"outcome": "task_error", "duration_ms": 1})
+		if _, err := fjs.Publish(ctx, natsq.ResultSubject("acme"), body, jetstream.WithMsgID(id)); err != nil {
+			t.Fatalf("publish with message id %s = %v", id, err)
+		}
+	}
 	// Claims for jobs the forger never received: no fence may come back.
 	for _, c := range []struct{ name, job, key string }{
 		{"claim an undelivered job", "acme-undelivered", ""},
@@ -172,7 +181,7 @@ func TestForgedResultsRefused(t *testing.T) {
 			return false
 		}
 		info, err := c.Info(ctx)
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= uint64(len(forgeries))
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= uint64(len(forgeries)+3)
 	})
 	after := snapshot()
 	for _, id := range ids {

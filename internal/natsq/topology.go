@@ -161,7 +161,12 @@ type Lease struct {
 	At       time.Time `json:"at"`
 }
 
-func resultMsgID(jobID string, attempt int) string { return fmt.Sprintf("%s/%d", jobID, attempt) }
+// resultMsgID deduplicates a worker's republished result. The fence is part of it: with
+// only the job and attempt, anyone who may publish results could take the id first and
+// have the stream drop the real result as a duplicate.
+func resultMsgID(jobID string, attempt int, fence string) string {
+	return fmt.Sprintf("%s/%d/%s", jobID, attempt, fence)
+}
 
 // Record is a job's state in the JobsBucket.
 type Record struct {

@@ -454,7 +454,7 @@ func (q *WorkerQueue) publishResult(ctx context.Context, r Result) error {
 	if err != nil {
 		return err
 	}
-	_, err = q.js.Publish(ctx, ResultSubject(q.o.Pool), data, jetstream.WithMsgID(resultMsgID(r.JobID, r.Attempt)))
+	_, err = q.js.Publish(ctx, ResultSubject(q.o.Pool), data, jetstream.WithMsgID(resultMsgID(r.JobID, r.Attempt, r.Fence)))
 	if errors.Is(err, nats.ErrMaxPayload) && r.Output != nil {
 		r.Output = nil
 		r.Outcome = string(outcome.OutputTooLarge)
