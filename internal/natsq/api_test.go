@@ -632,3 +632,39 @@ func TestAPITokens(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIShutdownEndsWaitsCleanly: a graceful shutdown answers a parked wait with the
+// documented 503 unavailable JSON error, not with a cancelled request's empty 200.
+func TestAPIShutdownEndsWaitsCleanly(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	s := newSigner(t)
+	rep := startAPI(t, natsURL)
+	startWorker(t, natsURL, s, newCounter().echo(), natsq.Options{}, 1)
+	submitter, tok := apiToken(t, natsURL, rep.url, api.RoleClient, pool)
+	waitCatalog(t, submitter)
+	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		status int
+		body   api.ErrorBody
+		raw    []byte
+	}
+	got := make(chan answer, 1)
+	go func() {
+		st, body, raw := rawRequest(context.Background(), t, "GET", rep.url, tok.Secret, "/v1/jobs/"+j.ID+"/wait?timeout=60")
+		got <- answer{st, body, raw}
+	}()
+	poll(t, 10*time.Second, "the wait to park", func() bool { return rep.srv.ParkedWaits() == 1 })
+	rep.stop()
+	select {
+	case a := <-got:
+		if a.status != http.StatusServiceUnavailable || a.body.Error.Code != api.CodeUnavailable {
+			t.Fatalf("wait during shutdown = %d %q, want 503 %s", a.status, a.raw, api.CodeUnavailable)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("the parked wait got no answer after shutdown began")
+	}
+}
