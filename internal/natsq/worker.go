@@ -46,8 +46,28 @@ type WorkerQueue struct {
 type inflight struct {
 	msg     jetstream.Msg
 	env     Envelope
-	attempt int    // granted by the dispatcher at the claim
-	fence   string // granted with it; the result carries it
+	attempt int       // granted by the dispatcher at the claim
+	fence   string    // granted with it; the result carries it
+	seen    time.Time // admitted or last heartbeat: the delivery expires AckWait later
+}
+
+// forgetAfter is how long past its last heartbeat an unsettled delivery is kept. JetStream
+// redelivers it one AckWait after the last heartbeat, so by then it can no longer be
+// settled: a worker that gave up reporting it leaves nothing behind for longer than this.
+func (q *WorkerQueue) forgetAfter() time.Duration { return 2 * q.o.AckWait }
+
+// forget drops in-flight deliveries whose lease expired long ago: reports a worker
+// abandoned would otherwise stay in the table for the life of the process.
+func (q *WorkerQueue) forget(now time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for tok, l := range q.inflight {
+		if now.Sub(l.seen) > q.forgetAfter() {
+			delete(q.inflight, tok)
+			q.log.Warn("forgetting a leased job that was neither heartbeated nor reported; JetStream has redelivered it",
+				zap.String("job", l.env.JobID), zap.Int("attempt", l.attempt))
+		}
+	}
 }
 
 // DialWorker connects to NATS at serverURL and returns the worker's queue for o.Pool. Close
@@ -234,6 +254,7 @@ func (q *WorkerQueue) Lease(ctx context.Context, max int, wait time.Duration) ([
 		return nil, refusal(http.StatusBadRequest, api.CodeInvalidField, "max is %d, want at least 1", max)
 	}
 	q.bind(ctx)
+	q.forget(time.Now())
 	deadline := time.Now().Add(wait)
 	for {
 		cons := q.rotation()
@@ -355,7 +376,7 @@ func (q *WorkerQueue) admit(ctx context.Context, msg jetstream.Msg) (api.LeasedJ
 	attempt := grant.Attempt
 	tok := randomHex(16)
 	q.mu.Lock()
-	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt, fence: grant.Fence}
+	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt, fence: grant.Fence, seen: time.Now()}
 	q.mu.Unlock()
 	return api.LeasedJob{JobID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion, Pool: env.Pool,
 		Input: env.Input, Approval: env.Approval, Attempt: attempt, MaxAttempts: env.MaxAttempts,
@@ -489,6 +510,7 @@ func (q *WorkerQueue) Heartbeat(ctx context.Context, leaseToken string) (api.Hea
 	}
 	resp := api.HeartbeatResponse{JobID: l.env.JobID, LeaseExpiresAt: time.Now().Add(q.o.AckWait)}
 	q.mu.Lock()
+	l.seen = time.Now()
 	kv := q.cancelKV
 	q.mu.Unlock()
 	if kv != nil {
