@@ -311,6 +311,10 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, dst any, allowE
 		}
 		return refusal(http.StatusBadRequest, api.CodeInvalidJSON, "request body is empty: send a JSON object")
 	}
+	if bytes.TrimSpace(body)[0] != '{' {
+		// null, arrays, strings, numbers: encoding/json would take null as an empty object.
+		return refusal(http.StatusBadRequest, api.CodeInvalidJSON, "request body must be a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
@@ -390,9 +394,13 @@ type idemEntry struct {
 }
 
 func (s *APIServer) hSubmit(w http.ResponseWriter, r *http.Request, p principal) error {
-	var req api.SubmitRequest
-	if err := decode(w, r, maxInputBytes+bodySlack, &req, false); err != nil {
+	var body api.SubmitBody
+	if err := decode(w, r, maxInputBytes+bodySlack, &body, false); err != nil {
 		return err
+	}
+	req, err := body.Request()
+	if err != nil {
+		return refusal(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
 	}
 	j, created, err := s.submit(r.Context(), p, req)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/server/apitest"
 )
 
 var strictCatalog = []api.TaskDef{{
@@ -666,5 +667,29 @@ func TestAPIShutdownEndsWaitsCleanly(t *testing.T) {
 		}
 	case <-time.After(8 * time.Second):
 		t.Fatal("the parked wait got no answer after shutdown began")
+	}
+}
+
+// TestAPIMalformedRequestsGetJSONErrors runs the generated table both modes share
+// (internal/server/apitest) against the JetStream control plane.
+func TestAPIMalformedRequestsGetJSONErrors(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	s := newSigner(t)
+	rep := startAPI(t, natsURL)
+	startWorker(t, natsURL, s, newCounter().echo(), natsq.Options{}, 1)
+	submitter, clientTok := apiToken(t, natsURL, rep.url, api.RoleClient, pool)
+	_, approverTok := apiToken(t, natsURL, rep.url, api.RoleApprover, pool)
+	waitCatalog(t, submitter)
+	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{"client": clientTok.Secret, "approver": approverTok.Secret}
+	for _, c := range apitest.Malformed(pool, j.ID) {
+		apitest.Check(t, rep.url, secrets[c.Role], c)
+	}
+	if got, err := submitter.Get(t.Context(), j.ID); err != nil || got.State != api.StatePendingApproval {
+		t.Fatalf("the pending job after the refused requests = %s, %v; want pending_approval", got.State, err)
 	}
 }

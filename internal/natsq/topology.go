@@ -33,7 +33,7 @@ const (
 
 	// maxAttemptsCap is the API's bound on max_attempts; the consumers' MaxDeliver is one
 	// more, a backstop behind the per-job bound the worker applies.
-	maxAttemptsCap = 100
+	maxAttemptsCap = api.MaxAttemptsLimit
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)

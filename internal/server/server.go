@@ -325,9 +325,13 @@ func (s *Server) hGetCatalog(w http.ResponseWriter, r *http.Request, p Principal
 }
 
 func (s *Server) hSubmit(w http.ResponseWriter, r *http.Request, p Principal) error {
-	var req api.SubmitRequest
-	if e := decode(w, r, int64(s.cfg.MaxInputBytes)+bodySlack, &req, false); e != nil {
+	var body api.SubmitBody
+	if e := decode(w, r, int64(s.cfg.MaxInputBytes)+bodySlack, &body, false); e != nil {
 		return e
+	}
+	req, err := body.Request()
+	if err != nil {
+		return errf(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
 	}
 	if req.TraceParent == "" {
 		req.TraceParent = r.Header.Get("traceparent")
