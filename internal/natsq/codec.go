@@ -36,9 +36,25 @@ func decodeRecord(data []byte) (Record, error) {
 	return r, err
 }
 
+// decodeClaim and decodeClaimReply read the claim exchange between a worker and a
+// dispatcher; unknown members are ignored, as for results.
+func decodeClaim(data []byte) (ClaimRequest, error) {
+	var c ClaimRequest
+	err := json.Unmarshal(data, &c)
+	return c, err
+}
+
+func decodeClaimReply(data []byte) (ClaimReply, error) {
+	var c ClaimReply
+	err := json.Unmarshal(data, &c)
+	return c, err
+}
+
 func (e *Envelope) appendJSON(b []byte) ([]byte, error) { return appendJSON(b, e) }
 func (r *Result) appendJSON(b []byte) ([]byte, error)   { return appendJSON(b, r) }
 func (r *Record) appendJSON(b []byte) ([]byte, error)   { return appendJSON(b, r) }
+
+func marshal(v any) ([]byte, error) { return json.Marshal(v) }
 
 func appendJSON(b []byte, v any) ([]byte, error) {
 	out, err := json.Marshal(v)

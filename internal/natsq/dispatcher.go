@@ -3,7 +3,6 @@ package natsq
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -580,7 +579,7 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 // attempt gets nothing. The fence travels only in this reply, to the claimant's inbox.
 func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
 	respond := func(r ClaimReply) {
-		data, err := json.Marshal(r)
+		data, err := marshal(r)
 		if err == nil {
 			err = m.Respond(data)
 		}
@@ -588,8 +587,8 @@ func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
 			d.log.Warn("answering a claim failed; the worker hands the job back", zap.Error(err))
 		}
 	}
-	var req ClaimRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil || !jobIDRE.MatchString(req.JobID) || req.ClaimKey == "" ||
+	req, err := decodeClaim(m.Data)
+	if err != nil || !jobIDRE.MatchString(req.JobID) || req.ClaimKey == "" ||
 		req.WorkerID == "" || len(req.WorkerID) > 128 || len(req.Delivery) > 64 {
 		d.log.Warn("refused an unreadable claim", zap.String("subject", m.Subject))
 		respond(ClaimReply{Refused: "unreadable claim", Final: true})
@@ -600,7 +599,7 @@ func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
 		return d.log.With(zap.String("job", req.JobID), zap.String("worker_id", req.WorkerID), zap.String("subject", m.Subject))
 	}
 	var reply ClaimReply
-	_, err := d.update(ctx, req.JobID, func(rec *Record) (bool, error) {
+	_, err = d.update(ctx, req.JobID, func(rec *Record) (bool, error) {
 		j := &rec.Job
 		now := time.Now().UTC()
 		switch {

@@ -428,7 +428,7 @@ func truncate(s string, n int) string {
 // pool) terminates the message; anything else (no dispatcher answering in time, a refusal
 // to retry) hands it back for a later delivery, unrun.
 func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope, meta *jetstream.MsgMetadata) (ClaimReply, bool) {
-	data, err := json.Marshal(ClaimRequest{JobID: env.JobID, ClaimKey: env.ClaimKey, WorkerID: q.workerID,
+	data, err := marshal(ClaimRequest{JobID: env.JobID, ClaimKey: env.ClaimKey, WorkerID: q.workerID,
 		Delivery: fmt.Sprintf("%d/%d", meta.Sequence.Stream, meta.NumDelivered)})
 	if err != nil {
 		return ClaimReply{}, false
@@ -439,7 +439,7 @@ func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope
 		m, rerr := q.nc.RequestWithContext(rctx, ClaimSubject(q.o.Pool), data)
 		cancel()
 		if rerr == nil {
-			if rerr = json.Unmarshal(m.Data, &reply); rerr == nil && reply.Refused == "" && (reply.Fence == "" || reply.Attempt < 1) {
+			if reply, rerr = decodeClaimReply(m.Data); rerr == nil && reply.Refused == "" && (reply.Fence == "" || reply.Attempt < 1) {
 				rerr = errors.New("the claim reply has neither a grant nor a refusal")
 			}
 		}
