@@ -329,10 +329,27 @@ func (q *WorkerQueue) fetchErr(err error) error {
 }
 
 // take turns delivered messages into leased jobs, terminating those that cannot be run.
+// The messages of a batch are admitted at once: each admission waits for a claim's round
+// trip to the dispatchers, and the claims are independent.
 func (q *WorkerQueue) take(ctx context.Context, b jetstream.MessageBatch, jobs []api.LeasedJob) []api.LeasedJob {
+	var msgs []jetstream.Msg
 	for msg := range b.Messages() {
-		if j, ok := q.admit(ctx, msg); ok {
-			jobs = append(jobs, j)
+		msgs = append(msgs, msg)
+	}
+	admitted := make([]api.LeasedJob, len(msgs))
+	ok := make([]bool, len(msgs))
+	var wg sync.WaitGroup
+	for i, msg := range msgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			admitted[i], ok[i] = q.admit(ctx, msg)
+		}()
+	}
+	wg.Wait()
+	for i := range msgs {
+		if ok[i] {
+			jobs = append(jobs, admitted[i])
 		}
 	}
 	if err := b.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
