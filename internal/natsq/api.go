@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,6 +69,10 @@ type APIServer struct {
 	cmu  sync.Mutex
 	cat  map[string]map[string]catalogEntry // pool -> worker key -> catalog
 	catN int                                // catalog updates seen, so tests can poll
+
+	closing   chan struct{} // closed when Serve begins to shut down: parked waits answer
+	closeOnce sync.Once
+	waiters   atomic.Int64 // parked waits
 }
 
 type catalogEntry struct {
@@ -78,7 +83,7 @@ type catalogEntry struct {
 // NewAPIServer returns an API server on d's connection, creating the token and idempotency
 // buckets (with d's replica count) if they are missing.
 func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
-	s := &APIServer{d: d, log: d.log.Named("api"), cat: map[string]map[string]catalogEntry{}}
+	s := &APIServer{d: d, log: d.log.Named("api"), cat: map[string]map[string]catalogEntry{}, closing: make(chan struct{})}
 	var err error
 	if s.tokens, err = tokensKV(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err
@@ -102,8 +107,11 @@ func (s *APIServer) Handler() http.Handler { return s.mux }
 func (s *APIServer) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Requests do not inherit ctx's cancellation: shutdown would cancel the waits it then
+	// waits for, and they would end with an empty 200. Parked waits answer through
+	// s.closing instead.
 	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return ctx }}
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
 	errs := make(chan error, 3)
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -111,6 +119,7 @@ func (s *APIServer) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); errs <- s.d.Run(ctx, 0) }()
 	go func() {
 		<-ctx.Done()
+		s.closeOnce.Do(func() { close(s.closing) })
 		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
 		defer c()
 		_ = hs.Shutdown(sctx)
@@ -303,6 +312,10 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, dst any, allowE
 		}
 		return refusal(http.StatusBadRequest, api.CodeInvalidJSON, "request body is empty: send a JSON object")
 	}
+	if bytes.TrimSpace(body)[0] != '{' {
+		// null, arrays, strings, numbers: encoding/json would take null as an empty object.
+		return refusal(http.StatusBadRequest, api.CodeInvalidJSON, "request body must be a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
@@ -382,9 +395,13 @@ type idemEntry struct {
 }
 
 func (s *APIServer) hSubmit(w http.ResponseWriter, r *http.Request, p principal) error {
-	var req api.SubmitRequest
-	if err := decode(w, r, maxInputBytes+bodySlack, &req, false); err != nil {
+	var body api.SubmitBody
+	if err := decode(w, r, maxInputBytes+bodySlack, &body, false); err != nil {
 		return err
+	}
+	req, err := body.Request()
+	if err != nil {
+		return refusal(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
 	}
 	j, created, err := s.submit(r.Context(), p, req)
 	if err != nil {
@@ -576,8 +593,12 @@ func (s *APIServer) hWait(w http.ResponseWriter, r *http.Request, p principal) e
 	}
 	defer func() { _ = watch.Stop() }()
 	last := rec.Job
+	s.waiters.Add(1)
+	defer s.waiters.Add(-1)
 	for {
 		select {
+		case <-s.closing:
+			return refusal(http.StatusServiceUnavailable, api.CodeUnavailable, "server is shutting down; retry")
 		case e, ok := <-watch.Updates():
 			if !ok {
 				writeJSON(w, http.StatusOK, last)
@@ -586,8 +607,8 @@ func (s *APIServer) hWait(w http.ResponseWriter, r *http.Request, p principal) e
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			var cur Record
-			if json.Unmarshal(e.Value(), &cur) != nil {
+			cur, err := decodeRecord(e.Value())
+			if err != nil {
 				continue
 			}
 			last = cur.Job
@@ -659,13 +680,14 @@ func (d *Dispatcher) approve(ctx context.Context, id, tok string) (api.Job, erro
 			return false, refusal(http.StatusConflict, api.CodeInvalidState, "job %s is %s; only a pending_approval job takes an approval", id, r.Job.State)
 		}
 		r.Approval, r.Job.HasApproval, r.Job.State = tok, true, api.StateQueued
+		r.ClaimKey = randomHex(16)
 		return true, nil
 	})
 	if err != nil {
 		return rec.Job, err
 	}
 	env := Envelope{JobID: id, Task: rec.Job.Task, TaskVersion: rec.Job.TaskVersion, Pool: rec.Job.Pool,
-		Input: rec.Job.Input, Approval: tok, MaxAttempts: rec.Job.MaxAttempts}
+		Input: rec.Job.Input, Approval: tok, MaxAttempts: rec.Job.MaxAttempts, ClaimKey: rec.ClaimKey}
 	if err := env.check(); err != nil {
 		return rec.Job, refusal(http.StatusBadRequest, api.CodeInvalidField, "job %s: %v", id, err)
 	}

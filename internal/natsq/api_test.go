@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/server/apitest"
 )
 
 var strictCatalog = []api.TaskDef{{
@@ -630,5 +631,65 @@ func TestAPITokens(t *testing.T) {
 		if (tok.RevokedAt != nil) != (tok.ID == victim.ID) {
 			t.Fatalf("ListTokens() after the revoke: %s revoked_at %v, want set only on %s", tok.ID, tok.RevokedAt, victim.ID)
 		}
+	}
+}
+
+// TestAPIShutdownEndsWaitsCleanly: a graceful shutdown answers a parked wait with the
+// documented 503 unavailable JSON error, not with a cancelled request's empty 200.
+func TestAPIShutdownEndsWaitsCleanly(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	s := newSigner(t)
+	rep := startAPI(t, natsURL)
+	startWorker(t, natsURL, s, newCounter().echo(), natsq.Options{}, 1)
+	submitter, tok := apiToken(t, natsURL, rep.url, api.RoleClient, pool)
+	waitCatalog(t, submitter)
+	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		status int
+		body   api.ErrorBody
+		raw    []byte
+	}
+	got := make(chan answer, 1)
+	go func() {
+		st, body, raw := rawRequest(context.Background(), t, "GET", rep.url, tok.Secret, "/v1/jobs/"+j.ID+"/wait?timeout=60")
+		got <- answer{st, body, raw}
+	}()
+	poll(t, 10*time.Second, "the wait to park", func() bool { return rep.srv.ParkedWaits() == 1 })
+	rep.stop()
+	select {
+	case a := <-got:
+		if a.status != http.StatusServiceUnavailable || a.body.Error.Code != api.CodeUnavailable {
+			t.Fatalf("wait during shutdown = %d %q, want 503 %s", a.status, a.raw, api.CodeUnavailable)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("the parked wait got no answer after shutdown began")
+	}
+}
+
+// TestAPIMalformedRequestsGetJSONErrors runs the generated table both modes share
+// (internal/server/apitest) against the JetStream control plane.
+func TestAPIMalformedRequestsGetJSONErrors(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	s := newSigner(t)
+	rep := startAPI(t, natsURL)
+	startWorker(t, natsURL, s, newCounter().echo(), natsq.Options{}, 1)
+	submitter, clientTok := apiToken(t, natsURL, rep.url, api.RoleClient, pool)
+	_, approverTok := apiToken(t, natsURL, rep.url, api.RoleApprover, pool)
+	waitCatalog(t, submitter)
+	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{"client": clientTok.Secret, "approver": approverTok.Secret}
+	for _, c := range apitest.Malformed(pool, j.ID) {
+		apitest.Check(t, rep.url, secrets[c.Role], c)
+	}
+	if got, err := submitter.Get(t.Context(), j.ID); err != nil || got.State != api.StatePendingApproval {
+		t.Fatalf("the pending job after the refused requests = %s, %v; want pending_approval", got.State, err)
 	}
 }

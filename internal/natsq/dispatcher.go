@@ -2,7 +2,7 @@ package natsq
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
@@ -166,7 +166,8 @@ func (d *Dispatcher) dispatch(ctx context.Context, env Envelope, base api.Job) (
 	if j.CreatedAt.IsZero() {
 		j.CreatedAt = now
 	}
-	rec := Record{Approval: env.Approval, Job: j}
+	env.ClaimKey = randomHex(16)
+	rec := Record{Approval: env.Approval, Job: j, ClaimKey: env.ClaimKey}
 	data, err := rec.appendJSON(nil)
 	if err != nil {
 		return api.Job{}, err
@@ -180,9 +181,10 @@ func (d *Dispatcher) dispatch(ctx context.Context, env Envelope, base api.Job) (
 		if gerr != nil {
 			return api.Job{}, gerr
 		}
-		if existing.JobsSeq != 0 || existing.Job.State != api.StateQueued {
+		if existing.JobsSeq != 0 || existing.Job.State != api.StateQueued || existing.ClaimKey == "" {
 			return existing.Job, nil
 		}
+		env.ClaimKey = existing.ClaimKey
 		// Recorded but perhaps never published (a crash in between): publish again; the
 		// stream drops it if the first publish got through.
 	} else if err != nil {
@@ -208,7 +210,9 @@ func (d *Dispatcher) dispatch(ctx context.Context, env Envelope, base api.Job) (
 // the first error stops nothing already published, and the batch may be retried whole.
 func (d *Dispatcher) DispatchBatch(ctx context.Context, envs []Envelope) ([]api.Job, error) {
 	out := make([]api.Job, len(envs))
-	for _, env := range envs {
+	envs = slices.Clone(envs) // each gets its claim key below; the caller's stay as they are
+	for i, env := range envs {
+		envs[i].ClaimKey = randomHex(16)
 		if err := env.check(); err != nil {
 			return nil, refusal(http.StatusBadRequest, api.CodeInvalidField, "job %q: %v", env.JobID, err)
 		}
@@ -221,7 +225,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context, envs []Envelope) ([]api.
 	//    earlier revision, so it can be sent asynchronously.
 	futures := make([]jetstream.PubAckFuture, len(envs))
 	for i, env := range envs {
-		rec := Record{Approval: env.Approval, Job: api.Job{ID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion,
+		rec := Record{Approval: env.Approval, ClaimKey: env.ClaimKey, Job: api.Job{ID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion,
 			Pool: env.Pool, State: api.StateQueued, Input: env.Input, HasApproval: true, MaxAttempts: env.MaxAttempts,
 			CreatedAt: now, UpdatedAt: now}}
 		out[i] = rec.Job
@@ -241,14 +245,16 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context, envs []Envelope) ([]api.
 		select {
 		case ack := <-f.Ok():
 			created[i] = true
-			d.remember(envs[i].JobID, Record{Approval: envs[i].Approval, Job: out[i]}, ack.Sequence)
+			d.remember(envs[i].JobID, Record{Approval: envs[i].Approval, ClaimKey: envs[i].ClaimKey, Job: out[i]}, ack.Sequence)
 		case err := <-f.Err():
 			var apiErr *jetstream.APIError
 			if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
 				return nil, fmt.Errorf("natsq: record job %s: %w", envs[i].JobID, err)
 			}
 			// The id exists (a retried batch, or a deleted key): Dispatch decides.
-			j, err := d.Dispatch(ctx, envs[i])
+			e := envs[i]
+			e.ClaimKey = ""
+			j, err := d.Dispatch(ctx, e)
 			if err != nil {
 				return nil, err
 			}
@@ -323,8 +329,8 @@ func (d *Dispatcher) record(ctx context.Context, id string) (Record, uint64, err
 	if err != nil {
 		return Record{}, 0, fmt.Errorf("natsq: read job %s: %w", id, err)
 	}
-	var r Record
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	r, err := decodeRecord(e.Value())
+	if err != nil {
 		return Record{}, 0, fmt.Errorf("natsq: job %s: the record in %s is unreadable: %w", id, JobsBucket, err)
 	}
 	return r, e.Revision(), nil
@@ -451,12 +457,32 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 	if err != nil {
 		return fmt.Errorf("natsq: create consumer %s on %s: %w", ResultsConsumer, ResultsStream, err)
 	}
+	claims := make(chan *nats.Msg, 1024)
+	sub, err := d.nc.ChanQueueSubscribe("castellan.claims.*", ResultsConsumer, claims)
+	if err != nil {
+		return fmt.Errorf("natsq: subscribe to claims: %w", err)
+	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(1000))
 	if err != nil {
+		_ = sub.Unsubscribe()
 		return fmt.Errorf("natsq: consume %s: %w", ResultsStream, err)
 	}
-	go func() { <-ctx.Done(); it.Stop() }()
+	go func() { <-ctx.Done(); it.Stop(); _ = sub.Unsubscribe() }()
 	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m := <-claims:
+					d.handleClaim(ctx, m)
+				}
+			}
+		}()
+	}
 	for range workers {
 		wg.Add(1)
 		go func() {
@@ -492,12 +518,24 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 	if r.Retryable != nil {
 		retryable = *r.Retryable
 	}
+	var refused string
 	_, err = d.update(ctx, r.JobID, func(rec *Record) (bool, error) {
+		refused = ""
+		l := rec.Lease
 		switch {
 		case rec.Job.Pool != pool:
 			// The subject is what the worker's account may publish on: a worker of another
 			// pool cannot complete this job.
-			log().Warn("result published on another pool's subject; ignored", zap.String("subject_pool", pool))
+			refused = "published on another pool's subject (" + pool + ")"
+			return false, nil
+		case l == nil || !rec.Job.HasApproval:
+			refused = "no attempt of this job was granted (never approved, delivered or claimed)"
+			return false, nil
+		case r.Attempt != l.Attempt || r.Attempt > rec.Job.MaxAttempts:
+			refused = fmt.Sprintf("attempt %d is not the granted attempt %d of max_attempts %d", r.Attempt, l.Attempt, rec.Job.MaxAttempts)
+			return false, nil
+		case subtle.ConstantTimeCompare([]byte(r.Fence), []byte(l.Fence)) != 1 || r.WorkerID != l.WorkerID:
+			refused = "the fence or worker is not the one the attempt was granted to"
 			return false, nil
 		case rec.completed(r.Attempt):
 			return false, nil // a duplicate: this attempt is recorded
@@ -522,6 +560,11 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 	})
 	var ae *client.APIError
 	switch {
+	case err == nil && refused != "":
+		// Not from the delivery it names: a forgery, or a late report of a superseded
+		// attempt. Nothing is recorded; the log says who tried.
+		log().Warn("refused a result: "+refused, zap.String("subject", msg.Subject()), zap.String("worker_id", r.WorkerID))
+		_ = msg.TermWithReason("refused")
 	case errors.As(err, &ae):
 		log().Warn("result for an unknown job; dropped", zap.Error(err))
 		_ = msg.TermWithReason("unknown job")
@@ -532,4 +575,78 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		d.recordAuditHead(ctx, pool, r, msg.Headers())
 		_ = msg.Ack()
 	}
+}
+
+// handleClaim answers a worker's claim of a delivered job. The claim key proves that the
+// claimant was handed the job's message; the grant is a new attempt with a random fence,
+// recorded with compare-and-set, so that only the worker holding the current grant can
+// report a result (handleResult) and a claim for an earlier delivery or a superseded
+// attempt gets nothing. The fence travels only in this reply, to the claimant's inbox.
+func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
+	respond := func(r ClaimReply) {
+		data, err := marshal(r)
+		if err == nil {
+			err = m.Respond(data)
+		}
+		if err != nil {
+			d.log.Warn("answering a claim failed; the worker hands the job back", zap.Error(err))
+		}
+	}
+	req, err := decodeClaim(m.Data)
+	if err != nil || !jobIDRE.MatchString(req.JobID) || req.ClaimKey == "" ||
+		req.WorkerID == "" || len(req.WorkerID) > 128 || len(req.Delivery) > 64 {
+		d.log.Warn("refused an unreadable claim", zap.String("subject", m.Subject))
+		respond(ClaimReply{Refused: "unreadable claim", Final: true})
+		return
+	}
+	pool := poolOfClaimSubject(m.Subject)
+	log := func() *zap.Logger {
+		return d.log.With(zap.String("job", req.JobID), zap.String("worker_id", req.WorkerID), zap.String("subject", m.Subject))
+	}
+	var reply ClaimReply
+	_, err = d.update(ctx, req.JobID, func(rec *Record) (bool, error) {
+		j := &rec.Job
+		now := time.Now().UTC()
+		switch {
+		case j.Pool != pool || rec.ClaimKey == "" || !j.HasApproval ||
+			subtle.ConstantTimeCompare([]byte(req.ClaimKey), []byte(rec.ClaimKey)) != 1:
+			reply = ClaimReply{Refused: "this job was not delivered to this pool's workers with this key", Final: true}
+			return false, nil
+		case rec.Lease != nil && rec.Lease.Delivery == req.Delivery && rec.Lease.WorkerID == req.WorkerID &&
+			j.State == api.StateRunning && j.Attempt == rec.Lease.Attempt:
+			// The same claim again (its reply was lost): the same grant.
+			reply = ClaimReply{Attempt: rec.Lease.Attempt, Fence: rec.Lease.Fence}
+			return false, nil
+		case j.State == api.StateCancelRequested:
+			j.State, j.FinishedAt = api.StateCancelled, &now
+			reply = ClaimReply{Refused: "the job was cancelled", Final: true}
+			return true, nil
+		case j.State.Terminal() || j.State == api.StatePendingApproval:
+			reply = ClaimReply{Refused: "the job is " + string(j.State), Final: true}
+			return false, nil
+		case j.Attempt >= j.MaxAttempts:
+			j.State, j.FinishedAt = api.StateDead, &now
+			j.Outcome = string(outcome.Internal)
+			j.ErrorMessage = fmt.Sprintf("delivered again after %d of max_attempts %d: earlier attempts ended without a result (worker stopped or lost its connection)", j.Attempt, j.MaxAttempts)
+			reply = ClaimReply{Refused: j.ErrorMessage, Final: true, Dead: true}
+			return true, nil
+		}
+		attempt := j.Attempt + 1
+		rec.Lease = &Lease{Attempt: attempt, Fence: randomHex(16), WorkerID: req.WorkerID, Delivery: req.Delivery, At: now}
+		j.Attempt, j.State = attempt, api.StateRunning
+		reply = ClaimReply{Attempt: attempt, Fence: rec.Lease.Fence}
+		return true, nil
+	})
+	var ae *client.APIError
+	switch {
+	case errors.As(err, &ae):
+		reply = ClaimReply{Refused: "no such job", Final: true}
+	case err != nil:
+		log().Warn("recording a claim failed; the worker hands the job back", zap.Error(err))
+		reply = ClaimReply{Refused: "the control plane could not record the claim; try later"}
+	}
+	if reply.Refused != "" {
+		log().Warn("refused a claim: " + reply.Refused)
+	}
+	respond(reply)
 }

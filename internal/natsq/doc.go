@@ -35,7 +35,19 @@
 // codes of internal/server) with no local state, so any number of replicas serve it. Each
 // replica also runs the Dispatcher's result consumer, which all replicas share.
 //
-// The attempt number is the message's delivery count (NumDelivered). Workers still verify
-// every approval themselves, including the attempt bound and replay, exactly as over HTTP:
-// nothing in this package decides whether a job may run.
+// A result is recorded only for the attempt it was granted to. Dispatch writes a random
+// claim key into the job's record (which workers cannot read) and its envelope (which only
+// the pool's workers can pull). A worker that pulls a job claims it on
+// castellan.claims.<pool> with that key, before running it; the dispatcher grants the next
+// attempt with a random fence (compare-and-set on the record, so one grant per attempt) and
+// sends the fence only in the reply to that worker's inbox. A result must name the granted
+// attempt, worker and fence, within max_attempts; anything else (a job never approved or
+// delivered, a guessed fence, a superseded attempt) is refused and logged. The attempt
+// number is the dispatcher's count of grants, so a job whose earlier attempts ended without
+// a result is ended dead once max_attempts grants are used. Workers of one pool that share
+// a NATS user and inbox prefix can read each other's replies: give each worker its own user
+// and inbox prefix for the binding to hold between workers of one pool.
+//
+// Workers still verify every approval themselves, including the attempt bound and replay,
+// exactly as over HTTP: nothing in this package decides whether a job may run.
 package natsq

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
@@ -455,5 +456,51 @@ func TestConnectRefusesBadInboxPrefix(t *testing.T) {
 	}
 	if got := natsq.WorkerInboxPrefix("eu.payments"); got != "_INBOX_eu~payments" {
 		t.Errorf("WorkerInboxPrefix(eu.payments) = %q, want _INBOX_eu~payments", got)
+	}
+}
+
+// TestAbandonedLeaseForgotten: a job leased through WorkerQueue and never reported (its
+// worker gave up on the report) does not stay in the queue's in-flight table forever:
+// once its delivery has expired (no heartbeat for well over AckWait) it is dropped.
+func TestAbandonedLeaseForgotten(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t).ClientURL()
+	s := newSigner(t)
+	d, _, _ := startDispatcher(t, url, natsq.Options{})
+	q, err := natsq.DialWorker(t.Context(), url, natsq.Options{Pool: pool, AckWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w", AgentVersion: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.PublishCatalog(t.Context(), catalog); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Dispatch(t.Context(), s.envelope(t, "job-abandoned", `{"n":1}`, 3)); err != nil {
+		t.Fatal(err)
+	}
+	var jobs []api.LeasedJob
+	poll(t, 20*time.Second, "the job to be leased", func() bool {
+		jobs, err = q.Lease(t.Context(), 1, 100*time.Millisecond)
+		return err == nil && len(jobs) == 1
+	})
+	if q.InFlight() != 1 {
+		t.Fatalf("InFlight() = %d, want 1", q.InFlight())
+	}
+	// Cancelled, so that its redelivery is refused rather than leased again.
+	if _, err := d.Cancel(t.Context(), "job-abandoned"); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 20*time.Second, "the abandoned lease to be forgotten", func() bool {
+		if _, err := q.Lease(t.Context(), 1, 100*time.Millisecond); err != nil {
+			t.Fatalf("Lease() = %v", err)
+		}
+		return q.InFlight() == 0
+	})
+	if _, err := q.Complete(t.Context(), "job-abandoned", api.CompleteRequest{LeaseToken: jobs[0].LeaseToken,
+		Attempt: jobs[0].Attempt, Outcome: "ok"}); !client.IsCode(err, api.CodeLeaseConflict) {
+		t.Fatalf("Complete(forgotten lease) = %v, want %s", err, api.CodeLeaseConflict)
 	}
 }

@@ -56,6 +56,9 @@ type Options struct {
 	// MultiTaskPoll is how long a worker serving several tasks waits on one task's consumer
 	// before it looks at the next one. Optional; default 250ms.
 	MultiTaskPoll time.Duration
+	// ClaimTimeout bounds each of a worker's (up to three) tries to claim a pulled job from
+	// the dispatchers before it hands the job back unrun. Optional; default 5s.
+	ClaimTimeout time.Duration
 
 	// InboxPrefix is the subject prefix of this connection's replies and pulled messages,
 	// instead of NATS's "_INBOX". A worker user must be allowed to subscribe to its
@@ -90,6 +93,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MultiTaskPoll <= 0 {
 		o.MultiTaskPoll = 250 * time.Millisecond
+	}
+	if o.ClaimTimeout <= 0 {
+		o.ClaimTimeout = 5 * time.Second
 	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()

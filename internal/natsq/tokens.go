@@ -18,7 +18,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/castellan-dev/castellan/internal/server"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -85,7 +84,7 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 	if _, err := rand.Read(raw[:]); err != nil {
 		return api.Token{}, err
 	}
-	secret := server.TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	secret := api.TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	key := tokenKey(secret)
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	e := tokenEntry{ID: "tok_" + key[len("sha256_"):][:12], Role: role, Pool: pool, Name: name, CreatedAt: now}
@@ -115,7 +114,7 @@ var errTokenInvalid = errors.New("invalid bearer token")
 // authenticate resolves a bearer token through the TokensBucket. The lookup is by hash, so
 // a wrong secret can only miss; there is nothing to compare in constant time.
 func authenticate(ctx context.Context, nc *nats.Conn, secret string) (principal, error) {
-	body, ok := strings.CutPrefix(secret, server.TokenPrefix)
+	body, ok := strings.CutPrefix(secret, api.TokenPrefix)
 	if !ok || len(body) != 43 {
 		return principal{}, errTokenInvalid
 	}

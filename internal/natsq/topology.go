@@ -33,7 +33,7 @@ const (
 
 	// maxAttemptsCap is the API's bound on max_attempts; the consumers' MaxDeliver is one
 	// more, a backstop behind the per-job bound the worker applies.
-	maxAttemptsCap = 100
+	maxAttemptsCap = api.MaxAttemptsLimit
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
@@ -63,8 +63,16 @@ func DeadSubject(pool, task string) string {
 	return "castellan.dead." + token(pool) + "." + token(task)
 }
 
+// ClaimSubject is where workers of pool claim a delivered job before running it (a core
+// NATS request, answered by one dispatcher).
+func ClaimSubject(pool string) string { return "castellan.claims." + token(pool) }
+
 func poolOfResultSubject(subj string) string {
 	return strings.ReplaceAll(strings.TrimPrefix(subj, "castellan.results."), "~", ".")
+}
+
+func poolOfClaimSubject(subj string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(subj, "castellan.claims."), "~", ".")
 }
 
 // Envelope is a job message: api.LeasedJob without the lease fields, which the transport
@@ -77,6 +85,11 @@ type Envelope struct {
 	Input       json.RawMessage `json:"input"`
 	Approval    string          `json:"approval"`
 	MaxAttempts int             `json:"max_attempts"`
+	// ClaimKey is the job's proof of delivery: random, written by the dispatcher into the
+	// job's record (which workers cannot read) and into this message (which only the
+	// pool's workers can pull). A worker presents it to claim an attempt; whoever has not
+	// been handed the message cannot. Dispatch sets it; callers leave it empty.
+	ClaimKey string `json:"claim_key,omitempty"`
 }
 
 func (e Envelope) check() error {
@@ -111,9 +124,49 @@ type Result struct {
 	DurationMS   int64           `json:"duration_ms"`
 	ModuleDigest string          `json:"module_digest,omitempty"`
 	Retryable    *bool           `json:"retryable,omitempty"`
+	// Fence is the one the dispatcher granted this attempt when the worker claimed it: a
+	// result is recorded only with the current attempt's fence, from the worker it was
+	// granted to.
+	Fence string `json:"fence"`
 }
 
-func resultMsgID(jobID string, attempt int) string { return fmt.Sprintf("%s/%d", jobID, attempt) }
+// ClaimRequest is what a worker sends on ClaimSubject after pulling a job and before
+// running it.
+type ClaimRequest struct {
+	JobID    string `json:"job_id"`
+	ClaimKey string `json:"claim_key"`
+	WorkerID string `json:"worker_id"`
+	// Delivery names the JetStream delivery (stream sequence and delivery count), so that
+	// a claim repeated after a lost reply gets the same grant instead of a new attempt.
+	Delivery string `json:"delivery"`
+}
+
+// ClaimReply answers a claim: a grant (Attempt and Fence), or a refusal. A final refusal
+// means the job must not run again (Term the message); Dead means its attempts are used up
+// (dead-letter it too). Any other refusal hands the job back for later.
+type ClaimReply struct {
+	Attempt int    `json:"attempt,omitempty"`
+	Fence   string `json:"fence,omitempty"`
+	Refused string `json:"refused,omitempty"`
+	Final   bool   `json:"final,omitempty"`
+	Dead    bool   `json:"dead,omitempty"`
+}
+
+// Lease is the attempt the dispatcher granted last, and to whom.
+type Lease struct {
+	Attempt  int       `json:"attempt"`
+	Fence    string    `json:"fence"`
+	WorkerID string    `json:"worker_id"`
+	Delivery string    `json:"delivery"`
+	At       time.Time `json:"at"`
+}
+
+// resultMsgID deduplicates a worker's republished result. The fence is part of it: with
+// only the job and attempt, anyone who may publish results could take the id first and
+// have the stream drop the real result as a duplicate.
+func resultMsgID(jobID string, attempt int, fence string) string {
+	return fmt.Sprintf("%s/%d/%s", jobID, attempt, fence)
+}
 
 // Record is a job's state in the JobsBucket.
 type Record struct {
@@ -121,6 +174,8 @@ type Record struct {
 	Approval    string       `json:"approval"`
 	JobsSeq     uint64       `json:"jobs_seq,omitempty"` // stream sequence of the job message
 	Completions []Completion `json:"completions,omitempty"`
+	ClaimKey    string       `json:"claim_key,omitempty"` // see Envelope.ClaimKey
+	Lease       *Lease       `json:"lease,omitempty"`     // the last attempt granted
 }
 
 // Completion is one recorded attempt.

@@ -1,6 +1,10 @@
 package natsq
 
 import (
+	"go/parser"
+	gotoken "go/token"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,5 +78,29 @@ func TestEnsureDoesNotUpdateUnchanged(t *testing.T) {
 	}
 	if st, err := kv.Status(ctx); err != nil || st.TTL() != time.Hour {
 		t.Fatalf("bucket %s TTL after the change = %v (%v), want 1h", CancelBucket, st.TTL(), err)
+	}
+}
+
+// TestNoImportOfTheHTTPServer: the JetStream control plane shares the wire types and
+// constants of internal/server/api, never the SQLite server itself.
+func TestNoImportOfTheHTTPServer(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		parsed, err := parser.ParseFile(gotoken.NewFileSet(), f, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range parsed.Imports {
+			if imp.Path.Value == `"github.com/castellan-dev/castellan/internal/server"` {
+				t.Errorf("%s imports internal/server; share constants through internal/server/api", f)
+			}
+		}
 	}
 }

@@ -46,7 +46,28 @@ type WorkerQueue struct {
 type inflight struct {
 	msg     jetstream.Msg
 	env     Envelope
-	attempt int
+	attempt int       // granted by the dispatcher at the claim
+	fence   string    // granted with it; the result carries it
+	seen    time.Time // admitted or last heartbeat: the delivery expires AckWait later
+}
+
+// forgetAfter is how long past its last heartbeat an unsettled delivery is kept. JetStream
+// redelivers it one AckWait after the last heartbeat, so by then it can no longer be
+// settled: a worker that gave up reporting it leaves nothing behind for longer than this.
+func (q *WorkerQueue) forgetAfter() time.Duration { return 2 * q.o.AckWait }
+
+// forget drops in-flight deliveries whose lease expired long ago: reports a worker
+// abandoned would otherwise stay in the table for the life of the process.
+func (q *WorkerQueue) forget(now time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for tok, l := range q.inflight {
+		if now.Sub(l.seen) > q.forgetAfter() {
+			delete(q.inflight, tok)
+			q.log.Warn("forgetting a leased job that was neither heartbeated nor reported; JetStream has redelivered it",
+				zap.String("job", l.env.JobID), zap.Int("attempt", l.attempt))
+		}
+	}
 }
 
 // DialWorker connects to NATS at serverURL and returns the worker's queue for o.Pool. Close
@@ -233,6 +254,7 @@ func (q *WorkerQueue) Lease(ctx context.Context, max int, wait time.Duration) ([
 		return nil, refusal(http.StatusBadRequest, api.CodeInvalidField, "max is %d, want at least 1", max)
 	}
 	q.bind(ctx)
+	q.forget(time.Now())
 	deadline := time.Now().Add(wait)
 	for {
 		cons := q.rotation()
@@ -307,10 +329,27 @@ func (q *WorkerQueue) fetchErr(err error) error {
 }
 
 // take turns delivered messages into leased jobs, terminating those that cannot be run.
+// The messages of a batch are admitted at once: each admission waits for a claim's round
+// trip to the dispatchers, and the claims are independent.
 func (q *WorkerQueue) take(ctx context.Context, b jetstream.MessageBatch, jobs []api.LeasedJob) []api.LeasedJob {
+	var msgs []jetstream.Msg
 	for msg := range b.Messages() {
-		if j, ok := q.admit(ctx, msg); ok {
-			jobs = append(jobs, j)
+		msgs = append(msgs, msg)
+	}
+	admitted := make([]api.LeasedJob, len(msgs))
+	ok := make([]bool, len(msgs))
+	var wg sync.WaitGroup
+	for i, msg := range msgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			admitted[i], ok[i] = q.admit(ctx, msg)
+		}()
+	}
+	wg.Wait()
+	for i := range msgs {
+		if ok[i] {
+			jobs = append(jobs, admitted[i])
 		}
 	}
 	if err := b.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
@@ -343,14 +382,18 @@ func (q *WorkerQueue) admit(ctx context.Context, msg jetstream.Msg) (api.LeasedJ
 		q.poison(ctx, msg, env.JobID, fmt.Sprintf("the envelope names pool %q task %q but arrived on %s", env.Pool, env.Task, msg.Subject()))
 		return api.LeasedJob{}, false
 	}
-	attempt := int(meta.NumDelivered)
-	if attempt > env.MaxAttempts {
-		q.exhausted(ctx, msg, env, attempt)
+	if env.ClaimKey == "" {
+		q.poison(ctx, msg, env.JobID, "the envelope has no claim key: it was not published by a dispatcher of this version")
 		return api.LeasedJob{}, false
 	}
+	grant, ok := q.claim(ctx, msg, env, meta)
+	if !ok {
+		return api.LeasedJob{}, false
+	}
+	attempt := grant.Attempt
 	tok := randomHex(16)
 	q.mu.Lock()
-	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt}
+	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt, fence: grant.Fence, seen: time.Now()}
 	q.mu.Unlock()
 	return api.LeasedJob{JobID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion, Pool: env.Pool,
 		Input: env.Input, Approval: env.Approval, Attempt: attempt, MaxAttempts: env.MaxAttempts,
@@ -396,23 +439,52 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// exhausted ends a job delivered more often than its max_attempts (its workers died or lost
-// their connection without reporting): the control plane records it dead, and the message
-// goes to the dead-letter subject.
-func (q *WorkerQueue) exhausted(ctx context.Context, msg jetstream.Msg, env Envelope, attempt int) {
-	reason := fmt.Sprintf("delivered %d times, more than max_attempts %d: earlier attempts ended without a result (worker stopped or lost its connection)", attempt, env.MaxAttempts)
-	q.log.Warn("job out of attempts", zap.String("job", env.JobID), zap.Int("attempt", attempt))
-	yes := true
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := q.publishResult(pctx, Result{JobID: env.JobID, Task: env.Task, Attempt: attempt, WorkerID: q.workerID,
-		Outcome: string(outcome.Internal), ErrorMessage: reason, Retryable: &yes}); err != nil {
-		// Leave it: redelivered later, and handled the same way then.
-		q.log.Warn("reporting the exhausted job failed; it will be redelivered", zap.Error(err))
-		return
+// claim asks the dispatcher for an attempt of a job just pulled, proving the delivery with
+// the envelope's claim key. Only a granted job runs: its attempt number and fence come from
+// the grant. A final refusal (cancelled, finished, attempts used up, or not a job of this
+// pool) terminates the message; anything else (no dispatcher answering in time, a refusal
+// to retry) hands it back for a later delivery, unrun.
+func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope, meta *jetstream.MsgMetadata) (ClaimReply, bool) {
+	data, err := marshal(ClaimRequest{JobID: env.JobID, ClaimKey: env.ClaimKey, WorkerID: q.workerID,
+		Delivery: fmt.Sprintf("%d/%d", meta.Sequence.Stream, meta.NumDelivered)})
+	if err != nil {
+		return ClaimReply{}, false
 	}
-	q.deadLetter(ctx, msg, msg.Data(), reason)
-	_ = msg.TermWithReason("attempts exhausted")
+	var reply ClaimReply
+	for try := 0; ; try++ {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.o.ClaimTimeout)
+		m, rerr := q.nc.RequestWithContext(rctx, ClaimSubject(q.o.Pool), data)
+		cancel()
+		if rerr == nil {
+			if reply, rerr = decodeClaimReply(m.Data); rerr == nil && reply.Refused == "" && (reply.Fence == "" || reply.Attempt < 1) {
+				rerr = errors.New("the claim reply has neither a grant nor a refusal")
+			}
+		}
+		if rerr == nil {
+			break
+		}
+		if try == 2 || ctx.Err() != nil {
+			q.log.Warn("claiming a job failed; handing it back", zap.String("job", env.JobID), zap.Error(rerr))
+			_ = msg.NakWithDelay(q.o.RetryBase)
+			return ClaimReply{}, false
+		}
+		_ = msg.InProgress() // the claim may take a while: keep the delivery
+	}
+	switch {
+	case reply.Refused == "":
+		return reply, true
+	case reply.Dead:
+		q.log.Warn("job out of attempts", zap.String("job", env.JobID), zap.String("reason", reply.Refused))
+		q.deadLetter(ctx, msg, msg.Data(), reply.Refused)
+		_ = msg.TermWithReason("attempts exhausted")
+	case reply.Final:
+		q.log.Info("the control plane refused the claim of a job; terminating it", zap.String("job", env.JobID), zap.String("reason", reply.Refused))
+		_ = msg.TermWithReason(truncate("claim refused: "+reply.Refused, 200))
+	default:
+		q.log.Warn("the control plane refused the claim of a job for now; handing it back", zap.String("job", env.JobID), zap.String("reason", reply.Refused))
+		_ = msg.NakWithDelay(q.o.RetryBase)
+	}
+	return ClaimReply{}, false
 }
 
 func (q *WorkerQueue) publishResult(ctx context.Context, r Result, head ...*api.AuditHead) error {
@@ -424,7 +496,7 @@ func (q *WorkerQueue) publishResult(ctx context.Context, r Result, head ...*api.
 	if len(head) > 0 {
 		h = head[0]
 	}
-	_, err = q.js.PublishMsg(ctx, auditHeadMsg(ResultSubject(q.o.Pool), data, h), jetstream.WithMsgID(resultMsgID(r.JobID, r.Attempt)))
+	_, err = q.js.PublishMsg(ctx, auditHeadMsg(ResultSubject(q.o.Pool), data, h), jetstream.WithMsgID(resultMsgID(r.JobID, r.Attempt, r.Fence)))
 	if errors.Is(err, nats.ErrMaxPayload) && r.Output != nil {
 		r.Output = nil
 		r.Outcome = string(outcome.OutputTooLarge)
@@ -459,6 +531,7 @@ func (q *WorkerQueue) Heartbeat(ctx context.Context, leaseToken string) (api.Hea
 	}
 	resp := api.HeartbeatResponse{JobID: l.env.JobID, LeaseExpiresAt: time.Now().Add(q.o.AckWait)}
 	q.mu.Lock()
+	l.seen = time.Now()
 	kv := q.cancelKV
 	q.mu.Unlock()
 	if kv != nil {
@@ -491,7 +564,7 @@ func (q *WorkerQueue) Complete(ctx context.Context, jobID string, req api.Comple
 	}
 	r := Result{JobID: jobID, Task: l.env.Task, Attempt: l.attempt, WorkerID: q.workerID, Outcome: req.Outcome,
 		Output: req.Output, ErrorMessage: req.ErrorMessage, DurationMS: req.DurationMS, ModuleDigest: req.ModuleDigest,
-		Retryable: req.Retryable}
+		Retryable: req.Retryable, Fence: l.fence}
 	if err := q.publishResult(ctx, r, req.AuditHead); err != nil {
 		return api.CompleteResponse{}, err
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/server/apitest"
 )
 
 // rawRequest sends body as-is with the named token ("" for none, "bogus" for a made-up one).
@@ -161,6 +162,22 @@ func TestBadInputChangesNothing(t *testing.T) {
 		if strings.Contains(eb.Error.Message, lj.LeaseToken) || strings.Contains(eb.Error.Message, "cst_") {
 			t.Errorf("%s: error message %q echoes a secret", tc.name, eb.Error.Message)
 		}
+	}
+	if after := e.snapshot(); after != before {
+		t.Fatalf("refused requests changed the database:\n--- after\n%s\n--- before\n%s", after, before)
+	}
+}
+
+// TestMalformedRequestsGetJSONErrors runs the generated table both modes share
+// (internal/server/apitest): every malformed body and impossible id is refused with the
+// documented JSON error, and nothing changes.
+func TestMalformedRequestsGetJSONErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pending := e.submit(t.Context(), 1, false)
+	before := e.snapshot()
+	for _, c := range apitest.Malformed("alpha", pending.ID) {
+		apitest.Check(t, e.url, e.secrets[c.Role], c)
 	}
 	if after := e.snapshot(); after != before {
 		t.Fatalf("refused requests changed the database:\n--- after\n%s\n--- before\n%s", after, before)

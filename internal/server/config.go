@@ -13,6 +13,7 @@ import (
 
 	auditlog "github.com/castellan-dev/castellan/audit"
 	"github.com/castellan-dev/castellan/internal/metrics"
+	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
 // AutoApprover signs approvals on the server for tasks configured for auto-approval. It is
@@ -134,4 +135,4 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-const maxAttemptsLimit = 100
+const maxAttemptsLimit = api.MaxAttemptsLimit

@@ -56,6 +56,10 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, dst any, allowE
 		}
 		return errf(http.StatusBadRequest, api.CodeInvalidJSON, "request body is empty: send a JSON object")
 	}
+	if bytes.TrimSpace(body)[0] != '{' {
+		// null, arrays, strings, numbers: encoding/json would take null as an empty object.
+		return errf(http.StatusBadRequest, api.CodeInvalidJSON, "request body must be a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {

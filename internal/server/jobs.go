@@ -513,9 +513,12 @@ func (s *Server) heartbeat(ctx context.Context, p Principal, leaseTok string) (a
 		var id, pool string
 		var state api.State
 		var expires sql.NullInt64
+		var leasedBy sql.NullString
 		err := tx.QueryRowContext(ctx, qJobByLease, hashLease(leaseTok)).
-			Scan(&id, &pool, &state, &expires)
-		if errors.Is(err, sql.ErrNoRows) || (err == nil && pool != p.Pool) {
+			Scan(&id, &pool, &state, &expires, &leasedBy)
+		// A lease is the worker's that took it: another worker of the same pool holding
+		// the token (leaked, logged, or shared by a hostile peer) cannot extend it.
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && (pool != p.Pool || leasedBy.String != p.TokenID)) {
 			return lost
 		}
 		if err != nil {
@@ -615,15 +618,16 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 		if next.Terminal() {
 			finished = nowMS
 		}
-		// The fence: only the current lease token and attempt of a leased job, once.
+		// The fence: only the current lease token and attempt of a leased job, from the
+		// worker that took it, once.
 		res, err := tx.ExecContext(ctx, qCompleteJob,
 			string(next), string(code), output, req.ErrorMessage, req.DurationMS, req.ModuleDigest, notBefore, nowMS, finished,
-			string(next), id, hashLease(req.LeaseToken), req.Attempt, nowMS)
+			string(next), id, hashLease(req.LeaseToken), req.Attempt, p.TokenID, nowMS)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
-			return errf(http.StatusConflict, api.CodeLeaseConflict, "job %s: lease token or attempt %d is not the current lease (expired, re-leased, or already completed); nothing was recorded", id, req.Attempt)
+			return errf(http.StatusConflict, api.CodeLeaseConflict, "job %s: lease token or attempt %d is not this worker's current lease (expired, re-leased, taken by another worker, or already completed); nothing was recorded", id, req.Attempt)
 		}
 		res, err = tx.ExecContext(ctx, qCompleteAttempt,
 			nowMS, string(code), req.ErrorMessage, req.DurationMS, req.ModuleDigest, id, req.Attempt)
@@ -761,15 +765,16 @@ var qLeaseJob = hot(`UPDATE jobs SET state = 'running', attempt = attempt + 1, l
 var qLeasedJob = hot(`SELECT id, task, task_version, pool, input, approval, attempt, max_attempts, traceparent FROM jobs WHERE id = ?`)
 var qInsertAttempt = hot(`INSERT INTO job_attempts(job_id, attempt, leased_by, leased_at) VALUES (?,?,?,?)`)
 var qWorkerSeen = hot(`UPDATE workers SET last_seen_at = ? WHERE token_id = ?`)
-var qJobByLease = hot(`SELECT id, pool, state, lease_expires_at FROM jobs WHERE lease_hash = ?`)
+var qJobByLease = hot(`SELECT id, pool, state, lease_expires_at, leased_by FROM jobs WHERE lease_hash = ?`)
 var qExtendLease = hot(`UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?`)
 
-// qCompleteJob is the fence: only the current lease token and attempt of a leased job, once.
+// qCompleteJob is the fence: only the current lease token and attempt of a leased job, from
+// the worker (token) that took the lease, once.
 var qCompleteJob = hot(`UPDATE jobs SET state = ?, outcome = ?, output = ?, error_message = ?,
 			duration_ms = ?, module_digest = ?, not_before = ?, updated_at = ?, finished_at = ?,
 			lease_expires_at = NULL,
 			lease_hash = CASE WHEN ? = 'queued' THEN NULL ELSE lease_hash END
-			WHERE id = ? AND lease_hash = ? AND attempt = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?`)
+			WHERE id = ? AND lease_hash = ? AND attempt = ? AND leased_by = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?`)
 var qCompleteAttempt = hot(`UPDATE job_attempts SET finished_at = ?, end_reason = 'completed', outcome = ?, error_message = ?,
 			duration_ms = ?, module_digest = ? WHERE job_id = ? AND attempt = ? AND finished_at IS NULL`)
 var qExpiredLeases = hot(`SELECT id, state, attempt, max_attempts FROM jobs

@@ -42,6 +42,7 @@ type Server struct {
 	closeMu  sync.Once
 	mux      *http.ServeMux
 	parked   atomic.Int64 // lease requests currently waiting; lets tests poll, not sleep
+	waiters  atomic.Int64 // job waits currently parked, likewise
 }
 
 // New opens the database and builds the server.
@@ -116,7 +117,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          zap.NewStdLog(s.log.Named("http")),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// Requests do not inherit ctx's cancellation: shutdown would cancel the long-polls
+		// it then waits for, and they would end with an empty 200. Parked long-polls are
+		// answered through s.closing instead (below), and Shutdown waits for the rest.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	if tlsOn {
 		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
@@ -138,6 +142,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("server: serve: %w", err)
 	case <-ctx.Done():
 	}
+	s.closeMu.Do(func() { close(s.closing) }) // parked long-polls answer now
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := hs.Shutdown(sctx)
@@ -321,9 +326,13 @@ func (s *Server) hGetCatalog(w http.ResponseWriter, r *http.Request, p Principal
 }
 
 func (s *Server) hSubmit(w http.ResponseWriter, r *http.Request, p Principal) error {
-	var req api.SubmitRequest
-	if e := decode(w, r, int64(s.cfg.MaxInputBytes)+bodySlack, &req, false); e != nil {
+	var body api.SubmitBody
+	if e := decode(w, r, int64(s.cfg.MaxInputBytes)+bodySlack, &body, false); e != nil {
 		return e
+	}
+	req, err := body.Request()
+	if err != nil {
+		return errf(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
 	}
 	if req.TraceParent == "" {
 		req.TraceParent = r.Header.Get("traceparent")
@@ -412,17 +421,22 @@ func (s *Server) hWait(w http.ResponseWriter, r *http.Request, p Principal) erro
 			writeJSON(w, http.StatusOK, j.Job)
 			return nil
 		}
+		s.waiters.Add(1)
 		select {
 		case <-ch:
 		case <-recheck.C:
 		case <-deadline.C:
+			s.waiters.Add(-1)
 			writeJSON(w, http.StatusOK, j.Job)
 			return nil
 		case <-s.closing:
+			s.waiters.Add(-1)
 			return errf(http.StatusServiceUnavailable, api.CodeUnavailable, "server is shutting down; retry")
 		case <-ctx.Done():
+			s.waiters.Add(-1)
 			return ctx.Err()
 		}
+		s.waiters.Add(-1)
 	}
 }
 

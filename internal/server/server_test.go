@@ -703,3 +703,37 @@ func TestTokenAPIAndStorage(t *testing.T) {
 		t.Fatalf("token.create audits = %d, want 1", n)
 	}
 }
+
+// TestLeaseBoundToItsWorker: a second worker of the same pool, with its own token, holds
+// the lease token another worker was handed (a leak, a shared log, a hostile peer). It can
+// neither extend that lease nor complete its job; the worker that took it still can.
+func TestLeaseBoundToItsWorker(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	other := e.newWorker("worker-2", "alpha", echoTask())
+	j := e.submit(ctx, 1, true)
+	lj := e.leaseOne(ctx, e.worker)
+	before := e.snapshot()
+
+	_, err := other.Heartbeat(ctx, lj.LeaseToken)
+	wantCode(t, "Heartbeat(another worker's lease)", err, 409, api.CodeLeaseLost)
+	_, err = other.Complete(ctx, j.ID, api.CompleteRequest{LeaseToken: lj.LeaseToken, Attempt: lj.Attempt,
+		Outcome: "ok", Output: json.RawMessage(`{"forged":true}`)})
+	wantCode(t, "Complete(another worker's lease)", err, 409, api.CodeLeaseConflict)
+	if after := e.snapshot(); after != before {
+		t.Fatalf("a refused heartbeat or completion changed the store:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+
+	if _, err := e.worker.Heartbeat(ctx, lj.LeaseToken); err != nil {
+		t.Fatalf("Heartbeat(own lease) = %v", err)
+	}
+	if _, err := e.worker.Complete(ctx, j.ID, api.CompleteRequest{LeaseToken: lj.LeaseToken, Attempt: lj.Attempt, Outcome: "ok",
+		Output: json.RawMessage(`{}`)}); err != nil {
+		t.Fatalf("Complete(own lease) = %v", err)
+	}
+	got, err := e.admin.Get(ctx, j.ID)
+	if err != nil || got.State != api.StateSucceeded || string(got.Output) != `{}` {
+		t.Fatalf("job = %s output %s, %v; want succeeded with the owner's output", got.State, got.Output, err)
+	}
+}

@@ -38,12 +38,20 @@ func (s *Store) prepareHot(ctx context.Context) error {
 }
 
 // txn is a transaction that uses the prepared hot statements.
+//
+// Its statements run without the caller's cancellation (context.WithoutCancel): a body
+// shares its transaction with the other bodies of its group commit, and SQLite rolls the
+// whole transaction back when a write statement in it is interrupted, which a cancelled
+// context does. One client hanging up would fail every write of the group ("no such
+// savepoint") and lose them. A body the writer has started therefore runs to its end; a
+// caller cancelled before that is not run at all (see run).
 type txn struct {
 	tx *sql.Tx
 	s  *Store
 }
 
 func (t *txn) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx = context.WithoutCancel(ctx)
 	if st, ok := t.s.stmts[q]; ok {
 		return t.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 	}
@@ -51,6 +59,7 @@ func (t *txn) ExecContext(ctx context.Context, q string, args ...any) (sql.Resul
 }
 
 func (t *txn) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	ctx = context.WithoutCancel(ctx)
 	if st, ok := t.s.stmts[q]; ok {
 		return t.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
 	}
@@ -58,6 +67,7 @@ func (t *txn) QueryRowContext(ctx context.Context, q string, args ...any) *sql.R
 }
 
 func (t *txn) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = context.WithoutCancel(ctx)
 	if st, ok := t.s.stmts[q]; ok {
 		return t.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/server/api"
@@ -23,6 +24,7 @@ type Store struct {
 	rstmts map[string]*sql.Stmt // hot SELECTs prepared on rdb
 
 	writes     chan write    // transactions waiting for the writer (unbuffered)
+	waiting    atomic.Int32  // senders blocked on writes
 	closed     chan struct{} // closed by Close
 	closeOnce  sync.Once
 	writerDone chan struct{}
@@ -224,15 +226,22 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 // tx runs fn in one immediate transaction, committing when fn returns nil.
 func (s *Store) tx(ctx context.Context, fn func(*txn) error) error {
 	w := write{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	s.waiting.Add(1)
 	select {
 	case s.writes <- w:
+		s.waiting.Add(-1)
 	case <-ctx.Done():
+		s.waiting.Add(-1)
 		return ctx.Err()
 	case <-s.closed:
+		s.waiting.Add(-1)
 		return errStoreClosed
 	}
 	return <-w.done
 }
+
+// queued is how many transactions wait for the writer to take them.
+func (s *Store) queued() int { return int(s.waiting.Load()) }
 
 var errStoreClosed = errors.New("server: database closed")
 

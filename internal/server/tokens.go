@@ -19,7 +19,7 @@ import (
 )
 
 // TokenPrefix starts every bearer token, so that secret scanners can find leaked ones.
-const TokenPrefix = "cst_"
+const TokenPrefix = api.TokenPrefix
 
 var poolRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 

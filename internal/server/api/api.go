@@ -8,6 +8,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -26,6 +27,10 @@ var Roles = []Role{RoleWorker, RoleClient, RoleApprover, RoleAdmin}
 
 // AllPools is the pool of a non-worker token that may act on every pool.
 const AllPools = "*"
+
+// TokenPrefix starts every bearer token, in both control-plane modes, so that secret
+// scanners can find leaked ones.
+const TokenPrefix = "cst_"
 
 // State is where a job is in its life.
 type State string
@@ -147,6 +152,31 @@ type SubmitRequest struct {
 	// the control plane and the worker. Optional.
 	TraceParent string `json:"traceparent,omitempty"`
 }
+
+// SubmitBody is SubmitRequest as a server decodes it: max_attempts is a pointer there, so
+// that an explicit 0 (refused) is told apart from an absent field (the default). It
+// shadows the embedded field, so the JSON names are SubmitRequest's exactly.
+type SubmitBody struct {
+	SubmitRequest
+	MaxAttempts *int `json:"max_attempts,omitempty"`
+}
+
+// Request returns the submit request, or why max_attempts is refused: it is 1..100 when
+// present, and omitted for the default.
+func (b SubmitBody) Request() (SubmitRequest, error) {
+	r := b.SubmitRequest
+	r.MaxAttempts = 0
+	if b.MaxAttempts != nil {
+		if *b.MaxAttempts < 1 || *b.MaxAttempts > MaxAttemptsLimit {
+			return r, fmt.Errorf("max_attempts is %d, want 1..%d (omit it for the server's default)", *b.MaxAttempts, MaxAttemptsLimit)
+		}
+		r.MaxAttempts = *b.MaxAttempts
+	}
+	return r, nil
+}
+
+// MaxAttemptsLimit bounds a job's max_attempts in both control-plane modes.
+const MaxAttemptsLimit = 100
 
 // ApproveRequest is POST /v1/jobs/{id}/approval.
 type ApproveRequest struct {

@@ -1,0 +1,4 @@
+package natsq
+
+// ParkedWaits is how many job waits are parked in s, so that tests poll instead of sleeping.
+func (s *APIServer) ParkedWaits() int64 { return s.waiters.Load() }
