@@ -36,7 +36,18 @@ type Runner interface {
 	Run(ctx context.Context, task, jobID string, input []byte) runtime.Result
 }
 
-var _ Runner = (*tasks.Set)(nil)
+// VersionRunner is a Runner whose task versions change while it runs (*tasks.Set with a
+// plugins directory). The worker runs every job with RunVersion, on exactly the version
+// the job's approval names; when that version is not loaded at that moment, RunVersion
+// runs nothing and returns an error wrapping tasks.ErrVersionNotLoaded, and the worker
+// hands the job back for another attempt instead of refusing it. With a plain Runner the
+// worker checks the version against its catalog instead.
+type VersionRunner interface {
+	Runner
+	RunVersion(ctx context.Context, task, version, jobID string, input []byte) runtime.Result
+}
+
+var _ VersionRunner = (*tasks.Set)(nil)
 
 // Queue is the worker's side of the transport to the control plane. *client.Client (HTTPS
 // long-poll) implements it, and so does the NATS JetStream transport. Everything above it
@@ -303,15 +314,6 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			continue
 		}
 		failures = 0
-		if len(leased) > 1 {
-			// One batch check of the lease's signatures instead of one check each (about a
-			// third of the cost at 16); each job's Verify still makes every other check.
-			toks := make([]string, len(leased))
-			for i, j := range leased {
-				toks[i] = j.Approval
-			}
-			w.cfg.Verifier.Preverify(toks)
-		}
 		for _, j := range leased {
 			wg.Add(1)
 			w.track(1)
@@ -463,12 +465,18 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	auditErr := w.cfg.Audit.Append(audit.JobReceived{Job: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Attempt: j.Attempt})
 	var output []byte
 	if auditErr == nil {
-		if err := w.admit(jctx, j); err != nil {
+		if err := w.admit(jctx, j); errors.Is(err, tasks.ErrVersionNotLoaded) {
+			// An approved job for a version this worker does not hold now (a hot swap, or
+			// a catalog the control plane has not caught up with): hand it back unrun.
+			log.Info("job handed back: its version is not loaded here now", zap.String("version", j.TaskVersion))
+			req.Outcome = string(outcome.Cancelled)
+			req.ErrorMessage = outcome.Message(err)
+			req.Retryable = boolPtr(true)
+		} else if err != nil {
 			log.Warn("job refused", zap.Error(err))
 			req.Outcome = string(outcome.Rejected)
 			req.ErrorMessage = outcome.Message(err)
-			no := false
-			req.Retryable = &no
+			req.Retryable = boolPtr(false)
 			ev.Reason = req.ErrorMessage
 			jctx = w.step(jctx, ev, ApprovalRejected)
 			auditErr = w.cfg.Audit.Append(audit.ApprovalRejected{Job: j.JobID, Task: j.Task, Attempt: j.Attempt, Reason: ev.Reason})
@@ -489,7 +497,7 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	} else if auditErr == nil && req.Outcome == "" {
 		log.Info("job started")
 		jctx = w.step(jctx, ev, JobStarted)
-		res := w.cfg.Runner.Run(jctx, j.Task, j.JobID, j.Input)
+		res := w.run(jctx, j)
 		req.DurationMS = res.Duration.Milliseconds()
 		req.ModuleDigest = res.Digest
 		ev.HTTPCalls, ev.Instantiate = res.HTTPCalls, res.Instantiate
@@ -501,7 +509,10 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 		req.Outcome = string(code)
 		if err != nil {
 			req.ErrorMessage = outcome.Message(err)
-			if code == outcome.Cancelled {
+			if errors.Is(err, tasks.ErrVersionNotLoaded) {
+				// Swapped out between admission and run: nothing ran; it may run again.
+				req.Retryable = boolPtr(true)
+			} else if code == outcome.Cancelled {
 				// Cancelled by the control plane: final. Cancelled by our shutdown: another
 				// worker should run it.
 				retry := !errors.Is(context.Cause(ctx), errCancelRequested)
@@ -534,21 +545,39 @@ func (w *Worker) step(ctx context.Context, ev Event, kind EventKind) context.Con
 
 var errCancelRequested = errors.New("the control plane asked to cancel the job")
 
-// admit decides whether the job may run: the task must be served here at the signed version,
-// and the approval must verify against the trusted keys (signature, expiry, job, task,
-// version, pool, input hash, replay).
+func boolPtr(b bool) *bool { return &b }
+
+// admit decides whether the job may run: the approval must verify against the trusted keys
+// (signature, expiry, job, task, version, pool, input hash, replay), and the task must be
+// served here at the signed version. An approval that does not verify is refused for good;
+// a version not served here now is an error wrapping tasks.ErrVersionNotLoaded, for the
+// job to be handed back. With a VersionRunner the version is checked, and held, by
+// RunVersion itself, in the same step that picks the module.
 func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
-	def, ok := w.task(j.Task)
-	if !ok {
-		return outcome.New(outcome.Rejected, "task %q is not served by this worker", j.Task)
-	}
-	if def.Version != j.TaskVersion {
-		return outcome.New(outcome.Rejected, "task %q version %q is not served by this worker (it serves %q)", j.Task, j.TaskVersion, def.Version)
-	}
-	_, err := w.cfg.Verifier.Verify(ctx, j.Approval, approval.Expect{
+	if _, err := w.cfg.Verifier.Verify(ctx, j.Approval, approval.Expect{
 		JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input, Attempt: j.Attempt,
-	})
-	return err
+	}); err != nil {
+		return err
+	}
+	if _, ok := w.cfg.Runner.(VersionRunner); ok {
+		return nil
+	}
+	def, ok := w.task(j.Task)
+	switch {
+	case !ok:
+		return outcome.Wrap(outcome.Cancelled, tasks.ErrVersionNotLoaded, "task %q is not served by this worker now; the job was not run", j.Task)
+	case def.Version != j.TaskVersion:
+		return outcome.Wrap(outcome.Cancelled, tasks.ErrVersionNotLoaded, "task %q version %q is not served by this worker now (it serves %q); the job was not run", j.Task, j.TaskVersion, def.Version)
+	}
+	return nil
+}
+
+// run runs an admitted job on exactly the version its approval names.
+func (w *Worker) run(ctx context.Context, j api.LeasedJob) runtime.Result {
+	if vr, ok := w.cfg.Runner.(VersionRunner); ok {
+		return vr.RunVersion(ctx, j.Task, j.TaskVersion, j.JobID, j.Input)
+	}
+	return w.cfg.Runner.Run(ctx, j.Task, j.JobID, j.Input)
 }
 
 func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, every time.Duration, log *zap.Logger) {
