@@ -45,7 +45,7 @@ type WorkerConfig struct {
 	AuditLog    string // tamper-evident audit log; "" for STATE-DIR/audit.log
 	MetricsAddr string // opt-in Prometheus listener; "" for none (the default)
 	OTLP        string // OTLP trace endpoint; "" for $OTEL_EXPORTER_OTLP_ENDPOINT or none
-	Pool        string // NATS mode: the worker's pool
+	Pool        string // the worker's pool; approvals are checked against it (required in NATS mode)
 	NATSCreds   string // NATS mode: JWT/NKey credentials file
 	NATSCA      string // NATS mode: CA bundle for TLS
 	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
@@ -88,7 +88,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "audit-log", Usage: "tamper-evident audit log `FILE` (default STATE-DIR/audit.log)", EnvVars: []string{"CASTELLAN_AUDIT_LOG"}, Destination: &cfg.AuditLog},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `ADDR` (off by default; \":9464\" binds 127.0.0.1)", EnvVars: []string{"CASTELLAN_METRICS_ADDR"}, Destination: &cfg.MetricsAddr},
 			&cli.StringFlag{Name: "otlp-endpoint", Usage: "export traces over OTLP/HTTP to `URL` (default $OTEL_EXPORTER_OTLP_ENDPOINT, else off)", EnvVars: []string{"CASTELLAN_OTLP_ENDPOINT"}, Destination: &cfg.OTLP},
-			&cli.StringFlag{Name: "pool", Usage: "NATS mode (--server nats://...): the worker's `POOL`", EnvVars: []string{"CASTELLAN_POOL"}, Destination: &cfg.Pool},
+			&cli.StringFlag{Name: "pool", Usage: "the worker's `POOL`: approvals must name it, and the control plane must register the worker in it (required with a NATS --server; default the pool the control plane announces)", EnvVars: []string{"CASTELLAN_POOL"}, Destination: &cfg.Pool},
 			&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
 			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
 			&cli.StringFlag{Name: "nats-inbox-prefix", Usage: "NATS mode: subject `PREFIX` of the worker's replies; its NATS user needs subscribe permission on PREFIX.> only (default _INBOX_<pool>)", EnvVars: []string{"CASTELLAN_NATS_INBOX_PREFIX"}, Destination: &cfg.NATSInbox},
@@ -201,7 +201,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	w, err := worker.New(worker.Config{
 		Client: queue, Runner: set, Catalog: set.Catalog(), CatalogUpdates: set.Updates(),
 		Verifier: approval.NewVerifier(keys, replay),
-		Name:     name, Version: Version, Concurrency: cfg.Concurrency, Log: log.Named("worker"),
+		Pool:     cfg.Pool, Name: name, Version: Version, Concurrency: cfg.Concurrency, Log: log.Named("worker"),
 		Audit: obs.audit, Observer: obs.observer,
 	})
 	if err != nil {

@@ -79,6 +79,12 @@ type Config struct {
 	CatalogUpdates <-chan []api.TaskDef
 	// Verifier checks every approval before anything runs.
 	Verifier *approval.Verifier
+	// Pool is the pool this worker serves, from its own configuration. Every approval is
+	// checked against it, never against the pool a leased job claims. When the control plane
+	// registers the worker in another pool, Run refuses to serve. Optional: when empty, the
+	// pool announced at the first registration, fixed for the rest of Run (a control plane
+	// that lies at registration then goes unnoticed, so set it).
+	Pool string
 	// Name labels the worker in the control plane (default: "castellan-worker").
 	Name    string
 	Version string
@@ -153,6 +159,7 @@ type Worker struct {
 	log *zap.Logger
 
 	mu       sync.Mutex
+	pool     string // the pool approvals are checked against; set by register, never changed
 	catalog  map[string]api.TaskDef
 	inflight int
 	done     int
@@ -255,8 +262,8 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 	if max := time.Duration(reg.MaxWaitSeconds) * time.Second; max > 0 && wait > max {
 		wait = max
 	}
-	w.observe(lease, Event{Kind: WorkerReady, Pool: reg.Pool, Capacity: w.cfg.Concurrency})
-	w.log.Info("worker ready", zap.String("worker_id", reg.WorkerID), zap.String("pool", reg.Pool),
+	w.observe(lease, Event{Kind: WorkerReady, Pool: w.ownPool(), Capacity: w.cfg.Concurrency})
+	w.log.Info("worker ready", zap.String("worker_id", reg.WorkerID), zap.String("pool", w.ownPool()),
 		zap.Int("concurrency", w.cfg.Concurrency), zap.Int("tasks", len(w.cfg.Catalog)))
 
 	if w.cfg.CatalogUpdates != nil {
@@ -305,7 +312,11 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			w.log.Warn("lease failed; retrying", zap.Error(err), zap.Duration("in", d))
 			if client.IsCode(err, api.CodeNotRegistered) {
 				if _, err := w.register(lease); err != nil {
-					return w.drain(&wg)
+					_ = w.drain(&wg)
+					if lease.Err() != nil {
+						return nil
+					}
+					return err
 				}
 			}
 			if !sleep(lease, d) {
@@ -419,6 +430,9 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 	for failures := 1; ; failures++ {
 		reg, err := w.cfg.Client.Register(ctx, api.RegisterRequest{Name: w.cfg.Name, AgentVersion: w.cfg.Version})
 		if err == nil {
+			if err := w.pinPool(reg.Pool); err != nil {
+				return reg, err
+			}
 			w.mu.Lock()
 			tasks := w.cfg.Catalog
 			w.mu.Unlock()
@@ -438,6 +452,34 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 			return reg, ctx.Err()
 		}
 	}
+}
+
+// pinPool fixes the pool approvals are checked against: the configured one, or else the one
+// announced at the first registration. A registration in any other pool is refused: the
+// worker's credentials and tasks are for its own pool only.
+func (w *Worker) pinPool(announced string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pool == "" {
+		w.pool = w.cfg.Pool
+	}
+	if w.pool == "" {
+		if announced == "" {
+			return errors.New("register with the control plane: it announced no pool, and none is configured")
+		}
+		w.log.Warn("no pool configured: checking approvals against the pool the control plane announced", zap.String("pool", announced))
+		w.pool = announced
+	}
+	if announced != w.pool {
+		return fmt.Errorf("register with the control plane: it registered this worker in pool %q, but the worker serves pool %q; not serving", announced, w.pool)
+	}
+	return nil
+}
+
+func (w *Worker) ownPool() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pool
 }
 
 // handle verifies, runs and reports one leased job.
@@ -548,14 +590,15 @@ var errCancelRequested = errors.New("the control plane asked to cancel the job")
 func boolPtr(b bool) *bool { return &b }
 
 // admit decides whether the job may run: the approval must verify against the trusted keys
-// (signature, expiry, job, task, version, pool, input hash, replay), and the task must be
+// (signature, expiry, job, task, version, input hash, replay, and this worker's own pool,
+// not the pool the lease claims), and the task must be
 // served here at the signed version. An approval that does not verify is refused for good;
 // a version not served here now is an error wrapping tasks.ErrVersionNotLoaded, for the
 // job to be handed back. With a VersionRunner the version is checked, and held, by
 // RunVersion itself, in the same step that picks the module.
 func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
 	if _, err := w.cfg.Verifier.Verify(ctx, j.Approval, approval.Expect{
-		JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input, Attempt: j.Attempt,
+		JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: w.ownPool(), Input: j.Input, Attempt: j.Attempt,
 	}); err != nil {
 		return err
 	}
