@@ -7,11 +7,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/internal/worker"
 	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/runtime"
@@ -121,4 +123,95 @@ func TestPoolFromOwnConfiguration(t *testing.T) {
 			t.Errorf("%d leases made, want none", leases)
 		}
 	})
+}
+
+// TestLeaseAnswersBeyondAsked: a lease answered with more jobs than asked, and with the same
+// job twice, never runs more jobs than the worker's concurrency: the jobs beyond what was
+// asked are handed back unrun, a repeated job runs once, and the worker goes on leasing and
+// stops when told.
+func TestLeaseAnswersBeyondAsked(t *testing.T) {
+	t.Parallel()
+	s := newSigner(t)
+	q := newFakeQueue("alpha")
+	gate := make(chan struct{})
+	var mu sync.Mutex
+	running, maxRunning, ran := 0, 0, map[string]int{}
+	r := funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result {
+		mu.Lock()
+		running++
+		maxRunning = max(maxRunning, running)
+		ran[id]++
+		mu.Unlock()
+		<-gate
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return runtime.Result{Output: in}
+	})
+	var answer []api.LeasedJob
+	for i := range 6 {
+		answer = append(answer, s.job(t, fmt.Sprintf("job-%d", i), "echo", "1.0.0", "alpha"))
+	}
+	again := answer[0] // the same lease twice
+	other := answer[1] // the same job under another lease token
+	other.LeaseToken = "lease-job-1-again"
+	answer = append(answer, again, other)
+	q.push(answer...)
+	rw := startFake(t, worker.Config{Client: q, Runner: r, Catalog: catalog, Verifier: s.verifier(), Concurrency: 2})
+
+	// Every job beyond the two asked for is reported back at once, before either runs out.
+	q.waitUntil(t, "the surplus handed back", func(q *fakeQueue) bool { return len(q.reports) >= 5 })
+	mu.Lock()
+	if maxRunning > 2 || len(ran) > 2 {
+		t.Errorf("%d jobs ran at once (%d distinct), want at most the concurrency, 2", maxRunning, len(ran))
+	}
+	mu.Unlock()
+	close(gate)
+	q.waitUntil(t, "another lease after the two jobs ran", func(q *fakeQueue) bool {
+		return len(q.reports) >= 7 && q.leases >= 2
+	})
+	_, reports, _ := q.snapshot()
+	byLease := map[string]int{}
+	for _, rep := range reports {
+		byLease[rep.Req.LeaseToken]++
+		mu.Lock()
+		didRun := ran[rep.JobID] > 0 && rep.Req.Outcome == string(outcome.OK)
+		mu.Unlock()
+		if !didRun && !(rep.Req.Outcome == string(outcome.Cancelled) && retryable(rep.Req)) {
+			t.Errorf("job %s (lease %s) = %s %q (retryable %v), want run or handed back retryable",
+				rep.JobID, rep.Req.LeaseToken, rep.Req.Outcome, rep.Req.ErrorMessage, retryable(rep.Req))
+		}
+	}
+	for tok, n := range byLease {
+		if n != 1 {
+			t.Errorf("lease %s reported %d times, want once", tok, n)
+		}
+	}
+	if len(byLease) != 7 {
+		t.Errorf("%d leases reported, want 7 (6 jobs and the second lease of job-1)", len(byLease))
+	}
+	mu.Lock()
+	for id, n := range ran {
+		if n != 1 {
+			t.Errorf("job %s ran %d times", id, n)
+		}
+	}
+	mu.Unlock()
+	q.mu.Lock()
+	for i, n := range q.asked {
+		if n < 1 || n > 2 {
+			t.Errorf("lease %d asked for %d jobs, want 1 or 2", i, n)
+		}
+	}
+	q.mu.Unlock()
+	rw.stopLease()
+	select {
+	case err := <-rw.done:
+		if err != nil {
+			t.Errorf("Run after drain = %v, want nil", err)
+		}
+		rw.done <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return 10s after the drain began")
+	}
 }

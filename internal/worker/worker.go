@@ -161,8 +161,10 @@ type Worker struct {
 	mu       sync.Mutex
 	pool     string // the pool approvals are checked against; set by register, never changed
 	catalog  map[string]api.TaskDef
-	inflight int
+	running  map[string]string // job id -> lease token of the jobs in flight
+	inflight int               // jobs in flight: leased to run, until reported
 	done     int
+	changed  chan struct{} // closed and replaced at every change of the fields above
 }
 
 // New returns a Worker.
@@ -188,7 +190,7 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Log}
+	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{})}
 	w.setCatalog(cfg.Catalog)
 	return w, nil
 }
@@ -299,8 +301,18 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		// normally leases nothing; a response lost after that commit leaves the job to its
 		// lease expiry, after which another worker runs it (delivery is at-least-once).
 		leased, err := w.cfg.Client.Lease(lease, n, wait)
+		// The answer is the control plane's word: whatever it holds, at most n jobs run,
+		// one slot each, and the rest go back unrun.
+		leased, surplus := w.sortLease(leased, n)
 		for range n - len(leased) {
 			<-slots
+		}
+		for _, sj := range surplus {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.handBack(sj.job, sj.why)
+			}()
 		}
 		if err != nil {
 			if lease.Err() != nil || jobs.Err() != nil {
@@ -327,7 +339,6 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		failures = 0
 		for _, j := range leased {
 			wg.Add(1)
-			w.track(1)
 			rn.run(func() {
 				// The run slot is freed as soon as the sandbox is done with the job, before the
 				// result is reported: reporting is I/O that waits on the control plane's commit,
@@ -336,7 +347,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 				var once sync.Once
 				release := func() { once.Do(func() { <-slots }) }
 				defer func() {
-					w.track(-1)
+					w.untrack(j)
 					release()
 					wg.Done()
 				}()
@@ -409,13 +420,68 @@ func (w *Worker) drain(wg *sync.WaitGroup) error {
 	return nil
 }
 
-func (w *Worker) track(d int) {
+// surplusJob is a leased job the worker hands back unrun, and why.
+type surplusJob struct {
+	job api.LeasedJob
+	why string
+}
+
+// sortLease splits a lease answer into the jobs to run, which it tracks as in flight, and
+// the ones to hand back unrun: at most asked jobs run, each job once. The same lease twice
+// is dropped (its one report settles it); the same job under another lease token, or one
+// already running here, goes back.
+func (w *Worker) sortLease(leased []api.LeasedJob, asked int) (run []api.LeasedJob, back []surplusJob) {
 	w.mu.Lock()
-	w.inflight += d
-	if d < 0 {
-		w.done++
+	defer w.mu.Unlock()
+	seen := make(map[[2]string]bool, len(leased))
+	for _, j := range leased {
+		key := [2]string{j.JobID, j.LeaseToken}
+		if seen[key] || w.running[j.JobID] == j.LeaseToken && j.LeaseToken != "" {
+			continue
+		}
+		seen[key] = true
+		switch _, busy := w.running[j.JobID]; {
+		case busy:
+			back = append(back, surplusJob{j, "the job is already running on this worker under another lease"})
+		case len(run) >= asked:
+			back = append(back, surplusJob{j, fmt.Sprintf("the control plane leased more jobs than the worker asked for (%d)", asked)})
+		default:
+			run = append(run, j)
+			w.running[j.JobID] = j.LeaseToken
+			w.inflight++
+		}
 	}
+	if len(run) > 0 {
+		w.notifyLocked()
+	}
+	return run, back
+}
+
+// untrack ends the tracking sortLease began for a job that ran.
+func (w *Worker) untrack(j api.LeasedJob) {
+	w.mu.Lock()
+	if w.running[j.JobID] == j.LeaseToken {
+		delete(w.running, j.JobID)
+	}
+	w.inflight--
+	w.done++
+	w.notifyLocked()
 	w.mu.Unlock()
+}
+
+// notifyLocked wakes whoever waits for a change of the worker's state; w.mu is held.
+func (w *Worker) notifyLocked() {
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// handBack reports a leased job the worker will not run as cancelled and retryable, so
+// that it runs again, here or elsewhere; nothing of it ran.
+func (w *Worker) handBack(j api.LeasedJob, why string) {
+	log := w.log.With(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
+	log.Warn("job handed back unrun", zap.String("reason", why))
+	w.complete(j, api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: string(outcome.Cancelled),
+		ErrorMessage: "handed back unrun: " + why, Retryable: boolPtr(true)}, log)
 }
 
 // Done returns how many jobs this worker finished (reported or not).
