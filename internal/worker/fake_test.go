@@ -34,6 +34,7 @@ type fakeQueue struct {
 	mu      sync.Mutex
 	pending [][]api.LeasedJob // answers to the next Lease calls, in order
 	leases  int               // Lease calls made
+	inLease int               // Lease calls not returned yet
 	asked   []int             // max of each Lease call
 	reports []report          // successful Complete calls
 	calls   int               // Complete calls, failed or not
@@ -81,6 +82,13 @@ func (q *fakeQueue) Lease(ctx context.Context, max int, wait time.Duration) ([]a
 	defer t.Stop()
 	q.mu.Lock()
 	q.leases++
+	q.inLease++
+	defer func() {
+		q.mu.Lock()
+		q.inLease--
+		q.notify()
+		q.mu.Unlock()
+	}()
 	q.asked = append(q.asked, max)
 	if q.onLease != nil {
 		q.onLease(q)

@@ -215,3 +215,39 @@ func TestLeaseAnswersBeyondAsked(t *testing.T) {
 		t.Fatal("Run did not return 10s after the drain began")
 	}
 }
+
+// TestNoLeaseWhileResultsUndeliverable: while a result cannot be delivered, the worker takes
+// no new work (the poll in flight is cut and no other begins); once a report goes through it
+// leases again.
+func TestNoLeaseWhileResultsUndeliverable(t *testing.T) {
+	t.Parallel()
+	s := newSigner(t)
+	q := newFakeQueue("alpha")
+	fixed := false
+	q.completeErr = func(call int, jobID string, req api.CompleteRequest) error {
+		if fixed {
+			return nil
+		}
+		return errOutage
+	}
+	r := funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result { return runtime.Result{Output: in} })
+	q.push(s.job(t, "a", "echo", "1.0.0", "alpha"))
+	startFake(t, worker.Config{Client: q, Runner: r, Catalog: catalog, Verifier: s.verifier(), Concurrency: 2, LeaseWait: 50 * time.Millisecond})
+	q.waitUntil(t, "a failing report and no poll in flight", func(q *fakeQueue) bool { return q.calls >= 3 && q.inLease == 0 })
+	leases, _, calls := q.snapshot()
+	q.push(s.job(t, "b", "echo", "1.0.0", "alpha"))
+	q.waitUntil(t, "more failed reports", func(q *fakeQueue) bool { return q.calls >= calls+10 })
+	q.mu.Lock()
+	if q.leases != leases || q.inLease != 0 {
+		t.Errorf("while reports failed: %d more lease calls (%d in flight), want none", q.leases-leases, q.inLease)
+	}
+	fixed = true
+	q.mu.Unlock()
+	q.waitUntil(t, "both jobs reported once results go through", func(q *fakeQueue) bool { return len(q.reports) == 2 })
+	_, reports, _ := q.snapshot()
+	for _, rep := range reports {
+		if rep.Req.Outcome != string(outcome.OK) {
+			t.Errorf("job %s = %s %q, want ok", rep.JobID, rep.Req.Outcome, rep.Req.ErrorMessage)
+		}
+	}
+}

@@ -164,7 +164,10 @@ type Worker struct {
 	running  map[string]string // job id -> lease token of the jobs in flight
 	inflight int               // jobs in flight: leased to run, until reported
 	done     int
-	changed  chan struct{} // closed and replaced at every change of the fields above
+	failing  int                // reports failing now: no lease until they are settled
+	probing  bool               // a report was given up: lease one job at a time
+	cutPoll  context.CancelFunc // cancels the lease poll in flight; nil when none
+	changed  chan struct{}      // closed and replaced at every change of the fields above
 }
 
 // New returns a Worker.
@@ -280,6 +283,12 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		if lease.Err() != nil {
 			return w.drain(&wg)
 		}
+		// No new work while results cannot be delivered: it would run only to be lost, and
+		// run again elsewhere.
+		probing, ok := w.awaitDeliverable(lease)
+		if !ok {
+			return w.drain(&wg)
+		}
 		// Reserve a slot before asking for work: never hold a lease on a job that cannot start.
 		select {
 		case slots <- struct{}{}:
@@ -288,7 +297,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		}
 		n := 1
 	more:
-		for n < w.cfg.Concurrency {
+		for n < w.cfg.Concurrency && !probing {
 			select {
 			case slots <- struct{}{}:
 				n++
@@ -300,7 +309,15 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		// that the request is still wanted just before it commits a lease, so a cancelled poll
 		// normally leases nothing; a response lost after that commit leaves the job to its
 		// lease expiry, after which another worker runs it (delivery is at-least-once).
-		leased, err := w.cfg.Client.Lease(lease, n, wait)
+		// A report that starts failing cuts the poll too (see reportFailing).
+		poll, cutPoll := context.WithCancel(lease)
+		w.setPoll(cutPoll)
+		leased, err := w.cfg.Client.Lease(poll, n, wait)
+		w.setPoll(nil)
+		cutPoll()
+		if err != nil && lease.Err() == nil && poll.Err() != nil {
+			leased, err = nil, nil // cut because results cannot be delivered; not an outage
+		}
 		// The answer is the control plane's word: whatever it holds, at most n jobs run,
 		// one slot each, and the rest go back unrun.
 		leased, surplus := w.sortLease(leased, n)
@@ -466,6 +483,65 @@ func (w *Worker) untrack(j api.LeasedJob) {
 	w.inflight--
 	w.done++
 	w.notifyLocked()
+	w.mu.Unlock()
+}
+
+// awaitDeliverable waits until results can be delivered: no report is failing, and, after a
+// report was given up (probing), no job is in flight either; then one job at a time is leased
+// until a report goes through. It returns false when lease ends first.
+func (w *Worker) awaitDeliverable(lease context.Context) (probing, ok bool) {
+	for {
+		w.mu.Lock()
+		probing, ready, ch := w.probing, w.failing == 0 && (!w.probing || w.inflight == 0), w.changed
+		w.mu.Unlock()
+		if ready {
+			return probing, true
+		}
+		select {
+		case <-ch:
+		case <-lease.Done():
+			return probing, false
+		}
+	}
+}
+
+// setPoll records the cancel function of the lease poll in flight (nil when none). A poll
+// begun while a report is failing is cut at once.
+func (w *Worker) setPoll(cut context.CancelFunc) {
+	w.mu.Lock()
+	w.cutPoll = cut
+	failing := w.failing > 0
+	w.mu.Unlock()
+	if cut != nil && failing {
+		cut()
+	}
+}
+
+// reportFailing counts a report that could not be delivered (d = 1) until it is settled
+// (d = -1). The first failure cuts the lease poll in flight.
+func (w *Worker) reportFailing(d int) {
+	w.mu.Lock()
+	w.failing += d
+	cut := w.cutPoll
+	if d < 0 {
+		cut = nil
+	}
+	w.notifyLocked()
+	w.mu.Unlock()
+	if cut != nil {
+		cut()
+	}
+}
+
+// reportSettled records that the control plane answered a report (delivered bool true), or
+// that the worker gave one up after it kept failing: then the worker probes with one job at a
+// time until a report goes through.
+func (w *Worker) reportSettled(delivered bool) {
+	w.mu.Lock()
+	if w.probing == delivered {
+		w.probing = !delivered
+		w.notifyLocked()
+	}
 	w.mu.Unlock()
 }
 
@@ -722,19 +798,32 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 // surely gone: a refused (fenced) completion is final.
 func (w *Worker) complete(j api.LeasedJob, req api.CompleteRequest, log *zap.Logger) {
 	deadline := time.Now().Add(time.Until(j.LeaseExpiresAt) + time.Minute)
+	failing := false
+	defer func() {
+		if failing {
+			w.reportFailing(-1)
+		}
+	}()
 	for failures := 1; ; failures++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		_, err := w.cfg.Client.Complete(ctx, j.JobID, req)
 		cancel()
 		if err == nil {
+			w.reportSettled(true)
 			return
 		}
 		var ae *client.APIError
 		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != 429 {
+			w.reportSettled(true) // the control plane answered: results reach it
 			log.Warn("completion refused by the control plane", zap.Error(err))
 			return
 		}
+		if !failing {
+			failing = true
+			w.reportFailing(1)
+		}
 		if time.Now().After(deadline) {
+			w.reportSettled(false)
 			log.Error("could not report the result before the lease expired; the job will run again", zap.Error(err))
 			return
 		}
