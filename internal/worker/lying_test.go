@@ -251,3 +251,33 @@ func TestNoLeaseWhileResultsUndeliverable(t *testing.T) {
 		}
 	}
 }
+
+// TestReportDeadlineFollowsHeartbeats: a job whose first lease expired long ago but whose
+// heartbeats extended it still gets its result reported through a failed attempt: the report
+// deadline follows the latest expiry the control plane announced.
+func TestReportDeadlineFollowsHeartbeats(t *testing.T) {
+	t.Parallel()
+	s := newSigner(t)
+	q := newFakeQueue("alpha")
+	q.heartbeat = func(string) (api.HeartbeatResponse, error) {
+		return api.HeartbeatResponse{LeaseExpiresAt: time.Now().Add(time.Hour)}, nil
+	}
+	q.completeErr = func(call int, jobID string, req api.CompleteRequest) error {
+		if call == 1 {
+			return errOutage
+		}
+		return nil
+	}
+	r := funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result {
+		q.waitUntil(t, "heartbeats answered", func(q *fakeQueue) bool { return q.heartbeats >= 2 })
+		return runtime.Result{Output: in}
+	})
+	j := s.job(t, "long", "echo", "1.0.0", "alpha")
+	j.LeaseExpiresAt = time.Now().Add(-2 * time.Minute) // the first lease's expiry, long past
+	q.push(j)
+	startFake(t, worker.Config{Client: q, Runner: r, Catalog: catalog, Verifier: s.verifier(), Heartbeat: 5 * time.Millisecond})
+	q.waitUntil(t, "the result reported on the second try", func(q *fakeQueue) bool { return len(q.reports) == 1 })
+	if _, reports, calls := q.snapshot(); reports[0].Req.Outcome != string(outcome.OK) || calls != 2 {
+		t.Errorf("report = %s after %d calls, want ok after 2", reports[0].Req.Outcome, calls)
+	}
+}

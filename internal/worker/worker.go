@@ -556,7 +556,7 @@ func (w *Worker) notifyLocked() {
 func (w *Worker) handBack(j api.LeasedJob, why string) {
 	log := w.log.With(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
 	log.Warn("job handed back unrun", zap.String("reason", why))
-	w.complete(j, api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: string(outcome.Cancelled),
+	w.complete(j, newExpiry(j.LeaseExpiresAt), api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: string(outcome.Cancelled),
 		ErrorMessage: "handed back unrun: " + why, Retryable: boolPtr(true)}, log)
 }
 
@@ -631,10 +631,11 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	defer cancel(nil)
 
 	// Heartbeats run for the whole job, including verification and reporting.
+	exp := newExpiry(j.LeaseExpiresAt)
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		w.heartbeat(ctx, cancel, j, hb, log)
+		w.heartbeat(ctx, cancel, j, exp, hb, log)
 	}()
 	defer func() {
 		cancel(nil)
@@ -718,7 +719,7 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 		}
 	}
 	release()
-	w.complete(j, req, log)
+	w.complete(j, exp, req, log)
 }
 
 // step reports one step of a job to the observer.
@@ -765,7 +766,7 @@ func (w *Worker) run(ctx context.Context, j api.LeasedJob) runtime.Result {
 	return w.cfg.Runner.Run(ctx, j.Task, j.JobID, j.Input)
 }
 
-func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, every time.Duration, log *zap.Logger) {
+func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, exp *expiry, every time.Duration, log *zap.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -777,6 +778,9 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 		hctx, hcancel := context.WithTimeout(context.Background(), every)
 		resp, err := w.cfg.Client.Heartbeat(hctx, j.LeaseToken)
 		hcancel()
+		if err == nil {
+			exp.extend(resp.LeaseExpiresAt)
+		}
 		switch {
 		case err == nil && resp.CancelRequested, client.IsCode(err, api.CodeJobCancelled):
 			log.Info("control plane asked to cancel the job")
@@ -794,10 +798,31 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 	}
 }
 
+// expiry is the latest expiry of one lease: the leased one, then each heartbeat's.
+type expiry struct{ unixNano atomic.Int64 }
+
+func newExpiry(t time.Time) *expiry {
+	e := &expiry{}
+	e.unixNano.Store(t.UnixNano())
+	return e
+}
+
+// extend moves the expiry to t if t is later.
+func (e *expiry) extend(t time.Time) {
+	n := t.UnixNano()
+	for {
+		old := e.unixNano.Load()
+		if n <= old || e.unixNano.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+func (e *expiry) get() time.Time { return time.Unix(0, e.unixNano.Load()) }
+
 // complete reports the result, retrying through control-plane outages until the lease is
 // surely gone: a refused (fenced) completion is final.
-func (w *Worker) complete(j api.LeasedJob, req api.CompleteRequest, log *zap.Logger) {
-	deadline := time.Now().Add(time.Until(j.LeaseExpiresAt) + time.Minute)
+func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest, log *zap.Logger) {
 	failing := false
 	defer func() {
 		if failing {
@@ -822,7 +847,9 @@ func (w *Worker) complete(j api.LeasedJob, req api.CompleteRequest, log *zap.Log
 			failing = true
 			w.reportFailing(1)
 		}
-		if time.Now().After(deadline) {
+		// The lease lasts until the latest expiry a heartbeat announced, plus a margin for
+		// the control plane's reaper.
+		if time.Now().After(exp.get().Add(time.Minute)) {
 			w.reportSettled(false)
 			log.Error("could not report the result before the lease expired; the job will run again", zap.Error(err))
 			return
