@@ -164,7 +164,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if err != nil {
 		return usageError{err}
 	}
-	defer func() { _ = engine.Close(context.Background()) }()
+	defer closeWithin(log, "the sandbox engine", func() { _ = engine.Close(context.Background()) })
 	obs, err := newObservability(ctx, cfg, stateDir, red, log)
 	if err != nil {
 		return usageError{err}
@@ -176,7 +176,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if err != nil {
 		return usageError{err}
 	}
-	defer set.Close(context.Background())
+	defer closeWithin(log, "the tasks", func() { set.Close(context.Background()) })
 
 	var queue worker.Queue
 	if natsMode {
@@ -248,6 +248,23 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	default:
 	}
 	return nil
+}
+
+// closeWait bounds each close at exit: a guest abandoned at shutdown may still be inside
+// its module, and whatever closing does with it must not hold the process.
+const closeWait = 5 * time.Second
+
+// closeWithin runs closeIt and waits at most closeWait for it to return.
+func closeWithin(log *zap.Logger, what string, closeIt func()) {
+	done := make(chan struct{})
+	go func() { defer close(done); closeIt() }()
+	t := time.NewTimer(closeWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Warn("closing did not finish in time; exiting anyway", zap.String("what", what), zap.Duration("waited", closeWait))
+	}
 }
 
 func workerStateDir(flag string) (string, error) {

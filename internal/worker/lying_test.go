@@ -281,3 +281,51 @@ func TestReportDeadlineFollowsHeartbeats(t *testing.T) {
 		t.Errorf("report = %s after %d calls, want ok after 2", reports[0].Req.Outcome, calls)
 	}
 }
+
+// TestShutdownBoundedWhateverTheGuest: a task that ignores cancellation and never returns does
+// not hold the worker: StopTimeout after the jobs are cancelled Run gives up on it, reports it
+// cancelled and retryable, and returns an error saying so; with the control plane down as
+// well, it still returns in bounded time.
+func TestShutdownBoundedWhateverTheGuest(t *testing.T) {
+	t.Parallel()
+	for _, down := range []bool{false, true} {
+		t.Run(fmt.Sprintf("control plane down=%v", down), func(t *testing.T) {
+			t.Parallel()
+			s := newSigner(t)
+			q := newFakeQueue("alpha")
+			if down {
+				q.completeErr = func(int, string, api.CompleteRequest) error { return errOutage }
+			}
+			never := make(chan struct{})
+			t.Cleanup(func() { close(never) })
+			started := make(chan struct{}, 1)
+			r := funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result {
+				started <- struct{}{}
+				<-never // ignores ctx, as a host call that never returns would
+				return runtime.Result{Output: in}
+			})
+			q.push(s.job(t, "stuck", "echo", "1.0.0", "alpha"))
+			const stop = 200 * time.Millisecond
+			rw := startFake(t, worker.Config{Client: q, Runner: r, Catalog: catalog, Verifier: s.verifier(), StopTimeout: stop})
+			<-started
+			rw.stopLease()
+			rw.cancelJobs()
+			select {
+			case err := <-rw.done:
+				if err == nil || !strings.Contains(err.Error(), "abandon") {
+					t.Errorf("Run = %v, want an error saying a job was abandoned", err)
+				}
+				rw.done <- nil
+			case <-time.After(2*stop + 5*time.Second):
+				t.Fatal("Run did not return after the stop timeout")
+			}
+			if down {
+				return
+			}
+			_, reports, _ := q.snapshot()
+			if len(reports) != 1 || reports[0].Req.Outcome != string(outcome.Cancelled) || !retryable(reports[0].Req) {
+				t.Errorf("reports = %+v, want the stuck job reported cancelled and retryable", reports)
+			}
+		})
+	}
+}

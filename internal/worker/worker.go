@@ -90,6 +90,11 @@ type Config struct {
 	Version string
 	// Concurrency is the number of jobs run at once. Optional; default 2.
 	Concurrency int
+	// StopTimeout bounds shutdown once the jobs context is cancelled: Run waits that long for
+	// running jobs to return and be reported, then abandons the ones still running (a guest
+	// stuck in a call that ignores cancellation), reports them cancelled and retryable, waits
+	// at most that long again for those reports, and returns. Optional; default 10s.
+	StopTimeout time.Duration
 	// LeaseWait is the long-poll wait. Optional; default 30s.
 	LeaseWait time.Duration
 	// Heartbeat is the interval between heartbeats. Optional; default a third of the lease TTL
@@ -168,6 +173,12 @@ type Worker struct {
 	probing  bool               // a report was given up: lease one job at a time
 	cutPoll  context.CancelFunc // cancels the lease poll in flight; nil when none
 	changed  chan struct{}      // closed and replaced at every change of the fields above
+
+	// Shutdown's last resort: abandon is closed when running jobs are given up on, and
+	// reports (every report's context) is cancelled when their results are.
+	abandon    chan struct{}
+	reports    context.Context
+	cutReports context.CancelFunc
 }
 
 // New returns a Worker.
@@ -181,6 +192,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 2
 	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
 	if cfg.LeaseWait <= 0 {
 		cfg.LeaseWait = 30 * time.Second
 	}
@@ -193,7 +207,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{})}
+	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{}), abandon: make(chan struct{})}
+	w.reports, w.cutReports = context.WithCancel(context.Background())
 	w.setCatalog(cfg.Catalog)
 	return w, nil
 }
@@ -252,6 +267,9 @@ func (w *Worker) followCatalog(ctx context.Context) {
 // jobs (the second stage) cancels the running jobs. Run returns nil after a clean drain.
 // Control-plane outages are retried with backoff for as long as lease is not cancelled.
 func (w *Worker) Run(lease, jobs context.Context) error {
+	lease, stopLeasing := context.WithCancel(lease)
+	defer stopLeasing()
+	defer context.AfterFunc(jobs, stopLeasing)() // cancelling jobs stops leasing too
 	reg, err := w.register(lease)
 	if err != nil {
 		return err
@@ -281,19 +299,19 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 	failures := 0
 	for {
 		if lease.Err() != nil {
-			return w.drain(&wg)
+			return w.drain(jobs, &wg)
 		}
 		// No new work while results cannot be delivered: it would run only to be lost, and
 		// run again elsewhere.
 		probing, ok := w.awaitDeliverable(lease)
 		if !ok {
-			return w.drain(&wg)
+			return w.drain(jobs, &wg)
 		}
 		// Reserve a slot before asking for work: never hold a lease on a job that cannot start.
 		select {
 		case slots <- struct{}{}:
 		case <-lease.Done():
-			return w.drain(&wg)
+			return w.drain(jobs, &wg)
 		}
 		n := 1
 	more:
@@ -333,7 +351,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		}
 		if err != nil {
 			if lease.Err() != nil || jobs.Err() != nil {
-				return w.drain(&wg)
+				return w.drain(jobs, &wg)
 			}
 			failures++
 			w.observe(lease, Event{Kind: LeaseFailed, Reason: err.Error()})
@@ -341,7 +359,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			w.log.Warn("lease failed; retrying", zap.Error(err), zap.Duration("in", d))
 			if client.IsCode(err, api.CodeNotRegistered) {
 				if _, err := w.register(lease); err != nil {
-					_ = w.drain(&wg)
+					_ = w.drain(jobs, &wg)
 					if lease.Err() != nil {
 						return nil
 					}
@@ -349,7 +367,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 				}
 			}
 			if !sleep(lease, d) {
-				return w.drain(&wg)
+				return w.drain(jobs, &wg)
 			}
 			continue
 		}
@@ -425,16 +443,52 @@ func (r *runners) loop(f func()) {
 // stop makes idle goroutines exit; busy ones exit after their job.
 func (r *runners) stop() { close(r.quit) }
 
-func (w *Worker) drain(wg *sync.WaitGroup) error {
-	w.mu.Lock()
-	n := w.inflight
-	w.mu.Unlock()
-	if n > 0 {
+// drain waits for the jobs in flight to finish and be reported. Once jobs is cancelled the
+// wait is bounded: after StopTimeout the jobs still running are abandoned (reported as
+// cancelled and retryable by their handlers), and after StopTimeout more the reports still
+// pending are cut, whatever the guests or the control plane do.
+func (w *Worker) drain(jobs context.Context, wg *sync.WaitGroup) error {
+	idle := make(chan struct{})
+	go func() { wg.Wait(); close(idle) }()
+	if n := w.inFlight(); n > 0 {
 		w.log.Info("draining: no new jobs; waiting for running jobs to finish", zap.Int("running", n))
 	}
-	wg.Wait()
+	select {
+	case <-idle:
+		return w.stopped()
+	case <-jobs.Done():
+	}
+	stop := time.NewTimer(w.cfg.StopTimeout)
+	defer stop.Stop()
+	select {
+	case <-idle:
+		return w.stopped()
+	case <-stop.C:
+	}
+	n := w.inFlight()
+	w.log.Error("jobs still running or unreported after cancellation; abandoning them, reported for another attempt",
+		zap.Int("jobs", n), zap.Duration("stop_timeout", w.cfg.StopTimeout))
+	close(w.abandon)
+	stop.Reset(w.cfg.StopTimeout)
+	select {
+	case <-idle:
+	case <-stop.C:
+		w.log.Error("results still unreported at the stop timeout; those jobs run again once their lease expires")
+		w.cutReports()
+	}
+	_ = w.stopped()
+	return fmt.Errorf("worker: %d job(s) abandoned at shutdown: still running or unreported %s after cancellation", n, w.cfg.StopTimeout)
+}
+
+func (w *Worker) stopped() error {
 	w.log.Info("worker stopped", zap.Int("jobs_run", w.Done()))
 	return nil
+}
+
+func (w *Worker) inFlight() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.inflight
 }
 
 // surplusJob is a leased job the worker hands back unrun, and why.
@@ -682,7 +736,7 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	} else if auditErr == nil && req.Outcome == "" {
 		log.Info("job started")
 		jctx = w.step(jctx, ev, JobStarted)
-		res := w.run(jctx, j)
+		res := w.runUnlessAbandoned(jctx, j)
 		req.DurationMS = res.Duration.Milliseconds()
 		req.ModuleDigest = res.Digest
 		ev.HTTPCalls, ev.Instantiate = res.HTTPCalls, res.Instantiate
@@ -758,6 +812,20 @@ func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
 	return nil
 }
 
+// runUnlessAbandoned runs an admitted job, and stops waiting for it when shutdown abandons
+// running jobs: a guest stuck in a call that ignores its context cannot hold the worker. The
+// abandoned run's goroutine is left behind; the process is about to exit.
+func (w *Worker) runUnlessAbandoned(ctx context.Context, j api.LeasedJob) runtime.Result {
+	done := make(chan runtime.Result, 1)
+	go func() { done <- w.run(ctx, j) }()
+	select {
+	case res := <-done:
+		return res
+	case <-w.abandon:
+		return runtime.Result{Err: outcome.New(outcome.Cancelled, "the worker shut down and the task did not stop when cancelled; abandoned")}
+	}
+}
+
 // run runs an admitted job on exactly the version its approval names.
 func (w *Worker) run(ctx context.Context, j api.LeasedJob) runtime.Result {
 	if vr, ok := w.cfg.Runner.(VersionRunner); ok {
@@ -775,7 +843,7 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 			return
 		case <-t.C:
 		}
-		hctx, hcancel := context.WithTimeout(context.Background(), every)
+		hctx, hcancel := context.WithTimeout(ctx, every)
 		resp, err := w.cfg.Client.Heartbeat(hctx, j.LeaseToken)
 		hcancel()
 		if err == nil {
@@ -830,7 +898,7 @@ func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest,
 		}
 	}()
 	for failures := 1; ; failures++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(w.reports, 30*time.Second)
 		_, err := w.cfg.Client.Complete(ctx, j.JobID, req)
 		cancel()
 		if err == nil {
@@ -856,7 +924,10 @@ func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest,
 		}
 		d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
 		log.Warn("reporting the result failed; retrying", zap.Error(err), zap.Duration("in", d))
-		time.Sleep(d)
+		if !sleep(w.reports, d) {
+			log.Error("shutdown: the result was not reported; the job will run again", zap.Error(err))
+			return
+		}
 	}
 }
 
