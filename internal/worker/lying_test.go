@@ -230,7 +230,9 @@ func TestNoLeaseWhileResultsUndeliverable(t *testing.T) {
 		}
 		return errOutage
 	}
-	r := funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result { return runtime.Result{Output: in} })
+	r := funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result {
+		return runtime.Result{Output: in}
+	})
 	q.push(s.job(t, "a", "echo", "1.0.0", "alpha"))
 	startFake(t, worker.Config{Client: q, Runner: r, Catalog: catalog, Verifier: s.verifier(), Concurrency: 2, LeaseWait: 50 * time.Millisecond})
 	q.waitUntil(t, "a failing report and no poll in flight", func(q *fakeQueue) bool { return q.calls >= 3 && q.inLease == 0 })
