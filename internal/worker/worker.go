@@ -15,11 +15,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/approval"
@@ -100,8 +100,9 @@ type Config struct {
 	// Heartbeat is the interval between heartbeats. Optional; default a third of the lease TTL
 	// the control plane announces at registration.
 	Heartbeat time.Duration
-	// Backoff bounds the wait after a failed control-plane call: exponential with full jitter
-	// from BackoffMin to BackoffMax. Optional; defaults 500ms and 30s.
+	// Backoff shapes the waits between failed control-plane calls: exponential from
+	// BackoffMin, doubling up to BackoffMax, each wait randomised by ±50%
+	// (github.com/cenkalti/backoff/v5). Optional; defaults 500ms and 30s.
 	BackoffMin, BackoffMax time.Duration
 	// Log is the worker's logger.
 	Log *zap.Logger
@@ -242,22 +243,26 @@ func (w *Worker) followCatalog(ctx context.Context) {
 		case tasks = <-w.cfg.CatalogUpdates:
 		}
 		w.setCatalog(tasks)
-		for failures := 1; ; failures++ {
+		b := w.newBackoff()
+		for {
 			_, err := w.cfg.Client.PublishCatalog(ctx, tasks)
 			if err == nil {
 				w.log.Info("catalog republished", zap.Int("tasks", len(tasks)))
 				break
 			}
-			d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+			d := b.NextBackOff()
 			w.log.Warn("republishing the catalog failed; retrying", zap.Error(err), zap.Duration("in", d))
+			t := time.NewTimer(d)
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
 			case tasks = <-w.cfg.CatalogUpdates:
 				w.setCatalog(tasks)
-				failures = 0
-			case <-time.After(d):
+				b.Reset()
+			case <-t.C:
 			}
+			t.Stop()
 		}
 	}
 }
@@ -293,10 +298,8 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		go w.followCatalog(lease)
 	}
 	slots := make(chan struct{}, w.cfg.Concurrency)
-	rn := newRunners()
-	defer rn.stop() // after drain: every job has finished
 	var wg sync.WaitGroup
-	failures := 0
+	retry := w.newBackoff()
 	for {
 		if lease.Err() != nil {
 			return w.drain(jobs, &wg)
@@ -353,9 +356,8 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			if lease.Err() != nil || jobs.Err() != nil {
 				return w.drain(jobs, &wg)
 			}
-			failures++
 			w.observe(lease, Event{Kind: LeaseFailed, Reason: err.Error()})
-			d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+			d := retry.NextBackOff()
 			w.log.Warn("lease failed; retrying", zap.Error(err), zap.Duration("in", d))
 			if client.IsCode(err, api.CodeNotRegistered) {
 				if _, err := w.register(lease); err != nil {
@@ -371,10 +373,10 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			}
 			continue
 		}
-		failures = 0
+		retry.Reset()
 		for _, j := range leased {
 			wg.Add(1)
-			rn.run(func() {
+			go func() {
 				// The run slot is freed as soon as the sandbox is done with the job, before the
 				// result is reported: reporting is I/O that waits on the control plane's commit,
 				// and holding the slot through it would delay the next lease by that much. The
@@ -387,61 +389,10 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 					wg.Done()
 				}()
 				w.handle(jobs, j, hb, release)
-			})
+			}()
 		}
 	}
 }
-
-// runners runs jobs on goroutines that, once done, wait a while for the next job instead
-// of exiting. A fresh goroutine per job grew its stack from the minimum again each time,
-// copying it at every doubling: about 10 µs of each job at thousands of jobs a second.
-type runners struct {
-	work chan func()
-	quit chan struct{}
-	live atomic.Int64 // goroutines running loop, for tests
-	idle atomic.Int64 // of those, waiting for a job, for tests
-}
-
-// runnerIdle is how long a goroutine waits for another job before it exits.
-const runnerIdle = 10 * time.Second
-
-func newRunners() *runners {
-	return &runners{work: make(chan func()), quit: make(chan struct{})}
-}
-
-// run runs f on an idle goroutine, or a new one if none is idle. It never blocks.
-func (r *runners) run(f func()) {
-	select {
-	case r.work <- f:
-	default:
-		go r.loop(f)
-	}
-}
-
-func (r *runners) loop(f func()) {
-	r.live.Add(1)
-	defer r.live.Add(-1)
-	idle := time.NewTimer(runnerIdle)
-	defer idle.Stop()
-	for {
-		f()
-		idle.Reset(runnerIdle)
-		r.idle.Add(1)
-		select {
-		case f = <-r.work:
-			r.idle.Add(-1)
-		case <-idle.C:
-			r.idle.Add(-1)
-			return
-		case <-r.quit:
-			r.idle.Add(-1)
-			return
-		}
-	}
-}
-
-// stop makes idle goroutines exit; busy ones exit after their job.
-func (r *runners) stop() { close(r.quit) }
 
 // drain waits for the jobs in flight to finish and be reported. Once jobs is cancelled the
 // wait is bounded: after StopTimeout the jobs still running are abandoned (reported as
@@ -623,7 +574,8 @@ func (w *Worker) Done() int {
 
 // register registers and publishes the catalog, retrying with backoff while ctx lives.
 func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
-	for failures := 1; ; failures++ {
+	b := w.newBackoff()
+	for {
 		reg, err := w.cfg.Client.Register(ctx, api.RegisterRequest{Name: w.cfg.Name, AgentVersion: w.cfg.Version})
 		if err == nil {
 			if err := w.pinPool(reg.Pool); err != nil {
@@ -642,7 +594,7 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 			// A bad token or a bad catalog does not fix itself: stop and say so.
 			return reg, fmt.Errorf("register with the control plane: %w", err)
 		}
-		d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+		d := b.NextBackOff()
 		w.log.Warn("control plane unreachable; retrying", zap.Error(err), zap.Duration("in", d))
 		if !sleep(ctx, d) {
 			return reg, ctx.Err()
@@ -897,7 +849,8 @@ func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest,
 			w.reportFailing(-1)
 		}
 	}()
-	for failures := 1; ; failures++ {
+	b := w.newBackoff()
+	for {
 		ctx, cancel := context.WithTimeout(w.reports, 30*time.Second)
 		_, err := w.cfg.Client.Complete(ctx, j.JobID, req)
 		cancel()
@@ -922,7 +875,7 @@ func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest,
 			log.Error("could not report the result before the lease expired; the job will run again", zap.Error(err))
 			return
 		}
-		d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+		d := b.NextBackOff()
 		log.Warn("reporting the result failed; retrying", zap.Error(err), zap.Duration("in", d))
 		if !sleep(w.reports, d) {
 			log.Error("shutdown: the result was not reported; the job will run again", zap.Error(err))
@@ -931,20 +884,12 @@ func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest,
 	}
 }
 
-// backoff is exponential with full jitter.
-func backoff(min, max time.Duration, failures int) time.Duration {
-	d := min << min64(failures-1, 20)
-	if d > max || d <= 0 {
-		d = max
-	}
-	return min/2 + rand.N(d)
-}
-
-func min64(a, b int) int {
-	if a < b {
-		return a
-	}
-	return b
+// newBackoff returns the retry schedule of one sequence of failed control-plane calls:
+// exponential from BackoffMin, doubling up to BackoffMax, each wait randomised by ±50% so
+// that workers cut off together do not come back together.
+func (w *Worker) newBackoff() *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{InitialInterval: w.cfg.BackoffMin, RandomizationFactor: 0.5,
+		Multiplier: 2, MaxInterval: w.cfg.BackoffMax}
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
