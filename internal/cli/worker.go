@@ -65,7 +65,8 @@ func workerCommand() *cli.Command {
 			"in the local log.\n\n" +
 			"Shutdown: the first SIGTERM/SIGINT stops leasing and lets running jobs finish (\"draining\");\n" +
 			"a second signal, or --grace elapsing, cancels them (reported cancelled and retryable, so\n" +
-			"another worker runs them). Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
+			"another worker runs them); a task still running 10s after that is abandoned, reported the same\n" +
+			"way, and the process exits. Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
 			"at shutdown, 2 configuration error (nothing ran).\n\n" +
 			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. Every flag can also come from\n" +
 			"CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to values; flags and env win).\n\n" +

@@ -6,6 +6,7 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -330,4 +331,99 @@ func TestShutdownBoundedWhateverTheGuest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAnyLeaseAnswer: for generated lease answers (none, fewer, as many or up to three times
+// as many jobs as asked, with repeats of a lease and of a job under another lease token), the
+// worker never runs more jobs at once than its concurrency nor more than a lease asked for,
+// reports every distinct lease exactly once, keeps leasing, and drains when told.
+func TestAnyLeaseAnswer(t *testing.T) {
+	t.Parallel()
+	s := newSigner(t)
+	q := newFakeQueue("alpha")
+	rng := rand.New(rand.NewPCG(1, 13))
+	const rounds, concurrency = 150, 3
+	leases := map[[2]string]bool{}
+	var answered []api.LeasedJob
+	next := 0
+	q.onLease = func(q *fakeQueue) {
+		if q.leases > rounds {
+			return
+		}
+		max := q.asked[len(q.asked)-1]
+		var answer []api.LeasedJob
+		for range rng.IntN(3*max + 1) {
+			switch c := rng.IntN(6); {
+			case c == 0 && len(answer) > 0: // the same lease again
+				answer = append(answer, answer[rng.IntN(len(answer))])
+			case c == 1 && len(answer) > 0: // the same job under another lease
+				j := answer[rng.IntN(len(answer))]
+				j.LeaseToken += "-again"
+				answer = append(answer, j)
+			default:
+				next++
+				answer = append(answer, s.job(t, fmt.Sprintf("job-%d", next), "echo", "1.0.0", "alpha"))
+			}
+		}
+		for _, j := range answer {
+			leases[[2]string{j.JobID, j.LeaseToken}] = true
+		}
+		answered = append(answered, answer...)
+		q.pending = append(q.pending, answer)
+	}
+	var mu sync.Mutex
+	running, maxRunning := 0, 0
+	r := funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result {
+		mu.Lock()
+		running++
+		maxRunning = max(maxRunning, running)
+		mu.Unlock()
+		defer func() { mu.Lock(); running--; mu.Unlock() }()
+		return runtime.Result{Output: in}
+	})
+	rw := startFake(t, worker.Config{Client: q, Runner: r, Catalog: catalog, Verifier: s.verifier(),
+		Concurrency: concurrency, LeaseWait: 20 * time.Millisecond})
+	q.waitUntil(t, "every generated lease answered and reported", func(q *fakeQueue) bool {
+		return q.leases > rounds && len(q.reports) >= len(leases)
+	})
+	rw.stopLease()
+	select {
+	case err := <-rw.done:
+		if err != nil {
+			t.Errorf("Run after drain = %v, want nil", err)
+		}
+		rw.done <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return 10s after the drain began")
+	}
+	_, reports, _ := q.snapshot()
+	got := map[[2]string]int{}
+	ran := 0
+	for _, rep := range reports {
+		got[[2]string{rep.JobID, rep.Req.LeaseToken}]++
+		switch {
+		case rep.Req.Outcome == string(outcome.OK):
+			ran++
+		case rep.Req.Outcome != string(outcome.Cancelled) || !retryable(rep.Req):
+			t.Errorf("job %s (lease %s) = %s %q, want run or handed back retryable", rep.JobID, rep.Req.LeaseToken, rep.Req.Outcome, rep.Req.ErrorMessage)
+		}
+	}
+	for l := range leases {
+		if got[l] != 1 {
+			t.Errorf("lease %v reported %d times, want once", l, got[l])
+		}
+	}
+	if len(got) != len(leases) {
+		t.Errorf("%d distinct leases reported, want the %d answered", len(got), len(leases))
+	}
+	q.mu.Lock()
+	asked := 0
+	for _, n := range q.asked[:rounds] {
+		asked += n
+	}
+	q.mu.Unlock()
+	if ran > asked || maxRunning > concurrency {
+		t.Errorf("%d jobs ran (%d asked for), at most %d at once; want at most what was asked, at most %d at once", ran, asked, maxRunning, concurrency)
+	}
+	t.Logf("%d answers, %d jobs answered, %d ran, %d handed back", rounds, len(answered), ran, len(reports)-ran)
 }

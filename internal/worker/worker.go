@@ -4,10 +4,19 @@
 // error message, the duration and the module digest.
 //
 // It opens no port. It reserves a run slot before it asks for work, so it never holds a lease
-// on a job it cannot start (Temporal's poller does the same). It heartbeats while a job runs
-// and cancels the job when the control plane says so. Shutdown has two stages, as in the
-// Buildkite agent: the first stops leasing and lets running jobs finish; the second cancels
-// them, and they are reported as cancelled and retryable, so another worker picks them up.
+// on a job it cannot start (Temporal's poller does the same), and whatever a lease answers, at
+// most the jobs it asked for run: the rest are handed back unrun. It takes no new work while
+// a result cannot be delivered. It heartbeats while a job runs and cancels the job when the
+// control plane says so.
+//
+// The control plane is not trusted with what runs: each approval is checked against the
+// worker's own pool, and a job runs on exactly the task version its approval names, or is
+// handed back (cancelled, retryable) when that version is not loaded at that moment.
+//
+// Shutdown has two stages, as in the Buildkite agent: the first stops leasing and lets
+// running jobs finish; the second cancels them, and they are reported as cancelled and
+// retryable, so another worker picks them up. The second stage is bounded (StopTimeout): a
+// task that does not stop is abandoned, reported the same way, and Run returns.
 package worker
 
 import (
