@@ -38,6 +38,7 @@ type WorkerConfig struct {
 	CacheDir    string   // compilation cache; "" for the user cache dir, "off" for none
 	Concurrency int
 	Grace       time.Duration // drain period after the first signal before jobs are cancelled
+	StopTimeout time.Duration // after cancellation, how long before jobs that did not stop are abandoned
 	Name        string
 	LogLevel    string
 	LogFormat   string
@@ -65,8 +66,8 @@ func workerCommand() *cli.Command {
 			"in the local log.\n\n" +
 			"Shutdown: the first SIGTERM/SIGINT stops leasing and lets running jobs finish (\"draining\");\n" +
 			"a second signal, or --grace elapsing, cancels them (reported cancelled and retryable, so\n" +
-			"another worker runs them); a task still running 10s after that is abandoned, reported the same\n" +
-			"way, and the process exits. Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
+			"another worker runs them); a task still running --stop-timeout after that is abandoned, reported\n" +
+			"the same way, and the process exits. Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
 			"at shutdown, 2 configuration error (nothing ran).\n\n" +
 			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. Every flag can also come from\n" +
 			"CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to values; flags and env win).\n\n" +
@@ -84,6 +85,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache-dir", Usage: "compilation cache `DIR` (\"off\" to disable)", EnvVars: []string{"CASTELLAN_CACHE_DIR"}, Destination: &cfg.CacheDir},
 			&cli.IntFlag{Name: "concurrency", Usage: "jobs run at once", EnvVars: []string{"CASTELLAN_CONCURRENCY"}, Value: 2, Destination: &cfg.Concurrency},
 			&cli.DurationFlag{Name: "grace", Usage: "how long running jobs may finish after the first signal", EnvVars: []string{"CASTELLAN_GRACE"}, Value: 5 * time.Minute, Destination: &cfg.Grace},
+			&cli.DurationFlag{Name: "stop-timeout", Usage: "after the jobs are cancelled, how long a task may take to stop before it is abandoned (reported for retry) and the process exits", EnvVars: []string{"CASTELLAN_STOP_TIMEOUT"}, Value: 10 * time.Second, Destination: &cfg.StopTimeout},
 			&cli.StringFlag{Name: "name", Usage: "worker `NAME` shown in the control plane (default the host name)", EnvVars: []string{"CASTELLAN_NAME"}, Destination: &cfg.Name},
 			&cli.StringFlag{Name: "plugins", Usage: "serve and hot-load the plugins in `DIR`", EnvVars: []string{"CASTELLAN_PLUGINS"}, Destination: &cfg.PluginsDir},
 			&cli.StringFlag{Name: "audit-log", Usage: "tamper-evident audit log `FILE` (default STATE-DIR/audit.log)", EnvVars: []string{"CASTELLAN_AUDIT_LOG"}, Destination: &cfg.AuditLog},
@@ -165,7 +167,14 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if err != nil {
 		return usageError{err}
 	}
-	defer closeWithin(log, "the sandbox engine", func() { _ = engine.Close(context.Background()) })
+	// After a job was abandoned its guest may still be inside a module: nothing waits on
+	// closing then, the process is about to exit.
+	abandoned := false
+	defer func() {
+		if !abandoned {
+			closeWithin(log, "the sandbox engine", func() { _ = engine.Close(context.Background()) })
+		}
+	}()
 	obs, err := newObservability(ctx, cfg, stateDir, red, log)
 	if err != nil {
 		return usageError{err}
@@ -177,7 +186,11 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if err != nil {
 		return usageError{err}
 	}
-	defer closeWithin(log, "the tasks", func() { set.Close(context.Background()) })
+	defer func() {
+		if !abandoned {
+			closeWithin(log, "the tasks", func() { set.Close(context.Background()) })
+		}
+	}()
 
 	var queue worker.Queue
 	if natsMode {
@@ -202,7 +215,8 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	w, err := worker.New(worker.Config{
 		Client: queue, Runner: set, Catalog: set.Catalog(), CatalogUpdates: set.Updates(),
 		Verifier: approval.NewVerifier(keys, replay),
-		Pool:     cfg.Pool, Name: name, Version: Version, Concurrency: cfg.Concurrency, Log: log.Named("worker"),
+		Pool:     cfg.Pool, Name: name, Version: Version, Concurrency: cfg.Concurrency, StopTimeout: cfg.StopTimeout,
+		Log:   log.Named("worker"),
 		Audit: obs.audit, Observer: obs.observer,
 	})
 	if err != nil {
@@ -238,6 +252,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		cancelJobs()
 	}()
 	err = w.Run(lease, jobs)
+	abandoned = errors.Is(err, worker.ErrAbandoned)
 	close(done)
 	if err != nil {
 		log.Error("worker stopped", zap.Error(err))

@@ -5,6 +5,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -315,7 +316,7 @@ func TestShutdownBoundedWhateverTheGuest(t *testing.T) {
 			rw.cancelJobs()
 			select {
 			case err := <-rw.done:
-				if err == nil || !strings.Contains(err.Error(), "abandon") {
+				if err == nil || !errors.Is(err, worker.ErrAbandoned) {
 					t.Errorf("Run = %v, want an error saying a job was abandoned", err)
 				}
 				rw.done <- nil

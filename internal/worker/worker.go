@@ -437,8 +437,13 @@ func (w *Worker) drain(jobs context.Context, wg *sync.WaitGroup) error {
 		w.cutReports()
 	}
 	_ = w.stopped()
-	return fmt.Errorf("worker: %d job(s) abandoned at shutdown: still running or unreported %s after cancellation", n, w.cfg.StopTimeout)
+	return fmt.Errorf("%w: %d job(s) still running or unreported %s after cancellation", ErrAbandoned, n, w.cfg.StopTimeout)
 }
+
+// ErrAbandoned is returned by Run when shutdown gave up on jobs that did not stop or whose
+// results could not be reported within StopTimeout. A guest may still be running inside its
+// module: exit rather than wait on closing it.
+var ErrAbandoned = errors.New("worker: jobs abandoned at shutdown")
 
 func (w *Worker) stopped() error {
 	w.log.Info("worker stopped", zap.Int("jobs_run", w.Done()))
