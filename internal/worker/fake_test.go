@@ -35,6 +35,7 @@ type fakeQueue struct {
 	pending [][]api.LeasedJob // answers to the next Lease calls, in order
 	leases  int               // Lease calls made
 	inLease int               // Lease calls not returned yet
+	live    int               // Lease calls entered with a live context
 	asked   []int             // max of each Lease call
 	reports []report          // successful Complete calls
 	calls   int               // Complete calls, failed or not
@@ -83,6 +84,9 @@ func (q *fakeQueue) Lease(ctx context.Context, max int, wait time.Duration) ([]a
 	q.mu.Lock()
 	q.leases++
 	q.inLease++
+	if ctx.Err() == nil {
+		q.live++
+	}
 	defer func() {
 		q.mu.Lock()
 		q.inLease--

@@ -342,7 +342,11 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		// A report that starts failing cuts the poll too (see reportFailing).
 		poll, cutPoll := context.WithCancel(lease)
 		w.setPoll(cutPoll)
-		leased, err := w.cfg.Client.Lease(poll, n, wait)
+		var leased []api.LeasedJob
+		var err error
+		if poll.Err() == nil { // not cut already
+			leased, err = w.cfg.Client.Lease(poll, n, wait)
+		}
 		w.setPoll(nil)
 		cutPoll()
 		if err != nil && lease.Err() == nil && poll.Err() != nil {
