@@ -10,12 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/internal/logging"
 	"github.com/castellan-dev/castellan/internal/tasks"
+	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/policy"
 	"github.com/castellan-dev/castellan/redact"
 	"github.com/castellan-dev/castellan/runtime"
@@ -103,7 +105,14 @@ func Run(ctx context.Context, cfg RunConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	defer func() { _ = engine.Close(context.Background()) }()
+	// A task abandoned at its deadline may still be inside a host call: nothing waits on
+	// closing then, the process is about to exit.
+	abandoned := false
+	defer func() {
+		if !abandoned {
+			_ = engine.Close(context.Background())
+		}
+	}()
 
 	set, err := tasks.Load(ctx, tasks.Options{
 		Policy: pol, Engine: engine, Secrets: store, Redactor: red, Log: log,
@@ -113,13 +122,22 @@ func Run(ctx context.Context, cfg RunConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	defer set.Close(context.Background())
+	defer func() {
+		if !abandoned {
+			set.Close(context.Background())
+		}
+	}()
 
 	jobID := cfg.JobID
 	if jobID == "" {
 		jobID = "local-" + randomID()
 	}
-	res := set.Run(ctx, cfg.Task, jobID, input)
+	timeout := runtime.DefaultTimeout
+	if t, ok := set.Get(cfg.Task); ok && t.Policy.Limits.Timeout > 0 {
+		timeout = t.Policy.Limits.Timeout
+	}
+	var res runtime.Result
+	res, abandoned = runBounded(ctx, set, cfg.Task, jobID, input, timeout)
 	log.Info("job finished", zap.String("task", cfg.Task), zap.String("job", jobID),
 		zap.String("outcome", string(res.Code())), zap.Duration("duration", res.Duration),
 		zap.Int("http_calls", res.HTTPCalls))
@@ -134,6 +152,28 @@ func Run(ctx context.Context, cfg RunConfig, stdout, stderr io.Writer) error {
 		_, err = io.WriteString(stdout, "\n")
 	}
 	return err
+}
+
+// runOverrun is how long past its deadline `castellan run` waits for a task that has not
+// stopped before it gives up on it.
+const runOverrun = 2 * time.Second
+
+// runBounded runs the job and returns at the latest runOverrun after its deadline, with a
+// timeout when the sandbox did not end the job by then (a host call that ignores the
+// deadline); abandoned says so.
+func runBounded(ctx context.Context, set *tasks.Set, task, jobID string, input []byte, timeout time.Duration) (res runtime.Result, abandoned bool) {
+	done := make(chan runtime.Result, 1)
+	start := time.Now()
+	go func() { done <- set.Run(ctx, task, jobID, input) }()
+	t := time.NewTimer(timeout + runOverrun)
+	defer t.Stop()
+	select {
+	case res = <-done:
+		return res, false
+	case <-t.C:
+		return runtime.Result{Duration: time.Since(start), Err: outcome.New(outcome.Timeout,
+			"the task did not stop at its %s deadline; abandoned", timeout)}, true
+	}
 }
 
 // readInput returns the job input: JSON text or the contents of @FILE, which must be JSON.

@@ -38,6 +38,7 @@ type WorkerConfig struct {
 	CacheDir    string   // compilation cache; "" for the user cache dir, "off" for none
 	Concurrency int
 	Grace       time.Duration // drain period after the first signal before jobs are cancelled
+	StopTimeout time.Duration // after cancellation, how long before jobs that did not stop are abandoned
 	Name        string
 	LogLevel    string
 	LogFormat   string
@@ -45,7 +46,7 @@ type WorkerConfig struct {
 	AuditLog    string // tamper-evident audit log; "" for STATE-DIR/audit.log
 	MetricsAddr string // opt-in Prometheus listener; "" for none (the default)
 	OTLP        string // OTLP trace endpoint; "" for $OTEL_EXPORTER_OTLP_ENDPOINT or none
-	Pool        string // NATS mode: the worker's pool
+	Pool        string // the worker's pool; approvals are checked against it (required in NATS mode)
 	NATSCreds   string // NATS mode: JWT/NKey credentials file
 	NATSCA      string // NATS mode: CA bundle for TLS
 	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
@@ -71,7 +72,8 @@ func workerCommand() *cli.Command {
 			"in the local log.\n\n" +
 			"Shutdown: the first SIGTERM/SIGINT stops leasing and lets running jobs finish (\"draining\");\n" +
 			"a second signal, or --grace elapsing, cancels them (reported cancelled and retryable, so\n" +
-			"another worker runs them). Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
+			"another worker runs them); a task still running --stop-timeout after that is abandoned, reported\n" +
+			"the same way, and the process exits. Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
 			"at shutdown, 2 configuration error (nothing ran).\n\n" +
 			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. Every flag can also come from\n" +
 			"CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to values; flags and env win).\n\n" +
@@ -89,6 +91,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache-dir", Usage: "compilation cache `DIR` (\"off\" to disable)", EnvVars: []string{"CASTELLAN_CACHE_DIR"}, Destination: &cfg.CacheDir},
 			&cli.IntFlag{Name: "concurrency", Usage: "jobs run at once", EnvVars: []string{"CASTELLAN_CONCURRENCY"}, Value: 2, Destination: &cfg.Concurrency},
 			&cli.DurationFlag{Name: "grace", Usage: "how long running jobs may finish after the first signal", EnvVars: []string{"CASTELLAN_GRACE"}, Value: 5 * time.Minute, Destination: &cfg.Grace},
+			&cli.DurationFlag{Name: "stop-timeout", Usage: "after the jobs are cancelled, how long a task may take to stop before it is abandoned (reported for retry) and the process exits", EnvVars: []string{"CASTELLAN_STOP_TIMEOUT"}, Value: 10 * time.Second, Destination: &cfg.StopTimeout},
 			&cli.StringFlag{Name: "name", Usage: "worker `NAME` shown in the control plane (default the host name)", EnvVars: []string{"CASTELLAN_NAME"}, Destination: &cfg.Name},
 			&cli.StringFlag{Name: "plugins", Usage: "serve and hot-load the plugins in `DIR`", EnvVars: []string{"CASTELLAN_PLUGINS"}, Destination: &cfg.PluginsDir},
 			&cli.StringFlag{Name: "audit-log", Usage: "tamper-evident audit log `FILE` (default STATE-DIR/audit.log)", EnvVars: []string{"CASTELLAN_AUDIT_LOG"}, Destination: &cfg.AuditLog},
@@ -96,7 +99,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "audit-key-credential", Usage: "read the audit signing key (a private Ed25519 JWK) from the policy credential `NAME` (env, file or Vault)", EnvVars: []string{"CASTELLAN_AUDIT_KEY_CREDENTIAL"}, Destination: &cfg.AuditKeyCredential},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `ADDR` (off by default; \":9464\" binds 127.0.0.1)", EnvVars: []string{"CASTELLAN_METRICS_ADDR"}, Destination: &cfg.MetricsAddr},
 			&cli.StringFlag{Name: "otlp-endpoint", Usage: "export traces over OTLP/HTTP to `URL` (default $OTEL_EXPORTER_OTLP_ENDPOINT, else off)", EnvVars: []string{"CASTELLAN_OTLP_ENDPOINT"}, Destination: &cfg.OTLP},
-			&cli.StringFlag{Name: "pool", Usage: "NATS mode (--server nats://...): the worker's `POOL`", EnvVars: []string{"CASTELLAN_POOL"}, Destination: &cfg.Pool},
+			&cli.StringFlag{Name: "pool", Usage: "the worker's `POOL`: approvals must name it, and the control plane must register the worker in it (required with a NATS --server; default the pool the control plane announces)", EnvVars: []string{"CASTELLAN_POOL"}, Destination: &cfg.Pool},
 			&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
 			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
 			&cli.StringFlag{Name: "nats-inbox-prefix", Usage: "NATS mode: subject `PREFIX` of the worker's replies; its NATS user needs subscribe permission on PREFIX.> only (default _INBOX_<pool>)", EnvVars: []string{"CASTELLAN_NATS_INBOX_PREFIX"}, Destination: &cfg.NATSInbox},
@@ -172,7 +175,14 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if err != nil {
 		return usageError{err}
 	}
-	defer func() { _ = engine.Close(context.Background()) }()
+	// After a job was abandoned its guest may still be inside a module: nothing waits on
+	// closing then, the process is about to exit.
+	abandoned := false
+	defer func() {
+		if !abandoned {
+			closeWithin(log, "the sandbox engine", func() { _ = engine.Close(context.Background()) })
+		}
+	}()
 	obs, err := newObservability(ctx, cfg, stateDir, store, red, log)
 	if err != nil {
 		return usageError{err}
@@ -184,7 +194,11 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if err != nil {
 		return usageError{err}
 	}
-	defer set.Close(context.Background())
+	defer func() {
+		if !abandoned {
+			closeWithin(log, "the tasks", func() { set.Close(context.Background()) })
+		}
+	}()
 
 	var queue worker.Queue
 	if natsMode {
@@ -209,7 +223,8 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	w, err := worker.New(worker.Config{
 		Client: queue, Runner: set, Catalog: set.Catalog(), CatalogUpdates: set.Updates(),
 		Verifier: approval.NewVerifier(keys, replay),
-		Name:     name, Version: Version, Concurrency: cfg.Concurrency, Log: log.Named("worker"),
+		Pool:     cfg.Pool, Name: name, Version: Version, Concurrency: cfg.Concurrency, StopTimeout: cfg.StopTimeout,
+		Log:   log.Named("worker"),
 		Audit: obs.audit, Observer: obs.observer,
 	})
 	if err != nil {
@@ -245,6 +260,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		cancelJobs()
 	}()
 	err = w.Run(lease, jobs)
+	abandoned = errors.Is(err, worker.ErrAbandoned)
 	close(done)
 	if err != nil {
 		log.Error("worker stopped", zap.Error(err))
@@ -256,6 +272,23 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	default:
 	}
 	return nil
+}
+
+// closeWait bounds each close at exit: a guest abandoned at shutdown may still be inside
+// its module, and whatever closing does with it must not hold the process.
+const closeWait = 5 * time.Second
+
+// closeWithin runs closeIt and waits at most closeWait for it to return.
+func closeWithin(log *zap.Logger, what string, closeIt func()) {
+	done := make(chan struct{})
+	go func() { defer close(done); closeIt() }()
+	t := time.NewTimer(closeWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Warn("closing did not finish in time; exiting anyway", zap.String("what", what), zap.Duration("waited", closeWait))
+	}
 }
 
 func workerStateDir(flag string) (string, error) {

@@ -7,7 +7,9 @@
 // With a plugins directory the set is dynamic: plugins are added, replaced and removed while
 // jobs run (plugins.go). Each task name maps to one current version, swapped atomically;
 // a job holds a reference to the version it started on, and a replaced version is closed
-// only when its last job ends. So a job always runs one complete version, old or new.
+// only when its last job ends. So a job always runs one complete version, old or new. The
+// worker runs each job with RunVersion, on exactly the version its approval names, or not at
+// all when that version is not the one loaded.
 package tasks
 
 import (
@@ -271,6 +273,11 @@ func taskDef(pt *policy.Task, p *plugins.Plugin) (api.TaskDef, error) {
 // ErrUnknownTask is returned by Run for a task the set does not hold.
 var ErrUnknownTask = errors.New("unknown task")
 
+// ErrVersionNotLoaded is the cause of RunVersion's error when the set does not hold that
+// version of the task now (it was swapped out, or not yet in). Nothing ran: the job may run
+// on this version elsewhere, or here later.
+var ErrVersionNotLoaded = errors.New("task version not loaded")
+
 // Run runs one job of the named task on its current version. The version is held until the
 // job ends, even if a new one is swapped in meanwhile.
 func (s *Set) Run(ctx context.Context, task, jobID string, input []byte) runtime.Result {
@@ -279,10 +286,34 @@ func (s *Set) Run(ctx context.Context, task, jobID string, input []byte) runtime
 		return runtime.Result{Err: outcome.Wrap(outcome.Rejected, ErrUnknownTask, "task %q is not served by this worker", task)}
 	}
 	defer s.release(ctx, sl)
-	return sl.task.Module.Run(ctx, runtime.Job{ID: jobID, Input: input,
-		Log: s.log.With(zap.String("task", task), zap.String("job", jobID))})
+	return s.run(ctx, sl, jobID, input)
 }
 
+// RunVersion runs one job on exactly the given version of task, the version its approval
+// names: the check and the hold on that version are one step under the set's lock, so a
+// plugin swapped in or out at the same moment can never run in its place. When the set does
+// not hold that version now, nothing runs and the error (outcome.Cancelled) wraps
+// ErrVersionNotLoaded: the job should be handed back for another attempt, not refused.
+func (s *Set) RunVersion(ctx context.Context, task, version, jobID string, input []byte) runtime.Result {
+	sl := s.acquireVersion(task, version)
+	if sl == nil {
+		serving := "nothing under that name"
+		if cur, ok := s.Get(task); ok {
+			serving = fmt.Sprintf("version %q", cur.Def.Version)
+		}
+		return runtime.Result{Err: outcome.Wrap(outcome.Cancelled, ErrVersionNotLoaded,
+			"task %q version %q is not loaded on this worker now (it serves %s); the job was not run", task, version, serving)}
+	}
+	defer s.release(ctx, sl)
+	return s.run(ctx, sl, jobID, input)
+}
+
+func (s *Set) run(ctx context.Context, sl *slot, jobID string, input []byte) runtime.Result {
+	return sl.task.Module.Run(ctx, runtime.Job{ID: jobID, Input: input,
+		Log: s.log.With(zap.String("task", sl.task.Name), zap.String("job", jobID))})
+}
+
+// acquire holds the current version of the task called name.
 func (s *Set) acquire(name string) *slot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -290,6 +321,18 @@ func (s *Set) acquire(name string) *slot {
 	if sl != nil {
 		sl.running++
 	}
+	return sl
+}
+
+// acquireVersion holds the current version of the task called name if it is version.
+func (s *Set) acquireVersion(name, version string) *slot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.tasks[name]
+	if sl == nil || sl.task.Def.Version != version {
+		return nil
+	}
+	sl.running++
 	return sl
 }
 

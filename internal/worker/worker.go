@@ -4,10 +4,19 @@
 // error message, the duration and the module digest.
 //
 // It opens no port. It reserves a run slot before it asks for work, so it never holds a lease
-// on a job it cannot start (Temporal's poller does the same). It heartbeats while a job runs
-// and cancels the job when the control plane says so. Shutdown has two stages, as in the
-// Buildkite agent: the first stops leasing and lets running jobs finish; the second cancels
-// them, and they are reported as cancelled and retryable, so another worker picks them up.
+// on a job it cannot start (Temporal's poller does the same), and whatever a lease answers, at
+// most the jobs it asked for run: the rest are handed back unrun. It takes no new work while
+// a result cannot be delivered. It heartbeats while a job runs and cancels the job when the
+// control plane says so.
+//
+// The control plane is not trusted with what runs: each approval is checked against the
+// worker's own pool, and a job runs on exactly the task version its approval names, or is
+// handed back (cancelled, retryable) when that version is not loaded at that moment.
+//
+// Shutdown has two stages, as in the Buildkite agent: the first stops leasing and lets
+// running jobs finish; the second cancels them, and they are reported as cancelled and
+// retryable, so another worker picks them up. The second stage is bounded (StopTimeout): a
+// task that does not stop is abandoned, reported the same way, and Run returns.
 package worker
 
 import (
@@ -15,11 +24,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/approval"
@@ -36,7 +45,18 @@ type Runner interface {
 	Run(ctx context.Context, task, jobID string, input []byte) runtime.Result
 }
 
-var _ Runner = (*tasks.Set)(nil)
+// VersionRunner is a Runner whose task versions change while it runs (*tasks.Set with a
+// plugins directory). The worker runs every job with RunVersion, on exactly the version
+// the job's approval names; when that version is not loaded at that moment, RunVersion
+// runs nothing and returns an error wrapping tasks.ErrVersionNotLoaded, and the worker
+// hands the job back for another attempt instead of refusing it. With a plain Runner the
+// worker checks the version against its catalog instead.
+type VersionRunner interface {
+	Runner
+	RunVersion(ctx context.Context, task, version, jobID string, input []byte) runtime.Result
+}
+
+var _ VersionRunner = (*tasks.Set)(nil)
 
 // Queue is the worker's side of the transport to the control plane. *client.Client (HTTPS
 // long-poll) implements it, and so does the NATS JetStream transport. Everything above it
@@ -68,18 +88,30 @@ type Config struct {
 	CatalogUpdates <-chan []api.TaskDef
 	// Verifier checks every approval before anything runs.
 	Verifier *approval.Verifier
+	// Pool is the pool this worker serves, from its own configuration. Every approval is
+	// checked against it, never against the pool a leased job claims. When the control plane
+	// registers the worker in another pool, Run refuses to serve. Optional: when empty, the
+	// pool announced at the first registration, fixed for the rest of Run (a control plane
+	// that lies at registration then goes unnoticed, so set it).
+	Pool string
 	// Name labels the worker in the control plane (default: "castellan-worker").
 	Name    string
 	Version string
 	// Concurrency is the number of jobs run at once. Optional; default 2.
 	Concurrency int
+	// StopTimeout bounds shutdown once the jobs context is cancelled: Run waits that long for
+	// running jobs to return and be reported, then abandons the ones still running (a guest
+	// stuck in a call that ignores cancellation), reports them cancelled and retryable, waits
+	// at most that long again for those reports, and returns. Optional; default 10s.
+	StopTimeout time.Duration
 	// LeaseWait is the long-poll wait. Optional; default 30s.
 	LeaseWait time.Duration
 	// Heartbeat is the interval between heartbeats. Optional; default a third of the lease TTL
 	// the control plane announces at registration.
 	Heartbeat time.Duration
-	// Backoff bounds the wait after a failed control-plane call: exponential with full jitter
-	// from BackoffMin to BackoffMax. Optional; defaults 500ms and 30s.
+	// Backoff shapes the waits between failed control-plane calls: exponential from
+	// BackoffMin, doubling up to BackoffMax, each wait randomised by ±50%
+	// (github.com/cenkalti/backoff/v5). Optional; defaults 500ms and 30s.
 	BackoffMin, BackoffMax time.Duration
 	// Log is the worker's logger.
 	Log *zap.Logger
@@ -142,9 +174,21 @@ type Worker struct {
 	log *zap.Logger
 
 	mu       sync.Mutex
+	pool     string // the pool approvals are checked against; set by register, never changed
 	catalog  map[string]api.TaskDef
-	inflight int
+	running  map[string]string // job id -> lease token of the jobs in flight
+	inflight int               // jobs in flight: leased to run, until reported
 	done     int
+	failing  int                // reports failing now: no lease until they are settled
+	probing  bool               // a report was given up: lease one job at a time
+	cutPoll  context.CancelFunc // cancels the lease poll in flight; nil when none
+	changed  chan struct{}      // closed and replaced at every change of the fields above
+
+	// Shutdown's last resort: abandon is closed when running jobs are given up on, and
+	// reports (every report's context) is cancelled when their results are.
+	abandon    chan struct{}
+	reports    context.Context
+	cutReports context.CancelFunc
 }
 
 // New returns a Worker.
@@ -158,6 +202,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 2
 	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
 	if cfg.LeaseWait <= 0 {
 		cfg.LeaseWait = 30 * time.Second
 	}
@@ -170,7 +217,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Log}
+	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{}), abandon: make(chan struct{})}
+	w.reports, w.cutReports = context.WithCancel(context.Background())
 	w.setCatalog(cfg.Catalog)
 	return w, nil
 }
@@ -204,22 +252,26 @@ func (w *Worker) followCatalog(ctx context.Context) {
 		case tasks = <-w.cfg.CatalogUpdates:
 		}
 		w.setCatalog(tasks)
-		for failures := 1; ; failures++ {
+		b := w.newBackoff()
+		for {
 			_, err := w.cfg.Client.PublishCatalog(ctx, tasks)
 			if err == nil {
 				w.log.Info("catalog republished", zap.Int("tasks", len(tasks)))
 				break
 			}
-			d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+			d := b.NextBackOff()
 			w.log.Warn("republishing the catalog failed; retrying", zap.Error(err), zap.Duration("in", d))
+			t := time.NewTimer(d)
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
 			case tasks = <-w.cfg.CatalogUpdates:
 				w.setCatalog(tasks)
-				failures = 0
-			case <-time.After(d):
+				b.Reset()
+			case <-t.C:
 			}
+			t.Stop()
 		}
 	}
 }
@@ -229,6 +281,9 @@ func (w *Worker) followCatalog(ctx context.Context) {
 // jobs (the second stage) cancels the running jobs. Run returns nil after a clean drain.
 // Control-plane outages are retried with backoff for as long as lease is not cancelled.
 func (w *Worker) Run(lease, jobs context.Context) error {
+	lease, stopLeasing := context.WithCancel(lease)
+	defer stopLeasing()
+	defer context.AfterFunc(jobs, stopLeasing)() // cancelling jobs stops leasing too
 	reg, err := w.register(lease)
 	if err != nil {
 		return err
@@ -244,31 +299,35 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 	if max := time.Duration(reg.MaxWaitSeconds) * time.Second; max > 0 && wait > max {
 		wait = max
 	}
-	w.observe(lease, Event{Kind: WorkerReady, Pool: reg.Pool, Capacity: w.cfg.Concurrency})
-	w.log.Info("worker ready", zap.String("worker_id", reg.WorkerID), zap.String("pool", reg.Pool),
+	w.observe(lease, Event{Kind: WorkerReady, Pool: w.ownPool(), Capacity: w.cfg.Concurrency})
+	w.log.Info("worker ready", zap.String("worker_id", reg.WorkerID), zap.String("pool", w.ownPool()),
 		zap.Int("concurrency", w.cfg.Concurrency), zap.Int("tasks", len(w.cfg.Catalog)))
 
 	if w.cfg.CatalogUpdates != nil {
 		go w.followCatalog(lease)
 	}
 	slots := make(chan struct{}, w.cfg.Concurrency)
-	rn := newRunners()
-	defer rn.stop() // after drain: every job has finished
 	var wg sync.WaitGroup
-	failures := 0
+	retry := w.newBackoff()
 	for {
 		if lease.Err() != nil {
-			return w.drain(&wg)
+			return w.drain(jobs, &wg)
+		}
+		// No new work while results cannot be delivered: it would run only to be lost, and
+		// run again elsewhere.
+		probing, ok := w.awaitDeliverable(lease)
+		if !ok {
+			return w.drain(jobs, &wg)
 		}
 		// Reserve a slot before asking for work: never hold a lease on a job that cannot start.
 		select {
 		case slots <- struct{}{}:
 		case <-lease.Done():
-			return w.drain(&wg)
+			return w.drain(jobs, &wg)
 		}
 		n := 1
 	more:
-		for n < w.cfg.Concurrency {
+		for n < w.cfg.Concurrency && !probing {
 			select {
 			case slots <- struct{}{}:
 				n++
@@ -280,33 +339,57 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		// that the request is still wanted just before it commits a lease, so a cancelled poll
 		// normally leases nothing; a response lost after that commit leaves the job to its
 		// lease expiry, after which another worker runs it (delivery is at-least-once).
-		leased, err := w.cfg.Client.Lease(lease, n, wait)
+		// A report that starts failing cuts the poll too (see reportFailing).
+		poll, cutPoll := context.WithCancel(lease)
+		w.setPoll(cutPoll)
+		var leased []api.LeasedJob
+		var err error
+		if poll.Err() == nil { // not cut already
+			leased, err = w.cfg.Client.Lease(poll, n, wait)
+		}
+		w.setPoll(nil)
+		cutPoll()
+		if err != nil && lease.Err() == nil && poll.Err() != nil {
+			leased, err = nil, nil // cut because results cannot be delivered; not an outage
+		}
+		// The answer is the control plane's word: whatever it holds, at most n jobs run,
+		// one slot each, and the rest go back unrun.
+		leased, surplus := w.sortLease(leased, n)
 		for range n - len(leased) {
 			<-slots
 		}
+		for _, sj := range surplus {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.handBack(sj.job, sj.why)
+			}()
+		}
 		if err != nil {
 			if lease.Err() != nil || jobs.Err() != nil {
-				return w.drain(&wg)
+				return w.drain(jobs, &wg)
 			}
-			failures++
 			w.observe(lease, Event{Kind: LeaseFailed, Reason: err.Error()})
-			d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+			d := retry.NextBackOff()
 			w.log.Warn("lease failed; retrying", zap.Error(err), zap.Duration("in", d))
 			if client.IsCode(err, api.CodeNotRegistered) {
 				if _, err := w.register(lease); err != nil {
-					return w.drain(&wg)
+					_ = w.drain(jobs, &wg)
+					if lease.Err() != nil {
+						return nil
+					}
+					return err
 				}
 			}
 			if !sleep(lease, d) {
-				return w.drain(&wg)
+				return w.drain(jobs, &wg)
 			}
 			continue
 		}
-		failures = 0
+		retry.Reset()
 		for _, j := range leased {
 			wg.Add(1)
-			w.track(1)
-			rn.run(func() {
+			go func() {
 				// The run slot is freed as soon as the sandbox is done with the job, before the
 				// result is reported: reporting is I/O that waits on the control plane's commit,
 				// and holding the slot through it would delay the next lease by that much. The
@@ -314,86 +397,190 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 				var once sync.Once
 				release := func() { once.Do(func() { <-slots }) }
 				defer func() {
-					w.track(-1)
+					w.untrack(j)
 					release()
 					wg.Done()
 				}()
 				w.handle(jobs, j, hb, release)
-			})
+			}()
 		}
 	}
 }
 
-// runners runs jobs on goroutines that, once done, wait a while for the next job instead
-// of exiting. A fresh goroutine per job grew its stack from the minimum again each time,
-// copying it at every doubling: about 10 µs of each job at thousands of jobs a second.
-type runners struct {
-	work chan func()
-	quit chan struct{}
-	live atomic.Int64 // goroutines running loop, for tests
-	idle atomic.Int64 // of those, waiting for a job, for tests
-}
-
-// runnerIdle is how long a goroutine waits for another job before it exits.
-const runnerIdle = 10 * time.Second
-
-func newRunners() *runners {
-	return &runners{work: make(chan func()), quit: make(chan struct{})}
-}
-
-// run runs f on an idle goroutine, or a new one if none is idle. It never blocks.
-func (r *runners) run(f func()) {
-	select {
-	case r.work <- f:
-	default:
-		go r.loop(f)
-	}
-}
-
-func (r *runners) loop(f func()) {
-	r.live.Add(1)
-	defer r.live.Add(-1)
-	idle := time.NewTimer(runnerIdle)
-	defer idle.Stop()
-	for {
-		f()
-		idle.Reset(runnerIdle)
-		r.idle.Add(1)
-		select {
-		case f = <-r.work:
-			r.idle.Add(-1)
-		case <-idle.C:
-			r.idle.Add(-1)
-			return
-		case <-r.quit:
-			r.idle.Add(-1)
-			return
-		}
-	}
-}
-
-// stop makes idle goroutines exit; busy ones exit after their job.
-func (r *runners) stop() { close(r.quit) }
-
-func (w *Worker) drain(wg *sync.WaitGroup) error {
-	w.mu.Lock()
-	n := w.inflight
-	w.mu.Unlock()
-	if n > 0 {
+// drain waits for the jobs in flight to finish and be reported. Once jobs is cancelled the
+// wait is bounded: after StopTimeout the jobs still running are abandoned (reported as
+// cancelled and retryable by their handlers), and after StopTimeout more the reports still
+// pending are cut, whatever the guests or the control plane do.
+func (w *Worker) drain(jobs context.Context, wg *sync.WaitGroup) error {
+	idle := make(chan struct{})
+	go func() { wg.Wait(); close(idle) }()
+	if n := w.inFlight(); n > 0 {
 		w.log.Info("draining: no new jobs; waiting for running jobs to finish", zap.Int("running", n))
 	}
-	wg.Wait()
+	select {
+	case <-idle:
+		return w.stopped()
+	case <-jobs.Done():
+	}
+	stop := time.NewTimer(w.cfg.StopTimeout)
+	defer stop.Stop()
+	select {
+	case <-idle:
+		return w.stopped()
+	case <-stop.C:
+	}
+	n := w.inFlight()
+	w.log.Error("jobs still running or unreported after cancellation; abandoning them, reported for another attempt",
+		zap.Int("jobs", n), zap.Duration("stop_timeout", w.cfg.StopTimeout))
+	close(w.abandon)
+	stop.Reset(w.cfg.StopTimeout)
+	select {
+	case <-idle:
+	case <-stop.C:
+		w.log.Error("results still unreported at the stop timeout; those jobs run again once their lease expires")
+		w.cutReports()
+	}
+	_ = w.stopped()
+	return fmt.Errorf("%w: %d job(s) still running or unreported %s after cancellation", ErrAbandoned, n, w.cfg.StopTimeout)
+}
+
+// ErrAbandoned is returned by Run when shutdown gave up on jobs that did not stop or whose
+// results could not be reported within StopTimeout. A guest may still be running inside its
+// module: exit rather than wait on closing it.
+var ErrAbandoned = errors.New("worker: jobs abandoned at shutdown")
+
+func (w *Worker) stopped() error {
 	w.log.Info("worker stopped", zap.Int("jobs_run", w.Done()))
 	return nil
 }
 
-func (w *Worker) track(d int) {
+func (w *Worker) inFlight() int {
 	w.mu.Lock()
-	w.inflight += d
+	defer w.mu.Unlock()
+	return w.inflight
+}
+
+// surplusJob is a leased job the worker hands back unrun, and why.
+type surplusJob struct {
+	job api.LeasedJob
+	why string
+}
+
+// sortLease splits a lease answer into the jobs to run, which it tracks as in flight, and
+// the ones to hand back unrun: at most asked jobs run, each job once. The same lease twice
+// is dropped (its one report settles it); the same job under another lease token, or one
+// already running here, goes back.
+func (w *Worker) sortLease(leased []api.LeasedJob, asked int) (run []api.LeasedJob, back []surplusJob) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	seen := make(map[[2]string]bool, len(leased))
+	for _, j := range leased {
+		key := [2]string{j.JobID, j.LeaseToken}
+		if seen[key] || w.running[j.JobID] == j.LeaseToken && j.LeaseToken != "" {
+			continue
+		}
+		seen[key] = true
+		switch _, busy := w.running[j.JobID]; {
+		case busy:
+			back = append(back, surplusJob{j, "the job is already running on this worker under another lease"})
+		case len(run) >= asked:
+			back = append(back, surplusJob{j, fmt.Sprintf("the control plane leased more jobs than the worker asked for (%d)", asked)})
+		default:
+			run = append(run, j)
+			w.running[j.JobID] = j.LeaseToken
+			w.inflight++
+		}
+	}
+	if len(run) > 0 {
+		w.notifyLocked()
+	}
+	return run, back
+}
+
+// untrack ends the tracking sortLease began for a job that ran.
+func (w *Worker) untrack(j api.LeasedJob) {
+	w.mu.Lock()
+	if w.running[j.JobID] == j.LeaseToken {
+		delete(w.running, j.JobID)
+	}
+	w.inflight--
+	w.done++
+	w.notifyLocked()
+	w.mu.Unlock()
+}
+
+// awaitDeliverable waits until results can be delivered: no report is failing, and, after a
+// report was given up (probing), no job is in flight either; then one job at a time is leased
+// until a report goes through. It returns false when lease ends first.
+func (w *Worker) awaitDeliverable(lease context.Context) (probing, ok bool) {
+	for {
+		w.mu.Lock()
+		probing, ready, ch := w.probing, w.failing == 0 && (!w.probing || w.inflight == 0), w.changed
+		w.mu.Unlock()
+		if ready {
+			return probing, true
+		}
+		select {
+		case <-ch:
+		case <-lease.Done():
+			return probing, false
+		}
+	}
+}
+
+// setPoll records the cancel function of the lease poll in flight (nil when none). A poll
+// begun while a report is failing is cut at once.
+func (w *Worker) setPoll(cut context.CancelFunc) {
+	w.mu.Lock()
+	w.cutPoll = cut
+	failing := w.failing > 0
+	w.mu.Unlock()
+	if cut != nil && failing {
+		cut()
+	}
+}
+
+// reportFailing counts a report that could not be delivered (d = 1) until it is settled
+// (d = -1). The first failure cuts the lease poll in flight.
+func (w *Worker) reportFailing(d int) {
+	w.mu.Lock()
+	w.failing += d
+	cut := w.cutPoll
 	if d < 0 {
-		w.done++
+		cut = nil
+	}
+	w.notifyLocked()
+	w.mu.Unlock()
+	if cut != nil {
+		cut()
+	}
+}
+
+// reportSettled records that the control plane answered a report (delivered bool true), or
+// that the worker gave one up after it kept failing: then the worker probes with one job at a
+// time until a report goes through.
+func (w *Worker) reportSettled(delivered bool) {
+	w.mu.Lock()
+	if w.probing == delivered {
+		w.probing = !delivered
+		w.notifyLocked()
 	}
 	w.mu.Unlock()
+}
+
+// notifyLocked wakes whoever waits for a change of the worker's state; w.mu is held.
+func (w *Worker) notifyLocked() {
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// handBack reports a leased job the worker will not run as cancelled and retryable, so
+// that it runs again, here or elsewhere; nothing of it ran.
+func (w *Worker) handBack(j api.LeasedJob, why string) {
+	log := w.log.With(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
+	log.Warn("job handed back unrun", zap.String("reason", why))
+	w.complete(j, newExpiry(j.LeaseExpiresAt), api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: string(outcome.Cancelled),
+		ErrorMessage: "handed back unrun: " + why, Retryable: boolPtr(true)}, log)
 }
 
 // Done returns how many jobs this worker finished (reported or not).
@@ -405,9 +592,13 @@ func (w *Worker) Done() int {
 
 // register registers and publishes the catalog, retrying with backoff while ctx lives.
 func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
-	for failures := 1; ; failures++ {
+	b := w.newBackoff()
+	for {
 		reg, err := w.cfg.Client.Register(ctx, api.RegisterRequest{Name: w.cfg.Name, AgentVersion: w.cfg.Version})
 		if err == nil {
+			if err := w.pinPool(reg.Pool); err != nil {
+				return reg, err
+			}
 			w.mu.Lock()
 			tasks := w.cfg.Catalog
 			w.mu.Unlock()
@@ -421,12 +612,40 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 			// A bad token or a bad catalog does not fix itself: stop and say so.
 			return reg, fmt.Errorf("register with the control plane: %w", err)
 		}
-		d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+		d := b.NextBackOff()
 		w.log.Warn("control plane unreachable; retrying", zap.Error(err), zap.Duration("in", d))
 		if !sleep(ctx, d) {
 			return reg, ctx.Err()
 		}
 	}
+}
+
+// pinPool fixes the pool approvals are checked against: the configured one, or else the one
+// announced at the first registration. A registration in any other pool is refused: the
+// worker's credentials and tasks are for its own pool only.
+func (w *Worker) pinPool(announced string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pool == "" {
+		w.pool = w.cfg.Pool
+	}
+	if w.pool == "" {
+		if announced == "" {
+			return errors.New("register with the control plane: it announced no pool, and none is configured")
+		}
+		w.log.Warn("no pool configured: checking approvals against the pool the control plane announced", zap.String("pool", announced))
+		w.pool = announced
+	}
+	if announced != w.pool {
+		return fmt.Errorf("register with the control plane: it registered this worker in pool %q, but the worker serves pool %q; not serving", announced, w.pool)
+	}
+	return nil
+}
+
+func (w *Worker) ownPool() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pool
 }
 
 // handle verifies, runs and reports one leased job.
@@ -436,10 +655,11 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	defer cancel(nil)
 
 	// Heartbeats run for the whole job, including verification and reporting.
+	exp := newExpiry(j.LeaseExpiresAt)
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		w.heartbeat(ctx, cancel, j, hb, log)
+		w.heartbeat(ctx, cancel, j, exp, hb, log)
 	}()
 	defer func() {
 		cancel(nil)
@@ -454,12 +674,18 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	auditErr := w.cfg.Audit.Append(audit.JobReceived{Job: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Attempt: j.Attempt})
 	var output []byte
 	if auditErr == nil {
-		if err := w.admit(jctx, j); err != nil {
+		if err := w.admit(jctx, j); errors.Is(err, tasks.ErrVersionNotLoaded) {
+			// An approved job for a version this worker does not hold now (a hot swap, or
+			// a catalog the control plane has not caught up with): hand it back unrun.
+			log.Info("job handed back: its version is not loaded here now", zap.String("version", j.TaskVersion))
+			req.Outcome = string(outcome.Cancelled)
+			req.ErrorMessage = outcome.Message(err)
+			req.Retryable = boolPtr(true)
+		} else if err != nil {
 			log.Warn("job refused", zap.Error(err))
 			req.Outcome = string(outcome.Rejected)
 			req.ErrorMessage = outcome.Message(err)
-			no := false
-			req.Retryable = &no
+			req.Retryable = boolPtr(false)
 			ev.Reason = req.ErrorMessage
 			jctx = w.step(jctx, ev, ApprovalRejected)
 			auditErr = w.cfg.Audit.Append(audit.ApprovalRejected{Job: j.JobID, Task: j.Task, Attempt: j.Attempt, Reason: ev.Reason})
@@ -480,7 +706,7 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	} else if auditErr == nil && req.Outcome == "" {
 		log.Info("job started")
 		jctx = w.step(jctx, ev, JobStarted)
-		res := w.cfg.Runner.Run(jctx, j.Task, j.JobID, j.Input)
+		res := w.runUnlessAbandoned(jctx, j)
 		req.DurationMS = res.Duration.Milliseconds()
 		req.ModuleDigest = res.Digest
 		ev.HTTPCalls, ev.Instantiate = res.HTTPCalls, res.Instantiate
@@ -492,7 +718,10 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 		req.Outcome = string(code)
 		if err != nil {
 			req.ErrorMessage = outcome.Message(err)
-			if code == outcome.Cancelled {
+			if errors.Is(err, tasks.ErrVersionNotLoaded) {
+				// Swapped out between admission and run: nothing ran; it may run again.
+				req.Retryable = boolPtr(true)
+			} else if code == outcome.Cancelled {
 				// Cancelled by the control plane: final. Cancelled by our shutdown: another
 				// worker should run it.
 				retry := !errors.Is(context.Cause(ctx), errCancelRequested)
@@ -518,7 +747,7 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 		req.AuditHead = &api.AuditHead{Seq: h.Seq, Hash: h.Hash}
 	}
 	release()
-	w.complete(j, req, log)
+	w.complete(j, exp, req, log)
 }
 
 // step reports one step of a job to the observer.
@@ -529,24 +758,57 @@ func (w *Worker) step(ctx context.Context, ev Event, kind EventKind) context.Con
 
 var errCancelRequested = errors.New("the control plane asked to cancel the job")
 
-// admit decides whether the job may run: the task must be served here at the signed version,
-// and the approval must verify against the trusted keys (signature, expiry, job, task,
-// version, pool, input hash, replay).
+func boolPtr(b bool) *bool { return &b }
+
+// admit decides whether the job may run: the approval must verify against the trusted keys
+// (signature, expiry, job, task, version, input hash, replay, and this worker's own pool,
+// not the pool the lease claims), and the task must be
+// served here at the signed version. An approval that does not verify is refused for good;
+// a version not served here now is an error wrapping tasks.ErrVersionNotLoaded, for the
+// job to be handed back. With a VersionRunner the version is checked, and held, by
+// RunVersion itself, in the same step that picks the module.
 func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
+	if _, err := w.cfg.Verifier.Verify(ctx, j.Approval, approval.Expect{
+		JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: w.ownPool(), Input: j.Input, Attempt: j.Attempt,
+	}); err != nil {
+		return err
+	}
+	if _, ok := w.cfg.Runner.(VersionRunner); ok {
+		return nil
+	}
 	def, ok := w.task(j.Task)
-	if !ok {
-		return outcome.New(outcome.Rejected, "task %q is not served by this worker", j.Task)
+	switch {
+	case !ok:
+		return outcome.Wrap(outcome.Cancelled, tasks.ErrVersionNotLoaded, "task %q is not served by this worker now; the job was not run", j.Task)
+	case def.Version != j.TaskVersion:
+		return outcome.Wrap(outcome.Cancelled, tasks.ErrVersionNotLoaded, "task %q version %q is not served by this worker now (it serves %q); the job was not run", j.Task, j.TaskVersion, def.Version)
 	}
-	if def.Version != j.TaskVersion {
-		return outcome.New(outcome.Rejected, "task %q version %q is not served by this worker (it serves %q)", j.Task, j.TaskVersion, def.Version)
-	}
-	_, err := w.cfg.Verifier.Verify(ctx, j.Approval, approval.Expect{
-		JobID: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input, Attempt: j.Attempt,
-	})
-	return err
+	return nil
 }
 
-func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, every time.Duration, log *zap.Logger) {
+// runUnlessAbandoned runs an admitted job, and stops waiting for it when shutdown abandons
+// running jobs: a guest stuck in a call that ignores its context cannot hold the worker. The
+// abandoned run's goroutine is left behind; the process is about to exit.
+func (w *Worker) runUnlessAbandoned(ctx context.Context, j api.LeasedJob) runtime.Result {
+	done := make(chan runtime.Result, 1)
+	go func() { done <- w.run(ctx, j) }()
+	select {
+	case res := <-done:
+		return res
+	case <-w.abandon:
+		return runtime.Result{Err: outcome.New(outcome.Cancelled, "the worker shut down and the task did not stop when cancelled; abandoned")}
+	}
+}
+
+// run runs an admitted job on exactly the version its approval names.
+func (w *Worker) run(ctx context.Context, j api.LeasedJob) runtime.Result {
+	if vr, ok := w.cfg.Runner.(VersionRunner); ok {
+		return vr.RunVersion(ctx, j.Task, j.TaskVersion, j.JobID, j.Input)
+	}
+	return w.cfg.Runner.Run(ctx, j.Task, j.JobID, j.Input)
+}
+
+func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, exp *expiry, every time.Duration, log *zap.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -555,9 +817,12 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 			return
 		case <-t.C:
 		}
-		hctx, hcancel := context.WithTimeout(context.Background(), every)
+		hctx, hcancel := context.WithTimeout(ctx, every)
 		resp, err := w.cfg.Client.Heartbeat(hctx, j.LeaseToken)
 		hcancel()
+		if err == nil {
+			exp.extend(resp.LeaseExpiresAt)
+		}
 		switch {
 		case err == nil && resp.CancelRequested, client.IsCode(err, api.CodeJobCancelled):
 			log.Info("control plane asked to cancel the job")
@@ -575,46 +840,78 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 	}
 }
 
+// expiry is the latest expiry of one lease: the leased one, then each heartbeat's.
+type expiry struct{ unixNano atomic.Int64 }
+
+func newExpiry(t time.Time) *expiry {
+	e := &expiry{}
+	e.unixNano.Store(t.UnixNano())
+	return e
+}
+
+// extend moves the expiry to t if t is later.
+func (e *expiry) extend(t time.Time) {
+	n := t.UnixNano()
+	for {
+		old := e.unixNano.Load()
+		if n <= old || e.unixNano.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+func (e *expiry) get() time.Time { return time.Unix(0, e.unixNano.Load()) }
+
 // complete reports the result, retrying through control-plane outages until the lease is
 // surely gone: a refused (fenced) completion is final.
-func (w *Worker) complete(j api.LeasedJob, req api.CompleteRequest, log *zap.Logger) {
-	deadline := time.Now().Add(time.Until(j.LeaseExpiresAt) + time.Minute)
-	for failures := 1; ; failures++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest, log *zap.Logger) {
+	failing := false
+	defer func() {
+		if failing {
+			w.reportFailing(-1)
+		}
+	}()
+	b := w.newBackoff()
+	for {
+		ctx, cancel := context.WithTimeout(w.reports, 30*time.Second)
 		_, err := w.cfg.Client.Complete(ctx, j.JobID, req)
 		cancel()
 		if err == nil {
+			w.reportSettled(true)
 			return
 		}
 		var ae *client.APIError
 		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != 429 {
+			w.reportSettled(true) // the control plane answered: results reach it
 			log.Warn("completion refused by the control plane", zap.Error(err))
 			return
 		}
-		if time.Now().After(deadline) {
+		if !failing {
+			failing = true
+			w.reportFailing(1)
+		}
+		// The lease lasts until the latest expiry a heartbeat announced, plus a margin for
+		// the control plane's reaper.
+		if time.Now().After(exp.get().Add(time.Minute)) {
+			w.reportSettled(false)
 			log.Error("could not report the result before the lease expired; the job will run again", zap.Error(err))
 			return
 		}
-		d := backoff(w.cfg.BackoffMin, w.cfg.BackoffMax, failures)
+		d := b.NextBackOff()
 		log.Warn("reporting the result failed; retrying", zap.Error(err), zap.Duration("in", d))
-		time.Sleep(d)
+		if !sleep(w.reports, d) {
+			log.Error("shutdown: the result was not reported; the job will run again", zap.Error(err))
+			return
+		}
 	}
 }
 
-// backoff is exponential with full jitter.
-func backoff(min, max time.Duration, failures int) time.Duration {
-	d := min << min64(failures-1, 20)
-	if d > max || d <= 0 {
-		d = max
-	}
-	return min/2 + rand.N(d)
-}
-
-func min64(a, b int) int {
-	if a < b {
-		return a
-	}
-	return b
+// newBackoff returns the retry schedule of one sequence of failed control-plane calls:
+// exponential from BackoffMin, doubling up to BackoffMax, each wait randomised by ±50% so
+// that workers cut off together do not come back together.
+func (w *Worker) newBackoff() *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{InitialInterval: w.cfg.BackoffMin, RandomizationFactor: 0.5,
+		Multiplier: 2, MaxInterval: w.cfg.BackoffMax}
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
