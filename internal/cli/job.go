@@ -48,6 +48,7 @@ type SubmitConfig struct {
 	IdempotencyKey          string
 	MaxAttempts             int
 	Wait                    bool
+	Quiet                   bool // print only the job id (for JOB_ID=$(castellan job submit ...))
 }
 
 // ApproveConfig is `castellan job approve`.
@@ -105,6 +106,7 @@ func jobCommand() *cli.Command {
 					&cli.StringFlag{Name: "idempotency-key", Usage: "`KEY` making a repeated submit return the same job", Destination: &sub.IdempotencyKey},
 					&cli.IntFlag{Name: "max-attempts", Usage: "executions allowed (default the server's, 3)", Destination: &sub.MaxAttempts},
 					&cli.BoolFlag{Name: "wait", Usage: "wait until the job ends and print its output", Destination: &sub.Wait},
+					&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the job id (JOB_ID=$(castellan job submit -q ...))", Destination: &sub.Quiet},
 				),
 				Action: func(c *cli.Context) error {
 					sub.JobConfig = jc
@@ -162,6 +164,9 @@ func jobCommand() *cli.Command {
 
 // JobSubmit submits a job, prints it and, with Wait, waits for it to end.
 func JobSubmit(ctx context.Context, cfg SubmitConfig, out io.Writer) (api.Job, error) {
+	if cfg.Quiet && (cfg.Wait || cfg.JSON) {
+		return api.Job{}, usagef("--quiet prints only the job id: it does not go with --wait or --json")
+	}
 	input, err := readInput(cfg.Input)
 	if err != nil {
 		return api.Job{}, usageError{err}
@@ -175,7 +180,11 @@ func JobSubmit(ctx context.Context, cfg SubmitConfig, out io.Writer) (api.Job, e
 	if err != nil {
 		return api.Job{}, apiFailure(err)
 	}
-	if cfg.Wait {
+	switch {
+	case cfg.Quiet:
+		_, err := fmt.Fprintln(out, j.ID)
+		return j, err
+	case cfg.Wait:
 		if !cfg.JSON {
 			fmt.Fprintf(out, "submitted job %s (%s); waiting\n", j.ID, j.State)
 		}

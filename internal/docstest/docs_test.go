@@ -1,0 +1,237 @@
+package docstest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// docs are the documents whose marked blocks must run; each must have at least one.
+var docs = []string{"docs/operators.md", "docs/deploy.md"}
+
+const marker = "<!-- test -->"
+
+type block struct {
+	line int // of the opening fence
+	text string
+}
+
+// extract returns the shell blocks marked runnable in the markdown text.
+func extract(md string) ([]block, error) {
+	var out []block
+	sc := bufio.NewScanner(strings.NewReader(md))
+	n := 0
+	marked, in := false, false
+	var cur block
+	var b strings.Builder
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		switch {
+		case in && strings.TrimSpace(line) == "```":
+			cur.text = b.String()
+			out = append(out, cur)
+			in = false
+		case in:
+			b.WriteString(line)
+			b.WriteByte('\n')
+		case strings.TrimSpace(line) == marker:
+			marked = true
+		case marked && strings.TrimSpace(line) == "":
+		case marked:
+			if info := strings.TrimSpace(line); info != "```sh" && info != "```bash" {
+				return nil, fmt.Errorf("line %d: %s must be followed by a ```sh or ```bash fence, not %q", n, marker, info)
+			}
+			marked, in = false, true
+			cur = block{line: n}
+			b.Reset()
+		}
+	}
+	if in || marked {
+		return nil, fmt.Errorf("unterminated marked block at the end (opened at line %d)", cur.line)
+	}
+	return out, sc.Err()
+}
+
+func TestExtract(t *testing.T) {
+	t.Parallel()
+	md := "# x\n```sh\nnot marked\n```\n" + marker + "\n\n```sh\necho one\necho two\n```\ntext\n" + marker + "\n```bash\necho three\n```\n"
+	got, err := extract(md)
+	if err != nil || len(got) != 2 || got[0].text != "echo one\necho two\n" || got[0].line != 7 || got[1].text != "echo three\n" {
+		t.Fatalf("extract(...) = %+v, %v; want the two marked blocks", got, err)
+	}
+	for _, bad := range []string{marker + "\n```yaml\na: 1\n```\n", marker + "\n```sh\necho\n"} {
+		if _, err := extract(bad); err == nil {
+			t.Errorf("extract(%q) = nil error, want one", bad)
+		}
+	}
+}
+
+var loopbackPort = regexp.MustCompile(`127\.0\.0\.1:(\d{2,5})\b`)
+
+// freePorts maps every loopback port the text names to a port free on this machine, so
+// that the docs keep the ports an operator types and the test never collides with a
+// running service or another test.
+func freePorts(t *testing.T, text string) *strings.Replacer {
+	t.Helper()
+	seen := map[string]bool{}
+	var pairs []string
+	for _, m := range loopbackPort.FindAllStringSubmatch(text, -1) {
+		if seen[m[1]] || m[1] == "0" {
+			continue
+		}
+		seen[m[1]] = true
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+		ln.Close()
+		pairs = append(pairs, "127.0.0.1:"+m[1], "127.0.0.1:"+port)
+	}
+	return strings.NewReplacer(pairs...)
+}
+
+func TestDocs(t *testing.T) {
+	t.Parallel()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	build := exec.CommandContext(t.Context(), "go", "build", "-o", filepath.Join(bin, "castellan"), "./cmd/castellan")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/castellan: %v\n%s", err, out)
+	}
+	policy, err := os.ReadFile(filepath.Join(root, "examples", "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range docs {
+		t.Run(filepath.Base(doc), func(t *testing.T) {
+			t.Parallel()
+			md, err := os.ReadFile(filepath.Join(root, doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			blocks, err := extract(string(md))
+			if err != nil {
+				t.Fatalf("%s: %v", doc, err)
+			}
+			if len(blocks) == 0 {
+				t.Fatalf("%s has no block marked %s: nothing would be tested", doc, marker)
+			}
+			var all strings.Builder
+			for _, b := range blocks {
+				all.WriteString(b.text)
+			}
+			all.Write(policy)
+			ports := freePorts(t, all.String())
+
+			dir := t.TempDir()
+			// The docs name examples/policy.yaml as an operator sees it in a checkout.
+			must(t, os.MkdirAll(filepath.Join(dir, "examples"), 0o755))
+			must(t, os.Symlink(filepath.Join(root, "examples", "crm-lookup"), filepath.Join(dir, "examples", "crm-lookup")))
+			must(t, os.WriteFile(filepath.Join(dir, "examples", "policy.yaml"), []byte(ports.Replace(string(policy))), 0o644))
+			must(t, os.Mkdir(filepath.Join(dir, "home"), 0o700))
+
+			var script strings.Builder
+			script.WriteString("set -euo pipefail\nexec 3>\"$DOCSTEST_STATUS\"\n")
+			for i, b := range blocks {
+				fmt.Fprintf(&script, "echo '>>> %s:%d' >&2\n%s\necho %d >&3\n", doc, b.line, ports.Replace(b.text), i)
+			}
+			runScript(t, doc, dir, bin, script.String(), blocks)
+		})
+	}
+}
+
+// runScript runs script with bash in dir, in its own process group, and reports the first
+// block that failed. Whatever the blocks started in the background is stopped at the end.
+func runScript(t *testing.T, doc, dir, bin, script string, blocks []block) {
+	t.Helper()
+	status := filepath.Join(dir, ".docstest-status")
+	logf, err := os.Create(filepath.Join(t.TempDir(), "output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = cleanEnv(bin, dir, status)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pgid := cmd.Process.Pid
+	runErr := cmd.Wait()
+	stopGroup(t, pgid)
+
+	st, _ := os.ReadFile(status)
+	done := len(strings.Fields(string(st)))
+	if runErr == nil && done == len(blocks) {
+		return
+	}
+	out, _ := os.ReadFile(logf.Name())
+	where := "after the last block"
+	if done < len(blocks) {
+		where = fmt.Sprintf("in the block at %s:%d", doc, blocks[done].line)
+	}
+	t.Fatalf("%s: %d of %d marked blocks ran; failed %s: %v\noutput:\n%s", doc, done, len(blocks), where, runErr, out)
+}
+
+// stopGroup sends SIGTERM to the process group (servers and workers drain and exit), waits
+// for it to be gone, and kills what is left after a deadline.
+func stopGroup(t *testing.T, pgid int) {
+	t.Helper()
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond) // polling for the processes to exit
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	t.Errorf("processes started by the docs did not exit within 15s of SIGTERM")
+}
+
+// cleanEnv is the environment of an operator's fresh shell: castellan first on PATH, a
+// scratch HOME, and none of the caller's CASTELLAN_, OTEL_ or TLS variables.
+func cleanEnv(bin, dir, status string) []string {
+	env := []string{
+		"PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH"),
+		"HOME=" + filepath.Join(dir, "home"),
+		"TMPDIR=" + dir,
+		"LANG=C.UTF-8",
+		"DOCSTEST_STATUS=" + status,
+	}
+	for _, k := range []string{"GOCACHE", "GOPATH", "GOMODCACHE", "GOFLAGS"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
