@@ -22,6 +22,7 @@ import (
 type JobConfig struct {
 	Server    string
 	TokenFile string // "" to read $CASTELLAN_TOKEN
+	CAFile    string // CA certificates for the control plane's TLS; "" for the system roots
 	JSON      bool   // machine output
 }
 
@@ -33,7 +34,11 @@ func (cfg JobConfig) client() (*client.Client, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	c, err := client.New(cfg.Server, tok, client.WithUserAgent("castellan-cli/"+Version))
+	ca, err := controlPlaneCA(cfg.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg.Server, tok, client.WithUserAgent("castellan-cli/"+Version), ca)
 	if err != nil {
 		return nil, usagef("--server: %v", err)
 	}
@@ -67,6 +72,7 @@ func jobCommand() *cli.Command {
 	common := []cli.Flag{
 		&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &jc.Server},
 		tokenFileFlag(&jc.TokenFile),
+		caFileFlag(&jc.CAFile),
 		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of text", Destination: &jc.JSON},
 	}
 	var sub SubmitConfig
@@ -88,7 +94,8 @@ func jobCommand() *cli.Command {
 		Name:  "job",
 		Usage: "submit, approve, inspect and cancel jobs on the control plane",
 		Description: "Every subcommand talks to --server (CASTELLAN_SERVER) with the bearer token from --token-file\n" +
-			"or $CASTELLAN_TOKEN. Output is for people unless --json is given. Exit status: 0 ok, 1 the job\n" +
+			"or $CASTELLAN_TOKEN. A control plane whose certificate comes from a private CA: --ca-file ca.pem\n" +
+			"(or CASTELLAN_CA_FILE). Output is for people unless --json is given. Exit status: 0 ok, 1 the job\n" +
 			"did not succeed (submit --wait, wait) or the control plane refused the request, 2 usage error.",
 		Subcommands: []*cli.Command{
 			{

@@ -23,6 +23,7 @@ type TokenConfig struct {
 	Replicas  int
 	Server    string // via the API with an admin token
 	TokenFile string
+	CAFile    string // with Server: CA certificates for its TLS
 	Role      string
 	Pool      string
 	Name      string
@@ -57,6 +58,7 @@ func tokenCommand() *cli.Command {
 				&cli.IntFlag{Name: "replicas", Usage: "NATS mode: replicas of the token bucket if it is created", EnvVars: []string{"CASTELLAN_REPLICAS"}, Value: 1, Destination: &cfg.Replicas},
 				&cli.StringFlag{Name: "server", Usage: "control plane `URL` (needs an admin token; default $CASTELLAN_SERVER)", Destination: &cfg.Server},
 				tokenFileFlag(&cfg.TokenFile),
+				caFileFlag(&cfg.CAFile),
 				&cli.StringFlag{Name: "role", Usage: "worker, client, approver or admin", Required: true, Destination: &cfg.Role},
 				&cli.StringFlag{Name: "pool", Usage: "`POOL` the token is bound to ('*' for all; not for workers)", Value: "default", Destination: &cfg.Pool},
 				&cli.StringFlag{Name: "name", Usage: "label shown in listings and the audit log", Destination: &cfg.Name},
@@ -124,7 +126,7 @@ func TokenCreate(ctx context.Context, cfg TokenConfig, out io.Writer) (api.Token
 			return tok, usageError{err}
 		}
 	default:
-		c, cerr := JobConfig{Server: cfg.Server, TokenFile: cfg.TokenFile}.client()
+		c, cerr := JobConfig{Server: cfg.Server, TokenFile: cfg.TokenFile, CAFile: cfg.CAFile}.client()
 		if cerr != nil {
 			return tok, cerr
 		}

@@ -49,6 +49,7 @@ type WorkerConfig struct {
 	NATSCreds   string // NATS mode: JWT/NKey credentials file
 	NATSCA      string // NATS mode: CA bundle for TLS
 	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
+	CAFile      string // HTTP mode: CA certificates for the control plane's TLS
 
 	// AuditKeyFile is the audit signing key (a private Ed25519 JWK) kept outside STATE-DIR;
 	// "" for STATE-DIR/audit.private.jwk.json, created on first start.
@@ -83,6 +84,7 @@ func workerCommand() *cli.Command {
 			configFlag(),
 			&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &cfg.Server},
 			tokenFileFlag(&cfg.TokenFile),
+			caFileFlag(&cfg.CAFile),
 			&cli.StringFlag{Name: "policy", Usage: "policy `FILE`", EnvVars: []string{"CASTELLAN_POLICY"}, Destination: &cfg.Policy},
 			&cli.StringSliceFlag{Name: "trusted-keys", Usage: "JWKS `FILES` of approver public keys (comma-separated)", EnvVars: []string{"CASTELLAN_TRUSTED_KEYS"}, Destination: &keys},
 			&cli.StringFlag{Name: "state-dir", Usage: "`DIR` for durable worker state (default $XDG_STATE_HOME/castellan)", EnvVars: []string{"CASTELLAN_STATE_DIR"}, Destination: &cfg.StateDir},
@@ -196,7 +198,11 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		defer wq.Close()
 		queue = wq
 	} else {
-		cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version))
+		ca, err := controlPlaneCA(cfg.CAFile)
+		if err != nil {
+			return err
+		}
+		cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version), ca)
 		if err != nil {
 			return usagef("--server: %v", err)
 		}
