@@ -3,9 +3,11 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runApp runs the castellan command with args and returns its exit code and output.
@@ -50,5 +52,28 @@ func TestTokenCreateTarget(t *testing.T) {
 				t.Fatalf("castellan %s printed %q, want the token secret", strings.Join(args, " "), out)
 			}
 		})
+	}
+}
+
+// TestDatabaseFileMode: the control plane's database and its WAL and shared-memory files
+// are readable by their owner only, like the worker's state files.
+func TestDatabaseFileMode(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "cp.db")
+	var out strings.Builder
+	_, err := TokenCreate(t.Context(), TokenConfig{DB: db, Role: "admin", Pool: "*"}, &out)
+	must(t, err)
+	startServer(t, ServerConfig{DB: db, Listen: "127.0.0.1:0", LeaseTTL: time.Minute, LogLevel: "error"})
+	// A second writer while the server holds the database open: the WAL is in use.
+	_, err = TokenCreate(t.Context(), TokenConfig{DB: db, Role: "client", Pool: "default"}, &out)
+	must(t, err)
+	for _, f := range []string{db, db + "-wal", db + "-shm"} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := fi.Mode().Perm(); m != 0o600 {
+			t.Errorf("mode of %s = %o, want 600", filepath.Base(f), m)
+		}
 	}
 }
