@@ -23,6 +23,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/metrics"
 	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server"
+	"github.com/castellan-dev/castellan/internal/tracing"
 )
 
 // ServerConfig is the configuration of `castellan server`.
@@ -36,6 +37,7 @@ type ServerConfig struct {
 	LogLevel         string
 	LogFormat        string
 	MetricsAddr      string // opt-in Prometheus listener; "" for none (the default)
+	OTLP             string // OTLP trace endpoint; "" for $OTEL_EXPORTER_OTLP_ENDPOINT or none
 
 	// NATS selects the JetStream control plane (exclusive with DB): job state, tokens and
 	// catalogs live in JetStream, so several replicas may serve the API at once.
@@ -87,6 +89,7 @@ func serverCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
 			&cli.IntFlag{Name: "replicas", Usage: "NATS mode: replicas of the streams and buckets (3 on a 3-node cluster)", EnvVars: []string{"CASTELLAN_REPLICAS"}, Value: 1, Destination: &cfg.Replicas},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `ADDR` (off by default; \":9465\" binds 127.0.0.1)", EnvVars: []string{"CASTELLAN_METRICS_ADDR"}, Destination: &cfg.MetricsAddr},
+			&cli.StringFlag{Name: "otlp-endpoint", Usage: "export traces over OTLP/HTTP to `URL` (base URL, /v1/traces is appended; default $OTEL_EXPORTER_OTLP_ENDPOINT, else off)", EnvVars: []string{"CASTELLAN_OTLP_ENDPOINT"}, Destination: &cfg.OTLP},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
@@ -128,9 +131,14 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 	if err != nil {
 		return err
 	}
+	tp, stopTracing, err := tracing.NewProvider(ctx, tracing.Options{Endpoint: cfg.OTLP, Service: "castellan-server", Log: log.Named("tracing")})
+	if err != nil {
+		return usagef("--otlp-endpoint: %v", err)
+	}
+	defer func() { _ = stopTracing(context.Background()) }()
 	scfg := server.Config{
 		Addr: cfg.Listen, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, DBPath: cfg.DB,
-		LeaseTTL: cfg.LeaseTTL, Logger: log.Named("server"), Metrics: sm,
+		LeaseTTL: cfg.LeaseTTL, Logger: log.Named("server"), Metrics: sm, Tracer: tp,
 	}
 	if cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0 {
 		if cfg.AutoApproveKey == "" || len(cfg.AutoApproveTasks) == 0 {
@@ -236,6 +244,8 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 		return usagef("--tls-cert is not supported with --nats yet: terminate TLS in front of the API (see docs/deploy.md)")
 	case cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0:
 		return usagef("--auto-approve-key is not supported with --nats: approvals come from approvers (castellan job approve)")
+	case cfg.OTLP != "":
+		return usagef("--otlp-endpoint is not supported with --nats yet: the JetStream control plane records no spans")
 	}
 	o, err := natsOptions("castellan-server", cfg.NATSCreds, cfg.NATSCA, cfg.Replicas, log.Named("nats"))
 	if err != nil {
