@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -146,4 +147,12 @@ func controlPlaneCA(file string) (client.Option, error) {
 		return nil, usagef("--ca-file %s: no PEM certificate in it", file)
 	}
 	return client.WithRootCAs(pool), nil
+}
+
+// systemdStateDir is the first directory of $STATE_DIRECTORY, which systemd sets for a unit
+// with StateDirectory= (several are separated by colons), or "" outside such a unit. Under
+// ProtectHome= and ProtectSystem=strict it is the only place a service may keep state.
+func systemdStateDir() string {
+	d, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":")
+	return d
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -87,7 +88,7 @@ func workerCommand() *cli.Command {
 			caFileFlag(&cfg.CAFile),
 			&cli.StringFlag{Name: "policy", Usage: "policy `FILE`", EnvVars: []string{"CASTELLAN_POLICY"}, Destination: &cfg.Policy},
 			&cli.StringSliceFlag{Name: "trusted-keys", Usage: "JWKS `FILES` of approver public keys (comma-separated)", EnvVars: []string{"CASTELLAN_TRUSTED_KEYS"}, Destination: &keys},
-			&cli.StringFlag{Name: "state-dir", Usage: "`DIR` for durable worker state (default $XDG_STATE_HOME/castellan)", EnvVars: []string{"CASTELLAN_STATE_DIR"}, Destination: &cfg.StateDir},
+			&cli.StringFlag{Name: "state-dir", Usage: "`DIR` for durable worker state (default $STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/castellan)", EnvVars: []string{"CASTELLAN_STATE_DIR"}, Destination: &cfg.StateDir},
 			&cli.StringFlag{Name: "cache-dir", Usage: "compilation cache `DIR` (\"off\" to disable)", EnvVars: []string{"CASTELLAN_CACHE_DIR"}, Destination: &cfg.CacheDir},
 			&cli.IntFlag{Name: "concurrency", Usage: "jobs run at once", EnvVars: []string{"CASTELLAN_CONCURRENCY"}, Value: 2, Destination: &cfg.Concurrency},
 			&cli.DurationFlag{Name: "grace", Usage: "how long running jobs may finish after the first signal", EnvVars: []string{"CASTELLAN_GRACE"}, Value: 5 * time.Minute, Destination: &cfg.Grace},
@@ -265,7 +266,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 }
 
 func workerStateDir(flag string) (string, error) {
-	dir := flag
+	dir := cmp.Or(flag, systemdStateDir())
 	if dir == "" {
 		base := os.Getenv("XDG_STATE_HOME")
 		if base == "" {
