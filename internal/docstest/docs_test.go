@@ -105,6 +105,11 @@ func freePorts(t *testing.T, text string) *strings.Replacer {
 
 func TestDocs(t *testing.T) {
 	t.Parallel()
+	for _, tool := range []string{"bash", "curl", "openssl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("the docs' shell blocks use %s, which is not on PATH: install it to run this test", tool)
+		}
+	}
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +172,7 @@ func runScript(t *testing.T, doc, dir, bin, script string, blocks []block) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
 	cmd.Dir = dir
