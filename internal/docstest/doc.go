@@ -10,5 +10,7 @@
 // (invisible on GitHub). The test builds the castellan binary, puts it first on PATH and
 // runs a document's marked blocks in order in one bash (so exports and background servers
 // carry over) inside a scratch directory, on loopback. Blocks that need root, systemd or
-// podman stay unmarked.
+// podman stay unmarked. A YAML block marked <!-- config server --> (or worker) is a
+// --config file of that command: the test checks that each of its keys is one of the
+// command's flags, which is all the config loader accepts.
 package docstest

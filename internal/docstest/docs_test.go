@@ -10,11 +10,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // docs are the documents whose marked blocks must run; each must have at least one.
@@ -22,57 +25,78 @@ var docs = []string{"docs/operators.md", "docs/deploy.md"}
 
 const marker = "<!-- test -->"
 
+// A YAML block marked <!-- config server --> (or worker) is a --config file of that
+// command: its keys must be the command's flag names.
+var configMarker = regexp.MustCompile(`^<!-- config ([a-z]+) -->$`)
+
 type block struct {
-	line int // of the opening fence
-	text string
+	line    int    // of the opening fence
+	text    string // the block's content
+	command string // for a config block: the castellan command it configures
 }
 
-// extract returns the shell blocks marked runnable in the markdown text.
-func extract(md string) ([]block, error) {
-	var out []block
+// extract returns the shell blocks marked runnable and the YAML blocks marked as config
+// files in the markdown text.
+func extract(md string) (runnable, configs []block, err error) {
 	sc := bufio.NewScanner(strings.NewReader(md))
 	n := 0
-	marked, in := false, false
+	in := false
+	var pending *block // set by a marker, until its fence opens
 	var cur block
 	var b strings.Builder
 	for sc.Scan() {
 		n++
 		line := sc.Text()
+		trimmed := strings.TrimSpace(line)
 		switch {
-		case in && strings.TrimSpace(line) == "```":
+		case in && trimmed == "```":
 			cur.text = b.String()
-			out = append(out, cur)
+			if cur.command == "" {
+				runnable = append(runnable, cur)
+			} else {
+				configs = append(configs, cur)
+			}
 			in = false
 		case in:
 			b.WriteString(line)
 			b.WriteByte('\n')
-		case strings.TrimSpace(line) == marker:
-			marked = true
-		case marked && strings.TrimSpace(line) == "":
-		case marked:
-			if info := strings.TrimSpace(line); info != "```sh" && info != "```bash" {
-				return nil, fmt.Errorf("line %d: %s must be followed by a ```sh or ```bash fence, not %q", n, marker, info)
+		case trimmed == marker:
+			pending = &block{}
+		case configMarker.MatchString(trimmed):
+			pending = &block{command: configMarker.FindStringSubmatch(trimmed)[1]}
+		case pending != nil && trimmed == "":
+		case pending != nil:
+			want := []string{"```sh", "```bash"}
+			if pending.command != "" {
+				want = []string{"```yaml"}
 			}
-			marked, in = false, true
-			cur = block{line: n}
+			if !slices.Contains(want, trimmed) {
+				return nil, nil, fmt.Errorf("line %d: a marker must be followed by a %s fence, not %q", n, strings.Join(want, " or "), trimmed)
+			}
+			cur = block{line: n, command: pending.command}
+			pending, in = nil, true
 			b.Reset()
 		}
 	}
-	if in || marked {
-		return nil, fmt.Errorf("unterminated marked block at the end (opened at line %d)", cur.line)
+	if in || pending != nil {
+		return nil, nil, fmt.Errorf("unterminated marked block at the end (opened at line %d)", cur.line)
 	}
-	return out, sc.Err()
+	return runnable, configs, sc.Err()
 }
 
 func TestExtract(t *testing.T) {
 	t.Parallel()
-	md := "# x\n```sh\nnot marked\n```\n" + marker + "\n\n```sh\necho one\necho two\n```\ntext\n" + marker + "\n```bash\necho three\n```\n"
-	got, err := extract(md)
+	md := "# x\n```sh\nnot marked\n```\n" + marker + "\n\n```sh\necho one\necho two\n```\ntext\n" + marker + "\n```bash\necho three\n```\n" +
+		"<!-- config server -->\n```yaml\ndb: cp.db\n```\n"
+	got, cfgs, err := extract(md)
 	if err != nil || len(got) != 2 || got[0].text != "echo one\necho two\n" || got[0].line != 7 || got[1].text != "echo three\n" {
 		t.Fatalf("extract(...) = %+v, %v; want the two marked blocks", got, err)
 	}
-	for _, bad := range []string{marker + "\n```yaml\na: 1\n```\n", marker + "\n```sh\necho\n"} {
-		if _, err := extract(bad); err == nil {
+	if len(cfgs) != 1 || cfgs[0].command != "server" || cfgs[0].text != "db: cp.db\n" {
+		t.Fatalf("extract(...) configs = %+v, want the server config block", cfgs)
+	}
+	for _, bad := range []string{marker + "\n```yaml\na: 1\n```\n", marker + "\n```sh\necho\n", "<!-- config worker -->\n```sh\necho\n```\n"} {
+		if _, _, err := extract(bad); err == nil {
 			t.Errorf("extract(%q) = nil error, want one", bad)
 		}
 	}
@@ -131,12 +155,15 @@ func TestDocs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			blocks, err := extract(string(md))
+			blocks, configs, err := extract(string(md))
 			if err != nil {
 				t.Fatalf("%s: %v", doc, err)
 			}
 			if len(blocks) == 0 {
 				t.Fatalf("%s has no block marked %s: nothing would be tested", doc, marker)
+			}
+			for _, c := range configs {
+				checkConfig(t, bin, doc, c)
 			}
 			var all strings.Builder
 			for _, b := range blocks {
@@ -159,6 +186,38 @@ func TestDocs(t *testing.T) {
 			}
 			runScript(t, doc, dir, bin, script.String(), blocks)
 		})
+	}
+}
+
+// optionLine is a flag in the OPTIONS part of a `castellan CMD --help` page.
+var optionLine = regexp.MustCompile(`^\s+--([a-z0-9-]+)`)
+
+// checkConfig checks that every key of a documented --config file is a flag of its command,
+// as the config loader demands (an unknown key is exit status 2).
+func checkConfig(t *testing.T, bin, doc string, c block) {
+	t.Helper()
+	out, err := exec.CommandContext(t.Context(), filepath.Join(bin, "castellan"), c.command, "--help").Output()
+	if err != nil {
+		t.Fatalf("castellan %s --help: %v", c.command, err)
+	}
+	flags := map[string]bool{}
+	_, opts, _ := strings.Cut(string(out), "OPTIONS:")
+	for _, line := range strings.Split(opts, "\n") {
+		if m := optionLine.FindStringSubmatch(line); m != nil {
+			flags[m[1]] = true
+		}
+	}
+	if len(flags) < 3 {
+		t.Fatalf("castellan %s --help lists %d flags; the help format changed?\n%s", c.command, len(flags), out)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal([]byte(c.text), &m); err != nil || len(m) == 0 {
+		t.Fatalf("%s:%d: the %s config block is not a YAML map: %v", doc, c.line, c.command, err)
+	}
+	for k := range m {
+		if !flags[k] || k == "config" {
+			t.Errorf("%s:%d: key %q is not a flag of `castellan %s`: the server would refuse this file", doc, c.line, k, c.command)
+		}
 	}
 }
 
