@@ -5,16 +5,19 @@
 package cli
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/outcome"
 )
 
@@ -118,4 +121,38 @@ func cancelOnSignal(cmds []*cli.Command, except ...string) {
 // describe prints the outcome line for a failed job.
 func describe(err error) string {
 	return fmt.Sprintf("%s: %s", outcome.CodeOf(err), outcome.Message(err))
+}
+
+// caFileFlag is --ca-file, shared by every command that calls the control plane over HTTPS.
+func caFileFlag(dst *string) cli.Flag {
+	return &cli.StringFlag{Name: "ca-file",
+		Usage:   "PEM `FILE` of the CA certificates trusted for the control plane's TLS, instead of the system roots (which $SSL_CERT_FILE also replaces)",
+		EnvVars: []string{"CASTELLAN_CA_FILE"}, Destination: dst}
+}
+
+// controlPlaneCA returns the client option that makes the control plane's TLS certificate
+// verify against the CA certificates in file (none when file is ""). Like curl --cacert
+// and VAULT_CACERT, the file replaces the system roots rather than adding to them: a
+// private control plane has no reason to accept a public CA's certificate.
+func controlPlaneCA(file string) (client.Option, error) {
+	if file == "" {
+		return func(*client.Client) {}, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, usagef("--ca-file: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, usagef("--ca-file %s: no PEM certificate in it", file)
+	}
+	return client.WithRootCAs(pool), nil
+}
+
+// systemdStateDir is the first directory of $STATE_DIRECTORY, which systemd sets for a unit
+// with StateDirectory= (several are separated by colons), or "" outside such a unit. Under
+// ProtectHome= and ProtectSystem=strict it is the only place a service may keep state.
+func systemdStateDir() string {
+	d, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":")
+	return d
 }

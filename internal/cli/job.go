@@ -22,6 +22,7 @@ import (
 type JobConfig struct {
 	Server    string
 	TokenFile string // "" to read $CASTELLAN_TOKEN
+	CAFile    string // CA certificates for the control plane's TLS; "" for the system roots
 	JSON      bool   // machine output
 }
 
@@ -33,7 +34,11 @@ func (cfg JobConfig) client() (*client.Client, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	c, err := client.New(cfg.Server, tok, client.WithUserAgent("castellan-cli/"+Version))
+	ca, err := controlPlaneCA(cfg.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg.Server, tok, client.WithUserAgent("castellan-cli/"+Version), ca)
 	if err != nil {
 		return nil, usagef("--server: %v", err)
 	}
@@ -48,6 +53,7 @@ type SubmitConfig struct {
 	IdempotencyKey          string
 	MaxAttempts             int
 	Wait                    bool
+	Quiet                   bool // print only the job id (for JOB_ID=$(castellan job submit ...))
 }
 
 // ApproveConfig is `castellan job approve`.
@@ -66,6 +72,7 @@ func jobCommand() *cli.Command {
 	common := []cli.Flag{
 		&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &jc.Server},
 		tokenFileFlag(&jc.TokenFile),
+		caFileFlag(&jc.CAFile),
 		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of text", Destination: &jc.JSON},
 	}
 	var sub SubmitConfig
@@ -87,7 +94,8 @@ func jobCommand() *cli.Command {
 		Name:  "job",
 		Usage: "submit, approve, inspect and cancel jobs on the control plane",
 		Description: "Every subcommand talks to --server (CASTELLAN_SERVER) with the bearer token from --token-file\n" +
-			"or $CASTELLAN_TOKEN. Output is for people unless --json is given. Exit status: 0 ok, 1 the job\n" +
+			"or $CASTELLAN_TOKEN. A control plane whose certificate comes from a private CA: --ca-file ca.pem\n" +
+			"(or CASTELLAN_CA_FILE). Output is for people unless --json is given. Exit status: 0 ok, 1 the job\n" +
 			"did not succeed (submit --wait, wait) or the control plane refused the request, 2 usage error.",
 		Subcommands: []*cli.Command{
 			{
@@ -105,6 +113,7 @@ func jobCommand() *cli.Command {
 					&cli.StringFlag{Name: "idempotency-key", Usage: "`KEY` making a repeated submit return the same job", Destination: &sub.IdempotencyKey},
 					&cli.IntFlag{Name: "max-attempts", Usage: "executions allowed (default the server's, 3)", Destination: &sub.MaxAttempts},
 					&cli.BoolFlag{Name: "wait", Usage: "wait until the job ends and print its output", Destination: &sub.Wait},
+					&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the job id (JOB_ID=$(castellan job submit -q ...))", Destination: &sub.Quiet},
 				),
 				Action: func(c *cli.Context) error {
 					sub.JobConfig = jc
@@ -162,6 +171,9 @@ func jobCommand() *cli.Command {
 
 // JobSubmit submits a job, prints it and, with Wait, waits for it to end.
 func JobSubmit(ctx context.Context, cfg SubmitConfig, out io.Writer) (api.Job, error) {
+	if cfg.Quiet && (cfg.Wait || cfg.JSON) {
+		return api.Job{}, usagef("--quiet prints only the job id: it does not go with --wait or --json")
+	}
 	input, err := readInput(cfg.Input)
 	if err != nil {
 		return api.Job{}, usageError{err}
@@ -175,7 +187,11 @@ func JobSubmit(ctx context.Context, cfg SubmitConfig, out io.Writer) (api.Job, e
 	if err != nil {
 		return api.Job{}, apiFailure(err)
 	}
-	if cfg.Wait {
+	switch {
+	case cfg.Quiet:
+		_, err := fmt.Fprintln(out, j.ID)
+		return j, err
+	case cfg.Wait:
 		if !cfg.JSON {
 			fmt.Fprintf(out, "submitted job %s (%s); waiting\n", j.ID, j.State)
 		}

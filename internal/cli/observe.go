@@ -54,7 +54,7 @@ func newObservability(ctx context.Context, cfg WorkerConfig, stateDir string, st
 		_ = alog.Close()
 		return nil, err
 	}
-	tp, shutdown, err := tracing.NewProvider(ctx, tracing.Options{Endpoint: cfg.OTLP, Service: "castellan-worker"})
+	tp, shutdown, err := tracing.NewProvider(ctx, tracing.Options{Endpoint: cfg.OTLP, Service: "castellan-worker", Log: log.Named("tracing")})
 	if err != nil {
 		_ = alog.Close()
 		return nil, fmt.Errorf("--otlp-endpoint: %w", err)

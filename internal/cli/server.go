@@ -13,13 +13,17 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/logging"
+	"github.com/castellan-dev/castellan/internal/metrics"
 	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server"
+	"github.com/castellan-dev/castellan/internal/tracing"
 )
 
 // ServerConfig is the configuration of `castellan server`.
@@ -32,6 +36,8 @@ type ServerConfig struct {
 	AutoApproveTasks []string // task names, or "*"
 	LogLevel         string
 	LogFormat        string
+	MetricsAddr      string // opt-in Prometheus listener; "" for none (the default)
+	OTLP             string // OTLP trace endpoint; "" for $OTEL_EXPORTER_OTLP_ENDPOINT or none
 
 	// NATS selects the JetStream control plane (exclusive with DB): job state, tokens and
 	// catalogs live in JetStream, so several replicas may serve the API at once.
@@ -51,6 +57,8 @@ func serverCommand() *cli.Command {
 			"private network long-poll it over outbound HTTPS; it never learns endpoints, URLs or\n" +
 			"credentials. Bootstrap tokens with `castellan token create --db FILE` before the first start.\n" +
 			"Once listening it prints \"castellan server listening on URL\" on stdout; logs go to stderr.\n" +
+			"GET /healthz answers while the process serves, GET /readyz when its state store answers too;\n" +
+			"--metrics-addr serves Prometheus metrics (docs/observability.md) on a separate listener.\n" +
 			"SIGINT/SIGTERM shut it down gracefully (requests in flight get up to 10s); a second signal\n" +
 			"exits at once. Exit status: 0 clean shutdown, 1 runtime failure, 2 configuration error.\n\n" +
 			"With --auto-approve-key the server signs approvals itself for the listed tasks: meant for\n" +
@@ -80,6 +88,8 @@ func serverCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
 			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
 			&cli.IntFlag{Name: "replicas", Usage: "NATS mode: replicas of the streams and buckets (3 on a 3-node cluster)", EnvVars: []string{"CASTELLAN_REPLICAS"}, Value: 1, Destination: &cfg.Replicas},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `ADDR` (off by default; \":9465\" binds 127.0.0.1)", EnvVars: []string{"CASTELLAN_METRICS_ADDR"}, Destination: &cfg.MetricsAddr},
+			&cli.StringFlag{Name: "otlp-endpoint", Usage: "export traces over OTLP/HTTP to `URL` (base URL, /v1/traces is appended; default $OTEL_EXPORTER_OTLP_ENDPOINT, else off)", EnvVars: []string{"CASTELLAN_OTLP_ENDPOINT"}, Destination: &cfg.OTLP},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
@@ -116,9 +126,19 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 		return serverNATS(ctx, cfg, stdout, log, sigs)
 	}
 
+	reg := newServerRegistry()
+	sm, err := metrics.NewServer(reg)
+	if err != nil {
+		return err
+	}
+	tp, stopTracing, err := tracing.NewProvider(ctx, tracing.Options{Endpoint: cfg.OTLP, Service: "castellan-server", Log: log.Named("tracing")})
+	if err != nil {
+		return usagef("--otlp-endpoint: %v", err)
+	}
+	defer func() { _ = stopTracing(context.Background()) }()
 	scfg := server.Config{
 		Addr: cfg.Listen, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, DBPath: cfg.DB,
-		LeaseTTL: cfg.LeaseTTL, Logger: log.Named("server"),
+		LeaseTTL: cfg.LeaseTTL, Logger: log.Named("server"), Metrics: sm, Tracer: tp,
 	}
 	if cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0 {
 		if cfg.AutoApproveKey == "" || len(cfg.AutoApproveTasks) == 0 {
@@ -140,6 +160,22 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 		return usageError{err}
 	}
 	defer func() { _ = srv.Close() }()
+	err = metrics.RegisterJobGauge(reg, func(ctx context.Context) (map[string]int, error) {
+		c, err := srv.Store().Count(ctx)
+		out := make(map[string]int, len(c.Jobs))
+		for st, n := range c.Jobs {
+			out[string(st)] = n
+		}
+		return out, err
+	})
+	if err != nil {
+		return err
+	}
+	stopMetrics, err := serveMetrics(ctx, cfg.MetricsAddr, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		return usagef("--listen %s: %v", cfg.Listen, err)
@@ -208,6 +244,8 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 		return usagef("--tls-cert is not supported with --nats yet: terminate TLS in front of the API (see docs/deploy.md)")
 	case cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0:
 		return usagef("--auto-approve-key is not supported with --nats: approvals come from approvers (castellan job approve)")
+	case cfg.OTLP != "":
+		return usagef("--otlp-endpoint is not supported with --nats yet: the JetStream control plane records no spans")
 	}
 	o, err := natsOptions("castellan-server", cfg.NATSCreds, cfg.NATSCA, cfg.Replicas, log.Named("nats"))
 	if err != nil {
@@ -218,6 +256,11 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 		return usageError{err}
 	}
 	defer func() { _ = srv.Close() }()
+	stopMetrics, err := serveMetrics(ctx, cfg.MetricsAddr, newServerRegistry(), log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		return usagef("--listen %s: %v", cfg.Listen, err)
@@ -226,6 +269,41 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 	log.Info("control plane on NATS JetStream", zap.Int("replicas", cfg.Replicas))
 
 	return serveUntilSignalled(ctx, ln, srv.Serve, sigs, log)
+}
+
+// newServerRegistry is the control plane's own registry (nothing is registered globally),
+// with the Go runtime and process collectors beside the castellan_server_* metrics.
+func newServerRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// serveMetrics opens the --metrics-addr listener (none when addr is "") and serves reg on
+// it until the returned stop is called. A listener that cannot be opened is a
+// configuration error, found before the API starts.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *zap.Logger) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	a, err := metrics.ListenAddr(addr)
+	if err != nil {
+		return nil, usagef("--metrics-addr: %v", err)
+	}
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", a)
+	if err != nil {
+		return nil, usagef("--metrics-addr %s: %v", addr, err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := metrics.ServeListener(mctx, ln, reg); err != nil && mctx.Err() == nil {
+			log.Error("metrics listener failed", zap.Error(err))
+		}
+	}()
+	log.Info("metrics listener enabled", zap.String("addr", "http://"+ln.Addr().String()+"/metrics"))
+	return func() { cancel(); <-done }, nil
 }
 
 // serveUntilSignalled serves on ln until ctx ends or a signal arrives: the first signal

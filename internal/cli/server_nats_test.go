@@ -75,6 +75,9 @@ func TestServerNATSMode(t *testing.T) {
 	if _, err := c.Get(t.Context(), "job_000000000000000000000000"); !client.IsCode(err, api.CodeNotFound) {
 		t.Fatalf("Get(unknown) = %v, want %s", err, api.CodeNotFound)
 	}
+	if code, body := httpGet(t, base+"/readyz"); code != 200 || !strings.Contains(body, "ready") {
+		t.Fatalf("GET /readyz = %d %q, want 200 ready", code, body)
+	}
 	bad, _ := client.New(base, "cst_nope")
 	if _, err := bad.Catalog(t.Context(), "default"); !client.IsCode(err, api.CodeUnauthenticated) {
 		t.Fatalf("Catalog(bad token) = %v, want %s", err, api.CodeUnauthenticated)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,6 +51,7 @@ type WorkerConfig struct {
 	NATSCreds   string // NATS mode: JWT/NKey credentials file
 	NATSCA      string // NATS mode: CA bundle for TLS
 	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
+	CAFile      string // HTTP mode: CA certificates for the control plane's TLS
 
 	// AuditKeyFile is the audit signing key (a private Ed25519 JWK) kept outside STATE-DIR;
 	// "" for STATE-DIR/audit.private.jwk.json, created on first start.
@@ -85,9 +87,10 @@ func workerCommand() *cli.Command {
 			configFlag(),
 			&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &cfg.Server},
 			tokenFileFlag(&cfg.TokenFile),
+			caFileFlag(&cfg.CAFile),
 			&cli.StringFlag{Name: "policy", Usage: "policy `FILE`", EnvVars: []string{"CASTELLAN_POLICY"}, Destination: &cfg.Policy},
 			&cli.StringSliceFlag{Name: "trusted-keys", Usage: "JWKS `FILES` of approver public keys (comma-separated)", EnvVars: []string{"CASTELLAN_TRUSTED_KEYS"}, Destination: &keys},
-			&cli.StringFlag{Name: "state-dir", Usage: "`DIR` for durable worker state (default $XDG_STATE_HOME/castellan)", EnvVars: []string{"CASTELLAN_STATE_DIR"}, Destination: &cfg.StateDir},
+			&cli.StringFlag{Name: "state-dir", Usage: "`DIR` for durable worker state (default $STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/castellan)", EnvVars: []string{"CASTELLAN_STATE_DIR"}, Destination: &cfg.StateDir},
 			&cli.StringFlag{Name: "cache-dir", Usage: "compilation cache `DIR` (\"off\" to disable)", EnvVars: []string{"CASTELLAN_CACHE_DIR"}, Destination: &cfg.CacheDir},
 			&cli.IntFlag{Name: "concurrency", Usage: "jobs run at once", EnvVars: []string{"CASTELLAN_CONCURRENCY"}, Value: 2, Destination: &cfg.Concurrency},
 			&cli.DurationFlag{Name: "grace", Usage: "how long running jobs may finish after the first signal", EnvVars: []string{"CASTELLAN_GRACE"}, Value: 5 * time.Minute, Destination: &cfg.Grace},
@@ -210,7 +213,11 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		defer wq.Close()
 		queue = wq
 	} else {
-		cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version))
+		ca, err := controlPlaneCA(cfg.CAFile)
+		if err != nil {
+			return err
+		}
+		cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version), ca)
 		if err != nil {
 			return usagef("--server: %v", err)
 		}
@@ -292,7 +299,7 @@ func closeWithin(log *zap.Logger, what string, closeIt func()) {
 }
 
 func workerStateDir(flag string) (string, error) {
-	dir := flag
+	dir := cmp.Or(flag, systemdStateDir())
 	if dir == "" {
 		base := os.Getenv("XDG_STATE_HOME")
 		if base == "" {

@@ -3,6 +3,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +52,16 @@ type Option func(*Client)
 // WithHTTPClient sets the HTTP client (for custom TLS roots). Its Timeout should be 0:
 // the client sets per-request deadlines itself. Optional, default a plain http.Client.
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// WithRootCAs trusts only pool's certificates for the control plane's TLS certificate (a
+// private CA), keeping the client's connection pooling. Optional, default the system roots.
+func WithRootCAs(pool *x509.CertPool) Option {
+	return func(c *Client) {
+		t := newTransport()
+		t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+		c.hc = &http.Client{Transport: t}
+	}
+}
 
 // WithRequestTimeout bounds ordinary (non-long-poll) requests. Optional, default 30s.
 func WithRequestTimeout(d time.Duration) Option { return func(c *Client) { c.reqTimeout = d } }

@@ -241,6 +241,16 @@ func (s *APIServer) routes() {
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		// Ready when JetStream answers: the job bucket's status is one round trip to it.
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if _, err := s.d.jobs.Status(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "jetstream unavailable"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, refusal(http.StatusNotFound, api.CodeNotFound,
 			"no route %s %s on the NATS control plane (workers talk to NATS; tokens are created with `castellan token create --nats`; see docs/api.md)", r.Method, r.URL.Path).(*client.APIError))

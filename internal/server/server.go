@@ -207,8 +207,23 @@ func (s *Server) routes() {
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/audit", s.auth(admin, s.hAudit))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	m.HandleFunc("GET /readyz", s.hReady)
 	s.mux = http.NewServeMux()
 	s.mux.Handle("/", jsonFallback(m))
+}
+
+// hReady answers 200 when the database answers a query, for load balancers and probes.
+func (s *Server) hReady(w http.ResponseWriter, r *http.Request) {
+	var one int
+	if err := s.store.rdb.QueryRowContext(r.Context(), "SELECT 1").Scan(&one); err != nil {
+		s.log.Warn("readiness check: the database does not answer", zap.Error(err))
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 // jsonFallback turns the mux's plain-text 404 and 405 into the API's JSON errors.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,6 +142,9 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("server: database path is empty: set Config.DBPath (e.g. /var/lib/castellan/server.db)")
 	}
+	if err := createPrivate(path); err != nil {
+		return nil, fmt.Errorf("server: open database %s: %w", path, err)
+	}
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
@@ -179,6 +183,24 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("server: database %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// createPrivate creates the database file for its owner only before SQLite opens it: SQLite
+// would create it 0644, and it holds token hashes and every job's input and output. SQLite
+// gives the -wal and -shm files the database file's mode; leftovers from before are
+// tightened too.
+func createPrivate(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_ = f.Close()
+	for _, aux := range []string{path + "-wal", path + "-shm"} {
+		if err := os.Chmod(aux, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close closes the database.

@@ -3,8 +3,10 @@ package tracing
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -12,6 +14,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"go.uber.org/zap"
 )
 
 // ScopeName names Castellan's tracers.
@@ -26,6 +29,11 @@ type Options struct {
 	// Service is the service.name resource attribute ("castellan-worker",
 	// "castellan-server").
 	Service string
+	// Log receives the exporter's errors (a collector that is down or refuses spans), which
+	// OpenTelemetry otherwise prints with the standard log package, as plain text among
+	// the JSON log lines. Optional; when set and an endpoint is configured, it becomes
+	// OpenTelemetry's error handler, which is process-wide.
+	Log *zap.Logger
 }
 
 // NewProvider returns the tracer provider to use and a shutdown function that flushes it.
@@ -37,7 +45,17 @@ func NewProvider(ctx context.Context, opts Options) (trace.TracerProvider, func(
 	}
 	var eopts []otlptracehttp.Option
 	if endpoint != "" {
-		eopts = append(eopts, otlptracehttp.WithEndpointURL(endpoint))
+		u, err := tracesURL(endpoint)
+		if err != nil {
+			return nil, nil, err
+		}
+		eopts = append(eopts, otlptracehttp.WithEndpointURL(u))
+	}
+	if opts.Log != nil {
+		log := opts.Log
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			log.Warn("trace export failed", zap.Error(err))
+		}))
 	}
 	exp, err := otlptracehttp.New(ctx, eopts...)
 	if err != nil {
@@ -45,6 +63,21 @@ func NewProvider(ctx context.Context, opts Options) (trace.TracerProvider, func(
 	}
 	tp := NewSDKProvider(sdktrace.NewBatchSpanProcessor(exp), opts.Service)
 	return tp, tp.Shutdown, nil
+}
+
+// tracesURL is where spans go for an endpoint given as a flag. It reads the flag the way the
+// OpenTelemetry specification reads OTEL_EXPORTER_OTLP_ENDPOINT, the variable operators set
+// to the same value: a base URL to which the signal's path, /v1/traces, is appended. A URL
+// that has a path already is taken as it is, like OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
+func tracesURL(endpoint string) (string, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("tracing: OTLP endpoint %q: want http(s)://host:port, e.g. http://127.0.0.1:4318", endpoint)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/v1/traces"
+	}
+	return u.String(), nil
 }
 
 // NewSDKProvider returns an SDK provider sending spans to sp; tests pass a
