@@ -21,7 +21,7 @@ $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
 	clang lld wasi-libc libclang-rt-dev-wasm32 \
 	rustc libstd-rust-dev-wasm32 \
-	wabt
+	wabt curl openssl ca-certificates
 # Node and npm: from Debian only when the machine has none (images often ship their own,
 # which conflicts with Debian's nodejs package).
 if ! command -v npm >/dev/null 2>&1; then
