@@ -294,7 +294,7 @@ func (m *Module) callExtism(ctx context.Context, j *extismJob) ([]byte, error) {
 	mc := wazero.NewModuleConfig().
 		WithSysWalltime().
 		WithSysNanotime().
-		WithSysNanosleep().
+		WithNanosleep(newSleeper(ctx).nanosleep). // see sleeper
 		WithRandSource(rand.Reader).
 		WithStdout(st.stream("stdout")).
 		WithStderr(st.stream("stderr"))

@@ -171,6 +171,7 @@ func (m *Module) run(ctx context.Context, j *hostfuncs.Job, took *time.Duration)
 		return err
 	}
 	inst.stdio.bind(j)
+	inst.sleep.set(ctx)
 	results, err := inst.entry.Call(hostfuncs.WithJob(ctx, j))
 	// The call has returned: no guest code runs on this instance again, so its memory may
 	// go back to the cache, before the pool refills and would want it.
@@ -216,6 +217,7 @@ type instance struct {
 	entry api.Function
 	mem   *linearMemory
 	stdio *stdio
+	sleep *sleeper
 }
 
 // close closes the instance and releases its memory. Call it only when no guest call on it
@@ -238,7 +240,6 @@ func (m *Module) moduleConfig() wazero.ModuleConfig {
 			WithName(""). // anonymous: nothing else in the runtime can import it
 			WithSysWalltime().
 			WithSysNanotime().
-			WithSysNanosleep().
 			WithRandSource(rand.Reader)
 	})
 	return m.baseConfig
@@ -251,12 +252,14 @@ func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []stri
 	inst := &instance{
 		mem:   &linearMemory{limit: uint64(m.limits.MemoryPages) * 65536, cache: m.memCache},
 		stdio: newStdio(m.log, m.limits.LogBytes),
+		sleep: newSleeper(ctx),
 	}
 	if j != nil {
 		inst.stdio.bind(j)
 	}
 	mc := m.moduleConfig().
 		WithStartFunctions(start...).
+		WithNanosleep(inst.sleep.nanosleep).
 		WithStdout(inst.stdio.stream("stdout")).
 		WithStderr(inst.stdio.stream("stderr"))
 	mod, err := m.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.mem), m.compiled, mc)
