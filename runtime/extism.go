@@ -112,13 +112,16 @@ type extismModule struct {
 
 // loadExtism compiles an Extism plugin. compiled is the module as compiled for the import
 // check; it belongs to a runtime the caller closes.
-func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, digest string, compiled wazero.CompiledModule) (*Module, error) {
+func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, digest string, compiled wazero.CompiledModule, ins inspected) (*Module, error) {
 	if _, ok := os.LookupEnv("EXTISM_ENABLE_WASI_OUTPUT"); ok {
 		// The go-sdk would send the plugin's stdout and stderr to the worker's own, unredacted.
 		return nil, outcome.New(outcome.Internal, "task %q: EXTISM_ENABLE_WASI_OUTPUT is set in the worker's environment; unset it: Extism plugins' stdout and stderr must go to the redacted job log", cfg.Name)
 	}
 	if bad := extismImportProblems(compiled); len(bad) > 0 {
 		return nil, outcome.New(outcome.ModuleRejected, "task %q: Extism plugin imports what the sandbox does not offer:\n  %s", cfg.Name, joinLines(bad))
+	}
+	if err := checkInitialize(cfg.Name, compiled.ExportedFunctions()); err != nil {
+		return nil, err
 	}
 	d, ok := compiled.ExportedFunctions()[cfg.Entry]
 	if !ok {
@@ -139,7 +142,7 @@ func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, d
 	extismLogLevel.Do(func() { extism.SetLogLevel(extism.LogLevelInfo) })
 
 	manifest := extism.Manifest{
-		Wasm: []extism.Wasm{extism.WasmData{Data: cfg.Wasm, Name: "main"}},
+		Wasm: []extism.Wasm{extism.WasmData{Data: ins.wasm, Name: "main"}},
 		// Every field set explicitly: a zero MaxVarBytes would make var_set panic, and a
 		// MaxPages of zero would lift the memory limit (FIELD_NOTES.md). The runtime is
 		// configured one page above the limit, as for native modules (see linearMemory).
@@ -163,13 +166,14 @@ func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, d
 		return nil, outcome.Wrap(outcome.ModuleRejected, err, "task %q: Extism plugin: %v", cfg.Name, firstLine(err))
 	}
 	m := &Module{
-		engine:  e,
-		cfg:     cfg,
-		limits:  lim,
-		digest:  digest,
-		imports: hostfuncs.ImportsOf(compiled),
-		log:     e.log.With(zap.String("task", cfg.Name)),
-		ext:     &extismModule{plugin: plugin, wasi: wasi},
+		engine:   e,
+		cfg:      cfg,
+		limits:   lim,
+		digest:   digest,
+		imports:  hostfuncs.ImportsOf(compiled),
+		log:      e.log.With(zap.String("task", cfg.Name)),
+		ext:      &extismModule{plugin: plugin, wasi: wasi},
+		memLimit: uint64(lim.MemoryPages)*65536 - ins.tableBytes,
 	}
 	// One trial instance, so that a link error (an import with the wrong signature) is a
 	// load-time rejection rather than every job's failure.
@@ -184,7 +188,7 @@ func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, d
 	defer e.mu.Unlock()
 	if e.closed {
 		_ = plugin.Close(ctx)
-		return nil, errors.New("engine closed")
+		return nil, ErrClosed
 	}
 	e.mods[m] = struct{}{}
 	return m, nil
@@ -288,7 +292,7 @@ func (m *Module) runExtism(ctx context.Context, job Job, start time.Time) Result
 }
 
 func (m *Module) callExtism(ctx context.Context, j *extismJob) ([]byte, error) {
-	mem := &sharedMemory{limit: uint64(m.limits.MemoryPages) * 65536}
+	mem := &sharedMemory{limit: m.memLimit}
 	st := newStdio(m.log, m.limits.LogBytes)
 	st.bind(j.Job)
 	mc := wazero.NewModuleConfig().

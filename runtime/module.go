@@ -27,6 +27,7 @@ type Module struct {
 	engine     *Engine
 	cfg        ModuleConfig
 	limits     Limits
+	memLimit   uint64 // bytes of linear memory an instance may have: the limit less the tables' share
 	digest     string
 	rt         wazero.Runtime
 	compiled   wazero.CompiledModule
@@ -250,7 +251,7 @@ func (m *Module) moduleConfig() wazero.ModuleConfig {
 // until a job is bound.
 func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []string) (*instance, error) {
 	inst := &instance{
-		mem:   &linearMemory{limit: uint64(m.limits.MemoryPages) * 65536, cache: m.memCache},
+		mem:   &linearMemory{limit: m.memLimit, cache: m.memCache},
 		stdio: newStdio(m.log, m.limits.LogBytes),
 		sleep: newSleeper(ctx),
 	}
