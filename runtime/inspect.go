@@ -35,11 +35,12 @@ type LoadLimits struct {
 	// maximum. Default 1,048,576. Each element also counts TableElementBytes against every
 	// job's memory limit (see Limits.MemoryPages).
 	TableElements int64
-	// CompileTimeout bounds compiling one module. Default 2m: generous, because the limits
-	// above keep the crafted cases out, and an ordinary 3 MB Go module takes under a second to
-	// compile but close to a minute under the race detector on a busy machine. wazero stops
-	// compiling at the deadline between two functions; the function being compiled is
-	// finished first, on a goroutine Load no longer waits for.
+	// CompileTimeout bounds compiling one module. Default 1m: generous, because the limits
+	// above keep the crafted cases out, and an ordinary 3 MB Go module compiles in under a
+	// second (the default is ten times longer in a binary built with the race detector, which
+	// slows the compiler down that much). wazero stops compiling at the deadline between two
+	// functions; the function being compiled is finished first, on a goroutine Load no longer
+	// waits for.
 	CompileTimeout time.Duration
 }
 
@@ -49,7 +50,7 @@ const (
 	DefaultFunctionBodyBytes = 96 << 10
 	DefaultFunctionLocals    = 50_000
 	DefaultTableElements     = 1 << 20
-	DefaultCompileTimeout    = 2 * time.Minute
+	DefaultCompileTimeout    = time.Minute
 	// TableElementBytes is what one table element counts against a job's memory limit:
 	// wazero keeps a table as a Go slice of 8-byte references, and table.grow appends to it,
 	// so a growing table may briefly hold twice its length.
@@ -77,7 +78,7 @@ func (l LoadLimits) withDefaults() (LoadLimits, error) {
 		l.TableElements = DefaultTableElements
 	}
 	if l.CompileTimeout == 0 {
-		l.CompileTimeout = DefaultCompileTimeout
+		l.CompileTimeout = DefaultCompileTimeout * defaultCompileScale
 	}
 	return l, nil
 }
