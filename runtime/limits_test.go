@@ -88,6 +88,7 @@ func TestBadModuleShapeRejectedAtLoad(t *testing.T) {
 		{"import_global", "imports global env.g"},
 		{"import_memory", "imports memory env.memory"},
 		{"bad_initialize", "_initialize must have type () -> ()"},
+		{"extism_import_global", "imports global extism:host/env.g"},
 	}
 	for _, tt := range tests {
 		_, err := e.Load(t.Context(), runtime.ModuleConfig{Name: tt.fixture, Wasm: fixture(t, tt.fixture)})
