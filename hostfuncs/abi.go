@@ -130,8 +130,10 @@ func typeNames(ts []api.ValueType) []string {
 
 // CheckImports returns the imports of m that the sandbox does not offer: functions of another
 // module, WASI functions outside WASIFunctions, castellan_v1 functions that do not exist or
-// have another signature, and any imported memory, table or global. The signatures of
-// permitted imports are compared against what r actually provides.
+// have another signature, and any imported memory. The signatures of permitted imports are
+// compared against what r actually provides. wazero's CompiledModule does not list imported
+// tables and globals: the runtime refuses those from the module's import section before
+// compiling it.
 func CheckImports(r wazero.Runtime, m wazero.CompiledModule) []string {
 	provided := map[string]api.FunctionDefinition{}
 	for _, modName := range []string{ModuleName, wasi_snapshot_preview1.ModuleName} {

@@ -111,19 +111,32 @@ func logLine(ctx context.Context, mod api.Module, stack []uint64) {
 	ret(stack, 0)
 }
 
-// WriteLog sends guest-supplied text to the worker's log: bounded by the job's log budget,
-// made valid UTF-8, and scrubbed of credential values (an upstream response the task logs
-// could carry one).
+// LogLineOverhead is what every log line counts against a job's log budget on top of its own
+// bytes: the fields the worker adds (level, time, task, job, message name). Without it a task
+// could flood the log with empty lines, each free.
+const LogLineOverhead = 128
+
+// LogCost is what one line of n guest bytes counts against a log budget.
+func LogCost(n int) int64 { return int64(n) + LogLineOverhead }
+
+// ChargeLog counts log bytes written before the job was bound to its instance (by
+// _initialize) against the job's budget: one instance, one budget.
+func (j *Job) ChargeLog(used int64) { j.logUsed += used }
+
+// WriteLog sends guest-supplied text to the worker's log: bounded by the job's log budget
+// (every line, empty or not, costs its bytes plus LogLineOverhead), made valid UTF-8, and
+// scrubbed of credential values (an upstream response the task logs could carry one).
 func (j *Job) WriteLog(level int, what string, src []byte) {
 	if j.logMuted {
 		return
 	}
-	if j.logUsed+int64(len(src)) > j.LogBytes {
+	cost := LogCost(len(src))
+	if j.logUsed+cost > j.LogBytes {
 		j.logMuted = true
 		j.Log.Warn("task log budget exhausted; further lines dropped", zap.Int64("log_bytes", j.LogBytes))
 		return
 	}
-	j.logUsed += int64(len(src))
+	j.logUsed += cost
 	msg := strings.ToValidUTF8(string(src), "\uFFFD")
 	if j.Scrub != nil {
 		msg = j.Scrub.RedactString(msg)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/hostfuncs"
@@ -23,12 +25,30 @@ type Config struct {
 	CacheDir string
 	// Logger receives engine and task logs. Optional; default is no logging.
 	Logger *zap.Logger
+	// Load bounds what loading one module may cost. Optional; zero fields take the defaults
+	// documented on LoadLimits.
+	Load LoadLimits
 }
+
+// compilationWorkers is how many goroutines compile one module. More than one makes wazero
+// watch the compile deadline; two keeps one load from taking every core of a small machine.
+const compilationWorkers = 2
+
+// ErrClosed is returned by Load on an Engine that was closed.
+const ErrClosed = engineError("runtime: engine closed")
+
+type engineError string
+
+func (e engineError) Error() string { return string(e) }
 
 // Engine compiles and runs task modules. It is safe for concurrent use.
 type Engine struct {
 	cache wazero.CompilationCache
 	log   *zap.Logger
+	load  LoadLimits
+	// busy counts Loads under way and compilations Load gave up on at their deadline: Close
+	// waits for them before closing the cache they use.
+	busy sync.WaitGroup
 
 	mu     sync.Mutex
 	closed bool
@@ -37,7 +57,11 @@ type Engine struct {
 
 // NewEngine returns an Engine. Close it to release every module and the cache.
 func NewEngine(cfg Config) (*Engine, error) {
-	e := &Engine{log: cfg.Logger, mods: map[*Module]struct{}{}}
+	ll, err := cfg.Load.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{log: cfg.Logger, load: ll, mods: map[*Module]struct{}{}}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
@@ -53,7 +77,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-// Close closes every module loaded by e, then the cache.
+// Close closes every module loaded by e, then the cache. It waits for Loads under way and
+// for compilations Load abandoned at their deadline, until ctx is done. Load on a closed
+// Engine returns ErrClosed.
 func (e *Engine) Close(ctx context.Context) error {
 	e.mu.Lock()
 	e.closed = true
@@ -64,8 +90,78 @@ func (e *Engine) Close(ctx context.Context) error {
 	for m := range mods {
 		errs = append(errs, m.close(ctx))
 	}
+	idle := make(chan struct{})
+	go func() { e.busy.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		return errors.Join(append(errs, fmt.Errorf("closing the engine: loads still running: %w", ctx.Err()))...)
+	}
 	errs = append(errs, e.cache.Close(ctx))
 	return errors.Join(errs...)
+}
+
+// enter registers a Load, or reports that e is closed.
+func (e *Engine) enter() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.busy.Add(1)
+	return true
+}
+
+// compile compiles wasm in rt within the engine's compile deadline. wazero's compiler does
+// not watch its context, so it runs on a goroutine of its own; when Load stops waiting (the
+// deadline, or ctx), that goroutine closes rt once the compilation ends. The bool reports
+// whether rt is still the caller's to close.
+func (e *Engine) compile(ctx context.Context, name string, rt wazero.Runtime, wasm []byte) (wazero.CompiledModule, bool, error) {
+	type result struct {
+		c       wazero.CompiledModule
+		err     error
+		expired bool // the compilation stopped at the deadline
+	}
+	// With more than one compilation worker, wazero checks its context between functions
+	// (experimental.WithCompilationWorkers): past the deadline, the compilation stops once the
+	// function it is on is done, bounded by LoadLimits.FunctionBodyBytes.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.load.CompileTimeout)
+	cctx = experimental.WithCompilationWorkers(cctx, compilationWorkers)
+	done := make(chan result, 1)
+	e.busy.Add(1)
+	go func() {
+		defer e.busy.Done()
+		defer cancel()
+		c, err := rt.CompileModule(cctx, wasm)
+		done <- result{c, err, err != nil && cctx.Err() != nil}
+	}()
+	t := time.NewTimer(e.load.CompileTimeout)
+	defer t.Stop()
+	abandon := func() {
+		cancel()
+		e.busy.Add(1)
+		go func() {
+			defer e.busy.Done()
+			<-done
+			_ = rt.Close(context.Background())
+		}()
+	}
+	select {
+	case r := <-done:
+		if r.expired {
+			return nil, true, outcome.New(outcome.ModuleRejected, "task %q: compiling the module took longer than the limit of %s", name, e.load.CompileTimeout)
+		}
+		if r.err != nil {
+			return nil, true, outcome.Wrap(outcome.ModuleRejected, r.err, "task %q: invalid module: %v", name, firstLine(r.err))
+		}
+		return r.c, true, nil
+	case <-t.C:
+		abandon()
+		return nil, false, outcome.New(outcome.ModuleRejected, "task %q: compiling the module took longer than the limit of %s", name, e.load.CompileTimeout)
+	case <-ctx.Done():
+		abandon()
+		return nil, false, outcome.Wrap(outcome.Cancelled, ctx.Err(), "task %q: loading cancelled", name)
+	}
 }
 
 // Limits bound one job. Zero values take the defaults below; a negative OutputBytes,
@@ -150,8 +246,13 @@ type Guard interface {
 
 // Load validates, compiles and prepares a module. Errors are *outcome.Error with code
 // ModuleRejected when the module itself is at fault (bad digest, invalid binary, imports
-// outside the ABI, missing entry or memory export).
+// outside the ABI, missing entry or memory export, a load limit exceeded); ErrClosed when e
+// is closed.
 func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
+	if !e.enter() {
+		return nil, ErrClosed
+	}
+	defer e.busy.Done()
 	sum := sha256.Sum256(cfg.Wasm)
 	digest := hex.EncodeToString(sum[:])
 	if cfg.SHA256 != "" && cfg.SHA256 != digest {
@@ -166,6 +267,18 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	}
 	if cfg.PoolSize == 0 {
 		cfg.PoolSize = 2
+	}
+	ins := inspect(cfg.Wasm, e.load)
+	switch {
+	case len(ins.problems) > 0:
+		return nil, outcome.New(outcome.ModuleRejected, "task %q: module exceeds the load limits or the ABI:\n  %s", cfg.Name, joinLines(ins.problems))
+	case ins.invalid != nil:
+		return nil, outcome.Wrap(outcome.ModuleRejected, ins.invalid, "task %q: invalid module: %v", cfg.Name, firstLine(ins.invalid))
+	}
+	budget := uint64(lim.MemoryPages) * 65536
+	if ins.tableBytes >= budget {
+		return nil, outcome.New(outcome.ModuleRejected, "task %q: the module's tables count %d bytes against a memory limit of %d bytes (%d bytes per element)",
+			cfg.Name, ins.tableBytes, budget, TableElementBytes)
 	}
 
 	// One runtime per module: untrusted modules never share a namespace. The compiler
@@ -182,13 +295,16 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	if err := hostfuncs.Instantiate(ctx, rt); err != nil {
 		return fail(outcome.Wrap(outcome.Internal, err, "task %q: host modules", cfg.Name))
 	}
-	compiled, err := rt.CompileModule(ctx, cfg.Wasm)
+	compiled, ours, err := e.compile(ctx, cfg.Name, rt, ins.wasm)
 	if err != nil {
-		return fail(outcome.Wrap(outcome.ModuleRejected, err, "task %q: invalid module: %v", cfg.Name, firstLine(err)))
+		if ours {
+			_ = rt.Close(ctx)
+		}
+		return nil, err
 	}
 	if usesExtism(compiled) { // an Extism plugin: runs through the go-sdk (extism.go)
 		defer rt.Close(ctx)
-		return e.loadExtism(ctx, cfg, lim, digest, compiled)
+		return e.loadExtism(ctx, cfg, lim, digest, compiled, ins)
 	}
 	if bad := hostfuncs.CheckImports(rt, compiled); len(bad) > 0 {
 		return fail(outcome.New(outcome.ModuleRejected, "task %q: module imports what the sandbox does not offer:\n  %s",
@@ -202,7 +318,14 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 		return fail(outcome.New(outcome.ModuleRejected, "task %q: module needs %d memory pages at start, the task's limit is %d",
 			cfg.Name, mem.Min(), lim.MemoryPages))
 	}
+	if uint64(mem.Min())*65536+ins.tableBytes > budget {
+		return fail(outcome.New(outcome.ModuleRejected, "task %q: module needs %d memory pages and %d bytes of tables at start, the task's limit is %d pages",
+			cfg.Name, mem.Min(), ins.tableBytes, lim.MemoryPages))
+	}
 	exports := compiled.ExportedFunctions()
+	if err := checkInitialize(cfg.Name, exports); err != nil {
+		return fail(err)
+	}
 	m := &Module{
 		engine:   e,
 		cfg:      cfg,
@@ -212,6 +335,7 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 		compiled: compiled,
 		imports:  hostfuncs.ImportsOf(compiled),
 		log:      e.log.With(zap.String("task", cfg.Name)),
+		memLimit: budget - ins.tableBytes,
 	}
 	if d, ok := exports[cfg.Entry]; ok {
 		if len(d.ParamTypes()) != 0 || len(d.ResultTypes()) != 1 || d.ResultTypes()[0] != i32 {
@@ -232,7 +356,7 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	if e.closed {
 		e.mu.Unlock()
 		_ = m.close(ctx)
-		return nil, errors.New("engine closed")
+		return nil, ErrClosed
 	}
 	e.mods[m] = struct{}{}
 	e.mu.Unlock()
@@ -240,4 +364,13 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 		m.pool.start()
 	}
 	return m, nil
+}
+
+// checkInitialize refuses an _initialize export of any type but () -> (): it would fail every
+// job's instantiation instead of the load.
+func checkInitialize(name string, exports map[string]api.FunctionDefinition) error {
+	if d, ok := exports["_initialize"]; ok && (len(d.ParamTypes()) != 0 || len(d.ResultTypes()) != 0) {
+		return outcome.New(outcome.ModuleRejected, "task %q: _initialize must have type () -> ()", name)
+	}
+	return nil
 }

@@ -6,3 +6,6 @@ func MemoryReuses(m *Module) int64 {
 	defer m.memCache.mu.Unlock()
 	return m.memCache.reuses
 }
+
+// Safely runs f under the safety net every guest call and instantiation of m runs under.
+func Safely(m *Module, f func() error) error { return m.safely("running", f) }

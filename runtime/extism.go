@@ -112,13 +112,16 @@ type extismModule struct {
 
 // loadExtism compiles an Extism plugin. compiled is the module as compiled for the import
 // check; it belongs to a runtime the caller closes.
-func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, digest string, compiled wazero.CompiledModule) (*Module, error) {
+func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, digest string, compiled wazero.CompiledModule, ins inspected) (*Module, error) {
 	if _, ok := os.LookupEnv("EXTISM_ENABLE_WASI_OUTPUT"); ok {
 		// The go-sdk would send the plugin's stdout and stderr to the worker's own, unredacted.
 		return nil, outcome.New(outcome.Internal, "task %q: EXTISM_ENABLE_WASI_OUTPUT is set in the worker's environment; unset it: Extism plugins' stdout and stderr must go to the redacted job log", cfg.Name)
 	}
 	if bad := extismImportProblems(compiled); len(bad) > 0 {
 		return nil, outcome.New(outcome.ModuleRejected, "task %q: Extism plugin imports what the sandbox does not offer:\n  %s", cfg.Name, joinLines(bad))
+	}
+	if err := checkInitialize(cfg.Name, compiled.ExportedFunctions()); err != nil {
+		return nil, err
 	}
 	d, ok := compiled.ExportedFunctions()[cfg.Entry]
 	if !ok {
@@ -139,7 +142,7 @@ func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, d
 	extismLogLevel.Do(func() { extism.SetLogLevel(extism.LogLevelInfo) })
 
 	manifest := extism.Manifest{
-		Wasm: []extism.Wasm{extism.WasmData{Data: cfg.Wasm, Name: "main"}},
+		Wasm: []extism.Wasm{extism.WasmData{Data: ins.wasm, Name: "main"}},
 		// Every field set explicitly: a zero MaxVarBytes would make var_set panic, and a
 		// MaxPages of zero would lift the memory limit (FIELD_NOTES.md). The runtime is
 		// configured one page above the limit, as for native modules (see linearMemory).
@@ -163,13 +166,14 @@ func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, d
 		return nil, outcome.Wrap(outcome.ModuleRejected, err, "task %q: Extism plugin: %v", cfg.Name, firstLine(err))
 	}
 	m := &Module{
-		engine:  e,
-		cfg:     cfg,
-		limits:  lim,
-		digest:  digest,
-		imports: hostfuncs.ImportsOf(compiled),
-		log:     e.log.With(zap.String("task", cfg.Name)),
-		ext:     &extismModule{plugin: plugin, wasi: wasi},
+		engine:   e,
+		cfg:      cfg,
+		limits:   lim,
+		digest:   digest,
+		imports:  hostfuncs.ImportsOf(compiled),
+		log:      e.log.With(zap.String("task", cfg.Name)),
+		ext:      &extismModule{plugin: plugin, wasi: wasi},
+		memLimit: uint64(lim.MemoryPages)*65536 - ins.tableBytes,
 	}
 	// One trial instance, so that a link error (an import with the wrong signature) is a
 	// load-time rejection rather than every job's failure.
@@ -184,7 +188,7 @@ func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, d
 	defer e.mu.Unlock()
 	if e.closed {
 		_ = plugin.Close(ctx)
-		return nil, errors.New("engine closed")
+		return nil, ErrClosed
 	}
 	e.mods[m] = struct{}{}
 	return m, nil
@@ -212,15 +216,23 @@ func (j *extismJob) terminate(err *outcome.Error) {
 // sharedMemory is the memory allocator of one Extism instance: the plugin's memory and the
 // kernel's memory share the task's page budget, so a plugin cannot double its memory by
 // allocating through the kernel.
+//
+// wazero panics when an allocator cannot give a memory its minimum at instantiation, and a
+// limit between the plugin's minimum and the plugin's plus the kernel's lets that happen (each
+// fits alone). The first allocation of each memory is therefore always given, and marks the
+// instance short: callExtism then ends the job as memory_limit before any guest code runs. The
+// overshoot is bounded by the memories' minimums, which the load checked against the limit.
 type sharedMemory struct {
 	limit   uint64
 	mems    []*trackedMemory
 	refused bool
+	short   bool // a memory's minimum did not fit: the instance must not run
 }
 
 type trackedMemory struct {
-	owner *sharedMemory
-	buf   []byte
+	owner   *sharedMemory
+	buf     []byte
+	started bool
 }
 
 var _ experimental.MemoryAllocator = (*sharedMemory)(nil)
@@ -241,9 +253,14 @@ func (s *sharedMemory) Allocate(capacity, _ uint64) experimental.LinearMemory {
 
 func (m *trackedMemory) Reallocate(size uint64) []byte {
 	s := m.owner
+	first := !m.started
+	m.started = true
 	if s.used()-uint64(len(m.buf))+size > s.limit {
 		s.refused = true
-		return nil
+		if !first {
+			return nil
+		}
+		s.short = true
 	}
 	if size <= uint64(cap(m.buf)) {
 		m.buf = m.buf[:size]
@@ -288,19 +305,31 @@ func (m *Module) runExtism(ctx context.Context, job Job, start time.Time) Result
 }
 
 func (m *Module) callExtism(ctx context.Context, j *extismJob) ([]byte, error) {
-	mem := &sharedMemory{limit: uint64(m.limits.MemoryPages) * 65536}
+	mem := &sharedMemory{limit: m.memLimit}
 	st := newStdio(m.log, m.limits.LogBytes)
 	st.bind(j.Job)
 	mc := wazero.NewModuleConfig().
 		WithSysWalltime().
 		WithSysNanotime().
-		WithSysNanosleep().
+		WithNanosleep(newSleeper(ctx).nanosleep). // see sleeper
 		WithRandSource(rand.Reader).
 		WithStdout(st.stream("stdout")).
 		WithStderr(st.stream("stderr"))
 	ictx := experimental.WithMemoryAllocator(ctx, mem)
-	p, err := m.ext.plugin.Instance(ictx, extism.PluginInstanceConfig{ModuleConfig: mc})
+	var p *extism.Plugin
+	err := m.safely("instantiating", func() (err error) {
+		p, err = m.ext.plugin.Instance(ictx, extism.PluginInstanceConfig{ModuleConfig: mc})
+		return err
+	})
+	if err == nil && mem.short {
+		_ = p.Close(context.Background())
+		return nil, outcome.New(outcome.MemoryLimit, "task exceeded its memory limit of %d pages (%d MiB): the plugin and the Extism kernel need more at start",
+			m.limits.MemoryPages, m.limits.MemoryPages/16)
+	}
 	if err != nil {
+		if mem.refused {
+			return nil, outcome.Wrap(outcome.MemoryLimit, err, "task exceeded its memory limit of %d pages (%d MiB)", m.limits.MemoryPages, m.limits.MemoryPages/16)
+		}
 		return nil, m.classifyExtism(ctx, j, mem, st, 0, err)
 	}
 	defer p.Close(context.Background())
@@ -317,7 +346,33 @@ func (m *Module) callExtism(ctx context.Context, j *extismJob) ([]byte, error) {
 		j.WriteLog(lv, "extism log", []byte(msg))
 	})
 	cctx := context.WithValue(ictx, extismJobKey{}, j)
-	rc, out, err := p.CallWithContext(cctx, m.cfg.Entry, j.Input)
+	// The go-sdk writes the input into kernel memory without checking that the kernel could
+	// allocate it: input that does not fit reaches the plugin empty. Write it once here, where
+	// a failed allocation shows (offset 0); the call below resets and writes it again.
+	if len(j.Input) > 0 {
+		var off uint64
+		err = m.safely("writing the input of", func() (err error) {
+			off, err = p.SetInputWithContext(ictx, j.Input)
+			return err
+		})
+		if err != nil {
+			return nil, m.classifyExtism(ctx, j, mem, st, 0, err)
+		}
+		if off == 0 {
+			return nil, outcome.New(outcome.MemoryLimit, "task exceeded its memory limit of %d pages (%d MiB): its input of %d bytes does not fit",
+				m.limits.MemoryPages, m.limits.MemoryPages/16, len(j.Input))
+		}
+	}
+	var rc uint32
+	var out []byte
+	err = m.safely("running", func() (err error) {
+		rc, out, err = p.CallWithContext(cctx, m.cfg.Entry, j.Input)
+		return err
+	})
+	var oe *outcome.Error
+	if errors.As(err, &oe) && oe.Code == outcome.Internal && j.fatal == nil && !mem.refused {
+		return nil, err // the recovered panic of safely
+	}
 	if err == nil || ctx.Err() != nil || j.fatal != nil {
 		return m.checkOutput(out, m.classifyExtism(ctx, j, mem, st, rc, err))
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ type Module struct {
 	engine     *Engine
 	cfg        ModuleConfig
 	limits     Limits
+	memLimit   uint64 // bytes of linear memory an instance may have: the limit less the tables' share
 	digest     string
 	rt         wazero.Runtime
 	compiled   wazero.CompiledModule
@@ -171,7 +173,12 @@ func (m *Module) run(ctx context.Context, j *hostfuncs.Job, took *time.Duration)
 		return err
 	}
 	inst.stdio.bind(j)
-	results, err := inst.entry.Call(hostfuncs.WithJob(ctx, j))
+	inst.sleep.set(ctx)
+	var results []uint64
+	err = m.safely("running", func() (err error) {
+		results, err = inst.entry.Call(hostfuncs.WithJob(ctx, j))
+		return err
+	})
 	// The call has returned: no guest code runs on this instance again, so its memory may
 	// go back to the cache, before the pool refills and would want it.
 	inst.close(ctx)
@@ -216,6 +223,7 @@ type instance struct {
 	entry api.Function
 	mem   *linearMemory
 	stdio *stdio
+	sleep *sleeper
 }
 
 // close closes the instance and releases its memory. Call it only when no guest call on it
@@ -238,7 +246,6 @@ func (m *Module) moduleConfig() wazero.ModuleConfig {
 			WithName(""). // anonymous: nothing else in the runtime can import it
 			WithSysWalltime().
 			WithSysNanotime().
-			WithSysNanosleep().
 			WithRandSource(rand.Reader)
 	})
 	return m.baseConfig
@@ -249,17 +256,23 @@ func (m *Module) moduleConfig() wazero.ModuleConfig {
 // until a job is bound.
 func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []string) (*instance, error) {
 	inst := &instance{
-		mem:   &linearMemory{limit: uint64(m.limits.MemoryPages) * 65536, cache: m.memCache},
+		mem:   &linearMemory{limit: m.memLimit, cache: m.memCache},
 		stdio: newStdio(m.log, m.limits.LogBytes),
+		sleep: newSleeper(ctx),
 	}
 	if j != nil {
 		inst.stdio.bind(j)
 	}
 	mc := m.moduleConfig().
 		WithStartFunctions(start...).
+		WithNanosleep(inst.sleep.nanosleep).
 		WithStdout(inst.stdio.stream("stdout")).
 		WithStderr(inst.stdio.stream("stderr"))
-	mod, err := m.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.mem), m.compiled, mc)
+	var mod api.Module
+	err := m.safely("instantiating", func() (err error) {
+		mod, err = m.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.mem), m.compiled, mc)
+		return err
+	})
 	inst.stdio.flush()
 	if mod != nil {
 		inst.mod = mod
@@ -393,4 +406,20 @@ func (m *Module) guardError(err error) error {
 		return &outcome.Error{Code: oe.Code, Msg: g.RedactString(oe.Msg), Err: oe.Err}
 	}
 	return outcome.New(outcome.SecretInOutput, "the task's error message contained a credential value and was discarded")
+}
+
+// safely runs f, a guest call or an instantiation, and turns a panic that escapes it into an
+// internal failure of this job: no task can stop the worker. wazero recovers panics of guest
+// code and host functions itself; what reaches here is a fault in the engine or the go-sdk
+// (wazero panics, for one, when an allocator cannot give a memory its minimum). The log
+// records the panic's type and stack, never its value, which may hold guest bytes.
+func (m *Module) safely(what string, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			m.log.Error("recovered a panic in the sandbox", zap.String("while", what),
+				zap.String("panic_type", fmt.Sprintf("%T", r)), zap.ByteString("stack", debug.Stack()))
+			err = outcome.New(outcome.Internal, "the sandbox failed while %s the task", what)
+		}
+	}()
+	return f()
 }

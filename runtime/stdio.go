@@ -14,13 +14,17 @@ import (
 const maxLine = 4 << 10
 
 // stdio captures a guest's stdout and stderr line by line into the worker's log. Lines are
-// never part of the job's output. Once a job is bound, they count against the job's log
-// budget and are scrubbed like task log lines; before that (while _initialize runs ahead of
-// time) they go to the module's log under a budget of their own.
+// never part of the job's output. Every line, empty or not, costs its bytes plus
+// hostfuncs.LogLineOverhead against the instance's log budget. Once a job is bound, lines are
+// scrubbed like task log lines and count against the job's budget; before that (while
+// _initialize runs, possibly ahead of time) they go to the module's log, and what they cost
+// is charged to the job the instance later serves: one instance, one budget.
 type stdio struct {
 	mu      sync.Mutex
 	log     *zap.Logger
 	budget  int64
+	used    int64 // by lines written before a job was bound
+	muted   bool
 	job     *hostfuncs.Job
 	partial map[string]*bytes.Buffer
 }
@@ -32,6 +36,7 @@ func newStdio(log *zap.Logger, budget int64) *stdio {
 func (s *stdio) bind(j *hostfuncs.Job) {
 	s.mu.Lock()
 	s.job = j
+	j.ChargeLog(s.used)
 	s.mu.Unlock()
 }
 
@@ -94,10 +99,17 @@ func (s *stdio) emit(stream string, line []byte) {
 		s.job.WriteLog(level, "task "+stream, line)
 		return
 	}
-	if s.budget <= 0 {
+	if s.muted {
 		return
 	}
-	s.budget -= int64(len(line))
+	cost := hostfuncs.LogCost(len(line))
+	if s.used+cost > s.budget {
+		s.muted = true
+		s.log.Warn("task log budget exhausted during initialisation; further lines dropped", zap.Int64("log_bytes", s.budget))
+		s.used = s.budget
+		return
+	}
+	s.used += cost
 	// Without a job there is no job scrubber; initialisation output holds no upstream data,
 	// since http_request is refused outside a job.
 	s.log.Info("task "+stream+" during initialisation", zap.ByteString("msg", bytes.ToValidUTF8(line, []byte("\uFFFD"))))
