@@ -5,7 +5,8 @@ package runtime
 //
 // Extism's own escape hatches stay closed. The manifest never carries AllowedHosts,
 // AllowedPaths or Config; a plugin that imports Extism's http_request is rejected at load
-// (its host matching is a hostname glob with no credential hook: see FIELD_NOTES.md); WASI
+// (in extism/go-sdk v1.7.1 its host matching is a hostname glob, `*example.com` matching
+// `attackerexample.com`, it follows redirects to other hosts, and it has no credential hook); WASI
 // is the same subset native modules get; Extism's log functions and the guest's stdout and
 // stderr go to the job's bounded, redacted log rather than the process's. The only way out
 // is castellan_http_request in extism:host/user, which goes through the same egress
@@ -144,7 +145,7 @@ func (e *Engine) loadExtism(ctx context.Context, cfg ModuleConfig, lim Limits, d
 	manifest := extism.Manifest{
 		Wasm: []extism.Wasm{extism.WasmData{Data: ins.wasm, Name: "main"}},
 		// Every field set explicitly: a zero MaxVarBytes would make var_set panic, and a
-		// MaxPages of zero would lift the memory limit (FIELD_NOTES.md). The runtime is
+		// MaxPages of zero would lift the memory limit (extism/go-sdk v1.7.1 manifest.go). The runtime is
 		// configured one page above the limit, as for native modules (see linearMemory).
 		Memory: &extism.ManifestMemory{
 			MaxPages:             lim.MemoryPages + 1,

@@ -83,6 +83,8 @@ func Run(ctx context.Context, cfg RunConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
+	// net/http prints an upstream's stray bytes on the standard logger: scrub them too.
+	defer logging.CaptureStdlib(log)()
 	defer func() { _ = log.Sync() }()
 
 	store, err := secrets.NewStore(pol.Credentials, pol.Vault, red, log.Named("secrets"))

@@ -154,6 +154,8 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if err != nil {
 		return usageError{err}
 	}
+	// net/http prints an upstream's stray bytes on the standard logger: scrub them too.
+	defer logging.CaptureStdlib(log)()
 	defer func() { _ = log.Sync() }()
 
 	replay, err := approval.OpenReplayStore(filepath.Join(stateDir, "replay.db"))

@@ -74,3 +74,12 @@ func (s *scrubbing) Sync() error {
 	}
 	return nil
 }
+
+// CaptureStdlib sends what the standard library's log package prints through log, so that it
+// is scrubbed and encoded like every other line. net/http prints there, among other things,
+// the first bytes of an unsolicited response from an upstream ("Unsolicited response received
+// on idle HTTP channel"), which may echo a credential. It returns a function that restores the
+// previous output. The standard logger is process-wide, so only the daemon's commands call it.
+func CaptureStdlib(log *zap.Logger) (restore func()) {
+	return zap.RedirectStdLog(log.Named("stdlib"))
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	stdlog "log"
 	"net/url"
 	"strings"
 	"testing"
@@ -67,4 +68,30 @@ func bytesToHex(s string) string {
 		b = append(b, digits[s[i]>>4], digits[s[i]&15])
 	}
 	return string(b)
+}
+
+// TestStdlibLogIsScrubbed: what net/http prints on the standard logger (an upstream's stray
+// bytes) reaches the sink only through the scrubbing logger. Not parallel: the standard logger
+// is process-wide.
+func TestStdlibLogIsScrubbed(t *testing.T) {
+	const secret = "tok-0b8d4e6f2a1c9e37"
+	red := redact.NewSet()
+	if err := red.Add(secret); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	log, err := New(&out, Options{Format: "json", Scrub: red})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := CaptureStdlib(log)
+	stdlog.Printf("Unsolicited response received on idle HTTP channel starting with %q; err=%v", "HTTP/1.1 200 OK\r\n\r\n"+secret, nil)
+	restore()
+	got := out.String()
+	if !strings.Contains(got, `"logger":"stdlib"`) || !strings.Contains(got, "Unsolicited response") {
+		t.Fatalf("CaptureStdlib: the standard logger's line did not reach the sink as JSON: %q", got)
+	}
+	if strings.Contains(got, secret) {
+		t.Fatalf("CaptureStdlib: the credential reached the sink: %q", got)
+	}
 }
