@@ -87,6 +87,7 @@ func App(stdout, stderr io.Writer) *cli.App {
 			pluginCommand(),
 			auditCommand(),
 			policyCommand(),
+			approverCommand(),
 			demoCommand(),
 			demoCRMCommand(),
 			versionCommand(),
