@@ -43,10 +43,22 @@ func approverCommand() *cli.Command {
 				&cli.StringFlag{Name: "input", Usage: "sample requests `FILE` (JSON or YAML list), or - for stdin", Destination: &chk.Input},
 			},
 			Action: func(c *cli.Context) error {
-				if c.NArg() != 1 {
-					return usagef("approver check: want exactly one RULES argument")
+				args := c.Args().Slice()
+				if len(args) == 0 {
+					return usagef("approver check: want a RULES argument")
 				}
-				chk.Rules = c.Args().First()
+				chk.Rules = args[0]
+				// The documented form puts --input after RULES, where urfave/cli stops
+				// parsing flags; accept it there too.
+				switch rest := args[1:]; {
+				case len(rest) == 0:
+				case len(rest) == 2 && (rest[0] == "--input" || rest[0] == "-input"):
+					chk.Input = rest[1]
+				case len(rest) == 1 && strings.HasPrefix(rest[0], "--input="):
+					chk.Input = strings.TrimPrefix(rest[0], "--input=")
+				default:
+					return usagef("approver check: want RULES [--input FILE|-], got %d extra arguments", len(rest))
+				}
 				return ApproverCheck(c.Context, chk, c.App.Reader, c.App.Writer)
 			},
 		}},

@@ -90,10 +90,11 @@ func TestApproverCheckSamples(t *testing.T) {
 	for _, viaStdin := range []bool{false, true} {
 		var out, errOut bytes.Buffer
 		app := App(&out, &errOut)
+		// Flags before RULES, as urfave/cli parses them, and after, as the docs write them.
 		args := []string{"castellan", "approver", "check", "--input", writeFile(t, dir, "samples.yaml", samples), rulesFile}
 		if viaStdin {
 			app.Reader = strings.NewReader(samples)
-			args[4] = "-"
+			args = []string{"castellan", "approver", "check", rulesFile, "--input", "-"}
 		}
 		if err := app.RunContext(context.Background(), args); err != nil {
 			t.Fatalf("castellan %v = %v; stderr %s", args[1:], err, errOut.String())
