@@ -358,14 +358,11 @@ func (d *decoder) expression(n *yaml.Node, path string) (cel.Program, bool) {
 	ast, iss := d.env.Compile(src)
 	if iss != nil && iss.Err() != nil {
 		for _, e := range iss.Errors() {
-			line := n.Line
-			if l := e.Location.Line(); l > 1 || n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
-				// A block scalar starts on the line after its indicator.
-				if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
-					line += l
-				} else {
-					line += l - 1
-				}
+			// CEL counts lines within the expression; a block scalar (| or >) starts on
+			// the line after its indicator, a quoted or plain one on the key's line.
+			line := n.Line + e.Location.Line() - 1
+			if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+				line++
 			}
 			msg := e.Message
 			if m := undeclaredRE.FindStringSubmatch(msg); m != nil {

@@ -160,18 +160,20 @@ func (e *EvalError) Error() string {
 func (e *EvalError) Unwrap() error { return e.Err }
 
 // decodeInput reads the job input for CEL: objects become map[string]any, arrays []any,
-// whole numbers int64 (so size(input.id) < 16 and input.count == 3 type-check as a person
-// expects) and other numbers float64. The input must be I-JSON first: approvals hash only
-// I-JSON, and an input with duplicate member names would otherwise read one way here and
-// another way in the task.
+// whole numbers int64 (so input.count == 3 and input.ids[0] behave as a person expects) and
+// other numbers float64. Rules read the input's canonical form (approval.CanonicalJSON),
+// the one the approval hashes: an input with duplicate member names, which could read one
+// way here and another way in the task, has none and is refused; and 1.0 and 1, which share
+// one hash and so one approval, read alike.
 func decodeInput(raw []byte) (any, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, nil
 	}
-	if err := approval.CheckIJSON(raw); err != nil {
+	canon, err := approval.CanonicalJSON(raw)
+	if err != nil {
 		return nil, fmt.Errorf("the input is not I-JSON: %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec := json.NewDecoder(bytes.NewReader(canon))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {

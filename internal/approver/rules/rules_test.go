@@ -146,8 +146,8 @@ func TestDecide(t *testing.T) {
 }
 
 // TestDecideErrorAsks: an input that makes a deny rule fail must not slip past it to an
-// approve rule below. Before Decide stopped at the first failing rule, the missing "amount"
-// made "cap" not match and "everything" approved.
+// approve rule below. Were a failing rule merely skipped, leaving out "amount" would make
+// "cap" not match and "everything" approve.
 func TestDecideErrorAsks(t *testing.T) {
 	t.Parallel()
 	s := mustParse(t, `rules:
@@ -180,6 +180,18 @@ func TestDecideInputNotIJSON(t *testing.T) {
 		d := s.Decide(t.Context(), Request{Task: "t", Input: []byte(input), Now: tuesday})
 		if d.Action != Ask || d.Rule != "" || d.Err == nil {
 			t.Errorf("Decide(input %q) = %+v, want Ask by no rule with an error", input, d)
+		}
+	}
+}
+
+// TestDecideSeesCanonicalInput: inputs with one hash (so one approval) get one decision,
+// however the numbers are spelt.
+func TestDecideSeesCanonicalInput(t *testing.T) {
+	t.Parallel()
+	s := mustParse(t, "rules:\n  - name: whole\n    when: 'type(input.n) == int && input.n == 100'\n    approve: {ttl: 1m}\n")
+	for _, input := range []string{`{"n":100}`, `{"n":100.0}`, `{"n":1E2}`, `{"n":1e2}`, `{ "n" : 100.00 }`} {
+		if d := s.Decide(t.Context(), Request{Task: "t", Input: []byte(input), Now: tuesday}); d.Action != Approve || d.Rule != "whole" {
+			t.Errorf("Decide(input %s) = %+v, want Approve by rule whole", input, d)
 		}
 	}
 }
