@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -366,7 +367,7 @@ func (d *decoder) expression(n *yaml.Node, path string) (cel.Program, bool) {
 			}
 			msg := e.Message
 			if m := undeclaredRE.FindStringSubmatch(msg); m != nil {
-				msg = fmt.Sprintf("unknown variable or function %q%s; the variables are %s", m[1], policy.Suggest(m[1], variables), strings.Join(variables, ", "))
+				msg = fmt.Sprintf("unknown variable or function %q%s; the variables are %s", m[1], policy.Suggest(m[1], d.names()), strings.Join(variables, ", "))
 			}
 			d.add(line, path, "CEL: %s (column %d)", msg, e.Location.Column()+1)
 		}
@@ -385,6 +386,18 @@ func (d *decoder) expression(n *yaml.Node, path string) (cel.Program, bool) {
 		return nil, false
 	}
 	return prg, true
+}
+
+// names are the variables and functions a when expression may use, for suggestions.
+func (d *decoder) names() []string {
+	names := slices.Clone(variables)
+	for f := range d.env.Functions() {
+		if nameRE.MatchString(strings.ToLower(f)) {
+			names = append(names, f)
+		}
+	}
+	slices.Sort(names[len(variables):])
+	return names
 }
 
 func (d *decoder) duration(n *yaml.Node, path string) (time.Duration, bool) {

@@ -43,7 +43,7 @@ func TestParseProblems(t *testing.T) {
 		{"non-bool expression", "rules:\n  - name: a\n    when: 'input.flag'\n    ask: {}\n", 3, "of type dyn, not bool"},
 		{"string expression", "rules:\n  - name: a\n    when: 'task + \"x\"'\n    ask: {}\n", 3, "of type string, not bool"},
 		{"unknown variable", "rules:\n  - name: a\n    when: 'tsk == \"x\"'\n    ask: {}\n", 3, `unknown variable or function "tsk" (did you mean "task"?)`},
-		{"unknown function", "rules:\n  - name: a\n    when: 'task.startWith(\"x\")'\n    ask: {}\n", 3, "CEL: "},
+		{"unknown function", "rules:\n  - name: a\n    when: 'task.startWith(\"x\")'\n    ask: {}\n", 3, `"startWith" (did you mean "startsWith"?)`},
 		{"missing action", "rules:\n  - name: a\n    when: 'true'\n", 2, "missing action"},
 		{"two actions", "rules:\n  - name: a\n    when: 'true'\n    ask: {}\n    deny: {reason: no}\n", 5, "exactly one action"},
 		{"ttl too long", "rules:\n  - name: a\n    when: 'true'\n    approve: {ttl: 25h}\n", 4, "ttl 25h is out of range"},
