@@ -2,6 +2,7 @@ package approval
 
 import (
 	stdjson "encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -47,6 +48,22 @@ func TestDecodeClaimsStrict(t *testing.T) {
 		{"lone surrogate in a claim", withClaim("sub", `"\ud800"`), Malformed, ""},
 		{"trailing data", claimsOK + "x", Malformed, ""},
 		{"array", `[1]`, Malformed, "object"},
+		{"approved_by a rule", withApprovedBy(`{"rule":"read-only-lookups"}`), "", ""},
+		{"approved_by a person", withApprovedBy(`{"person":"alice@example.com"}`), "", ""},
+		{"approved_by null is absent", withApprovedBy(`null`), "", ""},
+		{"approved_by as string", withApprovedBy(`"alice"`), Malformed, `"approved_by" is a string`},
+		{"approved_by as array", withApprovedBy(`["alice"]`), Malformed, `"approved_by" is an array`},
+		{"approved_by rule as number", withApprovedBy(`{"rule":7}`), Malformed, `"approved_by.rule"`},
+		{"approved_by both set", withApprovedBy(`{"rule":"r","person":"alice"}`), Malformed, "both a rule and a person"},
+		{"approved_by empty object", withApprovedBy(`{}`), Malformed, "neither"},
+		{"approved_by empty rule", withApprovedBy(`{"rule":""}`), Malformed, "neither"},
+		{"approved_by duplicate member", withApprovedBy(`{"rule":"r","rule":"s"}`), Malformed, "duplicate"},
+		{"approved_by unknown member", withApprovedBy(`{"team":"ops"}`), UnknownClaim, `"approved_by.team"`},
+		{"approved_by member in other case", withApprovedBy(`{"Rule":"r"}`), UnknownClaim, `"approved_by.Rule"`},
+		{"approved_by too long", withApprovedBy(`{"person":"` + strings.Repeat("a", MaxApprovedByBytes+1) + `"}`), Malformed, "at most 128"},
+		{"approved_by longest", withApprovedBy(`{"person":"` + strings.Repeat("a", MaxApprovedByBytes) + `"}`), "", ""},
+		{"approved_by control character", withApprovedBy(`{"person":"alice\nbob"}`), Malformed, "control character"},
+		{"approved_by C1 control character", withApprovedBy(`{"person":"alice\u0085"}`), Malformed, "control character"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -65,6 +82,10 @@ func TestDecodeClaimsStrict(t *testing.T) {
 	}
 }
 
+func withApprovedBy(v string) string {
+	return strings.TrimSuffix(claimsOK, "}") + `,"approved_by":` + v + `}`
+}
+
 // FuzzDecodeClaims: whatever decodeClaims accepts is an I-JSON object of known claims under
 // their exact names, and encoding/json reads the same values from it.
 func FuzzDecodeClaims(f *testing.F) {
@@ -72,6 +93,8 @@ func FuzzDecodeClaims(f *testing.F) {
 	f.Add([]byte(strings.TrimSuffix(claimsOK, "}") + `,"auto":true}`))
 	f.Add([]byte(withClaim("iat", "1.78999e9")))
 	f.Add([]byte(strings.Replace(claimsOK, `"job"`, `"JOB"`, 1)))
+	f.Add([]byte(withApprovedBy(`{"rule":"r"}`)))
+	f.Add([]byte(withApprovedBy(`{"person":"p","rule":""}`)))
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		c, rej := decodeClaims(payload)
 		if rej != nil {
@@ -85,14 +108,14 @@ func FuzzDecodeClaims(f *testing.F) {
 			t.Fatalf("decodeClaims accepted %q; encoding/json: %v", payload, err)
 		}
 		known := map[string]bool{"job": true, "task": true, "task_version": true, "input_sha256": true, "pool": true,
-			"iat": true, "exp": true, "nonce": true, "max_attempts": true, "sub": true, "auto": true}
+			"iat": true, "exp": true, "nonce": true, "max_attempts": true, "sub": true, "auto": true, "approved_by": true}
 		for name := range m {
 			if !known[name] {
 				t.Fatalf("decodeClaims accepted %q with member %q", payload, name)
 			}
 		}
 		var std Claims
-		if err := stdjson.Unmarshal(payload, &std); err != nil || std != c {
+		if err := stdjson.Unmarshal(payload, &std); err != nil || !reflect.DeepEqual(std, c) {
 			t.Fatalf("decodeClaims(%q) = %+v; encoding/json reads %+v, %v", payload, c, std, err)
 		}
 	})

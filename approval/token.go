@@ -23,7 +23,8 @@ const TokenType = "castellan-approval+jws"
 // DefaultTTL is the lifetime Sign gives an approval when Request.TTL is zero.
 const DefaultTTL = time.Hour
 
-// Claims is what an approval asserts. Every field except Approver and Auto is required;
+// Claims is what an approval asserts. Every field except Approver, Auto and ApprovedBy is
+// required;
 // a token whose payload has any other member is rejected (unknown_claim), so a newer
 // signer cannot add a restriction that an older worker would silently ignore.
 type Claims struct {
@@ -38,6 +39,43 @@ type Claims struct {
 	MaxAttempts int    `json:"max_attempts"` // executions (first run plus retries) this approval allows, >= 1
 	Approver    string `json:"sub,omitempty"`
 	Auto        bool   `json:"auto,omitzero"` // signed by a server-side auto-approve key
+	// ApprovedBy records what decided the approval: an approval rule or a person. Optional;
+	// nil in tokens signed before the claim existed.
+	ApprovedBy *ApprovedBy `json:"approved_by,omitzero"`
+}
+
+// ApprovedBy is the approved_by claim: exactly one of Rule (the approval rule that
+// approved, see internal/approver/rules) or Person (who clicked Approve) is set, non-empty,
+// at most MaxApprovedByBytes long and without control characters. Unlike the kid it is
+// what the signer wrote: it records why the signer signed, it authenticates no one.
+type ApprovedBy struct {
+	Rule   string `json:"rule,omitzero"`
+	Person string `json:"person,omitzero"`
+}
+
+// MaxApprovedByBytes bounds the rule or person named in the approved_by claim.
+const MaxApprovedByBytes = 128
+
+// problem says what is wrong with a, or "" if nothing is.
+func (a ApprovedBy) problem() string {
+	v := a.Rule
+	switch {
+	case a.Rule != "" && a.Person != "":
+		return "names both a rule and a person; it holds exactly one"
+	case a.Rule == "" && a.Person == "":
+		return "names neither a rule nor a person; it holds exactly one, non-empty"
+	case a.Rule == "":
+		v = a.Person
+	}
+	if len(v) > MaxApprovedByBytes {
+		return fmt.Sprintf("is %d bytes long; at most %d", len(v), MaxApprovedByBytes)
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return "contains a control character"
+		}
+	}
+	return ""
 }
 
 // Request describes the job an approver signs for.
@@ -54,6 +92,9 @@ type Request struct {
 	Approver string
 	// Auto marks an approval signed by a server-side auto-approve key. Optional.
 	Auto bool
+	// ApprovedBy records the rule or person that approved (claim approved_by). Optional;
+	// when set, exactly one of its fields must be.
+	ApprovedBy *ApprovedBy
 }
 
 // Sign issues an approval for r, signed with key (a private Ed25519 JWK with a kid), as a
@@ -88,6 +129,14 @@ func signAt(key jose.JSONWebKey, r Request, now time.Time) (string, Claims, erro
 	if attempts < 1 {
 		return "", Claims{}, fmt.Errorf("approval: Request.MaxAttempts %d must be >= 1", r.MaxAttempts)
 	}
+	var by *ApprovedBy
+	if r.ApprovedBy != nil {
+		if p := r.ApprovedBy.problem(); p != "" {
+			return "", Claims{}, fmt.Errorf("approval: Request.ApprovedBy %s", p)
+		}
+		copied := *r.ApprovedBy
+		by = &copied
+	}
 	hash, err := InputHash(r.Input)
 	if err != nil {
 		return "", Claims{}, fmt.Errorf("approval: job input: %w", err)
@@ -108,6 +157,7 @@ func signAt(key jose.JSONWebKey, r Request, now time.Time) (string, Claims, erro
 		MaxAttempts: attempts,
 		Approver:    r.Approver,
 		Auto:        r.Auto,
+		ApprovedBy:  by,
 	}
 	payload, err := json.Marshal(c)
 	if err != nil {
@@ -214,13 +264,23 @@ func claimsError(err error) *RejectError {
 	case errors.Is(err, jsontext.ErrDuplicateName) && errors.As(err, &syn):
 		return reject(Malformed, fmt.Sprintf("the claims have a duplicate member name %q", syn.JSONPointer.LastToken()))
 	case errors.As(err, &sem) && errors.Is(sem.Err, json.ErrUnknownName):
-		return reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", sem.JSONPointer.LastToken()))
+		return reject(UnknownClaim, fmt.Sprintf("the approval has claim %q, which this worker does not understand; upgrade the worker or re-sign without it", claimName(sem.JSONPointer)))
 	case errors.As(err, &sem) && sem.JSONPointer == "":
 		return reject(Malformed, "the claims are not a JSON object")
 	case errors.As(err, &sem):
-		return reject(Malformed, fmt.Sprintf("a claim has the wrong type: %q is %s", sem.JSONPointer.LastToken(), kindName(sem.JSONKind)))
+		return reject(Malformed, fmt.Sprintf("a claim has the wrong type: %q is %s", claimName(sem.JSONPointer), kindName(sem.JSONKind)))
 	}
 	return reject(Malformed, "the claims are not valid JSON")
+}
+
+// claimName names the claim at p, dotted for a member of an object claim
+// ("approved_by.rule").
+func claimName(p jsontext.Pointer) string {
+	var parts []string
+	for tok := range p.Tokens() {
+		parts = append(parts, tok)
+	}
+	return strings.Join(parts, ".")
 }
 
 // kindName names a JSON kind for messages, never the value.
@@ -281,6 +341,11 @@ func checkClaims(c Claims) (Claims, *RejectError) {
 	}
 	if c.MaxAttempts < 1 {
 		return Claims{}, reject(Malformed, "the \"max_attempts\" claim is missing or below 1")
+	}
+	if c.ApprovedBy != nil {
+		if p := c.ApprovedBy.problem(); p != "" {
+			return Claims{}, reject(Malformed, "the \"approved_by\" claim "+p)
+		}
 	}
 	return c, nil
 }

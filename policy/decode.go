@@ -67,13 +67,20 @@ func (d *decoder) root(data []byte) *yaml.Node {
 }
 
 func (d *decoder) syntaxError(err error) {
+	d.probs = append(d.probs, SyntaxProblem(d.file, err))
+}
+
+// SyntaxProblem turns a YAML decoder's error ("yaml: line N: ...", the form of yaml.v3 and
+// its successor go.yaml.in/yaml/v3) into a Problem at that line of file. Other strict YAML
+// files of Castellan (approval rules) report syntax errors through it, so every file names
+// the line the same way.
+func SyntaxProblem(file string, err error) Problem {
 	msg := err.Error()
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		d.add(line, "", "invalid YAML: %s", m[2])
-		return
+		return Problem{File: file, Line: line, Msg: "invalid YAML: " + m[2]}
 	}
-	d.add(0, "", "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
+	return Problem{File: file, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
 }
 
 // field joins a path and a key; keys that are not plain names are quoted so that the path
@@ -185,6 +192,11 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// Suggest returns ` (did you mean "x"?)` for a near miss among known keys, or "" when no
+// known key is within two edits. Other strict files of Castellan use it for their unknown
+// keys, so every file suggests the same way.
+func Suggest(key string, known []string) string { return suggest(key, known) }
 
 // suggest returns ` (did you mean "x"?)` for a near miss among known keys.
 func suggest(key string, known []string) string {

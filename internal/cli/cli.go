@@ -90,6 +90,7 @@ func App(stdout, stderr io.Writer) *cli.App {
 			pluginCommand(),
 			auditCommand(),
 			policyCommand(),
+			approverCommand(),
 			demoCommand(),
 			demoCRMCommand(),
 			versionCommand(),
