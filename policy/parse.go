@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"golang.org/x/net/http/httpguts"
-	"gopkg.in/yaml.v3"
 
 	"github.com/castellan-dev/castellan/egress"
 	"github.com/castellan-dev/castellan/secrets"

@@ -1,6 +1,6 @@
 package policy
 
-import "gopkg.in/yaml.v3"
+import "go.yaml.in/yaml/v3"
 
 // Plugins is the policy's plugins section: how the worker treats modules that arrive in a
 // plugins directory (docs/plugins.md) rather than through a task's module path.

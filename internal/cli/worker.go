@@ -15,7 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/client"
