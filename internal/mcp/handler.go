@@ -144,9 +144,14 @@ func tagRequestID(r *http.Request) {
 	if r.Method != http.MethodPost || r.Body == nil {
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20+1))
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	if err != nil {
+	// Read no more than the SDK accepts; a longer body is passed on whole for the SDK to
+	// refuse with 413.
+	body, err := io.ReadAll(io.LimitReader(r.Body, sdk.DefaultMaxRequestBodyBytes+1))
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
+	if err != nil || len(body) > sdk.DefaultMaxRequestBodyBytes {
 		return
 	}
 	msg, err := jsonrpc.DecodeMessage(body)

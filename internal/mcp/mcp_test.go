@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -215,6 +216,7 @@ func TestInitializeAndListTools(t *testing.T) {
 	ctx := t.Context()
 	cs := e.connect(ctx, e.secrets["client"], nil)
 	ir := cs.InitializeResult()
+	t.Logf("Go SDK client negotiated %s, session %q", ir.ProtocolVersion, cs.ID())
 	if ir.ProtocolVersion != "2026-07-28" && ir.ProtocolVersion != "2025-11-25" {
 		t.Errorf("ProtocolVersion = %q, want the SDK's newest", ir.ProtocolVersion)
 	}
@@ -520,5 +522,74 @@ func TestRetrySameRequestIDSameJob(t *testing.T) {
 	}
 	if len(l.Jobs) != 2 {
 		t.Errorf("jobs after 2 sends of id 900 and 1 of id 901 = %d, want 2", len(l.Jobs))
+	}
+}
+
+func TestNegotiatesOlderRevisions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{})
+	for _, tc := range []struct{ ask, want string }{
+		{"2024-11-05", "2024-11-05"},
+		{"2025-03-26", "2025-03-26"},
+		{"2025-06-18", "2025-06-18"},
+		{"2025-11-25", "2025-11-25"},
+		{"1999-01-01", ""}, // unknown: the server offers a revision it speaks
+	} {
+		body := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + tc.ask +
+			`","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+mcp.Path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+e.secrets["client"])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sb strings.Builder
+		_, _ = io.Copy(&sb, resp.Body)
+		resp.Body.Close()
+		data := sb.String()
+		if i := strings.Index(data, "data: "); i >= 0 {
+			data = strings.TrimSpace(data[i+len("data: "):])
+		}
+		var m struct {
+			Result struct {
+				ProtocolVersion string `json:"protocolVersion"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal([]byte(data), &m); err != nil {
+			t.Fatalf("initialize(%s) answer %q: %v", tc.ask, sb.String(), err)
+		}
+		got := m.Result.ProtocolVersion
+		if tc.want != "" && got != tc.want || tc.want == "" && got == "" {
+			t.Errorf("initialize(%s) = protocolVersion %q, want %q", tc.ask, got, tc.want)
+		}
+		t.Logf("initialize(%s) -> %s", tc.ask, got)
+	}
+}
+
+// A worker's catalog is not trusted to be servable: a schema the SDK would panic on must
+// drop that one tool, not the session.
+func TestUnservableSchemaIsSkipped(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{})
+	ctx := t.Context()
+	bad := []api.TaskDef{
+		{Name: "not-object", Version: "1", InputSchema: json.RawMessage(`{"type":"string"}`)},
+		{Name: "no-type", Version: "1", InputSchema: json.RawMessage(`{"properties":{"a":{}}}`)},
+		{Name: "bad-header", Version: "1", InputSchema: json.RawMessage(`{"type":"object","properties":{"a":{"type":"object","x-mcp-header":"X-A"}}}`)},
+	}
+	if _, err := e.workerA.PublishCatalog(ctx, append([]api.TaskDef{echoTask()}, bad...)); err != nil {
+		t.Fatalf("PublishCatalog() = %v", err)
+	}
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	names := toolNames(t, ctx, cs)
+	if !slices.Contains(names, "echo") {
+		t.Errorf("tools = %v, want echo still served", names)
+	}
+	for _, d := range bad[:2] {
+		if slices.Contains(names, d.Name) {
+			t.Errorf("tools = %v, want no %s (schema %s)", names, d.Name, d.InputSchema)
+		}
 	}
 }
