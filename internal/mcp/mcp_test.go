@@ -593,3 +593,36 @@ func TestUnservableSchemaIsSkipped(t *testing.T) {
 		}
 	}
 }
+
+// A dropped HTTP connection is not a cancellation: the job goes on, and the agent fetches
+// its result later with castellan_job_result.
+func TestDroppedConnectionThenFetchResult(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	rctx, drop := context.WithCancel(ctx)
+	body := `{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"echo","arguments":{"n":9}}}`
+	req, _ := http.NewRequestWithContext(rctx, http.MethodPost, e.url+mcp.Path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+e.secrets["client"])
+	req.Header.Set("Mcp-Session-Id", cs.ID())
+	req.Header.Set("Mcp-Protocol-Version", cs.InitializeResult().ProtocolVersion)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	j := e.pendingJob(ctx)
+	drop()
+	<-done
+	e.approve(ctx, j.ID)
+	r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.ResultToolName, Arguments: map[string]any{"job_id": j.ID, "wait_seconds": 10}})
+	if err != nil || r.IsError || !jsonEqual([]byte(text(r)), []byte(`{"n":9}`)) {
+		t.Fatalf("CallTool(%s) after a dropped call = %v, %+v; want output {\"n\":9}", mcp.ResultToolName, err, r)
+	}
+}
