@@ -192,6 +192,11 @@ func (h *handler) newServer(r *http.Request) *sdk.Server {
 			"still pending, call " + ResultToolName + " with the job_id later.",
 		Logger:       h.opts.Logger,
 		Capabilities: &sdk.ServerCapabilities{Tools: &sdk.ToolCapabilities{ListChanged: true}},
+		// A tool list is one pool's, fetched with one token: no intermediary may serve it
+		// to anyone else (the SDK's default scope is "public").
+		SetCacheable: func(_ context.Context, _ sdk.Request, c *sdk.Cacheable) {
+			c.CacheScope, c.TTLMs = "private", 0
+		},
 		InitializedHandler: func(_ context.Context, req *sdk.InitializedRequest) {
 			go s.watch(req.Session)
 		},

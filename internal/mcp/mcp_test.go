@@ -626,3 +626,38 @@ func TestDroppedConnectionThenFetchResult(t *testing.T) {
 		t.Fatalf("CallTool(%s) after a dropped call = %v, %+v; want output {\"n\":9}", mcp.ResultToolName, err, r)
 	}
 }
+
+// A session is bound to the token that opened it: another valid token of the same pool
+// cannot use its session id.
+func TestSessionBoundToToken(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	e.newClient("client2", api.RoleClient, "alpha")
+	for _, tc := range []struct {
+		token string
+		ok    bool
+	}{{e.secrets["client"], true}, {e.secrets["client2"], false}} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+mcp.Path, strings.NewReader(`{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{}}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+tc.token)
+		req.Header.Set("Mcp-Session-Id", cs.ID())
+		req.Header.Set("Mcp-Protocol-Version", cs.InitializeResult().ProtocolVersion)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sb strings.Builder
+		_, _ = io.Copy(&sb, resp.Body)
+		resp.Body.Close()
+		got := resp.StatusCode == http.StatusOK && strings.Contains(sb.String(), `"echo"`)
+		if got && !strings.Contains(sb.String(), `"cacheScope":"private"`) {
+			t.Errorf("tools/list = %q, want cacheScope private: the list is one pool's", sb.String())
+		}
+		if got != tc.ok {
+			t.Errorf("tools/list on the session with token %d… = %d %q, want ok=%v", len(tc.token), resp.StatusCode, sb.String(), tc.ok)
+		}
+	}
+}
