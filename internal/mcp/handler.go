@@ -1,0 +1,514 @@
+package mcp
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/auth"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/modelcontextprotocol/go-sdk/oauthex"
+
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/schema"
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+// Path is where the Streamable HTTP transport is served.
+const Path = "/mcp"
+
+// MetadataPath is the RFC 9728 protected-resource metadata document; MetadataPath+Path is
+// the path-suffixed form that clients of the MCP authorization spec try first.
+const MetadataPath = "/.well-known/oauth-protected-resource"
+
+// ResultToolName is the tool that fetches the result of a job a call stopped waiting for.
+const ResultToolName = "castellan_job_result"
+
+// Options configure Handler. The zero value is usable.
+type Options struct {
+	// CallWait bounds how long tools/call waits for its job before answering that the job
+	// is still pending (with its id and how to fetch the result). Optional, default 60s.
+	CallWait time.Duration
+	// CatalogPoll is how often a session re-reads its pool's catalog to send
+	// notifications/tools/list_changed. Optional, default 2s, at least 100ms.
+	CatalogPoll time.Duration
+	// ResourceURL is the canonical URL of the /mcp endpoint, named in the protected-resource
+	// metadata. Optional, default derived from the request (scheme from TLS, and Host).
+	ResourceURL string
+	// Logger receives the SDK's and this layer's diagnostics. Optional, default discard.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.CallWait <= 0 {
+		o.CallWait = 60 * time.Second
+	}
+	if o.CatalogPoll <= 0 {
+		o.CatalogPoll = 2 * time.Second
+	}
+	o.CatalogPoll = max(o.CatalogPoll, 100*time.Millisecond)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// requestIDHeader carries the JSON-RPC id of a single tools/call from the HTTP layer to the
+// tool handler: the SDK does not expose request ids to handlers, and the idempotency key
+// is derived from (session id, request id). A client-sent value is always replaced.
+const requestIDHeader = "Castellan-Mcp-Request-Id"
+
+type principalKey struct{}
+
+// Handler serves MCP over Streamable HTTP at Path, plus the protected-resource metadata.
+// Every request needs `Authorization: Bearer <token>`; the token's pool decides the
+// session's tools, and every call is made to the backend with that token.
+func Handler(b Backend, opts Options) http.Handler {
+	opts = opts.withDefaults()
+	h := &handler{b: b, opts: opts, schemas: &schema.Cache{}}
+	stream := sdk.NewStreamableHTTPHandler(h.newServer, &sdk.StreamableHTTPOptions{Logger: opts.Logger})
+	verifier := func(ctx context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
+		p, err := b.Authenticate(ctx, token)
+		if err != nil {
+			if errors.Is(err, ErrUnauthenticated) {
+				return nil, fmt.Errorf("%w: %v", auth.ErrInvalidToken, err)
+			}
+			return nil, errors.New("control plane unavailable")
+		}
+		// UserID binds the session to this exact token: the SDK refuses a session id
+		// presented with another token.
+		return &auth.TokenInfo{UserID: tokenKey(token), Extra: map[string]any{"principal": p}}, nil
+	}
+	mux := http.NewServeMux()
+	meta := func(w http.ResponseWriter, r *http.Request) {
+		auth.ProtectedResourceMetadataHandler(&oauthex.ProtectedResourceMetadata{
+			Resource:               h.resourceURL(r),
+			BearerMethodsSupported: []string{"header"},
+			ResourceName:           "Castellan control plane (MCP)",
+		}).ServeHTTP(w, r)
+	}
+	mux.HandleFunc(MetadataPath, meta)
+	mux.HandleFunc(MetadataPath+Path, meta)
+	mux.HandleFunc(Path, func(w http.ResponseWriter, r *http.Request) {
+		mw := auth.RequireBearerToken(verifier, &auth.RequireBearerTokenOptions{
+			ResourceMetadataURL:    h.origin(r) + MetadataPath + Path,
+			AllowMissingExpiration: true,
+		})
+		mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			tagRequestID(r)
+			stream.ServeHTTP(w, r)
+		})).ServeHTTP(w, r)
+	})
+	return mux
+}
+
+type handler struct {
+	b       Backend
+	opts    Options
+	schemas *schema.Cache
+}
+
+func (h *handler) origin(r *http.Request) string {
+	if h.opts.ResourceURL != "" {
+		return strings.TrimSuffix(strings.TrimSuffix(h.opts.ResourceURL, "/"), Path)
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+func (h *handler) resourceURL(r *http.Request) string {
+	if h.opts.ResourceURL != "" {
+		return h.opts.ResourceURL
+	}
+	return h.origin(r) + Path
+}
+
+// tagRequestID sets requestIDHeader when the POST body is one tools/call request. Batches
+// (2025-03-26 only) get no tag, so their calls carry no idempotency key.
+func tagRequestID(r *http.Request) {
+	r.Header.Del(requestIDHeader)
+	if r.Method != http.MethodPost || r.Body == nil {
+		return
+	}
+	// Read no more than the SDK accepts; a longer body is passed on whole for the SDK to
+	// refuse with 413.
+	body, err := io.ReadAll(io.LimitReader(r.Body, sdk.DefaultMaxRequestBodyBytes+1))
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
+	if err != nil || len(body) > sdk.DefaultMaxRequestBodyBytes {
+		return
+	}
+	msg, err := jsonrpc.DecodeMessage(body)
+	if err != nil {
+		return
+	}
+	if req, ok := msg.(*jsonrpc.Request); ok && req.Method == "tools/call" && req.ID.IsValid() {
+		if id, err := json.Marshal(req.ID.Raw()); err == nil {
+			r.Header.Set(requestIDHeader, string(id))
+		}
+	}
+}
+
+// session is one MCP session: its principal and the tools of its pool.
+type session struct {
+	h   *handler
+	p   Principal
+	srv *sdk.Server
+
+	mu      sync.Mutex
+	tasks   map[string]api.TaskDef
+	version [32]byte
+}
+
+func (h *handler) newServer(r *http.Request) *sdk.Server {
+	ti := auth.TokenInfoFromContext(r.Context())
+	if ti == nil {
+		return nil
+	}
+	p, ok := ti.Extra["principal"].(Principal)
+	if !ok {
+		return nil
+	}
+	s := &session{h: h, p: p, tasks: map[string]api.TaskDef{}}
+	s.srv = sdk.NewServer(&sdk.Implementation{Name: "castellan", Title: "Castellan"}, &sdk.ServerOptions{
+		Instructions: "Each tool runs a task as a Castellan job on a private worker. A job waits for an approver " +
+			"(a person or a rule) before it runs; this server never approves. If a call answers that its job is " +
+			"still pending, call " + ResultToolName + " with the job_id later.",
+		Logger:       h.opts.Logger,
+		Capabilities: &sdk.ServerCapabilities{Tools: &sdk.ToolCapabilities{ListChanged: true}},
+		// A tool list is one pool's, fetched with one token: no intermediary may serve it
+		// to anyone else (the SDK's default scope is "public").
+		SetCacheable: func(_ context.Context, _ sdk.Request, c *sdk.Cacheable) {
+			c.CacheScope, c.TTLMs = "private", 0
+		},
+		InitializedHandler: func(_ context.Context, req *sdk.InitializedRequest) {
+			go s.watch(req.Session)
+		},
+	})
+	s.srv.AddTool(resultTool(), s.callResult)
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	s.refresh(ctx)
+	return s.srv
+}
+
+// watch re-reads the catalog until the session ends; the SDK sends list_changed when
+// refresh adds or removes a tool.
+func (s *session) watch(ss *sdk.ServerSession) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = ss.Wait(); cancel() }()
+	t := time.NewTicker(s.h.opts.CatalogPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+			s.refresh(rctx)
+			rcancel()
+		}
+	}
+}
+
+func (s *session) refresh(ctx context.Context) {
+	defs, err := s.h.b.Tasks(ctx, s.p)
+	if err != nil {
+		s.h.opts.Logger.Warn("mcp: cannot read the catalog", "pool", s.p.Pool, "error", safeErr(err))
+		return
+	}
+	text, _ := json.Marshal(defs)
+	v := sha256.Sum256(text)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v == s.version {
+		return
+	}
+	s.version = v
+	next := map[string]api.TaskDef{}
+	for _, d := range defs {
+		if d.Name == ResultToolName {
+			continue
+		}
+		next[d.Name] = d // the catalog lists versions oldest first; the last one wins
+	}
+	var gone []string
+	for name := range s.tasks {
+		if _, ok := next[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	if len(gone) > 0 {
+		s.srv.RemoveTools(gone...)
+	}
+	prev := s.tasks
+	s.tasks = map[string]api.TaskDef{}
+	for name, d := range next {
+		if old, ok := prev[name]; ok && old.Version == d.Version && bytes.Equal(old.InputSchema, d.InputSchema) &&
+			bytes.Equal(old.OutputSchema, d.OutputSchema) && old.Description == d.Description {
+			s.tasks[name] = old
+			continue
+		}
+		if err := s.addTool(d); err != nil {
+			s.h.opts.Logger.Warn("mcp: task not offered as a tool", "task", d.Name, "version", d.Version, "error", err)
+			continue
+		}
+		s.tasks[name] = d
+	}
+}
+
+// addTool offers one task. The SDK panics on a schema it cannot serve (not an object, bad
+// header annotations); a worker's catalog must not take the session down, so that is an
+// error here.
+func (s *session) addTool(d api.TaskDef) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the SDK refused the tool: %v", r)
+		}
+	}()
+	var in map[string]any
+	if json.Unmarshal(d.InputSchema, &in) != nil || in["type"] != "object" {
+		return errors.New(`input_schema is not a JSON object schema with "type": "object"`)
+	}
+	if _, err := s.h.schemas.Get(d.InputSchema); err != nil {
+		return fmt.Errorf("input_schema does not compile: %v", err)
+	}
+	t := &sdk.Tool{
+		Name:        d.Name,
+		Description: describe(d),
+		InputSchema: json.RawMessage(d.InputSchema),
+		// TODO(catalog): api.TaskDef has no title and no readOnly/destructive/idempotent
+		// hints yet (issue 16 puts them in the policy). Map them here when it does:
+		// Title: d.Title, Annotations: &sdk.ToolAnnotations{ReadOnlyHint: d.Annotations.ReadOnly, ...}.
+		// Until then none are sent: a client must not assume a hint nobody set.
+	}
+	if len(d.OutputSchema) > 0 {
+		t.OutputSchema = json.RawMessage(d.OutputSchema)
+	}
+	s.srv.AddTool(t, func(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
+		return s.callTask(ctx, req, d)
+	})
+	return nil
+}
+
+func describe(d api.TaskDef) string {
+	desc := strings.TrimSpace(d.Description)
+	if desc != "" {
+		desc += "\n\n"
+	}
+	return desc + fmt.Sprintf("Runs Castellan task %s version %s as a job that an approver must approve first.", d.Name, d.Version)
+}
+
+func resultTool() *sdk.Tool {
+	return &sdk.Tool{
+		Name:  ResultToolName,
+		Title: "Fetch a Castellan job's result",
+		Description: "Returns the result of a job that a tool call stopped waiting for. Waits up to " +
+			"wait_seconds (default 30, at most 60) for the job to end.",
+		InputSchema: json.RawMessage(`{"type":"object","properties":{"job_id":{"type":"string","minLength":1,"maxLength":200},` +
+			`"wait_seconds":{"type":"integer","minimum":0,"maximum":60}},"required":["job_id"],"additionalProperties":false}`),
+		Annotations: &sdk.ToolAnnotations{ReadOnlyHint: true, IdempotentHint: true},
+	}
+}
+
+// idempotencyKey derives the submit key from (session id, JSON-RPC request id), so that a
+// client resending the same request in its session gets the same job back.
+func idempotencyKey(sessionID string, req *sdk.CallToolRequest) string {
+	if req.Extra == nil || req.Extra.Header == nil {
+		return ""
+	}
+	id := req.Extra.Header.Get(requestIDHeader)
+	if id == "" || sessionID == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(sessionID + "\x00" + id))
+	return "mcp-" + hex.EncodeToString(sum[:20])
+}
+
+func (s *session) callTask(ctx context.Context, req *sdk.CallToolRequest, d api.TaskDef) (*sdk.CallToolResult, error) {
+	args := []byte(req.Params.Arguments)
+	if len(bytes.TrimSpace(args)) == 0 || string(bytes.TrimSpace(args)) == "null" {
+		args = []byte("{}")
+	}
+	sch, err := s.h.schemas.Get(d.InputSchema)
+	if err != nil {
+		return toolError("task %s has an input schema that does not compile", d.Name), nil
+	}
+	issues, err := schema.Validate(sch, args)
+	if err != nil {
+		return toolError("arguments are not JSON: %v", err), nil
+	}
+	if len(issues) > 0 {
+		return toolError("invalid arguments: %s", schema.Message(issues)), nil
+	}
+	sid := ""
+	if req.Session != nil {
+		sid = req.Session.ID()
+	}
+	job, err := s.h.b.Submit(ctx, s.p, api.SubmitRequest{
+		Task: d.Name, TaskVersion: d.Version, Pool: s.p.Pool, Input: json.RawMessage(args),
+		IdempotencyKey: idempotencyKey(sid, req),
+	})
+	if err != nil {
+		return apiToolError("submit", err), nil
+	}
+	return s.follow(ctx, req, job, s.h.opts.CallWait, true)
+}
+
+func (s *session) callResult(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
+	var in struct {
+		JobID       string `json:"job_id"`
+		WaitSeconds *int   `json:"wait_seconds"`
+	}
+	sch, _ := s.h.schemas.Get(resultTool().InputSchema.(json.RawMessage))
+	if issues, err := schema.Validate(sch, req.Params.Arguments); err != nil || len(issues) > 0 {
+		if err != nil {
+			return toolError("arguments are not JSON: %v", err), nil
+		}
+		return toolError("invalid arguments: %s", schema.Message(issues)), nil
+	}
+	_ = json.Unmarshal(req.Params.Arguments, &in)
+	wait := 30 * time.Second
+	if in.WaitSeconds != nil {
+		wait = time.Duration(*in.WaitSeconds) * time.Second
+	}
+	job, err := s.h.b.Get(ctx, s.p, in.JobID)
+	if err != nil {
+		return apiToolError("get", err), nil
+	}
+	return s.follow(ctx, req, job, wait, false)
+}
+
+// follow waits for job to end, at most wait, sending progress when the client asked for
+// it. If ctx ends (the client sent notifications/cancelled) and cancelOnStop is set, the
+// job is cancelled.
+func (s *session) follow(ctx context.Context, req *sdk.CallToolRequest, job api.Job, wait time.Duration, cancelOnStop bool) (*sdk.CallToolResult, error) {
+	token := req.Params.GetProgressToken()
+	step := 0.0
+	progress := func(j api.Job) {
+		if token == nil || req.Session == nil {
+			return
+		}
+		step++
+		_ = req.Session.NotifyProgress(ctx, &sdk.ProgressNotificationParams{ProgressToken: token, Progress: step, Message: stateMessage(j)})
+	}
+	deadline := time.Now().Add(wait)
+	for !job.State.Terminal() {
+		progress(job)
+		left := time.Until(deadline)
+		if left <= 0 {
+			return pending(job), nil
+		}
+		next, err := s.h.b.Wait(ctx, s.p, job.ID, job.State, left)
+		if ctx.Err() != nil {
+			if cancelOnStop {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				_, cerr := s.h.b.Cancel(cctx, s.p, job.ID)
+				cancel()
+				if cerr != nil && !client.IsCode(cerr, api.CodeInvalidState) {
+					s.h.opts.Logger.Warn("mcp: cannot cancel the job of a cancelled call", "job", job.ID, "error", safeErr(cerr))
+				}
+			}
+			return nil, ctx.Err()
+		}
+		if err != nil {
+			return apiToolError("wait", err), nil
+		}
+		job = next
+	}
+	return finished(job), nil
+}
+
+func stateMessage(j api.Job) string {
+	switch j.State {
+	case api.StatePendingApproval:
+		return fmt.Sprintf("job %s: pending approval", j.ID)
+	case api.StateQueued:
+		if j.Attempt > 0 {
+			return fmt.Sprintf("job %s: queued for a retry (attempt %d of %d done)", j.ID, j.Attempt, j.MaxAttempts)
+		}
+		return fmt.Sprintf("job %s: queued", j.ID)
+	case api.StateRunning, api.StateCancelRequested:
+		return fmt.Sprintf("job %s: running, attempt %d of %d", j.ID, j.Attempt, j.MaxAttempts)
+	}
+	return fmt.Sprintf("job %s: %s", j.ID, j.State)
+}
+
+func pending(j api.Job) *sdk.CallToolResult {
+	msg := fmt.Sprintf("job %s is still %s (not finished yet). Fetch its result later with the %s tool and arguments {\"job_id\": %q}.",
+		j.ID, j.State, ResultToolName, j.ID)
+	// isError so that a tool with an outputSchema is not taken to have produced output.
+	return &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: msg}},
+		StructuredContent: map[string]any{"job_id": j.ID, "state": string(j.State), "pending": true}}
+}
+
+func finished(j api.Job) *sdk.CallToolResult {
+	if j.State == api.StateSucceeded && (j.Outcome == "" || j.Outcome == "ok") {
+		text := string(j.Output)
+		if text == "" {
+			text = "null"
+		}
+		res := &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: text}}}
+		var obj map[string]any
+		if json.Unmarshal(j.Output, &obj) == nil && obj != nil {
+			res.StructuredContent = json.RawMessage(j.Output)
+		}
+		return res
+	}
+	code := j.Outcome
+	if code == "" {
+		code = string(j.State)
+	}
+	msg := fmt.Sprintf("job %s ended %s: outcome %s", j.ID, j.State, code)
+	if j.ErrorMessage != "" {
+		msg += ": " + j.ErrorMessage
+	}
+	return &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: msg}},
+		StructuredContent: map[string]any{"job_id": j.ID, "state": string(j.State), "outcome": code, "message": j.ErrorMessage}}
+}
+
+func toolError(format string, args ...any) *sdk.CallToolResult {
+	return &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: fmt.Sprintf(format, args...)}}}
+}
+
+// apiToolError turns a backend error into a tool error. Control-plane API errors are
+// written for clients and pass through; anything else (a dial error names a host) does not.
+func apiToolError(op string, err error) *sdk.CallToolResult {
+	var ae *client.APIError
+	if errors.As(err, &ae) {
+		r := toolError("%s refused: %s: %s", op, ae.Code, ae.Message)
+		if len(ae.Details) > 0 {
+			r.StructuredContent = map[string]any{"code": ae.Code, "details": ae.Details}
+		}
+		return r
+	}
+	return toolError("%s failed: the control plane is unavailable; retry later", op)
+}
+
+// safeErr keeps API error text and drops transport errors, which name hosts.
+func safeErr(err error) string {
+	var ae *client.APIError
+	if errors.As(err, &ae) {
+		return ae.Error()
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return err.Error()
+	}
+	return "transport error"
+}
