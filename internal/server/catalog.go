@@ -51,10 +51,10 @@ func checkTask(i int, t api.TaskDef) (in, out []byte, err error) {
 	bad := func(format string, args ...any) error {
 		return errf(http.StatusBadRequest, api.CodeInvalidField, "tasks[%d]: "+format, append([]any{i}, args...)...)
 	}
-	if !taskNameRE.MatchString(t.Name) {
+	if !api.ValidTaskName(t.Name) {
 		return nil, nil, bad("name %q is invalid: 1-64 of a-z 0-9 _ . - starting with a letter", t.Name)
 	}
-	if !versionRE.MatchString(t.Version) {
+	if !api.ValidTaskVersion(t.Version) {
 		return nil, nil, bad("version %q is invalid: 1-64 of A-Z a-z 0-9 _ . + - starting with a letter or digit", t.Version)
 	}
 	if len(t.Description) > maxDescription {

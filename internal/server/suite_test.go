@@ -1,0 +1,54 @@
+package server
+
+import (
+	"context"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/server/apitest"
+)
+
+// TestAPISuite runs the shared behavioural suite of the /v1 contract (internal/server/apitest)
+// against the SQLite control plane, with its real clock and back-off.
+func TestAPISuite(t *testing.T) {
+	t.Parallel()
+	apitest.Run(t, func(t *testing.T) *apitest.Backend {
+		s, err := New(context.Background(), Config{DBPath: filepath.Join(t.TempDir(), "cp.db"), RecheckInterval: 20e6})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := httptest.NewServer(s.Handler())
+		t.Cleanup(func() { hs.Close(); s.Close() })
+		newToken := func(t testing.TB, role api.Role, pool string) api.Token {
+			tok, err := s.Store().CreateToken(context.Background(), role, pool, string(role), s.cfg.Now())
+			if err != nil {
+				t.Fatalf("CreateToken(%s, %s) = %v", role, pool, err)
+			}
+			return tok
+		}
+		newWorker := func(t testing.TB, name string) *client.Client {
+			c, err := client.New(hs.URL, newToken(t, api.RoleWorker, apitest.Pool).Secret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Register(context.Background(), api.RegisterRequest{Name: name, AgentVersion: "test"}); err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		w := newWorker(t, "w1")
+		if _, err := w.PublishCatalog(context.Background(), apitest.Catalog); err != nil {
+			t.Fatal(err)
+		}
+		w2 := newWorker(t, "w2")
+		return &apitest.Backend{URL: hs.URL, NewToken: newToken, Worker: w, HTTPWorkers: true,
+			Waiters: func() int { return int(s.waiters.Load()) },
+			PublishCatalog: func(ctx context.Context, tasks []api.TaskDef) error {
+				_, err := w2.PublishCatalog(ctx, tasks)
+				return err
+			}}
+	})
+}
