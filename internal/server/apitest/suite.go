@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -246,6 +248,16 @@ func wantCode(t testing.TB, call string, err error, code string) {
 	}
 }
 
+// wantIs checks err against the worker's typed errors: exactly those in want match.
+func wantIs(t testing.TB, call string, err error, want ...error) {
+	t.Helper()
+	for _, target := range []error{api.ErrLeaseLost, api.ErrJobCancelled, api.ErrFenced, api.ErrNotRegistered, api.ErrFinal} {
+		if got := errors.Is(err, target); got != slices.Contains(want, target) {
+			t.Errorf("%s = %v: errors.Is(%v) = %v, want %v", call, err, target, got, !got)
+		}
+	}
+}
+
 var jobIDForm = regexp.MustCompile(`^job_[0-9a-f]{24}$`)
 
 var scenarios = []scenario{
@@ -412,10 +424,12 @@ var scenarios = []scenario{
 		}
 		_, err = s.Worker.Heartbeat(t.Context(), "lease_bogus")
 		wantCode(t, "Heartbeat(unknown lease)", err, api.CodeLeaseLost)
+		wantIs(t, "Heartbeat(unknown lease)", err, api.ErrLeaseLost, api.ErrFinal)
 		wrong := complete(lj, "ok", nil)
 		wrong.Attempt = 2
 		_, err = s.Worker.Complete(t.Context(), j.ID, wrong)
 		wantCode(t, "Complete(wrong attempt)", err, api.CodeLeaseConflict)
+		wantIs(t, "Complete(wrong attempt)", err, api.ErrFenced, api.ErrFinal)
 		wrong = complete(lj, "ok", nil)
 		wrong.LeaseToken = "lease_" + strings.Repeat("A", 43)
 		_, err = s.Worker.Complete(t.Context(), j.ID, wrong)
@@ -437,8 +451,10 @@ var scenarios = []scenario{
 		}
 		_, err = s.Worker.Complete(t.Context(), j.ID, req)
 		wantCode(t, "Complete(again)", err, api.CodeLeaseConflict)
+		wantIs(t, "Complete(again)", err, api.ErrFenced, api.ErrFinal)
 		_, err = s.Worker.Heartbeat(t.Context(), lj.LeaseToken)
 		wantCode(t, "Heartbeat(finished)", err, api.CodeLeaseLost)
+		wantIs(t, "Heartbeat(finished)", err, api.ErrLeaseLost, api.ErrFinal)
 	}},
 	{"lease/retry", func(t *testing.T, s *suite) {
 		j := s.submitApproved(t, `,"max_attempts":2`)
