@@ -177,6 +177,12 @@ func (s *APIServer) applyCatalog(e jetstream.KeyValueEntry) {
 		s.log.Warn("ignoring an unreadable catalog entry", zap.String("key", key))
 		return
 	}
+	if _, err := schema.CheckCatalog(c.Tasks); err != nil {
+		// Written past WorkerQueue.PublishCatalog's checks: a submit could not validate
+		// against it.
+		s.log.Warn("ignoring an invalid catalog entry", zap.String("key", key), zap.Error(err))
+		return
+	}
 	if s.cat[c.Pool] == nil {
 		s.cat[c.Pool] = map[string]catalogEntry{}
 	}

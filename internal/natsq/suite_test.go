@@ -2,8 +2,11 @@ package natsq_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/natsq"
@@ -62,4 +65,34 @@ func TestAPISuite(t *testing.T) {
 				return err
 			}}
 	})
+}
+
+// TestAPIIgnoresInvalidCatalogEntries: a catalog entry written to the bucket directly,
+// past WorkerQueue.PublishCatalog's checks (any worker user may write its pool's keys),
+// with a schema that does not compile is ignored: a submit of its task is unknown_task,
+// not a 500 internal.
+func TestAPIIgnoresInvalidCatalogEntries(t *testing.T) {
+	t.Parallel()
+	natsURL := startNATS(t).ClientURL()
+	rep := startAPI(t, natsURL)
+	nc := dial(t, natsURL)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), natsq.CatalogBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := rep.srv.CatalogUpdates()
+	entry := `{"pool":"` + pool + `","tasks":[{"name":"bad","version":"1","input_schema":{"type":"nope"}}]}`
+	if _, err := kv.Put(t.Context(), pool+".hostile", []byte(entry)); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 20*time.Second, "the catalog entry to be seen", func() bool { return rep.srv.CatalogUpdates() > before })
+	c := apiClient(t, natsURL, rep.url, api.RoleClient, pool)
+	_, err = c.Submit(t.Context(), api.SubmitRequest{Task: "bad", Pool: pool, Input: json.RawMessage(`{}`)})
+	if !client.IsCode(err, api.CodeUnknownTask) {
+		t.Fatalf("Submit(task of an invalid catalog entry) = %v, want %s", err, api.CodeUnknownTask)
+	}
 }

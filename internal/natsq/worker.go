@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
 )
@@ -161,12 +163,17 @@ func (q *WorkerQueue) bindBuckets(ctx context.Context) error {
 // PublishCatalog records the worker's catalog in the catalog bucket and binds one consumer
 // per served task, so that Lease pulls only those tasks.
 func (q *WorkerQueue) PublishCatalog(ctx context.Context, tasks []api.TaskDef) (api.CatalogResponse, error) {
+	// The rules of PUT /v1/catalog over SQLite (internal/schema), so that a catalog valid in
+	// one mode is valid in the other.
+	tasks, err := schema.CheckCatalog(tasks)
+	if err != nil {
+		return api.CatalogResponse{}, refusal(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
+	}
 	names := make([]string, 0, len(tasks))
 	for _, t := range tasks {
-		if err := checkName("task", t.Name); err != nil {
-			return api.CatalogResponse{}, refusal(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
+		if !slices.Contains(names, t.Name) {
+			names = append(names, t.Name)
 		}
-		names = append(names, t.Name)
 	}
 	if err := q.bindBuckets(ctx); err != nil {
 		return api.CatalogResponse{}, err

@@ -843,6 +843,5 @@ func GapNATS() map[string]string {
 		"tokens/create":       "NATS mode serves no POST /v1/tokens; tokens are created with `castellan token create --nats` (docs/api.md)",
 		"audit":               "NATS mode has no control-plane audit log: GET /v1/audit is not served",
 		"catalog/conflict":    "NATS mode: a published task version redefined replaces the earlier definition instead of 409 catalog_conflict (WorkerQueue.PublishCatalog writes the catalog bucket unchecked)",
-		"catalog/refusals":    "NATS mode: WorkerQueue.PublishCatalog checks only task names, not schemas, versions or $refs (internal/server's checkTask is not shared yet)",
 	}
 }
