@@ -19,7 +19,7 @@ import (
 // worker's side.
 func TestAPISuite(t *testing.T) {
 	t.Parallel()
-	apitest.Run(t, func(t *testing.T) *apitest.Backend {
+	apitest.Run(t, apitest.GapNATS(), func(t *testing.T, _ apitest.Options) *apitest.Backend {
 		natsURL := startNATS(t).ClientURL()
 		rep := startAPI(t, natsURL)
 		nc := dial(t, natsURL)
@@ -58,7 +58,7 @@ func TestAPISuite(t *testing.T) {
 			return err == nil && len(cat.Tasks) > 0
 		})
 		w2 := newWorker(t)
-		return &apitest.Backend{URL: rep.url, NewToken: newToken, Worker: w, Gaps: apitest.GapNATS(),
+		return &apitest.Backend{URL: rep.url, NewToken: newToken, Worker: w,
 			Waiters: func() int { return int(rep.srv.ParkedWaits()) },
 			PublishCatalog: func(ctx context.Context, tasks []api.TaskDef) error {
 				_, err := w2.PublishCatalog(ctx, tasks)

@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
@@ -15,8 +16,12 @@ import (
 // against the SQLite control plane, with its real clock and back-off.
 func TestAPISuite(t *testing.T) {
 	t.Parallel()
-	apitest.Run(t, func(t *testing.T) *apitest.Backend {
-		s, err := New(context.Background(), Config{DBPath: filepath.Join(t.TempDir(), "cp.db"), RecheckInterval: 20e6})
+	apitest.Run(t, nil, func(t *testing.T, o apitest.Options) *apitest.Backend {
+		cfg := Config{DBPath: filepath.Join(t.TempDir(), "cp.db"), RecheckInterval: 20 * time.Millisecond}
+		if o.AutoApprove {
+			cfg.AutoApprover, cfg.AutoApproveTasks = &fakeApprover{}, []string{"echo"}
+		}
+		s, err := New(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

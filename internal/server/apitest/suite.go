@@ -54,21 +54,25 @@ type Backend struct {
 	Waiters func() int
 	// HTTPWorkers is true where workers use the HTTP worker routes (SQLite mode).
 	HTTPWorkers bool
-	// Gaps names scenarios this backend does not pass yet, with the reason; each is
-	// skipped as a known gap, never counted as passing.
-	Gaps map[string]string
+}
+
+// Options configure the backend a scenario needs.
+type Options struct {
+	// AutoApprove: the control plane approves every submit of task echo itself.
+	AutoApprove bool
 }
 
 // Run runs every scenario of the /v1 contract (docs/api.md) against a fresh backend each.
-func Run(t *testing.T, start func(t *testing.T) *Backend) {
+// gaps names the scenarios this mode does not pass yet, with the reason: each is skipped
+// as a known gap, never counted as passing.
+func Run(t *testing.T, gaps map[string]string, start func(t *testing.T, o Options) *Backend) {
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
-			b := start(t)
-			if why, ok := b.Gaps[sc.name]; ok {
+			if why, ok := gaps[sc.name]; ok {
 				t.Skipf("known gap: %s (issue 14)", why)
 			}
-			sc.run(t, newSuite(t, b))
+			sc.run(t, newSuite(t, start(t, needs[sc.name])))
 		})
 	}
 }
@@ -77,6 +81,9 @@ type scenario struct {
 	name string
 	run  func(t *testing.T, s *suite)
 }
+
+// needs are the scenarios that need a backend configured otherwise than by default.
+var needs = map[string]Options{"auto_approve": {AutoApprove: true}}
 
 // suite is a backend with a token of each role, in Pool unless named otherwise.
 type suite struct {
@@ -822,6 +829,20 @@ var scenarios = []scenario{
 			wantCode(t, "PublishCatalog("+c.name+")", err, api.CodeInvalidField)
 		}
 	}},
+	{"auto_approve", func(t *testing.T, s *suite) {
+		j := s.submit(t, "")
+		if j.State != api.StateQueued || !j.HasApproval {
+			t.Fatalf("submit of an auto-approved task = %s has_approval %v, want queued with an approval", j.State, j.HasApproval)
+		}
+		if lj := s.lease(t); lj.JobID != j.ID || lj.Approval == "" {
+			t.Fatalf("leased %s with approval %q, want %s with the server's approval", lj.JobID, lj.Approval, j.ID)
+		}
+		// An approval attached at submit is kept, not replaced.
+		k := s.submitApproved(t, "")
+		if lj := s.lease(t); lj.JobID != k.ID || lj.Approval != FakeApproval("x") {
+			t.Fatalf("leased %s with approval %q, want %s with the submitted approval", lj.JobID, lj.Approval, k.ID)
+		}
+	}},
 	{"audit", func(t *testing.T, s *suite) {
 		j := s.submit(t, "")
 		var l api.AuditList
@@ -842,6 +863,7 @@ func GapNATS() map[string]string {
 		"roles/worker_routes": "not applicable in NATS mode: workers authenticate to NATS, there are no worker tokens or worker routes (docs/api.md)",
 		"tokens/create":       "NATS mode serves no POST /v1/tokens; tokens are created with `castellan token create --nats` (docs/api.md)",
 		"audit":               "NATS mode has no control-plane audit log: GET /v1/audit is not served",
+		"auto_approve":        "NATS mode has no auto-approval: every job waits for an approval",
 		"catalog/conflict":    "NATS mode: a published task version redefined replaces the earlier definition instead of 409 catalog_conflict (WorkerQueue.PublishCatalog writes the catalog bucket unchecked)",
 	}
 }
