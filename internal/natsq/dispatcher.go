@@ -634,8 +634,9 @@ func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
 			return false, nil
 		case j.Attempt >= j.MaxAttempts:
 			j.State, j.FinishedAt = api.StateDead, &now
-			j.Outcome = string(outcome.Internal)
-			j.ErrorMessage = fmt.Sprintf("delivered again after %d of max_attempts %d: earlier attempts ended without a result (worker stopped or lost its connection)", j.Attempt, j.MaxAttempts)
+			// As over SQLite, where the lease expiry that ends the last attempt is a timeout.
+			j.Outcome = string(outcome.Timeout)
+			j.ErrorMessage = fmt.Sprintf("lease expired: delivered again after %d of max_attempts %d, the earlier attempts ended without a result (worker stopped or lost its connection)", j.Attempt, j.MaxAttempts)
 			reply = ClaimReply{Refused: j.ErrorMessage, Final: true, Dead: true}
 			return true, nil
 		}

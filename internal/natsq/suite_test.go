@@ -19,9 +19,13 @@ import (
 // worker's side.
 func TestAPISuite(t *testing.T) {
 	t.Parallel()
-	apitest.Run(t, apitest.GapNATS(), func(t *testing.T, _ apitest.Options) *apitest.Backend {
+	apitest.Run(t, apitest.GapNATS(), func(t *testing.T, o apitest.Options) *apitest.Backend {
 		natsURL := startNATS(t).ClientURL()
-		rep := startAPI(t, natsURL)
+		var opts natsq.Options
+		if o.ShortLease {
+			opts.AckWait = time.Second
+		}
+		rep := startAPIWith(t, natsURL, opts)
 		nc := dial(t, natsURL)
 		newToken := func(t testing.TB, role api.Role, pool string) api.Token {
 			tok, err := natsq.CreateToken(context.Background(), nc, role, pool, string(role), 1)
@@ -31,7 +35,7 @@ func TestAPISuite(t *testing.T) {
 			return tok
 		}
 		newWorker := func(t testing.TB) *natsq.WorkerQueue {
-			q, err := natsq.DialWorker(context.Background(), natsURL, natsq.Options{Pool: apitest.Pool})
+			q, err := natsq.DialWorker(context.Background(), natsURL, natsq.Options{Pool: apitest.Pool, AckWait: opts.AckWait})
 			if err != nil {
 				t.Fatal(err)
 			}

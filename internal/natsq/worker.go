@@ -519,10 +519,20 @@ func (q *WorkerQueue) publishResult(ctx context.Context, r Result, head ...*api.
 	return nil
 }
 
+// lease returns the live lease under tok, or nil. A lease not heartbeated for AckWait has
+// expired: JetStream redelivers the job, and settling the old delivery now would settle the
+// new one (an ack names the message, not the delivery), so it is dropped, as SQLite's lease
+// is. The local clock starts after the claim, so this errs towards keeping a lease the
+// stream may already have expired; the dispatcher refuses that attempt's result then.
 func (q *WorkerQueue) lease(tok string) *inflight {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.inflight[tok]
+	l := q.inflight[tok]
+	if l != nil && time.Since(l.seen) > q.o.AckWait {
+		delete(q.inflight, tok)
+		return nil
+	}
+	return l
 }
 
 // Heartbeat extends the lease (InProgress resets the AckWait timer) and reports a

@@ -21,10 +21,17 @@ func TestAPISuite(t *testing.T) {
 		if o.AutoApprove {
 			cfg.AutoApprover, cfg.AutoApproveTasks = &fakeApprover{}, []string{"echo"}
 		}
+		if o.ShortLease {
+			cfg.LeaseTTL, cfg.ReapInterval = time.Second, 20*time.Millisecond
+		}
 		s, err := New(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
+		ctx, stop := context.WithCancel(context.Background())
+		reaped := make(chan struct{})
+		go func() { s.RunReaper(ctx); close(reaped) }()
+		t.Cleanup(func() { stop(); <-reaped })
 		hs := httptest.NewServer(s.Handler())
 		t.Cleanup(func() { hs.Close(); s.Close() })
 		newToken := func(t testing.TB, role api.Role, pool string) api.Token {

@@ -60,6 +60,8 @@ type Backend struct {
 type Options struct {
 	// AutoApprove: the control plane approves every submit of task echo itself.
 	AutoApprove bool
+	// ShortLease: leases last 1 s without a heartbeat, and expired ones are reaped at once.
+	ShortLease bool
 }
 
 // Run runs every scenario of the /v1 contract (docs/api.md) against a fresh backend each.
@@ -83,7 +85,7 @@ type scenario struct {
 }
 
 // needs are the scenarios that need a backend configured otherwise than by default.
-var needs = map[string]Options{"auto_approve": {AutoApprove: true}}
+var needs = map[string]Options{"auto_approve": {AutoApprove: true}, "lease/expiry": {ShortLease: true}}
 
 // suite is a backend with a token of each role, in Pool unless named otherwise.
 type suite struct {
@@ -489,6 +491,40 @@ var scenarios = []scenario{
 		}
 		if d := s.waitState(t, j.ID, api.StateDead); d.Outcome != "internal" || d.FinishedAt == nil || d.Attempt != 2 {
 			t.Fatalf("dead job = %+v", d)
+		}
+	}},
+	{"lease/expiry", func(t *testing.T, s *suite) {
+		// A lease that expires without a completion counts its attempt; the job runs
+		// again, and once no attempt is left it is dead with outcome timeout.
+		j := s.submitApproved(t, `,"max_attempts":2`)
+		first := s.lease(t)
+		if first.JobID != j.ID || first.Attempt != 1 {
+			t.Fatalf("leased %s attempt %d", first.JobID, first.Attempt)
+		}
+		second := s.lease(t) // comes once the first lease expired
+		if second.JobID != j.ID || second.Attempt != 2 || second.LeaseToken == first.LeaseToken {
+			t.Fatalf("after the expiry leased %s attempt %d, want %s attempt 2", second.JobID, second.Attempt, j.ID)
+		}
+		_, err := s.Worker.Complete(t.Context(), j.ID, complete(first, "ok", nil))
+		wantIs(t, "Complete(the expired lease)", err, api.ErrFenced, api.ErrFinal)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			// Keep asking: over JetStream the exhausted job is declared dead when its
+			// message is delivered again.
+			jobs, err := s.Worker.Lease(t.Context(), 1, 200*time.Millisecond)
+			if err != nil || len(jobs) != 0 {
+				t.Fatalf("Lease() = %d jobs, %v; want none (attempts used up)", len(jobs), err)
+			}
+			if got := s.get(t, j.ID); got.State == api.StateDead {
+				if got.Outcome != "timeout" || got.ErrorMessage == "" || got.FinishedAt == nil || got.Attempt != 2 {
+					t.Fatalf("dead job = outcome %q error %q attempt %d, want timeout with a message after attempt 2",
+						got.Outcome, got.ErrorMessage, got.Attempt)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("job %s never became dead", j.ID)
+			}
 		}
 	}},
 	{"lease/retry_jitter", func(t *testing.T, s *suite) {
