@@ -558,6 +558,9 @@ func (s *Server) hTokenList(w http.ResponseWriter, r *http.Request, p Principal)
 }
 
 func (s *Server) hTokenRevoke(w http.ResponseWriter, r *http.Request, p Principal) error {
+	if e := onlyParams(r); e != nil {
+		return e
+	}
 	id := r.PathValue("id")
 	now := s.cfg.Now()
 	ok, err := s.store.RevokeToken(r.Context(), id, now)

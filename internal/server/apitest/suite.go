@@ -523,7 +523,7 @@ var scenarios = []scenario{
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("job %s never became dead", j.ID)
+				t.Fatalf("job %s never became dead: %+v", j.ID, s.get(t, j.ID))
 			}
 		}
 	}},
@@ -775,6 +775,8 @@ var scenarios = []scenario{
 		s.refused(t, 401, api.CodeUnauthenticated, victim.Secret, "GET", "/v1/jobs", "")
 		s.refused(t, 404, api.CodeNotFound, s.admin, "DELETE", "/v1/tokens/"+victim.ID, "")
 		s.refused(t, 404, api.CodeNotFound, s.admin, "DELETE", "/v1/tokens/tok_nope", "")
+		s.refused(t, 400, api.CodeUnknownField, s.admin, "DELETE", "/v1/tokens/tok_nope?force=1", "")
+		s.refused(t, 400, api.CodeUnknownField, s.admin, "GET", "/v1/tokens?role=client", "")
 		s.ok(t, 200, s.admin, "GET", "/v1/tokens", "", &list)
 		for _, tok := range list.Tokens {
 			if tok.ID == victim.ID && tok.RevokedAt == nil {
