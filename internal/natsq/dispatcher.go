@@ -629,6 +629,13 @@ func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
 			j.State, j.FinishedAt = api.StateCancelled, &now
 			reply = ClaimReply{Refused: "the job was cancelled", Final: true}
 			return true, nil
+		case j.State == api.StateRunning && rec.Lease != nil && now.Sub(rec.Lease.At) < d.o.AckWait:
+			// Delivered again before the attempt's lease could expire: its worker handed it
+			// back after publishing a result that is not recorded yet. The next attempt is
+			// granted once it is, so that no result is refused as superseded: with full
+			// jitter a retry can come due before the result is recorded.
+			reply = ClaimReply{Refused: "the previous attempt's result is not recorded yet"}
+			return false, nil
 		case j.State.Terminal() || j.State == api.StatePendingApproval:
 			reply = ClaimReply{Refused: "the job is " + string(j.State), Final: true}
 			return false, nil

@@ -276,6 +276,10 @@ var scenarios = []scenario{
 		if body["status"] != "ok" {
 			t.Fatalf("GET /healthz = %v, want {\"status\":\"ok\"}", body)
 		}
+		s.ok(t, http.StatusOK, "", "GET", "/readyz", "", &body)
+		if body["status"] != "ready" {
+			t.Fatalf("GET /readyz = %v, want {\"status\":\"ready\"}", body)
+		}
 	}},
 	{"errors", func(t *testing.T, s *suite) {
 		s.refused(t, 401, api.CodeUnauthenticated, "", "GET", "/v1/jobs", "")
