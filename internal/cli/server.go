@@ -45,6 +45,12 @@ type ServerConfig struct {
 	NATSCreds string // JWT/NKey credentials file
 	NATSCA    string // CA bundle for TLS to NATS
 	Replicas  int    // replicas of the streams and buckets this server creates
+
+	// NoMCP turns off /mcp (on by default: it needs a client token like /v1; docs/mcp.md).
+	NoMCP bool
+	// PublicURL is the URL clients reach this server at, named as the MCP resource in the
+	// RFC 9728 metadata. Optional; default derived from each request's Host.
+	PublicURL string
 }
 
 func serverCommand() *cli.Command {
@@ -72,7 +78,11 @@ func serverCommand() *cli.Command {
 			"With --nats URL instead of --db the control plane keeps no local state: jobs, tokens and\n" +
 			"catalogs live in NATS JetStream, workers connect to NATS (castellan worker --server nats://...),\n" +
 			"and any number of replicas serve the same client API (submit, approve, get, wait, cancel,\n" +
-			"catalog). Create tokens with `castellan token create --nats URL`. See docs/deploy.md.\n" +
+			"catalog). Create tokens with `castellan token create --nats URL`. See docs/deploy.md.\n\n" +
+			"In both modes /mcp serves the Model Context Protocol (Streamable HTTP) to AI agents: each task of\n" +
+			"the client token's pool is a tool, and each call is a job that waits for an approver like any\n" +
+			"other (docs/mcp.md). It calls this server's own /v1 over loopback with the agent's token;\n" +
+			"--mcp=false turns it off, --public-url names the URL agents use in its metadata.\n" +
 			"  castellan token create --nats nats://nats:4222 --nats-creds cp.creds --role admin --pool '*' --name ops\n" +
 			"  castellan server --nats nats://n1:4222,nats://n2:4222,nats://n3:4222 --nats-creds cp.creds --replicas 3 --listen 0.0.0.0:8443",
 		Flags: []cli.Flag{
@@ -90,12 +100,15 @@ func serverCommand() *cli.Command {
 			&cli.IntFlag{Name: "replicas", Usage: "NATS mode: replicas of the streams and buckets (3 on a 3-node cluster)", EnvVars: []string{"CASTELLAN_REPLICAS"}, Value: 1, Destination: &cfg.Replicas},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on `ADDR` (off by default; \":9465\" binds 127.0.0.1)", EnvVars: []string{"CASTELLAN_METRICS_ADDR"}, Destination: &cfg.MetricsAddr},
 			&cli.StringFlag{Name: "otlp-endpoint", Usage: "export traces over OTLP/HTTP to `URL` (base URL, /v1/traces is appended; default $OTEL_EXPORTER_OTLP_ENDPOINT, else off)", EnvVars: []string{"CASTELLAN_OTLP_ENDPOINT"}, Destination: &cfg.OTLP},
+			&cli.BoolFlag{Name: "mcp", Usage: "serve MCP at /mcp for AI agents (client tokens, like /v1; docs/mcp.md); --mcp=false turns it off", EnvVars: []string{"CASTELLAN_MCP"}, Value: true},
+			&cli.StringFlag{Name: "public-url", Usage: "`URL` clients reach this server at (https://cp.example:8443), named in /mcp's RFC 9728 metadata (default: from each request's Host)", EnvVars: []string{"CASTELLAN_PUBLIC_URL"}, Destination: &cfg.PublicURL},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
 		Before: loadConfigFile,
 		Action: func(c *cli.Context) error {
 			cfg.AutoApproveTasks = splitList(tasks.Value())
+			cfg.NoMCP = !c.Bool("mcp")
 			sigs := make(chan os.Signal, 2)
 			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 			defer signal.Stop(sigs)
@@ -155,6 +168,17 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 			zap.Strings("tasks", cfg.AutoApproveTasks), zap.String("kid", key.KeyID))
 	}
 
+	// Listening comes first: /mcp calls this listener, whose port may be chosen by the OS.
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		return usagef("--listen %s: %v", cfg.Listen, err)
+	}
+	defer func() { _ = ln.Close() }()
+	if !cfg.NoMCP {
+		if scfg.MCP, err = mcpHandler(cfg, ln); err != nil {
+			return err
+		}
+	}
 	srv, err := server.New(ctx, scfg)
 	if err != nil {
 		return usageError{err}
@@ -176,10 +200,6 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 		return err
 	}
 	defer stopMetrics()
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
-	if err != nil {
-		return usagef("--listen %s: %v", cfg.Listen, err)
-	}
 	scheme := "http"
 	if cfg.TLSCert != "" {
 		scheme = "https"
@@ -264,6 +284,14 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		return usagef("--listen %s: %v", cfg.Listen, err)
+	}
+	defer func() { _ = ln.Close() }()
+	if !cfg.NoMCP {
+		h, err := mcpHandler(cfg, ln)
+		if err != nil {
+			return err
+		}
+		srv.HandleMCP(h)
 	}
 	fmt.Fprintf(stdout, "castellan server listening on http://%s\n", ln.Addr())
 	log.Info("control plane on NATS JetStream", zap.Int("replicas", cfg.Replicas))

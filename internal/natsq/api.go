@@ -25,6 +25,7 @@ import (
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/mcp"
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -62,6 +63,7 @@ type APIServer struct {
 	catalog jetstream.KeyValue
 	schemas schema.Cache
 	mux     http.Handler
+	routing *http.ServeMux // the routes behind mux, for HandleMCP
 
 	cmu  sync.Mutex
 	cat  map[string]map[string]catalogEntry // pool -> worker key -> catalog
@@ -94,6 +96,14 @@ func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	}
 	s.routes()
 	return s, nil
+}
+
+// HandleMCP serves h (internal/mcp.Handler) at /mcp and at the RFC 9728 metadata paths.
+// Call it before Serve.
+func (s *APIServer) HandleMCP(h http.Handler) {
+	for _, p := range []string{mcp.Path, mcp.MetadataPath, mcp.MetadataPath + mcp.Path} {
+		s.routing.Handle(p, h)
+	}
 }
 
 // Handler returns the HTTP handler of the API.
@@ -252,6 +262,7 @@ func (s *APIServer) routes() {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
+	s.routing = m
 	s.mux = api.Routes(m, "not on the NATS control plane: workers talk to NATS, tokens are created with `castellan token create --nats`; see docs/api.md")
 }
 

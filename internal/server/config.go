@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -74,6 +75,9 @@ type Config struct {
 	Now func() time.Time
 	// Jitter picks the actual back-off in [0, max). Optional, default uniform random.
 	Jitter func(max time.Duration) time.Duration
+	// MCP is served at /mcp and at the RFC 9728 metadata paths (internal/mcp.Handler).
+	// Optional, default none: those paths answer 404 like any unknown route.
+	MCP http.Handler
 }
 
 func (c *Config) setDefaults() error {

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/mcp"
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -209,6 +210,11 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", s.hReady)
+	if s.cfg.MCP != nil {
+		for _, p := range []string{mcp.Path, mcp.MetadataPath, mcp.MetadataPath + mcp.Path} {
+			m.Handle(p, s.cfg.MCP)
+		}
+	}
 	s.mux = api.Routes(m, "see docs/api.md")
 }
 

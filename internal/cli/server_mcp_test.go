@@ -1,0 +1,209 @@
+package cli
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/mcp"
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+type bearerTransport struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
+}
+
+// mcpTools connects to base/mcp as an agent with token and returns the tool names.
+func mcpTools(t *testing.T, base, token string, rt http.RoundTripper) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	c := sdk.NewClient(&sdk.Implementation{Name: "test-agent", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &sdk.StreamableClientTransport{Endpoint: base + mcp.Path,
+		HTTPClient: &http.Client{Transport: bearerTransport{token, rt}}}, nil)
+	if err != nil {
+		t.Fatalf("Connect(%s%s) = %v", base, mcp.Path, err)
+	}
+	defer cs.Close()
+	if got := cs.InitializeResult(); got == nil || got.ProtocolVersion == "" {
+		t.Fatalf("InitializeResult() = %+v, want a negotiated revision", got)
+	}
+	res, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatalf("ListTools() = %v", err)
+	}
+	var names []string
+	for _, tl := range res.Tools {
+		names = append(names, tl.Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// mcpUnauthorized posts an initialize without a token and returns the status and the
+// WWW-Authenticate header.
+func mcpUnauthorized(t *testing.T, base string, rt http.RoundTripper) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, base+mcp.Path,
+		strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		t.Fatalf("POST %s%s: %v", base, mcp.Path, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("WWW-Authenticate")
+}
+
+// serverCert writes a self-signed certificate for cp.example only (not the loopback
+// address the server dials for /mcp) and returns the cert and key files and a pool.
+func serverCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "cp.example"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"cp.example"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	must(t, err)
+	certFile, keyFile = filepath.Join(dir, "cp.crt"), filepath.Join(dir, "cp.key")
+	must(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
+	c, err := x509.ParseCertificate(der)
+	must(t, err)
+	pool = x509.NewCertPool()
+	pool.AddCert(c)
+	return certFile, keyFile, pool
+}
+
+// TestServerMCP: `castellan server` serves /mcp in both control-plane modes (and over TLS
+// with a certificate that does not name the loopback address): an agent with a client
+// token initializes and lists its pool's tools; without a token it gets the 401 of the MCP
+// authorization spec; --mcp=false leaves /mcp unrouted.
+func TestServerMCP(t *testing.T) {
+	t.Parallel()
+	plain := http.DefaultTransport
+	published := []string{mcp.ResultToolName, "echo"} // sorted
+	publish := func(t *testing.T, base, workerTok string, rt http.RoundTripper) {
+		t.Helper()
+		w, err := client.New(base, workerTok, client.WithHTTPClient(&http.Client{Transport: rt}))
+		must(t, err)
+		if _, err := w.Register(t.Context(), api.RegisterRequest{Name: "w", AgentVersion: "test"}); err != nil {
+			t.Fatalf("Register() = %v", err)
+		}
+		if _, err := w.PublishCatalog(t.Context(), []api.TaskDef{{Name: "echo", Version: "1",
+			InputSchema: json.RawMessage(`{"type":"object"}`)}}); err != nil {
+			t.Fatalf("PublishCatalog() = %v", err)
+		}
+	}
+
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		cfg := ServerConfig{Listen: "127.0.0.1:0", LogLevel: "error", PublicURL: "https://cp.example:8443"}
+		cfg.DB = filepath.Join(t.TempDir(), "cp.db")
+		var out strings.Builder
+		tok, err := TokenCreate(t.Context(), TokenConfig{DB: cfg.DB, Role: "client", Pool: "default", Name: "agent"}, &out)
+		must(t, err)
+		wtok, err := TokenCreate(t.Context(), TokenConfig{DB: cfg.DB, Role: "worker", Pool: "default", Name: "w"}, &out)
+		must(t, err)
+		base, _ := startServer(t, cfg)
+		publish(t, base, wtok.Secret, plain)
+		if got := mcpTools(t, base, tok.Secret, plain); !slices.Equal(got, published) {
+			t.Errorf("tools = %v, want %v", got, published)
+		}
+		code, wa := mcpUnauthorized(t, base, plain)
+		if want := `Bearer resource_metadata="https://cp.example:8443` + mcp.MetadataPath + mcp.Path + `"`; code != http.StatusUnauthorized || wa != want {
+			t.Errorf("POST /mcp without a token = %d, WWW-Authenticate %q; want 401, %q", code, wa, want)
+		}
+		if code, body := httpGet(t, base+mcp.MetadataPath+mcp.Path); code != 200 || !strings.Contains(body, `"resource":"https://cp.example:8443/mcp"`) {
+			t.Errorf("GET %s = %d %q, want 200 naming the public URL", mcp.MetadataPath+mcp.Path, code, body)
+		}
+	})
+
+	t.Run("sqlite-tls", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		certFile, keyFile, pool := serverCert(t, dir)
+		cfg := ServerConfig{Listen: "127.0.0.1:0", LogLevel: "error", TLSCert: certFile, TLSKey: keyFile, DB: filepath.Join(dir, "cp.db")}
+		var out strings.Builder
+		tok, err := TokenCreate(t.Context(), TokenConfig{DB: cfg.DB, Role: "client", Pool: "default", Name: "agent"}, &out)
+		must(t, err)
+		wtok, err := TokenCreate(t.Context(), TokenConfig{DB: cfg.DB, Role: "worker", Pool: "default", Name: "w"}, &out)
+		must(t, err)
+		base, _ := startServer(t, cfg)
+		if !strings.HasPrefix(base, "https://") {
+			t.Fatalf("base URL %s, want https", base)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, ServerName: "cp.example"}
+		publish(t, base, wtok.Secret, tr)
+		if got := mcpTools(t, base, tok.Secret, tr); !slices.Equal(got, published) {
+			t.Errorf("tools over TLS = %v, want %v", got, published)
+		}
+		code, wa := mcpUnauthorized(t, base, tr)
+		if code != http.StatusUnauthorized || !strings.HasPrefix(wa, `Bearer resource_metadata="https://`) {
+			t.Errorf("POST /mcp without a token = %d, WWW-Authenticate %q; want 401 naming an https metadata URL", code, wa)
+		}
+	})
+
+	t.Run("sqlite-mcp-off", func(t *testing.T) {
+		t.Parallel()
+		cfg := ServerConfig{Listen: "127.0.0.1:0", LogLevel: "error", NoMCP: true, DB: filepath.Join(t.TempDir(), "cp.db")}
+		base, _ := startServer(t, cfg)
+		if code, _ := mcpUnauthorized(t, base, plain); code != http.StatusNotFound {
+			t.Errorf("POST /mcp with --mcp=false = %d, want 404", code)
+		}
+	})
+
+	t.Run("nats", func(t *testing.T) {
+		t.Parallel()
+		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+			StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+		must(t, err)
+		go ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("the embedded NATS server did not start")
+		}
+		t.Cleanup(ns.Shutdown)
+		var out strings.Builder
+		tok, err := TokenCreate(t.Context(), TokenConfig{NATS: ns.ClientURL(), Role: "client", Pool: "default", Name: "agent"}, &out)
+		must(t, err)
+		base, _ := startServer(t, ServerConfig{NATS: ns.ClientURL(), Listen: "127.0.0.1:0", Replicas: 1, LogLevel: "error"})
+		// No worker publishes here: the pool's catalog is empty, so only the result tool.
+		if got, want := mcpTools(t, base, tok.Secret, plain), []string{mcp.ResultToolName}; !slices.Equal(got, want) {
+			t.Errorf("tools = %v, want %v", got, want)
+		}
+		code, wa := mcpUnauthorized(t, base, plain)
+		if want := `Bearer resource_metadata="` + base + mcp.MetadataPath + mcp.Path + `"`; code != http.StatusUnauthorized || wa != want {
+			t.Errorf("POST /mcp without a token = %d, WWW-Authenticate %q; want 401, %q", code, wa, want)
+		}
+	})
+}
