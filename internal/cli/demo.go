@@ -34,6 +34,7 @@ func demoCommand() *cli.Command {
 			"never sees); generates an approver key; submits a crm-lookup job, approves it by signing\n" +
 			"here, waits and prints the output. Then it searches the control plane's database files and\n" +
 			"log for the CRM token and the CRM's address, and shows the worker rejecting tampered jobs.\n" +
+			"Last, an AI agent (an MCP client) lists the tools at /mcp and calls crm-lookup, approved here.\n" +
 			"Needs nothing but this binary.\n\n" +
 			"Example:\n  castellan demo",
 		Action: func(c *cli.Context) error {
@@ -211,6 +212,15 @@ func Demo(ctx context.Context, self string, out io.Writer) error {
 	}
 	if err := rejectedByWorker(ctx, approverCfg, clientCfg, replayed.ID, appr.Approval, "wrong_job", info); err != nil {
 		return err
+	}
+
+	approveMCP := func(id string) error {
+		step("castellan job approve --key %s %s", filepath.Base(privPath), id)
+		a := ApproveConfig{JobConfig: approverCfg, JobID: id, Key: privPath, As: "demo-approver", TTL: 10 * time.Minute}
+		return JobApprove(ctx, &a, indent(out))
+	}
+	if err := demoMCP(ctx, serverURL, clientCfg, approveMCP, step, info); err != nil {
+		return fmt.Errorf("%v\nworker log:\n%s", err, indentString(workerLog.String()))
 	}
 
 	step("stopping: SIGTERM to the worker (drains, exits 0), then to the control plane")

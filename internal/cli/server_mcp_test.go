@@ -27,17 +27,6 @@ import (
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-type bearerTransport struct {
-	token string
-	base  http.RoundTripper
-}
-
-func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.base.RoundTrip(r)
-}
-
 // mcpTools connects to base/mcp as an agent with token and returns the tool names.
 func mcpTools(t *testing.T, base, token string, rt http.RoundTripper) []string {
 	t.Helper()
@@ -45,7 +34,7 @@ func mcpTools(t *testing.T, base, token string, rt http.RoundTripper) []string {
 	defer cancel()
 	c := sdk.NewClient(&sdk.Implementation{Name: "test-agent", Version: "1"}, nil)
 	cs, err := c.Connect(ctx, &sdk.StreamableClientTransport{Endpoint: base + mcp.Path,
-		HTTPClient: &http.Client{Transport: bearerTransport{token, rt}}}, nil)
+		HTTPClient: &http.Client{Transport: bearerHeader{token, rt}}}, nil)
 	if err != nil {
 		t.Fatalf("Connect(%s%s) = %v", base, mcp.Path, err)
 	}

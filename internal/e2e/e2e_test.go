@@ -265,7 +265,8 @@ func TestSIGTERMDrain(t *testing.T) {
 	}
 }
 
-// `castellan demo` runs the whole story and reports both separation checks.
+// `castellan demo` runs the whole story, reports both separation checks, and ends with an
+// MCP client listing the tools and getting crm-lookup's structuredContent.
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	out, errs, code := run(t, "demo")
@@ -278,6 +279,8 @@ func TestDemo(t *testing.T) {
 		"rejected by the worker, nothing ran: approval rejected (input_mismatch)",
 		"rejected by the worker, nothing ran: approval rejected (wrong_job)",
 		`"customer_id":"42"`,
+		"tools/list: castellan_job_result, crm-lookup",
+		`the agent's tool result, structuredContent: {"customer_id":"42","name":"Ada Lovelace","open_tickets":2,"tier":"gold"}`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("castellan demo output lacks %q:\n%s", want, out)
