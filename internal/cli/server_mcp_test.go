@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -163,6 +164,47 @@ func TestServerMCP(t *testing.T) {
 		}
 	})
 
+	t.Run("sqlite-tls-leaf-of-a-ca", func(t *testing.T) {
+		// The --tls-cert file holds only a leaf signed by a private CA (not in the file): the
+		// leaf alone is what /mcp trusts.
+		t.Parallel()
+		dir := t.TempDir()
+		caFile, cert := testCA(t, dir, "private-ca")
+		kder, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
+		must(t, err)
+		cfg := ServerConfig{Listen: "127.0.0.1:0", LogLevel: "error", TLSCert: filepath.Join(dir, "leaf.crt"), TLSKey: filepath.Join(dir, "leaf.key"), DB: filepath.Join(dir, "cp.db")}
+		must(t, os.WriteFile(cfg.TLSCert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o644))
+		must(t, os.WriteFile(cfg.TLSKey, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
+		var out strings.Builder
+		tok, err := TokenCreate(t.Context(), TokenConfig{DB: cfg.DB, Role: "client", Pool: "default", Name: "agent"}, &out)
+		must(t, err)
+		base, _ := startServer(t, cfg)
+		caPEM, err := os.ReadFile(caFile)
+		must(t, err)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(caPEM)
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+		if got, want := mcpTools(t, base, tok.Secret, tr), []string{mcp.ResultToolName}; !slices.Equal(got, want) {
+			t.Errorf("tools = %v, want %v", got, want)
+		}
+	})
+
+	t.Run("sqlite-wildcard-listen", func(t *testing.T) {
+		// Listening on 0.0.0.0, /mcp reaches the API through 127.0.0.1.
+		t.Parallel()
+		cfg := ServerConfig{Listen: "0.0.0.0:0", LogLevel: "error", DB: filepath.Join(t.TempDir(), "cp.db")}
+		var out strings.Builder
+		tok, err := TokenCreate(t.Context(), TokenConfig{DB: cfg.DB, Role: "client", Pool: "default", Name: "agent"}, &out)
+		must(t, err)
+		base, _ := startServer(t, cfg)
+		_, port, err := net.SplitHostPort(strings.TrimPrefix(base, "http://"))
+		must(t, err)
+		if got, want := mcpTools(t, "http://127.0.0.1:"+port, tok.Secret, plain), []string{mcp.ResultToolName}; !slices.Equal(got, want) {
+			t.Errorf("tools = %v, want %v", got, want)
+		}
+	})
+
 	t.Run("sqlite-mcp-off", func(t *testing.T) {
 		t.Parallel()
 		cfg := ServerConfig{Listen: "127.0.0.1:0", LogLevel: "error", NoMCP: true, DB: filepath.Join(t.TempDir(), "cp.db")}
@@ -195,4 +237,48 @@ func TestServerMCP(t *testing.T) {
 			t.Errorf("POST /mcp without a token = %d, WWW-Authenticate %q; want 401, %q", code, wa, want)
 		}
 	})
+}
+
+// A --tls-cert that /mcp cannot check against any name it carries is a configuration
+// error at start (with the way out), not a /mcp that fails every call.
+func TestSelfTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	write := func(name string, tmpl *x509.Certificate) string {
+		tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = big.NewInt(1), time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		must(t, err)
+		f := filepath.Join(dir, name)
+		must(t, os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+		return f
+	}
+	notPEM := filepath.Join(dir, "not.pem")
+	must(t, os.WriteFile(notPEM, []byte("hello"), 0o644))
+	for _, tc := range []struct {
+		file, serverName, err string
+	}{
+		{write("dns.crt", &x509.Certificate{DNSNames: []string{"cp.example", "other.example"}}), "cp.example", ""},
+		{write("wild.crt", &x509.Certificate{DNSNames: []string{"*.example.com"}}), "castellan.example.com", ""},
+		{write("ip.crt", &x509.Certificate{IPAddresses: []net.IP{net.IPv4(10, 0, 0, 5)}}), "10.0.0.5", ""},
+		{write("cn.crt", &x509.Certificate{Subject: pkix.Name{CommonName: "cp.example"}}), "", "names no DNS name or IP address"},
+		{notPEM, "", "no PEM certificate"},
+	} {
+		c, err := selfTLS(tc.file)
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("selfTLS(%s) = %v, want an error containing %q", filepath.Base(tc.file), err, tc.err)
+			}
+		case err != nil || c.ServerName != tc.serverName:
+			t.Errorf("selfTLS(%s) = %+v, %v; want ServerName %q", filepath.Base(tc.file), c, err, tc.serverName)
+		}
+	}
+	cfg := ServerConfig{Listen: "127.0.0.1:0", LogLevel: "error", DB: filepath.Join(dir, "cp.db"),
+		TLSCert: filepath.Join(dir, "cn.crt"), TLSKey: filepath.Join(dir, "cn.crt")}
+	var out strings.Builder
+	if err := Server(t.Context(), cfg, &out, &out, nil); err == nil || !strings.Contains(err.Error(), "--mcp=false") {
+		t.Errorf("Server(--tls-cert without a name) = %v, want a usage error naming --mcp=false", err)
+	}
 }
