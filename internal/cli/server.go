@@ -174,8 +174,10 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 		return usagef("--listen %s: %v", cfg.Listen, err)
 	}
 	defer func() { _ = ln.Close() }()
+	mcpCtx, endMCP := context.WithCancel(context.Background())
+	defer endMCP()
 	if !cfg.NoMCP {
-		if scfg.MCP, err = mcpHandler(cfg, ln); err != nil {
+		if scfg.MCP, err = mcpHandler(cfg, ln, mcpCtx); err != nil {
 			return err
 		}
 	}
@@ -206,7 +208,7 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 	}
 	fmt.Fprintf(stdout, "castellan server listening on %s://%s\n", scheme, ln.Addr())
 
-	return serveUntilSignalled(ctx, ln, srv.Serve, sigs, log)
+	return serveUntilSignalled(ctx, ln, endingWith(srv.Serve, endMCP), sigs, log)
 }
 
 // AutoApprover signs server-side approvals with a private key, marked Auto in the claims.
@@ -286,8 +288,10 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 		return usagef("--listen %s: %v", cfg.Listen, err)
 	}
 	defer func() { _ = ln.Close() }()
+	mcpCtx, endMCP := context.WithCancel(context.Background())
+	defer endMCP()
 	if !cfg.NoMCP {
-		h, err := mcpHandler(cfg, ln)
+		h, err := mcpHandler(cfg, ln, mcpCtx)
 		if err != nil {
 			return err
 		}
@@ -296,7 +300,7 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 	fmt.Fprintf(stdout, "castellan server listening on http://%s\n", ln.Addr())
 	log.Info("control plane on NATS JetStream", zap.Int("replicas", cfg.Replicas))
 
-	return serveUntilSignalled(ctx, ln, srv.Serve, sigs, log)
+	return serveUntilSignalled(ctx, ln, endingWith(srv.Serve, endMCP), sigs, log)
 }
 
 // newServerRegistry is the control plane's own registry (nothing is registered globally),

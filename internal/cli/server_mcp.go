@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -18,7 +19,12 @@ import (
 // mcpHandler is /mcp for the control plane listening on ln. It calls the control plane's
 // own /v1 API over loopback with each agent's token, so an agent can do through /mcp
 // exactly what its token can do on /v1 and nothing more (it holds no key of its own).
-func mcpHandler(cfg ServerConfig, ln net.Listener) (http.Handler, error) {
+//
+// Its requests end when shutdown ends. An agent's session holds a stream open (the
+// standalone SSE GET) and a call may wait minutes for its approval; neither must hold up
+// a graceful shutdown. Ending them is a dropped connection to the agent: the jobs go on,
+// and their results can be fetched later (castellan_job_result).
+func mcpHandler(cfg ServerConfig, ln net.Listener, shutdown context.Context) (http.Handler, error) {
 	self, err := selfURL(ln.Addr(), cfg.TLSCert != "")
 	if err != nil {
 		return nil, err
@@ -45,7 +51,22 @@ func mcpHandler(cfg ServerConfig, ln net.Listener) (http.Handler, error) {
 		}
 		o.ResourceURL = u.Scheme + "://" + u.Host + mcp.Path
 	}
-	return mcp.Handler(b, o), nil
+	h := mcp.Handler(b, o)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		defer context.AfterFunc(shutdown, cancel)()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	}), nil
+}
+
+// endingWith runs serve and ends the context of mcpHandler's requests once serve's own
+// context ends, which is when the graceful shutdown begins.
+func endingWith(serve func(context.Context, net.Listener) error, end context.CancelFunc) func(context.Context, net.Listener) error {
+	return func(ctx context.Context, ln net.Listener) error {
+		defer context.AfterFunc(ctx, end)()
+		return serve(ctx, ln)
+	}
 }
 
 // selfURL is a URL that reaches the listener at addr from this host: a wildcard address

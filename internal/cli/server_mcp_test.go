@@ -282,3 +282,50 @@ func TestSelfTLS(t *testing.T) {
 		t.Errorf("Server(--tls-cert without a name) = %v, want a usage error naming --mcp=false", err)
 	}
 }
+
+// An agent's open session (the SDK client holds a standalone SSE stream open) must not hold
+// up the server's graceful shutdown: its streams end as a dropped connection would.
+func TestServerMCPShutdownWithOpenSession(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "cp.db")
+	var out strings.Builder
+	tok, err := TokenCreate(t.Context(), TokenConfig{DB: db, Role: "client", Pool: "default", Name: "agent"}, &out)
+	must(t, err)
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	sigs := make(chan os.Signal, 2)
+	done := make(chan error, 1)
+	go func() {
+		done <- Server(t.Context(), ServerConfig{DB: db, Listen: "127.0.0.1:0", LogLevel: "error"}, stdout, stderr, sigs)
+	}()
+	var base string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if _, rest, ok := strings.Cut(stdout.String(), "listening on "); ok {
+			base = strings.TrimSpace(rest)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no listening line; stderr %q", stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond) // polling for the listening line
+	}
+	c := sdk.NewClient(&sdk.Implementation{Name: "test-agent", Version: "1"}, nil)
+	cs, err := c.Connect(t.Context(), &sdk.StreamableClientTransport{Endpoint: base + mcp.Path,
+		HTTPClient: &http.Client{Transport: bearerHeader{tok.Secret, http.DefaultTransport}}}, nil)
+	must(t, err)
+	defer cs.Close()
+	if _, err := cs.ListTools(t.Context(), nil); err != nil {
+		t.Fatalf("ListTools() = %v", err)
+	}
+	start := time.Now()
+	sigs <- os.Interrupt
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Server() after a signal = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		sigs <- os.Interrupt
+		<-done
+		t.Fatalf("Server() took more than 5s to shut down with an open MCP session (stopped by a second signal after %s)", time.Since(start).Round(time.Millisecond))
+	}
+}
