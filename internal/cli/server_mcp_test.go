@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"net/http"
@@ -327,5 +328,18 @@ func TestServerMCPShutdownWithOpenSession(t *testing.T) {
 		sigs <- os.Interrupt
 		<-done
 		t.Fatalf("Server() took more than 5s to shut down with an open MCP session (stopped by a second signal after %s)", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// A --public-url that is not scheme://host[:port] is a configuration error at start.
+func TestServerPublicURLInvalid(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"cp.example:8443", "ftp://cp.example", "https://cp.example/mcp", "https://cp.example?x=1", "https://"} {
+		var out strings.Builder
+		err := Server(t.Context(), ServerConfig{DB: filepath.Join(t.TempDir(), "cp.db"), Listen: "127.0.0.1:0", LogLevel: "error", PublicURL: u}, &out, &out, nil)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--public-url") {
+			t.Errorf("Server(--public-url %q) = %v, want a usage error naming --public-url", u, err)
+		}
 	}
 }
