@@ -2,6 +2,7 @@ package natsq
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -191,7 +192,13 @@ func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error)
 		return nil, fmt.Errorf("natsq: list %s: %w", TokensBucket, err)
 	}
 	defer func() { _ = w.Stop() }()
-	out := []api.Token{}
+	// Creation times have millisecond precision; tokens created within one millisecond are
+	// ordered by their entry's revision (the order of their last write), not at random.
+	type listed struct {
+		tok api.Token
+		rev uint64
+	}
+	var all []listed
 	for {
 		var ent jetstream.KeyValueEntry
 		var ok bool
@@ -210,14 +217,18 @@ func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error)
 		if err := json.Unmarshal(ent.Value(), &e); err != nil || e.ID == "" {
 			continue // authenticates nobody either
 		}
-		out = append(out, api.Token{ID: e.ID, Role: e.Role, Pool: e.Pool, Name: e.Name, CreatedAt: e.CreatedAt, RevokedAt: e.RevokedAt})
+		all = append(all, listed{api.Token{ID: e.ID, Role: e.Role, Pool: e.Pool, Name: e.Name, CreatedAt: e.CreatedAt, RevokedAt: e.RevokedAt}, ent.Revision()})
 	}
-	slices.SortFunc(out, func(a, b api.Token) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+	slices.SortFunc(all, func(a, b listed) int {
+		if c := a.tok.CreatedAt.Compare(b.tok.CreatedAt); c != 0 {
 			return c
 		}
-		return strings.Compare(a.ID, b.ID)
+		return cmp.Compare(a.rev, b.rev)
 	})
+	out := make([]api.Token, 0, len(all))
+	for _, l := range all {
+		out = append(out, l.tok)
+	}
 	return out, nil
 }
 
