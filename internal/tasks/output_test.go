@@ -159,3 +159,37 @@ func TestBadOutputSchemaRefusedAtLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestPluginOutputSchemaEnforced: a plugin's manifest declares the title and output schema,
+// and its outputs are held to the schema on the same path as a policy task's.
+func TestPluginOutputSchemaEnforced(t *testing.T) {
+	t.Parallel()
+	e := start(t, func(root string) {
+		dir := filepath.Join(root, "other")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		wasm, err := os.ReadFile("../../runtime/testdata/echo.wasm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		put(t, dir, "other.wasm", wasm)
+		put(t, dir, "plugin.yaml", []byte("name: other\nversion: \"1\"\ntitle: Echo, as a plugin\n"+
+			"output_schema:\n  type: object\n  required: [ok]\n  properties: {ok: {const: true}}\n"))
+	})
+	tk, ok := e.set.Get("other")
+	if !ok {
+		t.Fatalf("plugin not loaded; logs: %v", e.logs.All())
+	}
+	if tk.Def.Title != "Echo, as a plugin" || tk.Def.Annotations != nil || len(tk.Def.OutputSchema) == 0 {
+		t.Errorf("Def = title %q, annotations %+v, output schema %s; want the manifest's title and schema, no annotations (the policy sets none)",
+			tk.Def.Title, tk.Def.Annotations, tk.Def.OutputSchema)
+	}
+	if res := e.set.Run(context.Background(), "other", "j", []byte(`{"ok":true}`)); res.Err != nil {
+		t.Errorf("Run(conforming) = %v", res.Err)
+	}
+	res := e.set.Run(context.Background(), "other", "j", []byte(`{"ok":"private-value"}`))
+	if res.Code() != outcome.InvalidOutput || !strings.Contains(res.Err.Error(), `at /ok: fails "const"`) || strings.Contains(res.Err.Error(), "private-value") {
+		t.Errorf("Run(violating) = %v, want invalid_output naming /ok without the value", res.Err)
+	}
+}
