@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -35,8 +36,11 @@ const (
 	UnknownClaim      Reason = "unknown_claim"      // the payload has a claim this worker does not know
 )
 
-// Reasons lists every reason, for documentation and validation.
-var Reasons = []Reason{Unsigned, Malformed, UnknownKey, BadSignature, BadAlgorithm, Expired, NotYetValid,
+// Reasons lists every reason, for documentation and validation. It returns a new slice each
+// time: callers cannot change what another caller sees.
+func Reasons() []Reason { return slices.Clone(reasons) }
+
+var reasons = []Reason{Unsigned, Malformed, UnknownKey, BadSignature, BadAlgorithm, Expired, NotYetValid,
 	TTLTooLong, WrongJob, WrongTask, WrongVersion, WrongPool, InputMismatch, Replayed, AttemptsExhausted, UnknownClaim}
 
 // RejectError says why an approval was refused. Detail is written for an operator and

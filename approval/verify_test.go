@@ -589,8 +589,8 @@ func TestRejectErrorText(t *testing.T) {
 	if got := ReasonOf(errors.New("x")); got != "" {
 		t.Errorf("ReasonOf(plain error) = %q, want empty", got)
 	}
-	if len(Reasons) != 16 {
-		t.Errorf("len(Reasons) = %d, want 16", len(Reasons))
+	if len(Reasons()) != 16 {
+		t.Errorf("len(Reasons()) = %d, want 16", len(Reasons()))
 	}
 }
 

@@ -3,6 +3,7 @@ package hostfuncs
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -30,10 +31,14 @@ const MaxOpenResponses = 8
 // MaxFailMessage bounds the message a task may report with fail; longer ones are truncated.
 const MaxFailMessage = 4 << 10
 
-// WASIFunctions is the WASI preview 1 subset a module may import: what ordinary Go, Rust, C
-// and AssemblyScript toolchains emit for a program that uses no files, sockets, environment or
-// arguments. Everything else in WASI (path_*, sock_*, fd_readdir, ...) is refused at load.
-var WASIFunctions = []string{
+// WASIFunctions returns the WASI preview 1 subset a module may import: what ordinary Go, Rust,
+// C and AssemblyScript toolchains emit for a program that uses no files, sockets, environment
+// or arguments. Everything else in WASI (path_*, sock_*, fd_readdir, ...) is refused at load.
+// It returns a new slice each time, so that no importer can widen the allow-list the import
+// check uses.
+func WASIFunctions() []string { return slices.Clone(wasiFunctions) }
+
+var wasiFunctions = []string{
 	"args_get", "args_sizes_get", "environ_get", "environ_sizes_get",
 	"clock_time_get", "clock_res_get", "random_get",
 	"fd_write", "fd_read", "fd_close", "fd_fdstat_get", "fd_fdstat_set_flags", "fd_seek",
@@ -144,7 +149,7 @@ func CheckImports(r wazero.Runtime, m wazero.CompiledModule) []string {
 		}
 	}
 	allowedWASI := map[string]bool{}
-	for _, n := range WASIFunctions {
+	for _, n := range wasiFunctions {
 		allowedWASI[n] = true
 	}
 	var bad []string

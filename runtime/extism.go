@@ -74,7 +74,7 @@ func usesExtism(m wazero.CompiledModule) bool {
 // extismImportProblems lists the imports of an Extism plugin that the sandbox does not offer.
 func extismImportProblems(m wazero.CompiledModule) []string {
 	allowedWASI := map[string]bool{}
-	for _, n := range hostfuncs.WASIFunctions {
+	for _, n := range hostfuncs.WASIFunctions() {
 		allowedWASI[n] = true
 	}
 	var bad []string

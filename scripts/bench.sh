@@ -27,7 +27,7 @@ alternate() { # name package pattern benchtime
 run job ./runtime/ 'BenchmarkJob$' 2000x
 run http ./runtime/ 'BenchmarkHTTPCall$' 5000x
 run http-interleaved ./runtime/ 'BenchmarkHTTPCallInterleaved$' 5000x
-run approval ./approval/ 'Verify|Sign|Preverify' 
+run approval ./approval/ 'Verify|Sign' 
 run compile ./runtime/ 'BenchmarkCompile$' 5x
 run redact ./redact/ 'Benchmark' 
 run languages ./examples/crm-lookup/e2e/ 'BenchmarkPerJobOverhead' 200x

@@ -30,6 +30,11 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("control plane: %d %s: %s", e.Status, e.Code, e.Message)
 }
 
+// Is makes errors.Is(err, api.ErrLeaseLost) (and api.ErrJobCancelled, api.ErrFenced,
+// api.ErrNotRegistered, api.ErrFinal) true for the refusals they name, so that a caller
+// need not read the HTTP status or code.
+func (e *APIError) Is(target error) bool { return api.IsRefusal(e.Status, e.Code, target) }
+
 // IsCode reports whether err is an *APIError with the given code.
 func IsCode(err error, code string) bool {
 	var ae *APIError

@@ -33,21 +33,18 @@ import (
 const IdempotencyBucket = "castellan_idempotency"
 
 const (
-	maxInputBytes      = 1 << 20
+	maxInputBytes      = api.DefaultMaxInput
 	bodySlack          = 64 << 10
 	smallBody          = 64 << 10
-	defaultMaxAttempts = 3
-	defaultWaitSeconds = 30
-	maxWaitSeconds     = 60
+	defaultMaxAttempts = api.DefaultMaxAttempts
+	defaultWaitSeconds = api.DefaultWaitSeconds
+	maxWaitSeconds     = api.MaxWaitSeconds
 )
 
-var (
-	taskNameRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
-	versionRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`)
-	idemKeyRE  = regexp.MustCompile(`^[\x21-\x7e]{1,200}$`)
-	// jobIDRE is what a job id may be as a KV key (no '.', which would nest, nor wildcards).
-	jobIDRE = regexp.MustCompile(`^[-_=a-zA-Z0-9]{1,128}$`)
-)
+// jobIDRE is what a job id may be as a KV key (no '.', which would nest, nor wildcards):
+// the transport's rule, for jobs dispatched directly. Ids the API makes and looks up are
+// api.NewJobID's (api.ValidJobID).
+var jobIDRE = regexp.MustCompile(`^[-_=a-zA-Z0-9]{1,128}$`)
 
 // APIServer serves the client-facing subset of the /v1 API (submit, approve, get, list,
 // wait, cancel, catalog, and token list and revoke) with its state in JetStream instead of SQLite, so that any number of
@@ -64,7 +61,7 @@ type APIServer struct {
 	idem    jetstream.KeyValue
 	catalog jetstream.KeyValue
 	schemas schema.Cache
-	mux     *http.ServeMux
+	mux     http.Handler
 
 	cmu  sync.Mutex
 	cat  map[string]map[string]catalogEntry // pool -> worker key -> catalog
@@ -180,6 +177,12 @@ func (s *APIServer) applyCatalog(e jetstream.KeyValueEntry) {
 		s.log.Warn("ignoring an unreadable catalog entry", zap.String("key", key))
 		return
 	}
+	if _, err := schema.CheckCatalog(c.Tasks); err != nil {
+		// Written past WorkerQueue.PublishCatalog's checks: a submit could not validate
+		// against it.
+		s.log.Warn("ignoring an invalid catalog entry", zap.String("key", key), zap.Error(err))
+		return
+	}
 	if s.cat[c.Pool] == nil {
 		s.cat[c.Pool] = map[string]catalogEntry{}
 	}
@@ -238,9 +241,7 @@ func (s *APIServer) routes() {
 	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
-	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		// Ready when JetStream answers: the job bucket's status is one round trip to it.
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
@@ -251,11 +252,7 @@ func (s *APIServer) routes() {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
-	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeAPIError(w, refusal(http.StatusNotFound, api.CodeNotFound,
-			"no route %s %s on the NATS control plane (workers talk to NATS; tokens are created with `castellan token create --nats`; see docs/api.md)", r.Method, r.URL.Path).(*client.APIError))
-	})
-	s.mux = m
+	s.mux = api.Routes(m, "not on the NATS control plane: workers talk to NATS, tokens are created with `castellan token create --nats`; see docs/api.md")
 }
 
 // auth authenticates the bearer token and checks the role. Logs name the route pattern,
@@ -347,7 +344,7 @@ func resolvePool(p principal, pool string) (string, error) {
 		}
 		return p.pool, nil
 	}
-	if checkName("pool", pool) != nil {
+	if !api.ValidPoolName(pool) {
 		return "", refusal(http.StatusBadRequest, api.CodeInvalidField, "pool %q is invalid: use 1-63 of a-z 0-9 _ . -", pool)
 	}
 	if !p.canPool(pool) {
@@ -357,6 +354,9 @@ func resolvePool(p principal, pool string) (string, error) {
 }
 
 func (s *APIServer) hCatalog(w http.ResponseWriter, r *http.Request, p principal) error {
+	if err := onlyParams(r, "pool"); err != nil {
+		return err
+	}
 	pool, err := resolvePool(p, r.URL.Query().Get("pool"))
 	if err != nil {
 		return err
@@ -429,10 +429,10 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 	bad := func(format string, args ...any) (api.Job, bool, error) {
 		return api.Job{}, false, refusal(http.StatusBadRequest, api.CodeInvalidField, format, args...)
 	}
-	if !taskNameRE.MatchString(req.Task) {
+	if !api.ValidTaskName(req.Task) {
 		return bad("task %q is invalid: a task name is 1-64 of a-z 0-9 _ . - starting with a letter", req.Task)
 	}
-	if req.TaskVersion != "" && !versionRE.MatchString(req.TaskVersion) {
+	if req.TaskVersion != "" && !api.ValidTaskVersion(req.TaskVersion) {
 		return bad("task_version %q is invalid", req.TaskVersion)
 	}
 	pool, err := resolvePool(p, req.Pool)
@@ -457,7 +457,7 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 	if req.MaxAttempts < 1 || req.MaxAttempts > maxAttemptsCap {
 		return bad("max_attempts is %d, want 1..%d", req.MaxAttempts, maxAttemptsCap)
 	}
-	if req.IdempotencyKey != "" && !idemKeyRE.MatchString(req.IdempotencyKey) {
+	if req.IdempotencyKey != "" && !api.ValidIdempotencyKey(req.IdempotencyKey) {
 		return bad("idempotency_key must be 1-200 printable ASCII characters without spaces")
 	}
 	if req.Approval != "" {
@@ -492,7 +492,7 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 			Message: schema.Message(issues), Details: issues}
 	}
 
-	id := "job_" + randomHex(12)
+	id := api.NewJobID()
 	if req.IdempotencyKey != "" {
 		hashed, _ := json.Marshal(struct {
 			Task, Version, Pool string
@@ -557,7 +557,7 @@ func (s *APIServer) submit(ctx context.Context, p principal, req api.SubmitReque
 
 // job reads a job the principal may see: one in another pool is "not found", as over SQLite.
 func (s *APIServer) job(ctx context.Context, p principal, id string) (Record, error) {
-	if !jobIDRE.MatchString(id) {
+	if !api.ValidJobID(id) {
 		return Record{}, refusal(http.StatusNotFound, api.CodeNotFound, "no job %q (job ids look like job_ and 24 hex digits)", id)
 	}
 	r, _, err := s.d.record(ctx, id)
@@ -568,6 +568,9 @@ func (s *APIServer) job(ctx context.Context, p principal, id string) (Record, er
 }
 
 func (s *APIServer) hGet(w http.ResponseWriter, r *http.Request, p principal) error {
+	if err := onlyParams(r); err != nil {
+		return err
+	}
 	rec, err := s.job(r.Context(), p, r.PathValue("id"))
 	if err != nil {
 		return err
@@ -578,6 +581,9 @@ func (s *APIServer) hGet(w http.ResponseWriter, r *http.Request, p principal) er
 
 // hWait long-polls by watching the job's key: every replica sees every write.
 func (s *APIServer) hWait(w http.ResponseWriter, r *http.Request, p principal) error {
+	if err := onlyParams(r, "timeout"); err != nil {
+		return err
+	}
 	timeout := defaultWaitSeconds
 	if v := r.URL.Query().Get("timeout"); v != "" {
 		n, err := strconv.Atoi(v)

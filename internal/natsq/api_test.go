@@ -35,7 +35,13 @@ type apiReplica struct {
 // connection and listener.
 func startAPI(t testing.TB, natsURL string) *apiReplica {
 	t.Helper()
-	srv, err := natsq.DialAPIServer(context.Background(), natsURL, natsq.Options{})
+	return startAPIWith(t, natsURL, natsq.Options{})
+}
+
+// startAPIWith is startAPI with options.
+func startAPIWith(t testing.TB, natsURL string, o natsq.Options) *apiReplica {
+	t.Helper()
+	srv, err := natsq.DialAPIServer(context.Background(), natsURL, o)
 	if err != nil {
 		t.Fatal(err)
 	}

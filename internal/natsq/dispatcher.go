@@ -391,55 +391,58 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*Record)
 // once; a running job is marked cancel_requested and its worker stops at its next
 // heartbeat (the cancel bucket). A finished job is returned unchanged.
 func (d *Dispatcher) Cancel(ctx context.Context, id string) (api.Job, error) {
+	unpulled := false
 	r, err := d.update(ctx, id, func(r *Record) (bool, error) {
+		unpulled = false
 		if r.Job.State.Terminal() || r.Job.State == api.StateCancelRequested {
 			return false, nil
 		}
-		if r.Job.State == api.StatePendingApproval {
-			// Never published: nothing can run it.
+		if r.Job.State == api.StatePendingApproval || r.Job.State == api.StateQueued {
+			// Never published, or published and not claimed (first delivery or a retry):
+			// nothing runs it, and a claim of its message from now on is refused (the job
+			// is terminal), which terminates the message. Cancelled at once, as over SQLite.
+			unpulled = r.Job.State == api.StateQueued && r.Job.Attempt == 0
 			now := time.Now().UTC()
-			r.Job.State, r.Job.FinishedAt = api.StateCancelled, &now
+			r.Job.State, r.Job.FinishedAt, r.Job.NotBefore = api.StateCancelled, &now, nil
 			return true, nil
 		}
 		r.Job.State = api.StateCancelRequested
 		return true, nil
 	})
-	if err != nil || r.Job.State != api.StateCancelRequested {
+	if err != nil {
 		return r.Job, err
+	}
+	if unpulled {
+		d.dropMessage(ctx, r)
+	}
+	if r.Job.State != api.StateCancelRequested {
+		return r.Job, nil
 	}
 	if _, err := d.cancels.Put(ctx, token(r.Job.Pool)+"."+id, []byte("1")); err != nil {
 		return r.Job, fmt.Errorf("natsq: record the cancellation of %s: %w", id, err)
 	}
-	if r.Job.Attempt != 0 {
-		return r.Job, nil // running: the worker stops at its next heartbeat
-	}
+	return r.Job, nil // running: the worker stops at its next heartbeat
+}
+
+// dropMessage deletes a cancelled job's message from the stream if nobody pulled it yet, so
+// that it does not wait there for a claim that would be refused. Best effort: a message
+// pulled meanwhile is terminated at its claim.
+func (d *Dispatcher) dropMessage(ctx context.Context, r Record) {
+	id := r.Job.ID
 	seq := r.JobsSeq
 	if seq == 0 {
+		var err error
 		if seq, err = d.jobSeq(ctx, r.Job.Pool, r.Job.Task, id); err != nil {
-			d.log.Warn("looking for a cancelled job's message failed; its worker will stop it", zap.String("job", id), zap.Error(err))
-			return r.Job, nil
+			d.log.Warn("looking for a cancelled job's message failed; its claim will be refused", zap.String("job", id), zap.Error(err))
+			return
 		}
 	}
 	if seq == 0 {
-		return r.Job, nil // pulled already: the worker stops it
+		return // pulled already: its claim is refused
 	}
-	st, err := d.js.Stream(ctx, JobsStream(r.Job.Pool))
-	if err == nil {
-		err = st.DeleteMsg(ctx, seq)
+	if st, err := d.js.Stream(ctx, JobsStream(r.Job.Pool)); err == nil {
+		_ = st.DeleteMsg(ctx, seq) // pulled meanwhile: its claim is refused
 	}
-	if err != nil {
-		return r.Job, nil // pulled meanwhile: the worker stops it
-	}
-	r, err = d.update(ctx, id, func(r *Record) (bool, error) {
-		if r.Job.State != api.StateCancelRequested {
-			return false, nil
-		}
-		r.Job.State = api.StateCancelled
-		now := time.Now().UTC()
-		r.Job.FinishedAt = &now
-		return true, nil
-	})
-	return r.Job, err
 }
 
 // Run consumes results until ctx ends, recording each at most once per job and attempt.
@@ -552,6 +555,11 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		j.ErrorMessage = r.ErrorMessage
 		j.DurationMS = r.DurationMS
 		j.ModuleDigest = r.ModuleDigest
+		j.NotBefore = nil
+		if j.State == api.StateQueued && r.NotBefore != nil {
+			nb := r.NotBefore.UTC()
+			j.NotBefore = &nb
+		}
 		if j.State.Terminal() {
 			now := time.Now().UTC()
 			j.FinishedAt = &now
@@ -621,19 +629,27 @@ func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
 			j.State, j.FinishedAt = api.StateCancelled, &now
 			reply = ClaimReply{Refused: "the job was cancelled", Final: true}
 			return true, nil
+		case j.State == api.StateRunning && rec.Lease != nil && now.Sub(rec.Lease.At) < d.o.AckWait:
+			// Delivered again before the attempt's lease could expire: its worker handed it
+			// back after publishing a result that is not recorded yet. The next attempt is
+			// granted once it is, so that no result is refused as superseded: with full
+			// jitter a retry can come due before the result is recorded.
+			reply = ClaimReply{Refused: "the previous attempt's result is not recorded yet"}
+			return false, nil
 		case j.State.Terminal() || j.State == api.StatePendingApproval:
 			reply = ClaimReply{Refused: "the job is " + string(j.State), Final: true}
 			return false, nil
 		case j.Attempt >= j.MaxAttempts:
 			j.State, j.FinishedAt = api.StateDead, &now
-			j.Outcome = string(outcome.Internal)
-			j.ErrorMessage = fmt.Sprintf("delivered again after %d of max_attempts %d: earlier attempts ended without a result (worker stopped or lost its connection)", j.Attempt, j.MaxAttempts)
+			// As over SQLite, where the lease expiry that ends the last attempt is a timeout.
+			j.Outcome = string(outcome.Timeout)
+			j.ErrorMessage = fmt.Sprintf("lease expired: delivered again after %d of max_attempts %d, the earlier attempts ended without a result (worker stopped or lost its connection)", j.Attempt, j.MaxAttempts)
 			reply = ClaimReply{Refused: j.ErrorMessage, Final: true, Dead: true}
 			return true, nil
 		}
 		attempt := j.Attempt + 1
 		rec.Lease = &Lease{Attempt: attempt, Fence: randomHex(16), WorkerID: req.WorkerID, Delivery: req.Delivery, At: now}
-		j.Attempt, j.State = attempt, api.StateRunning
+		j.Attempt, j.State, j.NotBefore = attempt, api.StateRunning, nil
 		reply = ClaimReply{Attempt: attempt, Fence: rec.Lease.Fence}
 		return true, nil
 	})

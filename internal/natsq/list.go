@@ -96,7 +96,7 @@ func (s *APIServer) hList(w http.ResponseWriter, r *http.Request, p principal) e
 	if f.state != "" && !slices.Contains(api.States, f.state) {
 		return refusal(http.StatusBadRequest, api.CodeInvalidField, "state %q is not a job state (one of %s)", f.state, joinStates())
 	}
-	if f.task != "" && !taskNameRE.MatchString(f.task) {
+	if f.task != "" && !api.ValidTaskName(f.task) {
 		return refusal(http.StatusBadRequest, api.CodeInvalidField, "task %q is not a valid task name (1-64 of a-z 0-9 _ . - starting with a letter)", f.task)
 	}
 	if pool := q.Get("pool"); pool != "" {

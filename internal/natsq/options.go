@@ -50,8 +50,9 @@ type Options struct {
 	// MaxJobBytes bounds a job message; larger ones are terminated and dead-lettered
 	// unread. Optional; default 1 MiB.
 	MaxJobBytes int
-	// RetryBase and RetryCap bound the redelivery delay after a retryable failure:
-	// RetryBase doubled per attempt, at most RetryCap. Optional; defaults 1s and 5m.
+	// RetryBase and RetryCap bound the redelivery delay after a retryable failure: full
+	// jitter under RetryBase doubled per attempt, at most RetryCap (api.RetryDelay, as over
+	// SQLite). Optional; defaults 1s and 5m.
 	RetryBase, RetryCap time.Duration
 	// MultiTaskPoll is how long a worker serving several tasks waits on one task's consumer
 	// before it looks at the next one. Optional; default 250ms.

@@ -26,8 +26,6 @@ import (
 // they authenticate to NATS itself, and their account's subject permissions are their role.
 const TokensBucket = "castellan_tokens"
 
-var tokenPoolRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
-
 // tokenEntry is a token as stored in the TokensBucket.
 type tokenEntry struct {
 	ID        string     `json:"id"`
@@ -66,7 +64,7 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 	if pool == "" && role == api.RoleAdmin {
 		pool = api.AllPools
 	}
-	if pool != api.AllPools && !tokenPoolRE.MatchString(pool) {
+	if pool != api.AllPools && !api.ValidPoolName(pool) {
 		return api.Token{}, fmt.Errorf("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", pool)
 	}
 	if len(name) > 128 {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -36,15 +35,18 @@ const (
 	maxAttemptsCap = api.MaxAttemptsLimit
 )
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
-
 // token turns a pool or task name (which may hold dots) into one NATS subject token and a
 // valid stream or consumer name. '~' is not allowed in either name, so this cannot collide.
 func token(name string) string { return strings.ReplaceAll(name, ".", "~") }
 
+// checkName applies the API's rule for a pool or task name (internal/server/api), so that
+// no name is valid in one mode and not in the other.
 func checkName(kind, name string) error {
-	if !nameRE.MatchString(name) {
-		return fmt.Errorf("natsq: %s %q must match %s (lowercase letters, digits, '_', '-', '.')", kind, name, nameRE)
+	switch {
+	case kind == "pool" && !api.ValidPoolName(name):
+		return fmt.Errorf("natsq: pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit", name)
+	case kind == "task" && !api.ValidTaskName(name):
+		return fmt.Errorf("natsq: task %q is invalid: use 1-64 of a-z 0-9 _ . - starting with a letter", name)
 	}
 	return nil
 }
@@ -128,6 +130,9 @@ type Result struct {
 	// result is recorded only with the current attempt's fence, from the worker it was
 	// granted to.
 	Fence string `json:"fence"`
+	// NotBefore is when the worker hands a retryable failure back for redelivery (the
+	// job's not_before while it waits). Set only when the job is requeued.
+	NotBefore *time.Time `json:"not_before,omitempty"`
 }
 
 // ClaimRequest is what a worker sends on ClaimSubject after pulling a job and before

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
 )
@@ -49,6 +51,8 @@ type inflight struct {
 	attempt int       // granted by the dispatcher at the claim
 	fence   string    // granted with it; the result carries it
 	seen    time.Time // admitted or last heartbeat: the delivery expires AckWait later
+	// notBefore is when a retryable failure's redelivery is due, once Complete chose it.
+	notBefore time.Time
 }
 
 // forgetAfter is how long past its last heartbeat an unsettled delivery is kept. JetStream
@@ -159,12 +163,17 @@ func (q *WorkerQueue) bindBuckets(ctx context.Context) error {
 // PublishCatalog records the worker's catalog in the catalog bucket and binds one consumer
 // per served task, so that Lease pulls only those tasks.
 func (q *WorkerQueue) PublishCatalog(ctx context.Context, tasks []api.TaskDef) (api.CatalogResponse, error) {
+	// The rules of PUT /v1/catalog over SQLite (internal/schema), so that a catalog valid in
+	// one mode is valid in the other.
+	tasks, err := schema.CheckCatalog(tasks)
+	if err != nil {
+		return api.CatalogResponse{}, refusal(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
+	}
 	names := make([]string, 0, len(tasks))
 	for _, t := range tasks {
-		if err := checkName("task", t.Name); err != nil {
-			return api.CatalogResponse{}, refusal(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
+		if !slices.Contains(names, t.Name) {
+			names = append(names, t.Name)
 		}
-		names = append(names, t.Name)
 	}
 	if err := q.bindBuckets(ctx); err != nil {
 		return api.CatalogResponse{}, err
@@ -510,10 +519,20 @@ func (q *WorkerQueue) publishResult(ctx context.Context, r Result, head ...*api.
 	return nil
 }
 
+// lease returns the live lease under tok, or nil. A lease not heartbeated for AckWait has
+// expired: JetStream redelivers the job, and settling the old delivery now would settle the
+// new one (an ack names the message, not the delivery), so it is dropped, as SQLite's lease
+// is. The local clock starts after the claim, so this errs towards keeping a lease the
+// stream may already have expired; the dispatcher refuses that attempt's result then.
 func (q *WorkerQueue) lease(tok string) *inflight {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.inflight[tok]
+	l := q.inflight[tok]
+	if l != nil && time.Since(l.seen) > q.o.AckWait {
+		delete(q.inflight, tok)
+		return nil
+	}
+	return l
 }
 
 // Heartbeat extends the lease (InProgress resets the AckWait timer) and reports a
@@ -532,18 +551,25 @@ func (q *WorkerQueue) Heartbeat(ctx context.Context, leaseToken string) (api.Hea
 	resp := api.HeartbeatResponse{JobID: l.env.JobID, LeaseExpiresAt: time.Now().Add(q.o.AckWait)}
 	q.mu.Lock()
 	l.seen = time.Now()
+	q.mu.Unlock()
+	resp.CancelRequested = q.cancelRequested(ctx, l.env.JobID)
+	return resp, nil
+}
+
+// cancelRequested reports whether the cancel bucket asks to stop the job. A failed read
+// is logged and answered false: the next heartbeat reads again.
+func (q *WorkerQueue) cancelRequested(ctx context.Context, jobID string) bool {
+	q.mu.Lock()
 	kv := q.cancelKV
 	q.mu.Unlock()
-	if kv != nil {
-		_, err := kv.Get(ctx, token(q.o.Pool)+"."+l.env.JobID)
-		switch {
-		case err == nil:
-			resp.CancelRequested = true
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			q.log.Warn("reading cancellation requests failed", zap.String("job", l.env.JobID), zap.Error(err))
-		}
+	if kv == nil {
+		return false
 	}
-	return resp, nil
+	_, err := kv.Get(ctx, token(q.o.Pool)+"."+jobID)
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		q.log.Warn("reading cancellation requests failed", zap.String("job", jobID), zap.Error(err))
+	}
+	return err == nil
 }
 
 // Complete publishes the result (deduplicated by job id and attempt), waits for the stream
@@ -562,17 +588,34 @@ func (q *WorkerQueue) Complete(ctx context.Context, jobID string, req api.Comple
 	if req.Retryable != nil {
 		retryable = *req.Retryable
 	}
+	// A job asked to stop ends cancelled whatever its outcome, as the dispatcher records it.
+	current := api.StateRunning
+	if q.cancelRequested(ctx, jobID) {
+		current = api.StateCancelRequested
+	}
+	state := nextState(current, req.Outcome, retryable, l.attempt, l.env.MaxAttempts)
 	r := Result{JobID: jobID, Task: l.env.Task, Attempt: l.attempt, WorkerID: q.workerID, Outcome: req.Outcome,
 		Output: req.Output, ErrorMessage: req.ErrorMessage, DurationMS: req.DurationMS, ModuleDigest: req.ModuleDigest,
 		Retryable: req.Retryable, Fence: l.fence}
+	var notBefore time.Time
+	if state == api.StateQueued {
+		// Chosen once per attempt: a retried Complete republishes the same result (the
+		// stream drops the duplicate) and must settle with the same delay.
+		q.mu.Lock()
+		if l.notBefore.IsZero() {
+			l.notBefore = time.Now().Add(q.retryDelay(l.attempt)).UTC()
+		}
+		notBefore = l.notBefore
+		q.mu.Unlock()
+		r.NotBefore = &notBefore
+	}
 	if err := q.publishResult(ctx, r, req.AuditHead); err != nil {
 		return api.CompleteResponse{}, err
 	}
-	state := nextState(api.StateRunning, req.Outcome, retryable, l.attempt, l.env.MaxAttempts)
 	var err error
 	switch state {
 	case api.StateQueued:
-		err = l.msg.NakWithDelay(q.retryDelay(l.attempt))
+		err = l.msg.NakWithDelay(max(time.Until(notBefore), 0))
 	case api.StateRejected:
 		err = l.msg.TermWithReason("rejected by the worker")
 	case api.StateDead:
@@ -589,18 +632,14 @@ func (q *WorkerQueue) Complete(ctx context.Context, jobID string, req api.Comple
 	q.mu.Unlock()
 	resp := api.CompleteResponse{JobID: jobID, State: state, Attempt: l.attempt}
 	if state == api.StateQueued {
-		t := time.Now().Add(q.retryDelay(l.attempt))
-		resp.NotBefore = &t
+		resp.NotBefore = &notBefore
 	}
 	return resp, nil
 }
 
+// retryDelay is the API's back-off (full jitter), as over SQLite.
 func (q *WorkerQueue) retryDelay(attempt int) time.Duration {
-	d := q.o.RetryBase
-	for i := 1; i < attempt && d < q.o.RetryCap; i++ {
-		d *= 2
-	}
-	return min(d, q.o.RetryCap)
+	return api.RetryDelay(attempt, q.o.RetryBase, q.o.RetryCap)
 }
 
 // InFlight returns how many leased jobs are not settled yet.

@@ -8,16 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
 const (
-	maxCatalogTasks   = 256
-	maxSchemaBytes    = 64 << 10
-	maxDescription    = 1024
+	maxCatalogTasks   = schema.MaxCatalogTasks
 	maxWorkerNameSize = 128
 )
 
@@ -47,43 +44,12 @@ func (s *Server) register(ctx context.Context, p Principal, req api.RegisterRequ
 		LeaseTTLSeconds: int(s.cfg.LeaseTTL.Seconds()), MaxWaitSeconds: maxWaitSeconds}, nil
 }
 
-// checkTask validates one task definition and returns its schemas compacted.
+// checkTask validates one task definition (the rules both modes share, internal/schema)
+// and returns its schemas compacted.
 func checkTask(i int, t api.TaskDef) (in, out []byte, err error) {
-	bad := func(format string, args ...any) error {
-		return errf(http.StatusBadRequest, api.CodeInvalidField, "tasks[%d]: "+format, append([]any{i}, args...)...)
-	}
-	if !taskNameRE.MatchString(t.Name) {
-		return nil, nil, bad("name %q is invalid: 1-64 of a-z 0-9 _ . - starting with a letter", t.Name)
-	}
-	if !versionRE.MatchString(t.Version) {
-		return nil, nil, bad("version %q is invalid: 1-64 of A-Z a-z 0-9 _ . + - starting with a letter or digit", t.Version)
-	}
-	if len(t.Title) > api.MaxTitle || strings.ContainsAny(t.Title, "\r\n") {
-		return nil, nil, bad("title must be one line of at most %d bytes", api.MaxTitle)
-	}
-	if len(t.Description) > maxDescription {
-		return nil, nil, bad("description is %d bytes, at most %d", len(t.Description), maxDescription)
-	}
-	for _, sc := range []struct {
-		name     string
-		raw      json.RawMessage
-		required bool
-		dst      *[]byte
-	}{{"input_schema", t.InputSchema, true, &in}, {"output_schema", t.OutputSchema, false, &out}} {
-		if len(bytes.TrimSpace(sc.raw)) == 0 || string(bytes.TrimSpace(sc.raw)) == "null" {
-			if sc.required {
-				return nil, nil, bad("%s is required (a JSON Schema; {} accepts anything)", sc.name)
-			}
-			continue
-		}
-		c := compactJSON(sc.raw)
-		if len(c) > maxSchemaBytes {
-			return nil, nil, bad("%s is %d bytes, at most %d", sc.name, len(c), maxSchemaBytes)
-		}
-		if _, err := schema.Compile(c); err != nil {
-			return nil, nil, bad("%s is not a valid JSON Schema: %v", sc.name, err)
-		}
-		*sc.dst = c
+	in, out, err = schema.CheckTask(i, t)
+	if err != nil {
+		return nil, nil, errf(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
 	}
 	return in, out, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -93,21 +92,21 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	def(&c.LeaseTTL, 60*time.Second)
-	def(&c.RetryBase, time.Second)
-	def(&c.RetryCap, 5*time.Minute)
+	def(&c.RetryBase, api.RetryBase)
+	def(&c.RetryCap, api.RetryCap)
 	def(&c.ReapInterval, time.Second)
 	def(&c.RecheckInterval, time.Second)
 	if c.LeaseTTL < time.Second {
 		return fmt.Errorf("server: Config.LeaseTTL is %s, at least 1s", c.LeaseTTL)
 	}
 	if c.MaxInputBytes == 0 {
-		c.MaxInputBytes = 1 << 20
+		c.MaxInputBytes = api.DefaultMaxInput
 	}
 	if c.MaxOutputBytes == 0 {
-		c.MaxOutputBytes = 4 << 20
+		c.MaxOutputBytes = api.DefaultMaxOutput
 	}
 	if c.DefaultMaxAttempts == 0 {
-		c.DefaultMaxAttempts = 3
+		c.DefaultMaxAttempts = api.DefaultMaxAttempts
 	}
 	if c.MaxInputBytes < 0 || c.MaxOutputBytes < 0 || c.DefaultMaxAttempts < 1 || c.DefaultMaxAttempts > maxAttemptsLimit {
 		return errors.New("server: Config.MaxInputBytes/MaxOutputBytes must be positive and DefaultMaxAttempts in 1..100")
@@ -125,12 +124,7 @@ func (c *Config) setDefaults() error {
 		c.Tracer = noop.NewTracerProvider()
 	}
 	if c.Jitter == nil {
-		c.Jitter = func(max time.Duration) time.Duration {
-			if max <= 0 {
-				return 0
-			}
-			return time.Duration(rand.Int64N(int64(max)))
-		}
+		c.Jitter = api.FullJitter
 	}
 	return nil
 }

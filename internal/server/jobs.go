@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -25,16 +24,9 @@ import (
 	"github.com/castellan-dev/castellan/outcome"
 )
 
-var (
-	taskNameRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
-	versionRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`)
-	jobIDRE    = regexp.MustCompile(`^job_[0-9a-f]{24}$`)
-	idemKeyRE  = regexp.MustCompile(`^[\x21-\x7e]{1,200}$`)
-)
-
 const (
-	maxErrorMessage = 4096
-	maxLeaseBatch   = 100
+	maxErrorMessage = api.MaxErrorMessage
+	maxLeaseBatch   = api.MaxLeaseBatch
 )
 
 func randomHex(n int) string {
@@ -42,8 +34,6 @@ func randomHex(n int) string {
 	rand.Read(b) //nolint:errcheck // crypto/rand.Read never fails on supported platforms
 	return hex.EncodeToString(b)
 }
-
-func newJobID() string { return "job_" + randomHex(12) }
 
 func newLeaseToken() string {
 	b := make([]byte, 32)
@@ -104,7 +94,7 @@ func scanJob(sc scanner) (jobRow, error) {
 func getJobRow(ctx context.Context, q interface {
 	queryRow(context.Context, string, ...any) *sql.Row
 }, p Principal, id string) (jobRow, error) {
-	if !jobIDRE.MatchString(id) {
+	if !api.ValidJobID(id) {
 		return jobRow{}, errf(http.StatusNotFound, api.CodeNotFound, "no job %q (job ids look like job_ and 24 hex digits)", id)
 	}
 	j, err := scanJob(q.queryRow(ctx, qJobByID, id))
@@ -122,7 +112,7 @@ func resolvePool(p Principal, pool string) (string, error) {
 		}
 		return p.Pool, nil
 	}
-	if !poolRE.MatchString(pool) {
+	if !api.ValidPoolName(pool) {
 		return "", errf(http.StatusBadRequest, api.CodeInvalidField, "pool %q is invalid: use 1-63 of a-z 0-9 _ . -", pool)
 	}
 	if !p.canPool(pool) {
@@ -137,10 +127,10 @@ func (s *Server) autoApproves(task string) bool {
 
 // submit creates a job, or returns the existing one for a repeated idempotent request.
 func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest) (api.Job, bool, error) {
-	if !taskNameRE.MatchString(req.Task) {
+	if !api.ValidTaskName(req.Task) {
 		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "task %q is invalid: a task name is 1-64 of a-z 0-9 _ . - starting with a letter", req.Task)
 	}
-	if req.TaskVersion != "" && !versionRE.MatchString(req.TaskVersion) {
+	if req.TaskVersion != "" && !api.ValidTaskVersion(req.TaskVersion) {
 		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "task_version %q is invalid", req.TaskVersion)
 	}
 	pool, err := resolvePool(p, req.Pool)
@@ -163,7 +153,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	if req.MaxAttempts < 1 || req.MaxAttempts > maxAttemptsLimit {
 		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "max_attempts is %d, want 1..%d", req.MaxAttempts, maxAttemptsLimit)
 	}
-	if req.IdempotencyKey != "" && !idemKeyRE.MatchString(req.IdempotencyKey) {
+	if req.IdempotencyKey != "" && !api.ValidIdempotencyKey(req.IdempotencyKey) {
 		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "idempotency_key must be 1-200 printable ASCII characters without spaces")
 	}
 	if req.Approval != "" {
@@ -239,7 +229,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 		return j, false, err
 	}
 
-	id := newJobID()
+	id := api.NewJobID()
 	ctx, span := s.startSpan(ctx, "submit", req.TraceParent, id, req.Task)
 	defer span.End()
 	traceparent := tracing.TraceParent(ctx)
@@ -542,14 +532,9 @@ func (s *Server) heartbeat(ctx context.Context, p Principal, leaseTok string) (a
 	return out, err
 }
 
-// backoff is full jitter: uniform in [0, min(cap, base*2^(attempt-1))).
+// backoff is full jitter: uniform in [0, min(cap, base*2^(attempt-1))), as in NATS mode.
 func (s *Server) backoff(attempt int) time.Duration {
-	d := s.cfg.RetryBase
-	for i := 1; i < attempt && d < s.cfg.RetryCap; i++ {
-		d *= 2
-	}
-	d = min(d, s.cfg.RetryCap)
-	return s.cfg.Jitter(d)
+	return s.cfg.Jitter(api.RetryCeiling(attempt, s.cfg.RetryBase, s.cfg.RetryCap))
 }
 
 func (s *Server) complete(ctx context.Context, p Principal, id string, req api.CompleteRequest) (api.CompleteResponse, error) {

@@ -22,8 +22,8 @@ import (
 )
 
 const (
-	maxWaitSeconds     = 60
-	defaultWaitSeconds = 30
+	maxWaitSeconds     = api.MaxWaitSeconds
+	defaultWaitSeconds = api.DefaultWaitSeconds
 	smallBody          = 64 << 10
 	catalogBody        = 8 << 20
 	bodySlack          = 64 << 10 // room for the envelope around an input or output
@@ -40,7 +40,7 @@ type Server struct {
 	finished notifier // a job reached a terminal state
 	closing  chan struct{}
 	closeMu  sync.Once
-	mux      *http.ServeMux
+	mux      http.Handler
 	parked   atomic.Int64 // lease requests currently waiting; lets tests poll, not sleep
 	waiters  atomic.Int64 // job waits currently parked, likewise
 }
@@ -207,12 +207,9 @@ func (s *Server) routes() {
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/audit", s.auth(admin, s.hAudit))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
-	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", s.hReady)
-	s.mux = http.NewServeMux()
-	s.mux.Handle("/", jsonFallback(m))
+	s.mux = api.Routes(m, "see docs/api.md")
 }
 
 // hReady answers 200 when the database answers a query, for load balancers and probes.
@@ -225,36 +222,6 @@ func (s *Server) hReady(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
-
-// jsonFallback turns the mux's plain-text 404 and 405 into the API's JSON errors.
-func jsonFallback(m *http.ServeMux) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, pattern := m.Handler(r); pattern != "" {
-			m.ServeHTTP(w, r)
-			return
-		}
-		rec := &statusRecorder{header: http.Header{}}
-		h, _ := m.Handler(r)
-		h.ServeHTTP(rec, r)
-		if allow := rec.header.Get("Allow"); allow != "" {
-			w.Header().Set("Allow", allow)
-		}
-		if rec.status == http.StatusMethodNotAllowed {
-			writeError(w, errf(http.StatusMethodNotAllowed, api.CodeMethodNotAllowed, "%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, rec.header.Get("Allow")))
-			return
-		}
-		writeError(w, errf(http.StatusNotFound, api.CodeNotFound, "no endpoint %s %s (see docs/api.md)", r.Method, r.URL.Path))
-	})
-}
-
-type statusRecorder struct {
-	header http.Header
-	status int
-}
-
-func (r *statusRecorder) Header() http.Header         { return r.header }
-func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
-func (r *statusRecorder) WriteHeader(code int)        { r.status = code }
 
 // auth authenticates the bearer token, checks the role, and maps errors to responses.
 // Logs name the route pattern, never the raw path (it may hold a lease token) nor headers.
@@ -385,7 +352,7 @@ func (s *Server) hList(w http.ResponseWriter, r *http.Request, p Principal) erro
 	if f.state != "" && !slices.Contains(api.States, api.State(f.state)) {
 		return errf(http.StatusBadRequest, api.CodeInvalidField, "state %q is not a job state", f.state)
 	}
-	if f.task != "" && !taskNameRE.MatchString(f.task) {
+	if f.task != "" && !api.ValidTaskName(f.task) {
 		return errf(http.StatusBadRequest, api.CodeInvalidField, "task %q is not a valid task name", f.task)
 	}
 	if pool := q.Get("pool"); pool != "" {
@@ -591,6 +558,9 @@ func (s *Server) hTokenList(w http.ResponseWriter, r *http.Request, p Principal)
 }
 
 func (s *Server) hTokenRevoke(w http.ResponseWriter, r *http.Request, p Principal) error {
+	if e := onlyParams(r); e != nil {
+		return e
+	}
 	id := r.PathValue("id")
 	now := s.cfg.Now()
 	ok, err := s.store.RevokeToken(r.Context(), id, now)

@@ -485,7 +485,7 @@ func TestThousandJobsThreeWorkersExactlyOnce(t *testing.T) {
 		for i := range total {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO jobs(id, task, task_version, pool, input, approval, state, max_attempts,
 				request_hash, submitted_by, created_at, updated_at) VALUES (?, 'echo', '1', 'alpha', ?, ?, 'queued', 3, x'00', 'test', ?, ?)`,
-				newJobID(), `{"n":`+strconv.Itoa(i)+`}`, fakeJWS("x"), now, now); err != nil {
+				api.NewJobID(), `{"n":`+strconv.Itoa(i)+`}`, fakeJWS("x"), now, now); err != nil {
 				return err
 			}
 		}

@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -20,8 +19,6 @@ import (
 
 // TokenPrefix starts every bearer token, so that secret scanners can find leaked ones.
 const TokenPrefix = api.TokenPrefix
-
-var poolRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 
 // ErrTokenInvalid is returned by Authenticate for a missing, malformed, unknown or revoked token.
 var ErrTokenInvalid = errors.New("invalid bearer token")
@@ -48,7 +45,7 @@ func (s *Store) CreateToken(ctx context.Context, role api.Role, pool, name strin
 	if pool == "" && role == api.RoleAdmin {
 		pool = api.AllPools
 	}
-	if pool != api.AllPools && !poolRE.MatchString(pool) {
+	if pool != api.AllPools && !api.ValidPoolName(pool) {
 		return api.Token{}, fmt.Errorf("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", pool)
 	}
 	if role == api.RoleWorker && pool == api.AllPools {

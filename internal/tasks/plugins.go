@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -46,9 +48,7 @@ func (s *Set) startPlugins(ctx context.Context) error {
 		_ = w.Close()
 		return err
 	}
-	for _, n := range names {
-		s.reload(ctx, n)
-	}
+	s.reloadAll(ctx, names)
 	s.updates = make(chan []api.TaskDef, 1)
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop = func() { stop(); _ = w.Close() }
@@ -61,11 +61,7 @@ func (s *Set) startPlugins(ctx context.Context) error {
 			case <-wctx.Done():
 				return
 			case names := <-w.Changes():
-				changed := false
-				for _, n := range names {
-					changed = s.reload(wctx, n) || changed
-				}
-				if changed {
+				if s.reloadAll(wctx, names) {
 					s.publish()
 				}
 			}
@@ -90,6 +86,23 @@ func (s *Set) publish() {
 // A plugin whose directory is gone is removed. A plugin that fails any check is refused with
 // one log line saying why, and the version already serving (if any) keeps serving. It reports
 // whether the set changed.
+// reloadAll reloads each named plugin on a goroutine of its own, so that a module that is slow
+// to compile (up to the engine's compile deadline) delays no other plugin. It reports whether
+// any changed.
+func (s *Set) reloadAll(ctx context.Context, names []string) bool {
+	var wg sync.WaitGroup
+	var changed atomic.Bool
+	for _, n := range names {
+		wg.Go(func() {
+			if s.reload(ctx, n) {
+				changed.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	return changed.Load()
+}
+
 func (s *Set) reload(ctx context.Context, name string) bool {
 	if len(s.opts.Only) > 0 && !slices.Contains(s.opts.Only, name) {
 		return false

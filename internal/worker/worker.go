@@ -62,9 +62,10 @@ var _ VersionRunner = (*tasks.Set)(nil)
 // long-poll) implements it, and so does the NATS JetStream transport. Everything above it
 // (verification, the sandbox, reporting, drain) is shared by both.
 //
-// A final refusal (a bad token, a fenced completion, a lost lease) is a *client.APIError with
-// a 4xx Status and one of the api.Code* codes; any other error is treated as an outage and
-// retried with backoff.
+// A final refusal (a bad token, a fenced completion, a lost lease) is an error that
+// errors.Is matches to api.ErrFinal, and to api.ErrLeaseLost, api.ErrJobCancelled, api.ErrFenced
+// or api.ErrNotRegistered where it says which; both transports return them. Any other error
+// is treated as an outage and retried with backoff.
 type Queue interface {
 	Register(ctx context.Context, req api.RegisterRequest) (api.RegisterResponse, error)
 	PublishCatalog(ctx context.Context, tasks []api.TaskDef) (api.CatalogResponse, error)
@@ -372,7 +373,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 			w.observe(lease, Event{Kind: LeaseFailed, Reason: err.Error()})
 			d := retry.NextBackOff()
 			w.log.Warn("lease failed; retrying", zap.Error(err), zap.Duration("in", d))
-			if client.IsCode(err, api.CodeNotRegistered) {
+			if errors.Is(err, api.ErrNotRegistered) {
 				if _, err := w.register(lease); err != nil {
 					_ = w.drain(jobs, &wg)
 					if lease.Err() != nil {
@@ -607,8 +608,7 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 		if err == nil {
 			return reg, nil
 		}
-		var ae *client.APIError
-		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != 429 {
+		if errors.Is(err, api.ErrFinal) {
 			// A bad token or a bad catalog does not fix itself: stop and say so.
 			return reg, fmt.Errorf("register with the control plane: %w", err)
 		}
@@ -824,11 +824,11 @@ func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 			exp.extend(resp.LeaseExpiresAt)
 		}
 		switch {
-		case err == nil && resp.CancelRequested, client.IsCode(err, api.CodeJobCancelled):
+		case err == nil && resp.CancelRequested, errors.Is(err, api.ErrJobCancelled):
 			log.Info("control plane asked to cancel the job")
 			cancel(errCancelRequested)
 			return
-		case client.IsCode(err, api.CodeLeaseLost):
+		case errors.Is(err, api.ErrLeaseLost):
 			// Another worker may be running it now: stop, our result would be refused.
 			log.Warn("lease lost; stopping the job")
 			cancel(errCancelRequested)
@@ -880,8 +880,7 @@ func (w *Worker) complete(j api.LeasedJob, exp *expiry, req api.CompleteRequest,
 			w.reportSettled(true)
 			return
 		}
-		var ae *client.APIError
-		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != 429 {
+		if errors.Is(err, api.ErrFinal) {
 			w.reportSettled(true) // the control plane answered: results reach it
 			log.Warn("completion refused by the control plane", zap.Error(err))
 			return
