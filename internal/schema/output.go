@@ -56,6 +56,8 @@ func blindMessage(k jsonschema.ErrorKind) string {
 		return fmt.Sprintf("missing required %s", strings.Join(k.Missing, ", "))
 	case *kind.FalseSchema:
 		return "not allowed by the schema"
+	case *kind.Not:
+		return `fails "not"`
 	}
 	if kw := k.KeywordPath(); len(kw) > 0 {
 		return fmt.Sprintf("fails %q", strings.Join(kw, "/"))
