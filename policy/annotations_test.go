@@ -87,3 +87,32 @@ func TestManifestTitleAndAnnotations(t *testing.T) {
 		t.Fatalf("ParseManifest(long title) error = %v", err)
 	}
 }
+
+// TestSummaryShowsTitleAnnotationsAndOutputSchema: `castellan policy check` shows what the
+// control plane and AI agents will be told about each task.
+func TestSummaryShowsTitleAnnotationsAndOutputSchema(t *testing.T) {
+	t.Parallel()
+	const y = "version: 1\ntasks:\n  t:\n    module: t.wasm\n    title: Look up a customer\n    output_schema: out.json\n    annotations: {read_only: true, destructive: false}\n  u:\n    module: u.wasm\n"
+	p, err := Parse("policy.yaml", []byte(y), "/srv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := p.WriteSummary(&b); err != nil {
+		t.Fatal(err)
+	}
+	got := b.String()
+	for _, want := range []string{
+		"task t (version 0)\n  title: Look up a customer\n",
+		"  annotations: read_only, not destructive\n",
+		"  output schema: /srv/out.json (every ok output is checked against it)\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("summary lacks %q:\n%s", want, got)
+		}
+	}
+	_, u, _ := strings.Cut(got, "task u ")
+	if strings.Contains(u, "annotations") || strings.Contains(u, "title") || strings.Contains(u, "output schema") {
+		t.Errorf("task u sets none of them, but its summary shows some:\n%s", u)
+	}
+}
