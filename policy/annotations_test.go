@@ -47,7 +47,8 @@ func TestParseTitleAndAnnotationsErrors(t *testing.T) {
 	}{
 		{"title too long", task + "    title: " + strings.Repeat("x", MaxTitle+1) + "\n", "policy.yaml:5: tasks.t.title: is 129 bytes, at most 128"},
 		{"title empty", task + "    title: \"\"\n", "policy.yaml:5: tasks.t.title: must not be empty"},
-		{"title two lines", task + "    title: \"a\\nb\"\n", "policy.yaml:5: tasks.t.title: must be a single line"},
+		{"title two lines", task + "    title: \"a\\nb\"\n", "policy.yaml:5: tasks.t.title: must be a single line without control characters"},
+		{"title with an escape sequence", task + "    title: \"a\\e[2Jb\"\n", "policy.yaml:5: tasks.t.title: must be a single line without control characters"},
 		{"title not a string", task + "    title: [a]\n", "policy.yaml:5: tasks.t.title: must be a string"},
 		{"annotations unknown key", task + "    annotations:\n      readonly: true\n", `policy.yaml:6: tasks.t.annotations.readonly: unknown key (did you mean "read_only"?)`},
 		{"annotations not boolean", task + "    annotations:\n      idempotent: \"yes\"\n", "policy.yaml:6: tasks.t.annotations.idempotent: must be true or false"},

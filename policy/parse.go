@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/net/http/httpguts"
@@ -728,8 +729,10 @@ func (d *decoder) title(n *yaml.Node, path string) (string, bool) {
 		d.add(n.Line, path, "is %d bytes, at most %d", len(s), MaxTitle)
 		return "", false
 	}
-	if strings.ContainsAny(s, "\r\n") {
-		d.add(n.Line, path, "must be a single line")
+	// A title is printed by terminals (audit, policy check) and agents' UIs: no line breaks
+	// or escape sequences.
+	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		d.add(n.Line, path, "must be a single line without control characters")
 		return "", false
 	}
 	return s, true

@@ -54,7 +54,7 @@ func TestCatalogTitleAndAnnotations(t *testing.T) {
 	if _, err := w.PublishCatalog(ctx, []api.TaskDef{changed}); !client.IsCode(err, api.CodeCatalogConflict) {
 		t.Fatalf("PublishCatalog(other output schema) = %v, want catalog_conflict", err)
 	}
-	for _, title := range []string{strings.Repeat("x", api.MaxTitle+1), "two\nlines"} {
+	for _, title := range []string{strings.Repeat("x", api.MaxTitle+1), "two\nlines", "clear\x1b[2J"} {
 		bad := def
 		bad.Title = title
 		if _, err := w.PublishCatalog(ctx, []api.TaskDef{bad}); !client.IsCode(err, api.CodeInvalidField) {
