@@ -25,6 +25,7 @@ const (
 	Denied                Code = "denied"                 // a request the policy does not allow
 	ModuleRejected        Code = "module_rejected"        // invalid module, bad digest, forbidden imports
 	SecretInOutput        Code = "secret_in_output"       // a credential value reached the output
+	InvalidOutput         Code = "invalid_output"         // the output is not JSON or breaks the task's output_schema
 	CredentialUnavailable Code = "credential_unavailable" // the secrets provider failed (Vault down, missing)
 	Rejected              Code = "rejected"               // the worker refused the job (bad approval)
 	Internal              Code = "internal"               // a bug or host failure; not the task's fault
@@ -32,7 +33,7 @@ const (
 
 // Codes lists every code, for documentation and validation.
 var Codes = []Code{OK, TaskError, Timeout, Cancelled, MemoryLimit, Trap, OutputTooLarge,
-	CallBudgetExceeded, Denied, ModuleRejected, SecretInOutput, CredentialUnavailable, Rejected, Internal}
+	CallBudgetExceeded, Denied, ModuleRejected, SecretInOutput, InvalidOutput, CredentialUnavailable, Rejected, Internal}
 
 // Retryable reports whether running the same job again could reasonably succeed. Decided
 // here, once, so that the worker and every queue transport agree.

@@ -64,18 +64,48 @@ type PluginSettings struct {
 
 // TaskReport is one task: where its module comes from and everything it is granted.
 type TaskReport struct {
-	Name        string           `json:"name"`
-	Source      string           `json:"source"` // "plugin" or "policy"
-	Status      string           `json:"status"` // "loads" or "refused"
-	Refused     string           `json:"refused,omitempty"`
-	Version     string           `json:"version,omitempty"`
-	Module      string           `json:"module,omitempty"` // relative to the plugins directory or the policy's directory
-	SHA256      string           `json:"sha256,omitempty"`
-	Signer      string           `json:"signer,omitempty"` // kid of the publisher key; empty when unsigned
-	Imports     []string         `json:"imports"`
-	Endpoints   []EndpointReport `json:"endpoints"`
-	Limits      *LimitsReport    `json:"limits,omitempty"`
-	Differences []Diff           `json:"differences"`
+	Name    string `json:"name"`
+	Source  string `json:"source"` // "plugin" or "policy"
+	Status  string `json:"status"` // "loads" or "refused"
+	Refused string `json:"refused,omitempty"`
+	Version string `json:"version,omitempty"`
+	Title   string `json:"title,omitempty"`
+	// Annotations are the policy's (for a plugin too: a manifest cannot set them), as
+	// published to MCP clients; nil when the policy sets none.
+	Annotations *AnnotationsReport `json:"annotations,omitempty"`
+	// OutputSchema is whether the task declares an output schema, which the worker holds
+	// every ok output to (invalid_output otherwise).
+	OutputSchema bool             `json:"output_schema"`
+	Module       string           `json:"module,omitempty"` // relative to the plugins directory or the policy's directory
+	SHA256       string           `json:"sha256,omitempty"`
+	Signer       string           `json:"signer,omitempty"` // kid of the publisher key; empty when unsigned
+	Imports      []string         `json:"imports"`
+	Endpoints    []EndpointReport `json:"endpoints"`
+	Limits       *LimitsReport    `json:"limits,omitempty"`
+	Differences  []Diff           `json:"differences"`
+}
+
+// AnnotationsReport is a task's annotations as the policy sets them; an absent field is not
+// set.
+type AnnotationsReport struct {
+	ReadOnly    *bool `json:"read_only,omitempty"`
+	Destructive *bool `json:"destructive,omitempty"`
+	Idempotent  *bool `json:"idempotent,omitempty"`
+}
+
+func annotationsReport(a *policy.Annotations) *AnnotationsReport {
+	if a == nil {
+		return nil
+	}
+	return &AnnotationsReport{ReadOnly: a.ReadOnly, Destructive: a.Destructive, Idempotent: a.Idempotent}
+}
+
+// String is the annotations in policy terms, e.g. "read_only, idempotent".
+func (a *AnnotationsReport) String() string {
+	if a == nil {
+		return (*policy.Annotations)(nil).String()
+	}
+	return (&policy.Annotations{ReadOnly: a.ReadOnly, Destructive: a.Destructive, Idempotent: a.Idempotent}).String()
 }
 
 // EndpointReport is one granted endpoint. Credentials appear by name, source kind and
@@ -143,6 +173,7 @@ const (
 	CodeUnusedGrant        = "unused_grant"
 	CodeRequestedMore      = "requested_not_granted"
 	CodeHTTPGrantNotImport = "endpoint_grant_without_http_import"
+	CodeReadOnlyWrites     = "read_only_task_may_write"
 )
 
 // Max returns the highest severity among the findings, or "" when there are none.
@@ -251,9 +282,14 @@ func (a *auditor) add(sev Severity, code, task, endpoint, format string, args ..
 
 func (a *auditor) plugin(ctx context.Context, root, name string, trust *Trust) {
 	tr := TaskReport{Name: name, Source: "plugin", Status: "loads", Imports: []string{}, Endpoints: []EndpointReport{}, Differences: []Diff{}}
+	if g, ok := a.pol.Tasks[name]; ok && g.IsPluginGrant() {
+		tr.Annotations = annotationsReport(g.Annotations)
+	}
 	p, err := Open(root, name, a.pol, trust)
 	if p != nil {
 		tr.Version = p.Manifest.Version
+		tr.Title = p.Manifest.Title
+		tr.OutputSchema = p.Manifest.OutputSchema != nil
 		tr.Module = filepath.ToSlash(filepath.Join(name, p.Manifest.Module))
 		tr.SHA256 = p.Digest
 		if p.Signature != nil {
@@ -300,6 +336,7 @@ func (a *auditor) plugin(ctx context.Context, root, name string, trust *Trust) {
 
 func (a *auditor) policyTask(ctx context.Context, pt *policy.Task) {
 	tr := TaskReport{Name: pt.Name, Source: "policy", Status: "loads", Version: pt.Version,
+		Title: pt.Title, Annotations: annotationsReport(pt.Annotations), OutputSchema: pt.OutputSchema != "",
 		Imports: []string{}, Endpoints: []EndpointReport{}, Differences: []Diff{}}
 	tr.Module = pt.Module
 	if dir := filepath.Dir(a.pol.Path); dir != "" {
@@ -355,10 +392,43 @@ func (a *auditor) compile(ctx context.Context, tr *TaskReport, g *policy.Task, w
 	for _, e := range g.Endpoints {
 		a.used[e] = true
 	}
+	a.readOnly(g)
 	if len(g.Endpoints) > 0 && !UsesHTTP(imps) {
 		a.add(Low, CodeHTTPGrantNotImport, g.Name, "", "task %q is granted %s but its module imports no http_* function; the grant is unused", g.Name, strings.Join(g.Endpoints, ", "))
 	}
 	return nil
+}
+
+// readOnly adds a finding when the policy calls a task read-only but grants it a rule that
+// allows a method which may change data: agents are told (as an MCP hint) that calling it
+// changes nothing, and the gateway would let it.
+func (a *auditor) readOnly(g *policy.Task) {
+	if g.Annotations == nil || g.Annotations.ReadOnly == nil || !*g.Annotations.ReadOnly {
+		return
+	}
+	for _, en := range g.Endpoints {
+		for _, r := range a.pol.Endpoints[en].Rules {
+			if writes(r.Methods()) {
+				a.add(Medium, CodeReadOnlyWrites, g.Name, en, "task %q is annotated read_only, but endpoint %q allows %q: agents are told it changes nothing; narrow the rule or drop read_only", g.Name, en, r.String())
+			}
+		}
+	}
+}
+
+// writes reports whether a rule's methods include one that may change data (no methods
+// means any method).
+func writes(methods []string) bool {
+	if len(methods) == 0 {
+		return true
+	}
+	for _, m := range methods {
+		switch m {
+		case "GET", "HEAD", "OPTIONS":
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 func (a *auditor) endpoint(e *egress.Endpoint) EndpointReport {

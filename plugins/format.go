@@ -48,6 +48,13 @@ func (r *Report) countLine() string {
 	return fmt.Sprintf("%d high, %d medium, %d low", r.Counts.High, r.Counts.Medium, r.Counts.Low)
 }
 
+func (t *TaskReport) outputSchema() string {
+	if t.OutputSchema {
+		return "declared (every ok output is checked)"
+	}
+	return "none (output unchecked)"
+}
+
 func (t *TaskReport) signer() string {
 	switch {
 	case t.Signer != "":
@@ -111,6 +118,11 @@ func (r *Report) writeTable(w io.Writer) error {
 		if t.Module != "" {
 			fmt.Fprintf(&b, "  module: %s sha256 %s\n", t.Module, dash(t.SHA256))
 		}
+		if t.Title != "" {
+			fmt.Fprintf(&b, "  title: %s\n", t.Title)
+		}
+		fmt.Fprintf(&b, "  annotations: %s\n", t.Annotations)
+		fmt.Fprintf(&b, "  output schema: %s\n", t.outputSchema())
 		fmt.Fprintf(&b, "  signer: %s\n", t.signer())
 		for _, imp := range t.Imports {
 			fmt.Fprintf(&b, "  import %s\n", imp)
@@ -161,6 +173,11 @@ func (r *Report) writeMarkdown(w io.Writer) error {
 		if t.Module != "" {
 			fmt.Fprintf(&b, "- module: `%s`\n", t.Module)
 		}
+		if t.Title != "" {
+			fmt.Fprintf(&b, "- title: %s\n", mdEscape(t.Title))
+		}
+		fmt.Fprintf(&b, "- annotations: %s\n", t.Annotations)
+		fmt.Fprintf(&b, "- output schema: %s\n", t.outputSchema())
 		fmt.Fprintf(&b, "- signer: %s\n", t.signer())
 		if t.Limits != nil {
 			fmt.Fprintf(&b, "- limits: %s\n", t.Limits)

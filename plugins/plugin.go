@@ -28,7 +28,8 @@ type Plugin struct {
 	ManifestDigest string     // hex SHA-256 of plugin.yaml
 	Signature      *Signature // nil when the plugin is unsigned
 	// Grant is the task to compile: the policy's grant narrowed to what the manifest
-	// requests, with Module, Entry, Version, Description taken from the manifest. Nil when
+	// requests, with Module, Entry, Version, Title, Description taken from the manifest (Annotations
+	// stay the policy's). Nil when
 	// the policy grants nothing to this name.
 	Grant *policy.Task
 	// Diffs lists what the manifest requests beyond the grant (loaded without it, or refused
@@ -171,6 +172,7 @@ func (p *Plugin) grant(pol *policy.Policy) error {
 	g.Module = filepath.Join(p.Dir, mf.Module)
 	g.Entry = mf.Entry
 	g.Version = mf.Version
+	g.Title = mf.Title
 	g.Description = mf.Description
 	g.InputSchema, g.OutputSchema = "", ""
 	granted := map[string]bool{}

@@ -20,6 +20,7 @@ type Manifest struct {
 	Version     string
 	Module      string // file name of the module inside the plugin directory; default NAME.wasm
 	Entry       string // default "run"
+	Title       string
 	Description string
 	// InputSchema and OutputSchema are JSON Schema documents (JSON text), written inline in
 	// YAML or read from a file in the plugin directory; nil when absent.
@@ -69,7 +70,7 @@ func (d *decoder) manifest(data []byte, readFile func(string) ([]byte, error)) *
 	if n == nil {
 		return mf
 	}
-	top, ok := d.mapping(n, "", n.Line, []string{"name", "version", "module", "entry", "description", "input_schema", "output_schema", "capabilities"})
+	top, ok := d.mapping(n, "", n.Line, []string{"name", "version", "module", "entry", "title", "description", "input_schema", "output_schema", "annotations", "capabilities"})
 	if !ok {
 		return mf
 	}
@@ -100,6 +101,14 @@ func (d *decoder) manifest(data []byte, readFile func(string) ([]byte, error)) *
 			}
 			mf.Entry = s
 		}
+	}
+	if v := top.get("annotations"); v != nil {
+		// Known only to say why it is refused: what a task does to the systems it calls is
+		// the security team's statement, not the author's claim about their own code.
+		d.add(top.keyLine["annotations"], "annotations", "a plugin cannot set its own annotations (read_only, destructive, idempotent); the policy's task %q sets them", mf.Name)
+	}
+	if v := top.get("title"); v != nil {
+		mf.Title, _ = d.title(v, "title")
 	}
 	if v := top.get("description"); v != nil {
 		mf.Description, _ = d.str(v, "description")

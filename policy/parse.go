@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/net/http/httpguts"
@@ -635,7 +636,7 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 		tpath := field(path, name)
 		tline := m.keyLine[name]
 		d.name("task", name, tline, tpath)
-		t, ok := d.mapping(m.vals[name], tpath, tline, []string{"module", "sha256", "entry", "version", "description", "input_schema", "output_schema", "endpoints", "on_secret_in_output", "limits"})
+		t, ok := d.mapping(m.vals[name], tpath, tline, []string{"module", "sha256", "entry", "version", "title", "description", "input_schema", "output_schema", "annotations", "endpoints", "on_secret_in_output", "limits"})
 		task := &Task{
 			Name:             name,
 			Entry:            DefaultEntry,
@@ -688,8 +689,14 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 				task.Version = s
 			}
 		}
+		if v := t.get("title"); v != nil {
+			task.Title, _ = d.title(v, field(tpath, "title"))
+		}
 		if v := t.get("description"); v != nil {
 			task.Description, _ = d.str(v, field(tpath, "description"))
+		}
+		if v := t.get("annotations"); v != nil {
+			task.Annotations = d.annotations(v, field(tpath, "annotations"), t.keyLine["annotations"])
 		}
 		if v := t.get("input_schema"); v != nil {
 			task.InputSchema, _ = d.path(v, field(tpath, "input_schema"))
@@ -710,6 +717,51 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 		}
 		task.Limits = d.limits(t.get("limits"), field(tpath, "limits"), t.keyLine["limits"])
 	}
+}
+
+// title decodes a task title: one line of at most MaxTitle bytes.
+func (d *decoder) title(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.text(n, path)
+	if !ok {
+		return "", false
+	}
+	if len(s) > MaxTitle {
+		d.add(n.Line, path, "is %d bytes, at most %d", len(s), MaxTitle)
+		return "", false
+	}
+	// A title is printed by terminals (audit, policy check) and agents' UIs: no line breaks
+	// or escape sequences.
+	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		d.add(n.Line, path, "must be a single line without control characters")
+		return "", false
+	}
+	return s, true
+}
+
+// annotations decodes a task's annotations mapping; every key is optional.
+func (d *decoder) annotations(n *yaml.Node, path string, line int) *Annotations {
+	m, ok := d.mapping(n, path, line, []string{"read_only", "destructive", "idempotent"})
+	if !ok {
+		return nil
+	}
+	a := &Annotations{}
+	for _, k := range []struct {
+		key string
+		dst **bool
+	}{{"read_only", &a.ReadOnly}, {"destructive", &a.Destructive}, {"idempotent", &a.Idempotent}} {
+		if v := m.get(k.key); v != nil {
+			if b, ok := d.boolean(v, field(path, k.key)); ok {
+				*k.dst = &b
+			}
+		}
+	}
+	if a.ReadOnly != nil && *a.ReadOnly && a.Destructive != nil && *a.Destructive {
+		d.add(m.keyLine["destructive"], field(path, "destructive"), "a read_only task cannot be destructive; set one of them to false")
+	}
+	if a.ReadOnly == nil && a.Destructive == nil && a.Idempotent == nil {
+		return nil
+	}
+	return a
 }
 
 var sha256RE = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)

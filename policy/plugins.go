@@ -19,10 +19,11 @@ type Plugins struct {
 
 // pluginManifestKeys are task keys that a plugin's manifest supplies; a task without a module
 // (a plugin grant) may not set them.
-var pluginManifestKeys = []string{"entry", "version", "description", "input_schema", "output_schema"}
+// Annotations are not among them: the policy sets them for a plugin too.
+var pluginManifestKeys = []string{"entry", "version", "title", "description", "input_schema", "output_schema"}
 
 // IsPluginGrant reports whether t grants a plugin (a task without a module in the policy):
-// the module, entry, version, description and schemas come from the plugin's manifest, and
+// the module, entry, version, title, description and schemas come from the plugin's manifest, and
 // the endpoints and limits here are the most the plugin gets.
 func (t *Task) IsPluginGrant() bool { return t.Module == "" }
 

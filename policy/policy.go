@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/egress"
@@ -32,6 +33,14 @@ type Task struct {
 	Entry       string // exported function to call, default "run"
 	Version     string // sent to the control plane catalog, default "0"
 	Description string
+	// Title is a short human-readable name for the task, shown to people and AI agents (as
+	// the MCP tool's title). Optional; for a plugin it comes from the manifest.
+	Title string
+	// Annotations are the security team's statement of what the task does to the systems it
+	// calls, published as MCP tool hints. They come from the policy only, never from a
+	// plugin's manifest: a module's author cannot declare their own code read-only. Nil when
+	// the policy sets none.
+	Annotations *Annotations
 	// InputSchema and OutputSchema are paths of JSON Schema files describing the task's input
 	// and output, published to the control plane's catalog, which validates every submitted
 	// input against the input schema. Optional: without one the catalog accepts any JSON object.
@@ -42,6 +51,39 @@ type Task struct {
 	Endpoints        []string
 	OnSecretInOutput string // "fail" or "redact"
 	Limits           Limits
+}
+
+// Annotations describe a task's effect, as set in the policy. A nil field was not set:
+// clients must not assume either answer.
+type Annotations struct {
+	ReadOnly    *bool // the task changes nothing in the systems it calls
+	Destructive *bool // the task may delete or overwrite data
+	Idempotent  *bool // running it again with the same input has no further effect
+}
+
+// String lists the annotations set, e.g. "read_only, idempotent, not destructive", or
+// "none set"; for summaries and the audit report.
+func (a *Annotations) String() string {
+	if a == nil {
+		return "none set"
+	}
+	var parts []string
+	for _, f := range []struct {
+		name string
+		v    *bool
+	}{{"read_only", a.ReadOnly}, {"destructive", a.Destructive}, {"idempotent", a.Idempotent}} {
+		switch {
+		case f.v == nil:
+		case *f.v:
+			parts = append(parts, f.name)
+		default:
+			parts = append(parts, "not "+f.name)
+		}
+	}
+	if len(parts) == 0 {
+		return "none set"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Limits bound one run of a task. Every field is set (defaults applied), so zero means zero:
@@ -59,6 +101,9 @@ const (
 	DefaultEntry            = "run"
 	DefaultTaskVersion      = "0"
 	DefaultOnSecretInOutput = "fail"
+
+	// MaxTitle is the longest task title, in bytes.
+	MaxTitle = 128
 
 	WasmPageSize       = 64 << 10
 	DefaultMemory      = 64 << 20

@@ -32,8 +32,17 @@ func (p *Policy) WriteSummary(w io.Writer) error {
 		} else {
 			fmt.Fprintf(&b, "\ntask %s (version %s)\n", t.Name, t.Version)
 		}
+		if t.Title != "" {
+			fmt.Fprintf(&b, "  title: %s\n", t.Title)
+		}
 		if t.Description != "" {
 			fmt.Fprintf(&b, "  description: %s\n", strings.Join(strings.Fields(t.Description), " "))
+		}
+		if t.Annotations != nil {
+			fmt.Fprintf(&b, "  annotations: %s\n", t.Annotations)
+		}
+		if t.OutputSchema != "" {
+			fmt.Fprintf(&b, "  output schema: %s (every ok output is checked against it)\n", t.OutputSchema)
 		}
 		pin := "unpinned"
 		if t.SHA256 != "" {

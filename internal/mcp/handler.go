@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -261,7 +262,10 @@ func (s *session) refresh(ctx context.Context) {
 	s.tasks = map[string]api.TaskDef{}
 	for name, d := range next {
 		if old, ok := prev[name]; ok && old.Version == d.Version && bytes.Equal(old.InputSchema, d.InputSchema) &&
-			bytes.Equal(old.OutputSchema, d.OutputSchema) && old.Description == d.Description {
+			bytes.Equal(old.OutputSchema, d.OutputSchema) && old.Description == d.Description &&
+			// Title and annotations may change under the same version (the policy's, not
+			// the module's); the tool is re-added so the client sees the new hints.
+			old.Title == d.Title && reflect.DeepEqual(old.Annotations, d.Annotations) {
 			s.tasks[name] = old
 			continue
 		}
@@ -293,10 +297,8 @@ func (s *session) addTool(d api.TaskDef) (err error) {
 		Name:        d.Name,
 		Description: describe(d),
 		InputSchema: json.RawMessage(d.InputSchema),
-		// TODO(catalog): api.TaskDef has no title and no readOnly/destructive/idempotent
-		// hints yet (issue 16 puts them in the policy). Map them here when it does:
-		// Title: d.Title, Annotations: &sdk.ToolAnnotations{ReadOnlyHint: d.Annotations.ReadOnly, ...}.
-		// Until then none are sent: a client must not assume a hint nobody set.
+		Title:       d.Title,
+		Annotations: toolAnnotations(d.Annotations),
 	}
 	if len(d.OutputSchema) > 0 {
 		t.OutputSchema = json.RawMessage(d.OutputSchema)
@@ -305,6 +307,22 @@ func (s *session) addTool(d api.TaskDef) (err error) {
 		return s.callTask(ctx, req, d)
 	})
 	return nil
+}
+
+// toolAnnotations maps the policy's annotations to MCP hints. Without any, none are sent: a
+// client must not read a hint nobody set. A hint the policy leaves unset takes the
+// protocol's default, which is the cautious answer for each (not read-only, destructive,
+// not idempotent): the SDK sends readOnlyHint and idempotentHint always, and leaves
+// destructiveHint out when nil.
+func toolAnnotations(a *api.ToolAnnotations) *sdk.ToolAnnotations {
+	if a == nil {
+		return nil
+	}
+	return &sdk.ToolAnnotations{
+		ReadOnlyHint:    a.ReadOnly != nil && *a.ReadOnly,
+		DestructiveHint: a.Destructive,
+		IdempotentHint:  a.Idempotent != nil && *a.Idempotent,
+	}
 }
 
 func describe(d api.TaskDef) string {

@@ -27,8 +27,10 @@ import (
 const echoSchema = `{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}`
 
 func echoTask() api.TaskDef {
-	return api.TaskDef{Name: "echo", Version: "1", Description: "returns its input", InputSchema: json.RawMessage(echoSchema),
-		OutputSchema: json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"}}}`)}
+	yes := true
+	return api.TaskDef{Name: "echo", Version: "1", Title: "Echo a number", Description: "returns its input", InputSchema: json.RawMessage(echoSchema),
+		OutputSchema: json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"}}}`),
+		Annotations:  &api.ToolAnnotations{ReadOnly: &yes, Idempotent: &yes}}
 }
 
 // env is a real control plane (SQLite file, loopback HTTP) with /mcp served next to /v1,
@@ -210,6 +212,30 @@ func text(r *sdk.CallToolResult) string {
 	return b.String()
 }
 
+// checkHints compares a listed tool's MCP hints with the catalog's annotations: none sent
+// without annotations, and each hint as the policy set it (an unset one at the protocol's
+// cautious default).
+func checkHints(t *testing.T, tl *sdk.Tool, a *api.ToolAnnotations) {
+	t.Helper()
+	if a == nil {
+		if tl.Annotations != nil {
+			t.Errorf("tool %s annotations = %+v, want none (the policy set none)", tl.Name, tl.Annotations)
+		}
+		return
+	}
+	if tl.Annotations == nil {
+		t.Fatalf("tool %s has no annotations, want %+v", tl.Name, a)
+	}
+	is := func(p *bool) bool { return p != nil && *p }
+	h := tl.Annotations
+	if h.ReadOnlyHint != is(a.ReadOnly) || h.IdempotentHint != is(a.Idempotent) {
+		t.Errorf("tool %s hints readOnly %t idempotent %t, want %t %t", tl.Name, h.ReadOnlyHint, h.IdempotentHint, is(a.ReadOnly), is(a.Idempotent))
+	}
+	if (h.DestructiveHint == nil) != (a.Destructive == nil) || (a.Destructive != nil && *h.DestructiveHint != *a.Destructive) {
+		t.Errorf("tool %s destructiveHint = %v, want %v", tl.Name, h.DestructiveHint, a.Destructive)
+	}
+}
+
 func TestInitializeAndListTools(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false, mcp.Options{})
@@ -257,6 +283,13 @@ func TestInitializeAndListTools(t *testing.T) {
 		if !strings.Contains(tl.Description, d.Description) {
 			t.Errorf("tool %s description = %q, want it to contain %q", tl.Name, tl.Description, d.Description)
 		}
+		if tl.Title != d.Title {
+			t.Errorf("tool %s title = %q, want %q", tl.Name, tl.Title, d.Title)
+		}
+		checkHints(t, tl, d.Annotations)
+	}
+	if annotated := want["echo"].Annotations; annotated == nil || want["echo"].Title == "" {
+		t.Error("the catalog's echo has no title or annotations; this test would check nothing")
 	}
 	for name := range want {
 		if !got[name] {
@@ -480,6 +513,45 @@ func TestListChangedOnCatalogChange(t *testing.T) {
 	if names := toolNames(t, ctx, cs); !slices.Contains(names, "hot") {
 		t.Errorf("tools after list_changed = %v, want hot", names)
 	}
+}
+
+// TestHintsChangeWithoutNewVersion: the security team changes a task's annotations in the
+// policy without a new module version; the control plane takes them (the newest publication
+// wins) and clients are told and see the new hints, never the old ones.
+func TestHintsChangeWithoutNewVersion(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{CatalogPoll: 100 * time.Millisecond})
+	ctx := t.Context()
+	changed := make(chan struct{}, 8)
+	cs := e.connect(ctx, e.secrets["client"], &sdk.ClientOptions{ToolListChangedHandler: func(context.Context, *sdk.ToolListChangedRequest) {
+		changed <- struct{}{}
+	}})
+	yes := true
+	def := echoTask()
+	def.Title = "Echo, now destructive"
+	def.Annotations = &api.ToolAnnotations{Destructive: &yes}
+	if _, err := e.workerA.PublishCatalog(ctx, []api.TaskDef{def}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no notifications/tools/list_changed within 10s of new annotations")
+	}
+	res, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tl := range res.Tools {
+		if tl.Name == "echo" {
+			if tl.Title != def.Title {
+				t.Errorf("title = %q, want %q", tl.Title, def.Title)
+			}
+			checkHints(t, tl, def.Annotations)
+			return
+		}
+	}
+	t.Fatal("echo is not listed")
 }
 
 func TestRetrySameRequestIDSameJob(t *testing.T) {

@@ -53,6 +53,8 @@ func TestTypeScriptClient(t *testing.T) {
 		ProtocolVersion string `json:"protocolVersion"`
 		Tools           []struct {
 			Name         string          `json:"name"`
+			Title        string          `json:"title"`
+			Annotations  json.RawMessage `json:"annotations"`
 			InputSchema  json.RawMessage `json:"inputSchema"`
 			OutputSchema json.RawMessage `json:"outputSchema"`
 		} `json:"tools"`
@@ -83,6 +85,10 @@ func TestTypeScriptClient(t *testing.T) {
 		names = append(names, tl.Name)
 		if tl.Name == "echo" && (!jsonEqual(tl.InputSchema, echoTask().InputSchema) || !jsonEqual(tl.OutputSchema, echoTask().OutputSchema)) {
 			t.Errorf("echo schemas = %s / %s, want the catalog's", tl.InputSchema, tl.OutputSchema)
+		}
+		// The catalog's echo is read-only and idempotent, destructive unset (left out).
+		if tl.Name == "echo" && (tl.Title != echoTask().Title || !jsonEqual(tl.Annotations, []byte(`{"readOnlyHint":true,"idempotentHint":true}`))) {
+			t.Errorf("echo title %q annotations %s, want %q and read-only, idempotent hints", tl.Title, tl.Annotations, echoTask().Title)
 		}
 	}
 	slices.Sort(names)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
+	"unicode"
 
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -27,6 +29,9 @@ func CheckTask(i int, t api.TaskDef) (in, out []byte, err error) {
 	}
 	if !api.ValidTaskVersion(t.Version) {
 		return nil, nil, bad("version %q is invalid: 1-64 of A-Z a-z 0-9 _ . + - starting with a letter or digit", t.Version)
+	}
+	if len(t.Title) > api.MaxTitle || strings.IndexFunc(t.Title, unicode.IsControl) >= 0 {
+		return nil, nil, bad("title must be one line of at most %d bytes, without control characters", api.MaxTitle)
 	}
 	if len(t.Description) > MaxDescription {
 		return nil, nil, bad("description is %d bytes, at most %d", len(t.Description), MaxDescription)

@@ -67,6 +67,7 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 	type def struct {
 		api.TaskDef
 		in, out []byte
+		ann     any // annotations as JSON text, or nil
 	}
 	defs := make([]def, len(req.Tasks))
 	seen := map[string]bool{}
@@ -80,7 +81,15 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			return api.CatalogResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "tasks[%d]: %s is listed twice", i, key)
 		}
 		seen[key] = true
-		defs[i] = def{t, in, out}
+		var ann any
+		if t.Annotations != nil {
+			b, err := json.Marshal(t.Annotations)
+			if err != nil {
+				return api.CatalogResponse{}, err
+			}
+			ann = string(b)
+		}
+		defs[i] = def{t, in, out, ann}
 	}
 	err := s.store.tx(ctx, func(tx *txn) error {
 		var one int
@@ -104,8 +113,8 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 				if d.out != nil {
 					outV = d.out
 				}
-				if _, err := tx.ExecContext(ctx, `INSERT INTO tasks(pool, name, version, description, input_schema, output_schema, published_at)
-					VALUES (?,?,?,?,?,?,?)`, p.Pool, d.Name, d.Version, d.Description, d.in, outV, now.UnixMilli()); err != nil {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO tasks(pool, name, version, description, input_schema, output_schema, published_at, title, annotations)
+					VALUES (?,?,?,?,?,?,?,?,?)`, p.Pool, d.Name, d.Version, d.Description, d.in, outV, now.UnixMilli(), d.Title, d.ann); err != nil {
 					return err
 				}
 			case err != nil:
@@ -113,6 +122,13 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			case desc != d.Description || !bytes.Equal(in, d.in) || !bytes.Equal(out.V, d.out):
 				return errf(http.StatusConflict, api.CodeCatalogConflict,
 					"task %s@%s is already published in pool %q with a different definition: bump the version", d.Name, d.Version, p.Pool)
+			default:
+				// Title and annotations are presentation and policy, not the version's
+				// contract: the newest publication wins, as on the JetStream control plane.
+				if _, err := tx.ExecContext(ctx, `UPDATE tasks SET title = ?, annotations = ? WHERE pool = ? AND name = ? AND version = ?`,
+					d.Title, d.ann, p.Pool, d.Name, d.Version); err != nil {
+					return err
+				}
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM worker_tasks WHERE token_id = ?`, p.TokenID); err != nil {
@@ -135,7 +151,7 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 
 // catalog lists every task version published in pool.
 func (s *Server) catalog(ctx context.Context, pool string) (api.CatalogResponse, error) {
-	rows, err := s.store.db.QueryContext(ctx, `SELECT name, version, description, input_schema, output_schema FROM tasks
+	rows, err := s.store.db.QueryContext(ctx, `SELECT name, version, description, input_schema, output_schema, title, annotations FROM tasks
 		WHERE pool = ? ORDER BY name, published_at, version`, pool)
 	if err != nil {
 		return api.CatalogResponse{}, err
@@ -146,8 +162,14 @@ func (s *Server) catalog(ctx context.Context, pool string) (api.CatalogResponse,
 		var t api.TaskDef
 		var in []byte
 		var o sql.Null[[]byte]
-		if err := rows.Scan(&t.Name, &t.Version, &t.Description, &in, &o); err != nil {
+		var ann sql.NullString
+		if err := rows.Scan(&t.Name, &t.Version, &t.Description, &in, &o, &t.Title, &ann); err != nil {
 			return api.CatalogResponse{}, err
+		}
+		if ann.Valid {
+			if err := json.Unmarshal([]byte(ann.String), &t.Annotations); err != nil {
+				return api.CatalogResponse{}, fmt.Errorf("task %s@%s: stored annotations: %w", t.Name, t.Version, err)
+			}
 		}
 		t.InputSchema = in
 		if o.Valid {

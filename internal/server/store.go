@@ -134,6 +134,10 @@ CREATE INDEX audit_job ON audit(job_id);
 	hash        TEXT NOT NULL,
 	reported_at INTEGER NOT NULL
 );`,
+	// 4: a task's title and the policy's annotations (JSON), which the newest publication of
+	// a version replaces (they are not part of its identity; see catalog.go).
+	`ALTER TABLE tasks ADD COLUMN title TEXT NOT NULL DEFAULT '';
+ALTER TABLE tasks ADD COLUMN annotations TEXT;`,
 }
 
 // OpenStore opens (creating if needed) the SQLite database at path and applies pending

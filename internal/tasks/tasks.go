@@ -19,12 +19,15 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/plugins"
@@ -69,6 +72,8 @@ type Task struct {
 	Def api.TaskDef
 	// Plugin is the plugin this version came from; nil for a task with a module in the policy.
 	Plugin *plugins.Plugin
+
+	output *jsonschema.Schema // Def.OutputSchema compiled; nil without one
 
 	gateway *egress.Gateway // nil without endpoints; its pooled connections close with the version
 }
@@ -176,6 +181,25 @@ func (s *Set) build(ctx context.Context, pt *policy.Task, p *plugins.Plugin) (*T
 	if err != nil {
 		return nil, err
 	}
+	// Compiled by the package the control planes use, so a schema they would refuse stops
+	// the task here, and the worker checks outputs against the very schema it publishes.
+	var output *jsonschema.Schema
+	for _, sc := range []struct {
+		field string
+		raw   json.RawMessage
+		dst   **jsonschema.Schema
+	}{{"input_schema", def.InputSchema, nil}, {"output_schema", def.OutputSchema, &output}} {
+		if len(sc.raw) == 0 {
+			continue
+		}
+		compiled, err := schema.Compile(sc.raw)
+		if err != nil {
+			return nil, outcome.Wrap(outcome.ModuleRejected, err, "task %q: %s is not a valid JSON Schema: %v", pt.Name, sc.field, err)
+		}
+		if sc.dst != nil {
+			*sc.dst = compiled
+		}
+	}
 	cfg := runtime.ModuleConfig{
 		Name:         pt.Name,
 		Wasm:         wasm,
@@ -223,7 +247,7 @@ func (s *Set) build(ctx context.Context, pt *policy.Task, p *plugins.Plugin) (*T
 	if err != nil {
 		return nil, err
 	}
-	t := &Task{Name: pt.Name, Policy: pt, Module: m, Def: def, Plugin: p}
+	t := &Task{Name: pt.Name, Policy: pt, Module: m, Def: def, Plugin: p, output: output}
 	if gw, ok := cfg.HTTP.(*egress.Gateway); ok {
 		t.gateway = gw
 	}
@@ -243,7 +267,8 @@ func (s *Set) build(ctx context.Context, pt *policy.Task, p *plugins.Plugin) (*T
 var defaultInputSchema = json.RawMessage(`{"type":"object"}`)
 
 func taskDef(pt *policy.Task, p *plugins.Plugin) (api.TaskDef, error) {
-	def := api.TaskDef{Name: pt.Name, Version: pt.Version, Description: pt.Description, InputSchema: defaultInputSchema}
+	def := api.TaskDef{Name: pt.Name, Version: pt.Version, Title: pt.Title, Description: pt.Description,
+		InputSchema: defaultInputSchema, Annotations: annotations(pt.Annotations)}
 	if p != nil {
 		if s := p.Manifest.InputSchema; s != nil {
 			def.InputSchema = s
@@ -268,6 +293,15 @@ func taskDef(pt *policy.Task, p *plugins.Plugin) (api.TaskDef, error) {
 		*sc.dst = b
 	}
 	return def, nil
+}
+
+// annotations converts the policy's annotations for the catalog. For a plugin pt is the
+// effective grant, whose annotations are the policy's: a manifest cannot set them.
+func annotations(a *policy.Annotations) *api.ToolAnnotations {
+	if a == nil {
+		return nil
+	}
+	return &api.ToolAnnotations{ReadOnly: a.ReadOnly, Destructive: a.Destructive, Idempotent: a.Idempotent}
 }
 
 // ErrUnknownTask is returned by Run for a task the set does not hold.
@@ -309,8 +343,46 @@ func (s *Set) RunVersion(ctx context.Context, task, version, jobID string, input
 }
 
 func (s *Set) run(ctx context.Context, sl *slot, jobID string, input []byte) runtime.Result {
-	return sl.task.Module.Run(ctx, runtime.Job{ID: jobID, Input: input,
+	res := sl.task.Module.Run(ctx, runtime.Job{ID: jobID, Input: input,
 		Log: s.log.With(zap.String("task", sl.task.Name), zap.String("job", jobID))})
+	if res.Err == nil && sl.task.output != nil {
+		if err := checkOutput(sl.task.output, res.Output); err != nil {
+			res.Output, res.Err = nil, err
+		}
+	}
+	return res
+}
+
+// checkOutput holds an ok output to the task's output schema. It runs here, on the path
+// both `castellan run` and the worker take, after the output guard, so the control plane and
+// an agent reading structured output only ever see output of the declared shape. The error
+// names where and which rule failed, never the value: the output may hold data that only
+// the result is meant to carry.
+const maxLocation = 128
+
+func checkOutput(sch *jsonschema.Schema, output []byte) error {
+	if !json.Valid(output) {
+		return outcome.New(outcome.InvalidOutput, "output is not JSON (%d bytes), but the task declares an output_schema", len(output))
+	}
+	issues, err := schema.ValidateBlind(sch, output)
+	if err != nil {
+		return outcome.Wrap(outcome.InvalidOutput, err, "output could not be checked against the task's output_schema")
+	}
+	if len(issues) == 0 {
+		return nil
+	}
+	parts := make([]string, len(issues))
+	for i, is := range issues {
+		loc := is.Location
+		if loc == "" {
+			loc = "(root)"
+		}
+		if len(loc) > maxLocation { // keys are the output's; keep the message bounded
+			loc = strings.ToValidUTF8(loc[:maxLocation], "") + "..."
+		}
+		parts[i] = fmt.Sprintf("at %s: %s", loc, is.Message)
+	}
+	return outcome.New(outcome.InvalidOutput, "output does not match the task's output_schema: %s", strings.Join(parts, "; "))
 }
 
 // acquire holds the current version of the task called name.

@@ -109,10 +109,26 @@ type SchemaIssue struct {
 type TaskDef struct {
 	Name         string          `json:"name"`
 	Version      string          `json:"version"`
+	Title        string          `json:"title,omitempty"`
 	Description  string          `json:"description,omitempty"`
 	InputSchema  json.RawMessage `json:"input_schema"`
 	OutputSchema json.RawMessage `json:"output_schema,omitempty"`
+	// Annotations are the policy's hints about the task's effect (never the module
+	// author's). Unlike the schemas they are not part of a version's identity: the security
+	// team may change them without a new version, and the most recent publication wins.
+	Annotations *ToolAnnotations `json:"annotations,omitempty"`
 }
+
+// ToolAnnotations say what a task does to the systems it calls, as the worker's policy
+// states it. A nil field was not stated; a client must not assume either answer.
+type ToolAnnotations struct {
+	ReadOnly    *bool `json:"read_only,omitempty"`
+	Destructive *bool `json:"destructive,omitempty"`
+	Idempotent  *bool `json:"idempotent,omitempty"`
+}
+
+// MaxTitle is the longest task title a catalog accepts, in bytes.
+const MaxTitle = 128
 
 // RegisterRequest is POST /v1/workers/register.
 type RegisterRequest struct {

@@ -16,7 +16,7 @@ await client.connect(transport);
 
 const out = { protocolVersion: transport.protocolVersion, server: client.getServerVersion() };
 const listed = await client.listTools();
-out.tools = listed.tools.map((t) => ({ name: t.name, inputSchema: t.inputSchema, outputSchema: t.outputSchema ?? null }));
+out.tools = listed.tools.map((t) => ({ name: t.name, title: t.title ?? "", annotations: t.annotations ?? null, inputSchema: t.inputSchema, outputSchema: t.outputSchema ?? null }));
 
 const progress = [];
 const ok = await client.callTool(
