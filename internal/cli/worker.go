@@ -120,7 +120,8 @@ func workerCommand() *cli.Command {
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
-		Before: loadConfigFile,
+		Before:      loadConfigFile,
+		Subcommands: []*cli.Command{workerInstallCommand()},
 		Action: func(c *cli.Context) error {
 			cfg.TrustedKeys = splitList(keys.Value())
 			sigs := make(chan os.Signal, 2)
