@@ -316,8 +316,9 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		// Refused at registration: the token, not the network, is wrong.
 		return usageError{errors.New(authHint(err, cfg.TokenFile))}
 	case errors.Is(err, context.Canceled) && lease.Err() != nil && ctx.Err() == nil && !errors.Is(err, worker.ErrAbandoned):
-		// Stopped (a signal) before the first connection: nothing ran, a clean stop.
-		err = nil
+		// Stopped (a signal) before the first connection: nothing ran, a clean stop, also
+		// after a second signal (there were no jobs to cancel).
+		return nil
 	case err != nil:
 		log.Error("worker stopped", zap.Error(err))
 		return taskFailed{err}

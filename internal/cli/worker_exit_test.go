@@ -201,6 +201,17 @@ func TestWorkerSignalBeforeConnecting(t *testing.T) {
 	if err := result(t, done, stderr); ExitCode(err) != ExitOK {
 		t.Fatalf("Worker() after SIGTERM before the first connection = %v (exit %d), want exit 0", err, ExitCode(err))
 	}
+
+	// Two signals (systemd's stop, then an impatient operator): still nothing ran.
+	stderr = &syncBuffer{}
+	sigs = make(chan os.Signal, 2)
+	done = runWorker(t.Context(), cfg, stderr, sigs)
+	waitFor(t, "a failed connection", func() bool { return strings.Contains(stderr.String(), "control plane unreachable") })
+	sigs <- syscall.SIGTERM
+	sigs <- syscall.SIGTERM
+	if err := result(t, done, stderr); ExitCode(err) != ExitOK {
+		t.Fatalf("Worker() after two signals before the first connection = %v (exit %d), want exit 0", err, ExitCode(err))
+	}
 }
 
 // TestWorkerTokenRevokedWhileRunning: a token revoked under a running worker stops it with
@@ -236,9 +247,24 @@ func TestWorkerTokenRevokedWhileRunning(t *testing.T) {
 }
 
 // TestWorkerTokenRotation: an operator writes a new token to --token-file and revokes the
-// old one; the running worker picks the new one up at the first refusal and keeps serving.
+// old one, in either order; the running worker picks the new one up at a refusal and keeps
+// serving. Revoking first leaves refusals until the file changes: the refusal window keeps
+// the worker up meanwhile.
 func TestWorkerTokenRotation(t *testing.T) {
 	t.Parallel()
+	for _, revokeFirst := range []bool{false, true} {
+		name := "write then revoke"
+		if revokeFirst {
+			name = "revoke then write"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testTokenRotation(t, revokeFirst)
+		})
+	}
+}
+
+func testTokenRotation(t *testing.T, revokeFirst bool) {
 	cp := startControlPlane(t)
 	old := cp.token(api.RoleWorker)
 	file := cp.writeToken("worker.token", old.Secret)
@@ -246,23 +272,32 @@ func TestWorkerTokenRotation(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	sigs := make(chan os.Signal, 1)
-	done := runWorker(ctx, cp.workerConfig(file), stderr, sigs)
-	waitFor(t, "the worker to be ready", func() bool { return strings.Contains(stderr.String(), "worker ready") })
-
-	fresh := cp.token(api.RoleWorker)
-	tmp := file + ".new"
-	must(t, os.WriteFile(tmp, []byte(fresh.Secret+"\n"), 0o600))
-	must(t, os.Rename(tmp, file))
-	cp.revoke(old)
-	waitFor(t, "the new token to be used", func() bool { return strings.Contains(stderr.String(), "using the new token") })
-
-	sub, appr := cp.client(api.RoleClient), cp.client(api.RoleApprover)
-	j := cp.submit(sub, appr, `{"n":1}`)
+	cfg := cp.workerConfig(file)
+	cfg.authWindow = time.Hour
+	done := runWorker(ctx, cfg, stderr, sigs)
 	defer func() {
 		if t.Failed() {
 			t.Logf("stderr:\n%s", stderr)
 		}
 	}()
+	waitFor(t, "the worker to be ready", func() bool { return strings.Contains(stderr.String(), "worker ready") })
+
+	fresh := cp.token(api.RoleWorker)
+	if revokeFirst {
+		cp.revoke(old)
+		// More refusals than the limit: only the window keeps the worker up.
+		waitFor(t, "refusals", func() bool { return strings.Contains(stderr.String(), `"in_a_row": 6`) })
+	}
+	tmp := file + ".new"
+	must(t, os.WriteFile(tmp, []byte(fresh.Secret+"\n"), 0o600))
+	must(t, os.Rename(tmp, file))
+	if !revokeFirst {
+		cp.revoke(old)
+	}
+	waitFor(t, "the new token to be used", func() bool { return strings.Contains(stderr.String(), "using the new token") })
+
+	sub, appr := cp.client(api.RoleClient), cp.client(api.RoleApprover)
+	j := cp.submit(sub, appr, `{"n":1}`)
 	waitFor(t, "the job to finish", func() bool {
 		got, err := sub.Get(t.Context(), j.ID)
 		return err == nil && got.State.Terminal()
@@ -270,11 +305,11 @@ func TestWorkerTokenRotation(t *testing.T) {
 	got, err := sub.Get(t.Context(), j.ID)
 	must(t, err)
 	if got.State != api.StateSucceeded {
-		t.Fatalf("job after the rotation = %s/%s %q, want succeeded; stderr:\n%s", got.State, got.Outcome, got.ErrorMessage, stderr)
+		t.Fatalf("job after the rotation = %s/%s %q, want succeeded", got.State, got.Outcome, got.ErrorMessage)
 	}
 	select {
 	case err := <-done:
-		t.Fatalf("Worker() stopped after the rotation: %v; stderr:\n%s", err, stderr)
+		t.Fatalf("Worker() stopped after the rotation: %v", err)
 	default:
 	}
 	sigs <- syscall.SIGTERM
