@@ -36,6 +36,14 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
+// loggedUsage is a configuration or authentication failure found while a long-running
+// command ran (a worker's token revoked): exit 2 like a usageError, but logged already, so
+// main does not print it a second time.
+type loggedUsage struct{ err error }
+
+func (e loggedUsage) Error() string { return e.err.Error() }
+func (e loggedUsage) Unwrap() error { return e.err }
+
 // taskFailed marks a job that ran and failed; it has been reported already.
 type taskFailed struct{ err error }
 
@@ -60,7 +68,8 @@ func ExitCode(err error) int {
 // which the command has described already.
 func Unreported(err error) bool {
 	var tf taskFailed
-	return err != nil && !errors.As(err, &tf)
+	var lu loggedUsage
+	return err != nil && !errors.As(err, &tf) && !errors.As(err, &lu)
 }
 
 // Version is set by the linker (-X) in release builds.

@@ -52,12 +52,16 @@ type WorkerConfig struct {
 	NATSCA      string // NATS mode: CA bundle for TLS
 	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
 	CAFile      string // HTTP mode: CA certificates for the control plane's TLS
+	OneJob      bool   // ephemeral: lease at most one job, run and report it, exit (concurrency 1)
 
 	// AuditKeyFile is the audit signing key (a private Ed25519 JWK) kept outside STATE-DIR;
 	// "" for STATE-DIR/audit.private.jwk.json, created on first start.
 	AuditKeyFile string
 	// AuditKeyCredential names a policy credential (env, file or Vault) holding that key.
 	AuditKeyCredential string
+
+	// Shorter waits for tests; zero in production (the worker's defaults).
+	leaseWait, backoffMin, backoffMax, authWindow time.Duration
 }
 
 func workerCommand() *cli.Command {
@@ -75,10 +79,16 @@ func workerCommand() *cli.Command {
 			"Shutdown: the first SIGTERM/SIGINT stops leasing and lets running jobs finish (\"draining\");\n" +
 			"a second signal, or --grace elapsing, cancels them (reported cancelled and retryable, so\n" +
 			"another worker runs them); a task still running --stop-timeout after that is abandoned, reported\n" +
-			"the same way, and the process exits. Exit status: 0 clean drain, 1 runtime failure or jobs cancelled\n" +
-			"at shutdown, 2 configuration error (nothing ran).\n\n" +
-			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. Every flag can also come from\n" +
-			"CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to values; flags and env win).\n\n" +
+			"the same way, and the process exits. Exit status: 0 clean drain (also a stop before the first\n" +
+			"connection, and the end of a --one-job run), 1 runtime failure or jobs cancelled at shutdown,\n" +
+			"2 configuration or authentication error: a bad flag or policy, or a token the control plane\n" +
+			"refuses (at start, or 5 calls in a row over 30s while running).\n\n" +
+			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. When the control plane refuses it,\n" +
+			"--token-file is read again and a new token in it is used at once: rotate by writing the new\n" +
+			"token to the file (atomically: write a temporary file, then rename it), no restart needed.\n" +
+			"--one-job makes an ephemeral worker: it leases one job, runs and reports it, and exits 0.\n\n" +
+			"Every flag can also come from CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to\n" +
+			"values; flags and env win).\n\n" +
 			"Examples:\n" +
 			"  castellan worker --server https://cp.example:8443 --token-file /etc/castellan/worker.token \\\n" +
 			"      --policy /etc/castellan/policy.yaml --trusted-keys /etc/castellan/approvers.jwks.json\n" +
@@ -106,10 +116,12 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-creds", Usage: "NATS mode: JWT/NKey credentials `FILE`", EnvVars: []string{"CASTELLAN_NATS_CREDS"}, Destination: &cfg.NATSCreds},
 			&cli.StringFlag{Name: "nats-ca", Usage: "NATS mode: CA bundle `FILE` for TLS", EnvVars: []string{"CASTELLAN_NATS_CA"}, Destination: &cfg.NATSCA},
 			&cli.StringFlag{Name: "nats-inbox-prefix", Usage: "NATS mode: subject `PREFIX` of the worker's replies; its NATS user needs subscribe permission on PREFIX.> only (default _INBOX_<pool>)", EnvVars: []string{"CASTELLAN_NATS_INBOX_PREFIX"}, Destination: &cfg.NATSInbox},
+			&cli.BoolFlag{Name: "one-job", Usage: "ephemeral worker: lease at most one job, run it, report it and exit 0 (forces --concurrency 1)", EnvVars: []string{"CASTELLAN_ONE_JOB"}, Destination: &cfg.OneJob},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
 		},
-		Before: loadConfigFile,
+		Before:      loadConfigFile,
+		Subcommands: []*cli.Command{workerInstallCommand()},
 		Action: func(c *cli.Context) error {
 			cfg.TrustedKeys = splitList(keys.Value())
 			sigs := make(chan os.Signal, 2)
@@ -125,6 +137,12 @@ func workerCommand() *cli.Command {
 func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan os.Signal) error {
 	if cfg.Server == "" || cfg.Policy == "" || len(cfg.TrustedKeys) == 0 {
 		return usagef("--server, --policy and --trusted-keys are required")
+	}
+	if err := checkServerURL(cfg.Server); err != nil {
+		return err
+	}
+	if cfg.OneJob {
+		cfg.Concurrency = 1
 	}
 	natsMode := isNATSURL(cfg.Server)
 	token, err := readToken(cfg.TokenFile)
@@ -205,6 +223,19 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		}
 	}()
 
+	lease, stopLease := context.WithCancel(ctx)
+	defer stopLease()
+	jobs, cancelJobs := context.WithCancel(ctx)
+	defer cancelJobs()
+	// A token the control plane keeps refusing stops the worker: leasing ends, and running
+	// jobs are cancelled, since their results could not be reported anyway.
+	authStop := make(chan error, 1)
+	onAuthRefused := func(err error) {
+		authStop <- err
+		stopLease()
+		cancelJobs()
+	}
+
 	var queue worker.Queue
 	if natsMode {
 		wq, err := natsq.DialWorker(ctx, cfg.Server, natsq.Options{Name: "castellan-worker", Token: token,
@@ -219,11 +250,16 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		if err != nil {
 			return err
 		}
-		cl, err := client.New(cfg.Server, token, client.WithUserAgent("castellan-worker/"+Version), ca)
+		tq, err := newTokenQueue(cfg.Server, cfg.TokenFile, token, red, log.Named("auth"), onAuthRefused,
+			client.WithUserAgent("castellan-worker/"+Version), ca)
 		if err != nil {
 			return usagef("--server: %v", err)
 		}
-		queue = cl
+		tq.window = cmp.Or(cfg.authWindow, tq.window)
+		queue = tq
+	}
+	if cfg.OneJob {
+		queue = oneJob{Queue: queue, stop: stopLease}
 	}
 	name := cfg.Name
 	if name == "" {
@@ -233,6 +269,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		Client: queue, Runner: set, Catalog: set.Catalog(), CatalogUpdates: set.Updates(),
 		Verifier: approval.NewVerifier(keys, replay),
 		Pool:     cfg.Pool, Name: name, Version: Version, Concurrency: cfg.Concurrency, StopTimeout: cfg.StopTimeout,
+		LeaseWait: cfg.leaseWait, BackoffMin: cfg.backoffMin, BackoffMax: cfg.backoffMax,
 		Log:   log.Named("worker"),
 		Audit: obs.audit, Observer: obs.observer,
 	})
@@ -240,10 +277,6 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		return usageError{err}
 	}
 
-	lease, stopLease := context.WithCancel(ctx)
-	defer stopLease()
-	jobs, cancelJobs := context.WithCancel(ctx)
-	defer cancelJobs()
 	done := make(chan struct{})
 	forced := make(chan struct{})
 	go func() {
@@ -271,7 +304,22 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	err = w.Run(lease, jobs)
 	abandoned = errors.Is(err, worker.ErrAbandoned)
 	close(done)
-	if err != nil {
+	select {
+	case aerr := <-authStop:
+		msg := authHint(aerr, cfg.TokenFile)
+		log.Error(msg, zap.Int("refusals_in_a_row", authRefusalLimit))
+		return loggedUsage{errors.New(msg)}
+	default:
+	}
+	switch {
+	case authRefused(err):
+		// Refused at registration: the token, not the network, is wrong.
+		return usageError{errors.New(authHint(err, cfg.TokenFile))}
+	case errors.Is(err, context.Canceled) && lease.Err() != nil && ctx.Err() == nil && !errors.Is(err, worker.ErrAbandoned):
+		// Stopped (a signal) before the first connection: nothing ran, a clean stop, also
+		// after a second signal (there were no jobs to cancel).
+		return nil
+	case err != nil:
 		log.Error("worker stopped", zap.Error(err))
 		return taskFailed{err}
 	}

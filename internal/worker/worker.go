@@ -348,9 +348,10 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 		if poll.Err() == nil { // not cut already
 			leased, err = w.cfg.Client.Lease(poll, n, wait)
 		}
+		cut := poll.Err() != nil // before cutPoll below, which cancels poll in every case
 		w.setPoll(nil)
 		cutPoll()
-		if err != nil && lease.Err() == nil && poll.Err() != nil {
+		if err != nil && lease.Err() == nil && cut {
 			leased, err = nil, nil // cut because results cannot be delivered; not an outage
 		}
 		// The answer is the control plane's word: whatever it holds, at most n jobs run,
