@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Code is the stable, machine-readable name of an outcome. The values are part of the
@@ -31,8 +32,13 @@ const (
 	Internal              Code = "internal"               // a bug or host failure; not the task's fault
 )
 
-// Codes lists every code, for documentation and validation.
-var Codes = []Code{OK, TaskError, Timeout, Cancelled, MemoryLimit, Trap, OutputTooLarge,
+// Codes lists every code, for documentation and validation. It returns a new slice each time.
+func Codes() []Code { return slices.Clone(codes) }
+
+// Known reports whether c is one of Codes.
+func (c Code) Known() bool { return slices.Contains(codes, c) }
+
+var codes = []Code{OK, TaskError, Timeout, Cancelled, MemoryLimit, Trap, OutputTooLarge,
 	CallBudgetExceeded, Denied, ModuleRejected, SecretInOutput, InvalidOutput, CredentialUnavailable, Rejected, Internal}
 
 // Retryable reports whether running the same job again could reasonably succeed. Decided

@@ -506,7 +506,7 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 	r, err := decodeResult(msg.Data())
 	if err != nil || r.JobID == "" || r.Attempt < 1 ||
-		!slices.Contains(outcome.Codes, outcome.Code(r.Outcome)) {
+		!outcome.Code(r.Outcome).Known() {
 		d.log.Warn("dropping an unreadable result", zap.String("subject", msg.Subject()), zap.NamedError("cause", err))
 		_ = msg.TermWithReason("unreadable result")
 		return

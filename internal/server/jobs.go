@@ -547,8 +547,8 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 		return api.CompleteResponse{}, bad("lease_token is required")
 	case req.Attempt < 1:
 		return api.CompleteResponse{}, bad("attempt is %d, want the attempt number from the lease (>= 1)", req.Attempt)
-	case !slices.Contains(outcome.Codes, code):
-		return api.CompleteResponse{}, bad("outcome %q is not an outcome code (see outcome.Codes in docs/api.md)", req.Outcome)
+	case !code.Known():
+		return api.CompleteResponse{}, bad("outcome %q is not an outcome code (see the outcome codes in docs/api.md)", req.Outcome)
 	case len(req.ErrorMessage) > maxErrorMessage:
 		return api.CompleteResponse{}, bad("error_message is %d bytes, at most %d", len(req.ErrorMessage), maxErrorMessage)
 	case req.DurationMS < 0:
