@@ -101,7 +101,8 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			return err
 		}
 		now := s.cfg.Now()
-		for _, d := range defs {
+		var conflicts []api.SchemaIssue
+		for i, d := range defs {
 			var desc string
 			var in []byte
 			var out sql.Null[[]byte]
@@ -120,8 +121,10 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			case err != nil:
 				return err
 			case desc != d.Description || !bytes.Equal(in, d.in) || !bytes.Equal(out.V, d.out):
-				return errf(http.StatusConflict, api.CodeCatalogConflict,
-					"task %s@%s is already published in pool %q with a different definition: bump the version", d.Name, d.Version, p.Pool)
+				// Every conflicting entry is named, by its index in the request, so that a
+				// worker can publish the rest instead of being refused for one plugin.
+				conflicts = append(conflicts, api.SchemaIssue{Location: fmt.Sprintf("/tasks/%d", i),
+					Message: fmt.Sprintf("task %s@%s is already published in pool %q with a different definition: bump the version", d.Name, d.Version, p.Pool)})
 			default:
 				// Title and annotations are presentation and policy, not the version's
 				// contract: the newest publication wins, as on the JetStream control plane.
@@ -130,6 +133,14 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 					return err
 				}
 			}
+		}
+		if len(conflicts) > 0 {
+			e := errf(http.StatusConflict, api.CodeCatalogConflict, "%s", conflicts[0].Message)
+			if len(conflicts) > 1 {
+				e.msg = fmt.Sprintf("%s (and %d more: see details)", conflicts[0].Message, len(conflicts)-1)
+			}
+			e.details = conflicts
+			return e
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM worker_tasks WHERE token_id = ?`, p.TokenID); err != nil {
 			return err

@@ -255,9 +255,14 @@ func (w *Worker) followCatalog(ctx context.Context) {
 		w.setCatalog(tasks)
 		b := w.newBackoff()
 		for {
-			_, err := w.cfg.Client.PublishCatalog(ctx, tasks)
+			err := w.publish(ctx, tasks)
 			if err == nil {
 				w.log.Info("catalog republished", zap.Int("tasks", len(tasks)))
+				break
+			}
+			if errors.Is(err, api.ErrFinal) {
+				// The same catalog would be refused again: wait for the next change.
+				w.log.Error("the control plane refused the catalog; waiting for the next change", zap.Error(err))
 				break
 			}
 			d := b.NextBackOff()
@@ -592,6 +597,40 @@ func (w *Worker) Done() int {
 	return w.done
 }
 
+// publish publishes tasks. When the control plane refuses some entries because their name and
+// version are already published with another definition (a plugin changed without a version
+// bump), those entries are left out of the catalog, logged, and the rest are published: one
+// such plugin must not stop the worker or every later catalog update. A job for a task left
+// out is not admitted (it is not in the catalog) and goes back to the queue.
+func (w *Worker) publish(ctx context.Context, tasks []api.TaskDef) error {
+	_, err := w.cfg.Client.PublishCatalog(ctx, tasks)
+	var ae *client.APIError
+	if err == nil || !errors.As(err, &ae) || ae.Code != api.CodeCatalogConflict || len(ae.Details) == 0 {
+		return err
+	}
+	drop := map[int]bool{}
+	for _, d := range ae.Details {
+		var i int
+		if _, serr := fmt.Sscanf(d.Location, "/tasks/%d", &i); serr != nil || i < 0 || i >= len(tasks) {
+			return err // not a refusal this worker can act on
+		}
+		drop[i] = true
+		w.log.Error("task left out of the catalog: its version is already published with another definition; bump the version",
+			zap.String("task", tasks[i].Name), zap.String("version", tasks[i].Version))
+	}
+	kept := make([]api.TaskDef, 0, len(tasks)-len(drop))
+	for i, t := range tasks {
+		if !drop[i] {
+			kept = append(kept, t)
+		}
+	}
+	if _, err := w.cfg.Client.PublishCatalog(ctx, kept); err != nil {
+		return err
+	}
+	w.setCatalog(kept)
+	return nil
+}
+
 // register registers and publishes the catalog, retrying with backoff while ctx lives.
 func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 	b := w.newBackoff()
@@ -604,7 +643,7 @@ func (w *Worker) register(ctx context.Context) (api.RegisterResponse, error) {
 			w.mu.Lock()
 			tasks := w.cfg.Catalog
 			w.mu.Unlock()
-			_, err = w.cfg.Client.PublishCatalog(ctx, tasks)
+			err = w.publish(ctx, tasks)
 		}
 		if err == nil {
 			return reg, nil
