@@ -721,6 +721,14 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 			req.Outcome = string(outcome.Cancelled)
 			req.ErrorMessage = outcome.Message(err)
 			req.Retryable = boolPtr(true)
+		} else if err != nil && outcome.CodeOf(err) != outcome.Rejected {
+			// The check itself did not finish (shutdown cancelled it, the replay store
+			// failed): the approval was not refused, so the job goes back unrun, never ends
+			// as rejected.
+			log.Warn("job handed back: its approval could not be checked now", zap.Error(err))
+			req.Outcome = string(outcome.CodeOf(err))
+			req.ErrorMessage = outcome.Message(err)
+			req.Retryable = boolPtr(true)
 		} else if err != nil {
 			log.Warn("job refused", zap.Error(err))
 			req.Outcome = string(outcome.Rejected)
