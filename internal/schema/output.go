@@ -1,7 +1,6 @@
 package schema
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
@@ -18,34 +17,7 @@ import (
 // receive as the task's result. Type names and the schema's own required property names are
 // kept: they come from the schema or describe, not repeat, the value.
 func ValidateBlind(sch *jsonschema.Schema, doc []byte) ([]api.SchemaIssue, error) {
-	v, err := jsonschema.UnmarshalJSON(strings.NewReader(string(doc)))
-	if err != nil {
-		return nil, err
-	}
-	err = sch.Validate(v)
-	if err == nil {
-		return nil, nil
-	}
-	var ve *jsonschema.ValidationError
-	if !errors.As(err, &ve) {
-		return nil, err
-	}
-	var issues []api.SchemaIssue
-	var walk func(e *jsonschema.ValidationError)
-	walk = func(e *jsonschema.ValidationError) {
-		if len(e.Causes) == 0 {
-			issues = append(issues, api.SchemaIssue{Location: pointer(e.InstanceLocation), Message: blindMessage(e.ErrorKind)})
-			return
-		}
-		for _, c := range e.Causes {
-			walk(c)
-		}
-	}
-	walk(ve)
-	if len(issues) > 20 {
-		issues = issues[:20]
-	}
-	return issues, nil
+	return validate(sch, doc, blindMessage)
 }
 
 func blindMessage(k jsonschema.ErrorKind) string {

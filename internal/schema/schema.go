@@ -76,6 +76,12 @@ func (c *Cache) Get(text []byte) (*jsonschema.Schema, error) {
 
 // Validate checks doc against sch and turns violations into located issues.
 func Validate(sch *jsonschema.Schema, doc []byte) ([]api.SchemaIssue, error) {
+	return validate(sch, doc, func(k jsonschema.ErrorKind) string { return k.LocalizedString(printer) })
+}
+
+// validate checks doc against sch and reports at most 20 violations, each located by a JSON
+// Pointer and worded by message.
+func validate(sch *jsonschema.Schema, doc []byte, message func(jsonschema.ErrorKind) string) ([]api.SchemaIssue, error) {
 	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
 	if err != nil {
 		return nil, err
@@ -92,10 +98,7 @@ func Validate(sch *jsonschema.Schema, doc []byte) ([]api.SchemaIssue, error) {
 	var walk func(e *jsonschema.ValidationError)
 	walk = func(e *jsonschema.ValidationError) {
 		if len(e.Causes) == 0 {
-			issues = append(issues, api.SchemaIssue{
-				Location: pointer(e.InstanceLocation),
-				Message:  e.ErrorKind.LocalizedString(printer),
-			})
+			issues = append(issues, api.SchemaIssue{Location: pointer(e.InstanceLocation), Message: message(e.ErrorKind)})
 			return
 		}
 		for _, c := range e.Causes {
