@@ -2,14 +2,10 @@ package secrets
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"regexp"
-	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -217,37 +213,7 @@ func (c *awsClient) failure(ctx context.Context, where string, err error) error 
 	if status != 0 { // an HTTP error without an AWS error code (e.g. a proxy's page)
 		return fail(&awsAPIError{status: status}, "%s: unexpected answer (HTTP %d)", where, status)
 	}
-	switch {
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return fail(context.DeadlineExceeded, "%s: no answer within %s (or the job's deadline)", where, c.timeout)
-	case ctx.Err() != nil:
-		return fail(ctx.Err(), "%s: cancelled (%v)", where, ctx.Err())
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return fail(syscall.ECONNREFUSED, "%s: Secrets Manager unreachable (connection refused)", where)
-	case errors.Is(err, syscall.ECONNRESET):
-		return fail(syscall.ECONNRESET, "%s: Secrets Manager unreachable (connection reset)", where)
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return fail(errors.New("host not found"), "%s: Secrets Manager unreachable (host not found)", where)
-	}
-	var (
-		unknownCA   x509.UnknownAuthorityError
-		hostErr     x509.HostnameError
-		invalidCert x509.CertificateInvalidError
-		verifyErr   *tls.CertificateVerificationError
-	)
-	if errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalidCert) || errors.As(err, &verifyErr) {
-		return fail(errors.New("tls certificate not trusted"), "%s: Secrets Manager TLS certificate not trusted (set AWS_CA_BUNDLE?)", where)
-	}
-	var netErr net.Error
-	if errors.As(err, &netErr) && netErr.Timeout() {
-		return fail(context.DeadlineExceeded, "%s: Secrets Manager timed out", where)
-	}
-	if isNetwork(err) {
-		return fail(errors.New("network error"), "%s: Secrets Manager unreachable", where)
-	}
-	return fail(errors.New("request failed"), "%s: request to Secrets Manager failed", where)
+	return transportFailure(ctx, err, where, "Secrets Manager", c.timeout, "set AWS_CA_BUNDLE?")
 }
 
 // reqIDText keeps a request id only when it looks like one (AWS request ids are UUIDs).

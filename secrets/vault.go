@@ -407,19 +407,27 @@ func (c *vaultClient) failure(ctx context.Context, what string, err error) error
 	if errors.Is(err, errNotKVv2) {
 		return fail(errNotKVv2, "%s: %v", what, errNotKVv2)
 	}
+	return transportFailure(ctx, err, what, "vault", c.timeout, "set the CA certificate?")
+}
+
+// transportFailure words an error that happened on the way to a secrets service (service is
+// "vault" or "Secrets Manager"), in our own words only: a context error, an errno, a DNS,
+// certificate or timeout failure, never the address or the library's text, which may name the
+// host. caHint says how to trust the service's certificate.
+func transportFailure(ctx context.Context, err error, what, service string, timeout time.Duration, caHint string) *failure {
 	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) || (ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded)):
+		return fail(context.DeadlineExceeded, "%s: %s did not answer within %s (or the job's deadline)", what, service, timeout)
 	case ctx.Err() != nil:
 		return fail(ctx.Err(), "%s: cancelled (%v)", what, ctx.Err())
-	case errors.Is(err, context.DeadlineExceeded):
-		return fail(context.DeadlineExceeded, "%s: vault did not answer within %s", what, c.timeout)
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return fail(syscall.ECONNREFUSED, "%s: vault unreachable (connection refused)", what)
+		return fail(syscall.ECONNREFUSED, "%s: %s unreachable (connection refused)", what, service)
 	case errors.Is(err, syscall.ECONNRESET):
-		return fail(syscall.ECONNRESET, "%s: vault unreachable (connection reset)", what)
+		return fail(syscall.ECONNRESET, "%s: %s unreachable (connection reset)", what, service)
 	}
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {
-		return fail(errors.New("host not found"), "%s: vault unreachable (host not found)", what)
+		return fail(errors.New("host not found"), "%s: %s unreachable (host not found)", what, service)
 	}
 	var (
 		unknownCA   x509.UnknownAuthorityError
@@ -428,13 +436,16 @@ func (c *vaultClient) failure(ctx context.Context, what string, err error) error
 		verifyErr   *tls.CertificateVerificationError
 	)
 	if errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalidCert) || errors.As(err, &verifyErr) {
-		return fail(errors.New("tls certificate not trusted"), "%s: vault TLS certificate not trusted (set the CA certificate?)", what)
+		return fail(errors.New("tls certificate not trusted"), "%s: %s TLS certificate not trusted (%s)", what, service, caHint)
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) && netErr.Timeout() {
-		return fail(context.DeadlineExceeded, "%s: vault timed out", what)
+		return fail(context.DeadlineExceeded, "%s: %s timed out", what, service)
 	}
-	return fail(errors.New("request failed"), "%s: request to vault failed", what)
+	if isNetwork(err) {
+		return fail(errors.New("network error"), "%s: %s unreachable", what, service)
+	}
+	return fail(errors.New("request failed"), "%s: request to %s failed", what, service)
 }
 
 func statusText(code int) string {
