@@ -5,9 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/castellan-dev/castellan/internal/strictyaml"
 )
 
 // Manifest is a plugin's plugin.yaml, written by the task's author: what the module is and
@@ -45,9 +48,9 @@ const ManifestFile = "plugin.yaml"
 // not the plugin's own is refused in one place (package plugins). A nil readFile refuses
 // every schema file. Every problem is returned as *Error.
 func ParseManifest(name string, data []byte, readFile func(file string) ([]byte, error)) (*Manifest, error) {
-	d := &decoder{file: name}
+	d := &decoder{Decoder: strictyaml.Decoder{File: name, Kind: "plugin manifest"}}
 	mf := d.manifest(data, readFile)
-	if err := d.err(); err != nil {
+	if err := d.Err(); err != nil {
 		return nil, err
 	}
 	mf.File = name
@@ -70,54 +73,54 @@ func (d *decoder) manifest(data []byte, readFile func(string) ([]byte, error)) *
 	if n == nil {
 		return mf
 	}
-	top, ok := d.mapping(n, "", n.Line, []string{"name", "version", "module", "entry", "title", "description", "input_schema", "output_schema", "annotations", "capabilities"})
+	top, ok := d.Mapping(n, "", n.Line, []string{"name", "version", "module", "entry", "title", "description", "input_schema", "output_schema", "annotations", "capabilities"})
 	if !ok {
 		return mf
 	}
-	if v := top.get("name"); v == nil {
-		d.add(n.Line, "name", "missing; set the plugin's name (the task name the policy grants, and the directory's name)")
+	if v := top.Get("name"); v == nil {
+		d.Add(n.Line, "name", "missing; set the plugin's name (the task name the policy grants, and the directory's name)")
 	} else if s, ok := d.text(v, "name"); ok {
 		d.name("plugin", s, v.Line, "name")
 		mf.Name = s
 	}
-	if v := top.get("version"); v == nil {
-		d.add(n.Line, "version", "missing; set the plugin's version, e.g. version: \"1.0.0\"")
+	if v := top.Get("version"); v == nil {
+		d.Add(n.Line, "version", "missing; set the plugin's version, e.g. version: \"1.0.0\"")
 	} else if s, ok := d.text(v, "version"); ok {
 		if !versionRE.MatchString(s) {
-			d.add(v.Line, "version", "%q must be 1-64 of A-Z a-z 0-9 _ . + - starting with a letter or digit (what the control plane accepts in its catalog)", s)
+			d.Add(v.Line, "version", "%q must be 1-64 of A-Z a-z 0-9 _ . + - starting with a letter or digit (what the control plane accepts in its catalog)", s)
 		}
 		mf.Version = s
 	}
 	mf.Module = mf.Name + ".wasm"
-	if v := top.get("module"); v != nil {
+	if v := top.Get("module"); v != nil {
 		if s, ok := d.plainFile(v, "module"); ok {
 			mf.Module = s
 		}
 	}
-	if v := top.get("entry"); v != nil {
+	if v := top.Get("entry"); v != nil {
 		if s, ok := d.text(v, "entry"); ok {
 			if len(s) > 256 {
-				d.add(v.Line, "entry", "export name longer than 256 bytes")
+				d.Add(v.Line, "entry", "export name longer than 256 bytes")
 			}
 			mf.Entry = s
 		}
 	}
-	if v := top.get("annotations"); v != nil {
+	if v := top.Get("annotations"); v != nil {
 		// Known only to say why it is refused: what a task does to the systems it calls is
 		// the security team's statement, not the author's claim about their own code.
-		d.add(top.keyLine["annotations"], "annotations", "a plugin cannot set its own annotations (read_only, destructive, idempotent); the policy's task %q sets them", mf.Name)
+		d.Add(top.KeyLine["annotations"], "annotations", "a plugin cannot set its own annotations (read_only, destructive, idempotent); the policy's task %q sets them", mf.Name)
 	}
-	if v := top.get("title"); v != nil {
+	if v := top.Get("title"); v != nil {
 		mf.Title, _ = d.title(v, "title")
 	}
-	if v := top.get("description"); v != nil {
-		mf.Description, _ = d.str(v, "description")
+	if v := top.Get("description"); v != nil {
+		mf.Description, _ = d.Str(v, "description")
 		if len(mf.Description) > MaxDescription {
-			d.add(v.Line, "description", "is %d bytes, at most %d (what the control plane accepts in its catalog)", len(mf.Description), MaxDescription)
+			d.Add(v.Line, "description", "is %d bytes, at most %d (what the control plane accepts in its catalog)", len(mf.Description), MaxDescription)
 		}
 	}
 	for _, key := range []string{"input_schema", "output_schema"} {
-		v := top.get(key)
+		v := top.Get(key)
 		if v == nil {
 			continue
 		}
@@ -131,31 +134,31 @@ func (d *decoder) manifest(data []byte, readFile func(string) ([]byte, error)) *
 			mf.SchemaFiles[key] = file
 		}
 	}
-	if v := top.get("capabilities"); v != nil {
-		c, _ := d.mapping(v, "capabilities", top.keyLine["capabilities"], []string{"endpoints", "limits"})
-		if ev := c.get("endpoints"); ev != nil {
-			items, _ := d.list(ev, "capabilities.endpoints")
+	if v := top.Get("capabilities"); v != nil {
+		c, _ := d.Mapping(v, "capabilities", top.KeyLine["capabilities"], []string{"endpoints", "limits"})
+		if ev := c.Get("endpoints"); ev != nil {
+			items, _ := d.List(ev, "capabilities.endpoints")
 			seen := map[string]int{}
 			for i, it := range items {
-				ipath := index("capabilities.endpoints", i)
+				ipath := strictyaml.Index("capabilities.endpoints", i)
 				s, ok := d.text(it, ipath)
 				if !ok {
 					continue
 				}
 				d.name("endpoint", s, it.Line, ipath)
 				if first, dup := seen[s]; dup {
-					d.add(it.Line, ipath, "endpoint %q is already requested at capabilities.endpoints[%d]; remove one", s, first)
+					d.Add(it.Line, ipath, "endpoint %q is already requested at capabilities.endpoints[%d]; remove one", s, first)
 					continue
 				}
 				seen[s] = i
 				mf.Endpoints = append(mf.Endpoints, s)
 			}
 		}
-		if lv := c.get("limits"); lv != nil {
-			mf.Limits = d.limits(lv, "capabilities.limits", c.keyLine["limits"])
+		if lv := c.Get("limits"); lv != nil {
+			mf.Limits = d.limits(lv, "capabilities.limits", c.KeyLine["limits"])
 			if lv.Kind == yaml.MappingNode {
 				for i := 0; i+1 < len(lv.Content); i += 2 {
-					if k := lv.Content[i].Value; contains(limitKeys, k) && !contains(mf.LimitsSet, k) {
+					if k := lv.Content[i].Value; slices.Contains(limitKeys, k) && !slices.Contains(mf.LimitsSet, k) {
 						mf.LimitsSet = append(mf.LimitsSet, k)
 					}
 				}
@@ -173,7 +176,7 @@ func (d *decoder) plainFile(n *yaml.Node, path string) (string, bool) {
 		return "", false
 	}
 	if s != filepath.Base(s) || strings.ContainsAny(s, `/\`) || s == "." || s == ".." || strings.HasPrefix(s, ".") {
-		d.add(n.Line, path, "%q must be a plain file name inside the plugin directory (no \"/\", no leading \".\")", s)
+		d.Add(n.Line, path, "%q must be a plain file name inside the plugin directory (no \"/\", no leading \".\")", s)
 		return "", false
 	}
 	return s, true
@@ -183,17 +186,17 @@ func (d *decoder) plainFile(n *yaml.Node, path string) (string, bool) {
 // JSON document in the plugin directory, read with readFile.
 func (d *decoder) schema(n *yaml.Node, path string, readFile func(string) ([]byte, error)) (json.RawMessage, string) {
 	if n.Kind == yaml.MappingNode {
-		if d.hasAlias(n, path) {
+		if d.HasAlias(n, path) {
 			return nil, ""
 		}
 		var v any
 		if err := n.Decode(&v); err != nil {
-			d.add(n.Line, path, "inline schema: %v", err)
+			d.Add(n.Line, path, "inline schema: %v", err)
 			return nil, ""
 		}
 		b, err := json.Marshal(v)
 		if err != nil {
-			d.add(n.Line, path, "inline schema cannot be written as JSON (%v); keys must be strings", err)
+			d.Add(n.Line, path, "inline schema cannot be written as JSON (%v); keys must be strings", err)
 			return nil, ""
 		}
 		return b, ""
@@ -203,32 +206,20 @@ func (d *decoder) schema(n *yaml.Node, path string, readFile func(string) ([]byt
 		return nil, ""
 	}
 	if readFile == nil {
-		d.add(n.Line, path, "schema file %s: no files can be read here; write the schema inline", name)
+		d.Add(n.Line, path, "schema file %s: no files can be read here; write the schema inline", name)
 		return nil, ""
 	}
 	b, err := readFile(name)
 	if err != nil {
-		d.add(n.Line, path, "cannot read schema file %s: %v", name, unwrapPathError(err))
+		d.Add(n.Line, path, "cannot read schema file %s: %v", name, unwrapPathError(err))
 		return nil, ""
 	}
 	var obj map[string]any
 	if err := json.Unmarshal(b, &obj); err != nil {
-		d.add(n.Line, path, "schema file %s is not a JSON object: %v", name, err)
+		d.Add(n.Line, path, "schema file %s is not a JSON object: %v", name, err)
 		return nil, ""
 	}
 	return json.RawMessage(b), name
-}
-
-func (d *decoder) hasAlias(n *yaml.Node, path string) bool {
-	if d.alias(n, path) {
-		return true
-	}
-	for _, c := range n.Content {
-		if d.hasAlias(c, path) {
-			return true
-		}
-	}
-	return false
 }
 
 func unwrapPathError(err error) error {

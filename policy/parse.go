@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/internal/strictyaml"
 	"github.com/castellan-dev/castellan/secrets"
 )
 
@@ -33,28 +34,28 @@ func (d *decoder) policy(data []byte) *Policy {
 	if n == nil {
 		return p
 	}
-	top, ok := d.mapping(n, "", n.Line, []string{"version", "vault", "credentials", "endpoints", "tasks", "plugins"})
+	top, ok := d.Mapping(n, "", n.Line, []string{"version", "vault", "credentials", "endpoints", "tasks", "plugins"})
 	if !ok {
 		return p
 	}
-	if v := top.get("version"); v == nil {
-		d.add(n.Line, "version", "missing; add \"version: 1\" at the top of the file")
-	} else if ver, ok := d.integer(v, "version", 0, math32); ok && ver != 1 {
-		d.add(v.Line, "version", "unsupported version %d; this worker reads version 1", ver)
+	if v := top.Get("version"); v == nil {
+		d.Add(n.Line, "version", "missing; add \"version: 1\" at the top of the file")
+	} else if ver, ok := d.Int(v, "version", 0, math32); ok && ver != 1 {
+		d.Add(v.Line, "version", "unsupported version %d; this worker reads version 1", ver)
 	}
-	if v := top.get("vault"); v != nil {
-		p.Vault = d.vault(v, top.keyLine["vault"])
+	if v := top.Get("vault"); v != nil {
+		p.Vault = d.vault(v, top.KeyLine["vault"])
 	}
-	if v := top.get("credentials"); v != nil {
-		d.credentials(p, v, top.keyLine["credentials"])
+	if v := top.Get("credentials"); v != nil {
+		d.credentials(p, v, top.KeyLine["credentials"])
 	}
-	if v := top.get("endpoints"); v != nil {
-		d.endpoints(p, v, top.keyLine["endpoints"])
+	if v := top.Get("endpoints"); v != nil {
+		d.endpoints(p, v, top.KeyLine["endpoints"])
 	}
-	if v := top.get("tasks"); v != nil {
-		d.tasks(p, v, top.keyLine["tasks"])
+	if v := top.Get("tasks"); v != nil {
+		d.tasks(p, v, top.KeyLine["tasks"])
 	}
-	p.Plugins = d.plugins(top.get("plugins"), top.keyLine["plugins"])
+	p.Plugins = d.plugins(top.Get("plugins"), top.KeyLine["plugins"])
 	return p
 }
 
@@ -62,48 +63,48 @@ const math32 = 1<<31 - 1
 
 func (d *decoder) vault(n *yaml.Node, line int) *secrets.VaultConfig {
 	const path = "vault"
-	m, _ := d.mapping(n, path, line, []string{"address", "namespace", "auth", "ca_cert", "cache_ttl", "request_timeout"})
+	m, _ := d.Mapping(n, path, line, []string{"address", "namespace", "auth", "ca_cert", "cache_ttl", "request_timeout"})
 	vc := &secrets.VaultConfig{
 		AuthMethod:     DefaultVaultAuthMethod,
 		CacheTTL:       DefaultVaultCacheTTL,
 		RequestTimeout: DefaultVaultRequestTimeout,
 	}
-	if v := m.get("address"); v != nil {
-		if u, ok := d.httpURL(v, field(path, "address"), false); ok {
+	if v := m.Get("address"); v != nil {
+		if u, ok := d.httpURL(v, strictyaml.Field(path, "address"), false); ok {
 			vc.Address = u.String()
 		}
 	}
-	if v := m.get("namespace"); v != nil {
-		if s, ok := d.str(v, field(path, "namespace")); ok {
-			if hasControl(s) {
-				d.add(v.Line, field(path, "namespace"), "must be a single line without control characters")
+	if v := m.Get("namespace"); v != nil {
+		if s, ok := d.Str(v, strictyaml.Field(path, "namespace")); ok {
+			if strings.IndexFunc(s, unicode.IsControl) >= 0 {
+				d.Add(v.Line, strictyaml.Field(path, "namespace"), "must be a single line without control characters")
 			}
 			vc.Namespace = s
 		}
 	}
-	if v := m.get("ca_cert"); v != nil {
-		vc.CACert, _ = d.path(v, field(path, "ca_cert"))
+	if v := m.Get("ca_cert"); v != nil {
+		vc.CACert, _ = d.path(v, strictyaml.Field(path, "ca_cert"))
 	}
-	if v := m.get("cache_ttl"); v != nil {
-		if t, ok := d.duration(v, field(path, "cache_ttl"), 24*time.Hour); ok {
+	if v := m.Get("cache_ttl"); v != nil {
+		if t, ok := d.duration(v, strictyaml.Field(path, "cache_ttl"), 24*time.Hour); ok {
 			vc.CacheTTL = t
 		}
 	}
-	if v := m.get("request_timeout"); v != nil {
-		if t, ok := d.duration(v, field(path, "request_timeout"), 5*time.Minute); ok {
+	if v := m.Get("request_timeout"); v != nil {
+		if t, ok := d.duration(v, strictyaml.Field(path, "request_timeout"), 5*time.Minute); ok {
 			vc.RequestTimeout = t
 		}
 	}
-	d.vaultAuth(vc, m.get("auth"), field(path, "auth"), m.keyLine["auth"])
+	d.vaultAuth(vc, m.Get("auth"), strictyaml.Field(path, "auth"), m.KeyLine["auth"])
 	return vc
 }
 
 func (d *decoder) vaultAuth(vc *secrets.VaultConfig, n *yaml.Node, path string, line int) {
-	m, _ := d.mapping(n, path, line, []string{"method", "token_env", "token_file", "role_id", "secret_id_file", "secret_id_env", "mount"})
-	if v := m.get("method"); v != nil {
-		if s, ok := d.text(v, field(path, "method")); ok {
+	m, _ := d.Mapping(n, path, line, []string{"method", "token_env", "token_file", "role_id", "secret_id_file", "secret_id_env", "mount"})
+	if v := m.Get("method"); v != nil {
+		if s, ok := d.text(v, strictyaml.Field(path, "method")); ok {
 			if s != "token" && s != "approle" {
-				d.add(v.Line, field(path, "method"), "unknown method %q; use token or approle", s)
+				d.Add(v.Line, strictyaml.Field(path, "method"), "unknown method %q; use token or approle", s)
 			}
 			vc.AuthMethod = s
 		}
@@ -112,8 +113,8 @@ func (d *decoder) vaultAuth(vc *secrets.VaultConfig, n *yaml.Node, path string, 
 	// "secret_id_file" would believe AppRole is in use.
 	only := func(key, method string) {
 		valid := vc.AuthMethod == "token" || vc.AuthMethod == "approle"
-		if v := m.get(key); v != nil && valid && vc.AuthMethod != method {
-			d.add(m.keyLine[key], field(path, key), "only applies to method %s, but method is %s; remove it or set method: %s", method, vc.AuthMethod, method)
+		if v := m.Get(key); v != nil && valid && vc.AuthMethod != method {
+			d.Add(m.KeyLine[key], strictyaml.Field(path, key), "only applies to method %s, but method is %s; remove it or set method: %s", method, vc.AuthMethod, method)
 		}
 	}
 	for _, k := range []string{"token_env", "token_file"} {
@@ -124,47 +125,47 @@ func (d *decoder) vaultAuth(vc *secrets.VaultConfig, n *yaml.Node, path string, 
 	}
 	switch vc.AuthMethod {
 	case "token":
-		if v := m.get("token_env"); v != nil {
-			vc.TokenEnv, _ = d.envName(v, field(path, "token_env"))
+		if v := m.Get("token_env"); v != nil {
+			vc.TokenEnv, _ = d.envName(v, strictyaml.Field(path, "token_env"))
 		}
-		if v := m.get("token_file"); v != nil {
-			vc.TokenFile, _ = d.path(v, field(path, "token_file"))
+		if v := m.Get("token_file"); v != nil {
+			vc.TokenFile, _ = d.path(v, strictyaml.Field(path, "token_file"))
 		}
-		if m.get("token_env") == nil && m.get("token_file") == nil {
+		if m.Get("token_env") == nil && m.Get("token_file") == nil {
 			vc.TokenEnv = DefaultVaultTokenEnv
 		}
 	case "approle":
 		vc.AppRoleMount = DefaultVaultAppRoleMount
-		if v := m.get("role_id"); v == nil {
-			d.add(m.line, field(path, "role_id"), "missing; AppRole needs role_id (it is not a secret)")
+		if v := m.Get("role_id"); v == nil {
+			d.Add(m.Line, strictyaml.Field(path, "role_id"), "missing; AppRole needs role_id (it is not a secret)")
 		} else {
-			vc.RoleID, _ = d.text(v, field(path, "role_id"))
+			vc.RoleID, _ = d.text(v, strictyaml.Field(path, "role_id"))
 		}
-		f, e := m.get("secret_id_file"), m.get("secret_id_env")
+		f, e := m.Get("secret_id_file"), m.Get("secret_id_env")
 		switch {
 		case f == nil && e == nil:
-			d.add(m.line, path, "AppRole needs the secret id from secret_id_file or secret_id_env")
+			d.Add(m.Line, path, "AppRole needs the secret id from secret_id_file or secret_id_env")
 		case f != nil && e != nil:
-			d.add(m.keyLine["secret_id_env"], field(path, "secret_id_env"), "set only one of secret_id_file and secret_id_env")
+			d.Add(m.KeyLine["secret_id_env"], strictyaml.Field(path, "secret_id_env"), "set only one of secret_id_file and secret_id_env")
 		case f != nil:
-			vc.SecretIDFile, _ = d.path(f, field(path, "secret_id_file"))
+			vc.SecretIDFile, _ = d.path(f, strictyaml.Field(path, "secret_id_file"))
 		default:
-			vc.SecretIDEnv, _ = d.envName(e, field(path, "secret_id_env"))
+			vc.SecretIDEnv, _ = d.envName(e, strictyaml.Field(path, "secret_id_env"))
 		}
-		if v := m.get("mount"); v != nil {
-			vc.AppRoleMount, _ = d.vaultPath(v, field(path, "mount"))
+		if v := m.Get("mount"); v != nil {
+			vc.AppRoleMount, _ = d.vaultPath(v, strictyaml.Field(path, "mount"))
 		}
 	}
 }
 
 func (d *decoder) credentials(p *Policy, n *yaml.Node, line int) {
 	const path = "credentials"
-	m, _ := d.mapping(n, path, line, nil)
-	for _, name := range m.keys {
-		cpath := field(path, name)
-		cline := m.keyLine[name]
+	m, _ := d.Mapping(n, path, line, nil)
+	for _, name := range m.Keys {
+		cpath := strictyaml.Field(path, name)
+		cline := m.KeyLine[name]
 		d.name("credential", name, cline, cpath)
-		c, ok := d.mapping(m.vals[name], cpath, cline, []string{"env", "file", "vault", "aws"})
+		c, ok := d.Mapping(m.Vals[name], cpath, cline, []string{"env", "file", "vault", "aws"})
 		var spec secrets.Spec
 		if !ok {
 			p.Credentials[name] = spec // declared, so references to it do not cascade
@@ -172,32 +173,32 @@ func (d *decoder) credentials(p *Policy, n *yaml.Node, line int) {
 		}
 		var sources []string
 		for _, k := range []string{"env", "file", "vault", "aws"} {
-			if c.get(k) != nil {
+			if c.Get(k) != nil {
 				sources = append(sources, k)
 			}
 		}
 		switch len(sources) {
 		case 0:
-			d.add(cline, cpath, "no source; set exactly one of env, file, vault or aws")
+			d.Add(cline, cpath, "no source; set exactly one of env, file, vault or aws")
 		case 1:
 		default:
-			d.add(cline, cpath, "has %s; set exactly one of env, file, vault or aws", strings.Join(sources, " and "))
+			d.Add(cline, cpath, "has %s; set exactly one of env, file, vault or aws", strings.Join(sources, " and "))
 		}
-		if v := c.get("env"); v != nil {
-			spec.Env, _ = d.envName(v, field(cpath, "env"))
+		if v := c.Get("env"); v != nil {
+			spec.Env, _ = d.envName(v, strictyaml.Field(cpath, "env"))
 		}
-		if v := c.get("file"); v != nil {
-			spec.File, _ = d.path(v, field(cpath, "file"))
+		if v := c.Get("file"); v != nil {
+			spec.File, _ = d.path(v, strictyaml.Field(cpath, "file"))
 		}
-		if v := c.get("vault"); v != nil {
-			vpath := field(cpath, "vault")
-			spec.Vault = d.vaultRef(v, vpath, c.keyLine["vault"])
+		if v := c.Get("vault"); v != nil {
+			vpath := strictyaml.Field(cpath, "vault")
+			spec.Vault = d.vaultRef(v, vpath, c.KeyLine["vault"])
 			if p.Vault == nil {
-				d.add(v.Line, vpath, "uses Vault, but the policy has no vault section; add one (\"vault: {}\" takes VAULT_ADDR and VAULT_TOKEN from the environment)")
+				d.Add(v.Line, vpath, "uses Vault, but the policy has no vault section; add one (\"vault: {}\" takes VAULT_ADDR and VAULT_TOKEN from the environment)")
 			}
 		}
-		if v := c.get("aws"); v != nil {
-			spec.AWS = d.awsRef(v, field(cpath, "aws"), c.keyLine["aws"])
+		if v := c.Get("aws"); v != nil {
+			spec.AWS = d.awsRef(v, strictyaml.Field(cpath, "aws"), c.KeyLine["aws"])
 		}
 		p.Credentials[name] = spec
 	}
@@ -211,26 +212,26 @@ var awsSecretIDRE = regexp.MustCompile(`^[A-Za-z0-9/_+=.@:-]+$`)
 var awsStageRE = regexp.MustCompile(`^[A-Za-z0-9_+=.@:/-]{1,256}$`)
 
 func (d *decoder) awsRef(n *yaml.Node, path string, line int) *secrets.AWSRef {
-	m, ok := d.mapping(n, path, line, []string{"secret_id", "field", "version_stage"})
+	m, ok := d.Mapping(n, path, line, []string{"secret_id", "field", "version_stage"})
 	ref := &secrets.AWSRef{VersionStage: secrets.DefaultAWSVersionStage}
 	if !ok {
 		return ref
 	}
-	if v := m.get("secret_id"); v == nil {
-		d.add(m.line, field(path, "secret_id"), "missing; name the secret or give its ARN, e.g. secret_id: castellan/ticketing")
-	} else if s, ok := d.text(v, field(path, "secret_id")); ok {
+	if v := m.Get("secret_id"); v == nil {
+		d.Add(m.Line, strictyaml.Field(path, "secret_id"), "missing; name the secret or give its ARN, e.g. secret_id: castellan/ticketing")
+	} else if s, ok := d.text(v, strictyaml.Field(path, "secret_id")); ok {
 		if !awsSecretIDRE.MatchString(s) || len(s) > 2048 {
-			d.add(v.Line, field(path, "secret_id"), "want a secret name (letters, digits and /_+=.@-) or an ARN, at most 2048 characters")
+			d.Add(v.Line, strictyaml.Field(path, "secret_id"), "want a secret name (letters, digits and /_+=.@-) or an ARN, at most 2048 characters")
 		}
 		ref.SecretID = s
 	}
-	if v := m.get("field"); v != nil {
-		ref.Field, _ = d.text(v, field(path, "field"))
+	if v := m.Get("field"); v != nil {
+		ref.Field, _ = d.text(v, strictyaml.Field(path, "field"))
 	}
-	if v := m.get("version_stage"); v != nil {
-		if s, ok := d.text(v, field(path, "version_stage")); ok {
+	if v := m.Get("version_stage"); v != nil {
+		if s, ok := d.text(v, strictyaml.Field(path, "version_stage")); ok {
 			if !awsStageRE.MatchString(s) {
-				d.add(v.Line, field(path, "version_stage"), "want a staging label such as AWSCURRENT or AWSPREVIOUS (no spaces, at most 256 characters)")
+				d.Add(v.Line, strictyaml.Field(path, "version_stage"), "want a staging label such as AWSCURRENT or AWSPREVIOUS (no spaces, at most 256 characters)")
 			}
 			ref.VersionStage = s
 		}
@@ -239,23 +240,23 @@ func (d *decoder) awsRef(n *yaml.Node, path string, line int) *secrets.AWSRef {
 }
 
 func (d *decoder) vaultRef(n *yaml.Node, path string, line int) *secrets.VaultRef {
-	m, ok := d.mapping(n, path, line, []string{"mount", "path", "field"})
+	m, ok := d.Mapping(n, path, line, []string{"mount", "path", "field"})
 	ref := &secrets.VaultRef{Mount: DefaultVaultMount}
 	if !ok {
 		return ref
 	}
-	if v := m.get("mount"); v != nil {
-		ref.Mount, _ = d.vaultPath(v, field(path, "mount"))
+	if v := m.Get("mount"); v != nil {
+		ref.Mount, _ = d.vaultPath(v, strictyaml.Field(path, "mount"))
 	}
-	if v := m.get("path"); v == nil {
-		d.add(m.line, field(path, "path"), "missing; name the KV v2 secret, e.g. path: castellan/ticketing")
+	if v := m.Get("path"); v == nil {
+		d.Add(m.Line, strictyaml.Field(path, "path"), "missing; name the KV v2 secret, e.g. path: castellan/ticketing")
 	} else {
-		ref.Path, _ = d.vaultPath(v, field(path, "path"))
+		ref.Path, _ = d.vaultPath(v, strictyaml.Field(path, "path"))
 	}
-	if v := m.get("field"); v == nil {
-		d.add(m.line, field(path, "field"), "missing; name the key inside the secret, e.g. field: api_key")
+	if v := m.Get("field"); v == nil {
+		d.Add(m.Line, strictyaml.Field(path, "field"), "missing; name the key inside the secret, e.g. field: api_key")
 	} else {
-		ref.Field, _ = d.text(v, field(path, "field"))
+		ref.Field, _ = d.text(v, strictyaml.Field(path, "field"))
 	}
 	return ref
 }
@@ -272,7 +273,7 @@ func (d *decoder) vaultPath(n *yaml.Node, path string) (string, bool) {
 	}
 	for _, seg := range strings.Split(s, "/") {
 		if !vaultSegRE.MatchString(seg) || seg == "." || seg == ".." {
-			d.add(n.Line, path, "Vault path %q: want segments of letters, digits, \".\", \"_\" or \"-\" separated by single \"/\", without leading or trailing \"/\" or \".\"/\"..\" segments", s)
+			d.Add(n.Line, path, "Vault path %q: want segments of letters, digits, \".\", \"_\" or \"-\" separated by single \"/\", without leading or trailing \"/\" or \".\"/\"..\" segments", s)
 			return "", false
 		}
 	}
@@ -287,7 +288,7 @@ func (d *decoder) httpURL(n *yaml.Node, path string, allowPath bool) (*url.URL, 
 		return nil, false
 	}
 	bad := func(format string, args ...any) (*url.URL, bool) {
-		d.add(n.Line, path, format, args...)
+		d.Add(n.Line, path, format, args...)
 		return nil, false
 	}
 	if strings.ContainsAny(s, " \t\\") {
@@ -332,12 +333,12 @@ func (d *decoder) httpURL(n *yaml.Node, path string, allowPath bool) (*url.URL, 
 
 func (d *decoder) endpoints(p *Policy, n *yaml.Node, line int) {
 	const path = "endpoints"
-	m, _ := d.mapping(n, path, line, nil)
-	for _, name := range m.keys {
-		epath := field(path, name)
-		eline := m.keyLine[name]
+	m, _ := d.Mapping(n, path, line, nil)
+	for _, name := range m.Keys {
+		epath := strictyaml.Field(path, name)
+		eline := m.KeyLine[name]
 		d.name("endpoint", name, eline, epath)
-		e, ok := d.mapping(m.vals[name], epath, eline, []string{"base_url", "allow", "auth", "timeout", "max_response_bytes", "max_request_bytes",
+		e, ok := d.Mapping(m.Vals[name], epath, eline, []string{"base_url", "allow", "auth", "timeout", "max_response_bytes", "max_request_bytes",
 			"ca_file", "client_cert", "client_key", "redact_address", "idempotency_key"})
 		ep := &egress.Endpoint{
 			Name:             name,
@@ -350,37 +351,37 @@ func (d *decoder) endpoints(p *Policy, n *yaml.Node, line int) {
 		if !ok {
 			continue
 		}
-		if v := e.get("base_url"); v == nil {
-			d.add(eline, field(epath, "base_url"), "missing; set the endpoint's base URL, e.g. https://crm.internal/")
+		if v := e.Get("base_url"); v == nil {
+			d.Add(eline, strictyaml.Field(epath, "base_url"), "missing; set the endpoint's base URL, e.g. https://crm.internal/")
 		} else {
-			ep.BaseURL, _ = d.httpURL(v, field(epath, "base_url"), true)
+			ep.BaseURL, _ = d.httpURL(v, strictyaml.Field(epath, "base_url"), true)
 		}
-		d.rules(ep, e.get("allow"), field(epath, "allow"), eline)
-		if v := e.get("auth"); v != nil {
-			ep.Auth = d.auth(p, v, field(epath, "auth"), e.keyLine["auth"])
+		d.rules(ep, e.Get("allow"), strictyaml.Field(epath, "allow"), eline)
+		if v := e.Get("auth"); v != nil {
+			ep.Auth = d.auth(p, v, strictyaml.Field(epath, "auth"), e.KeyLine["auth"])
 		}
-		if v := e.get("timeout"); v != nil {
-			if t, ok := d.duration(v, field(epath, "timeout"), MaxEndpointTimeout); ok {
+		if v := e.Get("timeout"); v != nil {
+			if t, ok := d.duration(v, strictyaml.Field(epath, "timeout"), MaxEndpointTimeout); ok {
 				ep.Timeout = t
 			}
 		}
-		if v := e.get("max_response_bytes"); v != nil {
-			if s, ok := d.size(v, field(epath, "max_response_bytes"), 1, MaxEndpointBytes); ok {
+		if v := e.Get("max_response_bytes"); v != nil {
+			if s, ok := d.size(v, strictyaml.Field(epath, "max_response_bytes"), 1, MaxEndpointBytes); ok {
 				ep.MaxResponseBytes = s
 			}
 		}
-		if v := e.get("max_request_bytes"); v != nil {
-			if s, ok := d.size(v, field(epath, "max_request_bytes"), 1, MaxEndpointBytes); ok {
+		if v := e.Get("max_request_bytes"); v != nil {
+			if s, ok := d.size(v, strictyaml.Field(epath, "max_request_bytes"), 1, MaxEndpointBytes); ok {
 				ep.MaxRequestBytes = s
 			}
 		}
-		if v := e.get("redact_address"); v != nil {
-			if b, ok := d.boolean(v, field(epath, "redact_address")); ok {
+		if v := e.Get("redact_address"); v != nil {
+			if b, ok := d.Bool(v, strictyaml.Field(epath, "redact_address")); ok {
 				ep.RedactAddress = b
 			}
 		}
-		if v := e.get("idempotency_key"); v != nil {
-			if b, ok := d.boolean(v, field(epath, "idempotency_key")); ok {
+		if v := e.Get("idempotency_key"); v != nil {
+			if b, ok := d.Bool(v, strictyaml.Field(epath, "idempotency_key")); ok {
 				ep.IdempotencyKey = b
 			}
 		}
@@ -391,26 +392,26 @@ func (d *decoder) endpoints(p *Policy, n *yaml.Node, line int) {
 // endpointTLS reads an endpoint's CA and client certificate files. They are read once, when
 // the policy is loaded, so that a missing or malformed file is a policy error at its line
 // rather than a failure of every call.
-func (d *decoder) endpointTLS(ep *egress.Endpoint, e *mapping, epath string) {
-	ca, cert, key := e.get("ca_file"), e.get("client_cert"), e.get("client_key")
+func (d *decoder) endpointTLS(ep *egress.Endpoint, e *strictyaml.Mapping, epath string) {
+	ca, cert, key := e.Get("ca_file"), e.Get("client_cert"), e.Get("client_key")
 	if ca == nil && cert == nil && key == nil {
 		return
 	}
 	if ep.BaseURL != nil && ep.BaseURL.Scheme != "https" {
 		for _, k := range []string{"ca_file", "client_cert", "client_key"} {
-			if e.get(k) != nil {
-				d.add(e.keyLine[k], field(epath, k), "only applies to an https base_url; remove it or use https")
+			if e.Get(k) != nil {
+				d.Add(e.KeyLine[k], strictyaml.Field(epath, k), "only applies to an https base_url; remove it or use https")
 			}
 		}
 		return
 	}
 	if ca != nil {
-		cpath := field(epath, "ca_file")
+		cpath := strictyaml.Field(epath, "ca_file")
 		if file, ok := d.path(ca, cpath); ok {
 			if data, ok := d.readFile(ca, cpath, file); ok {
 				pool := x509.NewCertPool()
 				if !pool.AppendCertsFromPEM(data) {
-					d.add(ca.Line, cpath, "%s holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")", file)
+					d.Add(ca.Line, cpath, "%s holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")", file)
 				} else {
 					ep.RootCAs = pool
 				}
@@ -421,13 +422,13 @@ func (d *decoder) endpointTLS(ep *egress.Endpoint, e *mapping, epath string) {
 	case cert == nil && key == nil:
 		return
 	case cert == nil:
-		d.add(e.keyLine["client_key"], field(epath, "client_key"), "needs client_cert as well (the certificate that goes with the key)")
+		d.Add(e.KeyLine["client_key"], strictyaml.Field(epath, "client_key"), "needs client_cert as well (the certificate that goes with the key)")
 		return
 	case key == nil:
-		d.add(e.keyLine["client_cert"], field(epath, "client_cert"), "needs client_key as well (the private key of the certificate)")
+		d.Add(e.KeyLine["client_cert"], strictyaml.Field(epath, "client_cert"), "needs client_key as well (the private key of the certificate)")
 		return
 	}
-	cpath, kpath := field(epath, "client_cert"), field(epath, "client_key")
+	cpath, kpath := strictyaml.Field(epath, "client_cert"), strictyaml.Field(epath, "client_key")
 	certFile, ok1 := d.path(cert, cpath)
 	keyFile, ok2 := d.path(key, kpath)
 	if !ok1 || !ok2 {
@@ -442,7 +443,7 @@ func (d *decoder) endpointTLS(ep *egress.Endpoint, e *mapping, epath string) {
 	if err != nil {
 		// crypto/tls's messages name what is wrong (no certificate, key mismatch), never the
 		// key's bytes.
-		d.add(cert.Line, cpath, "%s with %s is not a usable client certificate: %v", certFile, keyFile, err)
+		d.Add(cert.Line, cpath, "%s with %s is not a usable client certificate: %v", certFile, keyFile, err)
 		return
 	}
 	ep.ClientCertificate = &pair
@@ -461,7 +462,7 @@ func (d *decoder) readFile(n *yaml.Node, path, file string) ([]byte, bool) {
 		case !ok:
 			why = err.Error()
 		}
-		d.add(n.Line, path, "cannot read %s: %s", file, why)
+		d.Add(n.Line, path, "cannot read %s: %s", file, why)
 		return nil, false
 	}
 	return data, true
@@ -469,31 +470,31 @@ func (d *decoder) readFile(n *yaml.Node, path, file string) ([]byte, bool) {
 
 func (d *decoder) rules(ep *egress.Endpoint, n *yaml.Node, path string, line int) {
 	if n == nil {
-		d.add(line, path, "missing; an endpoint needs at least one rule such as \"GET /api/customers/*\"")
+		d.Add(line, path, "missing; an endpoint needs at least one rule such as \"GET /api/customers/*\"")
 		return
 	}
-	items, ok := d.list(n, path)
+	items, ok := d.List(n, path)
 	if !ok {
 		return
 	}
 	if len(items) == 0 {
-		d.add(n.Line, path, "empty; an endpoint needs at least one rule such as \"GET /api/customers/*\" (remove the endpoint if nothing may reach it)")
+		d.Add(n.Line, path, "empty; an endpoint needs at least one rule such as \"GET /api/customers/*\" (remove the endpoint if nothing may reach it)")
 		return
 	}
 	seen := map[string]int{}
 	for i, it := range items {
-		ipath := index(path, i)
+		ipath := strictyaml.Index(path, i)
 		s, ok := d.text(it, ipath)
 		if !ok {
 			continue
 		}
 		r, err := egress.ParseRule(s)
 		if err != nil {
-			d.add(it.Line, ipath, "%v", err)
+			d.Add(it.Line, ipath, "%v", err)
 			continue
 		}
 		if first, dup := seen[r.String()]; dup {
-			d.add(it.Line, ipath, "rule %q repeats allow[%d]; remove one", s, first)
+			d.Add(it.Line, ipath, "rule %q repeats allow[%d]; remove one", s, first)
 			continue
 		}
 		seen[r.String()] = i
@@ -513,48 +514,48 @@ var (
 
 func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Auth {
 	kinds := []string{"bearer", "header", "basic", "query"}
-	m, ok := d.mapping(n, path, line, kinds)
+	m, ok := d.Mapping(n, path, line, kinds)
 	if !ok {
 		return egress.Auth{}
 	}
-	if len(m.keys) != 1 {
+	if len(m.Keys) != 1 {
 		what := "nothing"
-		if len(m.keys) > 1 {
-			what = strings.Join(m.keys, " and ")
+		if len(m.Keys) > 1 {
+			what = strings.Join(m.Keys, " and ")
 		}
-		d.add(line, path, "has %s; set exactly one of bearer, header, basic or query (or remove auth)", what)
-		if len(m.keys) == 0 {
+		d.Add(line, path, "has %s; set exactly one of bearer, header, basic or query (or remove auth)", what)
+		if len(m.Keys) == 0 {
 			return egress.Auth{}
 		}
 	}
-	kind := m.keys[0]
-	kpath, v := field(path, kind), m.vals[kind]
+	kind := m.Keys[0]
+	kpath, v := strictyaml.Field(path, kind), m.Vals[kind]
 	switch kind {
 	case "bearer":
 		return egress.Auth{Kind: egress.AuthHeader, Credential: d.credRef(p, v, kpath),
 			Header: "Authorization", Format: "Bearer {secret}"}
 	case "header":
-		h, ok := d.mapping(v, kpath, m.keyLine[kind], []string{"name", "format", "credential"})
+		h, ok := d.Mapping(v, kpath, m.KeyLine[kind], []string{"name", "format", "credential"})
 		a := egress.Auth{Kind: egress.AuthHeader, Format: "{secret}"}
 		if !ok {
 			return a
 		}
-		if hn := h.get("name"); hn == nil {
-			d.add(h.line, field(kpath, "name"), "missing; name the header, e.g. X-API-Key")
-		} else if s, ok := d.text(hn, field(kpath, "name")); ok {
+		if hn := h.Get("name"); hn == nil {
+			d.Add(h.Line, strictyaml.Field(kpath, "name"), "missing; name the header, e.g. X-API-Key")
+		} else if s, ok := d.text(hn, strictyaml.Field(kpath, "name")); ok {
 			canon := http.CanonicalHeaderKey(s)
 			switch {
 			case !httpguts.ValidHeaderFieldName(s):
-				d.add(hn.Line, field(kpath, "name"), "header name %q is not a valid HTTP token", s)
+				d.Add(hn.Line, strictyaml.Field(kpath, "name"), "header name %q is not a valid HTTP token", s)
 			case forbiddenAuthHeaders[canon] || strings.HasPrefix(canon, "Proxy-"):
-				d.add(hn.Line, field(kpath, "name"), "header %q is hop-by-hop or controls message framing and cannot carry a credential; use e.g. Authorization or X-API-Key", canon)
+				d.Add(hn.Line, strictyaml.Field(kpath, "name"), "header %q is hop-by-hop or controls message framing and cannot carry a credential; use e.g. Authorization or X-API-Key", canon)
 			}
 			a.Header = canon
 		}
-		if f := h.get("format"); f != nil {
-			if s, ok := d.text(f, field(kpath, "format")); ok {
+		if f := h.Get("format"); f != nil {
+			if s, ok := d.text(f, strictyaml.Field(kpath, "format")); ok {
 				if c := strings.Count(s, "{secret}"); c != 1 {
-					d.add(f.Line, field(kpath, "format"), "must contain {secret} exactly once (found %d), e.g. \"Token {secret}\"", c)
+					d.Add(f.Line, strictyaml.Field(kpath, "format"), "must contain {secret} exactly once (found %d), e.g. \"Token {secret}\"", c)
 				}
 				a.Format = s
 			}
@@ -562,32 +563,32 @@ func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Au
 		a.Credential = d.requiredCredRef(p, h, kpath)
 		return a
 	case "basic":
-		b, ok := d.mapping(v, kpath, m.keyLine[kind], []string{"username", "credential"})
+		b, ok := d.Mapping(v, kpath, m.KeyLine[kind], []string{"username", "credential"})
 		a := egress.Auth{Kind: egress.AuthBasic}
 		if !ok {
 			return a
 		}
-		if u := b.get("username"); u == nil {
-			d.add(b.line, field(kpath, "username"), "missing; set the literal user name (the credential is the password)")
-		} else if s, ok := d.text(u, field(kpath, "username")); ok {
+		if u := b.Get("username"); u == nil {
+			d.Add(b.Line, strictyaml.Field(kpath, "username"), "missing; set the literal user name (the credential is the password)")
+		} else if s, ok := d.text(u, strictyaml.Field(kpath, "username")); ok {
 			if strings.Contains(s, ":") {
-				d.add(u.Line, field(kpath, "username"), "must not contain \":\" (basic auth separates user and password with it)")
+				d.Add(u.Line, strictyaml.Field(kpath, "username"), "must not contain \":\" (basic auth separates user and password with it)")
 			}
 			a.Username = s
 		}
 		a.Credential = d.requiredCredRef(p, b, kpath)
 		return a
 	default: // query
-		q, ok := d.mapping(v, kpath, m.keyLine[kind], []string{"param", "credential"})
+		q, ok := d.Mapping(v, kpath, m.KeyLine[kind], []string{"param", "credential"})
 		a := egress.Auth{Kind: egress.AuthQuery}
 		if !ok {
 			return a
 		}
-		if pn := q.get("param"); pn == nil {
-			d.add(q.line, field(kpath, "param"), "missing; name the query parameter, e.g. api_key")
-		} else if s, ok := d.text(pn, field(kpath, "param")); ok {
+		if pn := q.Get("param"); pn == nil {
+			d.Add(q.Line, strictyaml.Field(kpath, "param"), "missing; name the query parameter, e.g. api_key")
+		} else if s, ok := d.text(pn, strictyaml.Field(kpath, "param")); ok {
 			if !queryParamRE.MatchString(s) {
-				d.add(pn.Line, field(kpath, "param"), "query parameter %q: use letters, digits, \"_\", \".\", \"-\", \"~\" or brackets", s)
+				d.Add(pn.Line, strictyaml.Field(kpath, "param"), "query parameter %q: use letters, digits, \"_\", \".\", \"-\", \"~\" or brackets", s)
 			}
 			a.Param = s
 		}
@@ -596,13 +597,13 @@ func (d *decoder) auth(p *Policy, n *yaml.Node, path string, line int) egress.Au
 	}
 }
 
-func (d *decoder) requiredCredRef(p *Policy, m *mapping, path string) string {
-	v := m.get("credential")
+func (d *decoder) requiredCredRef(p *Policy, m *strictyaml.Mapping, path string) string {
+	v := m.Get("credential")
 	if v == nil {
-		d.add(m.line, field(path, "credential"), "missing; name a credential from the credentials section")
+		d.Add(m.Line, strictyaml.Field(path, "credential"), "missing; name a credential from the credentials section")
 		return ""
 	}
-	return d.credRef(p, v, field(path, "credential"))
+	return d.credRef(p, v, strictyaml.Field(path, "credential"))
 }
 
 // credRef checks that a credential name refers to a declared credential.
@@ -612,7 +613,7 @@ func (d *decoder) credRef(p *Policy, n *yaml.Node, path string) string {
 		return ""
 	}
 	if _, ok := p.Credentials[s]; !ok {
-		d.add(n.Line, path, "unknown credential %q; declare it under credentials%s", s, known(p.Credentials))
+		d.Add(n.Line, path, "unknown credential %q; declare it under credentials%s", s, known(p.Credentials))
 	}
 	return s
 }
@@ -631,12 +632,12 @@ func known[V any](m map[string]V) string {
 
 func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 	const path = "tasks"
-	m, _ := d.mapping(n, path, line, nil)
-	for _, name := range m.keys {
-		tpath := field(path, name)
-		tline := m.keyLine[name]
+	m, _ := d.Mapping(n, path, line, nil)
+	for _, name := range m.Keys {
+		tpath := strictyaml.Field(path, name)
+		tline := m.KeyLine[name]
 		d.name("task", name, tline, tpath)
-		t, ok := d.mapping(m.vals[name], tpath, tline, []string{"module", "sha256", "entry", "version", "title", "description", "input_schema", "output_schema", "annotations", "endpoints", "on_secret_in_output", "limits"})
+		t, ok := d.Mapping(m.Vals[name], tpath, tline, []string{"module", "sha256", "entry", "version", "title", "description", "input_schema", "output_schema", "annotations", "endpoints", "on_secret_in_output", "limits"})
 		task := &Task{
 			Name:             name,
 			Entry:            DefaultEntry,
@@ -648,74 +649,74 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 		if !ok {
 			continue
 		}
-		if v := t.get("module"); v == nil {
+		if v := t.Get("module"); v == nil {
 			// Without a module the task is a grant for the plugin of the same name. Keys that
 			// only a module's author can answer come from the plugin's manifest instead, so
 			// writing them here is refused rather than silently ignored.
 			var authorKeys []string
 			for _, k := range pluginManifestKeys {
-				if t.get(k) != nil {
+				if t.Get(k) != nil {
 					authorKeys = append(authorKeys, k)
 				}
 			}
 			if len(authorKeys) > 0 {
-				d.add(tline, field(tpath, "module"), "missing; set the path of the task's .wasm file, or remove %s to make this task a grant for the plugin named %q (its manifest supplies them; see docs/plugins.md)",
+				d.Add(tline, strictyaml.Field(tpath, "module"), "missing; set the path of the task's .wasm file, or remove %s to make this task a grant for the plugin named %q (its manifest supplies them; see docs/plugins.md)",
 					strings.Join(authorKeys, ", "), name)
 			}
 		} else {
-			task.Module, _ = d.path(v, field(tpath, "module"))
+			task.Module, _ = d.path(v, strictyaml.Field(tpath, "module"))
 		}
-		if v := t.get("sha256"); v != nil {
-			if s, ok := d.text(v, field(tpath, "sha256")); ok {
+		if v := t.Get("sha256"); v != nil {
+			if s, ok := d.text(v, strictyaml.Field(tpath, "sha256")); ok {
 				if !sha256RE.MatchString(s) {
-					d.add(v.Line, field(tpath, "sha256"), "must be 64 hexadecimal characters (the output of sha256sum), got %d characters", len(s))
+					d.Add(v.Line, strictyaml.Field(tpath, "sha256"), "must be 64 hexadecimal characters (the output of sha256sum), got %d characters", len(s))
 				}
 				task.SHA256 = strings.ToLower(s)
 			}
 		}
-		if v := t.get("entry"); v != nil {
-			if s, ok := d.text(v, field(tpath, "entry")); ok {
+		if v := t.Get("entry"); v != nil {
+			if s, ok := d.text(v, strictyaml.Field(tpath, "entry")); ok {
 				if len(s) > 256 {
-					d.add(v.Line, field(tpath, "entry"), "export name longer than 256 bytes")
+					d.Add(v.Line, strictyaml.Field(tpath, "entry"), "export name longer than 256 bytes")
 				}
 				task.Entry = s
 			}
 		}
-		if v := t.get("version"); v != nil {
-			if s, ok := d.text(v, field(tpath, "version")); ok {
+		if v := t.Get("version"); v != nil {
+			if s, ok := d.text(v, strictyaml.Field(tpath, "version")); ok {
 				if len(s) > 64 {
-					d.add(v.Line, field(tpath, "version"), "longer than 64 bytes")
+					d.Add(v.Line, strictyaml.Field(tpath, "version"), "longer than 64 bytes")
 				}
 				task.Version = s
 			}
 		}
-		if v := t.get("title"); v != nil {
-			task.Title, _ = d.title(v, field(tpath, "title"))
+		if v := t.Get("title"); v != nil {
+			task.Title, _ = d.title(v, strictyaml.Field(tpath, "title"))
 		}
-		if v := t.get("description"); v != nil {
-			task.Description, _ = d.str(v, field(tpath, "description"))
+		if v := t.Get("description"); v != nil {
+			task.Description, _ = d.Str(v, strictyaml.Field(tpath, "description"))
 		}
-		if v := t.get("annotations"); v != nil {
-			task.Annotations = d.annotations(v, field(tpath, "annotations"), t.keyLine["annotations"])
+		if v := t.Get("annotations"); v != nil {
+			task.Annotations = d.annotations(v, strictyaml.Field(tpath, "annotations"), t.KeyLine["annotations"])
 		}
-		if v := t.get("input_schema"); v != nil {
-			task.InputSchema, _ = d.path(v, field(tpath, "input_schema"))
+		if v := t.Get("input_schema"); v != nil {
+			task.InputSchema, _ = d.path(v, strictyaml.Field(tpath, "input_schema"))
 		}
-		if v := t.get("output_schema"); v != nil {
-			task.OutputSchema, _ = d.path(v, field(tpath, "output_schema"))
+		if v := t.Get("output_schema"); v != nil {
+			task.OutputSchema, _ = d.path(v, strictyaml.Field(tpath, "output_schema"))
 		}
-		if v := t.get("on_secret_in_output"); v != nil {
-			if s, ok := d.text(v, field(tpath, "on_secret_in_output")); ok {
+		if v := t.Get("on_secret_in_output"); v != nil {
+			if s, ok := d.text(v, strictyaml.Field(tpath, "on_secret_in_output")); ok {
 				if s != "fail" && s != "redact" {
-					d.add(v.Line, field(tpath, "on_secret_in_output"), "unknown value %q; use fail or redact", s)
+					d.Add(v.Line, strictyaml.Field(tpath, "on_secret_in_output"), "unknown value %q; use fail or redact", s)
 				}
 				task.OnSecretInOutput = s
 			}
 		}
-		if v := t.get("endpoints"); v != nil {
-			d.grants(p, task, v, field(tpath, "endpoints"))
+		if v := t.Get("endpoints"); v != nil {
+			d.grants(p, task, v, strictyaml.Field(tpath, "endpoints"))
 		}
-		task.Limits = d.limits(t.get("limits"), field(tpath, "limits"), t.keyLine["limits"])
+		task.Limits = d.limits(t.Get("limits"), strictyaml.Field(tpath, "limits"), t.KeyLine["limits"])
 	}
 }
 
@@ -726,13 +727,13 @@ func (d *decoder) title(n *yaml.Node, path string) (string, bool) {
 		return "", false
 	}
 	if len(s) > MaxTitle {
-		d.add(n.Line, path, "is %d bytes, at most %d", len(s), MaxTitle)
+		d.Add(n.Line, path, "is %d bytes, at most %d", len(s), MaxTitle)
 		return "", false
 	}
 	// A title is printed by terminals (audit, policy check) and agents' UIs: no line breaks
 	// or escape sequences.
 	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
-		d.add(n.Line, path, "must be a single line without control characters")
+		d.Add(n.Line, path, "must be a single line without control characters")
 		return "", false
 	}
 	return s, true
@@ -740,7 +741,7 @@ func (d *decoder) title(n *yaml.Node, path string) (string, bool) {
 
 // annotations decodes a task's annotations mapping; every key is optional.
 func (d *decoder) annotations(n *yaml.Node, path string, line int) *Annotations {
-	m, ok := d.mapping(n, path, line, []string{"read_only", "destructive", "idempotent"})
+	m, ok := d.Mapping(n, path, line, []string{"read_only", "destructive", "idempotent"})
 	if !ok {
 		return nil
 	}
@@ -749,14 +750,14 @@ func (d *decoder) annotations(n *yaml.Node, path string, line int) *Annotations 
 		key string
 		dst **bool
 	}{{"read_only", &a.ReadOnly}, {"destructive", &a.Destructive}, {"idempotent", &a.Idempotent}} {
-		if v := m.get(k.key); v != nil {
-			if b, ok := d.boolean(v, field(path, k.key)); ok {
+		if v := m.Get(k.key); v != nil {
+			if b, ok := d.Bool(v, strictyaml.Field(path, k.key)); ok {
 				*k.dst = &b
 			}
 		}
 	}
 	if a.ReadOnly != nil && *a.ReadOnly && a.Destructive != nil && *a.Destructive {
-		d.add(m.keyLine["destructive"], field(path, "destructive"), "a read_only task cannot be destructive; set one of them to false")
+		d.Add(m.KeyLine["destructive"], strictyaml.Field(path, "destructive"), "a read_only task cannot be destructive; set one of them to false")
 	}
 	if a.ReadOnly == nil && a.Destructive == nil && a.Idempotent == nil {
 		return nil
@@ -767,23 +768,23 @@ func (d *decoder) annotations(n *yaml.Node, path string, line int) *Annotations 
 var sha256RE = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 
 func (d *decoder) grants(p *Policy, task *Task, n *yaml.Node, path string) {
-	items, ok := d.list(n, path)
+	items, ok := d.List(n, path)
 	if !ok {
 		return
 	}
 	seen := map[string]int{}
 	for i, it := range items {
-		ipath := index(path, i)
+		ipath := strictyaml.Index(path, i)
 		s, ok := d.text(it, ipath)
 		if !ok {
 			continue
 		}
 		if _, ok := p.Endpoints[s]; !ok {
-			d.add(it.Line, ipath, "unknown endpoint %q; declare it under endpoints%s", s, known(p.Endpoints))
+			d.Add(it.Line, ipath, "unknown endpoint %q; declare it under endpoints%s", s, known(p.Endpoints))
 			continue
 		}
 		if first, dup := seen[s]; dup {
-			d.add(it.Line, ipath, "endpoint %q is already granted at endpoints[%d]; remove one", s, first)
+			d.Add(it.Line, ipath, "endpoint %q is already granted at endpoints[%d]; remove one", s, first)
 			continue
 		}
 		seen[s] = i
@@ -799,29 +800,29 @@ func (d *decoder) limits(n *yaml.Node, path string, line int) Limits {
 		HTTPCalls:   DefaultHTTPCalls,
 		LogBytes:    DefaultLogBytes,
 	}
-	m, _ := d.mapping(n, path, line, []string{"memory", "timeout", "output_bytes", "http_calls", "log_bytes"})
-	if v := m.get("memory"); v != nil {
-		if s, ok := d.size(v, field(path, "memory"), MinMemory, MaxMemory); ok {
+	m, _ := d.Mapping(n, path, line, []string{"memory", "timeout", "output_bytes", "http_calls", "log_bytes"})
+	if v := m.Get("memory"); v != nil {
+		if s, ok := d.size(v, strictyaml.Field(path, "memory"), MinMemory, MaxMemory); ok {
 			l.MemoryPages = uint32((s + WasmPageSize - 1) / WasmPageSize)
 		}
 	}
-	if v := m.get("timeout"); v != nil {
-		if t, ok := d.duration(v, field(path, "timeout"), MaxTimeout); ok {
+	if v := m.Get("timeout"); v != nil {
+		if t, ok := d.duration(v, strictyaml.Field(path, "timeout"), MaxTimeout); ok {
 			l.Timeout = t
 		}
 	}
-	if v := m.get("output_bytes"); v != nil {
-		if s, ok := d.size(v, field(path, "output_bytes"), 0, MaxOutput); ok {
+	if v := m.Get("output_bytes"); v != nil {
+		if s, ok := d.size(v, strictyaml.Field(path, "output_bytes"), 0, MaxOutput); ok {
 			l.OutputBytes = s
 		}
 	}
-	if v := m.get("http_calls"); v != nil {
-		if c, ok := d.integer(v, field(path, "http_calls"), 0, MaxHTTPCalls); ok {
+	if v := m.Get("http_calls"); v != nil {
+		if c, ok := d.Int(v, strictyaml.Field(path, "http_calls"), 0, MaxHTTPCalls); ok {
 			l.HTTPCalls = int(c)
 		}
 	}
-	if v := m.get("log_bytes"); v != nil {
-		if s, ok := d.size(v, field(path, "log_bytes"), 0, MaxLogBytes); ok {
+	if v := m.Get("log_bytes"); v != nil {
+		if s, ok := d.size(v, strictyaml.Field(path, "log_bytes"), 0, MaxLogBytes); ok {
 			l.LogBytes = s
 		}
 	}

@@ -1,6 +1,10 @@
 package policy
 
-import "go.yaml.in/yaml/v3"
+import (
+	"go.yaml.in/yaml/v3"
+
+	"github.com/castellan-dev/castellan/internal/strictyaml"
+)
 
 // Plugins is the policy's plugins section: how the worker treats modules that arrive in a
 // plugins directory (docs/plugins.md) rather than through a task's module path.
@@ -30,27 +34,27 @@ func (t *Task) IsPluginGrant() bool { return t.Module == "" }
 func (d *decoder) plugins(n *yaml.Node, line int) Plugins {
 	const path = "plugins"
 	pl := Plugins{RequireSigned: true}
-	m, ok := d.mapping(n, path, line, []string{"require_signed", "strict", "trusted_publishers"})
+	m, ok := d.Mapping(n, path, line, []string{"require_signed", "strict", "trusted_publishers"})
 	if !ok {
 		return pl
 	}
-	if v := m.get("require_signed"); v != nil {
-		pl.RequireSigned, _ = d.boolean(v, field(path, "require_signed"))
+	if v := m.Get("require_signed"); v != nil {
+		pl.RequireSigned, _ = d.Bool(v, strictyaml.Field(path, "require_signed"))
 	}
-	if v := m.get("strict"); v != nil {
-		pl.Strict, _ = d.boolean(v, field(path, "strict"))
+	if v := m.Get("strict"); v != nil {
+		pl.Strict, _ = d.Bool(v, strictyaml.Field(path, "strict"))
 	}
-	if v := m.get("trusted_publishers"); v != nil {
-		items, _ := d.list(v, field(path, "trusted_publishers"))
+	if v := m.Get("trusted_publishers"); v != nil {
+		items, _ := d.List(v, strictyaml.Field(path, "trusted_publishers"))
 		seen := map[string]int{}
 		for i, it := range items {
-			ipath := index(field(path, "trusted_publishers"), i)
+			ipath := strictyaml.Index(strictyaml.Field(path, "trusted_publishers"), i)
 			s, ok := d.path(it, ipath)
 			if !ok {
 				continue
 			}
 			if first, dup := seen[s]; dup {
-				d.add(it.Line, ipath, "key file repeats trusted_publishers[%d]; remove one", first)
+				d.Add(it.Line, ipath, "key file repeats trusted_publishers[%d]; remove one", first)
 				continue
 			}
 			seen[s] = i
@@ -58,16 +62,4 @@ func (d *decoder) plugins(n *yaml.Node, line int) Plugins {
 		}
 	}
 	return pl
-}
-
-func (d *decoder) boolean(n *yaml.Node, path string) (bool, bool) {
-	if d.alias(n, path) {
-		return false, false
-	}
-	var b bool
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
-		d.add(n.Line, path, "must be true or false, not %s", describe(n))
-		return false, false
-	}
-	return b, true
 }

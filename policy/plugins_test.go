@@ -46,3 +46,18 @@ func TestParsePlugins(t *testing.T) {
 		})
 	}
 }
+
+// TestManifestNamesItsKind: the file-wide rules (one document, no aliases) name the file as
+// what it is; a plugin author was told "a policy file holds exactly one".
+func TestManifestNamesItsKind(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ src, want string }{
+		{"name: p\n---\nname: q\n", "plugin.yaml:2: a second YAML document starts here; a plugin manifest holds exactly one"},
+		{"name: &n p\ntitle: *n\n", "plugin.yaml:2: title: YAML aliases (*n) are not supported in a plugin manifest"},
+	} {
+		_, err := ParseManifest("plugin.yaml", []byte(tt.src), nil)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseManifest(%q) = %v, want a problem %q", tt.src, err, tt.want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/internal/strictyaml"
 	"github.com/castellan-dev/castellan/secrets"
 )
 
@@ -164,9 +165,9 @@ func Parse(name string, data []byte, baseDir string) (*Policy, error) {
 	if name == "" {
 		name = "policy"
 	}
-	d := &decoder{file: name, baseDir: baseDir}
+	d := &decoder{Decoder: strictyaml.Decoder{File: name, Kind: "policy file"}, baseDir: baseDir}
 	p := d.policy(data)
-	if err := d.err(); err != nil {
+	if err := d.Err(); err != nil {
 		return nil, err
 	}
 	p.Path = name

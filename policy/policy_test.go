@@ -406,8 +406,10 @@ func TestParseErrors(t *testing.T) {
 		{"alias", "version: 1\nendpoints:\n  crm:\n    base_url: &u https://crm.internal/\n    allow: [\"GET /a\"]\n" +
 			"  erp:\n    base_url: *u #!\n    allow: [\"GET /a\"]\n",
 			"endpoints.erp.base_url", "YAML aliases (*u) are not supported"},
-		{"mapping where a string belongs", ep + "    timeout: {s: 1} #!\n",
-			"endpoints.crm.timeout", "must be a string, not a mapping"},
+		{"mapping where a duration belongs", ep + "    timeout: {s: 1} #!\n",
+			"endpoints.crm.timeout", "must be a duration such as 10s, not a mapping"},
+		{"mapping where a string belongs", "version: 1\ntasks:\n  t:\n    module: {s: 1} #!\n    sha256: " + strings.Repeat("a", 64) + "\n",
+			"tasks.t.module", "must be a string, not a mapping"},
 		{"endpoint not a mapping", "version: 1\nendpoints:\n  crm: https://crm.internal/ #!\ntasks:\n  t: {module: t.wasm, endpoints: [crm]}\n",
 			"endpoints.crm", "must be a mapping"},
 		{"credential not a mapping", "version: 1\ncredentials:\n  tok: CRM_TOKEN #!\n",

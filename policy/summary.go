@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/castellan-dev/castellan/egress"
+	"github.com/castellan-dev/castellan/internal/strictyaml"
 )
 
 // WriteSummary writes a human summary of the policy, the output of `castellan policy check`:
@@ -55,7 +56,7 @@ func (p *Policy) WriteSummary(w io.Writer) error {
 		}
 		l := t.Limits
 		fmt.Fprintf(&b, "  limits: memory %s (%d pages), timeout %s, output %s, http calls %d, log %s\n",
-			formatSize(int64(l.MemoryPages)*WasmPageSize), l.MemoryPages, formatDuration(l.Timeout),
+			formatSize(int64(l.MemoryPages)*WasmPageSize), l.MemoryPages, strictyaml.FormatDuration(l.Timeout),
 			formatSize(l.OutputBytes), l.HTTPCalls, formatSize(l.LogBytes))
 		fmt.Fprintf(&b, "  secret in output: %s\n", t.OnSecretInOutput)
 		if len(t.Endpoints) == 0 {
@@ -86,7 +87,7 @@ func (p *Policy) writeEndpoint(b *strings.Builder, e *egress.Endpoint) {
 		b.WriteString("    credential: none\n")
 	}
 	fmt.Fprintf(b, "    timeout %s, max response %s, max request %s\n",
-		formatDuration(e.Timeout), formatSize(e.MaxResponseBytes), formatSize(e.MaxRequestBytes))
+		strictyaml.FormatDuration(e.Timeout), formatSize(e.MaxResponseBytes), formatSize(e.MaxRequestBytes))
 }
 
 func injection(a egress.Auth) string {
