@@ -20,11 +20,12 @@ type Endpoint struct {
 	Rules []Rule
 	// Auth says how the credential is injected. The zero value injects nothing.
 	Auth Auth
-	// Timeout bounds one call (connect to end of body). Optional, default DefaultTimeout.
+	// Timeout bounds one call (connect to end of body). Optional; default DefaultTimeout;
+	// negative is refused by New, as for every number here (docs/embedding.md).
 	Timeout time.Duration
-	// MaxResponseBytes bounds the response body. Optional, default DefaultMaxResponseBytes.
+	// MaxResponseBytes bounds the response body. Optional; default DefaultMaxResponseBytes.
 	MaxResponseBytes int64
-	// MaxRequestBytes bounds the request body. Optional, default DefaultMaxRequestBytes.
+	// MaxRequestBytes bounds the request body. Optional; default DefaultMaxRequestBytes.
 	MaxRequestBytes int64
 	// RootCAs verifies an https endpoint's certificate. Optional; default the host's roots.
 	RootCAs *x509.CertPool

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/castellan-dev/castellan/internal/options"
 	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/redact"
 )
@@ -33,11 +34,17 @@ type Redactor interface {
 
 // ErrResponseTooLarge is returned by Response.Body.Read once the upstream has sent more than
 // the endpoint's MaxResponseBytes.
-var ErrResponseTooLarge = errors.New("egress: response body is larger than the endpoint's max_response_bytes")
+const ErrResponseTooLarge = sentinel("egress: response body is larger than the endpoint's max_response_bytes")
 
 // ErrEndpointTimeout is the Err of an *UpstreamError when the endpoint's own Timeout ran out
 // (as opposed to the job's deadline, which is an *outcome.Error with code Timeout).
-var ErrEndpointTimeout = errors.New("no complete response within the endpoint's timeout")
+const ErrEndpointTimeout = sentinel("no complete response within the endpoint's timeout")
+
+// sentinel makes the package's sentinel errors constants, so that no importer can replace
+// one (a var would let any package reassign it for every other).
+type sentinel string
+
+func (e sentinel) Error() string { return string(e) }
 
 // MaxRedirects is how many same-origin redirects one call may follow.
 const MaxRedirects = 5
@@ -176,8 +183,9 @@ func prepare(e *Endpoint) (*endpoint, error) {
 		return nil, fail("BaseURL must not contain a query; use Auth.Param for a query credential")
 	case u.Fragment != "" || u.RawFragment != "":
 		return nil, fail("BaseURL must not contain a fragment")
-	case e.Timeout < 0 || e.MaxResponseBytes < 0 || e.MaxRequestBytes < 0:
-		return nil, fail("Timeout, MaxResponseBytes and MaxRequestBytes must not be negative")
+	}
+	if err := options.CheckNotNegative(*e); err != nil {
+		return nil, fail("%v", err)
 	}
 	ep := &endpoint{
 		name:     e.Name,

@@ -370,7 +370,7 @@ func (a *auditor) compile(ctx context.Context, tr *TaskReport, g *policy.Task, w
 	for _, e := range g.Endpoints {
 		tr.Endpoints = append(tr.Endpoints, a.endpoint(a.pol.Endpoints[e]))
 	}
-	m, err := a.engine.Load(ctx, runtime.ModuleConfig{Name: g.Name, Wasm: wasm, SHA256: g.SHA256, Entry: g.Entry, PoolSize: -1,
+	m, err := a.engine.Load(ctx, runtime.ModuleConfig{Name: g.Name, Wasm: wasm, SHA256: g.SHA256, Entry: g.Entry, NoPool: true,
 		Limits: runtime.Limits{MemoryPages: lim.MemoryPages, Timeout: lim.Timeout}})
 	if err != nil {
 		return err

@@ -42,7 +42,7 @@ func TestCheckImports(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m, err := engine.Load(t.Context(), runtime.ModuleConfig{Name: "t", Wasm: wasm, Entry: tt.entry, PoolSize: -1})
+			m, err := engine.Load(t.Context(), runtime.ModuleConfig{Name: "t", Wasm: wasm, Entry: tt.entry, NoPool: true})
 			if err != nil {
 				t.Fatalf("Load(%s) error = %v", tt.module, err)
 			}

@@ -3,6 +3,7 @@ package plugins
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,10 +35,14 @@ type Watcher struct {
 	rescan  bool
 }
 
-// NewWatcher watches root (and each plugin directory in it). debounce ≤ 0 means
-// DefaultDebounce. Call Run to start delivering changes, and Close when done.
+// NewWatcher watches root (and each plugin directory in it). debounce is optional: 0 means
+// DefaultDebounce, and a negative one is refused (docs/embedding.md). Call Run to start
+// delivering changes, and Close when done.
 func NewWatcher(root string, debounce time.Duration, log *zap.Logger) (*Watcher, error) {
-	if debounce <= 0 {
+	switch {
+	case debounce < 0:
+		return nil, fmt.Errorf("plugins: NewWatcher debounce is %s; it must not be negative (0 takes the default)", debounce)
+	case debounce == 0:
 		debounce = DefaultDebounce
 	}
 	if log == nil {

@@ -20,7 +20,7 @@ import (
 
 func benchJobs(b *testing.B, wasm []byte, pool int) {
 	e := newEngine(b)
-	m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: wasm, PoolSize: pool})
+	m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: wasm, PoolSize: max(pool, 0), NoPool: pool < 0})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/hostfuncs"
+	"github.com/castellan-dev/castellan/internal/options"
 	"github.com/castellan-dev/castellan/outcome"
 )
 
@@ -29,6 +30,10 @@ type Config struct {
 	// documented on LoadLimits.
 	Load LoadLimits
 }
+
+// DefaultPoolSize is how many pre-initialised instances a reactor keeps ready unless
+// ModuleConfig says otherwise.
+const DefaultPoolSize = 2
 
 // compilationWorkers is how many goroutines compile one module. More than one makes wazero
 // watch the compile deadline; two keeps one load from taking every core of a small machine.
@@ -57,6 +62,9 @@ type Engine struct {
 
 // NewEngine returns an Engine. Close it to release every module and the cache.
 func NewEngine(cfg Config) (*Engine, error) {
+	if err := options.CheckNotNegative(cfg); err != nil {
+		return nil, err
+	}
 	ll, err := cfg.Load.withDefaults()
 	if err != nil {
 		return nil, err
@@ -164,14 +172,30 @@ func (e *Engine) compile(ctx context.Context, name string, rt wazero.Runtime, wa
 	}
 }
 
-// Limits bound one job. Zero values take the defaults below; a negative OutputBytes,
-// HTTPCalls or LogBytes means none at all.
+// Limits bound one job. Every field is optional: zero takes the default named on it, and a
+// negative value makes Load fail with an error naming the field. Where a limit can allow
+// nothing at all, that is a separate No… field, never a magic number (docs/embedding.md).
 type Limits struct {
-	MemoryPages uint32        // 64 KiB pages; default 1024 (64 MiB)
-	Timeout     time.Duration // wall clock for the whole job; default 30s
-	OutputBytes int64         // default 1 MiB
-	HTTPCalls   int           // default 100; a negative value means none
-	LogBytes    int64         // task log lines plus captured stdout/stderr; default 64 KiB
+	// MemoryPages bounds the job's linear memory, in 64 KiB pages. Optional; default
+	// DefaultMemoryPages (64 MiB); at most MaxMemoryPages.
+	MemoryPages uint32
+	// Timeout bounds the wall clock of the whole job. Optional; default DefaultTimeout.
+	Timeout time.Duration
+	// OutputBytes bounds the job's output. Optional; default DefaultOutputBytes.
+	OutputBytes int64
+	// NoOutput allows no output at all (OutputBytes must then be 0). Optional; default off.
+	NoOutput bool
+	// HTTPCalls bounds the job's http_request calls. Optional; default DefaultHTTPCalls.
+	HTTPCalls int
+	// NoHTTPCalls allows no http_request call at all (HTTPCalls must then be 0). Optional;
+	// default off.
+	NoHTTPCalls bool
+	// LogBytes bounds the task's log lines plus its captured stdout and stderr. Optional;
+	// default DefaultLogBytes.
+	LogBytes int64
+	// NoLogs keeps no log line and no stdout or stderr at all (LogBytes must then be 0).
+	// Optional; default off.
+	NoLogs bool
 }
 
 const (
@@ -184,32 +208,42 @@ const (
 	MaxMemoryPages = 16384
 )
 
-func (l Limits) withDefaults() Limits {
+// withDefaults returns the effective limits: every field as it applies, the No… fields kept
+// (with their limit at 0), so that Module.Limits given back to Load means the same.
+func (l Limits) withDefaults() (Limits, error) {
+	if err := options.CheckNotNegative(l); err != nil {
+		return l, err
+	}
 	if l.MemoryPages == 0 {
 		l.MemoryPages = DefaultMemoryPages
 	}
-	if l.Timeout <= 0 {
+	if l.Timeout == 0 {
 		l.Timeout = DefaultTimeout
 	}
-	switch {
-	case l.OutputBytes == 0:
-		l.OutputBytes = DefaultOutputBytes
-	case l.OutputBytes < 0:
-		l.OutputBytes = 0
+	var err error
+	l.OutputBytes, err = limitOrNone(l.OutputBytes, l.NoOutput, DefaultOutputBytes, "OutputBytes", "NoOutput")
+	if err != nil {
+		return l, err
 	}
-	switch {
-	case l.HTTPCalls == 0:
-		l.HTTPCalls = DefaultHTTPCalls
-	case l.HTTPCalls < 0:
-		l.HTTPCalls = 0
+	l.HTTPCalls, err = limitOrNone(l.HTTPCalls, l.NoHTTPCalls, DefaultHTTPCalls, "HTTPCalls", "NoHTTPCalls")
+	if err != nil {
+		return l, err
 	}
+	l.LogBytes, err = limitOrNone(l.LogBytes, l.NoLogs, DefaultLogBytes, "LogBytes", "NoLogs")
+	return l, err
+}
+
+// limitOrNone applies a limit's default, or its No… field.
+func limitOrNone[T int | int64](v T, none bool, def T, field, noField string) (T, error) {
 	switch {
-	case l.LogBytes == 0:
-		l.LogBytes = DefaultLogBytes
-	case l.LogBytes < 0:
-		l.LogBytes = 0
+	case none && v != 0:
+		return v, fmt.Errorf("runtime.Limits.%s is %d and %s is set; set one of them", field, v, noField)
+	case none:
+		return 0, nil
+	case v == 0:
+		return def, nil
 	}
-	return l
+	return v, nil
 }
 
 // ModuleConfig describes a task module to load.
@@ -225,8 +259,11 @@ type ModuleConfig struct {
 	// Limits bound each job.
 	Limits Limits
 	// PoolSize is how many pre-initialised instances a reactor keeps ready. Optional;
-	// default 2; negative disables the pool (every job instantiates on its own path).
+	// default DefaultPoolSize; negative is refused.
 	PoolSize int
+	// NoPool keeps no instance ready: every job instantiates on its own path (for a module
+	// that runs once). PoolSize must then be 0. Optional; default off.
+	NoPool bool
 	// HTTP performs the task's scoped requests. Optional; nil means the task has no endpoint.
 	HTTP hostfuncs.HTTPDoer
 	// Guard holds every credential value the worker knows, for the output guard and log
@@ -258,15 +295,24 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	if cfg.SHA256 != "" && cfg.SHA256 != digest {
 		return nil, outcome.New(outcome.ModuleRejected, "task %q: module sha256 is %s, policy pins %s", cfg.Name, digest, cfg.SHA256)
 	}
-	lim := cfg.Limits.withDefaults()
+	if err := options.CheckNotNegative(cfg); err != nil {
+		return nil, fmt.Errorf("task %q: %w", cfg.Name, err)
+	}
+	lim, err := cfg.Limits.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("task %q: %w", cfg.Name, err)
+	}
 	if lim.MemoryPages > MaxMemoryPages {
 		return nil, outcome.New(outcome.ModuleRejected, "task %q: memory limit of %d pages exceeds the maximum of %d", cfg.Name, lim.MemoryPages, MaxMemoryPages)
 	}
 	if cfg.Entry == "" {
 		cfg.Entry = "run"
 	}
-	if cfg.PoolSize == 0 {
-		cfg.PoolSize = 2
+	switch {
+	case cfg.NoPool && cfg.PoolSize != 0:
+		return nil, fmt.Errorf("task %q: runtime.ModuleConfig.PoolSize is %d and NoPool is set; set one of them", cfg.Name, cfg.PoolSize)
+	case cfg.PoolSize == 0 && !cfg.NoPool:
+		cfg.PoolSize = DefaultPoolSize
 	}
 	ins := inspect(cfg.Wasm, e.load)
 	switch {

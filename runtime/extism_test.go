@@ -138,7 +138,7 @@ func TestExtismHostileModules(t *testing.T) {
 		{"memory bomb", "m", runtime.Limits{MemoryPages: 64}, outcome.MemoryLimit},
 		{"kernel memory bomb", "k", runtime.Limits{MemoryPages: 64}, outcome.MemoryLimit},
 		{"huge output", "o", runtime.Limits{OutputBytes: 1 << 20}, outcome.OutputTooLarge},
-		{"call budget", `h{"endpoint":"crm","method":"GET","path":"/api/customers/42"}`, runtime.Limits{HTTPCalls: -1}, outcome.CallBudgetExceeded},
+		{"call budget", `h{"endpoint":"crm","method":"GET","path":"/api/customers/42"}`, runtime.Limits{NoHTTPCalls: true}, outcome.CallBudgetExceeded},
 		{"slow upstream", `h{"endpoint":"crm","method":"GET","path":"/api/customers/slow"}`, runtime.Limits{Timeout: 300 * time.Millisecond}, outcome.Timeout},
 	}
 	for _, tc := range tests {

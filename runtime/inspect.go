@@ -9,10 +9,13 @@ import (
 	"github.com/tetratelabs/wabin/binary"
 	"github.com/tetratelabs/wabin/leb128"
 	"github.com/tetratelabs/wabin/wasm"
+
+	"github.com/castellan-dev/castellan/internal/options"
 )
 
-// LoadLimits bound what loading a module may cost the host, before any of it runs. A zero
-// field takes its default; a negative one is refused by NewEngine.
+// LoadLimits bound what loading a module may cost the host, before any of it runs. Every
+// field is optional: zero takes the default named on it, and a negative value makes
+// NewEngine fail with an error naming the field.
 //
 // Compiling a crafted module takes time and memory that grow faster than its size (deeply
 // nested blocks, a br_table with hundreds of thousands of targets, a function declaring
@@ -21,21 +24,24 @@ import (
 // with wazero v1.12.0: 10,000 nested blocks compile in 0.4 s, 40,000 in 6 s; a br_table of
 // 100,000 targets in 7 s; a function of 50 million locals allocates 1.7 GB.
 type LoadLimits struct {
-	// ModuleBytes bounds the module binary. Default 64 MiB.
+	// ModuleBytes bounds the module binary. Optional; default DefaultModuleBytes (64 MiB).
 	ModuleBytes int64
-	// Functions bounds the functions a module defines. Default 100,000.
+	// Functions bounds the functions a module defines. Optional; default DefaultFunctions
+	// (100,000).
 	Functions int
-	// FunctionBodyBytes bounds the code of one function. Default 96 KiB: the largest function
+	// FunctionBodyBytes bounds the code of one function. Optional; default
+	// DefaultFunctionBodyBytes (96 KiB): the largest function
 	// of the Go, Rust, C and Haskell modules we measured has 80 KB; 40,000 nested blocks take
 	// 120 KB.
 	FunctionBodyBytes int
-	// FunctionLocals bounds the locals one function declares. Default 50,000.
+	// FunctionLocals bounds the locals one function declares. Optional; default
+	// DefaultFunctionLocals (50,000).
 	FunctionLocals int
 	// TableElements bounds the elements of all a module's tables together, at their declared
-	// maximum. Default 1,048,576. Each element also counts TableElementBytes against every
+	// maximum. Optional; default DefaultTableElements (1,048,576). Each element also counts TableElementBytes against every
 	// job's memory limit (see Limits.MemoryPages).
 	TableElements int64
-	// CompileTimeout bounds compiling one module. Default 1m: generous, because the limits
+	// CompileTimeout bounds compiling one module. Optional; default DefaultCompileTimeout (1m): generous, because the limits
 	// above keep the crafted cases out, and an ordinary 3 MB Go module compiles in under a
 	// second (the default is ten times longer in a binary built with the race detector, which
 	// slows the compiler down that much). wazero stops compiling at the deadline between two
@@ -58,9 +64,8 @@ const (
 )
 
 func (l LoadLimits) withDefaults() (LoadLimits, error) {
-	if l.ModuleBytes < 0 || l.Functions < 0 || l.FunctionBodyBytes < 0 || l.FunctionLocals < 0 ||
-		l.TableElements < 0 || l.CompileTimeout < 0 {
-		return l, fmt.Errorf("load limits must not be negative: %+v", l)
+	if err := options.CheckNotNegative(l); err != nil {
+		return l, err
 	}
 	if l.ModuleBytes == 0 {
 		l.ModuleBytes = DefaultModuleBytes

@@ -53,7 +53,7 @@ func TestLogBudgetCountsEveryLine(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: tt.fixture, Wasm: fixture(t, tt.fixture), PoolSize: tt.pool,
+			m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: tt.fixture, Wasm: fixture(t, tt.fixture), PoolSize: max(tt.pool, 0), NoPool: tt.pool < 0,
 				Limits: runtime.Limits{LogBytes: budget}})
 			if err != nil {
 				t.Fatal(err)

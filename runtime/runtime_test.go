@@ -242,7 +242,7 @@ func TestRecycledMemoryIsZeroed(t *testing.T) {
 	t.Parallel()
 	for _, pool := range []int{-1, 2} { // on-demand instances, and the pre-initialised pool
 		e := newEngine(t)
-		m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: "residue", Wasm: fixture(t, "residue"), PoolSize: pool,
+		m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: "residue", Wasm: fixture(t, "residue"), PoolSize: max(pool, 0), NoPool: pool < 0,
 			Limits: runtime.Limits{Timeout: 100 * time.Millisecond}})
 		if err != nil {
 			t.Fatal(err)

@@ -45,7 +45,7 @@ func TestBlockingWASIEndsAtDeadline(t *testing.T) {
 		t.Run(tt.fixture, func(t *testing.T) {
 			t.Parallel()
 			e := newEngine(t)
-			m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: tt.fixture, Wasm: fixture(t, tt.fixture), PoolSize: tt.pool,
+			m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: tt.fixture, Wasm: fixture(t, tt.fixture), PoolSize: max(tt.pool, 0), NoPool: tt.pool < 0,
 				Limits: runtime.Limits{Timeout: 200 * time.Millisecond}})
 			if err != nil {
 				t.Fatal(err)
@@ -56,7 +56,7 @@ func TestBlockingWASIEndsAtDeadline(t *testing.T) {
 			}
 
 			// Cancellation ends the wait as well, long before the job's own deadline.
-			m2, err := e.Load(t.Context(), runtime.ModuleConfig{Name: tt.fixture, Wasm: fixture(t, tt.fixture), PoolSize: -1,
+			m2, err := e.Load(t.Context(), runtime.ModuleConfig{Name: tt.fixture, Wasm: fixture(t, tt.fixture), NoPool: true,
 				Limits: runtime.Limits{Timeout: time.Hour}})
 			if err != nil {
 				t.Fatal(err)

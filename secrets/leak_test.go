@@ -70,7 +70,7 @@ tasks:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = engine.Close(context.Background()) })
-	set, err := tasks.Load(t.Context(), tasks.Options{Policy: pol, Engine: engine, Secrets: store, Redactor: red, PoolSize: -1})
+	set, err := tasks.Load(t.Context(), tasks.Options{Policy: pol, Engine: engine, Secrets: store, Redactor: red, NoPool: true})
 	if err != nil {
 		t.Fatalf("tasks.Load() error = %v", err)
 	}

@@ -118,7 +118,7 @@ func Run(ctx context.Context, cfg RunConfig, stdout, stderr io.Writer) error {
 
 	set, err := tasks.Load(ctx, tasks.Options{
 		Policy: pol, Engine: engine, Secrets: store, Redactor: red, Log: log,
-		Only: []string{cfg.Task}, PoolSize: -1, // one job: nothing to prepare ahead
+		Only: []string{cfg.Task}, NoPool: true, // one job: nothing to prepare ahead
 		PluginsDir: cfg.Plugins,
 	})
 	if err != nil {

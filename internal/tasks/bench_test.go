@@ -24,7 +24,7 @@ func BenchmarkPluginAppearToFirstJob(b *testing.B) {
 				root := b.TempDir()
 				pol, _ := policy.Parse("policy.yaml", []byte(pluginPolicy), "/")
 				engine, _ := runtime.NewEngine(runtime.Config{})
-				set, err := Load(context.Background(), Options{Policy: pol, Engine: engine, Log: zap.NewNop(), PluginsDir: root, Debounce: time.Millisecond, PoolSize: -1})
+				set, err := Load(context.Background(), Options{Policy: pol, Engine: engine, Log: zap.NewNop(), PluginsDir: root, Debounce: time.Millisecond, NoPool: true})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -106,7 +106,7 @@ func TestCatalogHoldsOnlyWhatTheControlPlaneAccepts(t *testing.T) {
 				t.Fatal(err)
 			}
 			core, logs := observer.New(zap.InfoLevel)
-			set, err := tasks.Load(t.Context(), tasks.Options{Policy: pol, Engine: engine, Log: zap.New(core), PluginsDir: root, Debounce: 20 * time.Millisecond, PoolSize: -1})
+			set, err := tasks.Load(t.Context(), tasks.Options{Policy: pol, Engine: engine, Log: zap.New(core), PluginsDir: root, Debounce: 20 * time.Millisecond, NoPool: true})
 			if err != nil {
 				t.Fatalf("Load() error = %v", err)
 			}

@@ -52,7 +52,7 @@ func TestRetiredVersionClosesItsConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = engine.Close(context.Background()) })
-	set, err := Load(t.Context(), Options{Policy: pol, Engine: engine, Log: zap.NewNop(), Redactor: redact.NewSet(), PoolSize: -1})
+	set, err := Load(t.Context(), Options{Policy: pol, Engine: engine, Log: zap.NewNop(), Redactor: redact.NewSet(), NoPool: true})
 	if err != nil {
 		t.Fatal(err)
 	}

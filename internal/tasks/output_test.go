@@ -37,7 +37,7 @@ func loadEcho(t *testing.T, taskKeys string, files map[string]string) (*Set, err
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = engine.Close(context.Background()) })
-	s, err := Load(context.Background(), Options{Policy: pol, Engine: engine, PoolSize: -1})
+	s, err := Load(context.Background(), Options{Policy: pol, Engine: engine, NoPool: true})
 	if err == nil {
 		t.Cleanup(func() { s.Close(context.Background()) })
 	}

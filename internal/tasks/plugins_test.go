@@ -51,7 +51,7 @@ func start(t *testing.T, setup func(root string)) *env {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.InfoLevel)
-	set, err := Load(t.Context(), Options{Policy: pol, Engine: engine, Log: zap.New(core), PluginsDir: root, Debounce: 20 * time.Millisecond, PoolSize: -1})
+	set, err := Load(t.Context(), Options{Policy: pol, Engine: engine, Log: zap.New(core), PluginsDir: root, Debounce: 20 * time.Millisecond, NoPool: true})
 	if err != nil {
 		t.Fatalf("Load() error = %v", err)
 	}
@@ -344,7 +344,7 @@ func TestExtismPluginAndPolicyTask(t *testing.T) {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.InfoLevel)
-	set, err := Load(t.Context(), Options{Policy: pol, Engine: engine, Log: zap.New(core), PluginsDir: root, PoolSize: -1})
+	set, err := Load(t.Context(), Options{Policy: pol, Engine: engine, Log: zap.New(core), PluginsDir: root, NoPool: true})
 	if err != nil {
 		t.Fatalf("Load() error = %v", err)
 	}

@@ -50,8 +50,12 @@ type Options struct {
 	// Only limits loading to these tasks. Optional; default all. With PluginsDir set it
 	// also limits which plugins are served.
 	Only []string
-	// PoolSize is passed to each module. Optional.
+	// PoolSize is passed to each module (runtime.ModuleConfig.PoolSize). Optional; default
+	// runtime.DefaultPoolSize.
 	PoolSize int
+	// NoPool keeps no instance ready in any module (runtime.ModuleConfig.NoPool), for a
+	// process that runs one job. Optional; default off.
+	NoPool bool
 	// PluginsDir, when set, serves every plugin in this directory (docs/plugins.md) besides
 	// the policy's tasks with a module, and watches it: plugins added, replaced or removed
 	// take effect without a restart, and Updates delivers each new catalog. Optional.
@@ -206,6 +210,7 @@ func (s *Set) build(ctx context.Context, pt *policy.Task, p *plugins.Plugin) (*T
 		SHA256:       pt.SHA256,
 		Entry:        pt.Entry,
 		PoolSize:     opts.PoolSize,
+		NoPool:       opts.NoPool,
 		RedactOutput: pt.OnSecretInOutput == "redact",
 		Limits: runtime.Limits{
 			MemoryPages: pt.Limits.MemoryPages,
@@ -213,20 +218,14 @@ func (s *Set) build(ctx context.Context, pt *policy.Task, p *plugins.Plugin) (*T
 			OutputBytes: pt.Limits.OutputBytes,
 			HTTPCalls:   pt.Limits.HTTPCalls,
 			LogBytes:    pt.Limits.LogBytes,
+			// In the policy zero means zero; in runtime.Limits zero means "default".
+			NoOutput:    pt.Limits.OutputBytes == 0,
+			NoHTTPCalls: pt.Limits.HTTPCalls == 0,
+			NoLogs:      pt.Limits.LogBytes == 0,
 		},
 	}
 	if opts.Redactor != nil { // a nil *redact.Set in the interface would not be a nil Guard
 		cfg.Guard = opts.Redactor
-	}
-	// In the policy zero means zero; in runtime.Limits zero means "default".
-	if pt.Limits.HTTPCalls == 0 {
-		cfg.Limits.HTTPCalls = -1
-	}
-	if pt.Limits.OutputBytes == 0 {
-		cfg.Limits.OutputBytes = -1
-	}
-	if pt.Limits.LogBytes == 0 {
-		cfg.Limits.LogBytes = -1
 	}
 	if len(pt.Endpoints) > 0 {
 		eps := make([]*egress.Endpoint, 0, len(pt.Endpoints))

@@ -36,7 +36,7 @@ func TestRunVersionDuringHotSwaps(t *testing.T) {
 	t.Cleanup(func() { s.Close(context.Background()) })
 	digest := map[string]string{}
 	build := func(v string) *Task {
-		m, err := engine.Load(context.Background(), runtime.ModuleConfig{Name: "hot", Wasm: wasm[v], PoolSize: -1})
+		m, err := engine.Load(context.Background(), runtime.ModuleConfig{Name: "hot", Wasm: wasm[v], NoPool: true})
 		if err != nil {
 			t.Error(err)
 			return nil

@@ -38,7 +38,7 @@ func BenchmarkPerJobOverhead(b *testing.B) {
 
 	e := newEngine(b)
 	for _, md := range mods {
-		m, err := e.Load(b.Context(), cr.ModuleConfig{Name: md.name, Wasm: md.wasm, PoolSize: -1})
+		m, err := e.Load(b.Context(), cr.ModuleConfig{Name: md.name, Wasm: md.wasm, NoPool: true})
 		if err != nil {
 			b.Fatalf("Load(%s) = %v", md.name, err)
 		}

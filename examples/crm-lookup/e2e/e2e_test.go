@@ -312,7 +312,7 @@ func TestCommittedModulesImportOnlyTheABI(t *testing.T) {
 	t.Parallel()
 	e := newEngine(t)
 	for _, l := range languages()[1:] {
-		m, err := e.Load(t.Context(), cr.ModuleConfig{Name: l.name, Wasm: l.committed(t), PoolSize: -1})
+		m, err := e.Load(t.Context(), cr.ModuleConfig{Name: l.name, Wasm: l.committed(t), NoPool: true})
 		if err != nil {
 			t.Errorf("Load(%s) = %v", l.name, err)
 			continue
