@@ -12,6 +12,7 @@ import (
 
 	"github.com/tetratelabs/wazero/api"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/castellan-dev/castellan/egress"
 	"github.com/castellan-dev/castellan/outcome"
@@ -336,7 +337,7 @@ func parseHeaderBlock(b []byte) (http.Header, error) {
 		if !ok {
 			return nil, fmt.Errorf("line %d: want \"Name: value\"", i+1)
 		}
-		if !validToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return nil, fmt.Errorf("line %d: invalid header name %q", i+1, printable([]byte(name)))
 		}
 		value = strings.TrimLeft(value, " \t")
@@ -346,19 +347,6 @@ func parseHeaderBlock(b []byte) (http.Header, error) {
 		h.Add(name, value)
 	}
 	return h, nil
-}
-
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // printable quotes at most 64 bytes of guest-supplied text for an error message.

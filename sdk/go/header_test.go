@@ -5,7 +5,27 @@ import (
 	"net/http"
 	"reflect"
 	"testing"
+
+	"golang.org/x/net/http/httpguts"
 )
+
+// TestIsTokenMatchesHTTPGuts: the guest's token check (which cannot import httpguts, see
+// isToken) accepts exactly what the host's accepts, for every byte alone and inside a name.
+func TestIsTokenMatchesHTTPGuts(t *testing.T) {
+	t.Parallel()
+	for c := range 256 {
+		for _, s := range []string{string([]byte{byte(c)}), "X-" + string([]byte{byte(c)}) + "-y"} {
+			if got, want := isToken(s), httpguts.ValidHeaderFieldName(s); got != want {
+				t.Errorf("isToken(%q) = %v, want %v (as httpguts.ValidHeaderFieldName)", s, got, want)
+			}
+		}
+	}
+	for _, s := range []string{"", "GET", "X-Request-Id", "ünicode", "a b", "x:y"} {
+		if got, want := isToken(s), httpguts.ValidHeaderFieldName(s); got != want {
+			t.Errorf("isToken(%q) = %v, want %v (as httpguts.ValidHeaderFieldName)", s, got, want)
+		}
+	}
+}
 
 func TestCanonicalHeaderKeyMatchesNetHTTP(t *testing.T) {
 	t.Parallel()

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/castellan-dev/castellan/outcome"
 	castellan "github.com/castellan-dev/castellan/sdk/go"
 	"github.com/castellan-dev/castellan/sdk/go/internal/abi"
@@ -116,7 +118,7 @@ func (h *host) HTTPRequest(endpoint, method, target string, headers, body []byte
 	}
 	hdr, err := parseRequestHeaders(headers)
 	if err != nil {
-		return abi.EInvalid
+		h.end(outcome.Denied, "request headers: %v", err) // as the worker's host does
 	}
 	for name := range hdr {
 		if sensitiveHeader(name) {
@@ -327,7 +329,7 @@ func parseRequestHeaders(b []byte) (http.Header, error) {
 		line := string(b[:i])
 		b = b[i+1:]
 		name, value, ok := strings.Cut(line, ":")
-		if !ok || name == "" || strings.ContainsAny(name, " \t\r") {
+		if !ok || !httpguts.ValidHeaderFieldName(name) {
 			return nil, fmt.Errorf("header block: line %q is not \"Name: value\"", line)
 		}
 		if strings.ContainsAny(value, "\r\x00") {
