@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -69,6 +70,21 @@ type Auth struct {
 	Format     string // AuthHeader: template containing "{secret}" exactly once
 	Username   string // AuthBasic: literal user name
 	Param      string // AuthQuery: query parameter name
+}
+
+// String says where the credential goes, for reviews and reports: "header X-Api-Key:
+// Bearer {secret}", "basic auth password for user svc", "query parameter key" or "none". It
+// never holds a credential value (an Auth has none).
+func (a Auth) String() string {
+	switch a.Kind {
+	case AuthHeader:
+		return fmt.Sprintf("header %s: %s", a.Header, a.Format)
+	case AuthBasic:
+		return fmt.Sprintf("basic auth password for user %s", a.Username)
+	case AuthQuery:
+		return fmt.Sprintf("query parameter %s", a.Param)
+	}
+	return "none"
 }
 
 // Credentials resolves a credential name to its value, at call time (values may rotate).

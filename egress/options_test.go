@@ -56,3 +56,21 @@ func TestEndpointNumbers(t *testing.T) {
 		t.Errorf("Endpoint has %d numbers, the test knows %d", n, len(defaults))
 	}
 }
+
+// TestAuthString: the description reviews and reports print, for each kind.
+func TestAuthString(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		a    Auth
+		want string
+	}{
+		{Auth{}, "none"},
+		{Auth{Kind: AuthHeader, Credential: "c", Header: "X-Api-Key", Format: "Bearer {secret}"}, "header X-Api-Key: Bearer {secret}"},
+		{Auth{Kind: AuthBasic, Credential: "c", Username: "svc"}, "basic auth password for user svc"},
+		{Auth{Kind: AuthQuery, Credential: "c", Param: "key"}, "query parameter key"},
+	} {
+		if got := tt.a.String(); got != tt.want {
+			t.Errorf("%#v.String() = %q, want %q", tt.a, got, tt.want)
+		}
+	}
+}

@@ -50,26 +50,31 @@ func inputSize(ctx context.Context, _ api.Module, stack []uint64) {
 	ret(stack, int32(len(j.Input)))
 }
 
-func inputRead(ctx context.Context, mod api.Module, stack []uint64) {
-	ptr, n := u32(stack[0]), u32(stack[1])
-	dst := read(ctx, mod, ptr, n)
+// bufferAndJob is how a host function taking one (ptr, len) buffer starts: the buffer is
+// bounds-checked even outside a job, and a call outside a job (nil Job) returns 0.
+func bufferAndJob(ctx context.Context, mod api.Module, stack []uint64) ([]byte, *Job) {
+	b := read(ctx, mod, u32(stack[0]), u32(stack[1]))
 	j := jobFrom(ctx)
 	if j == nil {
 		ret(stack, 0)
+	}
+	return b, j
+}
+
+func inputRead(ctx context.Context, mod api.Module, stack []uint64) {
+	dst, j := bufferAndJob(ctx, mod, stack)
+	if j == nil {
 		return
 	}
 	ret(stack, int32(copy(dst, j.Input)))
 }
 
 func outputWrite(ctx context.Context, mod api.Module, stack []uint64) {
-	ptr, n := u32(stack[0]), u32(stack[1])
-	src := read(ctx, mod, ptr, n)
-	j := jobFrom(ctx)
+	src, j := bufferAndJob(ctx, mod, stack)
 	if j == nil {
-		ret(stack, 0)
 		return
 	}
-	if int64(j.output.Len())+int64(n) > j.OutputLimit {
+	if int64(j.output.Len())+int64(len(src)) > j.OutputLimit {
 		j.terminate(outcome.New(outcome.OutputTooLarge, "output exceeds the task's limit of %d bytes", j.OutputLimit))
 	}
 	j.output.Write(src)
@@ -77,11 +82,8 @@ func outputWrite(ctx context.Context, mod api.Module, stack []uint64) {
 }
 
 func fail(ctx context.Context, mod api.Module, stack []uint64) {
-	ptr, n := u32(stack[0]), u32(stack[1])
-	src := read(ctx, mod, ptr, n)
-	j := jobFrom(ctx)
+	src, j := bufferAndJob(ctx, mod, stack)
 	if j == nil {
-		ret(stack, 0)
 		return
 	}
 	msg := src

@@ -442,7 +442,7 @@ func (a *auditor) endpoint(e *egress.Endpoint) EndpointReport {
 		er.Rules = append(er.Rules, RuleReport{Rule: r.String(), Methods: m, Wildcard: r.Wildcard()})
 	}
 	if e.Auth.Kind != egress.AuthNone {
-		er.Credential = &CredentialReport{Name: e.Auth.Credential, Source: a.pol.Credentials[e.Auth.Credential].Source(), Injection: injection(e.Auth)}
+		er.Credential = &CredentialReport{Name: e.Auth.Credential, Source: a.pol.Credentials[e.Auth.Credential].Source(), Injection: e.Auth.String()}
 	}
 	return er
 }
@@ -519,18 +519,6 @@ func quoteList(names []string) string {
 		q[i] = fmt.Sprintf("%q", n)
 	}
 	return strings.Join(q, ", ")
-}
-
-func injection(a egress.Auth) string {
-	switch a.Kind {
-	case egress.AuthHeader:
-		return fmt.Sprintf("header %s: %s", a.Header, a.Format)
-	case egress.AuthBasic:
-		return fmt.Sprintf("basic auth password for user %s", a.Username)
-	case egress.AuthQuery:
-		return fmt.Sprintf("query parameter %s", a.Param)
-	}
-	return "none"
 }
 
 func firstLine(s string) string {

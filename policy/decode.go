@@ -38,6 +38,26 @@ func (d *decoder) root(data []byte) *yaml.Node {
 // line of file, so that other YAML files of Castellan name the line the same way.
 func SyntaxProblem(file string, err error) Problem { return strictyaml.SyntaxProblem(file, err) }
 
+// set decodes the value of key in m with decode, when the key is present, and stores it in
+// dst; a value with a problem is reported by decode and leaves dst as it was.
+func set[T any](m *strictyaml.Mapping, key string, dst *T, decode func(n *yaml.Node, path string) (T, bool)) {
+	if v := m.Get(key); v != nil {
+		if x, ok := decode(v, strictyaml.Field(m.Path, key)); ok {
+			*dst = x
+		}
+	}
+}
+
+// durationUpTo is duration within (0, hi], as a decode function for set.
+func (d *decoder) durationUpTo(hi time.Duration) func(*yaml.Node, string) (time.Duration, bool) {
+	return func(n *yaml.Node, path string) (time.Duration, bool) { return d.duration(n, path, hi) }
+}
+
+// sizeIn is size within [lo, hi], as a decode function for set.
+func (d *decoder) sizeIn(lo, hi int64) func(*yaml.Node, string) (int64, bool) {
+	return func(n *yaml.Node, path string) (int64, bool) { return d.size(n, path, lo, hi) }
+}
+
 // text decodes a required, non-empty, single-line value; numbers count as text.
 func (d *decoder) text(n *yaml.Node, path string) (string, bool) {
 	return d.Text(n, path, strictyaml.TextRule{})

@@ -82,19 +82,9 @@ func (d *decoder) vault(n *yaml.Node, line int) *secrets.VaultConfig {
 			vc.Namespace = s
 		}
 	}
-	if v := m.Get("ca_cert"); v != nil {
-		vc.CACert, _ = d.path(v, strictyaml.Field(path, "ca_cert"))
-	}
-	if v := m.Get("cache_ttl"); v != nil {
-		if t, ok := d.duration(v, strictyaml.Field(path, "cache_ttl"), 24*time.Hour); ok {
-			vc.CacheTTL = t
-		}
-	}
-	if v := m.Get("request_timeout"); v != nil {
-		if t, ok := d.duration(v, strictyaml.Field(path, "request_timeout"), 5*time.Minute); ok {
-			vc.RequestTimeout = t
-		}
-	}
+	set(m, "ca_cert", &vc.CACert, d.path)
+	set(m, "cache_ttl", &vc.CacheTTL, d.durationUpTo(24*time.Hour))
+	set(m, "request_timeout", &vc.RequestTimeout, d.durationUpTo(5*time.Minute))
 	d.vaultAuth(vc, m.Get("auth"), strictyaml.Field(path, "auth"), m.KeyLine["auth"])
 	return vc
 }
@@ -125,12 +115,8 @@ func (d *decoder) vaultAuth(vc *secrets.VaultConfig, n *yaml.Node, path string, 
 	}
 	switch vc.AuthMethod {
 	case "token":
-		if v := m.Get("token_env"); v != nil {
-			vc.TokenEnv, _ = d.envName(v, strictyaml.Field(path, "token_env"))
-		}
-		if v := m.Get("token_file"); v != nil {
-			vc.TokenFile, _ = d.path(v, strictyaml.Field(path, "token_file"))
-		}
+		set(m, "token_env", &vc.TokenEnv, d.envName)
+		set(m, "token_file", &vc.TokenFile, d.path)
 		if m.Get("token_env") == nil && m.Get("token_file") == nil {
 			vc.TokenEnv = DefaultVaultTokenEnv
 		}
@@ -152,9 +138,7 @@ func (d *decoder) vaultAuth(vc *secrets.VaultConfig, n *yaml.Node, path string, 
 		default:
 			vc.SecretIDEnv, _ = d.envName(e, strictyaml.Field(path, "secret_id_env"))
 		}
-		if v := m.Get("mount"); v != nil {
-			vc.AppRoleMount, _ = d.vaultPath(v, strictyaml.Field(path, "mount"))
-		}
+		set(m, "mount", &vc.AppRoleMount, d.vaultPath)
 	}
 }
 
@@ -184,12 +168,8 @@ func (d *decoder) credentials(p *Policy, n *yaml.Node, line int) {
 		default:
 			d.Add(cline, cpath, "has %s; set exactly one of env, file, vault or aws", strings.Join(sources, " and "))
 		}
-		if v := c.Get("env"); v != nil {
-			spec.Env, _ = d.envName(v, strictyaml.Field(cpath, "env"))
-		}
-		if v := c.Get("file"); v != nil {
-			spec.File, _ = d.path(v, strictyaml.Field(cpath, "file"))
-		}
+		set(c, "env", &spec.Env, d.envName)
+		set(c, "file", &spec.File, d.path)
 		if v := c.Get("vault"); v != nil {
 			vpath := strictyaml.Field(cpath, "vault")
 			spec.Vault = d.vaultRef(v, vpath, c.KeyLine["vault"])
@@ -225,9 +205,7 @@ func (d *decoder) awsRef(n *yaml.Node, path string, line int) *secrets.AWSRef {
 		}
 		ref.SecretID = s
 	}
-	if v := m.Get("field"); v != nil {
-		ref.Field, _ = d.text(v, strictyaml.Field(path, "field"))
-	}
+	set(m, "field", &ref.Field, d.text)
 	if v := m.Get("version_stage"); v != nil {
 		if s, ok := d.text(v, strictyaml.Field(path, "version_stage")); ok {
 			if !awsStageRE.MatchString(s) {
@@ -245,9 +223,7 @@ func (d *decoder) vaultRef(n *yaml.Node, path string, line int) *secrets.VaultRe
 	if !ok {
 		return ref
 	}
-	if v := m.Get("mount"); v != nil {
-		ref.Mount, _ = d.vaultPath(v, strictyaml.Field(path, "mount"))
-	}
+	set(m, "mount", &ref.Mount, d.vaultPath)
 	if v := m.Get("path"); v == nil {
 		d.Add(m.Line, strictyaml.Field(path, "path"), "missing; name the KV v2 secret, e.g. path: castellan/ticketing")
 	} else {
@@ -360,31 +336,11 @@ func (d *decoder) endpoints(p *Policy, n *yaml.Node, line int) {
 		if v := e.Get("auth"); v != nil {
 			ep.Auth = d.auth(p, v, strictyaml.Field(epath, "auth"), e.KeyLine["auth"])
 		}
-		if v := e.Get("timeout"); v != nil {
-			if t, ok := d.duration(v, strictyaml.Field(epath, "timeout"), MaxEndpointTimeout); ok {
-				ep.Timeout = t
-			}
-		}
-		if v := e.Get("max_response_bytes"); v != nil {
-			if s, ok := d.size(v, strictyaml.Field(epath, "max_response_bytes"), 1, MaxEndpointBytes); ok {
-				ep.MaxResponseBytes = s
-			}
-		}
-		if v := e.Get("max_request_bytes"); v != nil {
-			if s, ok := d.size(v, strictyaml.Field(epath, "max_request_bytes"), 1, MaxEndpointBytes); ok {
-				ep.MaxRequestBytes = s
-			}
-		}
-		if v := e.Get("redact_address"); v != nil {
-			if b, ok := d.Bool(v, strictyaml.Field(epath, "redact_address")); ok {
-				ep.RedactAddress = b
-			}
-		}
-		if v := e.Get("idempotency_key"); v != nil {
-			if b, ok := d.Bool(v, strictyaml.Field(epath, "idempotency_key")); ok {
-				ep.IdempotencyKey = b
-			}
-		}
+		set(e, "timeout", &ep.Timeout, d.durationUpTo(MaxEndpointTimeout))
+		set(e, "max_response_bytes", &ep.MaxResponseBytes, d.sizeIn(1, MaxEndpointBytes))
+		set(e, "max_request_bytes", &ep.MaxRequestBytes, d.sizeIn(1, MaxEndpointBytes))
+		set(e, "redact_address", &ep.RedactAddress, d.Bool)
+		set(e, "idempotency_key", &ep.IdempotencyKey, d.Bool)
 		d.endpointTLS(ep, e, epath)
 	}
 }
@@ -690,21 +646,13 @@ func (d *decoder) tasks(p *Policy, n *yaml.Node, line int) {
 				task.Version = s
 			}
 		}
-		if v := t.Get("title"); v != nil {
-			task.Title, _ = d.title(v, strictyaml.Field(tpath, "title"))
-		}
-		if v := t.Get("description"); v != nil {
-			task.Description, _ = d.Str(v, strictyaml.Field(tpath, "description"))
-		}
+		set(t, "title", &task.Title, d.title)
+		set(t, "description", &task.Description, d.Str)
 		if v := t.Get("annotations"); v != nil {
 			task.Annotations = d.annotations(v, strictyaml.Field(tpath, "annotations"), t.KeyLine["annotations"])
 		}
-		if v := t.Get("input_schema"); v != nil {
-			task.InputSchema, _ = d.path(v, strictyaml.Field(tpath, "input_schema"))
-		}
-		if v := t.Get("output_schema"); v != nil {
-			task.OutputSchema, _ = d.path(v, strictyaml.Field(tpath, "output_schema"))
-		}
+		set(t, "input_schema", &task.InputSchema, d.path)
+		set(t, "output_schema", &task.OutputSchema, d.path)
 		if v := t.Get("on_secret_in_output"); v != nil {
 			if s, ok := d.text(v, strictyaml.Field(tpath, "on_secret_in_output")); ok {
 				if s != "fail" && s != "redact" {
@@ -806,25 +754,13 @@ func (d *decoder) limits(n *yaml.Node, path string, line int) Limits {
 			l.MemoryPages = uint32((s + WasmPageSize - 1) / WasmPageSize)
 		}
 	}
-	if v := m.Get("timeout"); v != nil {
-		if t, ok := d.duration(v, strictyaml.Field(path, "timeout"), MaxTimeout); ok {
-			l.Timeout = t
-		}
-	}
-	if v := m.Get("output_bytes"); v != nil {
-		if s, ok := d.size(v, strictyaml.Field(path, "output_bytes"), 0, MaxOutput); ok {
-			l.OutputBytes = s
-		}
-	}
+	set(m, "timeout", &l.Timeout, d.durationUpTo(MaxTimeout))
+	set(m, "output_bytes", &l.OutputBytes, d.sizeIn(0, MaxOutput))
 	if v := m.Get("http_calls"); v != nil {
 		if c, ok := d.Int(v, strictyaml.Field(path, "http_calls"), 0, MaxHTTPCalls); ok {
 			l.HTTPCalls = int(c)
 		}
 	}
-	if v := m.Get("log_bytes"); v != nil {
-		if s, ok := d.size(v, strictyaml.Field(path, "log_bytes"), 0, MaxLogBytes); ok {
-			l.LogBytes = s
-		}
-	}
+	set(m, "log_bytes", &l.LogBytes, d.sizeIn(0, MaxLogBytes))
 	return l
 }

@@ -38,12 +38,8 @@ func (d *decoder) plugins(n *yaml.Node, line int) Plugins {
 	if !ok {
 		return pl
 	}
-	if v := m.Get("require_signed"); v != nil {
-		pl.RequireSigned, _ = d.Bool(v, strictyaml.Field(path, "require_signed"))
-	}
-	if v := m.Get("strict"); v != nil {
-		pl.Strict, _ = d.Bool(v, strictyaml.Field(path, "strict"))
-	}
+	set(m, "require_signed", &pl.RequireSigned, d.Bool)
+	set(m, "strict", &pl.Strict, d.Bool)
 	if v := m.Get("trusted_publishers"); v != nil {
 		items, _ := d.List(v, strictyaml.Field(path, "trusted_publishers"))
 		seen := map[string]int{}

@@ -90,16 +90,12 @@ func (p *Policy) writeEndpoint(b *strings.Builder, e *egress.Endpoint) {
 		strictyaml.FormatDuration(e.Timeout), formatSize(e.MaxResponseBytes), formatSize(e.MaxRequestBytes))
 }
 
+// injection says how a credential is injected, after "credential x from y, ".
 func injection(a egress.Auth) string {
-	switch a.Kind {
-	case egress.AuthHeader:
-		return fmt.Sprintf("as header %s: %s", a.Header, a.Format)
-	case egress.AuthBasic:
-		return fmt.Sprintf("as basic auth password for user %s", a.Username)
-	case egress.AuthQuery:
-		return fmt.Sprintf("as query parameter %s", a.Param)
+	if a.Kind == egress.AuthNone {
+		return "not injected"
 	}
-	return "not injected"
+	return "as " + a.String()
 }
 
 func (p *Policy) unusedEndpoints() []string {

@@ -96,29 +96,23 @@ func formsOf(secret string) secretForms {
 	return f
 }
 
-var base64Encodings = []*base64.Encoding{base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding, base64.RawURLEncoding}
-
 // binaryForms are the base64 and hex encodings of v, whole and at each alignment.
 func binaryForms(v string) []string {
-	var out []string
-	for _, enc := range base64Encodings {
-		out = append(out, enc.EncodeToString([]byte(v)))
-	}
-	for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-		for shift := range 3 {
-			out = append(out, base64Core(enc, v, shift))
-		}
-	}
-	h := hex.EncodeToString([]byte(v))
-	return append(out, h, strings.ToUpper(h))
+	return encodedForms(v, base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding, base64.RawURLEncoding)
 }
 
 // outerForms are the binary encodings of an already encoded v. The unpadded full forms are
 // prefixes of the padded ones and the cores cover every alignment, so fewer are needed than
 // for the secret itself.
 func outerForms(v string) []string {
+	return encodedForms(v, base64.StdEncoding, base64.URLEncoding)
+}
+
+// encodedForms are v whole in each of the encodings whole, its unpadded base64 cores at each
+// of the three alignments (a secret inside a longer encoded text), and its hex in both cases.
+func encodedForms(v string, whole ...*base64.Encoding) []string {
 	var out []string
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+	for _, enc := range whole {
 		out = append(out, enc.EncodeToString([]byte(v)))
 	}
 	for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {

@@ -160,15 +160,7 @@ func (s *Store) awsValue(ctx context.Context, ref AWSRef) (string, error) {
 	if json.Unmarshal([]byte(sec.str), &obj) != nil || obj == nil {
 		return "", fail(ErrNotJSONObject, "%s: field %q: %v", where, ref.Field, ErrNotJSONObject)
 	}
-	raw, ok := obj[ref.Field]
-	if !ok {
-		return "", fail(ErrFieldNotFound, "%s: field %q not found in secret", where, ref.Field)
-	}
-	str, ok := raw.(string)
-	if !ok {
-		return "", fail(ErrFieldNotString, "%s: field %q is not a string", where, ref.Field)
-	}
-	return str, nil
+	return stringField(obj, ref.Field, where)
 }
 
 // awsAPIError is an error code and HTTP status from AWS, without AWS's message (which names

@@ -312,13 +312,19 @@ func (s *Store) vaultValue(ctx context.Context, ref VaultRef) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	raw, ok := data[ref.Field]
+	return stringField(data, ref.Field, "vault: "+where)
+}
+
+// stringField returns the string field of a secret's decoded data (a Vault KV secret, a JSON
+// SecretString); where names the secret in errors.
+func stringField(data map[string]any, field, where string) (string, error) {
+	raw, ok := data[field]
 	if !ok {
-		return "", fail(ErrFieldNotFound, "vault: %s: field %q not found in secret", where, ref.Field)
+		return "", fail(ErrFieldNotFound, "%s: field %q not found in secret", where, field)
 	}
 	v, ok := raw.(string)
 	if !ok {
-		return "", fail(ErrFieldNotString, "vault: %s: field %q is not a string", where, ref.Field)
+		return "", fail(ErrFieldNotString, "%s: field %q is not a string", where, field)
 	}
 	return v, nil
 }

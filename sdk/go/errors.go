@@ -1,25 +1,30 @@
 package castellan
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/castellan-dev/castellan/sdk/go/internal/abi"
+)
 
 // Errno is an error code returned by the host. The constants below are its only values in
-// ABI version 1; compare with errors.Is, since the SDK wraps them with what was being done.
+// ABI version 1 (numbered as in docs/abi.md); compare with errors.Is, since the SDK wraps
+// them with what was being done.
 type Errno int32
 
 const (
 	// ErrInvalid: malformed arguments, such as a header with a newline in its value.
-	ErrInvalid Errno = -1
+	ErrInvalid = Errno(abi.EInvalid)
 	// ErrUpstream: the endpoint could not be reached, reset the connection or timed out.
 	// Retrying may help.
-	ErrUpstream Errno = -2
+	ErrUpstream = Errno(abi.EUpstream)
 	// ErrTooLarge: the response body exceeded the endpoint's max_response_bytes.
-	ErrTooLarge Errno = -3
+	ErrTooLarge = Errno(abi.ETooLarge)
 	// ErrBadHandle: the response is not open (already closed, or never opened).
-	ErrBadHandle Errno = -4
+	ErrBadHandle = Errno(abi.EBadHandle)
 	// ErrTooManyOpen: 8 responses are already open; close one first.
-	ErrTooManyOpen Errno = -5
+	ErrTooManyOpen = Errno(abi.ETooManyOpen)
 	// ErrNotInJob: an HTTP request was made outside a job, for example from an init function.
-	ErrNotInJob Errno = -6
+	ErrNotInJob = Errno(abi.ENotInJob)
 )
 
 func (e Errno) Error() string {
