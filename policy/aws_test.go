@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -93,18 +92,7 @@ func TestParseAWSErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Parse("policy.yaml", []byte(tt.yaml), "/srv")
-			var perr *Error
-			if !errors.As(err, &perr) {
-				t.Fatalf("Parse(%q) error = %v, want *policy.Error", tt.yaml, err)
-			}
-			line := markerLine(t, tt.yaml)
-			if len(perr.Problems) != 1 {
-				t.Fatalf("Parse(%q) reported %d problems, want 1:\n%v", tt.yaml, len(perr.Problems), err)
-			}
-			if p := perr.Problems[0]; p.File != "policy.yaml" || p.Line != line || p.Field != tt.field || !strings.Contains(p.Msg, tt.msg) {
-				t.Errorf("Parse(%q) problem = %q\nwant policy.yaml:%d: %s: ...%s...", tt.yaml, p, line, tt.field, tt.msg)
-			}
+			wantOneProblem(t, tt.yaml, "/srv", tt.field, tt.msg)
 		})
 	}
 }

@@ -7,11 +7,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"math/big"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -106,15 +104,7 @@ func TestParseEndpointOptionErrors(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Parse("policy.yaml", []byte(tt.yaml), dir)
-			var perr *Error
-			if !errors.As(err, &perr) || len(perr.Problems) != 1 {
-				t.Fatalf("Parse(%q) = %v; want one problem", tt.yaml, err)
-			}
-			p := perr.Problems[0]
-			if line := markerLine(t, tt.yaml); p.Line != line || p.Field != tt.field || !strings.Contains(p.Msg, tt.msg) {
-				t.Errorf("Parse(%q) problem = %q; want policy.yaml:%d: %s: ...%s...", tt.yaml, p, line, tt.field, tt.msg)
-			}
+			wantOneProblem(t, tt.yaml, dir, tt.field, tt.msg)
 		})
 	}
 }

@@ -253,6 +253,22 @@ func markerLine(t *testing.T, s string) int {
 	return 0
 }
 
+// wantOneProblem parses src (relative paths against baseDir) and checks that it has exactly
+// one problem, on the line marked "#!", at field, saying msg. It returns the error.
+func wantOneProblem(t *testing.T, src, baseDir, field, msg string) error {
+	t.Helper()
+	_, err := Parse("policy.yaml", []byte(src), baseDir)
+	var perr *Error
+	if !errors.As(err, &perr) || len(perr.Problems) != 1 {
+		t.Fatalf("Parse(%q) = %v; want one *policy.Error problem", src, err)
+	}
+	p := perr.Problems[0]
+	if line := markerLine(t, src); p.File != "policy.yaml" || p.Line != line || p.Field != field || !strings.Contains(p.Msg, msg) {
+		t.Errorf("Parse(%q) problem = %q\nwant policy.yaml:%d: %s: ...%s...", src, p, line, field, msg)
+	}
+	return err
+}
+
 // TestParseErrors has one case per kind of mistake. Each case must produce exactly one
 // problem, on the line marked "#!", naming the field and saying what is wrong.
 func TestParseErrors(t *testing.T) {
@@ -428,19 +444,8 @@ func TestParseErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Parse("policy.yaml", []byte(tt.yaml), "/srv")
-			var perr *Error
-			if !errors.As(err, &perr) {
-				t.Fatalf("Parse(%q) error = %v, want *policy.Error", tt.yaml, err)
-			}
+			err := wantOneProblem(t, tt.yaml, "/srv", tt.field, tt.msg)
 			line := markerLine(t, tt.yaml)
-			if len(perr.Problems) != 1 {
-				t.Fatalf("Parse(%q) reported %d problems, want 1:\n%v", tt.yaml, len(perr.Problems), err)
-			}
-			p := perr.Problems[0]
-			if p.File != "policy.yaml" || p.Line != line || p.Field != tt.field || !strings.Contains(p.Msg, tt.msg) {
-				t.Errorf("Parse(%q) problem = %q\nwant policy.yaml:%d: %s: ...%s...", tt.yaml, p, line, tt.field, tt.msg)
-			}
 			// The error names the field where it happened, in the one-per-line form.
 			prefix := fmt.Sprintf("policy.yaml:%d: ", line)
 			if tt.field != "" {

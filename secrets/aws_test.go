@@ -122,30 +122,7 @@ func TestAWSConcurrentCallsShareOneRequest(t *testing.T) {
 	f.setBlock(release)
 	s, _, _ := awsStore(t, nil, nil)
 	const callers = 8
-	errs := make(chan error, callers)
-	call := func() {
-		v, err := s.Credential(t.Context(), "c")
-		if err == nil && v != awsValue {
-			err = fmt.Errorf("value %q, want the secret string", v)
-		}
-		errs <- err
-	}
-	go call()
-	<-f.seen
-	for range callers - 1 {
-		go call()
-	}
-	poll(t, "all callers to wait on the in-flight request", func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.waits == callers-1
-	})
-	close(release)
-	for range callers {
-		if err := <-errs; err != nil {
-			t.Errorf("Credential = %v", err)
-		}
-	}
+	concurrentCredential(t, s, callers, f.seen, release, awsValue)
 	if req, _ := f.counts(); req != 1 {
 		t.Errorf("requests for %d concurrent callers = %d, want 1", callers, req)
 	}

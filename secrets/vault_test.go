@@ -97,6 +97,37 @@ func mustCredential(t *testing.T, s *Store, name, want string) {
 }
 
 // poll waits until cond holds, failing after a generous deadline. No fixed sleeps.
+// concurrentCredential asks s for credential "c" from callers goroutines while the first
+// request is held at the fake server (seen is signalled when it arrives, release lets it
+// go), once all the others wait on it, and checks that every caller gets want.
+func concurrentCredential(t *testing.T, s *Store, callers int, seen <-chan struct{}, release chan struct{}, want string) {
+	t.Helper()
+	errs := make(chan error, callers)
+	call := func() {
+		v, err := s.Credential(t.Context(), "c")
+		if err == nil && v != want {
+			err = fmt.Errorf("value %q, want %q", v, want)
+		}
+		errs <- err
+	}
+	go call()
+	<-seen // the first request is at the server, blocked
+	for range callers - 1 {
+		go call()
+	}
+	poll(t, "all callers to wait on the in-flight request", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.waits == callers-1
+	})
+	close(release)
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Errorf("Credential = %v", err)
+		}
+	}
+}
+
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
@@ -200,30 +231,7 @@ func TestVaultConcurrentCallsShareOneRequest(t *testing.T) {
 	s, _, _ := vaultStore(t, f, tokenConfig(t), nil)
 
 	const callers = 8
-	errs := make(chan error, callers)
-	call := func() {
-		v, err := s.Credential(t.Context(), "c")
-		if err == nil && v != apiKey {
-			err = fmt.Errorf("value %q, want the api key", v)
-		}
-		errs <- err
-	}
-	go call()
-	<-f.seen // the first request is at the server, blocked
-	for range callers - 1 {
-		go call()
-	}
-	poll(t, "all callers to wait on the in-flight request", func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.waits == callers-1
-	})
-	close(release)
-	for range callers {
-		if err := <-errs; err != nil {
-			t.Errorf("Credential = %v", err)
-		}
-	}
+	concurrentCredential(t, s, callers, f.seen, release, apiKey)
 	if n := f.count(readKey); n != 1 {
 		t.Errorf("requests for %d concurrent callers = %d, want 1", callers, n)
 	}
