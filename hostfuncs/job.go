@@ -23,18 +23,23 @@ type Scrubber interface {
 
 // Job is the state of one job while its instance runs. It is used from the guest's goroutine
 // only (wazero calls host functions synchronously), so it needs no lock.
+//
+// Job is not an options struct: package runtime fills it from the effective limits of a
+// module (runtime.Limits with every default applied), so its limits are exact and zero
+// allows nothing; defaults and the check for negative values happen once, in runtime.Load.
 type Job struct {
 	ID    string
 	Task  string
 	Input []byte
 
-	// OutputLimit bounds the bytes output_write may accept in total.
+	// OutputLimit bounds the bytes output_write may accept in total; 0 accepts none.
 	OutputLimit int64
 	// HTTP performs requests; nil means the task has no endpoint, and http_request is denied.
 	HTTP HTTPDoer
-	// HTTPCalls is the http_request budget.
+	// HTTPCalls is the http_request budget; 0 allows none.
 	HTTPCalls int
-	// Log receives log lines, already tagged with task and job; LogBytes bounds their total.
+	// Log receives log lines, already tagged with task and job; LogBytes bounds their total
+	// (0 keeps none).
 	Log      *zap.Logger
 	LogBytes int64
 	// Scrub redacts log lines. Optional.
