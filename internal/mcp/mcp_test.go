@@ -118,7 +118,8 @@ func (e *env) newWorker(name, pool string, tasks ...api.TaskDef) *client.Client 
 	return c
 }
 
-// runWorker leases over /v1 and completes each job with its input as output.
+// runWorker leases over /v1 and completes each job with its input as output, except the
+// conformance suite's fixture tasks (conformance_test.go), which answer as the suite expects.
 func runWorker(ctx context.Context, w *client.Client) {
 	for ctx.Err() == nil {
 		jobs, err := w.Lease(ctx, 1, time.Second)
@@ -126,7 +127,14 @@ func runWorker(ctx context.Context, w *client.Client) {
 			continue
 		}
 		for _, j := range jobs {
-			_, _ = w.Complete(ctx, j.JobID, api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: "ok", Output: j.Input, DurationMS: 1})
+			req := api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: "ok", Output: j.Input, DurationMS: 1}
+			switch j.Task {
+			case "test_simple_text":
+				req.Output = json.RawMessage(`{"text":"This is a simple text response for testing."}`)
+			case "test_error_handling":
+				req.Outcome, req.Output, req.ErrorMessage = "task_error", nil, "This tool intentionally returns an error for testing"
+			}
+			_, _ = w.Complete(ctx, j.JobID, req)
 		}
 	}
 }
