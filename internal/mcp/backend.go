@@ -38,9 +38,9 @@ type Backend interface {
 	Submit(ctx context.Context, p Principal, req api.SubmitRequest) (api.Job, error)
 	// Get returns one job.
 	Get(ctx context.Context, p Principal, id string) (api.Job, error)
-	// Wait returns the job as soon as its state differs from since or is terminal, or
-	// after timeout with the job as it is then.
-	Wait(ctx context.Context, p Principal, id string, since api.State, timeout time.Duration) (api.Job, error)
+	// Wait returns the job as soon as it is terminal, or after timeout with the job as it
+	// is then. It should be a long-poll: the result is what a caller waits for.
+	Wait(ctx context.Context, p Principal, id string, timeout time.Duration) (api.Job, error)
 	// Cancel cancels a job.
 	Cancel(ctx context.Context, p Principal, id string) (api.Job, error)
 }
@@ -170,26 +170,29 @@ func (b *V1Backend) Get(ctx context.Context, p Principal, id string) (api.Job, e
 	return c.Get(ctx, id)
 }
 
-// waitSlice is how long one /v1 wait lasts. /v1 wait returns at once when the job ends but
-// not on other state changes, so a non-terminal change (approved, leased) is seen within
-// one slice.
-const waitSlice = time.Second
-
-// Wait long-polls GET /v1/jobs/{id}/wait in one-second slices until the state differs
-// from since, the job ends, or timeout passes.
-func (b *V1Backend) Wait(ctx context.Context, p Principal, id string, since api.State, timeout time.Duration) (api.Job, error) {
+// Wait long-polls GET /v1/jobs/{id}/wait, which answers within milliseconds of the job
+// ending: one request per minute of waiting (the API's longest wait), the last one cut at
+// timeout to the millisecond (the API counts whole seconds).
+func (b *V1Backend) Wait(ctx context.Context, p Principal, id string, timeout time.Duration) (api.Job, error) {
 	c, err := b.client(p)
 	if err != nil {
 		return api.Job{}, err
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		slice := min(waitSlice, time.Until(deadline))
-		if slice < waitSlice {
-			slice = 0 // whole seconds only: ask for the current state
+		left := time.Until(deadline)
+		if left <= 0 {
+			return c.Get(ctx, id)
 		}
-		j, err := c.WaitOnce(ctx, id, slice)
-		if err != nil || j.State != since || j.State.Terminal() || !time.Now().Before(deadline) || slice == 0 {
+		secs := min((left+time.Second-1)/time.Second*time.Second, api.MaxWaitSeconds*time.Second)
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		j, err := c.WaitOnce(wctx, id, secs)
+		cut := wctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		switch {
+		case cut:
+			continue // the deadline came first: read the job as it is now
+		case err != nil || j.State.Terminal():
 			return j, err
 		}
 	}

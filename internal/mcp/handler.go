@@ -44,6 +44,10 @@ type Options struct {
 	// CatalogPoll is how often a session re-reads its pool's catalog to send
 	// notifications/tools/list_changed. Optional, default 2s, at least 100ms.
 	CatalogPoll time.Duration
+	// ProgressPoll is how often a call that asked for progress (a progressToken) re-reads
+	// its job to report a state change other than the end, which /v1 has no long-poll for;
+	// the end itself arrives by long-poll. Optional, default 200ms, at least 20ms.
+	ProgressPoll time.Duration
 	// ResourceURL is the canonical URL of the /mcp endpoint, named in the protected-resource
 	// metadata. Optional, default derived from the request (scheme from TLS, and Host).
 	ResourceURL string
@@ -59,6 +63,10 @@ func (o Options) withDefaults() Options {
 		o.CatalogPoll = 2 * time.Second
 	}
 	o.CatalogPoll = max(o.CatalogPoll, 100*time.Millisecond)
+	if o.ProgressPoll <= 0 {
+		o.ProgressPoll = 200 * time.Millisecond
+	}
+	o.ProgressPoll = max(o.ProgressPoll, 20*time.Millisecond)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -413,44 +421,85 @@ func (s *session) callResult(ctx context.Context, req *sdk.CallToolRequest) (*sd
 	return s.follow(ctx, req, job, wait, false)
 }
 
-// follow waits for job to end, at most wait, sending progress when the client asked for
-// it. If ctx ends (the client sent notifications/cancelled) and cancelOnStop is set, the
-// job is cancelled.
+// follow waits for job to end, at most wait, by long-poll. When the client asked for
+// progress, it reports each state the job is seen in, the last one included, and all of
+// them before the result. If ctx ends (the client sent notifications/cancelled) and
+// cancelOnStop is set, the job is cancelled.
 func (s *session) follow(ctx context.Context, req *sdk.CallToolRequest, job api.Job, wait time.Duration, cancelOnStop bool) (*sdk.CallToolResult, error) {
-	token := req.Params.GetProgressToken()
+	type point struct {
+		state   api.State
+		attempt int
+	}
+	var mu sync.Mutex
+	var seen point
 	step := 0.0
+	token := req.Params.GetProgressToken()
 	progress := func(j api.Job) {
 		if token == nil || req.Session == nil {
 			return
 		}
+		mu.Lock()
+		defer mu.Unlock()
+		if (point{j.State, j.Attempt}) == seen {
+			return
+		}
+		seen = point{j.State, j.Attempt}
 		step++
 		_ = req.Session.NotifyProgress(ctx, &sdk.ProgressNotificationParams{ProgressToken: token, Progress: step, Message: stateMessage(j)})
 	}
-	deadline := time.Now().Add(wait)
-	for !job.State.Terminal() {
-		progress(job)
-		left := time.Until(deadline)
-		if left <= 0 {
-			return pending(job), nil
-		}
-		next, err := s.h.b.Wait(ctx, s.p, job.ID, job.State, left)
-		if ctx.Err() != nil {
-			if cancelOnStop {
-				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				_, cerr := s.h.b.Cancel(cctx, s.p, job.ID)
-				cancel()
-				if cerr != nil && !client.IsCode(cerr, api.CodeInvalidState) {
-					s.h.opts.Logger.Warn("mcp: cannot cancel the job of a cancelled call", "job", job.ID, "error", safeErr(cerr))
-				}
-			}
-			return nil, ctx.Err()
-		}
-		if err != nil {
-			return apiToolError("wait", err), nil
-		}
-		job = next
+	progress(job)
+	if job.State.Terminal() {
+		return finished(job), nil
 	}
-	return finished(job), nil
+	watching := make(chan struct{})
+	wctx, stopWatch := context.WithCancel(ctx)
+	if token != nil && req.Session != nil {
+		go func() {
+			defer close(watching)
+			s.watchStates(wctx, job.ID, progress)
+		}()
+	} else {
+		close(watching)
+	}
+	next, err := s.h.b.Wait(ctx, s.p, job.ID, wait)
+	stopWatch()
+	<-watching // no progress notification may follow the result
+	if ctx.Err() != nil {
+		if cancelOnStop {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			_, cerr := s.h.b.Cancel(cctx, s.p, job.ID)
+			cancel()
+			if cerr != nil && !client.IsCode(cerr, api.CodeInvalidState) {
+				s.h.opts.Logger.Warn("mcp: cannot cancel the job of a cancelled call", "job", job.ID, "error", safeErr(cerr))
+			}
+		}
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return apiToolError("wait", err), nil
+	}
+	progress(next)
+	if !next.State.Terminal() {
+		return pending(next), nil
+	}
+	return finished(next), nil
+}
+
+// watchStates re-reads the job every ProgressPoll until ctx ends, for the progress of
+// states other than the end (approved, leased, requeued for a retry).
+func (s *session) watchStates(ctx context.Context, id string, progress func(api.Job)) {
+	t := time.NewTicker(s.h.opts.ProgressPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if j, err := s.h.b.Get(ctx, s.p, id); err == nil && ctx.Err() == nil {
+				progress(j)
+			}
+		}
+	}
 }
 
 func stateMessage(j api.Job) string {

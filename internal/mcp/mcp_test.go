@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +44,12 @@ type env struct {
 	secrets  map[string]string
 	approver *client.Client
 	workerA  *client.Client
+	// release lets the test worker finish one job of the "held" task; completed then
+	// receives the time its completion was accepted.
+	release   chan struct{}
+	completed chan time.Time
+	// jobReads counts GET /v1/jobs/{id} and /v1/jobs/{id}/wait requests.
+	jobReads atomic.Int64
 }
 
 type autoApprover struct{ key jose.JSONWebKey }
@@ -77,8 +84,14 @@ func newEnv(t testing.TB, autoApprove bool, opts mcp.Options) *env {
 	mux.Handle(mcp.Path, h)
 	mux.Handle(mcp.MetadataPath+"/", h)
 	mux.Handle(mcp.MetadataPath, h)
-	mux.Handle("/", s.Handler())
-	e := &env{t: t, s: s, url: hs.URL, key: priv, secrets: map[string]string{}}
+	e := &env{t: t, s: s, url: hs.URL, key: priv, secrets: map[string]string{}, release: make(chan struct{}), completed: make(chan time.Time, 8)}
+	v1 := s.Handler()
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/jobs/") {
+			e.jobReads.Add(1)
+		}
+		v1.ServeHTTP(w, r)
+	}))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait(); s.Close(); hs.Close() })
@@ -88,7 +101,7 @@ func newEnv(t testing.TB, autoApprove bool, opts mcp.Options) *env {
 	e.workerA = e.newWorker("worker-a", "alpha", echoTask())
 	e.newWorker("worker-b", "beta", api.TaskDef{Name: "beta-only", Version: "1", InputSchema: json.RawMessage(`{"type":"object"}`)})
 	wg.Add(1)
-	go func() { defer wg.Done(); runWorker(ctx, e.workerA) }()
+	go func() { defer wg.Done(); e.runWorker(ctx, e.workerA) }()
 	return e
 }
 
@@ -118,9 +131,10 @@ func (e *env) newWorker(name, pool string, tasks ...api.TaskDef) *client.Client 
 	return c
 }
 
-// runWorker leases over /v1 and completes each job with its input as output, except the
-// conformance suite's fixture tasks (conformance_test.go), which answer as the suite expects.
-func runWorker(ctx context.Context, w *client.Client) {
+// runWorker leases over /v1 and completes each job with its input as output, except:
+// "held" jobs wait for e.release; the conformance suite's fixture tasks
+// (conformance_test.go) answer as the suite expects.
+func (e *env) runWorker(ctx context.Context, w *client.Client) {
 	for ctx.Err() == nil {
 		jobs, err := w.Lease(ctx, 1, time.Second)
 		if err != nil {
@@ -129,12 +143,30 @@ func runWorker(ctx context.Context, w *client.Client) {
 		for _, j := range jobs {
 			req := api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: "ok", Output: j.Input, DurationMS: 1}
 			switch j.Task {
+			case "held":
+				select {
+				case <-e.release:
+				case <-ctx.Done():
+					return
+				}
 			case "test_simple_text":
 				req.Output = json.RawMessage(`{"text":"This is a simple text response for testing."}`)
 			case "test_error_handling":
 				req.Outcome, req.Output, req.ErrorMessage = "task_error", nil, "This tool intentionally returns an error for testing"
+			case "test_tool_with_progress":
+				// The suite's reference tool works ~100ms between its notifications; this
+				// one runs long enough for the running state to be reported.
+				t := time.NewTimer(400 * time.Millisecond)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
 			}
-			_, _ = w.Complete(ctx, j.JobID, req)
+			if _, err := w.Complete(ctx, j.JobID, req); err == nil && j.Task == "held" {
+				e.completed <- time.Now()
+			}
 		}
 	}
 }
@@ -774,5 +806,106 @@ func TestSessionBoundToToken(t *testing.T) {
 		if got != tc.ok {
 			t.Errorf("tools/list on the session with token %d… = %d %q, want ok=%v", len(tc.token), resp.StatusCode, sb.String(), tc.ok)
 		}
+	}
+}
+
+// TestProgressEachStateAndPromptResult: a call that asked for progress hears of each state
+// its job passes through (pending approval, then running while the worker holds it, then
+// the end), and its result comes within milliseconds of the worker's completion, not at
+// the next poll.
+func TestProgressEachStateAndPromptResult(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{ProgressPoll: 50 * time.Millisecond})
+	ctx := t.Context()
+	held := api.TaskDef{Name: "held", Version: "1", InputSchema: json.RawMessage(`{"type":"object"}`)}
+	if _, err := e.workerA.PublishCatalog(ctx, []api.TaskDef{echoTask(), held}); err != nil {
+		t.Fatal(err)
+	}
+	type note struct {
+		progress float64
+		msg      string
+	}
+	var mu sync.Mutex
+	var notes []note
+	cs := e.connect(ctx, e.secrets["client"], &sdk.ClientOptions{ProgressNotificationHandler: func(_ context.Context, r *sdk.ProgressNotificationClientRequest) {
+		mu.Lock()
+		notes = append(notes, note{r.Params.Progress, r.Params.Message})
+		mu.Unlock()
+	}})
+	heard := func(word string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(notes, func(n note) bool { return strings.Contains(n.msg, word) })
+	}
+	type out struct {
+		r   *sdk.CallToolResult
+		err error
+		at  time.Time
+	}
+	done := make(chan out, 1)
+	go func() {
+		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "held", Arguments: map[string]any{"k": 1}, Meta: sdk.Meta{"progressToken": "p"}})
+		done <- out{r, err, time.Now()}
+	}()
+	j := e.pendingJob(ctx)
+	e.approve(ctx, j.ID)
+	deadline := time.Now().Add(10 * time.Second)
+	for !heard("running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no running progress within 10s of the approval while the worker holds the job; heard %v", notes)
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	e.release <- struct{}{}
+	finishedAt := <-e.completed
+	o := <-done
+	if o.err != nil || o.r.IsError {
+		t.Fatalf("CallTool(held) = %v, %+v", o.err, o.r)
+	}
+	lag := o.at.Sub(finishedAt)
+	t.Logf("result %v after the worker's completion was accepted", lag)
+	if lag > 500*time.Millisecond {
+		t.Errorf("result came %v after the job ended, want it within milliseconds (long-poll, not a poll)", lag)
+	}
+	// The SDK client hands notifications to their handler on its own goroutine, so the
+	// last one may reach the handler after the result.
+	for deadline := time.Now().Add(5 * time.Second); !heard("succeeded") && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var msgs []string
+	for i, n := range notes {
+		msgs = append(msgs, n.msg)
+		if i > 0 && n.progress <= notes[i-1].progress {
+			t.Errorf("progress %v after %v, want increasing", n.progress, notes[i-1].progress)
+		}
+	}
+	if len(msgs) < 3 || !strings.Contains(msgs[0], "pending approval") || !strings.Contains(msgs[len(msgs)-1], "succeeded") {
+		t.Errorf("progress = %q, want pending approval first, running, and succeeded last", msgs)
+	}
+}
+
+// TestBoundedWaitHonoursCallWait: the bounded wait lasts CallWait to the millisecond, though
+// /v1 waits count whole seconds.
+func TestBoundedWaitHonoursCallWait(t *testing.T) {
+	t.Parallel()
+	wait := 1500 * time.Millisecond
+	e := newEnv(t, false, mcp.Options{CallWait: wait})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	t0 := time.Now()
+	r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 2}})
+	took := time.Since(t0)
+	if err != nil || !r.IsError || !strings.Contains(text(r), "still pending_approval") {
+		t.Fatalf("CallTool = %v, %q; want the pending answer", err, text(r))
+	}
+	if took < wait || took > wait+time.Second {
+		t.Errorf("pending answer after %v, want after CallWait %v (and well before a second more)", took, wait)
+	}
+	// One long-poll cut at CallWait and one read of the state then; a poll loop would make
+	// one request per second, or spin through the last fraction of one.
+	if n := e.jobReads.Load(); n > 3 {
+		t.Errorf("%d job reads for one %v wait, want at most 3", n, wait)
 	}
 }
