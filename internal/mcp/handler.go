@@ -51,7 +51,8 @@ type Options struct {
 	// ResourceURL is the canonical URL of the /mcp endpoint, named in the protected-resource
 	// metadata. Optional, default derived from the request (scheme from TLS, and Host).
 	ResourceURL string
-	// Logger receives the SDK's and this layer's diagnostics. Optional, default discard.
+	// Logger receives the SDK's and this layer's diagnostics; SlogLogger bridges a zap
+	// logger. Optional, default discard.
 	Logger *slog.Logger
 }
 
