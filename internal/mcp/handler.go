@@ -33,6 +33,13 @@ const Path = "/mcp"
 // the path-suffixed form that clients of the MCP authorization spec try first.
 const MetadataPath = "/.well-known/oauth-protected-resource"
 
+// PoolParam (a query parameter of the /mcp URL) and PoolHeader choose the pool of a
+// session opened with a token of every pool ("*"); a token of one pool may name only it.
+const (
+	PoolParam  = "pool"
+	PoolHeader = "X-Castellan-Pool"
+)
+
 // ResultToolName is the tool that fetches the result of a job a call stopped waiting for.
 const ResultToolName = "castellan_job_result"
 
@@ -88,17 +95,23 @@ func Handler(b Backend, opts Options) http.Handler {
 	opts = opts.withDefaults()
 	h := &handler{b: b, opts: opts, schemas: &schema.Cache{}}
 	stream := sdk.NewStreamableHTTPHandler(h.newServer, &sdk.StreamableHTTPOptions{Logger: opts.Logger})
-	verifier := func(ctx context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
-		p, err := b.Authenticate(ctx, token)
+	verifier := func(ctx context.Context, token string, r *http.Request) (*auth.TokenInfo, error) {
+		pool, err := poolChoice(r)
 		if err != nil {
-			if errors.Is(err, ErrUnauthenticated) {
-				return nil, fmt.Errorf("%w: %v", auth.ErrInvalidToken, err)
-			}
+			return nil, err
+		}
+		p, err := b.Authenticate(ctx, token, pool)
+		switch {
+		case errors.Is(err, ErrUnauthenticated):
+			return nil, fmt.Errorf("%w: %v", auth.ErrInvalidToken, err)
+		case errors.Is(err, ErrPoolChoice):
+			return nil, badRequest{err}
+		case err != nil:
 			return nil, errors.New("control plane unavailable")
 		}
-		// UserID binds the session to this exact token: the SDK refuses a session id
-		// presented with another token.
-		return &auth.TokenInfo{UserID: tokenKey(token), Extra: map[string]any{"principal": p}}, nil
+		// UserID binds the session to this exact token and pool: the SDK refuses a
+		// session id presented with another token, or with the same token for another pool.
+		return &auth.TokenInfo{UserID: tokenKey(token + "\x00" + p.Pool), Extra: map[string]any{"principal": p}}, nil
 	}
 	mux := http.NewServeMux()
 	meta := func(w http.ResponseWriter, r *http.Request) {
@@ -122,6 +135,22 @@ func Handler(b Backend, opts Options) http.Handler {
 	})
 	return mux
 }
+
+// poolChoice is the pool a request names, by PoolParam or PoolHeader (empty: none).
+func poolChoice(r *http.Request) (string, error) {
+	q, h := r.URL.Query().Get(PoolParam), r.Header.Get(PoolHeader)
+	if q != "" && h != "" && q != h {
+		return "", badRequest{fmt.Errorf("?%s=%s and %s: %s name different pools", PoolParam, q, PoolHeader, h)}
+	}
+	return q + h[len(h)*min(len(q), 1):], nil
+}
+
+// badRequest is a refusal that the SDK's bearer middleware answers with 400 and the
+// error's text (it maps auth.ErrOAuth to 400).
+type badRequest struct{ err error }
+
+func (e badRequest) Error() string        { return e.err.Error() }
+func (e badRequest) Is(target error) bool { return target == auth.ErrOAuth }
 
 type handler struct {
 	b       Backend
@@ -195,6 +224,7 @@ func (h *handler) newServer(r *http.Request) *sdk.Server {
 	if !ok {
 		return nil
 	}
+	h.opts.Logger.Info("mcp: session", "token_id", p.TokenID, "token_name", p.Name, "role", string(p.Role), "pool", p.Pool)
 	s := &session{h: h, p: p, tasks: map[string]api.TaskDef{}}
 	s.srv = sdk.NewServer(&sdk.Implementation{Name: "castellan", Title: "Castellan"}, &sdk.ServerOptions{
 		Instructions: "Each tool runs a task as a Castellan job on a private worker. A job waits for an approver " +
