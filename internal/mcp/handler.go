@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -570,10 +571,12 @@ func finished(j api.Job) *sdk.CallToolResult {
 		return res
 	}
 	if j.State == api.StateDenied {
-		// Who and why, so that the agent can tell its user and does not retry blindly.
-		msg := fmt.Sprintf("job %s was denied by approver %q: %s", j.ID, j.DeniedBy, j.ErrorMessage)
+		// The code, who and why, so that the agent can tell its user and does not retry
+		// blindly; the text carries all three, as many clients show the model only that.
+		code := cmp.Or(j.Outcome, api.OutcomeDeniedByApprover)
+		msg := fmt.Sprintf("job %s ended denied: outcome %s: denied by approver %q: %s", j.ID, code, j.DeniedBy, j.ErrorMessage)
 		return &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: msg}},
-			StructuredContent: map[string]any{"job_id": j.ID, "state": string(j.State), "outcome": j.Outcome,
+			StructuredContent: map[string]any{"job_id": j.ID, "state": string(j.State), "outcome": code,
 				"denied_by": j.DeniedBy, "message": j.ErrorMessage}}
 	}
 	code := j.Outcome

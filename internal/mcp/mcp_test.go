@@ -532,38 +532,71 @@ func TestPendingResultAndFetchLater(t *testing.T) {
 }
 
 // TestDeniedCallIsToolError: a call whose job an approver denies ends as a tool error that
-// names who denied it and why, both in the text and the structured content.
+// names the outcome code, who denied it and why, in the text (what most clients show the
+// model) and in the structured content, whether the call was still waiting or the agent
+// fetches the result later with castellan_job_result.
 func TestDeniedCallIsToolError(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, false, mcp.Options{})
-	ctx := t.Context()
-	cs := e.connect(ctx, e.secrets["client"], nil)
-	type res struct {
-		r   *sdk.CallToolResult
-		err error
+	check := func(t *testing.T, r *sdk.CallToolResult, reason string) {
+		t.Helper()
+		if r == nil || !r.IsError {
+			t.Fatalf("result = %+v, want a tool error", r)
+		}
+		txt := text(r)
+		for _, want := range []string{api.OutcomeDeniedByApprover, `"approver"`, reason} {
+			if !strings.Contains(txt, want) {
+				t.Errorf("tool error text = %q, want it to name %q", txt, want)
+			}
+		}
+		sc, _ := json.Marshal(r.StructuredContent)
+		var m map[string]any
+		if err := json.Unmarshal(sc, &m); err != nil || m["denied_by"] != "approver" || m["state"] != "denied" ||
+			m["outcome"] != api.OutcomeDeniedByApprover || m["message"] != reason {
+			t.Errorf("structured content = %s, want state denied, outcome %s, denied_by approver and the reason", sc, api.OutcomeDeniedByApprover)
+		}
 	}
-	done := make(chan res, 1)
-	go func() {
-		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 4}})
-		done <- res{r, err}
-	}()
-	j := e.pendingJob(ctx)
-	if _, err := e.approver.Deny(ctx, j.ID, "not during the freeze"); err != nil {
-		t.Fatalf("Deny() = %v", err)
-	}
-	got := <-done
-	if got.err != nil || got.r == nil || !got.r.IsError {
-		t.Fatalf("CallTool(denied job) = %+v, %v, want a tool error", got.r, got.err)
-	}
-	if txt := text(got.r); !strings.Contains(txt, "denied") || !strings.Contains(txt, `"approver"`) || !strings.Contains(txt, "not during the freeze") {
-		t.Fatalf("tool error text = %q, want who denied the job and why", txt)
-	}
-	sc, _ := json.Marshal(got.r.StructuredContent)
-	var m map[string]any
-	if err := json.Unmarshal(sc, &m); err != nil || m["denied_by"] != "approver" || m["state"] != "denied" ||
-		m["outcome"] != api.OutcomeDeniedByApprover || m["message"] != "not during the freeze" {
-		t.Fatalf("structured content = %s, want state denied, denied_by approver and the reason", sc)
-	}
+	t.Run("while the call waits", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, false, mcp.Options{})
+		ctx := t.Context()
+		cs := e.connect(ctx, e.secrets["client"], nil)
+		type res struct {
+			r   *sdk.CallToolResult
+			err error
+		}
+		done := make(chan res, 1)
+		go func() {
+			r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 4}})
+			done <- res{r, err}
+		}()
+		j := e.pendingJob(ctx)
+		if _, err := e.approver.Deny(ctx, j.ID, "not during the freeze"); err != nil {
+			t.Fatalf("Deny() = %v", err)
+		}
+		got := <-done
+		if got.err != nil {
+			t.Fatalf("CallTool(denied job) = %v", got.err)
+		}
+		check(t, got.r, "not during the freeze")
+	})
+	t.Run("fetched later", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, false, mcp.Options{CallWait: 100 * time.Millisecond})
+		ctx := t.Context()
+		cs := e.connect(ctx, e.secrets["client"], nil)
+		if r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 5}}); err != nil || !r.IsError {
+			t.Fatalf("CallTool = %v, %+v; want the pending answer", err, r)
+		}
+		j := e.pendingJob(ctx)
+		if _, err := e.approver.Deny(ctx, j.ID, "needs a ticket"); err != nil {
+			t.Fatalf("Deny() = %v", err)
+		}
+		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.ResultToolName, Arguments: map[string]any{"job_id": j.ID, "wait_seconds": 0}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, r, "needs a ticket")
+	})
 }
 
 func TestListChangedOnCatalogChange(t *testing.T) {
