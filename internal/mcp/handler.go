@@ -95,6 +95,7 @@ type principalKey struct{}
 func Handler(b Backend, opts Options) http.Handler {
 	opts = opts.withDefaults()
 	h := &handler{b: b, opts: opts, schemas: &schema.Cache{}}
+	h.probe = sdk.NewServer(implementation, h.serverOptions(nil))
 	stream := sdk.NewStreamableHTTPHandler(h.newServer, &sdk.StreamableHTTPOptions{Logger: opts.Logger})
 	verifier := func(ctx context.Context, token string, r *http.Request) (*auth.TokenInfo, error) {
 		pool, err := poolChoice(r)
@@ -130,8 +131,8 @@ func Handler(b Backend, opts Options) http.Handler {
 			AllowMissingExpiration: true,
 		})
 		mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			tagRequestID(r)
-			stream.ServeHTTP(w, r)
+			slot := &serverSlot{method: tagRequestID(r)}
+			stream.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), serverSlot{}, slot)))
 		})).ServeHTTP(w, r)
 	})
 	return mux
@@ -157,7 +158,20 @@ type handler struct {
 	b       Backend
 	opts    Options
 	schemas *schema.Cache
+	// probe answers the SDK's per-request question for a server (it reads the protocol
+	// versions) on requests of an existing session, whose own server it then uses.
+	probe *sdk.Server
 }
+
+// serverSlot holds the server built for one HTTP request: the SDK asks for a server twice
+// when it opens a session, and must get one session's server, built once. method is the
+// request's JSON-RPC method, when the body is one request.
+type serverSlot struct {
+	method string
+	srv    *sdk.Server
+}
+
+var implementation = &sdk.Implementation{Name: "castellan", Title: "Castellan"}
 
 func (h *handler) origin(r *http.Request) string {
 	if h.opts.ResourceURL != "" {
@@ -177,12 +191,13 @@ func (h *handler) resourceURL(r *http.Request) string {
 	return h.origin(r) + Path
 }
 
-// tagRequestID sets requestIDHeader when the POST body is one tools/call request. Batches
-// (2025-03-26 only) get no tag, so their calls carry no idempotency key.
-func tagRequestID(r *http.Request) {
+// tagRequestID sets requestIDHeader when the POST body is one tools/call request, and
+// returns the method of a body that is one request. Batches (2025-03-26 only) get no tag,
+// so their calls carry no idempotency key.
+func tagRequestID(r *http.Request) (method string) {
 	r.Header.Del(requestIDHeader)
 	if r.Method != http.MethodPost || r.Body == nil {
-		return
+		return ""
 	}
 	// Read no more than the SDK accepts; a longer body is passed on whole for the SDK to
 	// refuse with 413.
@@ -192,17 +207,22 @@ func tagRequestID(r *http.Request) {
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
 	if err != nil || len(body) > sdk.DefaultMaxRequestBodyBytes {
-		return
+		return ""
 	}
 	msg, err := jsonrpc.DecodeMessage(body)
 	if err != nil {
-		return
+		return ""
 	}
-	if req, ok := msg.(*jsonrpc.Request); ok && req.Method == "tools/call" && req.ID.IsValid() {
+	req, ok := msg.(*jsonrpc.Request)
+	if !ok {
+		return ""
+	}
+	if req.Method == "tools/call" && req.ID.IsValid() {
 		if id, err := json.Marshal(req.ID.Raw()); err == nil {
 			r.Header.Set(requestIDHeader, string(id))
 		}
 	}
+	return req.Method
 }
 
 // session is one MCP session: its principal and the tools of its pool.
@@ -216,7 +236,18 @@ type session struct {
 	version [32]byte
 }
 
+// newServer is the SDK's getServer, which it calls on every HTTP request. Only an
+// initialize request without a session id opens a session; the others (requests of an
+// open session, a sessionless revision the SDK then refuses) get the shared probe, so that
+// a call costs no catalog read and no rebuilt tool list.
 func (h *handler) newServer(r *http.Request) *sdk.Server {
+	slot, _ := r.Context().Value(serverSlot{}).(*serverSlot)
+	if r.Header.Get("Mcp-Session-Id") != "" || slot == nil || slot.method != "initialize" {
+		return h.probe
+	}
+	if slot.srv != nil {
+		return slot.srv
+	}
 	ti := auth.TokenInfoFromContext(r.Context())
 	if ti == nil {
 		return nil
@@ -227,7 +258,18 @@ func (h *handler) newServer(r *http.Request) *sdk.Server {
 	}
 	h.opts.Logger.Info("mcp: session", "token_id", p.TokenID, "token_name", p.Name, "role", string(p.Role), "pool", p.Pool)
 	s := &session{h: h, p: p, tasks: map[string]api.TaskDef{}}
-	s.srv = sdk.NewServer(&sdk.Implementation{Name: "castellan", Title: "Castellan"}, &sdk.ServerOptions{
+	s.srv = sdk.NewServer(implementation, h.serverOptions(s))
+	s.srv.AddTool(resultTool(), s.callResult)
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	s.refresh(ctx)
+	slot.srv = s.srv
+	return s.srv
+}
+
+// serverOptions are a session's server options; s is nil for the probe.
+func (h *handler) serverOptions(s *session) *sdk.ServerOptions {
+	o := &sdk.ServerOptions{
 		Instructions: "Each tool runs a task as a Castellan job on a private worker. A job waits for an approver " +
 			"(a person or a rule) before it runs; this server never approves. If a call answers that its job is " +
 			"still pending, call " + ResultToolName + " with the job_id later.",
@@ -238,15 +280,13 @@ func (h *handler) newServer(r *http.Request) *sdk.Server {
 		SetCacheable: func(_ context.Context, _ sdk.Request, c *sdk.Cacheable) {
 			c.CacheScope, c.TTLMs = "private", 0
 		},
-		InitializedHandler: func(_ context.Context, req *sdk.InitializedRequest) {
+	}
+	if s != nil {
+		o.InitializedHandler = func(_ context.Context, req *sdk.InitializedRequest) {
 			go s.watch(req.Session)
-		},
-	})
-	s.srv.AddTool(resultTool(), s.callResult)
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	s.refresh(ctx)
-	return s.srv
+		}
+	}
+	return o
 }
 
 // watch re-reads the catalog until the session ends; the SDK sends list_changed when

@@ -50,6 +50,8 @@ type env struct {
 	completed chan time.Time
 	// jobReads counts GET /v1/jobs/{id} and /v1/jobs/{id}/wait requests.
 	jobReads atomic.Int64
+	// catalogReads counts GET /v1/catalog requests.
+	catalogReads atomic.Int64
 }
 
 type autoApprover struct{ key jose.JSONWebKey }
@@ -87,8 +89,11 @@ func newEnv(t testing.TB, autoApprove bool, opts mcp.Options) *env {
 	e := &env{t: t, s: s, url: hs.URL, key: priv, secrets: map[string]string{}, release: make(chan struct{}), completed: make(chan time.Time, 8)}
 	v1 := s.Handler()
 	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/jobs/") {
+		switch {
+		case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/jobs/"):
 			e.jobReads.Add(1)
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/catalog":
+			e.catalogReads.Add(1)
 		}
 		v1.ServeHTTP(w, r)
 	}))
@@ -940,5 +945,28 @@ func TestBoundedWaitHonoursCallWait(t *testing.T) {
 	// one request per second, or spin through the last fraction of one.
 	if n := e.jobReads.Load(); n > 3 {
 		t.Errorf("%d job reads for one %v wait, want at most 3", n, wait)
+	}
+}
+
+// TestCallsDoNotRebuildTheSession: the SDK asks for a server on every HTTP request (to
+// learn its protocol versions) and uses it only to open a session; a request of an open
+// session must not cost a catalog read and a rebuilt tool list.
+func TestCallsDoNotRebuildTheSession(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true, mcp.Options{CatalogPoll: time.Hour})
+	ctx := t.Context()
+	before := e.catalogReads.Load()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	opened := e.catalogReads.Load() - before
+	for i := range 10 {
+		if r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": i}}); err != nil || r.IsError {
+			t.Fatalf("CallTool(echo) = %v, %+v", err, r)
+		}
+	}
+	toolNames(t, ctx, cs)
+	// Opening reads it at most twice: for the session's tools, and to describe the token
+	// where the control plane has no /v1/whoami.
+	if n := e.catalogReads.Load() - before - opened; n != 0 || opened > 2 {
+		t.Errorf("catalog reads: %d to open the session, %d for 10 calls and a tools/list; want at most 2 and 0", opened, n)
 	}
 }
