@@ -56,6 +56,11 @@ type Options struct {
 	// its job to report a state change other than the end, which /v1 has no long-poll for;
 	// the end itself arrives by long-poll. Optional, default 200ms, at least 20ms.
 	ProgressPoll time.Duration
+	// SessionIdle closes a session that has had no POST for this long (a call in flight
+	// counts; an open GET stream does not), so that an agent which vanished without
+	// DELETE stops costing a catalog poll; its client gets 404 and opens a new session.
+	// Optional, default 1h.
+	SessionIdle time.Duration
 	// ResourceURL is the canonical URL of the /mcp endpoint, named in the protected-resource
 	// metadata. Optional, default derived from the request (scheme from TLS, and Host).
 	ResourceURL string
@@ -72,6 +77,9 @@ func (o Options) withDefaults() Options {
 		o.CatalogPoll = 2 * time.Second
 	}
 	o.CatalogPoll = max(o.CatalogPoll, 100*time.Millisecond)
+	if o.SessionIdle <= 0 {
+		o.SessionIdle = time.Hour
+	}
 	if o.ProgressPoll <= 0 {
 		o.ProgressPoll = 200 * time.Millisecond
 	}
@@ -96,7 +104,7 @@ func Handler(b Backend, opts Options) http.Handler {
 	opts = opts.withDefaults()
 	h := &handler{b: b, opts: opts, schemas: &schema.Cache{}}
 	h.probe = sdk.NewServer(implementation, h.serverOptions(nil))
-	stream := sdk.NewStreamableHTTPHandler(h.newServer, &sdk.StreamableHTTPOptions{Logger: opts.Logger})
+	stream := sdk.NewStreamableHTTPHandler(h.newServer, &sdk.StreamableHTTPOptions{Logger: opts.Logger, SessionTimeout: opts.SessionIdle})
 	verifier := func(ctx context.Context, token string, r *http.Request) (*auth.TokenInfo, error) {
 		pool, err := poolChoice(r)
 		if err != nil {

@@ -970,3 +970,58 @@ func TestCallsDoNotRebuildTheSession(t *testing.T) {
 		t.Errorf("catalog reads: %d to open the session, %d for 10 calls and a tools/list; want at most 2 and 0", opened, n)
 	}
 }
+
+// TestIdleSessionEnds: an agent that opens a session and vanishes without DELETE does not
+// keep it (and its catalog poll) forever.
+func TestIdleSessionEnds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{SessionIdle: 300 * time.Millisecond, CatalogPoll: 100 * time.Millisecond})
+	ctx := t.Context()
+	post := func(session, body string) *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+mcp.Path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+e.secrets["client"])
+		req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	resp := post("", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"gone","version":"1"}}}`)
+	id := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || id == "" {
+		t.Fatalf("initialize = %d, session %q", resp.StatusCode, id)
+	}
+	post(id, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	// A GET does not keep the session alive, so it can probe without resetting the timer.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		req, _ := http.NewRequestWithContext(gctx, http.MethodGet, e.url+mcp.Path, nil)
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+e.secrets["client"])
+		req.Header.Set("Mcp-Session-Id", id)
+		req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+		resp, err := http.DefaultClient.Do(req)
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+			resp.Body.Close()
+		}
+		cancel()
+		if status == http.StatusNotFound {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session still served (%d, %v) 10s after its last POST; SessionIdle is 300ms", status, err)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+}
