@@ -140,7 +140,7 @@ func Handler(b Backend, opts Options) http.Handler {
 		})
 		mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			slot := &serverSlot{method: tagRequestID(r)}
-			stream.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), serverSlot{}, slot)))
+			stream.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), serverSlotKey{}, slot)))
 		})).ServeHTTP(w, r)
 	})
 	return mux
@@ -152,7 +152,10 @@ func poolChoice(r *http.Request) (string, error) {
 	if q != "" && h != "" && q != h {
 		return "", badRequest{fmt.Errorf("?%s=%s and %s: %s name different pools", PoolParam, q, PoolHeader, h)}
 	}
-	return q + h[len(h)*min(len(q), 1):], nil
+	if q != "" {
+		return q, nil
+	}
+	return h, nil
 }
 
 // badRequest is a refusal that the SDK's bearer middleware answers with 400 and the
@@ -178,6 +181,8 @@ type serverSlot struct {
 	method string
 	srv    *sdk.Server
 }
+
+type serverSlotKey struct{}
 
 var implementation = &sdk.Implementation{Name: "castellan", Title: "Castellan"}
 
@@ -249,7 +254,7 @@ type session struct {
 // open session, a sessionless revision the SDK then refuses) get the shared probe, so that
 // a call costs no catalog read and no rebuilt tool list.
 func (h *handler) newServer(r *http.Request) *sdk.Server {
-	slot, _ := r.Context().Value(serverSlot{}).(*serverSlot)
+	slot, _ := r.Context().Value(serverSlotKey{}).(*serverSlot)
 	if r.Header.Get("Mcp-Session-Id") != "" || slot == nil || slot.method != "initialize" {
 		return h.probe
 	}
