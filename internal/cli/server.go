@@ -177,7 +177,7 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 	mcpCtx, endMCP := context.WithCancel(context.Background())
 	defer endMCP()
 	if !cfg.NoMCP {
-		if scfg.MCP, err = mcpHandler(cfg, ln, mcpCtx); err != nil {
+		if scfg.MCP, err = mcpHandler(cfg, ln, mcpCtx, log.Named("mcp")); err != nil {
 			return err
 		}
 	}
@@ -291,7 +291,7 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 	mcpCtx, endMCP := context.WithCancel(context.Background())
 	defer endMCP()
 	if !cfg.NoMCP {
-		h, err := mcpHandler(cfg, ln, mcpCtx)
+		h, err := mcpHandler(cfg, ln, mcpCtx, log.Named("mcp"))
 		if err != nil {
 			return err
 		}

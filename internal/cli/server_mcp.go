@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/mcp"
 )
@@ -24,7 +26,7 @@ import (
 // standalone SSE GET) and a call may wait minutes for its approval; neither must hold up
 // a graceful shutdown. Ending them is a dropped connection to the agent: the jobs go on,
 // and their results can be fetched later (castellan_job_result).
-func mcpHandler(cfg ServerConfig, ln net.Listener, shutdown context.Context) (http.Handler, error) {
+func mcpHandler(cfg ServerConfig, ln net.Listener, shutdown context.Context, log *zap.Logger) (http.Handler, error) {
 	self, err := selfURL(ln.Addr(), cfg.TLSCert != "")
 	if err != nil {
 		return nil, err
@@ -43,7 +45,7 @@ func mcpHandler(cfg ServerConfig, ln net.Listener, shutdown context.Context) (ht
 	if err != nil {
 		return nil, err
 	}
-	o := mcp.Options{}
+	o := mcp.Options{Logger: mcp.SlogLogger(log)}
 	if cfg.PublicURL != "" {
 		u, err := url.Parse(cfg.PublicURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.Fragment != "" {

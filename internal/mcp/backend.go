@@ -16,9 +16,12 @@ import (
 
 // Principal is who a bearer token belongs to, as the control plane sees it.
 type Principal struct {
-	Name string   // token name, when the backend knows it
-	Role api.Role // token role, when the backend knows it
-	Pool string   // the one pool whose tasks become tools
+	TokenID string   // the token's id (never its secret), for logs
+	Name    string   // token name
+	Role    api.Role // token role: client or admin (the roles that may submit)
+	// Pool is the one pool whose tasks become tools: the token's own, or for a token of
+	// every pool ("*") the one the session chose (PoolParam, PoolHeader).
+	Pool string
 	// Token is the caller's bearer secret, forwarded to the control plane on every call so
 	// that the control plane, not this layer, decides what the caller may do. Never log it.
 	Token string
@@ -28,9 +31,11 @@ type Principal struct {
 // caller's own authority: an implementation must not widen access, approve, or skip the
 // control plane's validation.
 type Backend interface {
-	// Authenticate resolves a bearer token. An error wrapping ErrUnauthenticated means
-	// the token is missing, unknown, revoked or not usable for MCP (bound to no one pool).
-	Authenticate(ctx context.Context, bearer string) (Principal, error)
+	// Authenticate resolves a bearer token for a session of pool (empty: the token's own).
+	// An error wrapping ErrUnauthenticated means the token is missing, unknown, revoked,
+	// expired or of a role that cannot submit jobs; one wrapping ErrPoolChoice means the
+	// pool asked for does not fit the token (a token of every pool must name one).
+	Authenticate(ctx context.Context, bearer, pool string) (Principal, error)
 	// Tasks lists the tasks published in the principal's pool. The handler polls it to
 	// learn of catalog changes (see Options.CatalogPoll).
 	Tasks(ctx context.Context, p Principal) ([]api.TaskDef, error)
@@ -38,15 +43,19 @@ type Backend interface {
 	Submit(ctx context.Context, p Principal, req api.SubmitRequest) (api.Job, error)
 	// Get returns one job.
 	Get(ctx context.Context, p Principal, id string) (api.Job, error)
-	// Wait returns the job as soon as its state differs from since or is terminal, or
-	// after timeout with the job as it is then.
-	Wait(ctx context.Context, p Principal, id string, since api.State, timeout time.Duration) (api.Job, error)
+	// Wait returns the job as soon as it is terminal, or after timeout with the job as it
+	// is then. It should be a long-poll: the result is what a caller waits for.
+	Wait(ctx context.Context, p Principal, id string, timeout time.Duration) (api.Job, error)
 	// Cancel cancels a job.
 	Cancel(ctx context.Context, p Principal, id string) (api.Job, error)
 }
 
 // ErrUnauthenticated is wrapped by Backend.Authenticate for tokens that must get a 401.
 var ErrUnauthenticated = errors.New("unauthenticated")
+
+// ErrPoolChoice is wrapped by Backend.Authenticate when the session's pool choice does not
+// fit the token; /mcp answers 400.
+var ErrPoolChoice = errors.New("pool choice")
 
 // V1Backend implements Backend over the control plane's own /v1 HTTP API, forwarding the
 // caller's bearer token. It works with both control-plane modes, since both serve /v1.
@@ -63,7 +72,7 @@ type V1Backend struct {
 
 type v1Entry struct {
 	c       *client.Client
-	p       Principal
+	tok     api.Token
 	checked time.Time
 }
 
@@ -105,41 +114,78 @@ func (b *V1Backend) client(p Principal) (*client.Client, error) {
 	return e.c, nil
 }
 
-// Authenticate asks GET /v1/catalog with the token: the /v1 API has no "who am I", so the
-// pool comes from the catalog answer, and Name and Role stay empty. A token bound to all
-// pools ("*") is refused: a session's tools are the tasks of one pool.
-func (b *V1Backend) Authenticate(ctx context.Context, bearer string) (Principal, error) {
+// whoami is (*client.Client).Whoami (GET /v1/whoami), which control planes without that
+// route lack; Authenticate then learns the token's pool from GET /v1/catalog instead.
+type whoami interface {
+	Whoami(ctx context.Context) (api.Token, error)
+}
+
+// Authenticate describes the token (cached for authTTL) and settles the session's pool:
+// a token of one pool serves that pool (pool, if given, must name it); a token of every
+// pool ("*") serves the pool the session names, which it must.
+func (b *V1Backend) Authenticate(ctx context.Context, bearer, pool string) (Principal, error) {
 	if bearer == "" {
 		return Principal{}, fmt.Errorf("%w: no bearer token", ErrUnauthenticated)
+	}
+	if pool != "" && !api.ValidPoolName(pool) {
+		return Principal{}, fmt.Errorf("%w: %q is not a pool name", ErrPoolChoice, pool)
 	}
 	e, err := b.entry(bearer)
 	if err != nil {
 		return Principal{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
 	b.mu.Lock()
-	p, fresh := e.p, !e.checked.IsZero() && time.Since(e.checked) < b.authTTL
+	tok, fresh := e.tok, !e.checked.IsZero() && time.Since(e.checked) < b.authTTL
 	b.mu.Unlock()
-	if fresh {
-		return p, nil
-	}
-	cat, err := e.c.Catalog(ctx, "")
-	if err != nil {
-		var ae *client.APIError
-		if errors.As(err, &ae) {
-			switch {
-			case ae.Status == http.StatusUnauthorized:
-				return Principal{}, fmt.Errorf("%w: %s", ErrUnauthenticated, ae.Message)
-			case ae.Code == api.CodeInvalidField || ae.Status == http.StatusForbidden:
-				return Principal{}, fmt.Errorf("%w: this token is not bound to one pool; use a client token of the pool whose tasks the agent may call", ErrUnauthenticated)
-			}
+	if !fresh {
+		if tok, err = b.describe(ctx, e.c); err != nil {
+			return Principal{}, err
 		}
-		return Principal{}, errors.New("control plane unavailable")
+		b.mu.Lock()
+		e.tok, e.checked = tok, time.Now()
+		b.mu.Unlock()
 	}
-	p = Principal{Pool: cat.Pool, Token: bearer}
-	b.mu.Lock()
-	e.p, e.checked = p, time.Now()
-	b.mu.Unlock()
-	return p, nil
+	if tok.Role != "" && tok.Role != api.RoleClient && tok.Role != api.RoleAdmin {
+		return Principal{}, fmt.Errorf("%w: a %s token cannot submit jobs; use a client token", ErrUnauthenticated, tok.Role)
+	}
+	switch {
+	case tok.Pool == api.AllPools && pool == "":
+		return Principal{}, fmt.Errorf("%w: this token serves every pool; choose the pool whose tasks become tools with ?%s=NAME on the /mcp URL or the %s header",
+			ErrPoolChoice, PoolParam, PoolHeader)
+	case tok.Pool != api.AllPools && pool != "" && pool != tok.Pool:
+		return Principal{}, fmt.Errorf("%w: this token is bound to pool %s, not %s", ErrPoolChoice, tok.Pool, pool)
+	case pool == "":
+		pool = tok.Pool
+	}
+	return Principal{TokenID: tok.ID, Name: tok.Name, Role: tok.Role, Pool: pool, Token: bearer}, nil
+}
+
+// describe is GET /v1/whoami, or without it what GET /v1/catalog tells: the pool (the
+// catalog names the token's own pool; a token of every pool is refused a catalog without
+// ?pool=), and no id, name or role.
+func (b *V1Backend) describe(ctx context.Context, c *client.Client) (api.Token, error) {
+	refused := func(err error) (api.Token, error) {
+		var ae *client.APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
+			return api.Token{}, fmt.Errorf("%w: %s", ErrUnauthenticated, ae.Message)
+		}
+		return api.Token{}, errors.New("control plane unavailable")
+	}
+	if w, ok := any(c).(whoami); ok {
+		tok, err := w.Whoami(ctx)
+		if err != nil {
+			return refused(err)
+		}
+		return tok, nil
+	}
+	cat, err := c.Catalog(ctx, "")
+	switch {
+	case err == nil:
+		return api.Token{Pool: cat.Pool}, nil
+	case client.IsCode(err, api.CodeInvalidField):
+		return api.Token{Pool: api.AllPools}, nil // a token of every pool must name one
+	}
+	return refused(err)
 }
 
 // Tasks is GET /v1/catalog for the principal's pool.
@@ -170,26 +216,29 @@ func (b *V1Backend) Get(ctx context.Context, p Principal, id string) (api.Job, e
 	return c.Get(ctx, id)
 }
 
-// waitSlice is how long one /v1 wait lasts. /v1 wait returns at once when the job ends but
-// not on other state changes, so a non-terminal change (approved, leased) is seen within
-// one slice.
-const waitSlice = time.Second
-
-// Wait long-polls GET /v1/jobs/{id}/wait in one-second slices until the state differs
-// from since, the job ends, or timeout passes.
-func (b *V1Backend) Wait(ctx context.Context, p Principal, id string, since api.State, timeout time.Duration) (api.Job, error) {
+// Wait long-polls GET /v1/jobs/{id}/wait, which answers within milliseconds of the job
+// ending: one request per minute of waiting (the API's longest wait), the last one cut at
+// timeout to the millisecond (the API counts whole seconds).
+func (b *V1Backend) Wait(ctx context.Context, p Principal, id string, timeout time.Duration) (api.Job, error) {
 	c, err := b.client(p)
 	if err != nil {
 		return api.Job{}, err
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		slice := min(waitSlice, time.Until(deadline))
-		if slice < waitSlice {
-			slice = 0 // whole seconds only: ask for the current state
+		left := time.Until(deadline)
+		if left <= 0 {
+			return c.Get(ctx, id)
 		}
-		j, err := c.WaitOnce(ctx, id, slice)
-		if err != nil || j.State != since || j.State.Terminal() || !time.Now().Before(deadline) || slice == 0 {
+		secs := min((left+time.Second-1)/time.Second*time.Second, api.MaxWaitSeconds*time.Second)
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		j, err := c.WaitOnce(wctx, id, secs)
+		cut := wctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		switch {
+		case cut:
+			continue // the deadline came first: read the job as it is now
+		case err != nil || j.State.Terminal():
 			return j, err
 		}
 	}

@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -33,6 +34,13 @@ const Path = "/mcp"
 // the path-suffixed form that clients of the MCP authorization spec try first.
 const MetadataPath = "/.well-known/oauth-protected-resource"
 
+// PoolParam (a query parameter of the /mcp URL) and PoolHeader choose the pool of a
+// session opened with a token of every pool ("*"); a token of one pool may name only it.
+const (
+	PoolParam  = "pool"
+	PoolHeader = "X-Castellan-Pool"
+)
+
 // ResultToolName is the tool that fetches the result of a job a call stopped waiting for.
 const ResultToolName = "castellan_job_result"
 
@@ -44,10 +52,20 @@ type Options struct {
 	// CatalogPoll is how often a session re-reads its pool's catalog to send
 	// notifications/tools/list_changed. Optional, default 2s, at least 100ms.
 	CatalogPoll time.Duration
+	// ProgressPoll is how often a call that asked for progress (a progressToken) re-reads
+	// its job to report a state change other than the end, which /v1 has no long-poll for;
+	// the end itself arrives by long-poll. Optional, default 200ms, at least 20ms.
+	ProgressPoll time.Duration
+	// SessionIdle closes a session that has had no POST for this long (a call in flight
+	// counts; an open GET stream does not), so that an agent which vanished without
+	// DELETE stops costing a catalog poll; its client gets 404 and opens a new session.
+	// Optional, default 1h.
+	SessionIdle time.Duration
 	// ResourceURL is the canonical URL of the /mcp endpoint, named in the protected-resource
 	// metadata. Optional, default derived from the request (scheme from TLS, and Host).
 	ResourceURL string
-	// Logger receives the SDK's and this layer's diagnostics. Optional, default discard.
+	// Logger receives the SDK's and this layer's diagnostics; SlogLogger bridges a zap
+	// logger. Optional, default discard.
 	Logger *slog.Logger
 }
 
@@ -59,6 +77,13 @@ func (o Options) withDefaults() Options {
 		o.CatalogPoll = 2 * time.Second
 	}
 	o.CatalogPoll = max(o.CatalogPoll, 100*time.Millisecond)
+	if o.SessionIdle <= 0 {
+		o.SessionIdle = time.Hour
+	}
+	if o.ProgressPoll <= 0 {
+		o.ProgressPoll = 200 * time.Millisecond
+	}
+	o.ProgressPoll = max(o.ProgressPoll, 20*time.Millisecond)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -78,18 +103,25 @@ type principalKey struct{}
 func Handler(b Backend, opts Options) http.Handler {
 	opts = opts.withDefaults()
 	h := &handler{b: b, opts: opts, schemas: &schema.Cache{}}
-	stream := sdk.NewStreamableHTTPHandler(h.newServer, &sdk.StreamableHTTPOptions{Logger: opts.Logger})
-	verifier := func(ctx context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
-		p, err := b.Authenticate(ctx, token)
+	h.probe = sdk.NewServer(implementation, h.serverOptions(nil))
+	stream := sdk.NewStreamableHTTPHandler(h.newServer, &sdk.StreamableHTTPOptions{Logger: opts.Logger, SessionTimeout: opts.SessionIdle})
+	verifier := func(ctx context.Context, token string, r *http.Request) (*auth.TokenInfo, error) {
+		pool, err := poolChoice(r)
 		if err != nil {
-			if errors.Is(err, ErrUnauthenticated) {
-				return nil, fmt.Errorf("%w: %v", auth.ErrInvalidToken, err)
-			}
+			return nil, err
+		}
+		p, err := b.Authenticate(ctx, token, pool)
+		switch {
+		case errors.Is(err, ErrUnauthenticated):
+			return nil, fmt.Errorf("%w: %v", auth.ErrInvalidToken, err)
+		case errors.Is(err, ErrPoolChoice):
+			return nil, badRequest{err}
+		case err != nil:
 			return nil, errors.New("control plane unavailable")
 		}
-		// UserID binds the session to this exact token: the SDK refuses a session id
-		// presented with another token.
-		return &auth.TokenInfo{UserID: tokenKey(token), Extra: map[string]any{"principal": p}}, nil
+		// UserID binds the session to this exact token and pool: the SDK refuses a
+		// session id presented with another token, or with the same token for another pool.
+		return &auth.TokenInfo{UserID: tokenKey(token + "\x00" + p.Pool), Extra: map[string]any{"principal": p}}, nil
 	}
 	mux := http.NewServeMux()
 	meta := func(w http.ResponseWriter, r *http.Request) {
@@ -107,18 +139,52 @@ func Handler(b Backend, opts Options) http.Handler {
 			AllowMissingExpiration: true,
 		})
 		mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			tagRequestID(r)
-			stream.ServeHTTP(w, r)
+			slot := &serverSlot{method: tagRequestID(r)}
+			stream.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), serverSlotKey{}, slot)))
 		})).ServeHTTP(w, r)
 	})
 	return mux
 }
 
+// poolChoice is the pool a request names, by PoolParam or PoolHeader (empty: none).
+func poolChoice(r *http.Request) (string, error) {
+	q, h := r.URL.Query().Get(PoolParam), r.Header.Get(PoolHeader)
+	if q != "" && h != "" && q != h {
+		return "", badRequest{fmt.Errorf("?%s=%s and %s: %s name different pools", PoolParam, q, PoolHeader, h)}
+	}
+	if q != "" {
+		return q, nil
+	}
+	return h, nil
+}
+
+// badRequest is a refusal that the SDK's bearer middleware answers with 400 and the
+// error's text (it maps auth.ErrOAuth to 400).
+type badRequest struct{ err error }
+
+func (e badRequest) Error() string        { return e.err.Error() }
+func (e badRequest) Is(target error) bool { return target == auth.ErrOAuth }
+
 type handler struct {
 	b       Backend
 	opts    Options
 	schemas *schema.Cache
+	// probe answers the SDK's per-request question for a server (it reads the protocol
+	// versions) on requests of an existing session, whose own server it then uses.
+	probe *sdk.Server
 }
+
+// serverSlot holds the server built for one HTTP request: the SDK asks for a server twice
+// when it opens a session, and must get one session's server, built once. method is the
+// request's JSON-RPC method, when the body is one request.
+type serverSlot struct {
+	method string
+	srv    *sdk.Server
+}
+
+type serverSlotKey struct{}
+
+var implementation = &sdk.Implementation{Name: "castellan", Title: "Castellan"}
 
 func (h *handler) origin(r *http.Request) string {
 	if h.opts.ResourceURL != "" {
@@ -138,12 +204,13 @@ func (h *handler) resourceURL(r *http.Request) string {
 	return h.origin(r) + Path
 }
 
-// tagRequestID sets requestIDHeader when the POST body is one tools/call request. Batches
-// (2025-03-26 only) get no tag, so their calls carry no idempotency key.
-func tagRequestID(r *http.Request) {
+// tagRequestID sets requestIDHeader when the POST body is one tools/call request, and
+// returns the method of a body that is one request. Batches (2025-03-26 only) get no tag,
+// so their calls carry no idempotency key.
+func tagRequestID(r *http.Request) (method string) {
 	r.Header.Del(requestIDHeader)
 	if r.Method != http.MethodPost || r.Body == nil {
-		return
+		return ""
 	}
 	// Read no more than the SDK accepts; a longer body is passed on whole for the SDK to
 	// refuse with 413.
@@ -153,17 +220,22 @@ func tagRequestID(r *http.Request) {
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
 	if err != nil || len(body) > sdk.DefaultMaxRequestBodyBytes {
-		return
+		return ""
 	}
 	msg, err := jsonrpc.DecodeMessage(body)
 	if err != nil {
-		return
+		return ""
 	}
-	if req, ok := msg.(*jsonrpc.Request); ok && req.Method == "tools/call" && req.ID.IsValid() {
+	req, ok := msg.(*jsonrpc.Request)
+	if !ok {
+		return ""
+	}
+	if req.Method == "tools/call" && req.ID.IsValid() {
 		if id, err := json.Marshal(req.ID.Raw()); err == nil {
 			r.Header.Set(requestIDHeader, string(id))
 		}
 	}
+	return req.Method
 }
 
 // session is one MCP session: its principal and the tools of its pool.
@@ -177,7 +249,18 @@ type session struct {
 	version [32]byte
 }
 
+// newServer is the SDK's getServer, which it calls on every HTTP request. Only an
+// initialize request without a session id opens a session; the others (requests of an
+// open session, a sessionless revision the SDK then refuses) get the shared probe, so that
+// a call costs no catalog read and no rebuilt tool list.
 func (h *handler) newServer(r *http.Request) *sdk.Server {
+	slot, _ := r.Context().Value(serverSlotKey{}).(*serverSlot)
+	if r.Header.Get("Mcp-Session-Id") != "" || slot == nil || slot.method != "initialize" {
+		return h.probe
+	}
+	if slot.srv != nil {
+		return slot.srv
+	}
 	ti := auth.TokenInfoFromContext(r.Context())
 	if ti == nil {
 		return nil
@@ -186,8 +269,20 @@ func (h *handler) newServer(r *http.Request) *sdk.Server {
 	if !ok {
 		return nil
 	}
+	h.opts.Logger.Info("mcp: session", "token_id", p.TokenID, "token_name", p.Name, "role", string(p.Role), "pool", p.Pool)
 	s := &session{h: h, p: p, tasks: map[string]api.TaskDef{}}
-	s.srv = sdk.NewServer(&sdk.Implementation{Name: "castellan", Title: "Castellan"}, &sdk.ServerOptions{
+	s.srv = sdk.NewServer(implementation, h.serverOptions(s))
+	s.srv.AddTool(resultTool(), s.callResult)
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	s.refresh(ctx)
+	slot.srv = s.srv
+	return s.srv
+}
+
+// serverOptions are a session's server options; s is nil for the probe.
+func (h *handler) serverOptions(s *session) *sdk.ServerOptions {
+	o := &sdk.ServerOptions{
 		Instructions: "Each tool runs a task as a Castellan job on a private worker. A job waits for an approver " +
 			"(a person or a rule) before it runs; this server never approves. If a call answers that its job is " +
 			"still pending, call " + ResultToolName + " with the job_id later.",
@@ -198,15 +293,13 @@ func (h *handler) newServer(r *http.Request) *sdk.Server {
 		SetCacheable: func(_ context.Context, _ sdk.Request, c *sdk.Cacheable) {
 			c.CacheScope, c.TTLMs = "private", 0
 		},
-		InitializedHandler: func(_ context.Context, req *sdk.InitializedRequest) {
+	}
+	if s != nil {
+		o.InitializedHandler = func(_ context.Context, req *sdk.InitializedRequest) {
 			go s.watch(req.Session)
-		},
-	})
-	s.srv.AddTool(resultTool(), s.callResult)
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	s.refresh(ctx)
-	return s.srv
+		}
+	}
+	return o
 }
 
 // watch re-reads the catalog until the session ends; the SDK sends list_changed when
@@ -413,44 +506,85 @@ func (s *session) callResult(ctx context.Context, req *sdk.CallToolRequest) (*sd
 	return s.follow(ctx, req, job, wait, false)
 }
 
-// follow waits for job to end, at most wait, sending progress when the client asked for
-// it. If ctx ends (the client sent notifications/cancelled) and cancelOnStop is set, the
-// job is cancelled.
+// follow waits for job to end, at most wait, by long-poll. When the client asked for
+// progress, it reports each state the job is seen in, the last one included, and all of
+// them before the result. If ctx ends (the client sent notifications/cancelled) and
+// cancelOnStop is set, the job is cancelled.
 func (s *session) follow(ctx context.Context, req *sdk.CallToolRequest, job api.Job, wait time.Duration, cancelOnStop bool) (*sdk.CallToolResult, error) {
-	token := req.Params.GetProgressToken()
+	type point struct {
+		state   api.State
+		attempt int
+	}
+	var mu sync.Mutex
+	var seen point
 	step := 0.0
+	token := req.Params.GetProgressToken()
 	progress := func(j api.Job) {
 		if token == nil || req.Session == nil {
 			return
 		}
+		mu.Lock()
+		defer mu.Unlock()
+		if (point{j.State, j.Attempt}) == seen {
+			return
+		}
+		seen = point{j.State, j.Attempt}
 		step++
 		_ = req.Session.NotifyProgress(ctx, &sdk.ProgressNotificationParams{ProgressToken: token, Progress: step, Message: stateMessage(j)})
 	}
-	deadline := time.Now().Add(wait)
-	for !job.State.Terminal() {
-		progress(job)
-		left := time.Until(deadline)
-		if left <= 0 {
-			return pending(job), nil
-		}
-		next, err := s.h.b.Wait(ctx, s.p, job.ID, job.State, left)
-		if ctx.Err() != nil {
-			if cancelOnStop {
-				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				_, cerr := s.h.b.Cancel(cctx, s.p, job.ID)
-				cancel()
-				if cerr != nil && !client.IsCode(cerr, api.CodeInvalidState) {
-					s.h.opts.Logger.Warn("mcp: cannot cancel the job of a cancelled call", "job", job.ID, "error", safeErr(cerr))
-				}
-			}
-			return nil, ctx.Err()
-		}
-		if err != nil {
-			return apiToolError("wait", err), nil
-		}
-		job = next
+	progress(job)
+	if job.State.Terminal() {
+		return finished(job), nil
 	}
-	return finished(job), nil
+	watching := make(chan struct{})
+	wctx, stopWatch := context.WithCancel(ctx)
+	if token != nil && req.Session != nil {
+		go func() {
+			defer close(watching)
+			s.watchStates(wctx, job.ID, progress)
+		}()
+	} else {
+		close(watching)
+	}
+	next, err := s.h.b.Wait(ctx, s.p, job.ID, wait)
+	stopWatch()
+	<-watching // no progress notification may follow the result
+	if ctx.Err() != nil {
+		if cancelOnStop {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			_, cerr := s.h.b.Cancel(cctx, s.p, job.ID)
+			cancel()
+			if cerr != nil && !client.IsCode(cerr, api.CodeInvalidState) {
+				s.h.opts.Logger.Warn("mcp: cannot cancel the job of a cancelled call", "job", job.ID, "error", safeErr(cerr))
+			}
+		}
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return apiToolError("wait", err), nil
+	}
+	progress(next)
+	if !next.State.Terminal() {
+		return pending(next), nil
+	}
+	return finished(next), nil
+}
+
+// watchStates re-reads the job every ProgressPoll until ctx ends, for the progress of
+// states other than the end (approved, leased, requeued for a retry).
+func (s *session) watchStates(ctx context.Context, id string, progress func(api.Job)) {
+	t := time.NewTicker(s.h.opts.ProgressPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if j, err := s.h.b.Get(ctx, s.p, id); err == nil && ctx.Err() == nil {
+				progress(j)
+			}
+		}
+	}
 }
 
 func stateMessage(j api.Job) string {
@@ -488,6 +622,15 @@ func finished(j api.Job) *sdk.CallToolResult {
 			res.StructuredContent = json.RawMessage(j.Output)
 		}
 		return res
+	}
+	if j.State == api.StateDenied {
+		// The code, who and why, so that the agent can tell its user and does not retry
+		// blindly; the text carries all three, as many clients show the model only that.
+		code := cmp.Or(j.Outcome, api.OutcomeDeniedByApprover)
+		msg := fmt.Sprintf("job %s ended denied: outcome %s: denied by approver %q: %s", j.ID, code, j.DeniedBy, j.ErrorMessage)
+		return &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: msg}},
+			StructuredContent: map[string]any{"job_id": j.ID, "state": string(j.State), "outcome": code,
+				"denied_by": j.DeniedBy, "message": j.ErrorMessage}}
 	}
 	code := j.Outcome
 	if code == "" {

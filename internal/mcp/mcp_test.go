@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +44,14 @@ type env struct {
 	secrets  map[string]string
 	approver *client.Client
 	workerA  *client.Client
+	// release lets the test worker finish one job of the "held" task; completed then
+	// receives the time its completion was accepted.
+	release   chan struct{}
+	completed chan time.Time
+	// jobReads counts GET /v1/jobs/{id} and /v1/jobs/{id}/wait requests.
+	jobReads atomic.Int64
+	// catalogReads counts GET /v1/catalog requests.
+	catalogReads atomic.Int64
 }
 
 type autoApprover struct{ key jose.JSONWebKey }
@@ -77,8 +86,17 @@ func newEnv(t testing.TB, autoApprove bool, opts mcp.Options) *env {
 	mux.Handle(mcp.Path, h)
 	mux.Handle(mcp.MetadataPath+"/", h)
 	mux.Handle(mcp.MetadataPath, h)
-	mux.Handle("/", s.Handler())
-	e := &env{t: t, s: s, url: hs.URL, key: priv, secrets: map[string]string{}}
+	e := &env{t: t, s: s, url: hs.URL, key: priv, secrets: map[string]string{}, release: make(chan struct{}), completed: make(chan time.Time, 8)}
+	v1 := s.Handler()
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/jobs/"):
+			e.jobReads.Add(1)
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/catalog":
+			e.catalogReads.Add(1)
+		}
+		v1.ServeHTTP(w, r)
+	}))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait(); s.Close(); hs.Close() })
@@ -88,7 +106,7 @@ func newEnv(t testing.TB, autoApprove bool, opts mcp.Options) *env {
 	e.workerA = e.newWorker("worker-a", "alpha", echoTask())
 	e.newWorker("worker-b", "beta", api.TaskDef{Name: "beta-only", Version: "1", InputSchema: json.RawMessage(`{"type":"object"}`)})
 	wg.Add(1)
-	go func() { defer wg.Done(); runWorker(ctx, e.workerA) }()
+	go func() { defer wg.Done(); e.runWorker(ctx, e.workerA) }()
 	return e
 }
 
@@ -118,15 +136,42 @@ func (e *env) newWorker(name, pool string, tasks ...api.TaskDef) *client.Client 
 	return c
 }
 
-// runWorker leases over /v1 and completes each job with its input as output.
-func runWorker(ctx context.Context, w *client.Client) {
+// runWorker leases over /v1 and completes each job with its input as output, except:
+// "held" jobs wait for e.release; the conformance suite's fixture tasks
+// (conformance_test.go) answer as the suite expects.
+func (e *env) runWorker(ctx context.Context, w *client.Client) {
 	for ctx.Err() == nil {
 		jobs, err := w.Lease(ctx, 1, time.Second)
 		if err != nil {
 			continue
 		}
 		for _, j := range jobs {
-			_, _ = w.Complete(ctx, j.JobID, api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: "ok", Output: j.Input, DurationMS: 1})
+			req := api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt, Outcome: "ok", Output: j.Input, DurationMS: 1}
+			switch j.Task {
+			case "held":
+				select {
+				case <-e.release:
+				case <-ctx.Done():
+					return
+				}
+			case "test_simple_text":
+				req.Output = json.RawMessage(`{"text":"This is a simple text response for testing."}`)
+			case "test_error_handling":
+				req.Outcome, req.Output, req.ErrorMessage = "task_error", nil, "This tool intentionally returns an error for testing"
+			case "test_tool_with_progress":
+				// The suite's reference tool works ~100ms between its notifications; this
+				// one runs long enough for the running state to be reported.
+				t := time.NewTimer(400 * time.Millisecond)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
+			}
+			if _, err := w.Complete(ctx, j.JobID, req); err == nil && j.Task == "held" {
+				e.completed <- time.Now()
+			}
 		}
 	}
 }
@@ -402,7 +447,7 @@ func TestOtherPoolNotListedNorCallable(t *testing.T) {
 func TestUnauthenticated(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false, mcp.Options{})
-	for _, auth := range []string{"", "Bearer cst_not-a-token", "Basic abc", "Bearer " + e.secrets["admin"]} {
+	for _, auth := range []string{"", "Bearer cst_not-a-token", "Basic abc"} {
 		req, _ := http.NewRequest(http.MethodPost, e.url+mcp.Path, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Accept", "application/json, text/event-stream")
@@ -489,6 +534,74 @@ func TestPendingResultAndFetchLater(t *testing.T) {
 	if !jsonEqual([]byte(text(r)), []byte(`{"n":3}`)) {
 		t.Errorf("result text = %q, want {\"n\":3}", text(r))
 	}
+}
+
+// TestDeniedCallIsToolError: a call whose job an approver denies ends as a tool error that
+// names the outcome code, who denied it and why, in the text (what most clients show the
+// model) and in the structured content, whether the call was still waiting or the agent
+// fetches the result later with castellan_job_result.
+func TestDeniedCallIsToolError(t *testing.T) {
+	t.Parallel()
+	check := func(t *testing.T, r *sdk.CallToolResult, reason string) {
+		t.Helper()
+		if r == nil || !r.IsError {
+			t.Fatalf("result = %+v, want a tool error", r)
+		}
+		txt := text(r)
+		for _, want := range []string{api.OutcomeDeniedByApprover, `"approver"`, reason} {
+			if !strings.Contains(txt, want) {
+				t.Errorf("tool error text = %q, want it to name %q", txt, want)
+			}
+		}
+		sc, _ := json.Marshal(r.StructuredContent)
+		var m map[string]any
+		if err := json.Unmarshal(sc, &m); err != nil || m["denied_by"] != "approver" || m["state"] != "denied" ||
+			m["outcome"] != api.OutcomeDeniedByApprover || m["message"] != reason {
+			t.Errorf("structured content = %s, want state denied, outcome %s, denied_by approver and the reason", sc, api.OutcomeDeniedByApprover)
+		}
+	}
+	t.Run("while the call waits", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, false, mcp.Options{})
+		ctx := t.Context()
+		cs := e.connect(ctx, e.secrets["client"], nil)
+		type res struct {
+			r   *sdk.CallToolResult
+			err error
+		}
+		done := make(chan res, 1)
+		go func() {
+			r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 4}})
+			done <- res{r, err}
+		}()
+		j := e.pendingJob(ctx)
+		if _, err := e.approver.Deny(ctx, j.ID, "not during the freeze"); err != nil {
+			t.Fatalf("Deny() = %v", err)
+		}
+		got := <-done
+		if got.err != nil {
+			t.Fatalf("CallTool(denied job) = %v", got.err)
+		}
+		check(t, got.r, "not during the freeze")
+	})
+	t.Run("fetched later", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, false, mcp.Options{CallWait: 100 * time.Millisecond})
+		ctx := t.Context()
+		cs := e.connect(ctx, e.secrets["client"], nil)
+		if r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 5}}); err != nil || !r.IsError {
+			t.Fatalf("CallTool = %v, %+v; want the pending answer", err, r)
+		}
+		j := e.pendingJob(ctx)
+		if _, err := e.approver.Deny(ctx, j.ID, "needs a ticket"); err != nil {
+			t.Fatalf("Deny() = %v", err)
+		}
+		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.ResultToolName, Arguments: map[string]any{"job_id": j.ID, "wait_seconds": 0}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, r, "needs a ticket")
+	})
 }
 
 func TestListChangedOnCatalogChange(t *testing.T) {
@@ -731,5 +844,184 @@ func TestSessionBoundToToken(t *testing.T) {
 		if got != tc.ok {
 			t.Errorf("tools/list on the session with token %d… = %d %q, want ok=%v", len(tc.token), resp.StatusCode, sb.String(), tc.ok)
 		}
+	}
+}
+
+// TestProgressEachStateAndPromptResult: a call that asked for progress hears of each state
+// its job passes through (pending approval, then running while the worker holds it, then
+// the end), and its result comes within milliseconds of the worker's completion, not at
+// the next poll.
+func TestProgressEachStateAndPromptResult(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{ProgressPoll: 50 * time.Millisecond})
+	ctx := t.Context()
+	held := api.TaskDef{Name: "held", Version: "1", InputSchema: json.RawMessage(`{"type":"object"}`)}
+	if _, err := e.workerA.PublishCatalog(ctx, []api.TaskDef{echoTask(), held}); err != nil {
+		t.Fatal(err)
+	}
+	type note struct {
+		progress float64
+		msg      string
+	}
+	var mu sync.Mutex
+	var notes []note
+	cs := e.connect(ctx, e.secrets["client"], &sdk.ClientOptions{ProgressNotificationHandler: func(_ context.Context, r *sdk.ProgressNotificationClientRequest) {
+		mu.Lock()
+		notes = append(notes, note{r.Params.Progress, r.Params.Message})
+		mu.Unlock()
+	}})
+	heard := func(word string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(notes, func(n note) bool { return strings.Contains(n.msg, word) })
+	}
+	type out struct {
+		r   *sdk.CallToolResult
+		err error
+		at  time.Time
+	}
+	done := make(chan out, 1)
+	go func() {
+		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "held", Arguments: map[string]any{"k": 1}, Meta: sdk.Meta{"progressToken": "p"}})
+		done <- out{r, err, time.Now()}
+	}()
+	j := e.pendingJob(ctx)
+	e.approve(ctx, j.ID)
+	deadline := time.Now().Add(10 * time.Second)
+	for !heard("running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no running progress within 10s of the approval while the worker holds the job; heard %v", notes)
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	e.release <- struct{}{}
+	finishedAt := <-e.completed
+	o := <-done
+	if o.err != nil || o.r.IsError {
+		t.Fatalf("CallTool(held) = %v, %+v", o.err, o.r)
+	}
+	lag := o.at.Sub(finishedAt)
+	t.Logf("result %v after the worker's completion was accepted", lag)
+	if lag > 500*time.Millisecond {
+		t.Errorf("result came %v after the job ended, want it within milliseconds (long-poll, not a poll)", lag)
+	}
+	// The SDK client hands notifications to their handler on its own goroutine, so the
+	// last one may reach the handler after the result.
+	for deadline := time.Now().Add(5 * time.Second); !heard("succeeded") && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var msgs []string
+	for i, n := range notes {
+		msgs = append(msgs, n.msg)
+		if i > 0 && n.progress <= notes[i-1].progress {
+			t.Errorf("progress %v after %v, want increasing", n.progress, notes[i-1].progress)
+		}
+	}
+	if len(msgs) < 3 || !strings.Contains(msgs[0], "pending approval") || !strings.Contains(msgs[len(msgs)-1], "succeeded") {
+		t.Errorf("progress = %q, want pending approval first, running, and succeeded last", msgs)
+	}
+}
+
+// TestBoundedWaitHonoursCallWait: the bounded wait lasts CallWait to the millisecond, though
+// /v1 waits count whole seconds.
+func TestBoundedWaitHonoursCallWait(t *testing.T) {
+	t.Parallel()
+	wait := 1500 * time.Millisecond
+	e := newEnv(t, false, mcp.Options{CallWait: wait})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	t0 := time.Now()
+	r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 2}})
+	took := time.Since(t0)
+	if err != nil || !r.IsError || !strings.Contains(text(r), "still pending_approval") {
+		t.Fatalf("CallTool = %v, %q; want the pending answer", err, text(r))
+	}
+	if took < wait || took > wait+time.Second {
+		t.Errorf("pending answer after %v, want after CallWait %v (and well before a second more)", took, wait)
+	}
+	// One long-poll cut at CallWait and one read of the state then; a poll loop would make
+	// one request per second, or spin through the last fraction of one.
+	if n := e.jobReads.Load(); n > 3 {
+		t.Errorf("%d job reads for one %v wait, want at most 3", n, wait)
+	}
+}
+
+// TestCallsDoNotRebuildTheSession: the SDK asks for a server on every HTTP request (to
+// learn its protocol versions) and uses it only to open a session; a request of an open
+// session must not cost a catalog read and a rebuilt tool list.
+func TestCallsDoNotRebuildTheSession(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, true, mcp.Options{CatalogPoll: time.Hour})
+	ctx := t.Context()
+	before := e.catalogReads.Load()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	opened := e.catalogReads.Load() - before
+	for i := range 10 {
+		if r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": i}}); err != nil || r.IsError {
+			t.Fatalf("CallTool(echo) = %v, %+v", err, r)
+		}
+	}
+	toolNames(t, ctx, cs)
+	// Opening reads it at most twice: for the session's tools, and to describe the token
+	// where the control plane has no /v1/whoami.
+	if n := e.catalogReads.Load() - before - opened; n != 0 || opened > 2 {
+		t.Errorf("catalog reads: %d to open the session, %d for 10 calls and a tools/list; want at most 2 and 0", opened, n)
+	}
+}
+
+// TestIdleSessionEnds: an agent that opens a session and vanishes without DELETE does not
+// keep it (and its catalog poll) forever.
+func TestIdleSessionEnds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{SessionIdle: 300 * time.Millisecond, CatalogPoll: 100 * time.Millisecond})
+	ctx := t.Context()
+	post := func(session, body string) *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+mcp.Path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+e.secrets["client"])
+		req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	resp := post("", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"gone","version":"1"}}}`)
+	id := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || id == "" {
+		t.Fatalf("initialize = %d, session %q", resp.StatusCode, id)
+	}
+	post(id, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	// A GET does not keep the session alive, so it can probe without resetting the timer.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		req, _ := http.NewRequestWithContext(gctx, http.MethodGet, e.url+mcp.Path, nil)
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+e.secrets["client"])
+		req.Header.Set("Mcp-Session-Id", id)
+		req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+		resp, err := http.DefaultClient.Do(req)
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+			resp.Body.Close()
+		}
+		cancel()
+		if status == http.StatusNotFound {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session still served (%d, %v) 10s after its last POST; SessionIdle is 300ms", status, err)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
 	}
 }
