@@ -12,9 +12,13 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/approver/process"
 	"github.com/castellan-dev/castellan/internal/approver/rules"
+	"github.com/castellan-dev/castellan/internal/logging"
 	"github.com/castellan-dev/castellan/policy"
 )
 
@@ -24,11 +28,61 @@ type ApproverCheckConfig struct {
 	Input string // optional sample requests file; "-" for stdin
 }
 
+// ApproverConfig is `castellan approver`.
+type ApproverConfig struct {
+	JobConfig
+	Key       string   // private JWK file
+	Rules     string   // rules file
+	Pools     []string // pools served
+	PollMax   time.Duration
+	PersonTTL time.Duration
+	LogLevel  string
+	LogFormat string
+	// UI is the console's listen address ("" for none); UIAllowRemote permits a
+	// non-loopback one.
+	UI            string
+	UIAllowRemote bool
+	// ready, when set, receives the console's URL (with the session secret) once it
+	// listens, or "" when there is no console; for tests and the demo.
+	ready func(consoleURL string)
+}
+
 func approverCommand() *cli.Command {
 	var chk ApproverCheckConfig
+	var cfg ApproverConfig
+	pools := cli.NewStringSlice("default")
 	return &cli.Command{
-		Name:  "approver",
-		Usage: "decide approvals on the approvers' side",
+		Name:      "approver",
+		Usage:     "decide approvals on the approvers' side: rules first, a person in the console for the rest",
+		UsageText: "castellan approver --server URL --token-file FILE --key KEY.private.jwk.json --rules RULES [--pool P ...] [--ui 127.0.0.1:PORT]",
+		Description: "Watches the control plane for jobs pending approval in its pools and decides each with the\n" +
+			"rules file (see `castellan approver check`): a rule approves (an approval is signed HERE with\n" +
+			"--key, with the rule's TTL and attempts, approved_by {rule: NAME}), denies with the rule's reason,\n" +
+			"or leaves the job for a person. With --ui, serves the console for those jobs on the approver's\n" +
+			"machine. The key never leaves this process. See docs/approvals.md.\n\n" +
+			"Example:\n  castellan approver --server https://cp:8443 --token-file approver.token \\\n" +
+			"    --key alice.private.jwk.json --rules rules.yaml --pool default --ui 127.0.0.1:8470",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &cfg.Server},
+			tokenFileFlag(&cfg.TokenFile),
+			caFileFlag(&cfg.CAFile),
+			&cli.StringFlag{Name: "key", Usage: "private JWK `FILE` approvals are signed with (castellan keygen)", EnvVars: []string{"CASTELLAN_APPROVER_KEY"}, Destination: &cfg.Key},
+			&cli.StringFlag{Name: "rules", Usage: "approval rules `FILE`", EnvVars: []string{"CASTELLAN_APPROVER_RULES"}, Destination: &cfg.Rules},
+			&cli.StringSliceFlag{Name: "pool", Usage: "`POOL` served (repeat for several); jobs of other pools are never touched", Value: pools},
+			&cli.DurationFlag{Name: "poll-max", Usage: "longest wait between polls while nothing is pending", Value: 2 * time.Second, Destination: &cfg.PollMax},
+			&cli.DurationFlag{Name: "person-ttl", Usage: "lifetime of approvals given in the console", Value: approval.DefaultTTL, Destination: &cfg.PersonTTL},
+			&cli.StringFlag{Name: "ui", Usage: "serve the console on `ADDR` (127.0.0.1:PORT)", Destination: &cfg.UI},
+			&cli.BoolFlag{Name: "ui-allow-remote", Usage: "allow --ui on a non-loopback address (anyone who can reach it and holds the session URL can approve)", Destination: &cfg.UIAllowRemote},
+			logLevelFlag(&cfg.LogLevel, "info"),
+			logFormatFlag(&cfg.LogFormat),
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("approver: unexpected argument %q (subcommand: check)", c.Args().First())
+			}
+			cfg.Pools = pools.Value()
+			return Approver(c.Context, cfg, c.App.Writer, c.App.ErrWriter)
+		},
 		Subcommands: []*cli.Command{{
 			Name:      "check",
 			Usage:     "validate an approval rules file and show which rule decides sample requests",
@@ -63,6 +117,63 @@ func approverCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// Approver runs the approver until ctx ends.
+func Approver(ctx context.Context, cfg ApproverConfig, stdout, stderr io.Writer) error {
+	if cfg.Key == "" || cfg.Rules == "" {
+		return usagef("--key and --rules are required")
+	}
+	log, err := logging.New(stderr, logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat})
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = log.Sync() }()
+	key, err := approval.LoadPrivateKey(cfg.Key)
+	if err != nil {
+		return usagef("--key: %v", err)
+	}
+	rs, err := rules.Load(cfg.Rules)
+	if err != nil {
+		return usageError{err}
+	}
+	c, err := cfg.client()
+	if err != nil {
+		return err
+	}
+	a, err := process.New(process.Config{Control: c, Key: key, Rules: rs, Pools: cfg.Pools, Logger: log.Named("approver"),
+		PollMax: cfg.PollMax, PersonTTL: cfg.PersonTTL})
+	if err != nil {
+		return usageError{err}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	uiDone := make(chan error, 1)
+	consoleURL := ""
+	if cfg.UI != "" {
+		if consoleURL, err = startConsole(ctx, cfg, a, log, uiDone); err != nil {
+			return err
+		}
+	} else {
+		uiDone <- nil
+	}
+	fmt.Fprintf(stdout, "approver running: pools %s, key %s, %d rules from %s\n", strings.Join(cfg.Pools, ","), key.KeyID, rs.Len(), cfg.Rules)
+	if consoleURL != "" {
+		fmt.Fprintf(stdout, "console: open %s (this URL holds the session secret; it is printed once)\n", consoleURL)
+	}
+	if cfg.ready != nil {
+		cfg.ready(consoleURL)
+	}
+	runErr := a.Run(ctx)
+	cancel()
+	if err := <-uiDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	if errors.Is(runErr, process.ErrUnauthenticated) {
+		log.Error(runErr.Error())
+		return loggedUsage{runErr}
+	}
+	return runErr
 }
 
 // ApproverSample is one sample request of `approver check --input`.
@@ -196,4 +307,9 @@ func (s ApproverSample) request() (rules.Request, error) {
 		req.Now = t
 	}
 	return req, nil
+}
+
+// startConsole is replaced when the console exists.
+func startConsole(ctx context.Context, cfg ApproverConfig, a *process.Approver, log *zap.Logger, done chan<- error) (string, error) {
+	return "", usagef("--ui: the console is not built yet")
 }
