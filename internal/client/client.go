@@ -236,6 +236,13 @@ func (c *Client) Approve(ctx context.Context, jobID, token string) (api.Job, err
 	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/jobs/"+url.PathEscape(jobID)+"/approval", nil, api.ApproveRequest{Token: token}, &out)
 }
 
+// Deny refuses a pending_approval job with a reason (approver or admin): it ends denied,
+// and the submitter sees who denied it and why.
+func (c *Client) Deny(ctx context.Context, jobID, reason string) (api.Job, error) {
+	var out api.Job
+	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/jobs/"+url.PathEscape(jobID)+"/deny", nil, api.DenyRequest{Reason: reason}, &out)
+}
+
 // Get returns one job.
 func (c *Client) Get(ctx context.Context, jobID string) (api.Job, error) {
 	var out api.Job

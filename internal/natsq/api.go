@@ -248,6 +248,7 @@ func (s *APIServer) routes() {
 	m.Handle("GET /v1/jobs/{id}/wait", s.auth(readers, s.hWait))
 	m.Handle("POST /v1/jobs/{id}/cancel", s.auth(submitters, s.hCancel))
 	m.Handle("POST /v1/jobs/{id}/approval", s.auth(approvers, s.hApprove))
+	m.Handle("POST /v1/jobs/{id}/deny", s.auth(approvers, s.hDeny))
 	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
@@ -691,6 +692,44 @@ func (s *APIServer) hApprove(w http.ResponseWriter, r *http.Request, p principal
 	}
 	writeJSON(w, http.StatusOK, j)
 	return nil
+}
+
+func (s *APIServer) hDeny(w http.ResponseWriter, r *http.Request, p principal) error {
+	var body api.DenyBody
+	if err := decode(w, r, smallBody, &body, false); err != nil {
+		return err
+	}
+	reason, code, err := body.Check()
+	if err != nil {
+		return refusal(http.StatusBadRequest, code, "%v", err)
+	}
+	id := r.PathValue("id")
+	if _, err := s.job(r.Context(), p, id); err != nil {
+		return err
+	}
+	j, err := s.d.deny(r.Context(), id, p.who(), reason)
+	if err != nil {
+		return err
+	}
+	s.log.Info("job denied", zap.String("job", id), zap.String("by", p.tokenID))
+	writeJSON(w, http.StatusOK, j)
+	return nil
+}
+
+// deny ends a pending_approval job as denied (compare-and-set, so a concurrent approval on
+// another replica wins or loses whole). A pending job was never published, so nothing
+// reaches a worker and there is no message to drop.
+func (d *Dispatcher) deny(ctx context.Context, id, by, reason string) (api.Job, error) {
+	rec, err := d.update(ctx, id, func(r *Record) (bool, error) {
+		if r.Job.State != api.StatePendingApproval {
+			return false, refusal(http.StatusConflict, api.CodeInvalidState, "job %s is %s; only a pending_approval job can be denied", id, r.Job.State)
+		}
+		now := time.Now().UTC()
+		j := &r.Job
+		j.State, j.Outcome, j.ErrorMessage, j.DeniedBy, j.FinishedAt = api.StateDenied, api.OutcomeDeniedByApprover, reason, by, &now
+		return true, nil
+	})
+	return rec.Job, err
 }
 
 // approve moves a pending_approval job to queued with its approval (compare-and-set, so

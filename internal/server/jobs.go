@@ -51,7 +51,7 @@ var qJobByID = hot(`SELECT ` + jobColumns + ` FROM jobs WHERE id = ?`)
 // jobColumns must match scanJob.
 const jobColumns = `seq, id, task, task_version, pool, state, input, approval, attempt, max_attempts,
 	not_before, outcome, output, error_message, duration_ms, module_digest, idempotency_key,
-	submitted_by, created_at, updated_at, finished_at`
+	submitted_by, created_at, updated_at, finished_at, denied_by`
 
 type jobRow struct {
 	api.Job
@@ -69,7 +69,7 @@ func scanJob(sc scanner) (jobRow, error) {
 	var idem sql.NullString
 	err := sc.Scan(&j.seq, &j.ID, &j.Task, &j.TaskVersion, &j.Pool, &j.State, &input, &j.approval,
 		&j.Attempt, &j.MaxAttempts, &notBefore, &j.Outcome, &output, &j.ErrorMessage, &j.DurationMS,
-		&j.ModuleDigest, &idem, &j.SubmittedBy, &created, &updated, &finished)
+		&j.ModuleDigest, &idem, &j.SubmittedBy, &created, &updated, &finished, &j.DeniedBy)
 	if err != nil {
 		return j, err
 	}
@@ -325,6 +325,42 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 		s.record(auditlog.Action{Type: auditlog.ActionApproved, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role)})
 		s.cfg.Metrics.Approved(out.Task)
 		s.queued.broadcast()
+	}
+	return out, err
+}
+
+// deny ends a pending_approval job as denied with the approver's reason. Nothing reaches a
+// worker: only a queued job is ever leased.
+func (s *Server) deny(ctx context.Context, p Principal, id, reason string) (api.Job, error) {
+	var out api.Job
+	err := s.store.tx(ctx, func(tx *txn) error {
+		j, err := getJobRow(ctx, tx, p, id)
+		if err != nil {
+			return err
+		}
+		if j.State != api.StatePendingApproval {
+			return errf(http.StatusConflict, api.CodeInvalidState, "job %s is %s; only a pending_approval job can be denied", id, j.State)
+		}
+		now := s.cfg.Now().UnixMilli()
+		res, err := tx.ExecContext(ctx, qDeny, api.OutcomeDeniedByApprover, reason, p.Who(), now, now, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return errf(http.StatusConflict, api.CodeInvalidState, "job %s is no longer pending_approval", id)
+		}
+		detail, _ := json.Marshal(map[string]string{"reason": reason, "denied_by": p.Who()})
+		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.deny", id, string(detail)); err != nil {
+			return err
+		}
+		j, err = getJobRow(ctx, tx, p, id)
+		out = j.Job
+		return err
+	})
+	if err == nil {
+		s.step(ctx, "deny", id, out.Task)
+		s.record(auditlog.Action{Type: auditlog.ActionDenied, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
+		s.finished.broadcast()
 	}
 	return out, err
 }
@@ -740,6 +776,8 @@ var qIdemLookup = hot(`SELECT id, request_hash FROM jobs WHERE pool = ? AND idem
 var qInsertJob = hot(`INSERT INTO jobs(id, task, task_version, pool, input, approval, state, max_attempts,
 			idempotency_key, request_hash, submitted_by, created_at, updated_at, traceparent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
 var qApprove = hot(`UPDATE jobs SET approval = ?, state = 'queued', updated_at = ? WHERE id = ? AND state = 'pending_approval'`)
+var qDeny = hot(`UPDATE jobs SET state = 'denied', outcome = ?, error_message = ?, denied_by = ?, updated_at = ?, finished_at = ?
+			WHERE id = ? AND state = 'pending_approval'`)
 var qCancelNow = hot(`UPDATE jobs SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE id = ?`)
 var qCancelRequest = hot(`UPDATE jobs SET state = 'cancel_requested', updated_at = ? WHERE id = ?`)
 var qDueJobs = hot(`SELECT id, MAX(j.updated_at, j.not_before) FROM jobs j WHERE j.pool = ? AND j.state = 'queued' AND j.not_before <= ?

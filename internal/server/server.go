@@ -203,6 +203,7 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/jobs/{id}/wait", s.auth(readers, s.hWait))
 	m.Handle("POST /v1/jobs/{id}/cancel", s.auth(submitters, s.hCancel))
 	m.Handle("POST /v1/jobs/{id}/approval", s.auth(approvers, s.hApprove))
+	m.Handle("POST /v1/jobs/{id}/deny", s.auth(approvers, s.hDeny))
 	m.Handle("POST /v1/tokens", s.auth(admin, s.hTokenCreate))
 	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
@@ -446,6 +447,23 @@ func (s *Server) hApprove(w http.ResponseWriter, r *http.Request, p Principal) e
 		return e
 	}
 	j, err := s.approve(r.Context(), p, r.PathValue("id"), req.Token)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, j)
+	return nil
+}
+
+func (s *Server) hDeny(w http.ResponseWriter, r *http.Request, p Principal) error {
+	var body api.DenyBody
+	if e := decode(w, r, smallBody, &body, false); e != nil {
+		return e
+	}
+	reason, code, err := body.Check()
+	if err != nil {
+		return errf(http.StatusBadRequest, code, "%v", err)
+	}
+	j, err := s.deny(r.Context(), p, r.PathValue("id"), reason)
 	if err != nil {
 		return err
 	}

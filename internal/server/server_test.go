@@ -737,3 +737,25 @@ func TestLeaseBoundToItsWorker(t *testing.T) {
 		t.Fatalf("job = %s output %s, %v; want succeeded with the owner's output", got.State, got.Output, err)
 	}
 }
+
+// TestDenyIsAudited: a deny is in the audit table with the reason and who denied, and in
+// the tamper-evident log as job_denied.
+func TestDenyIsAudited(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	j := e.submit(ctx, 1, false)
+	d, err := e.approver.Deny(ctx, j.ID, "no refunds on Fridays")
+	if err != nil || d.State != api.StateDenied || d.DeniedBy != "approver" {
+		t.Fatalf("Deny() = %+v, %v", d, err)
+	}
+	l, err := e.admin.Audit(ctx, client.AuditOptions{JobID: j.ID, Action: "job.deny"})
+	if err != nil || len(l.Entries) != 1 {
+		t.Fatalf("Audit(job.deny) = %+v, %v, want one entry", l.Entries, err)
+	}
+	var detail map[string]string
+	if err := json.Unmarshal(l.Entries[0].Detail, &detail); err != nil || detail["reason"] != "no refunds on Fridays" ||
+		detail["denied_by"] != "approver" || l.Entries[0].Role != string(api.RoleApprover) {
+		t.Fatalf("audit entry = %+v (%v), want the reason and the approver", l.Entries[0], err)
+	}
+}

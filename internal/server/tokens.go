@@ -26,8 +26,17 @@ var ErrTokenInvalid = errors.New("invalid bearer token")
 // Principal is an authenticated caller.
 type Principal struct {
 	TokenID string
+	Name    string // the token's name; "" when it has none
 	Role    api.Role
 	Pool    string // api.AllPools for tokens not bound to one pool
+}
+
+// Who is how p is named to people: the token's name, or its id when it has none.
+func (p Principal) Who() string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.TokenID
 }
 
 // canPool reports whether p may act on pool.
@@ -115,7 +124,7 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 	var stored []byte
 	var revoked sql.NullInt64
 	err := s.queryRow(ctx, qTokenByHash, sum[:]).
-		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked)
+		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked, &p.Name)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, ErrTokenInvalid
 	}
@@ -131,4 +140,4 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 }
 
 // Hot-path statements (see stmts.go).
-var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at FROM tokens WHERE hash = ?`)
+var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at, name FROM tokens WHERE hash = ?`)

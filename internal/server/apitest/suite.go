@@ -421,6 +421,80 @@ var scenarios = []scenario{
 			t.Fatalf("leased %s with approval %q, want the oldest job %s with its approval", first.JobID, first.Approval, j.ID)
 		}
 	}},
+	{"deny", func(t *testing.T, s *suite) {
+		j := s.submit(t, "")
+		path := "/v1/jobs/" + j.ID + "/deny"
+		s.refused(t, 403, api.CodeForbidden, s.client, "POST", path, `{"reason":"no"}`)
+		s.refused(t, 404, api.CodeNotFound, s.otherApprover, "POST", path, `{"reason":"no"}`)
+		s.refused(t, 404, api.CodeNotFound, s.approver, "POST", "/v1/jobs/job_"+strings.Repeat("0", 24)+"/deny", `{"reason":"no"}`)
+		for _, c := range []struct{ name, body, code string }{
+			{"no reason", `{}`, api.CodeInvalidField},
+			{"null reason", `{"reason":null}`, api.CodeInvalidField},
+			{"empty reason", `{"reason":""}`, api.CodeInvalidField},
+			{"reason of 1001 bytes", `{"reason":"` + strings.Repeat("r", 1001) + `"}`, api.CodeInvalidField},
+			{"reason of 1001 bytes in 3-byte runes", `{"reason":"rr` + strings.Repeat("€", 333) + `"}`, api.CodeInvalidField},
+			{"newline", `{"reason":"a\nb"}`, api.CodeInvalidField},
+			{"escape", `{"reason":"a\u001b[31mb"}`, api.CodeInvalidField},
+			{"NUL", `{"reason":"a\u0000b"}`, api.CodeInvalidField},
+			{"DEL", `{"reason":"a\u007fb"}`, api.CodeInvalidField},
+			{"C1 control", `{"reason":"a\u0085b"}`, api.CodeInvalidField},
+			{"bidi override", `{"reason":"a\u202eb"}`, api.CodeInvalidField},
+			{"line separator", `{"reason":"a\u2028b"}`, api.CodeInvalidField},
+			{"lone surrogate", `{"reason":"a\ud800b"}`, api.CodeInvalidField},
+			{"invalid UTF-8", "{\"reason\":\"a\xffb\"}", api.CodeInvalidField},
+			{"number", `{"reason":1}`, api.CodeInvalidJSON},
+			{"array", `{"reason":["no"]}`, api.CodeInvalidJSON},
+			{"unknown field", `{"reason":"no","by":"x"}`, api.CodeUnknownField},
+			{"no body", ``, api.CodeInvalidJSON},
+		} {
+			t.Run(c.name, func(t *testing.T) { s.refused(t, 400, c.code, s.approver, "POST", path, c.body) })
+		}
+		if got := s.get(t, j.ID); got.State != api.StatePendingApproval {
+			t.Fatalf("refused denies moved the job to %s", got.State)
+		}
+		reason := "refunds over 500 € need a ticket"
+		var d api.Job
+		s.ok(t, 200, s.approver, "POST", path, `{"reason":"`+reason+`"}`, &d)
+		if d.ID != j.ID || d.State != api.StateDenied || d.Outcome != api.OutcomeDeniedByApprover || d.ErrorMessage != reason ||
+			d.DeniedBy != "approver" || d.FinishedAt == nil || d.HasApproval {
+			t.Fatalf("deny = %+v, want denied (denied_by_approver) by approver with the reason", d)
+		}
+		if !d.State.Terminal() {
+			t.Fatal("denied is not terminal")
+		}
+		s.refused(t, 409, api.CodeInvalidState, s.approver, "POST", path, `{"reason":"again"}`)
+		s.refused(t, 409, api.CodeInvalidState, s.approver, "POST", "/v1/jobs/"+j.ID+"/approval", `{"token":"`+FakeApproval("x")+`"}`)
+		s.refused(t, 409, api.CodeInvalidState, s.client, "POST", "/v1/jobs/"+j.ID+"/cancel", "")
+		var w api.Job
+		s.ok(t, 200, s.client, "GET", "/v1/jobs/"+j.ID+"/wait?timeout=30", "", &w)
+		if w.State != api.StateDenied || w.DeniedBy != "approver" || w.ErrorMessage != reason {
+			t.Fatalf("wait = %+v, want denied at once", w)
+		}
+		if g := s.get(t, j.ID); g.State != api.StateDenied || g.DeniedBy != "approver" || g.ErrorMessage != reason || g.Outcome != api.OutcomeDeniedByApprover {
+			t.Fatalf("GET = %+v, want denied", g)
+		}
+		var l api.JobList
+		s.ok(t, 200, s.client, "GET", "/v1/jobs?state=denied", "", &l)
+		if len(l.Jobs) != 1 || l.Jobs[0].ID != j.ID || l.Jobs[0].DeniedBy != "approver" {
+			t.Fatalf("state=denied lists %+v, want the denied job", l.Jobs)
+		}
+		// Only a pending job: a queued one is refused, and an admin may deny too.
+		q := s.submitApproved(t, "")
+		s.refused(t, 409, api.CodeInvalidState, s.approver, "POST", "/v1/jobs/"+q.ID+"/deny", `{"reason":"late"}`)
+		k := s.submit(t, "")
+		s.ok(t, 200, s.admin, "POST", "/v1/jobs/"+k.ID+"/deny", `{"reason":"no"}`, &d)
+		if d.State != api.StateDenied || d.DeniedBy != "admin" {
+			t.Fatalf("admin deny = %s by %q, want denied by admin", d.State, d.DeniedBy)
+		}
+		// Nothing reached the worker: it leases the queued job and nothing else.
+		if lj := s.lease(t); lj.JobID != q.ID {
+			t.Fatalf("leased %s, want the approved job %s", lj.JobID, q.ID)
+		}
+		jobs, err := s.Worker.Lease(t.Context(), 1, time.Second)
+		if err != nil || len(jobs) != 0 {
+			t.Fatalf("Lease() after the denies = %d jobs, %v; want none", len(jobs), err)
+		}
+	}},
 	{"lease/succeed", func(t *testing.T, s *suite) {
 		j := s.submitApproved(t, `,"max_attempts":2`)
 		lj := s.lease(t)
