@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/approver/console"
 	"github.com/castellan-dev/castellan/internal/approver/process"
 	"github.com/castellan-dev/castellan/internal/approver/rules"
 	"github.com/castellan-dev/castellan/internal/logging"
@@ -42,6 +45,7 @@ type ApproverConfig struct {
 	// non-loopback one.
 	UI            string
 	UIAllowRemote bool
+	As            string // the person approving in the console (approved_by.person); default $USER
 	// ready, when set, receives the console's URL (with the session secret) once it
 	// listens, or "" when there is no console; for tests and the demo.
 	ready func(consoleURL string)
@@ -72,6 +76,7 @@ func approverCommand() *cli.Command {
 			&cli.DurationFlag{Name: "poll-max", Usage: "longest wait between polls while nothing is pending", Value: 2 * time.Second, Destination: &cfg.PollMax},
 			&cli.DurationFlag{Name: "person-ttl", Usage: "lifetime of approvals given in the console", Value: approval.DefaultTTL, Destination: &cfg.PersonTTL},
 			&cli.StringFlag{Name: "ui", Usage: "serve the console on `ADDR` (127.0.0.1:PORT)", Destination: &cfg.UI},
+			&cli.StringFlag{Name: "as", Usage: "`NAME` of the person approving in the console, recorded as approved_by.person (default $USER)", Destination: &cfg.As},
 			&cli.BoolFlag{Name: "ui-allow-remote", Usage: "allow --ui on a non-loopback address (anyone who can reach it and holds the session URL can approve)", Destination: &cfg.UIAllowRemote},
 			logLevelFlag(&cfg.LogLevel, "info"),
 			logFormatFlag(&cfg.LogFormat),
@@ -151,7 +156,7 @@ func Approver(ctx context.Context, cfg ApproverConfig, stdout, stderr io.Writer)
 	uiDone := make(chan error, 1)
 	consoleURL := ""
 	if cfg.UI != "" {
-		if consoleURL, err = startConsole(ctx, cfg, a, log, uiDone); err != nil {
+		if consoleURL, err = startConsole(ctx, cfg, a, c, log, uiDone); err != nil {
 			return err
 		}
 	} else {
@@ -309,7 +314,55 @@ func (s ApproverSample) request() (rules.Request, error) {
 	return req, nil
 }
 
-// startConsole is replaced when the console exists.
-func startConsole(ctx context.Context, cfg ApproverConfig, a *process.Approver, log *zap.Logger, done chan<- error) (string, error) {
-	return "", usagef("--ui: the console is not built yet")
+// startConsole listens on cfg.UI and serves the console until ctx ends (then done gets the
+// server's error, or nil). It returns the session URL.
+func startConsole(ctx context.Context, cfg ApproverConfig, a *process.Approver, cat console.Catalog, log *zap.Logger, done chan<- error) (string, error) {
+	remote, err := console.CheckAddr(cfg.UI, cfg.UIAllowRemote)
+	if err != nil {
+		return "", usageError{err}
+	}
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.UI)
+	if err != nil {
+		return "", usagef("--ui %s: %v", cfg.UI, err)
+	}
+	addr := ln.Addr().String()
+	if host, _, _ := net.SplitHostPort(cfg.UI); host == "localhost" {
+		_, port, _ := net.SplitHostPort(addr)
+		addr = net.JoinHostPort("localhost", port)
+	}
+	person := cfg.As
+	if person == "" {
+		person = os.Getenv("USER")
+	}
+	if person == "" {
+		person = "console"
+	}
+	con, err := console.New(console.Config{Approver: a, Catalog: cat, Addr: addr, Person: person, Logger: log.Named("console")})
+	if err != nil {
+		_ = ln.Close()
+		return "", usageError{err}
+	}
+	if remote {
+		log.Warn("!!! the console listens on a non-loopback address (--ui-allow-remote): anyone who can reach it and obtains the session URL can approve with this key; the traffic is plain HTTP !!!",
+			zap.String("addr", addr))
+	}
+	hs := &http.Server{Handler: con.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }, // ends the event streams at shutdown
+		ErrorLog:    zap.NewStdLog(log.Named("console"))}
+	go func() {
+		errc := make(chan error, 1)
+		go func() { errc <- hs.Serve(ln) }()
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = hs.Shutdown(sctx) // the event streams end with their requests
+			_ = hs.Close()
+			<-errc
+			done <- nil
+		case err := <-errc:
+			done <- err
+		}
+	}()
+	return con.SessionURL(), nil
 }

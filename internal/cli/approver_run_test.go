@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -86,5 +89,34 @@ func TestApproverUsage(t *testing.T) {
 		if ExitCode(err) != ExitUsage || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: Approver() = %v, want a usage error containing %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// TestApproverConsoleFlag: --ui serves the console at the printed session URL, which logs
+// a browser in; a non-loopback --ui without --ui-allow-remote is a usage error.
+func TestApproverConsoleFlag(t *testing.T) {
+	t.Parallel()
+	e := approvertest.New(t)
+	u, _ := startApprover(t, e, "rules: []\n", ApproverConfig{UI: "127.0.0.1:0", As: "alice"})
+	if !strings.HasPrefix(u, "http://127.0.0.1:") || !strings.Contains(u, "/?session=") {
+		t.Fatalf("console URL %q, want http://127.0.0.1:PORT/?session=...", u)
+	}
+	jar, err := cookiejar.New(nil)
+	must(t, err)
+	hc := &http.Client{Jar: jar}
+	resp, err := hc.Get(u)
+	must(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.RawQuery != "" || !strings.Contains(string(body), "Signing as <strong>alice</strong>") {
+		t.Fatalf("GET session URL -> %d at %s:\n%s", resp.StatusCode, resp.Request.URL, body)
+	}
+	dir := t.TempDir()
+	priv, _, err := approval.WriteKeyFiles(dir, "k")
+	must(t, err)
+	err = Approver(t.Context(), ApproverConfig{JobConfig: JobConfig{Server: e.URL, TokenFile: writeFile(t, dir, "tok", e.Secrets["admin"])},
+		Key: priv, Rules: writeFile(t, dir, "r.yaml", "rules: []\n"), Pools: []string{"default"}, UI: "192.0.2.1:8470"}, &syncBuffer{}, &syncBuffer{})
+	if ExitCode(err) != ExitUsage || !strings.Contains(err.Error(), "--ui-allow-remote") {
+		t.Fatalf("Approver(--ui 192.0.2.1:8470) = %v, want a usage error naming --ui-allow-remote", err)
 	}
 }

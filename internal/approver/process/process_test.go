@@ -111,8 +111,8 @@ func TestNoRuleAsks(t *testing.T) {
 	}
 }
 
-// TestRuleDenies: a deny rule ends the job denied with the rule's reason where the control
-// plane can deny; where it cannot, the job is left for a person, never approved.
+// TestRuleDenies: a deny rule ends the job denied with the rule's reason; nothing is
+// signed.
 func TestRuleDenies(t *testing.T) {
 	t.Parallel()
 	e := approvertest.New(t)
@@ -120,17 +120,31 @@ func TestRuleDenies(t *testing.T) {
 	j := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5000,"currency":"EUR"}`)
 	poll(t, a)
 	got := e.Get(j.ID)
-	if a.CanDeny() {
-		if got.State != "denied" || got.Outcome != "denied_by_approver" {
-			t.Fatalf("denied job = %+v, want state denied, outcome denied_by_approver", got)
-		}
-		return
+	if got.State != api.StateDenied || got.Outcome != api.OutcomeDeniedByApprover || got.HasApproval ||
+		got.ErrorMessage != "refunds over 1000 need finance" || got.DeniedBy != "approver" {
+		t.Fatalf("denied job = %+v, want state denied by approver, outcome denied_by_approver, the rule's reason", got)
 	}
-	if got.State != api.StatePendingApproval || got.HasApproval {
+	if p := a.Pending(); len(p) != 0 {
+		t.Fatalf("Pending() = %+v, want nothing asked", p)
+	}
+}
+
+// TestDenyUnsupported: a control plane without deny gets a deny decision left for a person,
+// never approved.
+func TestDenyUnsupported(t *testing.T) {
+	t.Parallel()
+	e := approvertest.New(t)
+	a, _ := newApprover(t, e, struct{ Control }{e.Approver}) // hides Deny
+	j := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5000,"currency":"EUR"}`)
+	poll(t, a)
+	if got := e.Get(j.ID); got.State != api.StatePendingApproval || got.HasApproval {
 		t.Fatalf("job is %s (approval %v), want pending without approval", got.State, got.HasApproval)
 	}
 	if p := a.Pending(); len(p) != 1 || p[0].Rule != "no-big-refunds" {
 		t.Fatalf("Pending() = %+v, want the job asked by rule no-big-refunds", p)
+	}
+	if err := a.DenyAsPerson(t.Context(), j.ID, "alice", "no"); err != ErrCannotDeny {
+		t.Fatalf("DenyAsPerson() = %v, want ErrCannotDeny", err)
 	}
 }
 
@@ -266,7 +280,11 @@ func TestLyingControlPlane(t *testing.T) {
 			get: func(j api.Job) api.Job { j.Input = json.RawMessage(seen); return j }, reason: approval.InputMismatch},
 		{name: "job in another pool listed as ours", pool: approvertest.Other, input: seen,
 			list: func(other api.Job) func(api.JobList) api.JobList {
-				return func(l api.JobList) api.JobList { other.Pool = approvertest.Pool; l.Jobs = append(l.Jobs, other); return l }
+				return func(l api.JobList) api.JobList {
+					other.Pool = approvertest.Pool
+					l.Jobs = append(l.Jobs, other)
+					return l
+				}
 			},
 			refuse: `which this approver does not serve`},
 		{name: "job in another pool listed with its pool", pool: approvertest.Other, input: seen,
@@ -286,7 +304,10 @@ func TestLyingControlPlane(t *testing.T) {
 		{name: "zero attempts", pool: approvertest.Pool, input: seen,
 			get: func(j api.Job) api.Job { j.MaxAttempts = 0; return j }, refuse: "outside 1..100"},
 		{name: "duplicate member names", pool: approvertest.Pool, input: seen,
-			get: func(j api.Job) api.Job { j.Input = json.RawMessage(`{"customer_id":"c-1","customer_id":"x"}`); return j }, refuse: "not I-JSON"},
+			get: func(j api.Job) api.Job {
+				j.Input = json.RawMessage(`{"customer_id":"c-1","customer_id":"x"}`)
+				return j
+			}, refuse: "not I-JSON"},
 		{name: "input not JSON", pool: approvertest.Pool, input: seen,
 			get: func(j api.Job) api.Job { j.Input = json.RawMessage(`{"customer_id":`); return j }, refuse: "not I-JSON"},
 	} {
