@@ -198,7 +198,10 @@ func (c *Console) guard(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", CSP)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer") // the session URL must not leak in a Referer
+		// same-origin, not no-referrer: under no-referrer Chromium sends "Origin: null" with
+		// the page's own form posts, which the origin check must refuse. Other origins still
+		// get no Referer (the session URL never leaves the console).
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
 		if !c.hosts[strings.ToLower(r.Host)] {
 			c.refuse(w, r, http.StatusMisdirectedRequest, "this console answers only at http://"+c.cfg.Addr)
