@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -88,7 +89,7 @@ func intParam(v, name string, def, lo, hi int) (int, error) {
 
 // hList serves GET /v1/jobs with internal/server's parameters, checks and scoping.
 func (s *APIServer) hList(w http.ResponseWriter, r *http.Request, p principal) error {
-	if err := onlyParams(r, "state", "task", "pool", "limit", "cursor"); err != nil {
+	if err := onlyParams(r, "state", "task", "pool", "limit", "cursor", "wait_seconds"); err != nil {
 		return err
 	}
 	q := r.URL.Query()
@@ -117,12 +118,80 @@ func (s *APIServer) hList(w http.ResponseWriter, r *http.Request, p principal) e
 			return refusal(http.StatusBadRequest, api.CodeInvalidField, "cursor %q is not a cursor from a previous page's next_cursor", c)
 		}
 	}
-	list, err := s.listJobs(r.Context(), f)
+	wait, err := intParam(q.Get("wait_seconds"), "wait_seconds", 0, 0, maxWaitSeconds)
 	if err != nil {
 		return err
 	}
+	if wait == 0 {
+		list, err := s.listJobs(r.Context(), f)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, list)
+		return nil
+	}
+	return s.listWait(w, r, f, time.Duration(wait)*time.Second)
+}
+
+// listWait is a list long-poll: when the page is empty it watches the job bucket (every
+// replica sees every write) and reads the page again when a job the filter matches is
+// written, answering as soon as the page has a job or the wait ends.
+func (s *APIServer) listWait(w http.ResponseWriter, r *http.Request, f jobFilter, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	// Watch before the first read, so that no write between the two is missed.
+	watch, err := s.d.jobs.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("natsq: watch %s: %w", JobsBucket, err)
+	}
+	defer func() { _ = watch.Stop() }()
+	list, err := s.listJobs(ctx, f)
+	if err != nil {
+		return err
+	}
+	s.waiters.Add(1)
+	defer s.waiters.Add(-1)
+	for len(list.Jobs) == 0 {
+		select {
+		case <-s.closing:
+			writeJSON(w, http.StatusOK, list)
+			return nil
+		case e, ok := <-watch.Updates():
+			if !ok {
+				writeJSON(w, http.StatusOK, list)
+				return nil
+			}
+			if e == nil {
+				continue
+			}
+			var rec listRecord
+			if json.Unmarshal(e.Value(), &rec) != nil || !f.match(rec.Job.Job) {
+				continue
+			}
+			if list, err = s.listJobs(ctx, f); err != nil {
+				if ctx.Err() != nil && r.Context().Err() == nil {
+					writeJSON(w, http.StatusOK, api.JobList{Jobs: []api.Job{}})
+					return nil // the wait ended during the read
+				}
+				return err
+			}
+		case <-ctx.Done():
+			if r.Context().Err() != nil {
+				return r.Context().Err()
+			}
+			writeJSON(w, http.StatusOK, list)
+			return nil
+		}
+	}
 	writeJSON(w, http.StatusOK, list)
 	return nil
+}
+
+// match reports whether j passes the filter and comes after its cursor.
+func (f jobFilter) match(j api.Job) bool {
+	pos := listCursor{created: j.CreatedAt.UnixNano(), id: j.ID}
+	return (f.state == "" || j.State == f.state) && (f.task == "" || j.Task == f.task) &&
+		(f.pool == "" || j.Pool == f.pool) && (f.after == nil || f.after.before(pos))
 }
 
 func joinStates() string {
@@ -189,10 +258,7 @@ func (s *APIServer) listJobs(ctx context.Context, f jobFilter) (api.JobList, err
 		}
 		j := rec.Job.Job
 		j.Input, j.Output = nil, nil
-		pos := listCursor{created: j.CreatedAt.UnixNano(), id: j.ID}
-		match := (f.state == "" || j.State == f.state) && (f.task == "" || j.Task == f.task) &&
-			(f.pool == "" || j.Pool == f.pool) && (f.after == nil || f.after.before(pos))
-		keep.offer(j, pos, match)
+		keep.offer(j, listCursor{created: j.CreatedAt.UnixNano(), id: j.ID}, f.match(j))
 	}
 	jobs := keep.sorted()
 	out := api.JobList{Jobs: []api.Job{}}

@@ -292,6 +292,9 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	if created && state == api.StateQueued {
 		s.queued.broadcast()
 	}
+	if created {
+		s.changed.broadcast()
+	}
 	return out, created, nil
 }
 
@@ -325,6 +328,7 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 		s.record(auditlog.Action{Type: auditlog.ActionApproved, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role)})
 		s.cfg.Metrics.Approved(out.Task)
 		s.queued.broadcast()
+		s.changed.broadcast()
 	}
 	return out, err
 }
@@ -361,6 +365,7 @@ func (s *Server) deny(ctx context.Context, p Principal, id, reason string) (api.
 		s.step(ctx, "deny", id, out.Task)
 		s.record(auditlog.Action{Type: auditlog.ActionDenied, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
 		s.finished.broadcast()
+		s.changed.broadcast()
 	}
 	return out, err
 }
@@ -398,6 +403,7 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 	})
 	if err == nil {
 		s.record(auditlog.Action{Type: auditlog.ActionCancelled, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
+		s.changed.broadcast()
 	}
 	if err == nil && done {
 		s.finished.broadcast()
@@ -525,6 +531,9 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 		s.stepFrom(ctx, "lease", lj.TraceParent, lj.JobID, lj.Task)
 		s.record(auditlog.Action{Type: auditlog.ActionLeased, Job: lj.JobID, Task: lj.Task, Pool: lj.Pool, Actor: p.TokenID, Role: string(p.Role), Attempt: lj.Attempt})
 		s.cfg.Metrics.Leased(lj.Task, leasedWaits[i])
+	}
+	if len(out) > 0 {
+		s.changed.broadcast()
 	}
 	return out, nil
 }
@@ -685,6 +694,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 	} else {
 		s.finished.broadcast()
 	}
+	s.changed.broadcast()
 	return out, nil
 }
 
@@ -767,6 +777,9 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 	}
 	if ended {
 		s.finished.broadcast()
+	}
+	if n > 0 {
+		s.changed.broadcast()
 	}
 	return n, err
 }

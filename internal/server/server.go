@@ -39,11 +39,12 @@ type Server struct {
 	schemas  schema.Cache
 	queued   notifier // new leasable work: submit, approve, requeue, catalog
 	finished notifier // a job reached a terminal state
+	changed  notifier // a job was created or changed state: list long-polls recheck
 	closing  chan struct{}
 	closeMu  sync.Once
 	mux      http.Handler
 	parked   atomic.Int64 // lease requests currently waiting; lets tests poll, not sleep
-	waiters  atomic.Int64 // job waits currently parked, likewise
+	waiters  atomic.Int64 // job waits and list long-polls currently parked, likewise
 }
 
 // New opens the database and builds the server.
@@ -58,6 +59,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), store: st, closing: make(chan struct{})}
 	s.queued.init()
 	s.finished.init()
+	s.changed.init()
 	s.routes()
 	return s, nil
 }
@@ -351,7 +353,7 @@ func (s *Server) hGet(w http.ResponseWriter, r *http.Request, p Principal) error
 }
 
 func (s *Server) hList(w http.ResponseWriter, r *http.Request, p Principal) error {
-	if e := onlyParams(r, "state", "task", "pool", "limit", "cursor"); e != nil {
+	if e := onlyParams(r, "state", "task", "pool", "limit", "cursor", "wait_seconds"); e != nil {
 		return e
 	}
 	q := r.URL.Query()
@@ -379,12 +381,39 @@ func (s *Server) hList(w http.ResponseWriter, r *http.Request, p Principal) erro
 		}
 		f.cursor = n
 	}
-	list, err := s.listJobs(r.Context(), p, f)
-	if err != nil {
-		return err
+	wait, e := intParam(q.Get("wait_seconds"), "wait_seconds", 0, 0, maxWaitSeconds)
+	if e != nil {
+		return e
 	}
-	writeJSON(w, http.StatusOK, list)
-	return nil
+	ctx := r.Context()
+	deadline := time.NewTimer(time.Duration(wait) * time.Second)
+	defer deadline.Stop()
+	recheck := time.NewTicker(s.cfg.RecheckInterval)
+	defer recheck.Stop()
+	for {
+		ch := s.changed.wait() // take the channel before reading, so no change is missed
+		list, err := s.listJobs(ctx, p, f)
+		if err != nil {
+			return err
+		}
+		if len(list.Jobs) > 0 || wait == 0 {
+			writeJSON(w, http.StatusOK, list)
+			return nil
+		}
+		s.waiters.Add(1)
+		select {
+		case <-ch:
+		case <-recheck.C:
+		case <-deadline.C:
+			wait = 0 // answer the (empty) page after one more read
+		case <-s.closing:
+			wait = 0
+		case <-ctx.Done():
+			s.waiters.Add(-1)
+			return ctx.Err()
+		}
+		s.waiters.Add(-1)
+	}
 }
 
 func (s *Server) hWait(w http.ResponseWriter, r *http.Request, p Principal) error {

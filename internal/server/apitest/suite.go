@@ -50,7 +50,8 @@ type Backend struct {
 	Worker Queue
 	// PublishCatalog publishes tasks as a second worker of Pool (its refusal, if any).
 	PublishCatalog func(ctx context.Context, tasks []api.TaskDef) error
-	// Waiters reports how many job waits are parked, so a test can poll for one.
+	// Waiters reports how many job waits and list long-polls are parked, so a test can
+	// poll for one.
 	Waiters func() int
 	// HTTPWorkers is true where workers use the HTTP worker routes (SQLite mode).
 	HTTPWorkers bool
@@ -828,6 +829,59 @@ var scenarios = []scenario{
 		s.refused(t, 400, api.CodeInvalidField, s.client, "GET", "/v1/jobs?limit=501", "")
 		s.refused(t, 400, api.CodeInvalidField, s.client, "GET", "/v1/jobs?cursor=abc", "")
 		s.refused(t, 400, api.CodeUnknownField, s.client, "GET", "/v1/jobs?sate=queued", "")
+	}},
+	{"list/wait", func(t *testing.T, s *suite) {
+		for _, v := range []string{"61", "-1", "x", "1.5"} {
+			s.refused(t, 400, api.CodeInvalidField, s.approver, "GET", "/v1/jobs?wait_seconds="+v, "")
+		}
+		var l api.JobList
+		s.ok(t, 200, s.approver, "GET", "/v1/jobs?state=pending_approval&wait_seconds=0", "", &l)
+		if len(l.Jobs) != 0 {
+			t.Fatalf("list = %d jobs, want none", len(l.Jobs))
+		}
+		// An empty page waits out wait_seconds and answers empty.
+		start := time.Now()
+		s.ok(t, 200, s.approver, "GET", "/v1/jobs?state=pending_approval&wait_seconds=1", "", &l)
+		if len(l.Jobs) != 0 || time.Since(start) < 900*time.Millisecond {
+			t.Fatalf("list wait_seconds=1 = %d jobs after %s, want none after about 1s", len(l.Jobs), time.Since(start))
+		}
+		// A parked list answers when a matching job is created; a job that does not
+		// match (queued) does not end the wait with an empty page.
+		c, err := client.New(s.URL, s.approver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type res struct {
+			l   api.JobList
+			err error
+			dur time.Duration
+		}
+		got := make(chan res, 1)
+		parked := time.Now()
+		go func() {
+			l, err := c.List(context.Background(), client.ListOptions{State: api.StatePendingApproval, Pool: Pool, Wait: 30 * time.Second})
+			got <- res{l, err, time.Since(parked)}
+		}()
+		for deadline := time.Now().Add(20 * time.Second); s.Waiters() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the list never parked")
+			}
+		}
+		s.submitApproved(t, "")
+		j := s.submit(t, "")
+		r := <-got
+		if r.err != nil || len(r.l.Jobs) != 1 || r.l.Jobs[0].ID != j.ID || r.l.Jobs[0].State != api.StatePendingApproval {
+			t.Fatalf("parked list = %+v, %v, want the new pending job %s", r.l.Jobs, r.err, j.ID)
+		}
+		if r.dur > 20*time.Second {
+			t.Fatalf("the list answered after %s, not at the submit", r.dur)
+		}
+		// A page that has jobs answers at once, whatever the wait.
+		start = time.Now()
+		s.ok(t, 200, s.approver, "GET", "/v1/jobs?state=pending_approval&wait_seconds=60", "", &l)
+		if len(l.Jobs) != 1 || time.Since(start) > 20*time.Second {
+			t.Fatalf("list of a non-empty page = %d jobs after %s, want 1 at once", len(l.Jobs), time.Since(start))
+		}
 	}},
 	{"tokens", func(t *testing.T, s *suite) {
 		var list api.TokenList
