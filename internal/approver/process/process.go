@@ -58,6 +58,9 @@ type Config struct {
 	// PollMin and PollMax bound the wait between list polls: PollMin after a poll that
 	// found work, doubling to PollMax while nothing is pending. Defaults 200ms and 5s.
 	PollMin, PollMax time.Duration
+	// LongPoll is how long one list long-poll waits while nothing is pending. Optional,
+	// default 25s, at most 60s (the API's limit); negative turns long-polling off.
+	LongPoll time.Duration
 	// PersonTTL is the lifetime of approvals a person gives in the console. Default 1h.
 	PersonTTL time.Duration
 	// Now is the clock rules see. Optional, default time.Now.
@@ -110,6 +113,14 @@ func New(cfg Config) (*Approver, error) {
 	if cfg.PollMax < cfg.PollMin {
 		cfg.PollMax = max(5*time.Second, cfg.PollMin)
 	}
+	switch {
+	case cfg.LongPoll == 0:
+		cfg.LongPoll = 25 * time.Second
+	case cfg.LongPoll < 0:
+		cfg.LongPoll = 0
+	case cfg.LongPoll > time.Minute:
+		cfg.LongPoll = time.Minute
+	}
 	if cfg.PersonTTL <= 0 {
 		cfg.PersonTTL = approval.DefaultTTL
 	}
@@ -138,12 +149,16 @@ func signer(k jose.JSONWebKey) (string, error) {
 // wrong), which no retry can fix.
 var ErrUnauthenticated = errors.New("the control plane refuses this approver's token (401): check --token-file")
 
-// Run polls until ctx ends. Failures to reach the control plane are logged and retried with
-// back-off; only a refused token (ErrUnauthenticated) ends Run early.
+// Run polls until ctx ends. While no job is pending in any pool it long-polls the list
+// (GET /v1/jobs?wait_seconds=N), so a new job is decided within milliseconds of its submit;
+// while some wait for a person (the control plane answers such a list at once) it polls
+// with back-off from PollMin to PollMax. Failures to reach the control plane are logged
+// and retried with back-off; only a refused token (ErrUnauthenticated) ends Run early.
 func (a *Approver) Run(ctx context.Context) error {
 	wait := a.cfg.PollMin
+	longPoll := a.cfg.LongPoll >= time.Second
 	for {
-		found, err := a.Poll(ctx)
+		found, listed, err := a.poll(ctx)
 		var ae *client.APIError
 		switch {
 		case ctx.Err() != nil:
@@ -152,6 +167,19 @@ func (a *Approver) Run(ctx context.Context) error {
 			return ErrUnauthenticated
 		case err != nil:
 			a.log.Warn("cannot list the pending jobs; retrying", zap.Error(err), zap.Duration("retry_in", wait))
+		}
+		if err == nil && listed == 0 && longPoll {
+			switch werr := a.waitForWork(ctx); {
+			case ctx.Err() != nil:
+				return nil
+			case errors.As(werr, &ae) && ae.Status == http.StatusBadRequest:
+				// A control plane older than the list long-poll: poll instead.
+				a.log.Info("the control plane cannot long-poll job lists; polling instead", zap.Error(werr))
+				longPoll = false
+			case werr == nil:
+				wait = a.cfg.PollMin
+				continue
+			}
 		}
 		if found > 0 && err == nil {
 			wait = a.cfg.PollMin
@@ -169,6 +197,26 @@ func (a *Approver) Run(ctx context.Context) error {
 	}
 }
 
+// waitForWork long-polls the pending list of every pool at once and returns when one
+// answers (a job arrived, or the wait passed), or with the first error.
+func (a *Approver) waitForWork(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, len(a.cfg.Pools))
+	for _, pool := range a.cfg.Pools {
+		go func() {
+			_, err := a.cfg.Control.List(ctx, client.ListOptions{State: api.StatePendingApproval, Pool: pool, Limit: 1, Wait: a.cfg.LongPoll})
+			done <- err
+		}()
+	}
+	err := <-done
+	cancel()
+	for range len(a.cfg.Pools) - 1 {
+		<-done
+	}
+	return err
+}
+
 // maxPages bounds the pages one poll reads per pool, so a control plane that keeps handing
 // out cursors cannot hold the approver in one poll.
 const maxPages = 20
@@ -176,8 +224,13 @@ const maxPages = 20
 // Poll lists the pending jobs of every pool once and decides the new ones. It returns how
 // many jobs it decided (asked ones count once, when first asked).
 func (a *Approver) Poll(ctx context.Context) (int, error) {
+	n, _, err := a.poll(ctx)
+	return n, err
+}
+
+// poll is Poll that also returns how many pending jobs were listed.
+func (a *Approver) poll(ctx context.Context) (decided, listed int, _ error) {
 	seen := map[string]bool{}
-	decided := 0
 	var firstErr error
 	for _, pool := range a.cfg.Pools {
 		cursor := ""
@@ -189,6 +242,7 @@ func (a *Approver) Poll(ctx context.Context) (int, error) {
 				}
 				break
 			}
+			listed += len(l.Jobs)
 			for _, j := range l.Jobs {
 				if j.ID == "" {
 					a.log.Warn("refused a listed job without an id")
@@ -215,7 +269,7 @@ func (a *Approver) Poll(ctx context.Context) (int, error) {
 	if firstErr == nil {
 		a.forgetUnlisted(seen)
 	}
-	return decided, firstErr
+	return decided, listed, firstErr
 }
 
 // known reports whether id was asked about, refused, or is being decided by a person.

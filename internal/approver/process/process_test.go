@@ -394,3 +394,58 @@ func (f *flakyControl) List(ctx context.Context, o client.ListOptions) (api.JobL
 	}
 	return f.Control.List(ctx, o)
 }
+
+// parkingControl counts the list long-polls in flight, and can refuse them as a control
+// plane older than the long-poll does.
+type parkingControl struct {
+	Control
+	parked atomic.Int64
+	refuse bool
+}
+
+func (p *parkingControl) List(ctx context.Context, o client.ListOptions) (api.JobList, error) {
+	if o.Wait > 0 {
+		if p.refuse {
+			return api.JobList{}, &client.APIError{Status: 400, Code: api.CodeUnknownField, Message: "unknown parameter wait_seconds"}
+		}
+		p.parked.Add(1)
+		defer p.parked.Add(-1)
+	}
+	return p.Control.List(ctx, o)
+}
+
+// TestRunLongPolls: with nothing pending, Run parks on the list long-poll, and a submit
+// wakes it: the job is approved although the back-off poll would not come for an hour. A
+// control plane that refuses the long-poll (400) is polled instead.
+func TestRunLongPolls(t *testing.T) {
+	t.Parallel()
+	for _, refuse := range []bool{false, true} {
+		e := approvertest.New(t)
+		ctl := &parkingControl{Control: e.Approver, refuse: refuse}
+		poll := time.Hour
+		if refuse {
+			poll = 5 * time.Millisecond
+		}
+		a, err := New(Config{Control: ctl, Key: e.Key, Rules: mustRules(t), Pools: []string{approvertest.Pool, approvertest.Other},
+			PollMin: poll, PollMax: poll, LongPoll: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for !refuse && ctl.parked.Load() < 2 { // one long-poll per pool
+			if time.Now().After(deadline) {
+				t.Fatal("Run never parked a long-poll on each pool")
+			}
+			time.Sleep(time.Millisecond) // polling for the parked requests
+		}
+		j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-5"}`)
+		e.WaitState(j.ID, api.StateQueued)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run() = %v", err)
+		}
+	}
+}
