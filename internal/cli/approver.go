@@ -54,7 +54,7 @@ type ApproverConfig struct {
 func approverCommand() *cli.Command {
 	var chk ApproverCheckConfig
 	var cfg ApproverConfig
-	pools := cli.NewStringSlice("default")
+	pools := cli.NewStringSlice()
 	return &cli.Command{
 		Name:      "approver",
 		Usage:     "decide approvals on the approvers' side: rules first, a person in the console for the rest",
@@ -72,7 +72,7 @@ func approverCommand() *cli.Command {
 			caFileFlag(&cfg.CAFile),
 			&cli.StringFlag{Name: "key", Usage: "private JWK `FILE` approvals are signed with (castellan keygen)", EnvVars: []string{"CASTELLAN_APPROVER_KEY"}, Destination: &cfg.Key},
 			&cli.StringFlag{Name: "rules", Usage: "approval rules `FILE`", EnvVars: []string{"CASTELLAN_APPROVER_RULES"}, Destination: &cfg.Rules},
-			&cli.StringSliceFlag{Name: "pool", Usage: "`POOL` served (repeat for several); jobs of other pools are never touched", Value: pools},
+			&cli.StringSliceFlag{Name: "pool", Usage: "`POOL` served (repeat for several; default \"default\"); jobs of other pools are never touched", Destination: pools},
 			&cli.DurationFlag{Name: "poll-max", Usage: "longest wait between polls while nothing is pending", Value: 2 * time.Second, Destination: &cfg.PollMax},
 			&cli.DurationFlag{Name: "person-ttl", Usage: "lifetime of approvals given in the console", Value: approval.DefaultTTL, Destination: &cfg.PersonTTL},
 			&cli.StringFlag{Name: "ui", Usage: "serve the console on `ADDR` (127.0.0.1:PORT)", Destination: &cfg.UI},
@@ -86,6 +86,9 @@ func approverCommand() *cli.Command {
 				return usagef("approver: unexpected argument %q (subcommand: check)", c.Args().First())
 			}
 			cfg.Pools = pools.Value()
+			if len(cfg.Pools) == 0 {
+				cfg.Pools = []string{"default"}
+			}
 			return Approver(c.Context, cfg, c.App.Writer, c.App.ErrWriter)
 		},
 		Subcommands: []*cli.Command{{
@@ -174,7 +177,7 @@ func Approver(ctx context.Context, cfg ApproverConfig, stdout, stderr io.Writer)
 	if err := <-uiDone; err != nil && runErr == nil {
 		runErr = err
 	}
-	if errors.Is(runErr, process.ErrUnauthenticated) {
+	if errors.Is(runErr, process.ErrUnauthenticated) || errors.Is(runErr, process.ErrForbidden) {
 		log.Error(runErr.Error())
 		return loggedUsage{runErr}
 	}

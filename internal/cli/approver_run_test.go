@@ -120,3 +120,19 @@ func TestApproverConsoleFlag(t *testing.T) {
 		t.Fatalf("Approver(--ui 192.0.2.1:8470) = %v, want a usage error naming --ui-allow-remote", err)
 	}
 }
+
+// TestApproverForbiddenPool: a token that may not read a served pool ends the approver
+// with a usage error naming the problem, instead of retrying for ever.
+func TestApproverForbiddenPool(t *testing.T) {
+	t.Parallel()
+	e := approvertest.New(t)
+	dir := t.TempDir()
+	priv, _, err := approval.WriteKeyFiles(dir, "k")
+	must(t, err)
+	e.NewClient("pool-approver", api.RoleApprover, approvertest.Other)
+	err = Approver(t.Context(), ApproverConfig{JobConfig: JobConfig{Server: e.URL, TokenFile: writeFile(t, dir, "tok", e.Secrets["pool-approver"])},
+		Key: priv, Rules: writeFile(t, dir, "r.yaml", "rules: []\n"), Pools: []string{approvertest.Pool}}, &syncBuffer{}, &syncBuffer{})
+	if ExitCode(err) != ExitUsage || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("Approver(token for another pool) = %v, want a usage error naming the 403", err)
+	}
+}

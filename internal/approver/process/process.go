@@ -149,6 +149,10 @@ func signer(k jose.JSONWebKey) (string, error) {
 // wrong), which no retry can fix.
 var ErrUnauthenticated = errors.New("the control plane refuses this approver's token (401): check --token-file")
 
+// ErrForbidden ends Run: the token may not read the jobs of a pool served (403), which no
+// retry can fix either.
+var ErrForbidden = errors.New("the approver's token may not read a pool it is told to serve (403): check --pool and the token's pool")
+
 // Run polls until ctx ends. While no job is pending in any pool it long-polls the list
 // (GET /v1/jobs?wait_seconds=N), so a new job is decided within milliseconds of its submit;
 // while some wait for a person (the control plane answers such a list at once) it polls
@@ -165,6 +169,8 @@ func (a *Approver) Run(ctx context.Context) error {
 			return nil
 		case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
 			return ErrUnauthenticated
+		case errors.As(err, &ae) && ae.Status == http.StatusForbidden:
+			return fmt.Errorf("%w: %s", ErrForbidden, ae.Message)
 		case err != nil:
 			a.log.Warn("cannot list the pending jobs; retrying", zap.Error(err), zap.Duration("retry_in", wait))
 		}
