@@ -188,7 +188,10 @@ func (a *Approver) Run(ctx context.Context) error {
 			}
 		}
 		if found > 0 && err == nil {
+			// Look again at once: what was decided has left the list, so the next poll
+			// finds it empty and long-polls, or finds jobs that arrived meanwhile.
 			wait = a.cfg.PollMin
+			continue
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -197,9 +200,7 @@ func (a *Approver) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if found == 0 || err != nil {
-			wait = min(wait*2, a.cfg.PollMax)
-		}
+		wait = min(wait*2, a.cfg.PollMax)
 	}
 }
 

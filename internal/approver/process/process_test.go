@@ -415,7 +415,8 @@ func (p *parkingControl) List(ctx context.Context, o client.ListOptions) (api.Jo
 }
 
 // TestRunLongPolls: with nothing pending, Run parks on the list long-poll, and a submit
-// wakes it: the job is approved although the back-off poll would not come for an hour. A
+// wakes it: the job, and the next one, are approved although the back-off poll would not
+// come for an hour. A
 // control plane that refuses the long-poll (400) is polled instead.
 func TestRunLongPolls(t *testing.T) {
 	t.Parallel()
@@ -442,6 +443,10 @@ func TestRunLongPolls(t *testing.T) {
 			time.Sleep(time.Millisecond) // polling for the parked requests
 		}
 		j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-5"}`)
+		e.WaitState(j.ID, api.StateQueued)
+		// After a decision the approver looks again at once and parks again: a second job
+		// is not left waiting for the back-off.
+		j = e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-6"}`)
 		e.WaitState(j.ID, api.StateQueued)
 		cancel()
 		if err := <-done; err != nil {
