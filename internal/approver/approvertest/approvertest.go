@@ -1,20 +1,24 @@
-// Package approvertest starts a real control plane (internal/server on a SQLite file behind
-// a loopback HTTP server) with tokens for every role, published tasks and an approval key,
-// for the tests of the approver and its console. It is imported only by tests.
+// Package approvertest starts a real control plane, in either mode (internal/server on a
+// SQLite file, or internal/natsq on an embedded JetStream server), behind a loopback HTTP
+// server, with tokens for every role, published tasks and an approval key, for the tests of
+// the approver and its console. It is imported only by tests.
 package approvertest
 
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http/httptest"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	natsserver "github.com/nats-io/nats-server/v2/server"
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -47,14 +51,23 @@ type Env struct {
 	// Admin may list token names; Approver is an approver-role token for every pool;
 	// Client submits (token name "agent") in Pool, OtherClient in Other; Workers lease.
 	Admin, Approver, Client, OtherClient *client.Client
-	Workers                              map[string]*client.Client // by pool
-	Key                                  jose.JSONWebKey           // private approval key
-	Trusted                              *jose.JSONWebKeySet       // its public half
-	Secrets                              map[string]string         // token name -> secret
-	Server                               *server.Server
+	Workers                              map[string]Worker   // by pool
+	Key                                  jose.JSONWebKey     // private approval key
+	Trusted                              *jose.JSONWebKeySet // its public half
+	Secrets                              map[string]string   // token name -> secret
+	Mode                                 string              // "sqlite" or "nats"
+	createToken                          func(role api.Role, pool, name string) (api.Token, error)
 }
 
-// New starts an Env that lives until the test ends.
+// Worker is a worker's side of the queue: a *client.Client in SQLite mode, a
+// *natsq.WorkerQueue in NATS mode.
+type Worker interface {
+	Register(ctx context.Context, req api.RegisterRequest) (api.RegisterResponse, error)
+	PublishCatalog(ctx context.Context, tasks []api.TaskDef) (api.CatalogResponse, error)
+	Lease(ctx context.Context, max int, wait time.Duration) ([]api.LeasedJob, error)
+}
+
+// New starts an Env on the SQLite control plane that lives until the test ends.
 func New(t testing.TB) *Env {
 	t.Helper()
 	s, err := server.New(context.Background(), server.Config{DBPath: filepath.Join(t.TempDir(), "cp.db"),
@@ -64,34 +77,101 @@ func New(t testing.TB) *Env {
 	}
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(func() { hs.Close(); s.Close() })
+	e := newEnv(t, hs.URL, "sqlite", func(role api.Role, pool, name string) (api.Token, error) {
+		return s.Store().CreateToken(context.Background(), role, pool, name, time.Now())
+	})
+	for _, p := range []string{Pool, Other} {
+		e.startWorker(p, e.NewClient("worker-"+p, api.RoleWorker, p))
+	}
+	return e
+}
+
+// NewNATS starts an Env on the JetStream control plane (an embedded NATS server) that
+// lives until the test ends.
+func NewNATS(t testing.TB) *Env {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the embedded NATS server did not start")
+	}
+	t.Cleanup(ns.Shutdown)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := natsq.DialAPIServer(ctx, ns.ClientURL(), natsq.Options{})
+	if err != nil {
+		cancel()
+		t.Fatalf("natsq.DialAPIServer() = %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, ln); close(served) }()
+	t.Cleanup(func() { cancel(); <-served; _ = srv.Close() })
+	e := newEnv(t, "http://"+ln.Addr().String(), "nats", func(role api.Role, pool, name string) (api.Token, error) {
+		return natsq.CreateToken(context.Background(), srv.Conn(), role, pool, name, 1)
+	})
+	for _, p := range []string{Pool, Other} {
+		q, err := natsq.DialWorker(context.Background(), ns.ClientURL(), natsq.Options{Pool: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = q.Close() })
+		e.startWorker(p, q)
+	}
+	// The API server learns the catalog from a bucket watch: wait until a submit can see it.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range []string{Pool, Other} {
+		for {
+			cat, err := e.Admin.Catalog(context.Background(), p)
+			if err == nil && len(cat.Tasks) == len(Tasks()) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the catalog of pool %s never reached the API server: %+v, %v", p, cat, err)
+			}
+			time.Sleep(5 * time.Millisecond) // polling the catalog watch
+		}
+	}
+	return e
+}
+
+func newEnv(t testing.TB, url, mode string, create func(api.Role, string, string) (api.Token, error)) *Env {
+	t.Helper()
 	priv, pub, err := approval.GenerateKey("approver-test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{T: t, URL: hs.URL, Server: s, Key: priv, Trusted: &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{pub}},
-		Secrets: map[string]string{}, Workers: map[string]*client.Client{}}
+	e := &Env{T: t, URL: url, Mode: mode, Key: priv, Trusted: &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{pub}},
+		Secrets: map[string]string{}, Workers: map[string]Worker{}, createToken: create}
 	e.Admin = e.NewClient("admin", api.RoleAdmin, api.AllPools)
 	e.Approver = e.NewClient("approver", api.RoleApprover, api.AllPools)
 	e.Client = e.NewClient("agent", api.RoleClient, Pool)
 	e.OtherClient = e.NewClient("other-agent", api.RoleClient, Other)
-	for _, p := range []string{Pool, Other} {
-		w := e.NewClient("worker-"+p, api.RoleWorker, p)
-		ctx := context.Background()
-		if _, err := w.Register(ctx, api.RegisterRequest{Name: "w-" + p, AgentVersion: "test"}); err != nil {
-			t.Fatalf("Register(%s) = %v", p, err)
-		}
-		if _, err := w.PublishCatalog(ctx, Tasks()); err != nil {
-			t.Fatalf("PublishCatalog(%s) = %v", p, err)
-		}
-		e.Workers[p] = w
-	}
 	return e
+}
+
+func (e *Env) startWorker(pool string, w Worker) {
+	e.T.Helper()
+	ctx := context.Background()
+	if _, err := w.Register(ctx, api.RegisterRequest{Name: "w-" + pool, AgentVersion: "test"}); err != nil {
+		e.T.Fatalf("Register(%s) = %v", pool, err)
+	}
+	if _, err := w.PublishCatalog(ctx, Tasks()); err != nil {
+		e.T.Fatalf("PublishCatalog(%s) = %v", pool, err)
+	}
+	e.Workers[pool] = w
 }
 
 // NewClient creates a token and a client using it.
 func (e *Env) NewClient(name string, role api.Role, pool string) *client.Client {
 	e.T.Helper()
-	tok, err := e.Server.Store().CreateToken(context.Background(), role, pool, name, time.Now())
+	tok, err := e.createToken(role, pool, name)
 	if err != nil {
 		e.T.Fatalf("CreateToken(%s, %s) = %v", role, pool, err)
 	}

@@ -110,7 +110,15 @@ func TestBrowserApproveDeny(t *testing.T) {
 		chromedp.WaitVisible(sel(refund.ID, "input[name=reason]")),
 		chromedp.SendKeys(sel(refund.ID, "input[name=reason]"), "needs finance sign-off"))
 	denyPNG := shot("the deny form")
-	step("confirm the deny", chromedp.Click(sel(refund.ID, "button.deny-confirm")), chromedp.WaitVisible(chromedp.CSS(".notice")))
+	step("confirm the deny", chromedp.Click(sel(refund.ID, "button.deny-confirm")))
+	// The page that shows the Approve notice is still there until the deny's redirect lands.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(value("location", chromedp.Location()), "done=denied"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the deny's redirect never arrived")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the page's location
+	}
+	step("the deny's page", chromedp.WaitVisible(chromedp.CSS(".notice")))
 	if n := value("notice", chromedp.Text(chromedp.CSS(".notice"))); !strings.Contains(n, "Denied") {
 		t.Fatalf("after Deny the notice says %q", n)
 	}

@@ -51,6 +51,16 @@ func newApprover(t testing.TB, e *approvertest.Env, ctl Control) (*Approver, *ob
 	return a, logs
 }
 
+// bothModes runs f against a SQLite and a JetStream control plane.
+func bothModes(t *testing.T, f func(t *testing.T, e *approvertest.Env)) {
+	for mode, start := range map[string]func(testing.TB) *approvertest.Env{"sqlite": approvertest.New, "nats": approvertest.NewNATS} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			f(t, start(t))
+		})
+	}
+}
+
 func poll(t testing.TB, a *Approver) {
 	t.Helper()
 	if _, err := a.Poll(t.Context()); err != nil {
@@ -62,71 +72,74 @@ func poll(t testing.TB, a *Approver) {
 // job, with the rule's TTL and attempts and approved_by naming the rule.
 func TestRuleApproves(t *testing.T) {
 	t.Parallel()
-	e := approvertest.New(t)
-	a, logs := newApprover(t, e, e.Approver)
-	j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-secret-42"}`)
-	poll(t, a)
-	if got := e.Get(j.ID); got.State != api.StateQueued || !got.HasApproval {
-		t.Fatalf("after Poll the job is %s (approval %v), want queued with an approval", got.State, got.HasApproval)
-	}
-	lj := e.Lease(approvertest.Pool, j.ID)
-	c, err := e.Verify(lj)
-	if err != nil {
-		t.Fatalf("worker Verify(the approver's approval) = %v", err)
-	}
-	if c.ApprovedBy == nil || c.ApprovedBy.Rule != "read-only-lookups" || c.MaxAttempts != 2 || c.Expiry-c.IssuedAt != 600 {
-		t.Fatalf("claims = %+v (approved_by %+v), want rule read-only-lookups, 2 attempts, 10m", c, c.ApprovedBy)
-	}
-	for _, l := range logs.All() {
-		if b, _ := json.Marshal(l); strings.Contains(string(b), "c-secret-42") {
-			t.Fatalf("log line %q quotes the job input", b)
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		a, logs := newApprover(t, e, e.Approver)
+		j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-secret-42"}`)
+		poll(t, a)
+		if got := e.Get(j.ID); got.State != api.StateQueued || !got.HasApproval {
+			t.Fatalf("after Poll the job is %s (approval %v), want queued with an approval", got.State, got.HasApproval)
 		}
-	}
-	if logs.FilterMessage("approved by rule").Len() != 1 {
-		t.Fatalf("logs %v: want one 'approved by rule' line", logs.All())
-	}
+		lj := e.Lease(approvertest.Pool, j.ID)
+		c, err := e.Verify(lj)
+		if err != nil {
+			t.Fatalf("worker Verify(the approver's approval) = %v", err)
+		}
+		if c.ApprovedBy == nil || c.ApprovedBy.Rule != "read-only-lookups" || c.MaxAttempts != 2 || c.Expiry-c.IssuedAt != 600 {
+			t.Fatalf("claims = %+v (approved_by %+v), want rule read-only-lookups, 2 attempts, 10m", c, c.ApprovedBy)
+		}
+		for _, l := range logs.All() {
+			if b, _ := json.Marshal(l); strings.Contains(string(b), "c-secret-42") {
+				t.Fatalf("log line %q quotes the job input", b)
+			}
+		}
+		if logs.FilterMessage("approved by rule").Len() != 1 {
+			t.Fatalf("logs %v: want one 'approved by rule' line", logs.All())
+		}
+	})
 }
 
 // TestNoRuleAsks: a job no rule decides, and one whose rule cannot be evaluated, stay
 // pending with no approval and are offered to a person.
 func TestNoRuleAsks(t *testing.T) {
 	t.Parallel()
-	e := approvertest.New(t)
-	a, _ := newApprover(t, e, e.Admin) // admin: may read token names
-	none := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5,"currency":"USD"}`)
-	broken := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5}`) // rule strict reads input.currency
-	poll(t, a)
-	poll(t, a) // a second poll asks nothing twice
-	for _, id := range []string{none.ID, broken.ID} {
-		if got := e.Get(id); got.State != api.StatePendingApproval || got.HasApproval {
-			t.Fatalf("job %s is %s (approval %v), want pending without approval", id, got.State, got.HasApproval)
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		a, _ := newApprover(t, e, e.Admin) // admin: may read token names
+		none := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5,"currency":"USD"}`)
+		broken := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5}`) // rule strict reads input.currency
+		poll(t, a)
+		poll(t, a) // a second poll asks nothing twice
+		for _, id := range []string{none.ID, broken.ID} {
+			if got := e.Get(id); got.State != api.StatePendingApproval || got.HasApproval {
+				t.Fatalf("job %s is %s (approval %v), want pending without approval", id, got.State, got.HasApproval)
+			}
 		}
-	}
-	p := a.Pending()
-	if len(p) != 2 || p[0].Job.ID != none.ID || p[0].Rule != "" || p[1].Job.ID != broken.ID || p[1].Rule != "strict" {
-		t.Fatalf("Pending() = %+v, want [%s (default), %s (rule strict)]", p, none.ID, broken.ID)
-	}
-	if p[0].Requester != "agent" {
-		t.Fatalf("Pending()[0].Requester = %q, want the submitting token's name agent", p[0].Requester)
-	}
+		p := a.Pending()
+		if len(p) != 2 || p[0].Job.ID != none.ID || p[0].Rule != "" || p[1].Job.ID != broken.ID || p[1].Rule != "strict" {
+			t.Fatalf("Pending() = %+v, want [%s (default), %s (rule strict)]", p, none.ID, broken.ID)
+		}
+		if p[0].Requester != "agent" {
+			t.Fatalf("Pending()[0].Requester = %q, want the submitting token's name agent", p[0].Requester)
+		}
+	})
 }
 
 // TestRuleDenies: a deny rule ends the job denied with the rule's reason; nothing is
 // signed.
 func TestRuleDenies(t *testing.T) {
 	t.Parallel()
-	e := approvertest.New(t)
-	a, _ := newApprover(t, e, e.Approver)
-	j := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5000,"currency":"EUR"}`)
-	poll(t, a)
-	got := e.Get(j.ID)
-	if got.State != api.StateDenied || got.Outcome != api.OutcomeDeniedByApprover || got.HasApproval ||
-		got.ErrorMessage != "refunds over 1000 need finance" || got.DeniedBy != "approver" {
-		t.Fatalf("denied job = %+v, want state denied by approver, outcome denied_by_approver, the rule's reason", got)
-	}
-	if p := a.Pending(); len(p) != 0 {
-		t.Fatalf("Pending() = %+v, want nothing asked", p)
-	}
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		a, _ := newApprover(t, e, e.Approver)
+		j := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5000,"currency":"EUR"}`)
+		poll(t, a)
+		got := e.Get(j.ID)
+		if got.State != api.StateDenied || got.Outcome != api.OutcomeDeniedByApprover || got.HasApproval ||
+			got.ErrorMessage != "refunds over 1000 need finance" || got.DeniedBy != "approver" {
+			t.Fatalf("denied job = %+v, want state denied by approver, outcome denied_by_approver, the rule's reason", got)
+		}
+		if p := a.Pending(); len(p) != 0 {
+			t.Fatalf("Pending() = %+v, want nothing asked", p)
+		}
+	})
 }
 
 // TestDenyUnsupported: a control plane without deny gets a deny decision left for a person,
@@ -183,38 +196,39 @@ func TestRequesterNeedsNames(t *testing.T) {
 // again afterwards, approve each job exactly once; the loser's 409 is not an error.
 func TestTwoApprovers(t *testing.T) {
 	t.Parallel()
-	e := approvertest.New(t)
-	ctl := &countingControl{Control: e.Approver}
-	a1, logs1 := newApprover(t, e, ctl)
-	a2, logs2 := newApprover(t, e, ctl)
-	var ids []string
-	for i := range 5 {
-		ids = append(ids, e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-`+string(rune('a'+i))+`"}`).ID)
-	}
-	var wg sync.WaitGroup
-	for _, a := range []*Approver{a1, a2} {
-		wg.Go(func() {
-			if _, err := a.Poll(t.Context()); err != nil {
-				t.Errorf("Poll() = %v", err)
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		ctl := &countingControl{Control: e.Approver}
+		a1, logs1 := newApprover(t, e, ctl)
+		a2, logs2 := newApprover(t, e, ctl)
+		var ids []string
+		for i := range 5 {
+			ids = append(ids, e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-`+string(rune('a'+i))+`"}`).ID)
+		}
+		var wg sync.WaitGroup
+		for _, a := range []*Approver{a1, a2} {
+			wg.Go(func() {
+				if _, err := a.Poll(t.Context()); err != nil {
+					t.Errorf("Poll() = %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		a3, _ := newApprover(t, e, ctl)
+		poll(t, a3)
+		for _, id := range ids {
+			if got := e.Get(id); got.State != api.StateQueued {
+				t.Fatalf("job %s is %s, want queued", id, got.State)
 			}
-		})
-	}
-	wg.Wait()
-	a3, _ := newApprover(t, e, ctl)
-	poll(t, a3)
-	for _, id := range ids {
-		if got := e.Get(id); got.State != api.StateQueued {
-			t.Fatalf("job %s is %s, want queued", id, got.State)
 		}
-	}
-	if n := ctl.approved.Load(); n != int64(len(ids)) {
-		t.Fatalf("%d approvals accepted for %d jobs, want one each", n, len(ids))
-	}
-	for _, l := range append(logs1.All(), logs2.All()...) {
-		if l.Level >= zapcore.WarnLevel && !strings.Contains(l.Message, "token names") {
-			t.Fatalf("log %s %q %v: a lost race must not warn", l.Level, l.Message, l.ContextMap())
+		if n := ctl.approved.Load(); n != int64(len(ids)) {
+			t.Fatalf("%d approvals accepted for %d jobs, want one each", n, len(ids))
 		}
-	}
+		for _, l := range append(logs1.All(), logs2.All()...) {
+			if l.Level >= zapcore.WarnLevel && !strings.Contains(l.Message, "token names") {
+				t.Fatalf("log %s %q %v: a lost race must not warn", l.Level, l.Message, l.ContextMap())
+			}
+		}
+	})
 }
 
 type countingControl struct {
@@ -420,37 +434,39 @@ func (p *parkingControl) List(ctx context.Context, o client.ListOptions) (api.Jo
 // control plane that refuses the long-poll (400) is polled instead.
 func TestRunLongPolls(t *testing.T) {
 	t.Parallel()
-	for _, refuse := range []bool{false, true} {
-		e := approvertest.New(t)
-		ctl := &parkingControl{Control: e.Approver, refuse: refuse}
-		poll := time.Hour
-		if refuse {
-			poll = 5 * time.Millisecond
+	bothModes(t, func(t *testing.T, e *approvertest.Env) { runLongPolls(t, e, false) })
+	runLongPolls(t, approvertest.New(t), true)
+}
+
+func runLongPolls(t *testing.T, e *approvertest.Env, refuse bool) {
+	ctl := &parkingControl{Control: e.Approver, refuse: refuse}
+	poll := time.Hour
+	if refuse {
+		poll = 5 * time.Millisecond
+	}
+	a, err := New(Config{Control: ctl, Key: e.Key, Rules: mustRules(t), Pools: []string{approvertest.Pool, approvertest.Other},
+		PollMin: poll, PollMax: poll, LongPoll: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !refuse && ctl.parked.Load() < 2 { // one long-poll per pool
+		if time.Now().After(deadline) {
+			t.Fatal("Run never parked a long-poll on each pool")
 		}
-		a, err := New(Config{Control: ctl, Key: e.Key, Rules: mustRules(t), Pools: []string{approvertest.Pool, approvertest.Other},
-			PollMin: poll, PollMax: poll, LongPoll: 30 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- a.Run(ctx) }()
-		deadline := time.Now().Add(10 * time.Second)
-		for !refuse && ctl.parked.Load() < 2 { // one long-poll per pool
-			if time.Now().After(deadline) {
-				t.Fatal("Run never parked a long-poll on each pool")
-			}
-			time.Sleep(time.Millisecond) // polling for the parked requests
-		}
-		j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-5"}`)
-		e.WaitState(j.ID, api.StateQueued)
-		// After a decision the approver looks again at once and parks again: a second job
-		// is not left waiting for the back-off.
-		j = e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-6"}`)
-		e.WaitState(j.ID, api.StateQueued)
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatalf("Run() = %v", err)
-		}
+		time.Sleep(time.Millisecond) // polling for the parked requests
+	}
+	j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-5"}`)
+	e.WaitState(j.ID, api.StateQueued)
+	// After a decision the approver looks again at once and parks again: a second job
+	// is not left waiting for the back-off.
+	j = e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"c-6"}`)
+	e.WaitState(j.ID, api.StateQueued)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run() = %v", err)
 	}
 }
