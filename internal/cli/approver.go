@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
@@ -23,6 +25,8 @@ import (
 	"github.com/castellan-dev/castellan/internal/approver/rules"
 	"github.com/castellan-dev/castellan/internal/logging"
 	"github.com/castellan-dev/castellan/policy"
+	"github.com/castellan-dev/castellan/redact"
+	"github.com/castellan-dev/castellan/secrets"
 )
 
 // ApproverCheckConfig is `castellan approver check`.
@@ -35,6 +39,7 @@ type ApproverCheckConfig struct {
 type ApproverConfig struct {
 	JobConfig
 	Key       string   // private JWK file
+	KeyVault  string   // or a field of a Vault KV v2 secret: MOUNT/PATH#FIELD
 	Rules     string   // rules file
 	Pools     []string // pools served
 	PollMax   time.Duration
@@ -71,6 +76,7 @@ func approverCommand() *cli.Command {
 			tokenFileFlag(&cfg.TokenFile),
 			caFileFlag(&cfg.CAFile),
 			&cli.StringFlag{Name: "key", Usage: "private JWK `FILE` approvals are signed with (castellan keygen)", EnvVars: []string{"CASTELLAN_APPROVER_KEY"}, Destination: &cfg.Key},
+			&cli.StringFlag{Name: "key-vault", Usage: "read the private JWK from HashiCorp Vault instead: `MOUNT/PATH#FIELD` of a KV v2 secret (VAULT_ADDR, VAULT_TOKEN)", EnvVars: []string{"CASTELLAN_APPROVER_KEY_VAULT"}, Destination: &cfg.KeyVault},
 			&cli.StringFlag{Name: "rules", Usage: "approval rules `FILE`", EnvVars: []string{"CASTELLAN_APPROVER_RULES"}, Destination: &cfg.Rules},
 			&cli.StringSliceFlag{Name: "pool", Usage: "`POOL` served (repeat for several; default \"default\"); jobs of other pools are never touched", Destination: pools},
 			&cli.DurationFlag{Name: "poll-max", Usage: "longest wait between polls while nothing is pending", Value: 2 * time.Second, Destination: &cfg.PollMax},
@@ -129,17 +135,22 @@ func approverCommand() *cli.Command {
 
 // Approver runs the approver until ctx ends.
 func Approver(ctx context.Context, cfg ApproverConfig, stdout, stderr io.Writer) error {
-	if cfg.Key == "" || cfg.Rules == "" {
-		return usagef("--key and --rules are required")
+	switch {
+	case cfg.Key != "" && cfg.KeyVault != "":
+		return usagef("--key and --key-vault both name the approval key: give one")
+	case (cfg.Key == "" && cfg.KeyVault == "") || cfg.Rules == "":
+		return usagef("--key (or --key-vault) and --rules are required")
 	}
-	log, err := logging.New(stderr, logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat})
+	// Every log line is scrubbed of the key, whichever component writes it.
+	red := redact.NewSet()
+	log, err := logging.New(stderr, logging.Options{Level: cfg.LogLevel, Format: cfg.LogFormat, Scrub: red})
 	if err != nil {
 		return usageError{err}
 	}
 	defer func() { _ = log.Sync() }()
-	key, err := approval.LoadPrivateKey(cfg.Key)
+	key, err := approverKey(ctx, cfg, red, log)
 	if err != nil {
-		return usagef("--key: %v", err)
+		return err
 	}
 	rs, err := rules.Load(cfg.Rules)
 	if err != nil {
@@ -315,6 +326,43 @@ func (s ApproverSample) request() (rules.Request, error) {
 		req.Now = t
 	}
 	return req, nil
+}
+
+// approverKey loads the signing key from --key or, with --key-vault, from Vault through the
+// worker's secrets store (VAULT_ADDR and VAULT_TOKEN, as Vault's own CLI reads them).
+func approverKey(ctx context.Context, cfg ApproverConfig, red *redact.Set, log *zap.Logger) (jose.JSONWebKey, error) {
+	if cfg.KeyVault == "" {
+		k, err := approval.LoadPrivateKey(cfg.Key)
+		if err != nil {
+			return k, usagef("--key: %v", err)
+		}
+		return k, nil
+	}
+	mountPath, field, ok := strings.Cut(cfg.KeyVault, "#")
+	mount, path, ok2 := strings.Cut(mountPath, "/")
+	if !ok || !ok2 || mount == "" || path == "" || field == "" {
+		return jose.JSONWebKey{}, usagef("--key-vault %q: want MOUNT/PATH#FIELD of a KV v2 secret, e.g. secret/approvers/alice#jwk", cfg.KeyVault)
+	}
+	const name = "approval_key"
+	store, err := secrets.NewStore(map[string]secrets.Spec{name: {Vault: &secrets.VaultRef{Mount: mount, Path: path, Field: field}}},
+		nil, red, log.Named("secrets"))
+	if err != nil {
+		return jose.JSONWebKey{}, usagef("--key-vault: %v", err)
+	}
+	defer func() { _ = store.Close() }()
+	v, err := store.Credential(ctx, name)
+	if err != nil {
+		return jose.JSONWebKey{}, usagef("--key-vault %s: the key cannot be read (see the log)", cfg.KeyVault)
+	}
+	// The value is a secret: the decoder's message is not repeated.
+	var k jose.JSONWebKey
+	if err := k.UnmarshalJSON([]byte(v)); err != nil || k.IsPublic() || k.KeyID == "" {
+		return k, usagef("--key-vault %s: the value is not a private Ed25519 JWK with a kid (as `castellan keygen` writes)", cfg.KeyVault)
+	}
+	if _, ok := k.Key.(ed25519.PrivateKey); !ok {
+		return jose.JSONWebKey{}, usagef("--key-vault %s: the key is not Ed25519; approvals are signed with Ed25519 keys only", cfg.KeyVault)
+	}
+	return k, nil
 }
 
 // startConsole listens on cfg.UI and serves the console until ctx ends (then done gets the

@@ -2,9 +2,11 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -80,7 +82,7 @@ func TestApproverUsage(t *testing.T) {
 		cfg  ApproverConfig
 		want string
 	}{
-		{"no key", ApproverConfig{Rules: rulesFile}, "--key and --rules are required"},
+		{"no key", ApproverConfig{Rules: rulesFile}, "--key (or --key-vault) and --rules are required"},
 		{"public key", ApproverConfig{Key: filepath.Join(dir, "k.public.jwks.json"), Rules: rulesFile}, "--key"},
 		{"bad rules", ApproverConfig{Key: priv, Rules: writeFile(t, dir, "bad.yaml", "rulez: []\n")}, "bad.yaml:1"},
 		{"no server", ApproverConfig{Key: priv, Rules: rulesFile}, "--server is required"},
@@ -134,5 +136,92 @@ func TestApproverForbiddenPool(t *testing.T) {
 		Key: priv, Rules: writeFile(t, dir, "r.yaml", "rules: []\n"), Pools: []string{approvertest.Pool}}, &syncBuffer{}, &syncBuffer{})
 	if ExitCode(err) != ExitUsage || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("Approver(token for another pool) = %v, want a usage error naming the 403", err)
+	}
+}
+
+// fakeVault serves one KV v2 secret to one token, as Vault's HTTP API does.
+func fakeVault(t *testing.T, token, path string, data map[string]string) string {
+	t.Helper()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("X-Vault-Token") != token {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"errors":["permission denied"]}`))
+			return
+		}
+		switch r.URL.Path {
+		case "/v1/auth/token/lookup-self":
+			_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{"id": token, "ttl": 0, "renewable": false}})
+		case "/v1/" + path:
+			_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{"data": data, "metadata": map[string]any{"version": 1}}})
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"errors":[]}`))
+		}
+	}))
+	t.Cleanup(hs.Close)
+	return hs.URL
+}
+
+// TestApproverKeyFromVault: --key-vault reads the signing key from a Vault KV v2 secret; the
+// approvals verify with its public half, and no log line holds the private key. A reference
+// that is malformed, or a value that is not a private JWK, is a usage error that does not
+// repeat the value.
+func TestApproverKeyFromVault(t *testing.T) {
+	e := approvertest.New(t)
+	priv, pub, err := approval.GenerateKey("vault-approver")
+	must(t, err)
+	jwk, err := priv.MarshalJSON()
+	must(t, err)
+	const vaultToken = "hvs.test-approver-token"
+	addr := fakeVault(t, vaultToken, "secret/data/approvers/alice", map[string]string{"jwk": string(jwk), "pub": `{"kty":"OKP","crv":"Ed25519","x":"AAAA"}`})
+	t.Setenv("VAULT_ADDR", addr)
+	t.Setenv("VAULT_TOKEN", vaultToken)
+
+	dir := t.TempDir()
+	base := ApproverConfig{JobConfig: JobConfig{Server: e.URL, TokenFile: writeFile(t, dir, "tok", e.Secrets["admin"])},
+		Rules: writeFile(t, dir, "r.yaml", "rules:\n  - name: all\n    when: 'true'\n    approve: {ttl: 1m}\n"), Pools: []string{approvertest.Pool}}
+	for _, tt := range []struct{ ref, want string }{
+		{"secret/approvers/alice", "want MOUNT/PATH#FIELD"},
+		{"approvers#jwk", "want MOUNT/PATH#FIELD"},
+		{"secret/approvers/alice#pub", "not a private Ed25519 JWK"},
+		{"secret/approvers/bob#jwk", "cannot be read"},
+	} {
+		cfg := base
+		cfg.KeyVault = tt.ref
+		err := Approver(t.Context(), cfg, &syncBuffer{}, &syncBuffer{})
+		if ExitCode(err) != ExitUsage || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "AAAA") {
+			t.Errorf("Approver(--key-vault %s) = %v, want a usage error saying %q", tt.ref, err, tt.want)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cfg := base
+	cfg.KeyVault = "secret/approvers/alice#jwk"
+	cfg.LogLevel = "debug"
+	ready := make(chan string, 1)
+	cfg.ready = func(u string) { ready <- u }
+	stderr := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- Approver(ctx, cfg, &syncBuffer{}, stderr) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Approver(--key-vault) = %v; log %s", err, stderr.String())
+	}
+	j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"v-1"}`)
+	e.WaitState(j.ID, api.StateQueued)
+	cancel()
+	must(t, <-done)
+	e.Trusted.Keys = append(e.Trusted.Keys, pub)
+	if c, err := e.Verify(e.Lease(approvertest.Pool, j.ID)); err != nil || c.ApprovedBy == nil || c.ApprovedBy.Rule != "all" {
+		t.Fatalf("worker Verify(approval signed with the Vault key) = %+v, %v", c, err)
+	}
+	var d struct {
+		D string `json:"d"`
+	}
+	must(t, json.Unmarshal(jwk, &d))
+	if d.D == "" || strings.Contains(stderr.String(), d.D) {
+		t.Fatalf("the approver's log holds the private key (or the test found no d): %q", stderr.String())
 	}
 }
