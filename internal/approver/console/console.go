@@ -33,6 +33,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
@@ -91,8 +92,9 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Approver == nil {
 		return nil, errors.New("console: Config.Approver is required")
 	}
-	if cfg.Person == "" || !utf8.ValidString(cfg.Person) || len(cfg.Person) > approval.MaxApprovedByBytes {
-		return nil, fmt.Errorf("console: the approving person's name must be 1 to %d bytes of UTF-8 (--as)", approval.MaxApprovedByBytes)
+	if cfg.Person == "" || !utf8.ValidString(cfg.Person) || len(cfg.Person) > approval.MaxApprovedByBytes ||
+		strings.ContainsFunc(cfg.Person, unicode.IsControl) {
+		return nil, fmt.Errorf("console: the approving person's name must be 1 to %d bytes of UTF-8 without control characters (--as)", approval.MaxApprovedByBytes)
 	}
 	hosts, err := allowedHosts(cfg.Addr)
 	if err != nil {

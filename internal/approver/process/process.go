@@ -390,6 +390,13 @@ func (a *Approver) Decide(ctx context.Context, id, pool string) bool {
 		}
 		if _, err := dn.Deny(ctx, j.ID, d.Reason); err != nil {
 			a.logAttach(err, "deny", fields)
+			var ae *client.APIError
+			if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
+				// The control plane refuses the rule's reason (say, a character it does not
+				// accept): asking a person beats retrying the same deny at every poll.
+				a.ask(j, requester, d.Rule, "denied by rule, but the control plane refused the deny: "+ae.Message)
+				return true
+			}
 			return false
 		}
 		a.log.Info("denied by rule", fields...)

@@ -470,3 +470,32 @@ func runLongPolls(t *testing.T, e *approvertest.Env, refuse bool) {
 		t.Fatalf("Run() = %v", err)
 	}
 }
+
+// refusingDeny is a control plane that refuses every deny as a bad request.
+type refusingDeny struct {
+	Control
+	denies atomic.Int64
+}
+
+func (r *refusingDeny) Deny(ctx context.Context, id, reason string) (api.Job, error) {
+	r.denies.Add(1)
+	return api.Job{}, &client.APIError{Status: 400, Code: api.CodeInvalidField, Message: "reason has a control character"}
+}
+
+// TestDenyRefusedAsks: a deny the control plane refuses as invalid leaves the job for a
+// person, once, instead of retrying the same deny at every poll; nothing is signed.
+func TestDenyRefusedAsks(t *testing.T) {
+	t.Parallel()
+	e := approvertest.New(t)
+	ctl := &refusingDeny{Control: e.Approver}
+	a, _ := newApprover(t, e, ctl)
+	j := e.Submit(e.Client, "refund", approvertest.Pool, `{"amount":5000}`)
+	poll(t, a)
+	poll(t, a)
+	if p := a.Pending(); len(p) != 1 || p[0].Job.ID != j.ID || !strings.Contains(p[0].Reason, "refused the deny") || ctl.denies.Load() != 1 {
+		t.Fatalf("Pending() = %+v after %d denies, want the job asked once with the refusal", p, ctl.denies.Load())
+	}
+	if got := e.Get(j.ID); got.State != api.StatePendingApproval || got.HasApproval {
+		t.Fatalf("job is %s (approval %v), want pending without approval", got.State, got.HasApproval)
+	}
+}
