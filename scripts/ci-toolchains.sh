@@ -2,7 +2,8 @@
 # ci-toolchains.sh installs the guest toolchains the examples are built with, on a fresh
 # Debian machine: clang + wasi-libc for C, Debian's rustc 1.63 with the wasm32-wasi std for
 # Rust, wabt for .wat fixtures, and AssemblyScript 0.28 into a local directory (no global
-# npm install). Run as root, or with sudo available.
+# npm install), and Debian's chromium for the approval console's browser test. Run as root,
+# or with sudo available.
 #
 # Usage: scripts/ci-toolchains.sh
 # Afterwards: examples/build-all.sh rebuilds every example; the Go tests that rebuild from
@@ -21,7 +22,8 @@ $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
 	clang lld wasi-libc libclang-rt-dev-wasm32 \
 	rustc libstd-rust-dev-wasm32 \
-	wabt curl openssl ca-certificates
+	wabt curl openssl ca-certificates \
+	chromium
 # Node and npm: from Debian only when the machine has none (images often ship their own,
 # which conflicts with Debian's nodejs package).
 if ! command -v npm >/dev/null 2>&1; then

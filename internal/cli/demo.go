@@ -34,6 +34,7 @@ func demoCommand() *cli.Command {
 			"never sees); generates an approver key; submits a crm-lookup job, approves it by signing\n" +
 			"here, waits and prints the output. Then it searches the control plane's database files and\n" +
 			"log for the CRM token and the CRM's address, and shows the worker rejecting tampered jobs.\n" +
+			"Then `castellan approver` (a child process) approves a lookup by rule, and another in its console.\n" +
 			"Last, an AI agent (an MCP client) lists the tools at /mcp and calls crm-lookup, approved here.\n" +
 			"Needs nothing but this binary.\n\n" +
 			"Example:\n  castellan demo",
@@ -212,6 +213,10 @@ func Demo(ctx context.Context, self string, out io.Writer) error {
 	}
 	if err := rejectedByWorker(ctx, approverCfg, clientCfg, replayed.ID, appr.Approval, "wrong_job", info); err != nil {
 		return err
+	}
+
+	if err := demoApprover(ctx, self, dir, privPath, approverCfg, clientCfg, step, info); err != nil {
+		return fmt.Errorf("%v\nworker log:\n%s", err, indentString(workerLog.String()))
 	}
 
 	approveMCP := func(id string) error {

@@ -266,7 +266,8 @@ func TestSIGTERMDrain(t *testing.T) {
 }
 
 // `castellan demo` runs the whole story, reports both separation checks, and ends with an
-// MCP client listing the tools and getting crm-lookup's structuredContent.
+// approver deciding one job by rule and one in its console, and an MCP client listing the
+// tools and getting crm-lookup's structuredContent.
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	out, errs, code := run(t, "demo")
@@ -280,6 +281,8 @@ func TestDemo(t *testing.T) {
 		"rejected by the worker, nothing ran: approval rejected (wrong_job)",
 		`"customer_id":"42"`,
 		"tools/list: castellan_job_result, crm-lookup",
+		"approved by rule read-only-lookups, signed by the approver process; the worker ran it:",
+		"approved by person demo-person in the console; the worker ran it:",
 		`the agent's tool result, structuredContent: {"customer_id":"42","name":"Ada Lovelace","open_tickets":2,"tier":"gold"}`,
 	} {
 		if !strings.Contains(out, want) {

@@ -73,6 +73,11 @@ type Request struct {
 	Input []byte
 	// Requester is the name of the token that submitted the job.
 	Requester string
+	// RequesterUnknown says the approver could not learn the submitting token's name. The
+	// variable requester is then left unbound, so a rule that reads it fails to evaluate and
+	// the job is asked about: binding "" or the token id instead would let a job slip past
+	// a deny rule written against a name.
+	RequesterUnknown bool
 	// Now is the decision time, the CEL variable time. Optional; default time.Now().
 	Now time.Time
 }
@@ -111,14 +116,18 @@ func (s *RuleSet) Decide(ctx context.Context, r Request) Decision {
 	if now.IsZero() {
 		now = time.Now()
 	}
-	act, err := cel.NewActivation(map[string]any{
+	vars := map[string]any{
 		"task":      r.Task,
 		"version":   r.Version,
 		"pool":      r.Pool,
 		"input":     input,
 		"requester": r.Requester,
 		"time":      now.UTC(),
-	})
+	}
+	if r.RequesterUnknown {
+		delete(vars, "requester")
+	}
+	act, err := cel.NewActivation(vars)
 	if err != nil {
 		return Decision{Action: Ask, Reason: "no rule was tried: " + err.Error(), Err: err}
 	}

@@ -286,3 +286,31 @@ func BenchmarkDecide(b *testing.B) {
 		s.Decide(ctx, req)
 	}
 }
+
+// TestDecideRequesterUnknown: when the approver cannot learn who submitted a job, a rule that
+// reads requester cannot be evaluated and the job is asked about; binding "" would let the
+// job pass a deny rule on the requester's name and reach the approve rule below it.
+func TestDecideRequesterUnknown(t *testing.T) {
+	t.Parallel()
+	s := mustParse(t, `rules:
+  - name: no-intern
+    when: 'requester == "intern-bot"'
+    deny: {reason: "interns do not refund"}
+  - name: all-refunds
+    when: 'task == "refund"'
+    approve: {ttl: 1m}
+`)
+	req := Request{Task: "refund", Version: "1", Pool: "p", Input: []byte(`{}`), Requester: "intern-bot"}
+	if d := s.Decide(t.Context(), req); d.Action != Deny {
+		t.Fatalf("Decide(requester known) = %+v, want deny", d)
+	}
+	req.Requester, req.RequesterUnknown = "", true
+	d := s.Decide(t.Context(), req)
+	if d.Action != Ask || d.Rule != "no-intern" || d.Err == nil {
+		t.Fatalf("Decide(requester unknown) = %+v, want ask by rule no-intern with an evaluation error", d)
+	}
+	s2 := mustParse(t, "rules:\n  - name: all\n    when: 'task == \"refund\"'\n    approve: {ttl: 1m}\n")
+	if d := s2.Decide(t.Context(), req); d.Action != Approve {
+		t.Fatalf("Decide(requester unknown, rule does not read it) = %+v, want approve", d)
+	}
+}
