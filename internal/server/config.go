@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,22 +11,17 @@ import (
 	"go.uber.org/zap"
 
 	auditlog "github.com/castellan-dev/castellan/audit"
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/metrics"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-// AutoApprover signs approvals on the server for tasks configured for auto-approval. It is
-// an interface so that this package never needs the approval package or a private key of
-// its own; the daemon wires an implementation in.
-type AutoApprover interface {
-	Approve(ctx context.Context, j ApprovalSubject) (token string, err error)
-}
+// AutoApprover signs approvals on the control plane for tasks configured for
+// auto-approval (the /v1 layer's, shared by both modes).
+type AutoApprover = controlplane.AutoApprover
 
 // ApprovalSubject is what an approval covers.
-type ApprovalSubject struct {
-	JobID, Task, TaskVersion, Pool string
-	Input                          []byte
-}
+type ApprovalSubject = controlplane.ApprovalSubject
 
 // Config configures a Server. Zero values take the documented defaults.
 type Config struct {
