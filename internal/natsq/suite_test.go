@@ -25,6 +25,9 @@ func TestAPISuite(t *testing.T) {
 		if o.ShortLease {
 			opts.AckWait = time.Second
 		}
+		if o.AutoApprove {
+			opts.API.AutoApprover, opts.API.AutoApproveTasks = apitest.Approver{}, []string{"echo"}
+		}
 		rep := startAPIWith(t, natsURL, opts)
 		nc := dial(t, natsURL)
 		newToken := func(t testing.TB, role api.Role, pool string) api.Token {
