@@ -1042,6 +1042,5 @@ func GapNATS() map[string]string {
 	return map[string]string{
 		"roles/worker_routes": "not applicable in NATS mode: workers authenticate to NATS, there are no worker tokens or worker routes (docs/api.md)",
 		"audit":               "NATS mode has no control-plane audit log: GET /v1/audit is not served",
-		"catalog/conflict":    "NATS mode: a published task version redefined replaces the earlier definition instead of 409 catalog_conflict (WorkerQueue.PublishCatalog writes the catalog bucket unchecked)",
 	}
 }
