@@ -22,6 +22,7 @@ var (
 	_ controlplane.Backend      = natsBackend{}
 	_ controlplane.AuditHeads   = natsBackend{}
 	_ controlplane.TokenCreator = natsBackend{}
+	_ controlplane.ListWaker    = natsBackend{}
 )
 
 func (b natsBackend) Authenticate(ctx context.Context, secret string) (controlplane.Principal, error) {
@@ -93,6 +94,10 @@ func (b natsBackend) Next(e controlplane.Event, id string) <-chan struct{} {
 		id = ""
 	}
 	return b.s.feed.next(id)
+}
+
+func (b natsBackend) NextMatch(q controlplane.ListQuery) (<-chan struct{}, func()) {
+	return b.s.feed.nextMatch(q)
 }
 
 func (b natsBackend) ListTokens(ctx context.Context) ([]api.Token, error) {
