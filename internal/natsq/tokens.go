@@ -105,18 +105,6 @@ type principal struct {
 	pool    string
 }
 
-// who is how p is named to people: the token's name, or its id when it has none.
-func (p principal) who() string {
-	if p.name != "" {
-		return p.name
-	}
-	return p.tokenID
-}
-
-func (p principal) canPool(pool string) bool {
-	return p.role == api.RoleAdmin || p.pool == api.AllPools || p.pool == pool
-}
-
 var errTokenInvalid = errors.New("invalid bearer token")
 
 // authenticate resolves a bearer token through the TokensBucket. The lookup is by hash, so

@@ -11,7 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/outcome"
 )
 
 // Names of the streams and buckets. They are part of the deployment contract: account
@@ -68,6 +70,29 @@ func DeadSubject(pool, task string) string {
 // ClaimSubject is where workers of pool claim a delivered job before running it (a core
 // NATS request, answered by one dispatcher).
 func ClaimSubject(pool string) string { return "castellan.claims." + token(pool) }
+
+// CatalogSubject is where a pool's workers ask the control plane to publish their catalog
+// (request/reply): the control plane checks it against the versions published in the pool
+// before it writes the catalog bucket, which workers cannot write themselves.
+func CatalogSubject(pool string) string { return "castellan.catalog." + token(pool) }
+
+func poolOfCatalogSubject(subj string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(subj, "castellan.catalog."), "~", ".")
+}
+
+// CatalogPublish is a worker's request on CatalogSubject: its whole catalog.
+type CatalogPublish struct {
+	WorkerID string        `json:"worker_id"`
+	Tasks    []api.TaskDef `json:"tasks"`
+}
+
+// CatalogReply answers a CatalogPublish: empty when published, else the refusal as the
+// HTTP API words it (code catalog_conflict or invalid_field, with details).
+type CatalogReply struct {
+	Code    string            `json:"code,omitempty"`
+	Message string            `json:"message,omitempty"`
+	Details []api.SchemaIssue `json:"details,omitempty"`
+}
 
 func poolOfResultSubject(subj string) string {
 	return strings.ReplaceAll(strings.TrimPrefix(subj, "castellan.results."), "~", ".")
@@ -202,19 +227,7 @@ func (r *Record) completed(attempt int) bool {
 
 // nextState is the state after a result, decided as the HTTP control plane decides it.
 func nextState(current api.State, code string, retryable bool, attempt, maxAttempts int) api.State {
-	switch {
-	case current == api.StateCancelRequested || current == api.StateCancelled:
-		return api.StateCancelled
-	case code == "ok":
-		return api.StateSucceeded
-	case code == "rejected":
-		return api.StateRejected
-	case retryable && attempt < maxAttempts:
-		return api.StateQueued
-	case retryable:
-		return api.StateDead
-	}
-	return api.StateFailed
+	return controlplane.CompleteState(current, outcome.Code(code), retryable, attempt, maxAttempts)
 }
 
 // ensureShared creates (or updates) the results and dead-letter streams and the buckets.

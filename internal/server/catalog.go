@@ -9,22 +9,15 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-const (
-	maxCatalogTasks   = schema.MaxCatalogTasks
-	maxWorkerNameSize = 128
-)
+const maxCatalogTasks = schema.MaxCatalogTasks
 
+// register records the worker (the layer checked the request).
 func (s *Server) register(ctx context.Context, p Principal, req api.RegisterRequest) (api.RegisterResponse, error) {
-	if req.Name == "" || len(req.Name) > maxWorkerNameSize {
-		return api.RegisterResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "name is required, at most %d bytes", maxWorkerNameSize)
-	}
-	if len(req.AgentVersion) > 64 {
-		return api.RegisterResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "agent_version is over 64 bytes")
-	}
 	err := s.store.tx(ctx, func(tx *txn) error {
 		now := s.cfg.Now()
 		_, err := tx.ExecContext(ctx, `INSERT INTO workers(token_id, pool, name, agent_version, registered_at, last_seen_at)
@@ -41,7 +34,7 @@ func (s *Server) register(ctx context.Context, p Principal, req api.RegisterRequ
 		return api.RegisterResponse{}, err
 	}
 	return api.RegisterResponse{WorkerID: p.TokenID, Pool: p.Pool,
-		LeaseTTLSeconds: int(s.cfg.LeaseTTL.Seconds()), MaxWaitSeconds: maxWaitSeconds}, nil
+		LeaseTTLSeconds: int(s.cfg.LeaseTTL.Seconds()), MaxWaitSeconds: api.MaxWaitSeconds}, nil
 }
 
 // checkTask validates one task definition (the rules both modes share, internal/schema)
@@ -123,8 +116,7 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			case desc != d.Description || !bytes.Equal(in, d.in) || !bytes.Equal(out.V, d.out):
 				// Every conflicting entry is named, by its index in the request, so that a
 				// worker can publish the rest instead of being refused for one plugin.
-				conflicts = append(conflicts, api.SchemaIssue{Location: fmt.Sprintf("/tasks/%d", i),
-					Message: fmt.Sprintf("task %s@%s is already published in pool %q with a different definition: bump the version", d.Name, d.Version, p.Pool)})
+				conflicts = append(conflicts, controlplane.ConflictIssue(i, d.TaskDef, p.Pool))
 			default:
 				// Title and annotations are presentation and policy, not the version's
 				// contract: the newest publication wins, as on the JetStream control plane.
@@ -135,12 +127,7 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			}
 		}
 		if len(conflicts) > 0 {
-			e := errf(http.StatusConflict, api.CodeCatalogConflict, "%s", conflicts[0].Message)
-			if len(conflicts) > 1 {
-				e.msg = fmt.Sprintf("%s (and %d more: see details)", conflicts[0].Message, len(conflicts)-1)
-			}
-			e.details = conflicts
-			return e
+			return controlplane.CatalogConflict(conflicts)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM worker_tasks WHERE token_id = ?`, p.TokenID); err != nil {
 			return err

@@ -232,16 +232,6 @@ func TestRetryBackoffAndDead(t *testing.T) {
 	}
 }
 
-func TestBackoffIsCapped(t *testing.T) {
-	t.Parallel()
-	s := &Server{cfg: Config{RetryBase: time.Second, RetryCap: 5 * time.Minute, Jitter: func(m time.Duration) time.Duration { return m }}}
-	for attempt, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 9: 256 * time.Second, 10: 5 * time.Minute, 99: 5 * time.Minute} {
-		if got := s.backoff(attempt); got != want {
-			t.Errorf("backoff(%d) = %s, want %s", attempt, got, want)
-		}
-	}
-}
-
 func TestTerminalOutcomes(t *testing.T) {
 	t.Parallel()
 	f := false
@@ -354,7 +344,7 @@ func TestLongPollWakesOnApproval(t *testing.T) {
 		jobs, err := e.worker.Lease(ctx, 1, 30*time.Second)
 		done <- result{jobs, err, time.Since(start)}
 	}()
-	eventually(t, "the lease request to park", func() bool { return e.s.parked.Load() == 1 })
+	eventually(t, "the lease request to park", func() bool { return e.s.cp.Parked() == 1 })
 	if _, err := e.approver.Approve(ctx, j.ID, fakeJWS("x")); err != nil {
 		t.Fatal(err)
 	}

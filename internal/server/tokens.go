@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -23,26 +24,8 @@ const TokenPrefix = api.TokenPrefix
 // ErrTokenInvalid is returned by Authenticate for a missing, malformed, unknown or revoked token.
 var ErrTokenInvalid = errors.New("invalid bearer token")
 
-// Principal is an authenticated caller.
-type Principal struct {
-	TokenID string
-	Name    string // the token's name; "" when it has none
-	Role    api.Role
-	Pool    string // api.AllPools for tokens not bound to one pool
-}
-
-// Who is how p is named to people: the token's name, or its id when it has none.
-func (p Principal) Who() string {
-	if p.Name != "" {
-		return p.Name
-	}
-	return p.TokenID
-}
-
-// canPool reports whether p may act on pool.
-func (p Principal) canPool(pool string) bool {
-	return p.Role == api.RoleAdmin || p.Pool == api.AllPools || p.Pool == pool
-}
+// Principal is an authenticated caller (the /v1 layer's).
+type Principal = controlplane.Principal
 
 // CreateToken makes a new random bearer token for role and pool, stores only its SHA-256
 // hash, and returns the token's description with Secret set. The secret is never
