@@ -125,6 +125,7 @@ const (
 	ActionLeased      = "job_leased"
 	ActionCompleted   = "job_completed"
 	ActionCancelled   = "job_cancelled"
+	ActionDenied      = "job_denied"
 	ActionLeaseExpiry = "lease_expired"
 )
 

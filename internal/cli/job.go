@@ -78,7 +78,7 @@ func jobCommand() *cli.Command {
 	var sub SubmitConfig
 	var appr ApproveConfig
 	var list client.ListOptions
-	var state string
+	var state, reason string
 	oneJob := func(name, usage, desc string, fn func(context.Context, JobConfig, string, io.Writer) error) *cli.Command {
 		return &cli.Command{
 			Name: name, Usage: usage, ArgsUsage: "JOB_ID", Description: desc, Flags: common,
@@ -143,6 +143,23 @@ func jobCommand() *cli.Command {
 					}
 					appr.JobConfig, appr.JobID = jc, c.Args().First()
 					return JobApprove(c.Context, &appr, c.App.Writer)
+				},
+			},
+			{
+				Name:      "deny",
+				Usage:     "refuse a job waiting for approval, with a reason its submitter sees",
+				ArgsUsage: "JOB_ID",
+				Description: "The job ends denied (outcome denied_by_approver) and never reaches a worker. The reason\n" +
+					"(1-1000 bytes, no control characters) and the name of your token are shown to the submitter.\n\n" +
+					"Example:\n  castellan job deny --reason 'refunds over 500 EUR need a ticket' 01J9Z3...",
+				Flags: append(append([]cli.Flag{}, common...),
+					&cli.StringFlag{Name: "reason", Usage: "why the job is denied (`TEXT`)", Required: true, Destination: &reason},
+				),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return usagef("deny takes exactly one JOB_ID")
+					}
+					return JobDeny(c.Context, jc, c.Args().First(), reason, c.App.Writer)
 				},
 			},
 			oneJob("get", "show one job", "Example:\n  castellan job get 01J9Z3...", JobGet),
@@ -248,6 +265,22 @@ func JobApprove(ctx context.Context, cfg *ApproveConfig, out io.Writer) error {
 	return printJob(out, j, cfg.JSON)
 }
 
+// JobDeny denies a pending_approval job with reason and prints it.
+func JobDeny(ctx context.Context, cfg JobConfig, id, reason string, out io.Writer) error {
+	if err := api.CheckDenyReason(reason); err != nil {
+		return usagef("--reason: %v", err)
+	}
+	c, err := cfg.client()
+	if err != nil {
+		return err
+	}
+	j, err := c.Deny(ctx, id, reason)
+	if err != nil {
+		return apiFailure(err)
+	}
+	return printJob(out, j, cfg.JSON)
+}
+
 // JobGet prints one job.
 func JobGet(ctx context.Context, cfg JobConfig, id string, out io.Writer) error {
 	c, err := cfg.client()
@@ -340,6 +373,7 @@ func printJob(out io.Writer, j api.Job, asJSON bool) error {
 	row("attempt", fmt.Sprintf("%d of %d", j.Attempt, j.MaxAttempts))
 	row("approved", fmt.Sprint(j.HasApproval))
 	row("outcome", j.Outcome)
+	row("denied by", j.DeniedBy)
 	row("error", j.ErrorMessage)
 	if j.DurationMS > 0 {
 		row("duration", (time.Duration(j.DurationMS) * time.Millisecond).String())

@@ -236,6 +236,13 @@ func (c *Client) Approve(ctx context.Context, jobID, token string) (api.Job, err
 	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/jobs/"+url.PathEscape(jobID)+"/approval", nil, api.ApproveRequest{Token: token}, &out)
 }
 
+// Deny refuses a pending_approval job with a reason (approver or admin): it ends denied,
+// and the submitter sees who denied it and why.
+func (c *Client) Deny(ctx context.Context, jobID, reason string) (api.Job, error) {
+	var out api.Job
+	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/jobs/"+url.PathEscape(jobID)+"/deny", nil, api.DenyRequest{Reason: reason}, &out)
+}
+
 // Get returns one job.
 func (c *Client) Get(ctx context.Context, jobID string) (api.Job, error) {
 	var out api.Job
@@ -249,6 +256,10 @@ type ListOptions struct {
 	Pool   string
 	Limit  int
 	Cursor string
+	// Wait, when the page would be empty, long-polls up to Wait (whole seconds, 0..60s)
+	// for a job that matches to be created or to change state, then answers. An approver
+	// wakes on a new pending_approval job this way instead of polling.
+	Wait time.Duration
 }
 
 // List returns one page of jobs, newest first.
@@ -266,8 +277,13 @@ func (c *Client) List(ctx context.Context, o ListOptions) (api.JobList, error) {
 	if o.Limit > 0 {
 		q.Set("limit", strconv.Itoa(o.Limit))
 	}
+	timeout := c.reqTimeout
+	if o.Wait > 0 {
+		q.Set("wait_seconds", strconv.Itoa(int(o.Wait/time.Second)))
+		timeout = o.Wait + c.pollMargin
+	}
 	var out api.JobList
-	return out, c.do(ctx, c.reqTimeout, http.MethodGet, "/v1/jobs", q, nil, &out)
+	return out, c.do(ctx, timeout, http.MethodGet, "/v1/jobs", q, nil, &out)
 }
 
 // WaitOnce long-polls up to timeout (0..60s) and returns the job, terminal or not.
@@ -319,6 +335,10 @@ type AuditOptions struct {
 	Action string
 	Limit  int
 	Cursor string
+	// Wait, when the page would be empty, long-polls up to Wait (whole seconds, 0..60s)
+	// for a job that matches to be created or to change state, then answers. An approver
+	// wakes on a new pending_approval job this way instead of polling.
+	Wait time.Duration
 }
 
 // Audit returns one page of control-plane actions, newest first (admin).

@@ -489,6 +489,13 @@ func finished(j api.Job) *sdk.CallToolResult {
 		}
 		return res
 	}
+	if j.State == api.StateDenied {
+		// Who and why, so that the agent can tell its user and does not retry blindly.
+		msg := fmt.Sprintf("job %s was denied by approver %q: %s", j.ID, j.DeniedBy, j.ErrorMessage)
+		return &sdk.CallToolResult{IsError: true, Content: []sdk.Content{&sdk.TextContent{Text: msg}},
+			StructuredContent: map[string]any{"job_id": j.ID, "state": string(j.State), "outcome": j.Outcome,
+				"denied_by": j.DeniedBy, "message": j.ErrorMessage}}
+	}
 	code := j.Outcome
 	if code == "" {
 		code = string(j.State)

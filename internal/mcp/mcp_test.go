@@ -491,6 +491,41 @@ func TestPendingResultAndFetchLater(t *testing.T) {
 	}
 }
 
+// TestDeniedCallIsToolError: a call whose job an approver denies ends as a tool error that
+// names who denied it and why, both in the text and the structured content.
+func TestDeniedCallIsToolError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	type res struct {
+		r   *sdk.CallToolResult
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: "echo", Arguments: map[string]any{"n": 4}})
+		done <- res{r, err}
+	}()
+	j := e.pendingJob(ctx)
+	if _, err := e.approver.Deny(ctx, j.ID, "not during the freeze"); err != nil {
+		t.Fatalf("Deny() = %v", err)
+	}
+	got := <-done
+	if got.err != nil || got.r == nil || !got.r.IsError {
+		t.Fatalf("CallTool(denied job) = %+v, %v, want a tool error", got.r, got.err)
+	}
+	if txt := text(got.r); !strings.Contains(txt, "denied") || !strings.Contains(txt, `"approver"`) || !strings.Contains(txt, "not during the freeze") {
+		t.Fatalf("tool error text = %q, want who denied the job and why", txt)
+	}
+	sc, _ := json.Marshal(got.r.StructuredContent)
+	var m map[string]any
+	if err := json.Unmarshal(sc, &m); err != nil || m["denied_by"] != "approver" || m["state"] != "denied" ||
+		m["outcome"] != api.OutcomeDeniedByApprover || m["message"] != "not during the freeze" {
+		t.Fatalf("structured content = %s, want state denied, denied_by approver and the reason", sc)
+	}
+}
+
 func TestListChangedOnCatalogChange(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false, mcp.Options{CatalogPoll: 100 * time.Millisecond})

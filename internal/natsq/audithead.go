@@ -85,19 +85,18 @@ func (d *Dispatcher) recordAuditHead(ctx context.Context, pool string, r Result,
 	d.log.Warn("recording a worker's audit head failed", zap.String("worker_id", r.WorkerID))
 }
 
-// hWorkerAuditHead is GET /v1/workers/{id}/audit-head: the furthest head worker {id} reported.
-func (s *APIServer) hWorkerAuditHead(w http.ResponseWriter, r *http.Request, p principal) error {
-	id := r.PathValue("id")
+// workerAuditHead is GET /v1/workers/{id}/audit-head: the furthest head worker id reported.
+func (s *APIServer) workerAuditHead(ctx context.Context, id string) (api.WorkerAuditHead, error) {
 	if !plainKey(id) || s.d.heads == nil {
-		return refusal(http.StatusNotFound, api.CodeNotFound, "no audit head reported by worker %q", id)
+		return api.WorkerAuditHead{}, refusal(http.StatusNotFound, api.CodeNotFound, "no audit head reported by worker %q", id)
 	}
-	keys, err := s.d.heads.ListKeysFiltered(r.Context(), "*."+id)
+	keys, err := s.d.heads.ListKeysFiltered(ctx, "*."+id)
 	if err != nil {
-		return err
+		return api.WorkerAuditHead{}, err
 	}
 	var found *api.WorkerAuditHead
 	for k := range keys.Keys() {
-		e, err := s.d.heads.Get(r.Context(), k)
+		e, err := s.d.heads.Get(ctx, k)
 		if err != nil {
 			continue
 		}
@@ -107,10 +106,9 @@ func (s *APIServer) hWorkerAuditHead(w http.ResponseWriter, r *http.Request, p p
 		}
 	}
 	if found == nil {
-		return refusal(http.StatusNotFound, api.CodeNotFound, "no audit head reported by worker %q", id)
+		return api.WorkerAuditHead{}, refusal(http.StatusNotFound, api.CodeNotFound, "no audit head reported by worker %q", id)
 	}
-	writeJSON(w, http.StatusOK, found)
-	return nil
+	return *found, nil
 }
 
 // plainKey reports whether s can be one token of a KV key as it is.

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
 )
@@ -391,23 +392,22 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*Record)
 // once; a running job is marked cancel_requested and its worker stops at its next
 // heartbeat (the cancel bucket). A finished job is returned unchanged.
 func (d *Dispatcher) Cancel(ctx context.Context, id string) (api.Job, error) {
+	return d.cancel(ctx, id, false)
+}
+
+// cancel is Cancel; refuseTerminal makes a finished job a refusal (invalid_state), as the
+// API answers, instead of returned unchanged.
+func (d *Dispatcher) cancel(ctx context.Context, id string, refuseTerminal bool) (api.Job, error) {
 	unpulled := false
 	r, err := d.update(ctx, id, func(r *Record) (bool, error) {
-		unpulled = false
-		if r.Job.State.Terminal() || r.Job.State == api.StateCancelRequested {
+		if r.Job.State.Terminal() && !refuseTerminal {
 			return false, nil
 		}
-		if r.Job.State == api.StatePendingApproval || r.Job.State == api.StateQueued {
-			// Never published, or published and not claimed (first delivery or a retry):
-			// nothing runs it, and a claim of its message from now on is refused (the job
-			// is terminal), which terminates the message. Cancelled at once, as over SQLite.
-			unpulled = r.Job.State == api.StateQueued && r.Job.Attempt == 0
-			now := time.Now().UTC()
-			r.Job.State, r.Job.FinishedAt, r.Job.NotBefore = api.StateCancelled, &now, nil
-			return true, nil
-		}
-		r.Job.State = api.StateCancelRequested
-		return true, nil
+		// Never published, or published and not claimed (first delivery or a retry):
+		// nothing runs it, and a claim of its message from now on is refused (the job is
+		// terminal), which terminates the message.
+		unpulled = r.Job.State == api.StateQueued && r.Job.Attempt == 0
+		return controlplane.Cancel(&r.Job, time.Now().UTC())
 	})
 	if err != nil {
 		return r.Job, err

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,20 +12,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-const (
-	defaultListLimit = 50
-	maxListLimit     = 500
-)
-
-// jobFilter is GET /v1/jobs's query, checked.
+// jobFilter is GET /v1/jobs's query (checked by the layer), with its cursor parsed.
 type jobFilter struct {
-	state api.State
-	task  string
-	pool  string // "" means every pool the principal may see
-	limit int
+	controlplane.ListQuery
 	after *listCursor
 }
 
@@ -59,78 +51,6 @@ func (c listCursor) before(d listCursor) bool {
 		return c.created > d.created
 	}
 	return c.id > d.id
-}
-
-// onlyParams rejects query parameters the endpoint does not define, as internal/server
-// does, so that a typo is an error rather than a silently ignored filter.
-func onlyParams(r *http.Request, allowed ...string) error {
-	for k := range r.URL.Query() {
-		if !slices.Contains(allowed, k) {
-			if len(allowed) == 0 {
-				return refusal(http.StatusBadRequest, api.CodeUnknownField, "query parameter %q is not defined for this endpoint (it takes none)", k)
-			}
-			return refusal(http.StatusBadRequest, api.CodeUnknownField, "query parameter %q is not defined for this endpoint (allowed: %s)", k, strings.Join(allowed, ", "))
-		}
-	}
-	return nil
-}
-
-func intParam(v, name string, def, lo, hi int) (int, error) {
-	if v == "" {
-		return def, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < lo || n > hi {
-		return 0, refusal(http.StatusBadRequest, api.CodeInvalidField, "%s %q must be an integer in %d..%d", name, v, lo, hi)
-	}
-	return n, nil
-}
-
-// hList serves GET /v1/jobs with internal/server's parameters, checks and scoping.
-func (s *APIServer) hList(w http.ResponseWriter, r *http.Request, p principal) error {
-	if err := onlyParams(r, "state", "task", "pool", "limit", "cursor"); err != nil {
-		return err
-	}
-	q := r.URL.Query()
-	f := jobFilter{state: api.State(q.Get("state")), task: q.Get("task")}
-	if f.state != "" && !slices.Contains(api.States, f.state) {
-		return refusal(http.StatusBadRequest, api.CodeInvalidField, "state %q is not a job state (one of %s)", f.state, joinStates())
-	}
-	if f.task != "" && !api.ValidTaskName(f.task) {
-		return refusal(http.StatusBadRequest, api.CodeInvalidField, "task %q is not a valid task name (1-64 of a-z 0-9 _ . - starting with a letter)", f.task)
-	}
-	if pool := q.Get("pool"); pool != "" {
-		var err error
-		if f.pool, err = resolvePool(p, pool); err != nil {
-			return err
-		}
-	} else if p.role != api.RoleAdmin && p.pool != api.AllPools {
-		f.pool = p.pool
-	}
-	var err error
-	if f.limit, err = intParam(q.Get("limit"), "limit", defaultListLimit, 1, maxListLimit); err != nil {
-		return err
-	}
-	if c := q.Get("cursor"); c != "" {
-		var ok bool
-		if f.after, ok = parseCursor(c); !ok {
-			return refusal(http.StatusBadRequest, api.CodeInvalidField, "cursor %q is not a cursor from a previous page's next_cursor", c)
-		}
-	}
-	list, err := s.listJobs(r.Context(), f)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, list)
-	return nil
-}
-
-func joinStates() string {
-	names := make([]string, len(api.States))
-	for i, st := range api.States {
-		names[i] = string(st)
-	}
-	return strings.Join(names, ", ")
 }
 
 // skipJSON decodes nothing: a listed job omits its input and output, so they are not
@@ -167,7 +87,7 @@ func (s *APIServer) listJobs(ctx context.Context, f jobFilter) (api.JobList, err
 		return api.JobList{}, fmt.Errorf("natsq: list %s: %w", JobsBucket, err)
 	}
 	defer func() { _ = wch.Stop() }()
-	keep := &newest{cap: f.limit + 1, at: map[string]int{}}
+	keep := &newest{cap: f.Limit + 1, at: map[string]int{}}
 	for {
 		var e jetstream.KeyValueEntry
 		var ok bool
@@ -190,14 +110,12 @@ func (s *APIServer) listJobs(ctx context.Context, f jobFilter) (api.JobList, err
 		j := rec.Job.Job
 		j.Input, j.Output = nil, nil
 		pos := listCursor{created: j.CreatedAt.UnixNano(), id: j.ID}
-		match := (f.state == "" || j.State == f.state) && (f.task == "" || j.Task == f.task) &&
-			(f.pool == "" || j.Pool == f.pool) && (f.after == nil || f.after.before(pos))
-		keep.offer(j, pos, match)
+		keep.offer(j, pos, f.Match(j) && (f.after == nil || f.after.before(pos)))
 	}
 	jobs := keep.sorted()
 	out := api.JobList{Jobs: []api.Job{}}
-	if len(jobs) > f.limit {
-		jobs = jobs[:f.limit]
+	if len(jobs) > f.Limit {
+		jobs = jobs[:f.Limit]
 		last := jobs[len(jobs)-1]
 		out.NextCursor = listCursor{created: last.CreatedAt.UnixNano(), id: last.ID}.String()
 	}

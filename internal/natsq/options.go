@@ -11,11 +11,17 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/internal/controlplane"
 )
 
 // Options configures a connection to NATS and the transport on top of it. The zero value
 // (apart from Pool for workers) connects without credentials, which suits tests only.
 type Options struct {
+	// API configures the /v1 layer of an APIServer (internal/controlplane: auto-approval,
+	// limits, MCP). Optional; the Logger defaults to Log's.
+	API controlplane.Config
+
 	// Name labels the connection in the server's monitoring (`nats server report
 	// connections`). Optional; default "castellan".
 	Name string

@@ -100,12 +100,9 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 // principal is an authenticated API caller.
 type principal struct {
 	tokenID string
+	name    string
 	role    api.Role
 	pool    string
-}
-
-func (p principal) canPool(pool string) bool {
-	return p.role == api.RoleAdmin || p.pool == api.AllPools || p.pool == pool
 }
 
 var errTokenInvalid = errors.New("invalid bearer token")
@@ -127,7 +124,7 @@ func authenticate(ctx context.Context, nc *nats.Conn, secret string) (principal,
 	if !found || e.RevokedAt != nil || e.Role == api.RoleWorker || !slices.Contains(api.Roles, e.Role) {
 		return principal{}, errTokenInvalid
 	}
-	return principal{tokenID: e.ID, role: e.Role, pool: e.Pool}, nil
+	return principal{tokenID: e.ID, name: e.Name, role: e.Role, pool: e.Pool}, nil
 }
 
 // readToken reads a token's entry from the stream leader ($JS.API.STREAM.MSG.GET) rather

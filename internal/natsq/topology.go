@@ -11,7 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/outcome"
 )
 
 // Names of the streams and buckets. They are part of the deployment contract: account
@@ -202,19 +204,7 @@ func (r *Record) completed(attempt int) bool {
 
 // nextState is the state after a result, decided as the HTTP control plane decides it.
 func nextState(current api.State, code string, retryable bool, attempt, maxAttempts int) api.State {
-	switch {
-	case current == api.StateCancelRequested || current == api.StateCancelled:
-		return api.StateCancelled
-	case code == "ok":
-		return api.StateSucceeded
-	case code == "rejected":
-		return api.StateRejected
-	case retryable && attempt < maxAttempts:
-		return api.StateQueued
-	case retryable:
-		return api.StateDead
-	}
-	return api.StateFailed
+	return controlplane.CompleteState(current, outcome.Code(code), retryable, attempt, maxAttempts)
 }
 
 // ensureShared creates (or updates) the results and dead-letter streams and the buckets.

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -13,17 +12,6 @@ import (
 // The control plane keeps the newest audit head each worker reported with its results, so
 // that the worker's log can be checked from off its host (`castellan audit verify --head`):
 // whoever can rewrite the log there, key included, cannot reach this copy.
-
-// checkAuditHead validates a reported head; nil is valid (the field is optional).
-func checkAuditHead(h *api.AuditHead) *apiError {
-	if h == nil {
-		return nil
-	}
-	if h.Seq == 0 || len(h.Hash) != 64 || strings.Trim(h.Hash, "0123456789abcdef") != "" {
-		return errf(http.StatusBadRequest, api.CodeInvalidField, "audit_head: seq must be at least 1 and hash 64 lowercase hex digits")
-	}
-	return nil
-}
 
 // recordAuditHead keeps h if it is further along the worker's chain than the one held. A
 // lower seq is not taken: the held head stays, and a log rolled back below it fails against it.
@@ -37,17 +25,13 @@ func recordAuditHead(ctx context.Context, tx *txn, workerID string, h *api.Audit
 	return err
 }
 
-// hWorkerAuditHead is GET /v1/workers/{id}/audit-head; {id} is the worker id or its name.
-func (s *Server) hWorkerAuditHead(w http.ResponseWriter, r *http.Request, p Principal) error {
-	if e := onlyParams(r); e != nil {
-		return e
-	}
-	id := r.PathValue("id")
-	rows, err := s.store.rdb.QueryContext(r.Context(), `SELECT h.worker_id, COALESCE(wk.name, ''), h.seq, h.hash, h.reported_at
+// workerAuditHead is GET /v1/workers/{id}/audit-head; id is the worker id or its name.
+func (s *Server) workerAuditHead(ctx context.Context, id string) (api.WorkerAuditHead, error) {
+	rows, err := s.store.rdb.QueryContext(ctx, `SELECT h.worker_id, COALESCE(wk.name, ''), h.seq, h.hash, h.reported_at
 		FROM audit_heads h LEFT JOIN workers wk ON wk.token_id = h.worker_id
 		WHERE h.worker_id = ? OR wk.name = ? ORDER BY h.worker_id = ? DESC LIMIT 2`, id, id, id)
 	if err != nil {
-		return err
+		return api.WorkerAuditHead{}, err
 	}
 	defer rows.Close()
 	var found []api.WorkerAuditHead
@@ -55,20 +39,19 @@ func (s *Server) hWorkerAuditHead(w http.ResponseWriter, r *http.Request, p Prin
 		var h api.WorkerAuditHead
 		var seq, at int64
 		if err := rows.Scan(&h.WorkerID, &h.Name, &seq, &h.Hash, &at); err != nil {
-			return err
+			return api.WorkerAuditHead{}, err
 		}
 		h.Seq, h.ReportedAt = uint64(seq), msTime(at)
 		found = append(found, h)
 	}
 	if err := rows.Err(); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return err
+		return api.WorkerAuditHead{}, err
 	}
 	switch {
 	case len(found) == 0:
-		return errf(http.StatusNotFound, api.CodeNotFound, "no audit head reported by a worker with id or name %q", id)
+		return api.WorkerAuditHead{}, errf(http.StatusNotFound, api.CodeNotFound, "no audit head reported by a worker with id or name %q", id)
 	case len(found) > 1 && found[0].WorkerID != id:
-		return errf(http.StatusBadRequest, api.CodeInvalidField, "more than one worker is named %q: ask by worker id", id)
+		return api.WorkerAuditHead{}, errf(http.StatusBadRequest, api.CodeInvalidField, "more than one worker is named %q: ask by worker id", id)
 	}
-	writeJSON(w, http.StatusOK, found[0])
-	return nil
+	return found[0], nil
 }

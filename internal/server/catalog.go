@@ -13,18 +13,10 @@ import (
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-const (
-	maxCatalogTasks   = schema.MaxCatalogTasks
-	maxWorkerNameSize = 128
-)
+const maxCatalogTasks = schema.MaxCatalogTasks
 
+// register records the worker (the layer checked the request).
 func (s *Server) register(ctx context.Context, p Principal, req api.RegisterRequest) (api.RegisterResponse, error) {
-	if req.Name == "" || len(req.Name) > maxWorkerNameSize {
-		return api.RegisterResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "name is required, at most %d bytes", maxWorkerNameSize)
-	}
-	if len(req.AgentVersion) > 64 {
-		return api.RegisterResponse{}, errf(http.StatusBadRequest, api.CodeInvalidField, "agent_version is over 64 bytes")
-	}
 	err := s.store.tx(ctx, func(tx *txn) error {
 		now := s.cfg.Now()
 		_, err := tx.ExecContext(ctx, `INSERT INTO workers(token_id, pool, name, agent_version, registered_at, last_seen_at)
@@ -41,7 +33,7 @@ func (s *Server) register(ctx context.Context, p Principal, req api.RegisterRequ
 		return api.RegisterResponse{}, err
 	}
 	return api.RegisterResponse{WorkerID: p.TokenID, Pool: p.Pool,
-		LeaseTTLSeconds: int(s.cfg.LeaseTTL.Seconds()), MaxWaitSeconds: maxWaitSeconds}, nil
+		LeaseTTLSeconds: int(s.cfg.LeaseTTL.Seconds()), MaxWaitSeconds: api.MaxWaitSeconds}, nil
 }
 
 // checkTask validates one task definition (the rules both modes share, internal/schema)
@@ -137,9 +129,9 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 		if len(conflicts) > 0 {
 			e := errf(http.StatusConflict, api.CodeCatalogConflict, "%s", conflicts[0].Message)
 			if len(conflicts) > 1 {
-				e.msg = fmt.Sprintf("%s (and %d more: see details)", conflicts[0].Message, len(conflicts)-1)
+				e.Message = fmt.Sprintf("%s (and %d more: see details)", conflicts[0].Message, len(conflicts)-1)
 			}
-			e.details = conflicts
+			e.Details = conflicts
 			return e
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM worker_tasks WHERE token_id = ?`, p.TokenID); err != nil {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,22 +11,17 @@ import (
 	"go.uber.org/zap"
 
 	auditlog "github.com/castellan-dev/castellan/audit"
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/metrics"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
-// AutoApprover signs approvals on the server for tasks configured for auto-approval. It is
-// an interface so that this package never needs the approval package or a private key of
-// its own; the daemon wires an implementation in.
-type AutoApprover interface {
-	Approve(ctx context.Context, j ApprovalSubject) (token string, err error)
-}
+// AutoApprover signs approvals on the control plane for tasks configured for
+// auto-approval (the /v1 layer's, shared by both modes).
+type AutoApprover = controlplane.AutoApprover
 
 // ApprovalSubject is what an approval covers.
-type ApprovalSubject struct {
-	JobID, Task, TaskVersion, Pool string
-	Input                          []byte
-}
+type ApprovalSubject = controlplane.ApprovalSubject
 
 // Config configures a Server. Zero values take the documented defaults.
 type Config struct {
@@ -40,7 +34,9 @@ type Config struct {
 	DBPath string
 	// LeaseTTL is how long a lease lives without a heartbeat. Optional, default 60s.
 	LeaseTTL time.Duration
-	// MaxInputBytes caps a job's input. Optional, default 1 MiB.
+	// MaxInputBytes caps a job's input. Optional, default 1 MiB. MaxOutputBytes, DefaultMaxAttempts
+	// and the auto-approval fields below are the /v1 layer's (internal/controlplane.Config),
+	// which checks them.
 	MaxInputBytes int
 	// MaxOutputBytes caps a job's output. Optional, default 4 MiB.
 	MaxOutputBytes int
@@ -103,21 +99,6 @@ func (c *Config) setDefaults() error {
 	if c.LeaseTTL < time.Second {
 		return fmt.Errorf("server: Config.LeaseTTL is %s, at least 1s", c.LeaseTTL)
 	}
-	if c.MaxInputBytes == 0 {
-		c.MaxInputBytes = api.DefaultMaxInput
-	}
-	if c.MaxOutputBytes == 0 {
-		c.MaxOutputBytes = api.DefaultMaxOutput
-	}
-	if c.DefaultMaxAttempts == 0 {
-		c.DefaultMaxAttempts = api.DefaultMaxAttempts
-	}
-	if c.MaxInputBytes < 0 || c.MaxOutputBytes < 0 || c.DefaultMaxAttempts < 1 || c.DefaultMaxAttempts > maxAttemptsLimit {
-		return errors.New("server: Config.MaxInputBytes/MaxOutputBytes must be positive and DefaultMaxAttempts in 1..100")
-	}
-	if len(c.AutoApproveTasks) > 0 && c.AutoApprover == nil {
-		return errors.New("server: Config.AutoApproveTasks is set but Config.AutoApprover is nil")
-	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -132,5 +113,3 @@ func (c *Config) setDefaults() error {
 	}
 	return nil
 }
-
-const maxAttemptsLimit = api.MaxAttemptsLimit

@@ -12,21 +12,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
-	"strings"
+	"strconv"
 	"time"
 
-	"github.com/castellan-dev/castellan/approval"
 	auditlog "github.com/castellan-dev/castellan/audit"
-	"github.com/castellan-dev/castellan/internal/schema"
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/internal/tracing"
-	"github.com/castellan-dev/castellan/outcome"
-)
-
-const (
-	maxErrorMessage = api.MaxErrorMessage
-	maxLeaseBatch   = api.MaxLeaseBatch
 )
 
 func randomHex(n int) string {
@@ -51,7 +43,7 @@ var qJobByID = hot(`SELECT ` + jobColumns + ` FROM jobs WHERE id = ?`)
 // jobColumns must match scanJob.
 const jobColumns = `seq, id, task, task_version, pool, state, input, approval, attempt, max_attempts,
 	not_before, outcome, output, error_message, duration_ms, module_digest, idempotency_key,
-	submitted_by, created_at, updated_at, finished_at`
+	submitted_by, created_at, updated_at, finished_at, denied_by`
 
 type jobRow struct {
 	api.Job
@@ -69,7 +61,7 @@ func scanJob(sc scanner) (jobRow, error) {
 	var idem sql.NullString
 	err := sc.Scan(&j.seq, &j.ID, &j.Task, &j.TaskVersion, &j.Pool, &j.State, &input, &j.approval,
 		&j.Attempt, &j.MaxAttempts, &notBefore, &j.Outcome, &output, &j.ErrorMessage, &j.DurationMS,
-		&j.ModuleDigest, &idem, &j.SubmittedBy, &created, &updated, &finished)
+		&j.ModuleDigest, &idem, &j.SubmittedBy, &created, &updated, &finished, &j.DeniedBy)
 	if err != nil {
 		return j, err
 	}
@@ -89,183 +81,85 @@ func scanJob(sc scanner) (jobRow, error) {
 	return j, nil
 }
 
-// getJobRow loads a job the principal may see; a job in another pool is "not found" so
-// that ids in other pools cannot be probed.
-func getJobRow(ctx context.Context, q interface {
+type queryRower interface {
 	queryRow(context.Context, string, ...any) *sql.Row
-}, p Principal, id string) (jobRow, error) {
-	if !api.ValidJobID(id) {
-		return jobRow{}, errf(http.StatusNotFound, api.CodeNotFound, "no job %q (job ids look like job_ and 24 hex digits)", id)
-	}
+}
+
+// readJob loads a job; controlplane.ErrNoJob when there is none. Who may see it is the
+// caller's check (controlplane.Visible).
+func readJob(ctx context.Context, q queryRower, id string) (jobRow, error) {
 	j, err := scanJob(q.queryRow(ctx, qJobByID, id))
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.canPool(j.Pool)) {
-		return jobRow{}, errf(http.StatusNotFound, api.CodeNotFound, "no job %q in the pools your token may see", id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return jobRow{}, controlplane.ErrNoJob
 	}
 	return j, err
 }
 
-// resolvePool picks the pool a request acts on: the one named, or the token's own.
-func resolvePool(p Principal, pool string) (string, error) {
-	if pool == "" {
-		if p.Pool == api.AllPools {
-			return "", errf(http.StatusBadRequest, api.CodeInvalidField, "pool is required: your token is not bound to one pool")
-		}
-		return p.Pool, nil
+// visibleJob is readJob for a principal: a job in another pool is "not found".
+func visibleJob(ctx context.Context, q queryRower, p Principal, id string) (jobRow, error) {
+	j, err := readJob(ctx, q, id)
+	if errors.Is(err, controlplane.ErrNoJob) {
+		return jobRow{}, controlplane.NoJob(id)
 	}
-	if !api.ValidPoolName(pool) {
-		return "", errf(http.StatusBadRequest, api.CodeInvalidField, "pool %q is invalid: use 1-63 of a-z 0-9 _ . -", pool)
+	if err == nil {
+		err = controlplane.Visible(p, j.Job)
 	}
-	if !p.canPool(pool) {
-		return "", errf(http.StatusForbidden, api.CodeForbidden, "your token is for pool %q, not %q", p.Pool, pool)
-	}
-	return pool, nil
+	return j, err
 }
 
-func (s *Server) autoApproves(task string) bool {
-	return s.cfg.AutoApprover != nil && (slices.Contains(s.cfg.AutoApproveTasks, task) || slices.Contains(s.cfg.AutoApproveTasks, "*"))
-}
-
-// submit creates a job, or returns the existing one for a repeated idempotent request.
-func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest) (api.Job, bool, error) {
-	if !api.ValidTaskName(req.Task) {
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "task %q is invalid: a task name is 1-64 of a-z 0-9 _ . - starting with a letter", req.Task)
-	}
-	if req.TaskVersion != "" && !api.ValidTaskVersion(req.TaskVersion) {
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "task_version %q is invalid", req.TaskVersion)
-	}
-	pool, err := resolvePool(p, req.Pool)
-	if err != nil {
-		return api.Job{}, false, err
-	}
-	if !validRawJSON(req.Input) {
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "input is required: the task's JSON input (use {} for none)")
-	}
-	if err := approval.CheckIJSON(req.Input); err != nil {
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "input is not I-JSON (RFC 7493), so it cannot be approved: %v", err)
-	}
-	input := compactJSON(req.Input)
-	if len(input) > s.cfg.MaxInputBytes {
-		return api.Job{}, false, errf(http.StatusRequestEntityTooLarge, api.CodeInputTooLarge, "input is %d bytes, the cap is %d", len(input), s.cfg.MaxInputBytes)
-	}
-	if req.MaxAttempts == 0 {
-		req.MaxAttempts = s.cfg.DefaultMaxAttempts
-	}
-	if req.MaxAttempts < 1 || req.MaxAttempts > maxAttemptsLimit {
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "max_attempts is %d, want 1..%d", req.MaxAttempts, maxAttemptsLimit)
-	}
-	if req.IdempotencyKey != "" && !api.ValidIdempotencyKey(req.IdempotencyKey) {
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "idempotency_key must be 1-200 printable ASCII characters without spaces")
-	}
-	if req.Approval != "" {
-		if err := approval.CheckShape(req.Approval); err != nil {
-			return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "approval: %v", err)
-		}
-	}
-
-	// Find the task definition: the version asked for, or the newest published.
-	var version string
-	var schemaText []byte
-	q := qTaskNewest
-	args := []any{pool, req.Task}
-	if req.TaskVersion != "" {
-		q = qTaskVersion
-		args = append(args, req.TaskVersion)
-	}
-	err = s.store.queryRow(ctx, q, args...).Scan(&version, &schemaText)
-	if errors.Is(err, sql.ErrNoRows) {
-		v := ""
-		if req.TaskVersion != "" {
-			v = " version " + req.TaskVersion
-		}
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeUnknownTask, "task %q%s is not published in pool %q: a worker must publish it first (GET /v1/catalog)", req.Task, v, pool)
-	}
-	if err != nil {
-		return api.Job{}, false, err
-	}
-	sch, err := s.schemas.Get(schemaText)
-	if err != nil {
-		return api.Job{}, false, fmt.Errorf("compile stored schema of %s@%s: %w", req.Task, version, err)
-	}
-	issues, err := schema.Validate(sch, input)
-	if err != nil {
-		return api.Job{}, false, errf(http.StatusBadRequest, api.CodeInvalidField, "input: %v", err)
-	}
-	if len(issues) > 0 {
-		e := errf(http.StatusBadRequest, api.CodeInputInvalid, "%s", schema.Message(issues))
-		e.details = issues
-		return api.Job{}, false, e
-	}
-
-	hashed, _ := json.Marshal(struct {
-		Task, Version, Pool string
-		Input               json.RawMessage
-		Max                 int
-		Approval            string
-	}{req.Task, req.TaskVersion, pool, input, req.MaxAttempts, req.Approval})
-	reqHash := sha256.Sum256(hashed)
-
-	existing := func(q interface {
-		queryRow(context.Context, string, ...any) *sql.Row
-	}) (api.Job, bool, error) {
-		if req.IdempotencyKey == "" {
+// submit records a job the layer validated, or returns the job an earlier submit with the
+// same idempotency key made.
+func (s *Server) submit(ctx context.Context, p Principal, sub controlplane.Submission) (api.Job, bool, error) {
+	existing := func(q queryRower) (api.Job, bool, error) {
+		if sub.IdempotencyKey == "" {
 			return api.Job{}, false, nil
 		}
 		var id string
 		var h []byte
-		err := q.queryRow(ctx, qIdemLookup, pool, req.IdempotencyKey).Scan(&id, &h)
+		err := q.queryRow(ctx, qIdemLookup, sub.Pool, sub.IdempotencyKey).Scan(&id, &h)
 		if errors.Is(err, sql.ErrNoRows) {
 			return api.Job{}, false, nil
 		}
 		if err != nil {
 			return api.Job{}, false, err
 		}
-		if !bytes.Equal(h, reqHash[:]) {
-			return api.Job{}, true, errf(http.StatusConflict, api.CodeIdempotency, "idempotency_key %q was already used in pool %q for a different request (job %s)", req.IdempotencyKey, pool, id)
+		if !bytes.Equal(h, sub.RequestHash) {
+			return api.Job{}, true, controlplane.IdempotencyConflict(sub.IdempotencyKey, sub.Pool, id)
 		}
-		j, err := getJobRow(ctx, q, p, id)
+		j, err := readJob(ctx, q, id)
 		return j.Job, true, err
 	}
 	if j, found, err := existing(s.store); found || err != nil {
 		return j, false, err
 	}
 
-	id := api.NewJobID()
-	ctx, span := s.startSpan(ctx, "submit", req.TraceParent, id, req.Task)
+	id, pool, auto := sub.ID, sub.Pool, sub.Auto
+	ctx, span := s.startSpan(ctx, "submit", sub.TraceParent, id, sub.Task)
 	defer span.End()
 	traceparent := tracing.TraceParent(ctx)
-	approval := req.Approval
-	auto := false
-	if approval == "" && s.autoApproves(req.Task) {
-		tok, err := s.cfg.AutoApprover.Approve(ctx, ApprovalSubject{JobID: id, Task: req.Task, TaskVersion: version, Pool: pool, Input: input})
-		if err != nil {
-			s.log.Error("auto-approve failed", zapErr(err), zapJob(id))
-			return api.Job{}, false, errf(http.StatusBadGateway, api.CodeAutoApproveFailed, "the server's auto-approver failed; see the server log")
-		}
-		approval, auto = tok, true
-	}
 	state := api.StatePendingApproval
-	if approval != "" {
+	if sub.Approval != "" {
 		state = api.StateQueued
 	}
 	now := s.cfg.Now().UnixMilli()
 	var out api.Job
 	created := false
-	err = s.store.tx(ctx, func(tx *txn) error {
+	err := s.store.tx(ctx, func(tx *txn) error {
 		j, found, err := existing(tx)
 		if found || err != nil {
 			out = j
 			return err
 		}
 		var idem any
-		if req.IdempotencyKey != "" {
-			idem = req.IdempotencyKey
+		if sub.IdempotencyKey != "" {
+			idem = sub.IdempotencyKey
 		}
 		_, err = tx.ExecContext(ctx, qInsertJob,
-			id, req.Task, version, pool, input, approval, string(state), req.MaxAttempts, idem, reqHash[:], p.TokenID, now, now, traceparent)
+			id, sub.Task, sub.TaskVersion, pool, sub.Input, sub.Approval, string(state), sub.MaxAttempts, idem, sub.RequestHash, p.TokenID, now, now, traceparent)
 		if err != nil {
 			return err
 		}
-		detail, _ := json.Marshal(map[string]any{"task": req.Task, "task_version": version, "pool": pool, "state": state})
+		detail, _ := json.Marshal(map[string]any{"task": sub.Task, "task_version": sub.TaskVersion, "pool": pool, "state": state})
 		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.submit", id, string(detail)); err != nil {
 			return err
 		}
@@ -274,7 +168,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 				return err
 			}
 		}
-		jr, err := getJobRow(ctx, tx, p, id)
+		jr, err := readJob(ctx, tx, id)
 		out, created = jr.Job, true
 		return err
 	})
@@ -282,31 +176,32 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 		return api.Job{}, false, err
 	}
 	if created {
-		s.record(auditlog.Action{Type: auditlog.ActionSubmitted, Job: id, Task: req.Task, Pool: pool, Actor: p.TokenID, Role: string(p.Role), State: string(state)})
-		s.cfg.Metrics.Submitted(req.Task)
+		s.record(auditlog.Action{Type: auditlog.ActionSubmitted, Job: id, Task: sub.Task, Pool: pool, Actor: p.TokenID, Role: string(p.Role), State: string(state)})
+		s.cfg.Metrics.Submitted(sub.Task)
 		if auto {
-			s.record(auditlog.Action{Type: auditlog.ActionApproved, Job: id, Task: req.Task, Pool: pool, Actor: "server", Role: "server"})
-			s.cfg.Metrics.Approved(req.Task)
+			s.record(auditlog.Action{Type: auditlog.ActionApproved, Job: id, Task: sub.Task, Pool: pool, Actor: "server", Role: "server"})
+			s.cfg.Metrics.Approved(sub.Task)
 		}
 	}
 	if created && state == api.StateQueued {
 		s.queued.broadcast()
 	}
+	if created {
+		s.changed.broadcast()
+	}
 	return out, created, nil
 }
 
 func (s *Server) approve(ctx context.Context, p Principal, id, token string) (api.Job, error) {
-	if err := approval.CheckShape(token); err != nil {
-		return api.Job{}, errf(http.StatusBadRequest, api.CodeInvalidField, "token: %v", err)
-	}
 	var out api.Job
 	err := s.store.tx(ctx, func(tx *txn) error {
-		j, err := getJobRow(ctx, tx, p, id)
+		j, err := visibleJob(ctx, tx, p, id)
 		if err != nil {
 			return err
 		}
-		if j.State != api.StatePendingApproval {
-			return errf(http.StatusConflict, api.CodeInvalidState, "job %s is %s; only a pending_approval job takes an approval", id, j.State)
+		next := j.Job
+		if err := controlplane.Approve(&next); err != nil {
+			return err
 		}
 		now := s.cfg.Now().UnixMilli()
 		if _, err := tx.ExecContext(ctx, qApprove,
@@ -316,7 +211,7 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.approve", id, ""); err != nil {
 			return err
 		}
-		j, err = getJobRow(ctx, tx, p, id)
+		j, err = readJob(ctx, tx, id)
 		out = j.Job
 		return err
 	})
@@ -325,6 +220,46 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 		s.record(auditlog.Action{Type: auditlog.ActionApproved, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role)})
 		s.cfg.Metrics.Approved(out.Task)
 		s.queued.broadcast()
+		s.changed.broadcast()
+	}
+	return out, err
+}
+
+// deny ends a pending_approval job as denied with the approver's reason. Nothing reaches a
+// worker: only a queued job is ever leased.
+func (s *Server) deny(ctx context.Context, p Principal, id, reason string) (api.Job, error) {
+	var out api.Job
+	err := s.store.tx(ctx, func(tx *txn) error {
+		j, err := visibleJob(ctx, tx, p, id)
+		if err != nil {
+			return err
+		}
+		next := j.Job
+		at := s.cfg.Now()
+		if err := controlplane.Deny(&next, p.Who(), reason, at); err != nil {
+			return err
+		}
+		now := at.UnixMilli()
+		res, err := tx.ExecContext(ctx, qDeny, next.Outcome, next.ErrorMessage, next.DeniedBy, now, now, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return errf(http.StatusConflict, api.CodeInvalidState, "job %s is no longer pending_approval", id)
+		}
+		detail, _ := json.Marshal(map[string]string{"reason": reason, "denied_by": p.Who()})
+		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.deny", id, string(detail)); err != nil {
+			return err
+		}
+		j, err = readJob(ctx, tx, id)
+		out = j.Job
+		return err
+	})
+	if err == nil {
+		s.step(ctx, "deny", id, out.Task)
+		s.record(auditlog.Action{Type: auditlog.ActionDenied, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
+		s.finished.broadcast()
+		s.changed.broadcast()
 	}
 	return out, err
 }
@@ -333,22 +268,26 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 	var out api.Job
 	var done bool
 	err := s.store.tx(ctx, func(tx *txn) error {
-		j, err := getJobRow(ctx, tx, p, id)
+		j, err := visibleJob(ctx, tx, p, id)
 		if err != nil {
 			return err
 		}
-		now := s.cfg.Now().UnixMilli()
-		switch j.State {
-		case api.StatePendingApproval, api.StateQueued:
-			_, err = tx.ExecContext(ctx, qCancelNow, now, now, id)
-			done = true
-		case api.StateRunning:
-			_, err = tx.ExecContext(ctx, qCancelRequest, now, id)
-		case api.StateCancelRequested:
+		at := s.cfg.Now()
+		now := at.UnixMilli()
+		next := j.Job
+		changed, err := controlplane.Cancel(&next, at)
+		if err != nil {
+			return err
+		}
+		if !changed {
 			out = j.Job
 			return nil // already asked; cancelling twice is not an error
-		default:
-			return errf(http.StatusConflict, api.CodeInvalidState, "job %s is already %s", id, j.State)
+		}
+		if next.State == api.StateCancelled {
+			_, err = tx.ExecContext(ctx, qCancelNow, now, now, id)
+			done = true
+		} else {
+			_, err = tx.ExecContext(ctx, qCancelRequest, now, id)
 		}
 		if err != nil {
 			return err
@@ -356,12 +295,13 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.cancel", id, fmt.Sprintf(`{"from":%q}`, j.State)); err != nil {
 			return err
 		}
-		j, err = getJobRow(ctx, tx, p, id)
+		j, err = readJob(ctx, tx, id)
 		out = j.Job
 		return err
 	})
 	if err == nil {
 		s.record(auditlog.Action{Type: auditlog.ActionCancelled, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
+		s.changed.broadcast()
 	}
 	if err == nil && done {
 		s.finished.broadcast()
@@ -369,36 +309,32 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 	return out, err
 }
 
-type jobFilter struct {
-	state, task, pool string
-	limit             int
-	cursor            int64
-}
-
-func (s *Server) listJobs(ctx context.Context, p Principal, f jobFilter) (api.JobList, error) {
+// listJobs returns one page, newest first. Its cursor is the last listed job's seq.
+func (s *Server) listJobs(ctx context.Context, f controlplane.ListQuery) (api.JobList, error) {
 	q := `SELECT ` + jobColumns + ` FROM jobs WHERE 1=1`
 	var args []any
-	if f.state != "" {
+	if f.State != "" {
 		q += ` AND state = ?`
-		args = append(args, f.state)
+		args = append(args, string(f.State))
 	}
-	if f.task != "" {
+	if f.Task != "" {
 		q += ` AND task = ?`
-		args = append(args, f.task)
+		args = append(args, f.Task)
 	}
-	if f.pool != "" {
+	if f.Pool != "" {
 		q += ` AND pool = ?`
-		args = append(args, f.pool)
-	} else if p.Role != api.RoleAdmin && p.Pool != api.AllPools {
-		q += ` AND pool = ?`
-		args = append(args, p.Pool)
+		args = append(args, f.Pool)
 	}
-	if f.cursor > 0 {
+	if f.Cursor != "" {
+		n, err := strconv.ParseInt(f.Cursor, 10, 64)
+		if err != nil || n < 1 {
+			return api.JobList{}, controlplane.BadCursor(f.Cursor)
+		}
 		q += ` AND seq < ?`
-		args = append(args, f.cursor)
+		args = append(args, n)
 	}
 	q += ` ORDER BY seq DESC LIMIT ?`
-	args = append(args, f.limit+1)
+	args = append(args, f.Limit+1)
 	rows, err := s.store.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return api.JobList{}, err
@@ -411,7 +347,7 @@ func (s *Server) listJobs(ctx context.Context, p Principal, f jobFilter) (api.Jo
 		if err != nil {
 			return api.JobList{}, err
 		}
-		if len(out.Jobs) == f.limit {
+		if len(out.Jobs) == f.Limit {
 			out.NextCursor = fmt.Sprint(last)
 			break
 		}
@@ -490,14 +426,14 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 		s.record(auditlog.Action{Type: auditlog.ActionLeased, Job: lj.JobID, Task: lj.Task, Pool: lj.Pool, Actor: p.TokenID, Role: string(p.Role), Attempt: lj.Attempt})
 		s.cfg.Metrics.Leased(lj.Task, leasedWaits[i])
 	}
+	if len(out) > 0 {
+		s.changed.broadcast()
+	}
 	return out, nil
 }
 
 func (s *Server) heartbeat(ctx context.Context, p Principal, leaseTok string) (api.HeartbeatResponse, error) {
-	lost := errf(http.StatusConflict, api.CodeLeaseLost, "this lease is no longer yours (expired, re-leased or finished): stop the job and do not complete it")
-	if !strings.HasPrefix(leaseTok, "lease_") || len(leaseTok) > 64 {
-		return api.HeartbeatResponse{}, lost
-	}
+	lost := controlplane.LeaseLost()
 	var out api.HeartbeatResponse
 	err := s.store.tx(ctx, func(tx *txn) error {
 		var id, pool string
@@ -532,72 +468,22 @@ func (s *Server) heartbeat(ctx context.Context, p Principal, leaseTok string) (a
 	return out, err
 }
 
-// backoff is full jitter: uniform in [0, min(cap, base*2^(attempt-1))), as in NATS mode.
-func (s *Server) backoff(attempt int) time.Duration {
-	return s.cfg.Jitter(api.RetryCeiling(attempt, s.cfg.RetryBase, s.cfg.RetryCap))
-}
-
-func (s *Server) complete(ctx context.Context, p Principal, id string, req api.CompleteRequest) (api.CompleteResponse, error) {
-	bad := func(format string, args ...any) error {
-		return errf(http.StatusBadRequest, api.CodeInvalidField, format, args...)
-	}
-	code := outcome.Code(req.Outcome)
-	switch {
-	case req.LeaseToken == "":
-		return api.CompleteResponse{}, bad("lease_token is required")
-	case req.Attempt < 1:
-		return api.CompleteResponse{}, bad("attempt is %d, want the attempt number from the lease (>= 1)", req.Attempt)
-	case !code.Known():
-		return api.CompleteResponse{}, bad("outcome %q is not an outcome code (see the outcome codes in docs/api.md)", req.Outcome)
-	case len(req.ErrorMessage) > maxErrorMessage:
-		return api.CompleteResponse{}, bad("error_message is %d bytes, at most %d", len(req.ErrorMessage), maxErrorMessage)
-	case req.DurationMS < 0:
-		return api.CompleteResponse{}, bad("duration_ms is negative")
-	case len(req.ModuleDigest) > 128:
-		return api.CompleteResponse{}, bad("module_digest is over 128 bytes")
-	case req.Retryable != nil && *req.Retryable && (code == outcome.OK || code == outcome.Rejected):
-		return api.CompleteResponse{}, bad("outcome %q cannot be retryable", code)
-	}
-	if e := checkAuditHead(req.AuditHead); e != nil {
-		return api.CompleteResponse{}, e
-	}
-	var output []byte
-	if len(req.Output) > 0 && string(bytes.TrimSpace(req.Output)) != "null" {
-		output = compactJSON(req.Output)
-		if len(output) > s.cfg.MaxOutputBytes {
-			return api.CompleteResponse{}, errf(http.StatusRequestEntityTooLarge, api.CodeOutputTooLarge, "output is %d bytes, the cap is %d", len(output), s.cfg.MaxOutputBytes)
-		}
-	}
-	retryable := code.Retryable()
-	if req.Retryable != nil {
-		retryable = *req.Retryable
-	}
-
+// complete records a completion the layer checked, fenced to the current lease.
+func (s *Server) complete(ctx context.Context, p Principal, id string, c controlplane.Completion) (api.CompleteResponse, error) {
+	req, code, output := c.CompleteRequest, c.Code, c.Output
 	var out api.CompleteResponse
 	var task, pool string
 	err := s.store.tx(ctx, func(tx *txn) error {
-		j, err := getJobRow(ctx, tx, p, id)
+		j, err := visibleJob(ctx, tx, p, id)
 		if err != nil {
 			return err
 		}
 		now := s.cfg.Now()
 		nowMS := now.UnixMilli()
-		var next api.State
+		next := controlplane.CompleteState(j.State, code, c.Retryable, j.Attempt, j.MaxAttempts)
 		var notBefore int64
-		switch {
-		case j.State == api.StateCancelRequested:
-			next = api.StateCancelled
-		case code == outcome.OK:
-			next = api.StateSucceeded
-		case code == outcome.Rejected:
-			next = api.StateRejected
-		case retryable && j.Attempt < j.MaxAttempts:
-			next = api.StateQueued
-			notBefore = now.Add(s.backoff(j.Attempt)).UnixMilli()
-		case retryable:
-			next = api.StateDead
-		default:
-			next = api.StateFailed
+		if next == api.StateQueued {
+			notBefore = controlplane.RetryAt(now, j.Attempt, s.cfg.RetryBase, s.cfg.RetryCap, s.cfg.Jitter).UnixMilli()
 		}
 		var finished any
 		if next.Terminal() {
@@ -649,6 +535,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, req api.C
 	} else {
 		s.finished.broadcast()
 	}
+	s.changed.broadcast()
 	return out, nil
 }
 
@@ -684,17 +571,14 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 		}
 		for _, e := range list {
 			var q string
-			var next api.State
-			switch {
-			case e.state == api.StateCancelRequested:
-				next = api.StateCancelled
+			next := controlplane.ExpireState(e.state, e.attempt, e.maxA)
+			switch next {
+			case api.StateCancelled:
 				q = `UPDATE jobs SET state = 'cancelled', lease_expires_at = NULL, updated_at = ?, finished_at = ? WHERE id = ?`
-			case e.attempt >= e.maxA:
-				next = api.StateDead
+			case api.StateDead:
 				q = `UPDATE jobs SET state = 'dead', outcome = 'timeout', error_message = 'lease expired: no completion or heartbeat from the worker in time',
 					lease_expires_at = NULL, updated_at = ?, finished_at = ? WHERE id = ?`
 			default:
-				next = api.StateQueued
 				q = `UPDATE jobs SET state = 'queued', lease_hash = NULL, lease_expires_at = NULL, not_before = 0, updated_at = ? WHERE id = ?`
 			}
 			args := []any{now, now, e.id}
@@ -732,6 +616,9 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 	if ended {
 		s.finished.broadcast()
 	}
+	if n > 0 {
+		s.changed.broadcast()
+	}
 	return n, err
 }
 
@@ -740,6 +627,8 @@ var qIdemLookup = hot(`SELECT id, request_hash FROM jobs WHERE pool = ? AND idem
 var qInsertJob = hot(`INSERT INTO jobs(id, task, task_version, pool, input, approval, state, max_attempts,
 			idempotency_key, request_hash, submitted_by, created_at, updated_at, traceparent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
 var qApprove = hot(`UPDATE jobs SET approval = ?, state = 'queued', updated_at = ? WHERE id = ? AND state = 'pending_approval'`)
+var qDeny = hot(`UPDATE jobs SET state = 'denied', outcome = ?, error_message = ?, denied_by = ?, updated_at = ?, finished_at = ?
+			WHERE id = ? AND state = 'pending_approval'`)
 var qCancelNow = hot(`UPDATE jobs SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE id = ?`)
 var qCancelRequest = hot(`UPDATE jobs SET state = 'cancel_requested', updated_at = ? WHERE id = ?`)
 var qDueJobs = hot(`SELECT id, MAX(j.updated_at, j.not_before) FROM jobs j WHERE j.pool = ? AND j.state = 'queued' AND j.not_before <= ?

@@ -17,7 +17,7 @@ import (
 // table holds it.
 func (s *Server) record(a auditlog.Action) {
 	if err := s.cfg.Audit.Append(a); err != nil {
-		s.log.Error("audit log write failed", zapErr(err), zapJob(a.Job), zap.String("action", a.Type))
+		s.log.Error("audit log write failed", zap.Error(err), zap.String("job_id", a.Job), zap.String("action", a.Type))
 	}
 }
 

@@ -232,16 +232,6 @@ func TestRetryBackoffAndDead(t *testing.T) {
 	}
 }
 
-func TestBackoffIsCapped(t *testing.T) {
-	t.Parallel()
-	s := &Server{cfg: Config{RetryBase: time.Second, RetryCap: 5 * time.Minute, Jitter: func(m time.Duration) time.Duration { return m }}}
-	for attempt, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 9: 256 * time.Second, 10: 5 * time.Minute, 99: 5 * time.Minute} {
-		if got := s.backoff(attempt); got != want {
-			t.Errorf("backoff(%d) = %s, want %s", attempt, got, want)
-		}
-	}
-}
-
 func TestTerminalOutcomes(t *testing.T) {
 	t.Parallel()
 	f := false
@@ -354,7 +344,7 @@ func TestLongPollWakesOnApproval(t *testing.T) {
 		jobs, err := e.worker.Lease(ctx, 1, 30*time.Second)
 		done <- result{jobs, err, time.Since(start)}
 	}()
-	eventually(t, "the lease request to park", func() bool { return e.s.parked.Load() == 1 })
+	eventually(t, "the lease request to park", func() bool { return e.s.cp.Parked() == 1 })
 	if _, err := e.approver.Approve(ctx, j.ID, fakeJWS("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -735,5 +725,27 @@ func TestLeaseBoundToItsWorker(t *testing.T) {
 	got, err := e.admin.Get(ctx, j.ID)
 	if err != nil || got.State != api.StateSucceeded || string(got.Output) != `{}` {
 		t.Fatalf("job = %s output %s, %v; want succeeded with the owner's output", got.State, got.Output, err)
+	}
+}
+
+// TestDenyIsAudited: a deny is in the audit table with the reason and who denied, and in
+// the tamper-evident log as job_denied.
+func TestDenyIsAudited(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	j := e.submit(ctx, 1, false)
+	d, err := e.approver.Deny(ctx, j.ID, "no refunds on Fridays")
+	if err != nil || d.State != api.StateDenied || d.DeniedBy != "approver" {
+		t.Fatalf("Deny() = %+v, %v", d, err)
+	}
+	l, err := e.admin.Audit(ctx, client.AuditOptions{JobID: j.ID, Action: "job.deny"})
+	if err != nil || len(l.Entries) != 1 {
+		t.Fatalf("Audit(job.deny) = %+v, %v, want one entry", l.Entries, err)
+	}
+	var detail map[string]string
+	if err := json.Unmarshal(l.Entries[0].Detail, &detail); err != nil || detail["reason"] != "no refunds on Fridays" ||
+		detail["denied_by"] != "approver" || l.Entries[0].Role != string(api.RoleApprover) {
+		t.Fatalf("audit entry = %+v (%v), want the reason and the approver", l.Entries[0], err)
 	}
 }

@@ -59,8 +59,8 @@ func TestShutdownEndsLongPollsCleanly(t *testing.T) {
 	}
 	lease := call("POST", "/v1/lease", e.secrets["worker"], `{"max":1,"wait_seconds":60}`)
 	wait := call("GET", "/v1/jobs/"+j.ID+"/wait?timeout=60", e.secrets["client"], "")
-	eventually(t, "the lease to park", func() bool { return e.s.parked.Load() == 1 })
-	eventually(t, "the wait to park", func() bool { return e.s.waiters.Load() == 1 })
+	eventually(t, "the lease to park", func() bool { return e.s.cp.Parked() == 1 })
+	eventually(t, "the wait to park", func() bool { return e.s.cp.Waiters() == 1 })
 
 	stop()
 	within := time.After(8 * time.Second) // well before Shutdown's own 10s limit

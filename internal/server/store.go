@@ -138,6 +138,8 @@ CREATE INDEX audit_job ON audit(job_id);
 	// a version replaces (they are not part of its identity; see catalog.go).
 	`ALTER TABLE tasks ADD COLUMN title TEXT NOT NULL DEFAULT '';
 ALTER TABLE tasks ADD COLUMN annotations TEXT;`,
+	// 5: who denied a job (the approver token's name, or its id), for POST /v1/jobs/{id}/deny.
+	`ALTER TABLE jobs ADD COLUMN denied_by TEXT NOT NULL DEFAULT '';`,
 }
 
 // OpenStore opens (creating if needed) the SQLite database at path and applies pending

@@ -57,7 +57,7 @@ func TestAPISuite(t *testing.T) {
 		}
 		w2 := newWorker(t, "w2")
 		return &apitest.Backend{URL: hs.URL, NewToken: newToken, Worker: w, HTTPWorkers: true,
-			Waiters: func() int { return int(s.waiters.Load()) },
+			Waiters: func() int { return int(s.cp.Waiters()) },
 			PublishCatalog: func(ctx context.Context, tasks []api.TaskDef) error {
 				_, err := w2.PublishCatalog(ctx, tasks)
 				return err

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -23,17 +24,8 @@ const TokenPrefix = api.TokenPrefix
 // ErrTokenInvalid is returned by Authenticate for a missing, malformed, unknown or revoked token.
 var ErrTokenInvalid = errors.New("invalid bearer token")
 
-// Principal is an authenticated caller.
-type Principal struct {
-	TokenID string
-	Role    api.Role
-	Pool    string // api.AllPools for tokens not bound to one pool
-}
-
-// canPool reports whether p may act on pool.
-func (p Principal) canPool(pool string) bool {
-	return p.Role == api.RoleAdmin || p.Pool == api.AllPools || p.Pool == pool
-}
+// Principal is an authenticated caller (the /v1 layer's).
+type Principal = controlplane.Principal
 
 // CreateToken makes a new random bearer token for role and pool, stores only its SHA-256
 // hash, and returns the token's description with Secret set. The secret is never
@@ -115,7 +107,7 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 	var stored []byte
 	var revoked sql.NullInt64
 	err := s.queryRow(ctx, qTokenByHash, sum[:]).
-		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked)
+		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked, &p.Name)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, ErrTokenInvalid
 	}
@@ -131,4 +123,4 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 }
 
 // Hot-path statements (see stmts.go).
-var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at FROM tokens WHERE hash = ?`)
+var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at, name FROM tokens WHERE hash = ?`)

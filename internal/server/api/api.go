@@ -7,9 +7,13 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/castellan-dev/castellan/approval"
 )
 
 // Role is what a bearer token may do.
@@ -45,16 +49,21 @@ const (
 	StateDead            State = "dead"      // retryable failures until attempts ran out
 	StateRejected        State = "rejected"  // the worker refused the approval
 	StateCancelled       State = "cancelled" // cancelled by a client
+	StateDenied          State = "denied"    // refused by an approver before it reached a worker
 )
+
+// OutcomeDeniedByApprover is the outcome of a denied job. It is the control plane's, not an
+// outcome.Code: no worker can report it, since a denied job never reaches one.
+const OutcomeDeniedByApprover = "denied_by_approver"
 
 // States lists every state.
 var States = []State{StatePendingApproval, StateQueued, StateRunning, StateCancelRequested,
-	StateSucceeded, StateFailed, StateDead, StateRejected, StateCancelled}
+	StateSucceeded, StateFailed, StateDead, StateRejected, StateCancelled, StateDenied}
 
 // Terminal reports whether no further transition can happen.
 func (s State) Terminal() bool {
 	switch s {
-	case StateSucceeded, StateFailed, StateDead, StateRejected, StateCancelled:
+	case StateSucceeded, StateFailed, StateDead, StateRejected, StateCancelled, StateDenied:
 		return true
 	}
 	return false
@@ -199,6 +208,39 @@ type ApproveRequest struct {
 	Token string `json:"token"`
 }
 
+// DenyRequest is POST /v1/jobs/{id}/deny: the approver's reason, shown to the submitter.
+type DenyRequest struct {
+	Reason string `json:"reason"`
+}
+
+// DenyBody is DenyRequest as a server decodes it: the reason raw, so that invalid UTF-8
+// or a lone surrogate escape is refused instead of silently becoming U+FFFD.
+type DenyBody struct {
+	Reason json.RawMessage `json:"reason"`
+}
+
+// Check returns the reason, or why it is refused and with which code (CodeInvalidJSON
+// when reason is not a JSON string, CodeInvalidField for a string CheckDenyReason refuses).
+func (b DenyBody) Check() (reason, code string, err error) {
+	raw := bytes.TrimSpace(b.Reason)
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", CodeInvalidField, errors.New("reason is required: say why the job is denied")
+	}
+	if raw[0] != '"' {
+		return "", CodeInvalidJSON, errors.New(`field "reason" must be a string`)
+	}
+	if err := approval.CheckIJSON(raw); err != nil {
+		return "", CodeInvalidField, fmt.Errorf("reason: %v", err)
+	}
+	if err := json.Unmarshal(raw, &reason); err != nil {
+		return "", CodeInvalidJSON, fmt.Errorf("reason: %v", err)
+	}
+	if err := CheckDenyReason(reason); err != nil {
+		return "", CodeInvalidField, err
+	}
+	return reason, "", nil
+}
+
 // Job is the control plane's view of a job.
 type Job struct {
 	ID             string          `json:"id"`
@@ -211,9 +253,10 @@ type Job struct {
 	Attempt        int             `json:"attempt"`
 	MaxAttempts    int             `json:"max_attempts"`
 	NotBefore      *time.Time      `json:"not_before,omitempty"`
-	Outcome        string          `json:"outcome,omitempty"` // outcome.Code of the last completion
-	Output         json.RawMessage `json:"output,omitempty"`  // omitted in lists
-	ErrorMessage   string          `json:"error_message,omitempty"`
+	Outcome        string          `json:"outcome,omitempty"`       // outcome.Code of the last completion, or OutcomeDeniedByApprover
+	Output         json.RawMessage `json:"output,omitempty"`        // omitted in lists
+	ErrorMessage   string          `json:"error_message,omitempty"` // a denied job's: the approver's reason
+	DeniedBy       string          `json:"denied_by,omitempty"`     // the denying token's name (its id if unnamed)
 	DurationMS     int64           `json:"duration_ms,omitempty"`
 	ModuleDigest   string          `json:"module_digest,omitempty"`
 	IdempotencyKey string          `json:"idempotency_key,omitempty"`

@@ -3,9 +3,13 @@ package api
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	mrand "math/rand/v2"
 	"regexp"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // The rules below are the API's, in both control-plane modes: a name, id or limit is
@@ -24,6 +28,7 @@ const (
 	MaxLeaseBatch      = 100             // a lease's max
 	RetryBase          = time.Second     // the first retry's back-off ceiling
 	RetryCap           = 5 * time.Minute // no back-off ceiling is higher
+	MaxDenyReason      = 1000            // a deny's reason, in bytes
 )
 
 var (
@@ -84,4 +89,25 @@ func FullJitter(max time.Duration) time.Duration {
 // RetryCeiling. Both modes use it, so a retried job waits the same in each.
 func RetryDelay(attempt int, base, ceiling time.Duration) time.Duration {
 	return FullJitter(RetryCeiling(attempt, base, ceiling))
+}
+
+// CheckDenyReason says why reason cannot be a deny's reason, or nil: it is shown to the
+// submitter (and an MCP caller) as the job's error_message, so it is 1..MaxDenyReason bytes
+// of valid UTF-8 with no control character (no newline, escape or bidi override to forge a
+// line of a terminal or log).
+func CheckDenyReason(reason string) error {
+	switch {
+	case reason == "":
+		return errors.New("reason is required: say why the job is denied")
+	case len(reason) > MaxDenyReason:
+		return fmt.Errorf("reason is %d bytes, at most %d", len(reason), MaxDenyReason)
+	case !utf8.ValidString(reason):
+		return errors.New("reason is not valid UTF-8")
+	}
+	for i, r := range reason {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == '\u2028' || r == '\u2029' {
+			return fmt.Errorf("reason has a control character (U+%04X) at byte %d", r, i)
+		}
+	}
+	return nil
 }

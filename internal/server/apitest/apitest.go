@@ -44,6 +44,7 @@ func Malformed(pool, jobID string) []Case {
 		{"client", "POST", "/v1/jobs", `{"task":"echo","pool":"` + pool + `","input":{"n":1}}`},
 		{"approver", "POST", "/v1/jobs/" + jobID + "/approval", `{"token":"a.b.c"}`},
 		{"client", "POST", "/v1/jobs/" + jobID + "/cancel", `{}`},
+		{"approver", "POST", "/v1/jobs/" + jobID + "/deny", `{"reason":"no"}`},
 	}
 	for _, r := range bodyRoutes {
 		for _, b := range notObjects {
@@ -94,7 +95,7 @@ func Malformed(pool, jobID string) []Case {
 	for _, id := range ids {
 		for _, r := range []struct{ role, method, suffix, body string }{
 			{"client", "GET", "", ""}, {"client", "GET", "/wait?timeout=0", ""}, {"client", "POST", "/cancel", ""},
-			{"approver", "POST", "/approval", `{"token":"a.b.c"}`},
+			{"approver", "POST", "/approval", `{"token":"a.b.c"}`}, {"approver", "POST", "/deny", `{"reason":"no"}`},
 		} {
 			c := Case{Name: r.method + " id " + id + r.suffix, Role: r.role, Method: r.method, Path: "/v1/jobs/" + id + r.suffix,
 				Body: r.body, Code: api.CodeNotFound, Status: http.StatusNotFound}

@@ -50,7 +50,8 @@ type Backend struct {
 	Worker Queue
 	// PublishCatalog publishes tasks as a second worker of Pool (its refusal, if any).
 	PublishCatalog func(ctx context.Context, tasks []api.TaskDef) error
-	// Waiters reports how many job waits are parked, so a test can poll for one.
+	// Waiters reports how many job waits and list long-polls are parked, so a test can
+	// poll for one.
 	Waiters func() int
 	// HTTPWorkers is true where workers use the HTTP worker routes (SQLite mode).
 	HTTPWorkers bool
@@ -421,6 +422,80 @@ var scenarios = []scenario{
 			t.Fatalf("leased %s with approval %q, want the oldest job %s with its approval", first.JobID, first.Approval, j.ID)
 		}
 	}},
+	{"deny", func(t *testing.T, s *suite) {
+		j := s.submit(t, "")
+		path := "/v1/jobs/" + j.ID + "/deny"
+		s.refused(t, 403, api.CodeForbidden, s.client, "POST", path, `{"reason":"no"}`)
+		s.refused(t, 404, api.CodeNotFound, s.otherApprover, "POST", path, `{"reason":"no"}`)
+		s.refused(t, 404, api.CodeNotFound, s.approver, "POST", "/v1/jobs/job_"+strings.Repeat("0", 24)+"/deny", `{"reason":"no"}`)
+		for _, c := range []struct{ name, body, code string }{
+			{"no reason", `{}`, api.CodeInvalidField},
+			{"null reason", `{"reason":null}`, api.CodeInvalidField},
+			{"empty reason", `{"reason":""}`, api.CodeInvalidField},
+			{"reason of 1001 bytes", `{"reason":"` + strings.Repeat("r", 1001) + `"}`, api.CodeInvalidField},
+			{"reason of 1001 bytes in 3-byte runes", `{"reason":"rr` + strings.Repeat("€", 333) + `"}`, api.CodeInvalidField},
+			{"newline", `{"reason":"a\nb"}`, api.CodeInvalidField},
+			{"escape", `{"reason":"a\u001b[31mb"}`, api.CodeInvalidField},
+			{"NUL", `{"reason":"a\u0000b"}`, api.CodeInvalidField},
+			{"DEL", `{"reason":"a\u007fb"}`, api.CodeInvalidField},
+			{"C1 control", `{"reason":"a\u0085b"}`, api.CodeInvalidField},
+			{"bidi override", `{"reason":"a\u202eb"}`, api.CodeInvalidField},
+			{"line separator", `{"reason":"a\u2028b"}`, api.CodeInvalidField},
+			{"lone surrogate", `{"reason":"a\ud800b"}`, api.CodeInvalidField},
+			{"invalid UTF-8", "{\"reason\":\"a\xffb\"}", api.CodeInvalidField},
+			{"number", `{"reason":1}`, api.CodeInvalidJSON},
+			{"array", `{"reason":["no"]}`, api.CodeInvalidJSON},
+			{"unknown field", `{"reason":"no","by":"x"}`, api.CodeUnknownField},
+			{"no body", ``, api.CodeInvalidJSON},
+		} {
+			t.Run(c.name, func(t *testing.T) { s.refused(t, 400, c.code, s.approver, "POST", path, c.body) })
+		}
+		if got := s.get(t, j.ID); got.State != api.StatePendingApproval {
+			t.Fatalf("refused denies moved the job to %s", got.State)
+		}
+		reason := "refunds over 500 € need a ticket"
+		var d api.Job
+		s.ok(t, 200, s.approver, "POST", path, `{"reason":"`+reason+`"}`, &d)
+		if d.ID != j.ID || d.State != api.StateDenied || d.Outcome != api.OutcomeDeniedByApprover || d.ErrorMessage != reason ||
+			d.DeniedBy != "approver" || d.FinishedAt == nil || d.HasApproval {
+			t.Fatalf("deny = %+v, want denied (denied_by_approver) by approver with the reason", d)
+		}
+		if !d.State.Terminal() {
+			t.Fatal("denied is not terminal")
+		}
+		s.refused(t, 409, api.CodeInvalidState, s.approver, "POST", path, `{"reason":"again"}`)
+		s.refused(t, 409, api.CodeInvalidState, s.approver, "POST", "/v1/jobs/"+j.ID+"/approval", `{"token":"`+FakeApproval("x")+`"}`)
+		s.refused(t, 409, api.CodeInvalidState, s.client, "POST", "/v1/jobs/"+j.ID+"/cancel", "")
+		var w api.Job
+		s.ok(t, 200, s.client, "GET", "/v1/jobs/"+j.ID+"/wait?timeout=30", "", &w)
+		if w.State != api.StateDenied || w.DeniedBy != "approver" || w.ErrorMessage != reason {
+			t.Fatalf("wait = %+v, want denied at once", w)
+		}
+		if g := s.get(t, j.ID); g.State != api.StateDenied || g.DeniedBy != "approver" || g.ErrorMessage != reason || g.Outcome != api.OutcomeDeniedByApprover {
+			t.Fatalf("GET = %+v, want denied", g)
+		}
+		var l api.JobList
+		s.ok(t, 200, s.client, "GET", "/v1/jobs?state=denied", "", &l)
+		if len(l.Jobs) != 1 || l.Jobs[0].ID != j.ID || l.Jobs[0].DeniedBy != "approver" {
+			t.Fatalf("state=denied lists %+v, want the denied job", l.Jobs)
+		}
+		// Only a pending job: a queued one is refused, and an admin may deny too.
+		q := s.submitApproved(t, "")
+		s.refused(t, 409, api.CodeInvalidState, s.approver, "POST", "/v1/jobs/"+q.ID+"/deny", `{"reason":"late"}`)
+		k := s.submit(t, "")
+		s.ok(t, 200, s.admin, "POST", "/v1/jobs/"+k.ID+"/deny", `{"reason":"no"}`, &d)
+		if d.State != api.StateDenied || d.DeniedBy != "admin" {
+			t.Fatalf("admin deny = %s by %q, want denied by admin", d.State, d.DeniedBy)
+		}
+		// Nothing reached the worker: it leases the queued job and nothing else.
+		if lj := s.lease(t); lj.JobID != q.ID {
+			t.Fatalf("leased %s, want the approved job %s", lj.JobID, q.ID)
+		}
+		jobs, err := s.Worker.Lease(t.Context(), 1, time.Second)
+		if err != nil || len(jobs) != 0 {
+			t.Fatalf("Lease() after the denies = %d jobs, %v; want none", len(jobs), err)
+		}
+	}},
 	{"lease/succeed", func(t *testing.T, s *suite) {
 		j := s.submitApproved(t, `,"max_attempts":2`)
 		lj := s.lease(t)
@@ -754,6 +829,59 @@ var scenarios = []scenario{
 		s.refused(t, 400, api.CodeInvalidField, s.client, "GET", "/v1/jobs?limit=501", "")
 		s.refused(t, 400, api.CodeInvalidField, s.client, "GET", "/v1/jobs?cursor=abc", "")
 		s.refused(t, 400, api.CodeUnknownField, s.client, "GET", "/v1/jobs?sate=queued", "")
+	}},
+	{"list/wait", func(t *testing.T, s *suite) {
+		for _, v := range []string{"61", "-1", "x", "1.5"} {
+			s.refused(t, 400, api.CodeInvalidField, s.approver, "GET", "/v1/jobs?wait_seconds="+v, "")
+		}
+		var l api.JobList
+		s.ok(t, 200, s.approver, "GET", "/v1/jobs?state=pending_approval&wait_seconds=0", "", &l)
+		if len(l.Jobs) != 0 {
+			t.Fatalf("list = %d jobs, want none", len(l.Jobs))
+		}
+		// An empty page waits out wait_seconds and answers empty.
+		start := time.Now()
+		s.ok(t, 200, s.approver, "GET", "/v1/jobs?state=pending_approval&wait_seconds=1", "", &l)
+		if len(l.Jobs) != 0 || time.Since(start) < 900*time.Millisecond {
+			t.Fatalf("list wait_seconds=1 = %d jobs after %s, want none after about 1s", len(l.Jobs), time.Since(start))
+		}
+		// A parked list answers when a matching job is created; a job that does not
+		// match (queued) does not end the wait with an empty page.
+		c, err := client.New(s.URL, s.approver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type res struct {
+			l   api.JobList
+			err error
+			dur time.Duration
+		}
+		got := make(chan res, 1)
+		parked := time.Now()
+		go func() {
+			l, err := c.List(context.Background(), client.ListOptions{State: api.StatePendingApproval, Pool: Pool, Wait: 30 * time.Second})
+			got <- res{l, err, time.Since(parked)}
+		}()
+		for deadline := time.Now().Add(20 * time.Second); s.Waiters() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the list never parked")
+			}
+		}
+		s.submitApproved(t, "")
+		j := s.submit(t, "")
+		r := <-got
+		if r.err != nil || len(r.l.Jobs) != 1 || r.l.Jobs[0].ID != j.ID || r.l.Jobs[0].State != api.StatePendingApproval {
+			t.Fatalf("parked list = %+v, %v, want the new pending job %s", r.l.Jobs, r.err, j.ID)
+		}
+		if r.dur > 20*time.Second {
+			t.Fatalf("the list answered after %s, not at the submit", r.dur)
+		}
+		// A page that has jobs answers at once, whatever the wait.
+		start = time.Now()
+		s.ok(t, 200, s.approver, "GET", "/v1/jobs?state=pending_approval&wait_seconds=60", "", &l)
+		if len(l.Jobs) != 1 || time.Since(start) > 20*time.Second {
+			t.Fatalf("list of a non-empty page = %d jobs after %s, want 1 at once", len(l.Jobs), time.Since(start))
+		}
 	}},
 	{"tokens", func(t *testing.T, s *suite) {
 		var list api.TokenList

@@ -1,0 +1,110 @@
+package natsq
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/controlplane"
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+// natsBackend is the JetStream store under the /v1 layer (internal/controlplane): the job,
+// token, idempotency and catalog buckets. It has no worker routes (workers talk to NATS)
+// and no audit log.
+type natsBackend struct{ s *APIServer }
+
+var (
+	_ controlplane.Backend    = natsBackend{}
+	_ controlplane.AuditHeads = natsBackend{}
+)
+
+func (b natsBackend) Authenticate(ctx context.Context, secret string) (controlplane.Principal, error) {
+	p, err := authenticate(ctx, b.s.d.nc, secret)
+	if errors.Is(err, errTokenInvalid) {
+		return controlplane.Principal{}, controlplane.ErrTokenInvalid
+	}
+	return controlplane.Principal{TokenID: p.tokenID, Name: p.name, Role: p.role, Pool: p.pool}, err
+}
+
+// Ready: the job bucket's status is one round trip to JetStream.
+func (b natsBackend) Ready(ctx context.Context) error {
+	_, err := b.s.d.jobs.Status(ctx)
+	return err
+}
+
+func (b natsBackend) Catalog(_ context.Context, pool string) ([]api.TaskDef, error) {
+	return b.s.poolCatalog(pool), nil
+}
+
+func (b natsBackend) FindTask(_ context.Context, pool, name, version string) (api.TaskDef, bool, error) {
+	var def api.TaskDef
+	found := false
+	for _, t := range b.s.poolCatalog(pool) {
+		if t.Name == name && (version == "" || t.Version == version) {
+			def, found = t, true // the newest published wins when no version is asked for
+		}
+	}
+	return def, found, nil
+}
+
+func (b natsBackend) Submit(ctx context.Context, p controlplane.Principal, sub controlplane.Submission) (api.Job, bool, error) {
+	return b.s.submit(ctx, p, sub)
+}
+
+func (b natsBackend) Job(ctx context.Context, id string) (api.Job, error) {
+	j, err := b.s.d.Get(ctx, id)
+	if client.IsCode(err, api.CodeNotFound) {
+		return api.Job{}, controlplane.ErrNoJob
+	}
+	return j, err
+}
+
+func (b natsBackend) Approve(ctx context.Context, _ controlplane.Principal, id, token string) (api.Job, error) {
+	return b.s.d.approve(ctx, id, token)
+}
+
+func (b natsBackend) Deny(ctx context.Context, p controlplane.Principal, id, reason string) (api.Job, error) {
+	return b.s.d.deny(ctx, id, p.Who(), reason)
+}
+
+func (b natsBackend) Cancel(ctx context.Context, _ controlplane.Principal, id string) (api.Job, error) {
+	return b.s.d.cancel(ctx, id, true)
+}
+
+func (b natsBackend) ListJobs(ctx context.Context, q controlplane.ListQuery) (api.JobList, error) {
+	f := jobFilter{ListQuery: q}
+	if q.Cursor != "" {
+		var ok bool
+		if f.after, ok = parseCursor(q.Cursor); !ok {
+			return api.JobList{}, controlplane.BadCursor(q.Cursor)
+		}
+	}
+	return b.s.listJobs(ctx, f)
+}
+
+func (b natsBackend) Next(e controlplane.Event, id string) <-chan struct{} {
+	if e != controlplane.JobEnded {
+		id = ""
+	}
+	return b.s.feed.next(id)
+}
+
+func (b natsBackend) ListTokens(ctx context.Context) ([]api.Token, error) {
+	return listTokens(ctx, b.s.tokens)
+}
+
+func (b natsBackend) RevokeToken(ctx context.Context, p controlplane.Principal, id string) (bool, error) {
+	ok, err := revokeToken(ctx, b.s.tokens, id, time.Now())
+	if ok && err == nil {
+		b.s.log.Info("token revoked", zap.String("token_id", id), zap.String("by", p.TokenID))
+	}
+	return ok, err
+}
+
+func (b natsBackend) WorkerAuditHead(ctx context.Context, id string) (api.WorkerAuditHead, error) {
+	return b.s.workerAuditHead(ctx, id)
+}

@@ -1,0 +1,70 @@
+package natsq
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// changeFeed tells parked long-polls of this replica that a job was written, by any
+// replica or dispatcher: one watch of the job bucket's keys (headers only, no records) per
+// replica, fanned out to the waiters in memory, instead of a watch per parked request.
+type changeFeed struct {
+	mu   sync.Mutex
+	any  chan struct{}            // closed at the next write of any job
+	jobs map[string]chan struct{} // closed at the next write of that job
+}
+
+// maxFeedKeys bounds the per-job channels a feed holds for waits that ended without their
+// job changing; past it every waiter is woken (they read again) and the map starts over.
+const maxFeedKeys = 1 << 16
+
+func (f *changeFeed) init() {
+	f.any = make(chan struct{})
+	f.jobs = map[string]chan struct{}{}
+}
+
+// next returns the channel closed at the next write of job id, or of any job for "".
+func (f *changeFeed) next(id string) <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if id == "" {
+		return f.any
+	}
+	ch, ok := f.jobs[id]
+	if !ok {
+		if len(f.jobs) >= maxFeedKeys {
+			for k, c := range f.jobs {
+				close(c)
+				delete(f.jobs, k)
+			}
+		}
+		ch = make(chan struct{})
+		f.jobs[id] = ch
+	}
+	return ch
+}
+
+// fire wakes the waiters of job id and of any job.
+func (f *changeFeed) fire(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.any)
+	f.any = make(chan struct{})
+	if ch, ok := f.jobs[id]; ok {
+		close(ch)
+		delete(f.jobs, id)
+	}
+}
+
+// watchJobs runs the feed until ctx ends. A waiter parked before the watch is up (or while
+// it reconnects) is woken by the layer's periodic recheck instead.
+func (s *APIServer) watchJobs(ctx context.Context) error {
+	w, err := s.d.jobs.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	if err != nil {
+		return fmt.Errorf("natsq: watch %s: %w", JobsBucket, err)
+	}
+	return follow(ctx, w, func(e jetstream.KeyValueEntry) { s.feed.fire(e.Key()) })
+}
