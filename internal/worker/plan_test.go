@@ -125,3 +125,56 @@ func TestPlanApprovalLyingQueue(t *testing.T) {
 		t.Errorf("ran %v, want %v", ran, want)
 	}
 }
+
+// TestPlanRoutesRealWorker: a plan submitted and approved through the plan routes runs its
+// steps one after another in the real sandbox, each verified by the worker under the one
+// plan approval.
+func TestPlanRoutesRealWorker(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	var mu sync.Mutex
+	var order []string
+	wasm := newWasmRunner(t)
+	s.startWorker(funcRunner(func(ctx context.Context, task, id string, in []byte) runtime.Result {
+		mu.Lock()
+		order = append(order, id)
+		mu.Unlock()
+		return wasm.Run(ctx, task, id, in)
+	}))
+	s.waitCatalog()
+	inputs := []string{`{"n":1}`, `{"n":2}`, `{"n":3}`}
+	var req api.PlanRequest
+	for _, in := range inputs {
+		req.Steps = append(req.Steps, api.PlanStepRequest{Task: "echo", Pool: pool, Input: json.RawMessage(in)})
+	}
+	p, err := s.submit.SubmitPlan(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []approval.PlanStep
+	for i, j := range p.Steps {
+		steps = append(steps, approval.PlanStep{JobID: j.ID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: []byte(inputs[i])})
+	}
+	tok, _, err := approval.SignPlan(s.approver, approval.PlanRequest{PlanID: p.ID, Steps: steps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.client(api.RoleApprover).ApprovePlan(context.Background(), p.ID, tok); err != nil {
+		t.Fatal(err)
+	}
+	var got api.Plan
+	poll(t, "plan ended", func() bool {
+		got, err = s.submit.GetPlan(context.Background(), p.ID)
+		return err == nil && got.State.Terminal()
+	})
+	if got.State != api.PlanSucceeded {
+		t.Fatalf("plan = %s at step %d, want succeeded", got.State, got.Current)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, j := range got.Steps {
+		if string(j.Output) != inputs[i] || len(order) != 3 || order[i] != j.ID {
+			t.Fatalf("step %d = %s output %s; ran %v, want the steps in order with their inputs echoed", i+1, j.State, j.Output, order)
+		}
+	}
+}
