@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/logging"
 	"github.com/castellan-dev/castellan/internal/metrics"
 	"github.com/castellan-dev/castellan/internal/natsq"
@@ -153,19 +154,11 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 		Addr: cfg.Listen, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, DBPath: cfg.DB,
 		LeaseTTL: cfg.LeaseTTL, Logger: log.Named("server"), Metrics: sm, Tracer: tp,
 	}
-	if cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0 {
-		if cfg.AutoApproveKey == "" || len(cfg.AutoApproveTasks) == 0 {
-			return usagef("--auto-approve-key and --auto-approve-tasks go together: give both or neither")
-		}
-		key, err := approval.LoadPrivateKey(cfg.AutoApproveKey)
-		if err != nil {
-			return usagef("--auto-approve-key: %v", err)
-		}
-		scfg.AutoApprover = AutoApprover{Key: key}
+	if scfg.AutoApprover, err = autoApprover(cfg, log); err != nil {
+		return err
+	}
+	if scfg.AutoApprover != nil {
 		scfg.AutoApproveTasks = cfg.AutoApproveTasks
-		log.Warn("!!! AUTO-APPROVAL IS ON: this server signs approvals itself for the listed tasks; "+
-			"any client token can run them on every worker that trusts this key !!!",
-			zap.Strings("tasks", cfg.AutoApproveTasks), zap.String("kid", key.KeyID))
 	}
 
 	// Listening comes first: /mcp calls this listener, whose port may be chosen by the OS.
@@ -211,6 +204,25 @@ func Server(ctx context.Context, cfg ServerConfig, stdout, stderr io.Writer, sig
 	return serveUntilSignalled(ctx, ln, endingWith(srv.Serve, endMCP), sigs, log)
 }
 
+// autoApprover is the --auto-approve-key signer of either mode, or nil when auto-approval
+// is off.
+func autoApprover(cfg ServerConfig, log *zap.Logger) (controlplane.AutoApprover, error) {
+	if cfg.AutoApproveKey == "" && len(cfg.AutoApproveTasks) == 0 {
+		return nil, nil
+	}
+	if cfg.AutoApproveKey == "" || len(cfg.AutoApproveTasks) == 0 {
+		return nil, usagef("--auto-approve-key and --auto-approve-tasks go together: give both or neither")
+	}
+	key, err := approval.LoadPrivateKey(cfg.AutoApproveKey)
+	if err != nil {
+		return nil, usagef("--auto-approve-key: %v", err)
+	}
+	log.Warn("!!! AUTO-APPROVAL IS ON: this server signs approvals itself for the listed tasks; "+
+		"any client token can run them on every worker that trusts this key !!!",
+		zap.Strings("tasks", cfg.AutoApproveTasks), zap.String("kid", key.KeyID))
+	return AutoApprover{Key: key}, nil
+}
+
 // AutoApprover signs server-side approvals with a private key, marked Auto in the claims.
 // It lets demos and low-risk tasks skip a human; workers still verify every approval.
 type AutoApprover struct {
@@ -222,10 +234,10 @@ type AutoApprover struct {
 	MaxAttempts int
 }
 
-var _ server.AutoApprover = AutoApprover{}
+var _ controlplane.AutoApprover = AutoApprover{}
 
-// Approve implements server.AutoApprover.
-func (a AutoApprover) Approve(_ context.Context, j server.ApprovalSubject) (string, error) {
+// Approve implements controlplane.AutoApprover.
+func (a AutoApprover) Approve(_ context.Context, j controlplane.ApprovalSubject) (string, error) {
 	n := a.MaxAttempts
 	if n <= 0 {
 		n = 100
@@ -264,14 +276,18 @@ func serverNATS(ctx context.Context, cfg ServerConfig, stdout io.Writer, log *za
 	switch {
 	case cfg.TLSCert != "":
 		return usagef("--tls-cert is not supported with --nats yet: terminate TLS in front of the API (see docs/deploy.md)")
-	case cfg.AutoApproveKey != "" || len(cfg.AutoApproveTasks) > 0:
-		return usagef("--auto-approve-key is not supported with --nats: approvals come from approvers (castellan job approve)")
 	case cfg.OTLP != "":
 		return usagef("--otlp-endpoint is not supported with --nats yet: the JetStream control plane records no spans")
 	}
 	o, err := natsOptions("castellan-server", cfg.NATSCreds, cfg.NATSCA, cfg.Replicas, log.Named("nats"))
 	if err != nil {
 		return err
+	}
+	if o.API.AutoApprover, err = autoApprover(cfg, log); err != nil {
+		return err
+	}
+	if o.API.AutoApprover != nil {
+		o.API.AutoApproveTasks = cfg.AutoApproveTasks
 	}
 	srv, err := natsq.DialAPIServer(ctx, cfg.NATS, o)
 	if err != nil {

@@ -124,8 +124,9 @@ type AuditHeads interface {
 	WorkerAuditHead(ctx context.Context, id string) (api.WorkerAuditHead, error)
 }
 
-// TokenCreator serves POST /v1/tokens. It refuses a request its store cannot take (a
-// role or pool the rules refuse) with invalid_field.
+// TokenCreator serves POST /v1/tokens. The layer has checked the request
+// (api.CheckTokenRequest, the pool resolved); a backend refuses a role its mode has no use
+// for with invalid_field.
 type TokenCreator interface {
 	CreateToken(ctx context.Context, p Principal, req api.TokenCreateRequest) (api.Token, error)
 }

@@ -174,6 +174,11 @@ func (s *Server) routes() {
 			if err := Decode(w, r, smallBody, &req, false); err != nil {
 				return err
 			}
+			pool, err := api.CheckTokenRequest(req.Role, req.Pool, req.Name)
+			if err != nil {
+				return Refuse(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
+			}
+			req.Pool = pool
 			t, err := tc.CreateToken(r.Context(), p, req)
 			if err != nil {
 				return err

@@ -3,6 +3,7 @@ package natsq
 import (
 	"context"
 	"errors"
+	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,8 +19,9 @@ import (
 type natsBackend struct{ s *APIServer }
 
 var (
-	_ controlplane.Backend    = natsBackend{}
-	_ controlplane.AuditHeads = natsBackend{}
+	_ controlplane.Backend      = natsBackend{}
+	_ controlplane.AuditHeads   = natsBackend{}
+	_ controlplane.TokenCreator = natsBackend{}
 )
 
 func (b natsBackend) Authenticate(ctx context.Context, secret string) (controlplane.Principal, error) {
@@ -107,4 +109,16 @@ func (b natsBackend) RevokeToken(ctx context.Context, p controlplane.Principal, 
 
 func (b natsBackend) WorkerAuditHead(ctx context.Context, id string) (api.WorkerAuditHead, error) {
 	return b.s.workerAuditHead(ctx, id)
+}
+
+func (b natsBackend) CreateToken(ctx context.Context, p controlplane.Principal, req api.TokenCreateRequest) (api.Token, error) {
+	if req.Role == api.RoleWorker {
+		return api.Token{}, controlplane.Refuse(http.StatusBadRequest, api.CodeInvalidField,
+			"in NATS mode workers authenticate to NATS (credentials file, token or user), not with an API token: create a client, approver or admin token")
+	}
+	t, err := CreateToken(ctx, b.s.d.nc, req.Role, req.Pool, req.Name, b.s.d.o.Replicas)
+	if err == nil {
+		b.s.log.Info("token created", zap.String("token_id", t.ID), zap.String("role", string(t.Role)), zap.String("by", p.TokenID))
+	}
+	return t, err
 }

@@ -111,7 +111,7 @@ func (b sqlBackend) CreateToken(ctx context.Context, p Principal, req api.TokenC
 	now := b.s.cfg.Now()
 	t, err := b.s.store.CreateToken(ctx, req.Role, req.Pool, req.Name, now)
 	if err != nil {
-		return api.Token{}, errf(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
+		return api.Token{}, err
 	}
 	return t, b.s.store.tx(ctx, func(tx *sqlTx) error {
 		return audit(ctx, tx, now, p.TokenID, string(p.Role), "token.create", "", fmt.Sprintf(`{"id":%q,"role":%q,"pool":%q}`, t.ID, t.Role, t.Pool))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"regexp"
+	"slices"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -110,4 +111,30 @@ func CheckDenyReason(reason string) error {
 		}
 	}
 	return nil
+}
+
+// MaxTokenName bounds a token's name, in bytes.
+const MaxTokenName = 128
+
+// CheckTokenRequest returns the pool a new token of role gets ("*" for an admin token that
+// names none), or why role, pool or name cannot make one: the role must be one of Roles,
+// the pool a pool name or "*", a worker token must name one pool, the name is at most
+// MaxTokenName bytes.
+func CheckTokenRequest(role Role, pool, name string) (string, error) {
+	if !slices.Contains(Roles, role) {
+		return "", fmt.Errorf("role %q is not one of worker, client, approver, admin", role)
+	}
+	if pool == "" && role == RoleAdmin {
+		pool = AllPools
+	}
+	if pool != AllPools && !ValidPoolName(pool) {
+		return "", fmt.Errorf("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", pool)
+	}
+	if role == RoleWorker && pool == AllPools {
+		return "", errors.New(`a worker token must name one pool, not "*"`)
+	}
+	if len(name) > MaxTokenName {
+		return "", fmt.Errorf("token name is %d bytes, at most %d", len(name), MaxTokenName)
+	}
+	return pool, nil
 }

@@ -15,7 +15,10 @@ import (
 )
 
 // The plan scenarios (POST /v1/plans, docs/api.md "Plans") run in both modes like the rest.
-func init() { scenarios = append(scenarios, planScenarios...) }
+func init() {
+	scenarios = append(scenarios, planScenarios...)
+	needs["plans/not_auto_approved"] = Options{AutoApprove: true}
+}
 
 func planBody(inputs ...string) string {
 	var steps []string
@@ -165,6 +168,17 @@ var planScenarios = []scenario{
 		}
 		s.refused(t, http.StatusConflict, api.CodeInvalidState, s.approver, "POST", "/v1/plans/"+p.ID+"/approval", `{"token":"`+signPlan(t, p, inputs)+`"}`)
 		s.refused(t, http.StatusConflict, api.CodeInvalidState, s.approver, "POST", "/v1/plans/"+p.ID+"/deny", `{"reason":"again"}`)
+	}},
+	{"plans/not_auto_approved", func(t *testing.T, s *suite) {
+		// The control plane auto-approves echo jobs here, but never a plan's step: a plan is
+		// approved with one decision over all its steps.
+		if j := s.submit(t, ""); j.State != api.StateQueued {
+			t.Fatalf("a lone echo job is %s, want queued (auto-approved)", j.State)
+		}
+		p := s.submitPlan(t, planBody(`{"n":1}`, `{"n":2}`))
+		if p.State != api.PlanPendingApproval || states(p) != "pending_approval,pending_approval" {
+			t.Fatalf("plan = %s (%s), want every step pending approval", p.State, states(p))
+		}
 	}},
 	{"plans/cancel_a_step", func(t *testing.T, s *suite) {
 		inputs := []string{`{"n":1}`, `{"n":2}`}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -164,6 +165,15 @@ func (s *suite) refused(t testing.TB, status int, code, secret, method, path, bo
 		t.Errorf("%s %s: error message %q echoes a token", method, path, eb.Error.Message)
 	}
 	return eb.Error
+}
+
+// Approver is an auto-approver for Options.AutoApprove: it signs nothing, and returns
+// FakeApproval(job id).
+type Approver struct{}
+
+// Approve implements controlplane.AutoApprover.
+func (Approver) Approve(_ context.Context, j controlplane.ApprovalSubject) (string, error) {
+	return FakeApproval(j.JobID), nil
 }
 
 // FakeApproval has the shape of a compact JWS; control planes check only the shape.
@@ -1031,9 +1041,6 @@ var scenarios = []scenario{
 func GapNATS() map[string]string {
 	return map[string]string{
 		"roles/worker_routes": "not applicable in NATS mode: workers authenticate to NATS, there are no worker tokens or worker routes (docs/api.md)",
-		"tokens/create":       "NATS mode serves no POST /v1/tokens; tokens are created with `castellan token create --nats` (docs/api.md)",
 		"audit":               "NATS mode has no control-plane audit log: GET /v1/audit is not served",
-		"auto_approve":        "NATS mode has no auto-approval: every job waits for an approval",
-		"catalog/conflict":    "NATS mode: a published task version redefined replaces the earlier definition instead of 409 catalog_conflict (WorkerQueue.PublishCatalog writes the catalog bucket unchecked)",
 	}
 }
