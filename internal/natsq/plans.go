@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -21,7 +22,9 @@ import (
 //	p.<plan id>  the record (JSON), updated with compare-and-set
 //	j.<job id>   the plan the job is a step of
 //	k.<hash>     the plan an idempotency key made (SHA-256 of pool and key, hex)
-//	a.<plan id>  present while the plan has not ended
+//	active       the ids of the plans not ended (JSON), updated with compare-and-set: the
+//	             layer reads it on every job change, so it is one direct get, not a key
+//	             listing (which would create a consumer each time)
 //
 // The steps themselves are ordinary jobs in JobsBucket.
 const PlansBucket = "castellan_plans"
@@ -74,7 +77,7 @@ func (b natsBackend) CreatePlan(ctx context.Context, rec controlplane.PlanRecord
 			return controlplane.PlanRecord{}, false, err
 		}
 	}
-	if _, err := kv.Put(ctx, "a."+rec.ID, nil); err != nil {
+	if err := b.setActive(ctx, func(ids []string) []string { return append(ids, rec.ID) }); err != nil {
 		return controlplane.PlanRecord{}, false, err
 	}
 	v, _ := json.Marshal(rec)
@@ -146,22 +149,52 @@ func (b natsBackend) AttachPlanApproval(ctx context.Context, id, token string) (
 	})
 }
 
-func (b natsBackend) ActivePlans(ctx context.Context) ([]string, error) {
-	l, err := b.s.plans.ListKeysFiltered(ctx, "a.>")
+// active reads the active list and its revision (0: no such key yet).
+func (b natsBackend) active(ctx context.Context) ([]string, uint64, error) {
+	e, err := b.s.plans.Get(ctx, "active")
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	defer func() { _ = l.Stop() }()
 	var ids []string
-	for k := range l.Keys() {
-		ids = append(ids, k[len("a."):])
+	if err := json.Unmarshal(e.Value(), &ids); err != nil {
+		return nil, 0, fmt.Errorf("natsq: the active plans: %w", err)
 	}
-	return ids, nil
+	return ids, e.Revision(), nil
+}
+
+// setActive changes the active list with compare-and-set, retrying when another replica
+// wrote in between.
+func (b natsBackend) setActive(ctx context.Context, change func([]string) []string) error {
+	for {
+		ids, rev, err := b.active(ctx)
+		if err != nil {
+			return err
+		}
+		v, _ := json.Marshal(change(ids))
+		if rev == 0 {
+			_, err = b.s.plans.Create(ctx, "active", v)
+		} else {
+			_, err = b.s.plans.Update(ctx, "active", v, rev)
+		}
+		var apiErr *jetstream.APIError
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			continue
+		}
+		return err
+	}
+}
+
+func (b natsBackend) ActivePlans(ctx context.Context) ([]string, error) {
+	ids, _, err := b.active(ctx)
+	return ids, err
 }
 
 func (b natsBackend) EndPlan(ctx context.Context, id string) error {
 	if _, err := b.update(ctx, id, func(rec *controlplane.PlanRecord) error { rec.Ended = true; return nil }); err != nil {
 		return err
 	}
-	return b.s.plans.Delete(ctx, "a."+id)
+	return b.setActive(ctx, func(ids []string) []string { return slices.DeleteFunc(ids, func(x string) bool { return x == id }) })
 }
