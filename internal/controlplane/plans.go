@@ -98,7 +98,9 @@ func PlanRequestHash(steps []Submission) []byte {
 
 func (s *Server) hPlanSubmit(w http.ResponseWriter, r *http.Request, p Principal, pb Plans) error {
 	var req api.PlanRequest
-	if err := Decode(w, r, int64(api.MaxPlanSteps)*(int64(s.cfg.MaxInputBytes)+bodySlack), &req, false); err != nil {
+	// The steps' inputs together get one input cap, not one each: a plan is no way to send
+	// a hundred times more than a job.
+	if err := Decode(w, r, int64(s.cfg.MaxInputBytes)+2*bodySlack, &req, false); err != nil {
 		return err
 	}
 	if err := api.CheckPlanSize(len(req.Steps)); err != nil {

@@ -211,6 +211,9 @@ var planScenarios = []scenario{
 				t.Errorf("%s: %q, want it to mention %q", c.name, e.Message, c.mention)
 			}
 		}
+		// Each input is within the cap; together they are not: a plan's steps share one cap.
+		half := `{"n":1,"pad":"` + strings.Repeat("x", api.DefaultMaxInput*6/10) + `"}`
+		s.refused(t, http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, s.client, "POST", "/v1/plans", planBody(half, half))
 		var after api.JobList
 		s.ok(t, http.StatusOK, s.admin, "GET", "/v1/jobs?limit=500", "", &after)
 		if len(after.Jobs) != len(before.Jobs) {
