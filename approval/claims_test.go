@@ -108,7 +108,8 @@ func FuzzDecodeClaims(f *testing.F) {
 			t.Fatalf("decodeClaims accepted %q; encoding/json: %v", payload, err)
 		}
 		known := map[string]bool{"job": true, "task": true, "task_version": true, "input_sha256": true, "pool": true,
-			"iat": true, "exp": true, "nonce": true, "max_attempts": true, "sub": true, "auto": true, "approved_by": true}
+			"iat": true, "exp": true, "nonce": true, "max_attempts": true, "sub": true, "auto": true, "approved_by": true,
+			"plan": true, "steps": true}
 		for name := range m {
 			if !known[name] {
 				t.Fatalf("decodeClaims accepted %q with member %q", payload, name)

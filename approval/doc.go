@@ -25,6 +25,10 @@
 //     twice on a worker; expiry and the worker's maximum TTL bound how long a captured token
 //     is worth anything at all.
 //
+// A plan approval (SignPlan) is one signature over the ordered steps of a plan, each with
+// the binding above; Verify accepts it for exactly the jobs it lists, checking that job's
+// step, and records its uses per (nonce, job) so that each step runs once.
+//
 // Verification order matters: the replay store is consulted last, so tokens that fail any
 // other check never consume an attempt. See docs/approvals.md for operators.
 package approval

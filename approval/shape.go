@@ -11,8 +11,10 @@ import (
 	"github.com/castellan-dev/castellan/internal/jws"
 )
 
-// MaxTokenBytes bounds an approval token. Real ones are well under 1 KiB.
-const MaxTokenBytes = 16 << 10
+// MaxTokenBytes bounds an approval token. A single job's approval is well under 1 KiB; a
+// plan approval of MaxPlanSteps steps with 32-character job IDs is 25 to 28 KiB, and SignPlan
+// refuses to make one larger than this.
+const MaxTokenBytes = 64 << 10
 
 // CheckShape reports whether tok looks like a compact JWS approval: exactly three base64url
 // parts (no whitespace anywhere, as Verify requires) and a header that is a JSON object

@@ -42,6 +42,17 @@ type Claims struct {
 	// ApprovedBy records what decided the approval: an approval rule or a person. Optional;
 	// nil in tokens signed before the claim existed.
 	ApprovedBy *ApprovedBy `json:"approved_by,omitzero"`
+
+	// Plan and Steps are set in a plan approval (SignPlan) and only there: one signature over
+	// every step of a plan. Such a token has no job, task, task_version, pool or input_sha256
+	// claim of its own; each step names them. Verify returns a plan approval's claims with
+	// JobID, Task, TaskVersion, Pool and InputSHA256 copied from the step it verified, and
+	// Step set to that step's number.
+	Plan  string       `json:"plan,omitzero"`
+	Steps []StepClaims `json:"steps,omitzero"`
+	// Step is the 1-based number of the step of Steps that Verify matched to the job; 0 for
+	// a single-job approval and in claims from Inspect. It is not a claim.
+	Step int `json:"-"`
 }
 
 // ApprovedBy is the approved_by claim: exactly one of Rule (the approval rule that
@@ -104,61 +115,81 @@ func Sign(key jose.JSONWebKey, r Request) (token string, claims Claims, err erro
 }
 
 func signAt(key jose.JSONWebKey, r Request, now time.Time) (string, Claims, error) {
-	if _, ok := key.Key.(ed25519.PrivateKey); !ok {
-		return "", Claims{}, fmt.Errorf("approval: signing key %q is not an Ed25519 private key", key.KeyID)
-	}
-	if key.KeyID == "" {
-		return "", Claims{}, errors.New("approval: signing key has no kid; workers find their trusted key by kid")
-	}
 	for _, f := range []struct{ name, v string }{{"JobID", r.JobID}, {"Task", r.Task}, {"TaskVersion", r.TaskVersion}, {"Pool", r.Pool}} {
 		if f.v == "" {
 			return "", Claims{}, fmt.Errorf("approval: Request.%s is required", f.name)
 		}
 	}
-	ttl := r.TTL
-	if ttl == 0 {
-		ttl = DefaultTTL
-	}
-	if ttl < time.Second {
-		return "", Claims{}, fmt.Errorf("approval: Request.TTL %v must be at least 1s", r.TTL)
-	}
-	attempts := r.MaxAttempts
-	if attempts == 0 {
-		attempts = 1
-	}
-	if attempts < 1 {
-		return "", Claims{}, fmt.Errorf("approval: Request.MaxAttempts %d must be >= 1", r.MaxAttempts)
-	}
-	var by *ApprovedBy
-	if r.ApprovedBy != nil {
-		if p := r.ApprovedBy.problem(); p != "" {
-			return "", Claims{}, fmt.Errorf("approval: Request.ApprovedBy %s", p)
-		}
-		copied := *r.ApprovedBy
-		by = &copied
-	}
 	hash, err := InputHash(r.Input)
 	if err != nil {
 		return "", Claims{}, fmt.Errorf("approval: job input: %w", err)
 	}
+	c, err := terms{ttl: r.TTL, maxAttempts: r.MaxAttempts, approver: r.Approver, auto: r.Auto, approvedBy: r.ApprovedBy}.claims("Request", key, now)
+	if err != nil {
+		return "", Claims{}, err
+	}
+	c.JobID, c.Task, c.TaskVersion, c.InputSHA256, c.Pool = r.JobID, r.Task, r.TaskVersion, hash, r.Pool
+	return signClaims(key, c)
+}
+
+// terms are what single-job and plan approvals share: validity, attempts and who approved.
+type terms struct {
+	ttl         time.Duration
+	maxAttempts int
+	approver    string
+	auto        bool
+	approvedBy  *ApprovedBy
+}
+
+// claims checks the key and t (naming fields of the request type what) and returns the
+// claims they give, with a fresh nonce, issued at now.
+func (t terms) claims(what string, key jose.JSONWebKey, now time.Time) (Claims, error) {
+	if _, ok := key.Key.(ed25519.PrivateKey); !ok {
+		return Claims{}, fmt.Errorf("approval: signing key %q is not an Ed25519 private key", key.KeyID)
+	}
+	if key.KeyID == "" {
+		return Claims{}, errors.New("approval: signing key has no kid; workers find their trusted key by kid")
+	}
+	ttl := t.ttl
+	if ttl == 0 {
+		ttl = DefaultTTL
+	}
+	if ttl < time.Second {
+		return Claims{}, fmt.Errorf("approval: %s.TTL %v must be at least 1s", what, t.ttl)
+	}
+	attempts := t.maxAttempts
+	if attempts == 0 {
+		attempts = 1
+	}
+	if attempts < 1 {
+		return Claims{}, fmt.Errorf("approval: %s.MaxAttempts %d must be >= 1", what, t.maxAttempts)
+	}
+	var by *ApprovedBy
+	if t.approvedBy != nil {
+		if p := t.approvedBy.problem(); p != "" {
+			return Claims{}, fmt.Errorf("approval: %s.ApprovedBy %s", what, p)
+		}
+		copied := *t.approvedBy
+		by = &copied
+	}
 	var nonce [16]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
-		return "", Claims{}, fmt.Errorf("approval: generating a nonce: %w", err)
+		return Claims{}, fmt.Errorf("approval: generating a nonce: %w", err)
 	}
-	c := Claims{
-		JobID:       r.JobID,
-		Task:        r.Task,
-		TaskVersion: r.TaskVersion,
-		InputSHA256: hash,
-		Pool:        r.Pool,
+	return Claims{
 		IssuedAt:    now.Unix(),
 		Expiry:      now.Add(ttl).Unix(),
 		Nonce:       base64.RawURLEncoding.EncodeToString(nonce[:]),
 		MaxAttempts: attempts,
-		Approver:    r.Approver,
-		Auto:        r.Auto,
+		Approver:    t.approver,
+		Auto:        t.auto,
 		ApprovedBy:  by,
-	}
+	}, nil
+}
+
+// signClaims encodes c and signs it, refusing a token larger than MaxTokenBytes (the
+// control plane would refuse it at the door).
+func signClaims(key jose.JSONWebKey, c Claims) (string, Claims, error) {
 	payload, err := json.Marshal(c)
 	if err != nil {
 		return "", Claims{}, fmt.Errorf("approval: encoding claims: %w", err)
@@ -166,6 +197,9 @@ func signAt(key jose.JSONWebKey, r Request, now time.Time) (string, Claims, erro
 	token, err := signPayload(key, payload)
 	if err != nil {
 		return "", Claims{}, err
+	}
+	if len(token) > MaxTokenBytes {
+		return "", Claims{}, fmt.Errorf("approval: the signed approval is %d bytes, more than the %d a control plane accepts; shorten the names or split the plan", len(token), MaxTokenBytes)
 	}
 	return token, c, nil
 }
@@ -209,6 +243,9 @@ func parseToken(token string) (*jws.Token, *RejectError) {
 	// refused by jws.Parse (a token with only whitespace is no token at all).
 	if strings.TrimSpace(token) == "" {
 		return nil, reject(Unsigned, "the job carries no approval token")
+	}
+	if len(token) > MaxTokenBytes {
+		return nil, reject(Malformed, fmt.Sprintf("the token is %d bytes; an approval is at most %d", len(token), MaxTokenBytes))
 	}
 	if strings.HasPrefix(token, "{") {
 		var probe map[string]jsontext.Value
@@ -315,16 +352,15 @@ func lowerHex(s string, n int) bool {
 
 // checkClaims makes the checks on decoded claims that the types alone do not.
 func checkClaims(c Claims) (Claims, *RejectError) {
-	for _, f := range []struct{ name, v string }{
-		{"job", c.JobID}, {"task", c.Task}, {"task_version", c.TaskVersion}, {"pool", c.Pool},
-		{"input_sha256", c.InputSHA256}, {"nonce", c.Nonce},
-	} {
-		if f.v == "" {
-			return Claims{}, reject(Malformed, fmt.Sprintf("the required claim %q is missing or empty", f.name))
+	if c.Plan != "" || c.Steps != nil {
+		if rej := checkPlan(c); rej != nil {
+			return Claims{}, rej
 		}
+	} else if rej := checkTarget("", c.JobID, c.Task, c.TaskVersion, c.Pool, c.InputSHA256); rej != nil {
+		return Claims{}, rej
 	}
-	if !lowerHex(c.InputSHA256, 32) {
-		return Claims{}, reject(Malformed, "the input_sha256 claim is not 64 lowercase hex digits")
+	if c.Nonce == "" {
+		return Claims{}, reject(Malformed, "the required claim \"nonce\" is missing or empty")
 	}
 	var nonce [18]byte
 	if len(c.Nonce) != 22 {
@@ -348,4 +384,20 @@ func checkClaims(c Claims) (Claims, *RejectError) {
 		}
 	}
 	return c, nil
+}
+
+// checkTarget checks the claims that bind an approval to one job: those of a single-job
+// approval (prefix "") or of one step of a plan (prefix "steps.N.").
+func checkTarget(prefix, job, task, version, pool, hash string) *RejectError {
+	for _, f := range []struct{ name, v string }{
+		{"job", job}, {"task", task}, {"task_version", version}, {"pool", pool}, {"input_sha256", hash},
+	} {
+		if f.v == "" {
+			return reject(Malformed, fmt.Sprintf("the required claim %q is missing or empty", prefix+f.name))
+		}
+	}
+	if !lowerHex(hash, 32) {
+		return reject(Malformed, fmt.Sprintf("the %sinput_sha256 claim is not 64 lowercase hex digits", prefix))
+	}
+	return nil
 }

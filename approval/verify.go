@@ -148,12 +148,20 @@ func NewVerifier(keys *jose.JSONWebKeySet, replay ReplayStore, opts ...VerifierO
 // Verify decides whether token authorises running the job described by want, and if so
 // records the use so that the same approval cannot authorise the same attempt again.
 //
+// token is either a single-job approval (Sign) or a plan approval (SignPlan); the worker
+// does not choose, and neither does the queue. A plan approval is accepted only for a job
+// listed among its steps, and that step's task, version, pool and input hash are checked
+// as a single approval's are; its uses are recorded per (nonce, job), so each step runs
+// its attempts once under the one signature. The returned Claims carry the matched step's
+// binding in JobID..InputSHA256, with Plan, Steps and Step set.
+//
 // A refusal is an *outcome.Error with Code outcome.Rejected whose cause is a *RejectError;
 // a failure of the replay store is outcome.Internal (retryable: the approval may be fine).
 // The checks run in this order, and the replay store is touched only when all others pass,
 // so a forged or mismatched token can never use up a legitimate approval's attempts:
 // structure and header, trusted key by kid, signature, claims (strictly), time (exp, iat,
-// max TTL, with leeway), job/task/version/pool, input hash, attempt bound, replay.
+// max TTL, with leeway), the plan's step for the job (plan approvals), job/task/version/pool,
+// input hash, attempt bound, replay.
 func (v *Verifier) Verify(ctx context.Context, token string, want Expect) (Claims, error) {
 	if want.Attempt < 1 {
 		return Claims{}, outcome.New(outcome.Internal, "approval: Expect.Attempt is %d; attempts are numbered from 1", want.Attempt)
@@ -166,7 +174,7 @@ func (v *Verifier) Verify(ctx context.Context, token string, want Expect) (Claim
 		return Claims{}, rej.outcome()
 	}
 	keepUntil := time.Unix(c.Expiry, 0).Add(v.leeway)
-	if err := v.replay.Consume(ctx, c.Nonce, c.JobID, want.Attempt, c.MaxAttempts, keepUntil); err != nil {
+	if err := v.replay.Consume(ctx, replayKey(c), c.JobID, want.Attempt, c.MaxAttempts, keepUntil); err != nil {
 		var re *RejectError
 		switch {
 		case errors.As(err, &re):
@@ -210,6 +218,15 @@ func (v *Verifier) check(token string, want Expect) (Claims, *RejectError) {
 		return Claims{}, reject(NotYetValid, fmt.Sprintf("the approval was issued at %s, in the future (now %s, leeway %s): check the signer's clock", stamp(iat), stamp(now), v.leeway))
 	case exp.Sub(iat) > v.maxTTL:
 		return Claims{}, reject(TTLTooLong, fmt.Sprintf("the approval is valid for %s, longer than this worker's maximum of %s", exp.Sub(iat), v.maxTTL))
+	}
+
+	if c.Plan != "" {
+		// A plan approval authorises its listed steps and nothing else: the job must be one
+		// of them, and from here on that step's binding is checked exactly as a single-job
+		// approval's.
+		if c, rej = stepFor(c, want.JobID); rej != nil {
+			return Claims{}, rej
+		}
 	}
 
 	for _, f := range []struct {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -355,7 +356,7 @@ func TestVerify(t *testing.T) {
 				return
 			}
 			wantReason(t, "Verify("+tt.name+")", err, tt.reason, token)
-			if got != (Claims{}) {
+			if !reflect.DeepEqual(got, Claims{}) {
 				t.Errorf("Verify(%s) claims = %+v on rejection, want zero Claims", tt.name, got)
 			}
 			if tt.detail != "" && !strings.Contains(err.Error(), tt.detail) {
@@ -561,7 +562,7 @@ func TestInspect(t *testing.T) {
 	t.Parallel()
 	e := newVerifyEnv(t)
 	c, kid, err := Inspect(e.token)
-	if err != nil || kid != "alice-2026" || c != e.claims {
+	if err != nil || kid != "alice-2026" || !reflect.DeepEqual(c, e.claims) {
 		t.Fatalf("Inspect(token) = %+v, %q, %v, want %+v, alice-2026", c, kid, err, e.claims)
 	}
 	// Inspect does not verify: an altered token still decodes. That is its documented

@@ -94,6 +94,7 @@ func App(stdout, stderr io.Writer) *cli.App {
 			serverCommand(),
 			workerCommand(),
 			jobCommand(),
+			planCommand(),
 			keygenCommand(),
 			tokenCommand(),
 			pluginCommand(),

@@ -110,6 +110,9 @@ func New(b Backend, cfg Config) (*Server, error) {
 	}
 	s := &Server{b: b, cfg: cfg, log: cfg.Logger, closing: make(chan struct{})}
 	s.routes()
+	if pb, ok := b.(Plans); ok {
+		go s.runPlans(pb)
+	}
 	return s, nil
 }
 
@@ -160,6 +163,9 @@ func (s *Server) routes() {
 	m.Handle("POST /v1/jobs/{id}/cancel", s.auth(submitters, s.hCancel))
 	m.Handle("POST /v1/jobs/{id}/approval", s.auth(approvers, s.hApprove))
 	m.Handle("POST /v1/jobs/{id}/deny", s.auth(approvers, s.hDeny))
+	if pb, ok := s.b.(Plans); ok {
+		s.planRoutes(m, pb)
+	}
 	m.Handle("GET /v1/tokens", s.auth(adminRole, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(adminRole, s.hTokenRevoke))
 	if tc, ok := s.b.(TokenCreator); ok {
@@ -339,8 +345,19 @@ func (s *Server) Submit(ctx context.Context, p Principal, req api.SubmitRequest)
 }
 
 func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest) (api.Job, bool, error) {
-	bad := func(format string, args ...any) (api.Job, bool, error) {
-		return api.Job{}, false, Refuse(http.StatusBadRequest, api.CodeInvalidField, format, args...)
+	sub, err := s.prepare(ctx, p, req, true)
+	if err != nil {
+		return api.Job{}, false, err
+	}
+	return s.b.Submit(ctx, p, sub)
+}
+
+// prepare validates req as POST /v1/jobs does and returns the submission to record, with
+// its id made; auto says whether auto-approval applies (a plan's steps are approved with
+// the plan, never on their own).
+func (s *Server) prepare(ctx context.Context, p Principal, req api.SubmitRequest, auto bool) (Submission, error) {
+	bad := func(format string, args ...any) (Submission, error) {
+		return Submission{}, Refuse(http.StatusBadRequest, api.CodeInvalidField, format, args...)
 	}
 	if !api.ValidTaskName(req.Task) {
 		return bad("task %q is invalid: a task name is 1-64 of a-z 0-9 _ . - starting with a letter", req.Task)
@@ -350,7 +367,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	}
 	pool, err := ResolvePool(p, req.Pool)
 	if err != nil {
-		return api.Job{}, false, err
+		return Submission{}, err
 	}
 	if len(bytes.TrimSpace(req.Input)) == 0 || !json.Valid(req.Input) {
 		return bad("input is required: the task's JSON input (use {} for none)")
@@ -360,7 +377,7 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	}
 	input := CompactJSON(req.Input)
 	if len(input) > s.cfg.MaxInputBytes {
-		return api.Job{}, false, Refuse(http.StatusRequestEntityTooLarge, api.CodeInputTooLarge, "input is %d bytes, the cap is %d", len(input), s.cfg.MaxInputBytes)
+		return Submission{}, Refuse(http.StatusRequestEntityTooLarge, api.CodeInputTooLarge, "input is %d bytes, the cap is %d", len(input), s.cfg.MaxInputBytes)
 	}
 	if req.MaxAttempts == 0 {
 		req.MaxAttempts = s.cfg.DefaultMaxAttempts
@@ -378,19 +395,19 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	}
 	def, found, err := s.b.FindTask(ctx, pool, req.Task, req.TaskVersion)
 	if err != nil {
-		return api.Job{}, false, err
+		return Submission{}, err
 	}
 	if !found {
 		v := ""
 		if req.TaskVersion != "" {
 			v = " version " + req.TaskVersion
 		}
-		return api.Job{}, false, Refuse(http.StatusBadRequest, api.CodeUnknownTask,
+		return Submission{}, Refuse(http.StatusBadRequest, api.CodeUnknownTask,
 			"task %q%s is not published in pool %q: a worker must publish it first (GET /v1/catalog)", req.Task, v, pool)
 	}
 	sch, err := s.schemas.Get(def.InputSchema)
 	if err != nil {
-		return api.Job{}, false, fmt.Errorf("compile the published schema of %s@%s: %w", def.Name, def.Version, err)
+		return Submission{}, fmt.Errorf("compile the published schema of %s@%s: %w", def.Name, def.Version, err)
 	}
 	issues, err := schema.Validate(sch, input)
 	if err != nil {
@@ -399,20 +416,20 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	if len(issues) > 0 {
 		e := Refuse(http.StatusBadRequest, api.CodeInputInvalid, "%s", schema.Message(issues))
 		e.Details = issues
-		return api.Job{}, false, e
+		return Submission{}, e
 	}
 	sub := Submission{ID: api.NewJobID(), Task: req.Task, TaskVersion: def.Version, Pool: pool, Input: input,
 		MaxAttempts: req.MaxAttempts, IdempotencyKey: req.IdempotencyKey, Approval: req.Approval, TraceParent: req.TraceParent,
 		RequestHash: RequestHash(req.Task, req.TaskVersion, pool, input, req.MaxAttempts, req.Approval)}
-	if sub.Approval == "" && s.autoApproves(req.Task) {
+	if sub.Approval == "" && auto && s.autoApproves(req.Task) {
 		tok, err := s.cfg.AutoApprover.Approve(ctx, ApprovalSubject{JobID: sub.ID, Task: sub.Task, TaskVersion: sub.TaskVersion, Pool: pool, Input: input})
 		if err != nil {
 			s.log.Error("auto-approve failed", zap.Error(err), zap.String("job_id", sub.ID))
-			return api.Job{}, false, Refuse(http.StatusBadGateway, api.CodeAutoApproveFailed, "the server's auto-approver failed; see the server log")
+			return Submission{}, Refuse(http.StatusBadGateway, api.CodeAutoApproveFailed, "the server's auto-approver failed; see the server log")
 		}
 		sub.Approval, sub.Auto = tok, true
 	}
-	return s.b.Submit(ctx, p, sub)
+	return sub, nil
 }
 
 func (s *Server) autoApproves(task string) bool {
@@ -620,6 +637,9 @@ func (s *Server) hApprove(w http.ResponseWriter, r *http.Request, p Principal) e
 	}
 	id := r.PathValue("id")
 	if _, err := s.job(r.Context(), p, id); err != nil {
+		return err
+	}
+	if err := s.refuseStepApproval(r.Context(), id); err != nil {
 		return err
 	}
 	j, err := s.b.Approve(r.Context(), p, id, req.Token)

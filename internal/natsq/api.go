@@ -46,6 +46,7 @@ type APIServer struct {
 	tokens  jetstream.KeyValue
 	idem    jetstream.KeyValue
 	catalog jetstream.KeyValue
+	plans   jetstream.KeyValue // plans.go
 	cp      *controlplane.Server
 	feed    changeFeed
 
@@ -72,6 +73,9 @@ func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	if s.idem, err = ensureKV(ctx, d.js, jetstream.KeyValueConfig{Bucket: IdempotencyBucket,
 		Description: "Castellan idempotency keys", History: 1, TTL: 30 * 24 * time.Hour, Replicas: d.o.Replicas}); err != nil {
 		return nil, fmt.Errorf("natsq: create bucket %s: %w", IdempotencyBucket, err)
+	}
+	if s.plans, err = plansKV(ctx, d.js, d.o.Replicas); err != nil {
+		return nil, err
 	}
 	if s.catalog, err = d.js.KeyValue(ctx, CatalogBucket); err != nil {
 		return nil, fmt.Errorf("natsq: bucket %s: %w", CatalogBucket, err)

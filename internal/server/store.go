@@ -140,6 +140,25 @@ CREATE INDEX audit_job ON audit(job_id);
 ALTER TABLE tasks ADD COLUMN annotations TEXT;`,
 	// 5: who denied a job (the approver token's name, or its id), for POST /v1/jobs/{id}/deny.
 	`ALTER TABLE jobs ADD COLUMN denied_by TEXT NOT NULL DEFAULT '';`,
+	// 6: plans (plans.go): a plan's steps are jobs; this is the plan record and which plan
+	// each step belongs to.
+	`CREATE TABLE plans (
+	id              TEXT PRIMARY KEY,
+	pool            TEXT NOT NULL,
+	steps           TEXT NOT NULL, -- JSON array of job ids, in order
+	approval        TEXT NOT NULL DEFAULT '',
+	idempotency_key TEXT,
+	request_hash    BLOB,
+	created_by      TEXT NOT NULL,
+	created_at      INTEGER NOT NULL,
+	ended           INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX plans_idem ON plans(pool, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX plans_active ON plans(ended);
+CREATE TABLE plan_steps (
+	job_id  TEXT PRIMARY KEY,
+	plan_id TEXT NOT NULL
+);`,
 }
 
 // OpenStore opens (creating if needed) the SQLite database at path and applies pending

@@ -810,7 +810,8 @@ func boolPtr(b bool) *bool { return &b }
 
 // admit decides whether the job may run: the approval must verify against the trusted keys
 // (signature, expiry, job, task, version, input hash, replay, and this worker's own pool,
-// not the pool the lease claims), and the task must be
+// not the pool the lease claims; for a plan approval, those of the plan's step for this
+// job, which Verify finds itself), and the task must be
 // served here at the signed version. An approval that does not verify is refused for good;
 // a version not served here now is an error wrapping tasks.ErrVersionNotLoaded, for the
 // job to be handed back. With a VersionRunner the version is checked, and held, by
