@@ -275,9 +275,9 @@ func (s *APIServer) auth(roles []api.Role, h apiHandler) http.Handler {
 			if !ok || tok == "" {
 				return refusal(http.StatusUnauthorized, api.CodeUnauthenticated, "missing Authorization: Bearer <token> header")
 			}
-			p, err := authenticate(r.Context(), s.d.nc, strings.TrimSpace(tok))
-			if errors.Is(err, errTokenInvalid) {
-				return refusal(http.StatusUnauthorized, api.CodeUnauthenticated, "the bearer token is malformed, unknown or revoked")
+			p, err := authenticate(r.Context(), s.d.nc, strings.TrimSpace(tok), s.d.o.Now())
+			if e := authRefusal(err); e != nil {
+				return e
 			}
 			if err != nil {
 				return err

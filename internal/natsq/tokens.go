@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"slices"
 	"strings"
@@ -35,6 +36,11 @@ type tokenEntry struct {
 	Name      string     `json:"name,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+func (e tokenEntry) token() api.Token {
+	return api.Token{ID: e.ID, Role: e.Role, Pool: e.Pool, Name: e.Name, CreatedAt: e.CreatedAt, RevokedAt: e.RevokedAt, ExpiresAt: e.ExpiresAt}
 }
 
 func tokenKey(secret string) string {
@@ -51,13 +57,23 @@ func tokensKV(ctx context.Context, js jetstream.JetStream, replicas int) (jetstr
 	return kv, nil
 }
 
-// CreateToken makes a new random bearer token for the JetStream control plane's API, stores
-// only its hash in the TokensBucket and returns it with Secret set (print it once). Roles
-// are client, approver and admin; worker tokens do not exist in this mode (workers
-// authenticate to NATS). Admin tokens default to every pool ("*").
+// CreateToken makes a new random bearer token that never expires; see NewToken.
 func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name string, replicas int) (api.Token, error) {
+	return NewToken(ctx, nc, api.TokenCreateRequest{Role: role, Pool: pool, Name: name}, replicas, time.Now())
+}
+
+// NewToken makes a new random bearer token for the JetStream control plane's API as req
+// asks, stores only its hash in the TokensBucket and returns it with Secret set (print it
+// once). Roles are client, approver and admin; worker tokens do not exist in this mode
+// (workers authenticate to NATS), nor do registration tokens. Admin tokens default to
+// every pool ("*"). With req.TTLSeconds the token stops authenticating that long after now.
+func NewToken(ctx context.Context, nc *nats.Conn, req api.TokenCreateRequest, replicas int, now time.Time) (api.Token, error) {
+	role, pool, name := req.Role, req.Pool, req.Name
 	if role == api.RoleWorker {
 		return api.Token{}, errors.New("in NATS mode workers authenticate to NATS (credentials file, token or user), not with an API token: create a client, approver or admin token")
+	}
+	if role == api.RoleRegistration {
+		return api.Token{}, errors.New("in NATS mode there are no registration tokens: workers authenticate to NATS with NATS credentials, which only the account's signing key can mint (nsc); see docs/deploy.md")
 	}
 	if !slices.Contains(api.Roles, role) {
 		return api.Token{}, fmt.Errorf("role %q is not one of client, approver, admin", role)
@@ -71,11 +87,10 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 	if len(name) > 128 {
 		return api.Token{}, fmt.Errorf("token name is %d bytes, at most 128", len(name))
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return api.Token{}, fmt.Errorf("natsq: %w", err)
+	if err := api.CheckTokenTTL(req.TTLSeconds); err != nil {
+		return api.Token{}, err
 	}
-	kv, err := tokensKV(ctx, js, replicas)
+	kv, err := tokensBucket(ctx, nc, replicas)
 	if err != nil {
 		return api.Token{}, err
 	}
@@ -85,8 +100,12 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 	}
 	secret := api.TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	key := tokenKey(secret)
-	now := time.Now().UTC().Truncate(time.Millisecond)
+	now = now.UTC().Truncate(time.Millisecond)
 	e := tokenEntry{ID: "tok_" + key[len("sha256_"):][:12], Role: role, Pool: pool, Name: name, CreatedAt: now}
+	if req.TTLSeconds > 0 {
+		exp := now.Add(time.Duration(req.TTLSeconds) * time.Second)
+		e.ExpiresAt = &exp
+	}
 	data, err := json.Marshal(e)
 	if err != nil {
 		return api.Token{}, err
@@ -94,14 +113,46 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 	if _, err := kv.Create(ctx, key, data); err != nil {
 		return api.Token{}, fmt.Errorf("natsq: store token in %s: %w", TokensBucket, err)
 	}
-	return api.Token{ID: e.ID, Role: role, Pool: pool, Name: name, CreatedAt: now, Secret: secret}, nil
+	t := e.token()
+	t.Secret = secret
+	return t, nil
+}
+
+func tokensBucket(ctx context.Context, nc *nats.Conn, replicas int) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("natsq: %w", err)
+	}
+	return tokensKV(ctx, js, replicas)
+}
+
+// ListTokens lists every token of the TokensBucket with direct NATS access (`castellan
+// token list --nats`), as GET /v1/tokens does.
+func ListTokens(ctx context.Context, nc *nats.Conn, replicas int) ([]api.Token, error) {
+	kv, err := tokensBucket(ctx, nc, replicas)
+	if err != nil {
+		return nil, err
+	}
+	return listTokens(ctx, kv)
+}
+
+// RevokeToken revokes token id with direct NATS access (`castellan token revoke --nats`),
+// as DELETE /v1/tokens/{id} does; false when there is no active token id.
+func RevokeToken(ctx context.Context, nc *nats.Conn, id string, replicas int, now time.Time) (bool, error) {
+	kv, err := tokensBucket(ctx, nc, replicas)
+	if err != nil {
+		return false, err
+	}
+	return revokeToken(ctx, kv, id, now)
 }
 
 // principal is an authenticated API caller.
 type principal struct {
-	tokenID string
-	role    api.Role
-	pool    string
+	tokenID   string
+	role      api.Role
+	pool      string
+	name      string
+	expiresAt *time.Time
 }
 
 func (p principal) canPool(pool string) bool {
@@ -110,9 +161,10 @@ func (p principal) canPool(pool string) bool {
 
 var errTokenInvalid = errors.New("invalid bearer token")
 
-// authenticate resolves a bearer token through the TokensBucket. The lookup is by hash, so
-// a wrong secret can only miss; there is nothing to compare in constant time.
-func authenticate(ctx context.Context, nc *nats.Conn, secret string) (principal, error) {
+// authenticate resolves a bearer token through the TokensBucket as of now. The lookup is
+// by hash, so a wrong secret can only miss; there is nothing to compare in constant time.
+// A token past its expiry is an *api.TokenExpiredError.
+func authenticate(ctx context.Context, nc *nats.Conn, secret string, now time.Time) (principal, error) {
 	body, ok := strings.CutPrefix(secret, api.TokenPrefix)
 	if !ok || len(body) != 43 {
 		return principal{}, errTokenInvalid
@@ -127,7 +179,10 @@ func authenticate(ctx context.Context, nc *nats.Conn, secret string) (principal,
 	if !found || e.RevokedAt != nil || e.Role == api.RoleWorker || !slices.Contains(api.Roles, e.Role) {
 		return principal{}, errTokenInvalid
 	}
-	return principal{tokenID: e.ID, role: e.Role, pool: e.Pool}, nil
+	if e.ExpiresAt != nil && !now.Before(*e.ExpiresAt) {
+		return principal{}, &api.TokenExpiredError{ID: e.ID, At: *e.ExpiresAt}
+	}
+	return principal{tokenID: e.ID, role: e.Role, pool: e.Pool, name: e.Name, expiresAt: e.ExpiresAt}, nil
 }
 
 // readToken reads a token's entry from the stream leader ($JS.API.STREAM.MSG.GET) rather
@@ -217,7 +272,7 @@ func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error)
 		if err := json.Unmarshal(ent.Value(), &e); err != nil || e.ID == "" {
 			continue // authenticates nobody either
 		}
-		all = append(all, listed{api.Token{ID: e.ID, Role: e.Role, Pool: e.Pool, Name: e.Name, CreatedAt: e.CreatedAt, RevokedAt: e.RevokedAt}, ent.Revision()})
+		all = append(all, listed{e.token(), ent.Revision()})
 	}
 	slices.SortFunc(all, func(a, b listed) int {
 		if c := a.tok.CreatedAt.Compare(b.tok.CreatedAt); c != 0 {
@@ -286,4 +341,17 @@ func revokeToken(ctx context.Context, kv jetstream.KeyValue, id string, now time
 		}
 	}
 	return revoked, nil
+}
+
+// authRefusal is the 401 for an authentication failure, nil for any other error: an
+// expired token is told apart from an unknown one, so its holder knows to ask for a new one.
+func authRefusal(err error) error {
+	var exp *api.TokenExpiredError
+	switch {
+	case errors.Is(err, errTokenInvalid):
+		return refusal(http.StatusUnauthorized, api.CodeUnauthenticated, "the bearer token is malformed, unknown or revoked")
+	case errors.As(err, &exp):
+		return refusal(http.StatusUnauthorized, api.CodeUnauthenticated, "%s", exp.Error())
+	}
+	return nil
 }

@@ -239,9 +239,9 @@ func (s *Server) auth(roles []api.Role, h handler) http.Handler {
 			if !ok || tok == "" {
 				return errf(http.StatusUnauthorized, api.CodeUnauthenticated, "missing Authorization: Bearer <token> header")
 			}
-			p, err := s.store.Authenticate(r.Context(), strings.TrimSpace(tok))
-			if errors.Is(err, ErrTokenInvalid) {
-				return errf(http.StatusUnauthorized, api.CodeUnauthenticated, "the bearer token is malformed, unknown or revoked")
+			p, err := s.store.AuthenticateAt(r.Context(), strings.TrimSpace(tok), s.cfg.Now())
+			if e := authRefusal(err); e != nil {
+				return e
 			}
 			if err != nil {
 				return err
@@ -538,12 +538,12 @@ func (s *Server) hTokenCreate(w http.ResponseWriter, r *http.Request, p Principa
 		return e
 	}
 	now := s.cfg.Now()
-	t, err := s.store.CreateToken(r.Context(), req.Role, req.Pool, req.Name, now)
+	t, err := s.store.CreateTokenFor(r.Context(), req, now)
 	if err != nil {
 		return errf(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
 	}
 	if err := s.store.tx(r.Context(), func(tx *sqlTx) error {
-		return audit(r.Context(), tx, now, p.TokenID, string(p.Role), "token.create", "", fmt.Sprintf(`{"id":%q,"role":%q,"pool":%q}`, t.ID, t.Role, t.Pool))
+		return audit(r.Context(), tx, now, p.TokenID, string(p.Role), "token.create", "", tokenAuditDetail(t))
 	}); err != nil {
 		return err
 	}

@@ -138,6 +138,8 @@ CREATE INDEX audit_job ON audit(job_id);
 	// a version replaces (they are not part of its identity; see catalog.go).
 	`ALTER TABLE tasks ADD COLUMN title TEXT NOT NULL DEFAULT '';
 ALTER TABLE tasks ADD COLUMN annotations TEXT;`,
+	// 5: a token's expiry (NULL: never), see tokens.go.
+	`ALTER TABLE tokens ADD COLUMN expires_at INTEGER;`,
 }
 
 // OpenStore opens (creating if needed) the SQLite database at path and applies pending

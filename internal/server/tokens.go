@@ -8,8 +8,10 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -25,9 +27,11 @@ var ErrTokenInvalid = errors.New("invalid bearer token")
 
 // Principal is an authenticated caller.
 type Principal struct {
-	TokenID string
-	Role    api.Role
-	Pool    string // api.AllPools for tokens not bound to one pool
+	TokenID   string
+	Role      api.Role
+	Pool      string // api.AllPools for tokens not bound to one pool
+	Name      string
+	ExpiresAt *time.Time // nil: never expires
 }
 
 // canPool reports whether p may act on pool.
@@ -35,10 +39,18 @@ func (p Principal) canPool(pool string) bool {
 	return p.Role == api.RoleAdmin || p.Pool == api.AllPools || p.Pool == pool
 }
 
-// CreateToken makes a new random bearer token for role and pool, stores only its SHA-256
+// CreateToken makes a new random bearer token for role and pool that never expires; see
+// CreateTokenFor.
+func (s *Store) CreateToken(ctx context.Context, role api.Role, pool, name string, now time.Time) (api.Token, error) {
+	return s.CreateTokenFor(ctx, api.TokenCreateRequest{Role: role, Pool: pool, Name: name}, now)
+}
+
+// CreateTokenFor makes a new random bearer token as req asks, stores only its SHA-256
 // hash, and returns the token's description with Secret set. The secret is never
 // retrievable again: print it once. Workers must name one pool; other roles may use "*".
-func (s *Store) CreateToken(ctx context.Context, role api.Role, pool, name string, now time.Time) (api.Token, error) {
+// With req.TTLSeconds the token stops authenticating that long after now.
+func (s *Store) CreateTokenFor(ctx context.Context, req api.TokenCreateRequest, now time.Time) (api.Token, error) {
+	role, pool, name := req.Role, req.Pool, req.Name
 	if !slices.Contains(api.Roles, role) {
 		return api.Token{}, fmt.Errorf("role %q is not one of worker, client, approver, admin", role)
 	}
@@ -54,6 +66,9 @@ func (s *Store) CreateToken(ctx context.Context, role api.Role, pool, name strin
 	if len(name) > 128 {
 		return api.Token{}, fmt.Errorf("token name is %d bytes, at most 128", len(name))
 	}
+	if err := api.CheckTokenTTL(req.TTLSeconds); err != nil {
+		return api.Token{}, err
+	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return api.Token{}, err
@@ -61,12 +76,17 @@ func (s *Store) CreateToken(ctx context.Context, role api.Role, pool, name strin
 	secret := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	sum := sha256.Sum256([]byte(secret))
 	id := "tok_" + hex.EncodeToString(sum[:6])
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens(id, hash, role, pool, name, created_at) VALUES (?,?,?,?,?,?)`,
-		id, sum[:], string(role), pool, name, now.UnixMilli())
+	var expires sql.NullInt64
+	if req.TTLSeconds > 0 {
+		expires = sql.NullInt64{Int64: now.Add(time.Duration(req.TTLSeconds) * time.Second).UnixMilli(), Valid: true}
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens(id, hash, role, pool, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
+		id, sum[:], string(role), pool, name, now.UnixMilli(), expires)
 	if err != nil {
 		return api.Token{}, fmt.Errorf("store token: %w", err)
 	}
-	return api.Token{ID: id, Role: role, Pool: pool, Name: name, CreatedAt: msTime(now.UnixMilli()), Secret: secret}, nil
+	return api.Token{ID: id, Role: role, Pool: pool, Name: name, CreatedAt: msTime(now.UnixMilli()),
+		ExpiresAt: msTimePtr(expires), Secret: secret}, nil
 }
 
 // RevokeToken marks a token revoked; it authenticates nothing afterwards.
@@ -81,7 +101,7 @@ func (s *Store) RevokeToken(ctx context.Context, id string, now time.Time) (bool
 
 // ListTokens returns every token, without secrets or hashes.
 func (s *Store) ListTokens(ctx context.Context) ([]api.Token, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, role, pool, name, created_at, revoked_at FROM tokens ORDER BY created_at, id`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, role, pool, name, created_at, revoked_at, expires_at FROM tokens ORDER BY created_at, id`)
 	if err != nil {
 		return nil, err
 	}
@@ -90,19 +110,27 @@ func (s *Store) ListTokens(ctx context.Context) ([]api.Token, error) {
 	for rows.Next() {
 		var t api.Token
 		var created int64
-		var revoked sql.NullInt64
-		if err := rows.Scan(&t.ID, &t.Role, &t.Pool, &t.Name, &created, &revoked); err != nil {
+		var revoked, expires sql.NullInt64
+		if err := rows.Scan(&t.ID, &t.Role, &t.Pool, &t.Name, &created, &revoked, &expires); err != nil {
 			return nil, err
 		}
 		t.CreatedAt = msTime(created)
 		t.RevokedAt = msTimePtr(revoked)
+		t.ExpiresAt = msTimePtr(expires)
 		out = append(out, t)
 	}
 	return out, rows.Err()
 }
 
-// Authenticate resolves a bearer token to its principal.
+// Authenticate resolves a bearer token to its principal at the current time.
 func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, error) {
+	return s.AuthenticateAt(ctx, secret, time.Now())
+}
+
+// AuthenticateAt resolves a bearer token to its principal as of now: ErrTokenInvalid for a
+// missing, malformed, unknown or revoked token, a *TokenExpiredError for one past its
+// expiry.
+func (s *Store) AuthenticateAt(ctx context.Context, secret string, now time.Time) (Principal, error) {
 	body, ok := strings.CutPrefix(secret, TokenPrefix)
 	if !ok || len(body) != 43 {
 		return Principal{}, ErrTokenInvalid
@@ -113,9 +141,9 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 	sum := sha256.Sum256([]byte(secret))
 	var p Principal
 	var stored []byte
-	var revoked sql.NullInt64
+	var revoked, expires sql.NullInt64
 	err := s.queryRow(ctx, qTokenByHash, sum[:]).
-		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked)
+		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked, &p.Name, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, ErrTokenInvalid
 	}
@@ -127,8 +155,63 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (Principal, err
 	if subtle.ConstantTimeCompare(stored, sum[:]) != 1 || revoked.Valid {
 		return Principal{}, ErrTokenInvalid
 	}
+	p.ExpiresAt = msTimePtr(expires)
+	if p.ExpiresAt != nil && !now.Before(*p.ExpiresAt) {
+		return Principal{}, &TokenExpiredError{ID: p.TokenID, At: *p.ExpiresAt}
+	}
 	return p, nil
 }
 
+// TokenExpiredError is a known token past its expiry. It names the token's id and the
+// time, never the secret.
+type TokenExpiredError = api.TokenExpiredError
+
 // Hot-path statements (see stmts.go).
-var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at FROM tokens WHERE hash = ?`)
+var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at, name, expires_at FROM tokens WHERE hash = ?`)
+
+// authRefusal is the 401 for an authentication failure, nil for any other error: an
+// expired token is told apart from an unknown one, so its holder knows to ask for a new one.
+func authRefusal(err error) *apiError {
+	var exp *TokenExpiredError
+	switch {
+	case errors.Is(err, ErrTokenInvalid):
+		return errf(http.StatusUnauthorized, api.CodeUnauthenticated, "the bearer token is malformed, unknown or revoked")
+	case errors.As(err, &exp):
+		return errf(http.StatusUnauthorized, api.CodeUnauthenticated, "%s", exp.Error())
+	}
+	return nil
+}
+
+// tokenAuditDetail is the audit detail of a created token: never its secret.
+func tokenAuditDetail(t api.Token) string {
+	d := map[string]any{"id": t.ID, "role": t.Role, "pool": t.Pool}
+	if t.ExpiresAt != nil {
+		d["expires_at"] = t.ExpiresAt.Format(time.RFC3339Nano)
+	}
+	b, _ := json.Marshal(d)
+	return string(b)
+}
+
+// CreateTokenDirect is CreateTokenFor for direct database access (`castellan token create
+// --db`), recorded in the audit log as done by actor, like the API's token.create.
+func (s *Store) CreateTokenDirect(ctx context.Context, req api.TokenCreateRequest, actor string, now time.Time) (api.Token, error) {
+	t, err := s.CreateTokenFor(ctx, req, now)
+	if err != nil {
+		return t, err
+	}
+	return t, s.tx(ctx, func(tx *txn) error {
+		return audit(ctx, tx, now, actor, "direct", "token.create", "", tokenAuditDetail(t))
+	})
+}
+
+// RevokeTokenDirect is RevokeToken for direct database access, recorded in the audit log
+// as done by actor, like the API's token.revoke.
+func (s *Store) RevokeTokenDirect(ctx context.Context, id, actor string, now time.Time) (bool, error) {
+	ok, err := s.RevokeToken(ctx, id, now)
+	if err != nil || !ok {
+		return ok, err
+	}
+	return true, s.tx(ctx, func(tx *txn) error {
+		return audit(ctx, tx, now, actor, "direct", "token.revoke", "", fmt.Sprintf(`{"id":%q}`, id))
+	})
+}

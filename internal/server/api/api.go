@@ -20,6 +20,9 @@ const (
 	RoleClient   Role = "client"   // submit, get, list, cancel, wait
 	RoleApprover Role = "approver" // attach approvals (and read jobs to decide)
 	RoleAdmin    Role = "admin"    // everything, including token management and audit
+	// RoleRegistration may only exchange itself for a worker token of its pool
+	// (POST /v1/register/exchange); HTTP mode only.
+	RoleRegistration Role = "registration"
 )
 
 // Roles lists every role.
@@ -308,6 +311,20 @@ type TokenCreateRequest struct {
 	Role Role   `json:"role"`
 	Pool string `json:"pool"`
 	Name string `json:"name,omitempty"`
+	// TTLSeconds makes the token expire that many seconds after its creation; omitted (or
+	// 0), it never expires. At most MaxTokenTTLSeconds.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+}
+
+// MaxTokenTTLSeconds bounds a token's ttl_seconds (ten years): beyond it, omit the field.
+const MaxTokenTTLSeconds = 10 * 366 * 24 * 3600
+
+// CheckTokenTTL says why a ttl_seconds is refused, in both control-plane modes.
+func CheckTokenTTL(ttl int64) error {
+	if ttl < 0 || ttl > MaxTokenTTLSeconds {
+		return fmt.Errorf("ttl_seconds is %d, want 1..%d (omit it for a token that never expires)", ttl, MaxTokenTTLSeconds)
+	}
+	return nil
 }
 
 // Token describes a bearer token. Secret is set only in the response that created it.
@@ -318,8 +335,13 @@ type Token struct {
 	Name      string     `json:"name,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// ExpiresAt is when the token stops authenticating; nil for a token without a TTL.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	Secret    string     `json:"token,omitempty"`
 }
+
+// Expired reports whether the token has expired at now.
+func (t Token) Expired(now time.Time) bool { return t.ExpiresAt != nil && !now.Before(*t.ExpiresAt) }
 
 // TokenList is GET /v1/tokens.
 type TokenList struct {

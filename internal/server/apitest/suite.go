@@ -54,6 +54,10 @@ type Backend struct {
 	Waiters func() int
 	// HTTPWorkers is true where workers use the HTTP worker routes (SQLite mode).
 	HTTPWorkers bool
+	// NewTokenTTL creates a token as NewToken does, expiring ttl after Clock's now.
+	NewTokenTTL func(t testing.TB, role api.Role, pool string, ttl time.Duration) api.Token
+	// Clock is the control plane's clock (token expiry, worker presence).
+	Clock *Clock
 }
 
 // Options configure the backend a scenario needs.
@@ -788,6 +792,47 @@ var scenarios = []scenario{
 			}
 		}
 	}},
+	{"tokens/ttl", func(t *testing.T, s *suite) {
+		tok := s.NewTokenTTL(t, api.RoleClient, Pool, time.Hour)
+		if tok.ExpiresAt == nil || tok.ExpiresAt.Sub(tok.CreatedAt) != time.Hour {
+			t.Fatalf("created %+v, want expires_at one hour after created_at", tok)
+		}
+		s.ok(t, 200, tok.Secret, "GET", "/v1/jobs", "", nil)
+		var list api.TokenList
+		s.ok(t, 200, s.admin, "GET", "/v1/tokens", "", &list)
+		found := false
+		for _, l := range list.Tokens {
+			if l.ID == tok.ID {
+				found = l.ExpiresAt != nil && l.ExpiresAt.Equal(*tok.ExpiresAt)
+			} else if l.ExpiresAt != nil {
+				t.Errorf("token %s without a TTL is listed with expires_at %v", l.ID, l.ExpiresAt)
+			}
+		}
+		if !found {
+			t.Fatalf("GET /v1/tokens = %+v, want %s with expires_at %v", list.Tokens, tok.ID, tok.ExpiresAt)
+		}
+		s.Clock.Advance(59 * time.Minute)
+		s.ok(t, 200, tok.Secret, "GET", "/v1/jobs", "", nil)
+		s.Clock.Advance(time.Minute)
+		// Expired exactly at expires_at, on every route, with a message that says so.
+		for _, r := range []struct{ method, path, body string }{
+			{"GET", "/v1/jobs", ""}, {"POST", "/v1/jobs", submitBody("")}, {"GET", "/v1/catalog", ""},
+		} {
+			e := s.refused(t, 401, api.CodeUnauthenticated, tok.Secret, r.method, r.path, r.body)
+			if !strings.Contains(e.Message, "expired") || !strings.Contains(e.Message, tok.ID) {
+				t.Errorf("%s %s with an expired token: message %q, want it to say %s expired", r.method, r.path, e.Message, tok.ID)
+			}
+		}
+		// Tokens without a TTL are untouched by time.
+		s.Clock.Advance(100 * 24 * time.Hour)
+		s.ok(t, 200, s.client, "GET", "/v1/jobs", "", nil)
+		s.ok(t, 200, s.admin, "GET", "/v1/tokens", "", nil)
+		// An unknown token is still "unknown", not "expired".
+		unknown := api.TokenPrefix + strings.Repeat("A", 43)
+		if e := s.refused(t, 401, api.CodeUnauthenticated, unknown, "GET", "/v1/jobs", ""); strings.Contains(e.Message, "expired") {
+			t.Errorf("an unknown token's refusal says %q", e.Message)
+		}
+	}},
 	{"tokens/create", func(t *testing.T, s *suite) {
 		var tok api.Token
 		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","name":"ci"}`, &tok)
@@ -799,6 +844,18 @@ var scenarios = []scenario{
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"root","pool":"*"}`)
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"worker","pool":"*"}`)
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"`+strings.Repeat("p", 64)+`"}`)
+		var short api.Token
+		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","ttl_seconds":60}`, &short)
+		if short.ExpiresAt == nil || short.ExpiresAt.Sub(short.CreatedAt) != time.Minute {
+			t.Fatalf("POST /v1/tokens ttl_seconds 60 = %+v, want expires_at a minute after created_at", short)
+		}
+		s.ok(t, 200, short.Secret, "GET", "/v1/jobs", "", nil)
+		s.Clock.Advance(time.Minute)
+		s.refused(t, 401, api.CodeUnauthenticated, short.Secret, "GET", "/v1/jobs", "")
+		for _, ttl := range []string{"-1", "999999999999"} {
+			s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","ttl_seconds":`+ttl+`}`)
+		}
+		s.refused(t, 400, api.CodeInvalidJSON, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","ttl_seconds":"1h"}`)
 	}},
 	{"roles/worker_routes", func(t *testing.T, s *suite) {
 		worker := s.NewToken(t, api.RoleWorker, Pool).Secret
