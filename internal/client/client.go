@@ -302,6 +302,15 @@ func (c *Client) CreateToken(ctx context.Context, req api.TokenCreateRequest) (a
 	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/tokens", nil, req, &out)
 }
 
+// Whoami describes the client's own token (any role): id, role, pool, name, creation and
+// expiry. Secret is never set.
+func (c *Client) Whoami(ctx context.Context) (api.Token, error) {
+	var out api.Token
+	err := c.do(ctx, c.reqTimeout, http.MethodGet, "/v1/whoami", nil, nil, &out)
+	out.Secret = ""
+	return out, err
+}
+
 // ListTokens lists tokens without secrets (admin).
 func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
 	var out api.TokenList

@@ -251,6 +251,7 @@ func (s *APIServer) routes() {
 	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
+	m.Handle("GET /v1/whoami", s.auth(readers, s.hWhoami))
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		// Ready when JetStream answers: the job bucket's status is one round trip to it.

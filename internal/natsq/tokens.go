@@ -152,7 +152,13 @@ type principal struct {
 	role      api.Role
 	pool      string
 	name      string
+	createdAt time.Time
 	expiresAt *time.Time
+}
+
+// token describes the principal's own token, without its secret (GET /v1/whoami).
+func (p principal) token() api.Token {
+	return api.Token{ID: p.tokenID, Role: p.role, Pool: p.pool, Name: p.name, CreatedAt: p.createdAt, ExpiresAt: p.expiresAt}
 }
 
 func (p principal) canPool(pool string) bool {
@@ -182,7 +188,7 @@ func authenticate(ctx context.Context, nc *nats.Conn, secret string, now time.Ti
 	if e.ExpiresAt != nil && !now.Before(*e.ExpiresAt) {
 		return principal{}, &api.TokenExpiredError{ID: e.ID, At: *e.ExpiresAt}
 	}
-	return principal{tokenID: e.ID, role: e.Role, pool: e.Pool, name: e.Name, expiresAt: e.ExpiresAt}, nil
+	return principal{tokenID: e.ID, role: e.Role, pool: e.Pool, name: e.Name, createdAt: e.CreatedAt, expiresAt: e.ExpiresAt}, nil
 }
 
 // readToken reads a token's entry from the stream leader ($JS.API.STREAM.MSG.GET) rather
@@ -353,5 +359,14 @@ func authRefusal(err error) error {
 	case errors.As(err, &exp):
 		return refusal(http.StatusUnauthorized, api.CodeUnauthenticated, "%s", exp.Error())
 	}
+	return nil
+}
+
+// hWhoami is GET /v1/whoami: the caller's own token.
+func (s *APIServer) hWhoami(w http.ResponseWriter, r *http.Request, p principal) error {
+	if err := onlyParams(r); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, p.token())
 	return nil
 }

@@ -207,6 +207,7 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/tokens", s.auth(admin, s.hTokenList))
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/audit", s.auth(admin, s.hAudit))
+	m.Handle("GET /v1/whoami", s.auth(all, s.hWhoami))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", s.hReady)

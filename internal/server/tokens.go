@@ -31,7 +31,13 @@ type Principal struct {
 	Role      api.Role
 	Pool      string // api.AllPools for tokens not bound to one pool
 	Name      string
+	CreatedAt time.Time
 	ExpiresAt *time.Time // nil: never expires
+}
+
+// Token describes the principal's own token, without its secret (GET /v1/whoami).
+func (p Principal) Token() api.Token {
+	return api.Token{ID: p.TokenID, Role: p.Role, Pool: p.Pool, Name: p.Name, CreatedAt: p.CreatedAt, ExpiresAt: p.ExpiresAt}
 }
 
 // canPool reports whether p may act on pool.
@@ -142,8 +148,9 @@ func (s *Store) AuthenticateAt(ctx context.Context, secret string, now time.Time
 	var p Principal
 	var stored []byte
 	var revoked, expires sql.NullInt64
+	var created int64
 	err := s.queryRow(ctx, qTokenByHash, sum[:]).
-		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked, &p.Name, &expires)
+		Scan(&p.TokenID, &stored, &p.Role, &p.Pool, &revoked, &p.Name, &expires, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, ErrTokenInvalid
 	}
@@ -155,7 +162,7 @@ func (s *Store) AuthenticateAt(ctx context.Context, secret string, now time.Time
 	if subtle.ConstantTimeCompare(stored, sum[:]) != 1 || revoked.Valid {
 		return Principal{}, ErrTokenInvalid
 	}
-	p.ExpiresAt = msTimePtr(expires)
+	p.CreatedAt, p.ExpiresAt = msTime(created), msTimePtr(expires)
 	if p.ExpiresAt != nil && !now.Before(*p.ExpiresAt) {
 		return Principal{}, &TokenExpiredError{ID: p.TokenID, At: *p.ExpiresAt}
 	}
@@ -167,7 +174,7 @@ func (s *Store) AuthenticateAt(ctx context.Context, secret string, now time.Time
 type TokenExpiredError = api.TokenExpiredError
 
 // Hot-path statements (see stmts.go).
-var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at, name, expires_at FROM tokens WHERE hash = ?`)
+var qTokenByHash = hot(`SELECT id, hash, role, pool, revoked_at, name, expires_at, created_at FROM tokens WHERE hash = ?`)
 
 // authRefusal is the 401 for an authentication failure, nil for any other error: an
 // expired token is told apart from an unknown one, so its holder knows to ask for a new one.
@@ -214,4 +221,13 @@ func (s *Store) RevokeTokenDirect(ctx context.Context, id, actor string, now tim
 	return true, s.tx(ctx, func(tx *txn) error {
 		return audit(ctx, tx, now, actor, "direct", "token.revoke", "", fmt.Sprintf(`{"id":%q}`, id))
 	})
+}
+
+// hWhoami is GET /v1/whoami: the caller's own token, for any role.
+func (s *Server) hWhoami(w http.ResponseWriter, r *http.Request, p Principal) error {
+	if e := onlyParams(r); e != nil {
+		return e
+	}
+	writeJSON(w, http.StatusOK, p.Token())
+	return nil
 }

@@ -833,6 +833,35 @@ var scenarios = []scenario{
 			t.Errorf("an unknown token's refusal says %q", e.Message)
 		}
 	}},
+	{"whoami", func(t *testing.T, s *suite) {
+		ttl := s.NewTokenTTL(t, api.RoleApprover, Pool, 2*time.Hour)
+		who := []api.Token{s.NewToken(t, api.RoleClient, Pool), s.NewToken(t, api.RoleAdmin, api.AllPools), ttl}
+		if s.HTTPWorkers {
+			who = append(who, s.NewToken(t, api.RoleWorker, Pool))
+		}
+		for _, tok := range who {
+			var got api.Token
+			s.ok(t, 200, tok.Secret, "GET", "/v1/whoami", "", &got)
+			want := tok
+			want.Secret = ""
+			if got.ID != want.ID || got.Role != want.Role || got.Pool != want.Pool || got.Name != want.Name ||
+				!got.CreatedAt.Equal(want.CreatedAt) || (got.ExpiresAt == nil) != (want.ExpiresAt == nil) ||
+				(got.ExpiresAt != nil && !got.ExpiresAt.Equal(*want.ExpiresAt)) || got.Secret != "" || got.RevokedAt != nil {
+				t.Errorf("GET /v1/whoami as %s = %+v, want %+v", tok.Role, got, want)
+			}
+			c, err := client.New(s.URL, tok.Secret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ct, err := c.Whoami(t.Context()); err != nil || ct.ID != tok.ID || ct.Secret != "" {
+				t.Errorf("Client.Whoami() as %s = %+v, %v", tok.Role, ct, err)
+			}
+		}
+		s.refused(t, 401, api.CodeUnauthenticated, "", "GET", "/v1/whoami", "")
+		s.refused(t, 400, api.CodeUnknownField, s.client, "GET", "/v1/whoami?id=x", "")
+		s.Clock.Advance(2 * time.Hour)
+		s.refused(t, 401, api.CodeUnauthenticated, ttl.Secret, "GET", "/v1/whoami", "")
+	}},
 	{"tokens/create", func(t *testing.T, s *suite) {
 		var tok api.Token
 		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","name":"ci"}`, &tok)
