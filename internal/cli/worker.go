@@ -121,7 +121,7 @@ func workerCommand() *cli.Command {
 			logFormatFlag(&cfg.LogFormat),
 		},
 		Before:      loadConfigFile,
-		Subcommands: []*cli.Command{workerInstallCommand()},
+		Subcommands: []*cli.Command{workerInstallCommand(), workerListCommand()},
 		Action: func(c *cli.Context) error {
 			cfg.TrustedKeys = splitList(keys.Value())
 			sigs := make(chan os.Signal, 2)

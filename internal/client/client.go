@@ -311,6 +311,17 @@ func (c *Client) Whoami(ctx context.Context) (api.Token, error) {
 	return out, err
 }
 
+// Workers lists the workers of pool ("" for every pool the token may see) with their
+// tasks, last heartbeat and whether they are online (admin; approvers for their pool).
+func (c *Client) Workers(ctx context.Context, pool string) (api.WorkerList, error) {
+	q := url.Values{}
+	if pool != "" {
+		q.Set("pool", pool)
+	}
+	var out api.WorkerList
+	return out, c.do(ctx, c.reqTimeout, http.MethodGet, "/v1/workers", q, nil, &out)
+}
+
 // ListTokens lists tokens without secrets (admin).
 func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
 	var out api.TokenList

@@ -59,6 +59,7 @@ type APIServer struct {
 	d       *Dispatcher
 	log     *zap.Logger
 	tokens  jetstream.KeyValue
+	workers jetstream.KeyValue // presence (workers.go)
 	idem    jetstream.KeyValue
 	catalog jetstream.KeyValue
 	schemas schema.Cache
@@ -90,6 +91,9 @@ func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	if s.idem, err = ensureKV(ctx, d.js, jetstream.KeyValueConfig{Bucket: IdempotencyBucket,
 		Description: "Castellan idempotency keys", History: 1, TTL: 30 * 24 * time.Hour, Replicas: d.o.Replicas}); err != nil {
 		return nil, fmt.Errorf("natsq: create bucket %s: %w", IdempotencyBucket, err)
+	}
+	if s.workers, err = EnsureWorkersBucket(ctx, d.js, d.o.Replicas); err != nil {
+		return nil, err
 	}
 	if s.catalog, err = d.js.KeyValue(ctx, CatalogBucket); err != nil {
 		return nil, fmt.Errorf("natsq: bucket %s: %w", CatalogBucket, err)
@@ -252,6 +256,7 @@ func (s *APIServer) routes() {
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	m.Handle("GET /v1/whoami", s.auth(readers, s.hWhoami))
+	m.Handle("GET /v1/workers", s.auth(approvers, s.hWorkers))
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		// Ready when JetStream answers: the job bucket's status is one round trip to it.

@@ -208,6 +208,7 @@ func (s *Server) routes() {
 	m.Handle("DELETE /v1/tokens/{id}", s.auth(admin, s.hTokenRevoke))
 	m.Handle("GET /v1/audit", s.auth(admin, s.hAudit))
 	m.Handle("GET /v1/whoami", s.auth(all, s.hWhoami))
+	m.Handle("GET /v1/workers", s.auth(approvers, s.hWorkers))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", s.hReady)

@@ -9,6 +9,8 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -363,4 +365,51 @@ type AuditEntry struct {
 type AuditList struct {
 	Entries    []AuditEntry `json:"entries"`
 	NextCursor string       `json:"next_cursor,omitempty"`
+}
+
+// WorkerInfo is one worker in GET /v1/workers: who it is, what it serves, and whether it
+// was seen within the list's online window.
+type WorkerInfo struct {
+	ID           string     `json:"id"` // its token id (SQLite mode) or its connection's worker id (NATS mode)
+	Name         string     `json:"name"`
+	Pool         string     `json:"pool"`
+	Version      string     `json:"version"`
+	Tasks        []string   `json:"tasks"` // name@version, in name order
+	RegisteredAt *time.Time `json:"registered_at,omitempty"`
+	LastSeenAt   time.Time  `json:"last_seen_at"` // its last lease, heartbeat or registration (to within PresenceInterval)
+	Online       bool       `json:"online"`       // LastSeenAt within OnlineWindowSeconds
+}
+
+// WorkerList is GET /v1/workers, online workers first.
+type WorkerList struct {
+	Workers             []WorkerInfo `json:"workers"`
+	OnlineWindowSeconds int          `json:"online_window_seconds"`
+}
+
+// PresenceInterval is how often at most a worker's last-seen time is written, in both
+// modes: a busy worker costs at most one write per interval, not one per lease.
+const PresenceInterval = 10 * time.Second
+
+// OnlineWindow is how recently a worker must have been seen to be online: it is seen at
+// every lease long-poll and every heartbeat (a third of the lease), so the window is the
+// lease (at least 90 s, several long-polls and presence writes).
+func OnlineWindow(lease time.Duration) time.Duration { return max(90*time.Second, lease) }
+
+// SortWorkers orders a worker list as both modes answer it: online first, then by pool,
+// name and id.
+func SortWorkers(ws []WorkerInfo) {
+	slices.SortFunc(ws, func(a, b WorkerInfo) int {
+		switch {
+		case a.Online != b.Online:
+			if a.Online {
+				return -1
+			}
+			return 1
+		case a.Pool != b.Pool:
+			return strings.Compare(a.Pool, b.Pool)
+		case a.Name != b.Name:
+			return strings.Compare(a.Name, b.Name)
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 }

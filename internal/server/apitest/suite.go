@@ -862,6 +862,59 @@ var scenarios = []scenario{
 		s.Clock.Advance(2 * time.Hour)
 		s.refused(t, 401, api.CodeUnauthenticated, ttl.Secret, "GET", "/v1/whoami", "")
 	}},
+	{"workers", func(t *testing.T, s *suite) {
+		var l api.WorkerList
+		s.ok(t, 200, s.admin, "GET", "/v1/workers", "", &l)
+		if len(l.Workers) != 2 || l.OnlineWindowSeconds < 90 {
+			t.Fatalf("GET /v1/workers = %+v, want the backend's two workers and a window of at least 90 s", l)
+		}
+		served := 0
+		for _, w := range l.Workers {
+			if w.Pool != Pool || !w.Online || w.Version != "test" || w.Name == "" || w.ID == "" || w.RegisteredAt == nil ||
+				time.Since(w.LastSeenAt) > time.Minute || w.Tasks == nil {
+				t.Errorf("listed worker %+v: want an online worker of %s, version test, seen just now", w, Pool)
+			}
+			if slices.Equal(w.Tasks, []string{"echo@1.0.0"}) {
+				served++
+			}
+		}
+		if served != 1 {
+			t.Errorf("GET /v1/workers = %+v, want one worker serving echo@1.0.0 (the other published nothing)", l.Workers)
+		}
+		var mine api.WorkerList
+		s.ok(t, 200, s.approver, "GET", "/v1/workers", "", &mine)
+		if len(mine.Workers) != 2 {
+			t.Errorf("GET /v1/workers as %s's approver = %d workers, want 2", Pool, len(mine.Workers))
+		}
+		s.ok(t, 200, s.otherApprover, "GET", "/v1/workers", "", &mine)
+		if len(mine.Workers) != 0 {
+			t.Errorf("GET /v1/workers as %s's approver = %+v, want none (no worker serves %s)", Other, mine.Workers, Other)
+		}
+		s.ok(t, 200, s.admin, "GET", "/v1/workers?pool="+Other, "", &mine)
+		if len(mine.Workers) != 0 {
+			t.Errorf("GET /v1/workers?pool=%s = %+v, want none", Other, mine.Workers)
+		}
+		s.refused(t, 403, api.CodeForbidden, s.otherApprover, "GET", "/v1/workers?pool="+Pool, "")
+		s.refused(t, 403, api.CodeForbidden, s.client, "GET", "/v1/workers", "")
+		s.refused(t, 400, api.CodeUnknownField, s.admin, "GET", "/v1/workers?online=1", "")
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "GET", "/v1/workers?pool=No!", "")
+		// Past the window without a lease or heartbeat, both are offline (and still listed).
+		s.Clock.Advance(time.Duration(l.OnlineWindowSeconds)*time.Second + time.Minute)
+		s.ok(t, 200, s.admin, "GET", "/v1/workers", "", &l)
+		if len(l.Workers) != 2 || l.Workers[0].Online || l.Workers[1].Online {
+			t.Fatalf("GET /v1/workers after the window = %+v, want both listed offline", l.Workers)
+		}
+		if s.HTTPWorkers {
+			// A lease is a sign of life: that worker is online again.
+			if _, err := s.Worker.Lease(t.Context(), 1, 0); err != nil {
+				t.Fatal(err)
+			}
+			s.ok(t, 200, s.admin, "GET", "/v1/workers", "", &l)
+			if !l.Workers[0].Online || l.Workers[1].Online || !slices.Equal(l.Workers[0].Tasks, []string{"echo@1.0.0"}) {
+				t.Fatalf("GET /v1/workers after a lease = %+v, want the leasing worker online and first", l.Workers)
+			}
+		}
+	}},
 	{"tokens/create", func(t *testing.T, s *suite) {
 		var tok api.Token
 		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","name":"ci"}`, &tok)
