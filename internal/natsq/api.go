@@ -60,6 +60,7 @@ type APIServer struct {
 	log     *zap.Logger
 	tokens  jetstream.KeyValue
 	workers jetstream.KeyValue // presence (workers.go)
+	audit   *auditLog          // the hash-chained audit stream (audit.go)
 	idem    jetstream.KeyValue
 	catalog jetstream.KeyValue
 	schemas schema.Cache
@@ -91,6 +92,9 @@ func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	if s.idem, err = ensureKV(ctx, d.js, jetstream.KeyValueConfig{Bucket: IdempotencyBucket,
 		Description: "Castellan idempotency keys", History: 1, TTL: 30 * 24 * time.Hour, Replicas: d.o.Replicas}); err != nil {
 		return nil, fmt.Errorf("natsq: create bucket %s: %w", IdempotencyBucket, err)
+	}
+	if s.audit, err = newAuditLog(ctx, d.js, d.o.Replicas); err != nil {
+		return nil, err
 	}
 	if s.workers, err = EnsureWorkersBucket(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err
@@ -257,6 +261,7 @@ func (s *APIServer) routes() {
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	m.Handle("GET /v1/whoami", s.auth(readers, s.hWhoami))
 	m.Handle("GET /v1/workers", s.auth(approvers, s.hWorkers))
+	m.Handle("GET /v1/audit", s.auth(admin, s.hAudit))
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		// Ready when JetStream answers: the job bucket's status is one round trip to it.
@@ -411,6 +416,7 @@ func (s *APIServer) hTokenRevoke(w http.ResponseWriter, r *http.Request, p princ
 		return refusal(http.StatusNotFound, api.CodeNotFound, "no active token %q (ids look like tok_ and 12 hex digits; GET /v1/tokens lists them)", id)
 	}
 	s.log.Info("token revoked", zap.String("token_id", id), zap.String("by", p.tokenID))
+	s.record(r.Context(), p, "token.revoke", "", map[string]string{"id": id})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -437,6 +443,7 @@ func (s *APIServer) hSubmit(w http.ResponseWriter, r *http.Request, p principal)
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
+		s.record(r.Context(), p, "job.submit", j.ID, map[string]any{"task": j.Task, "task_version": j.TaskVersion, "pool": j.Pool, "state": j.State})
 	}
 	writeJSON(w, status, j)
 	return nil
@@ -675,6 +682,7 @@ func (s *APIServer) hCancel(w http.ResponseWriter, r *http.Request, p principal)
 	if err != nil {
 		return err
 	}
+	s.record(r.Context(), p, "job.cancel", id, map[string]any{"from": rec.Job.State})
 	writeJSON(w, http.StatusOK, j)
 	return nil
 }
@@ -695,6 +703,7 @@ func (s *APIServer) hApprove(w http.ResponseWriter, r *http.Request, p principal
 	if err != nil {
 		return err
 	}
+	s.record(r.Context(), p, "job.approve", id, nil)
 	writeJSON(w, http.StatusOK, j)
 	return nil
 }

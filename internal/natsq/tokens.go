@@ -115,7 +115,23 @@ func NewToken(ctx context.Context, nc *nats.Conn, req api.TokenCreateRequest, re
 	}
 	t := e.token()
 	t.Secret = secret
+	detail, _ := json.Marshal(tokenDetail(t))
+	if err := appendDirect(ctx, nc, replicas, api.AuditEntry{At: now, Actor: DirectActor, Role: "direct", Action: "token.create", Detail: detail}); err != nil {
+		return t, fmt.Errorf("natsq: token %s created, but recording it in the audit log failed: %w", t.ID, err)
+	}
 	return t, nil
+}
+
+// DirectActor is the audit actor of token changes made with direct NATS access.
+const DirectActor = "cli --nats"
+
+// tokenDetail is the audit detail of a created token: never its secret.
+func tokenDetail(t api.Token) map[string]any {
+	d := map[string]any{"id": t.ID, "role": t.Role, "pool": t.Pool}
+	if t.ExpiresAt != nil {
+		d["expires_at"] = t.ExpiresAt.Format(time.RFC3339Nano)
+	}
+	return d
 }
 
 func tokensBucket(ctx context.Context, nc *nats.Conn, replicas int) (jetstream.KeyValue, error) {
@@ -143,7 +159,15 @@ func RevokeToken(ctx context.Context, nc *nats.Conn, id string, replicas int, no
 	if err != nil {
 		return false, err
 	}
-	return revokeToken(ctx, kv, id, now)
+	ok, err := revokeToken(ctx, kv, id, now)
+	if err != nil || !ok {
+		return ok, err
+	}
+	detail, _ := json.Marshal(map[string]string{"id": id})
+	if err := appendDirect(ctx, nc, replicas, api.AuditEntry{At: now, Actor: DirectActor, Role: "direct", Action: "token.revoke", Detail: detail}); err != nil {
+		return true, fmt.Errorf("natsq: token %s revoked, but recording it in the audit log failed: %w", id, err)
+	}
+	return true, nil
 }
 
 // principal is an authenticated API caller.

@@ -359,6 +359,10 @@ type AuditEntry struct {
 	Action string          `json:"action"`
 	JobID  string          `json:"job_id,omitempty"`
 	Detail json.RawMessage `json:"detail,omitempty"`
+	// PrevHash is the previous entry's Hash ("" for the first entry); Hash is AuditHash of
+	// this entry. Together they chain the log: see VerifyAuditChain.
+	PrevHash string `json:"prev_hash"`
+	Hash     string `json:"hash"`
 }
 
 // AuditList is GET /v1/audit.

@@ -1033,6 +1033,63 @@ var scenarios = []scenario{
 		}
 		s.refused(t, 403, api.CodeForbidden, s.approver, "GET", "/v1/audit", "")
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "GET", "/v1/audit?limit=1001", "")
+		s.refused(t, 400, api.CodeUnknownField, s.admin, "GET", "/v1/audit?job=x", "")
+
+		// More actions, some at once: every entry chains onto the one before it, with no fork.
+		k := s.submit(t, "")
+		s.ok(t, 200, s.approver, "POST", "/v1/jobs/"+k.ID+"/approval", `{"token":"`+FakeApproval("k")+`"}`, nil)
+		s.ok(t, 200, s.client, "POST", "/v1/jobs/"+j.ID+"/cancel", "", nil)
+		done := make(chan struct{})
+		for range 8 {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				s.do(t, s.client, "POST", "/v1/jobs", submitBody(""))
+			}()
+		}
+		for range 8 {
+			<-done
+		}
+		// Oldest first, over pages of 5.
+		var all []api.AuditEntry
+		cursor := ""
+		for {
+			var page api.AuditList
+			q := "/v1/audit?limit=5"
+			if cursor != "" {
+				q += "&cursor=" + cursor
+			}
+			s.ok(t, 200, s.admin, "GET", q, "", &page)
+			all = append(all, page.Entries...)
+			if cursor = page.NextCursor; cursor == "" {
+				break
+			}
+		}
+		slices.Reverse(all)
+		var chain api.AuditChain
+		actions := map[string]int{}
+		for _, e := range all {
+			if err := chain.Add(e); err != nil {
+				t.Fatalf("the audit chain breaks: %v (entries %+v)", err, all)
+			}
+			actions[e.Action]++
+		}
+		if actions["job.submit"] != 10 || actions["job.approve"] != 1 || actions["job.cancel"] != 1 {
+			t.Fatalf("audit actions = %v, want 10 job.submit, 1 job.approve, 1 job.cancel", actions)
+		}
+		var mine api.AuditList
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?job_id="+k.ID, "", &mine)
+		if len(mine.Entries) < 2 || mine.Entries[0].Action != "job.approve" || mine.Entries[len(mine.Entries)-1].Action != "job.submit" {
+			t.Fatalf("GET /v1/audit?job_id=%s = %+v, want its approval then (oldest) its submit", k.ID, mine.Entries)
+		}
+		for _, e := range mine.Entries {
+			if e.JobID != k.ID || len(e.Hash) != 64 {
+				t.Fatalf("GET /v1/audit?job_id=%s lists %+v", k.ID, e)
+			}
+		}
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?action=job.cancel", "", &mine)
+		if len(mine.Entries) != 1 || mine.Entries[0].JobID != j.ID {
+			t.Fatalf("GET /v1/audit?action=job.cancel = %+v, want the one cancel of %s", mine.Entries, j.ID)
+		}
 	}},
 }
 
@@ -1043,7 +1100,6 @@ func GapNATS() map[string]string {
 	return map[string]string{
 		"roles/worker_routes": "not applicable in NATS mode: workers authenticate to NATS, there are no worker tokens or worker routes (docs/api.md)",
 		"tokens/create":       "NATS mode serves no POST /v1/tokens; tokens are created with `castellan token create --nats` (docs/api.md)",
-		"audit":               "NATS mode has no control-plane audit log: GET /v1/audit is not served",
 		"auto_approve":        "NATS mode has no auto-approval: every job waits for an approval",
 		"catalog/conflict":    "NATS mode: a published task version redefined replaces the earlier definition instead of 409 catalog_conflict (WorkerQueue.PublishCatalog writes the catalog bucket unchecked)",
 	}
