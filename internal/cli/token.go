@@ -71,8 +71,10 @@ func tokenCommand() *cli.Command {
 			Name:  "create",
 			Usage: "create a bearer token and print its secret (once)",
 			Description: "Roles: worker (lease and run jobs of one pool), client (submit, get, list, cancel, wait),\n" +
-				"approver (attach approvals), admin (everything, including tokens and audit). Worker tokens\n" +
-				"need a pool; other roles may use '*' for every pool. Only a hash is stored: the secret is\n" +
+				"approver (attach approvals), admin (everything, including tokens and audit), registration\n" +
+				"(HTTP mode: exchanged once by `castellan worker --registration-token-file` for a worker token of\n" +
+				"its pool; needs --ttl, at most 24h). Worker and registration tokens need a pool; other roles may\n" +
+				"use '*' for every pool. Only a hash is stored: the secret is\n" +
 				"printed once. With --ttl the token stops authenticating that long after its creation\n" +
 				"(401 unauthenticated, \"expired\"); without it, it lasts until revoked. With --db the\n" +
 				"database is opened directly (to bootstrap the first admin token, before or while the server\n" +
@@ -82,7 +84,7 @@ func tokenCommand() *cli.Command {
 				"  castellan token create --nats nats://nats:4222 --nats-creds cp.creds --role client --pool default --name ci --ttl 720h\n" +
 				"  castellan token create --server https://cp:8443 --token-file admin.token --role worker --pool default --name dc1-w1 > w1.token",
 			Flags: append(tokenTargetFlags(&cfg),
-				&cli.StringFlag{Name: "role", Usage: "worker, client, approver or admin", Required: true, Destination: &cfg.Role},
+				&cli.StringFlag{Name: "role", Usage: "worker, client, approver, admin or registration", Required: true, Destination: &cfg.Role},
 				&cli.StringFlag{Name: "pool", Usage: "`POOL` the token is bound to ('*' for all; not for workers)", Value: "default", Destination: &cfg.Pool},
 				&cli.StringFlag{Name: "name", Usage: "label shown in listings and the audit log", Destination: &cfg.Name},
 				&cli.DurationFlag{Name: "ttl", Usage: "the token expires this `DURATION` after creation (e.g. 24h; default never)", Destination: &cfg.TTL},

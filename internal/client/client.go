@@ -322,6 +322,13 @@ func (c *Client) Workers(ctx context.Context, pool string) (api.WorkerList, erro
 	return out, c.do(ctx, c.reqTimeout, http.MethodGet, "/v1/workers", q, nil, &out)
 }
 
+// ExchangeRegistration uses up the client's registration token and returns a new worker
+// token for its pool, named name (Secret set: store it, it is shown once).
+func (c *Client) ExchangeRegistration(ctx context.Context, name string) (api.Token, error) {
+	var out api.Token
+	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/register/exchange", nil, api.RegisterExchangeRequest{Name: name}, &out)
+}
+
 // ListTokens lists tokens without secrets (admin).
 func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
 	var out api.TokenList

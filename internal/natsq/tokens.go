@@ -206,7 +206,7 @@ func authenticate(ctx context.Context, nc *nats.Conn, secret string, now time.Ti
 	if err != nil {
 		return principal{}, err
 	}
-	if !found || e.RevokedAt != nil || e.Role == api.RoleWorker || !slices.Contains(api.Roles, e.Role) {
+	if !found || e.RevokedAt != nil || e.Role == api.RoleWorker || e.Role == api.RoleRegistration || !slices.Contains(api.Roles, e.Role) {
 		return principal{}, errTokenInvalid
 	}
 	if e.ExpiresAt != nil && !now.Before(*e.ExpiresAt) {

@@ -209,6 +209,7 @@ func (s *Server) routes() {
 	m.Handle("GET /v1/audit", s.auth(admin, s.hAudit))
 	m.Handle("GET /v1/whoami", s.auth(all, s.hWhoami))
 	m.Handle("GET /v1/workers", s.auth(approvers, s.hWorkers))
+	m.Handle("POST /v1/register/exchange", s.auth([]api.Role{api.RoleRegistration}, s.hRegisterExchange))
 	m.Handle("GET /v1/workers/{id}/audit-head", s.auth(admin, s.hWorkerAuditHead))
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", s.hReady)

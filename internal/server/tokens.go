@@ -56,24 +56,44 @@ func (s *Store) CreateToken(ctx context.Context, role api.Role, pool, name strin
 // retrievable again: print it once. Workers must name one pool; other roles may use "*".
 // With req.TTLSeconds the token stops authenticating that long after now.
 func (s *Store) CreateTokenFor(ctx context.Context, req api.TokenCreateRequest, now time.Time) (api.Token, error) {
+	var t api.Token
+	err := s.tx(ctx, func(tx *txn) error {
+		var err error
+		t, err = insertToken(ctx, tx, req, now)
+		return err
+	})
+	return t, err
+}
+
+// tokenRequestError is a token request refused for what it asks.
+type tokenRequestError struct{ error }
+
+// insertToken checks req and stores a new token in tx.
+func insertToken(ctx context.Context, tx *txn, req api.TokenCreateRequest, now time.Time) (api.Token, error) {
 	role, pool, name := req.Role, req.Pool, req.Name
+	bad := func(format string, args ...any) (api.Token, error) {
+		return api.Token{}, tokenRequestError{fmt.Errorf(format, args...)}
+	}
 	if !slices.Contains(api.Roles, role) {
-		return api.Token{}, fmt.Errorf("role %q is not one of worker, client, approver, admin", role)
+		return bad("role %q is not one of worker, client, approver, admin, registration", role)
 	}
 	if pool == "" && role == api.RoleAdmin {
 		pool = api.AllPools
 	}
 	if pool != api.AllPools && !api.ValidPoolName(pool) {
-		return api.Token{}, fmt.Errorf("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", pool)
+		return bad("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", pool)
 	}
-	if role == api.RoleWorker && pool == api.AllPools {
-		return api.Token{}, errors.New(`a worker token must name one pool, not "*"`)
+	if (role == api.RoleWorker || role == api.RoleRegistration) && pool == api.AllPools {
+		return bad(`a %s token must name one pool, not "*"`, role)
 	}
 	if len(name) > 128 {
-		return api.Token{}, fmt.Errorf("token name is %d bytes, at most 128", len(name))
+		return bad("token name is %d bytes, at most 128", len(name))
 	}
 	if err := api.CheckTokenTTL(req.TTLSeconds); err != nil {
-		return api.Token{}, err
+		return bad("%v", err)
+	}
+	if role == api.RoleRegistration && (req.TTLSeconds == 0 || req.TTLSeconds > api.MaxRegistrationTTLSeconds) {
+		return bad("a registration token must be short-lived: give ttl_seconds 1..%d (--ttl, e.g. 1h)", api.MaxRegistrationTTLSeconds)
 	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
@@ -86,13 +106,62 @@ func (s *Store) CreateTokenFor(ctx context.Context, req api.TokenCreateRequest, 
 	if req.TTLSeconds > 0 {
 		expires = sql.NullInt64{Int64: now.Add(time.Duration(req.TTLSeconds) * time.Second).UnixMilli(), Valid: true}
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens(id, hash, role, pool, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO tokens(id, hash, role, pool, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
 		id, sum[:], string(role), pool, name, now.UnixMilli(), expires)
 	if err != nil {
 		return api.Token{}, fmt.Errorf("store token: %w", err)
 	}
 	return api.Token{ID: id, Role: role, Pool: pool, Name: name, CreatedAt: msTime(now.UnixMilli()),
 		ExpiresAt: msTimePtr(expires), Secret: secret}, nil
+}
+
+// ErrRegistrationUsed is an exchange with a registration token already used (or revoked
+// since it authenticated).
+var ErrRegistrationUsed = errors.New("the registration token was already used")
+
+// ExchangeRegistration uses up the registration token p and returns a new worker token of
+// its pool named name, in one transaction: a token exchanged twice at once yields one
+// worker token. The exchange is audited (token.exchange, by the registration token).
+func (s *Store) ExchangeRegistration(ctx context.Context, p Principal, name string, now time.Time) (api.Token, error) {
+	if p.Role != api.RoleRegistration {
+		return api.Token{}, fmt.Errorf("a %s token cannot be exchanged", p.Role)
+	}
+	var t api.Token
+	err := s.tx(ctx, func(tx *txn) error {
+		res, err := tx.ExecContext(ctx, `UPDATE tokens SET revoked_at = ? WHERE id = ? AND role = 'registration' AND revoked_at IS NULL`, now.UnixMilli(), p.TokenID)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrRegistrationUsed
+		}
+		if t, err = insertToken(ctx, tx, api.TokenCreateRequest{Role: api.RoleWorker, Pool: p.Pool, Name: name}, now); err != nil {
+			return err
+		}
+		detail, _ := json.Marshal(map[string]string{"id": t.ID, "name": name, "pool": t.Pool})
+		return audit(ctx, tx, now, p.TokenID, string(p.Role), "token.exchange", "", string(detail))
+	})
+	return t, err
+}
+
+// hRegisterExchange is POST /v1/register/exchange (registration tokens only).
+func (s *Server) hRegisterExchange(w http.ResponseWriter, r *http.Request, p Principal) error {
+	var req api.RegisterExchangeRequest
+	if e := decode(w, r, smallBody, &req, false); e != nil {
+		return e
+	}
+	if req.Name == "" || len(req.Name) > maxWorkerNameSize {
+		return errf(http.StatusBadRequest, api.CodeInvalidField, "name is required (the worker's name), at most %d bytes", maxWorkerNameSize)
+	}
+	t, err := s.store.ExchangeRegistration(r.Context(), p, req.Name, s.cfg.Now())
+	if errors.Is(err, ErrRegistrationUsed) {
+		return errf(http.StatusUnauthorized, api.CodeUnauthenticated, "the registration token was already used: create a new one (castellan token create --role registration)")
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, t)
+	return nil
 }
 
 // RevokeToken marks a token revoked; it authenticates nothing afterwards.

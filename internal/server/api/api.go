@@ -28,7 +28,7 @@ const (
 )
 
 // Roles lists every role.
-var Roles = []Role{RoleWorker, RoleClient, RoleApprover, RoleAdmin}
+var Roles = []Role{RoleWorker, RoleClient, RoleApprover, RoleAdmin, RoleRegistration}
 
 // AllPools is the pool of a non-worker token that may act on every pool.
 const AllPools = "*"
@@ -317,6 +317,17 @@ type TokenCreateRequest struct {
 	// 0), it never expires. At most MaxTokenTTLSeconds.
 	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
 }
+
+// RegisterExchangeRequest is POST /v1/register/exchange, sent with a registration token:
+// the worker's name, which its new worker token is named after. The answer is that token
+// (Token, Secret set) and the registration token is used up.
+type RegisterExchangeRequest struct {
+	Name string `json:"name"`
+}
+
+// MaxRegistrationTTLSeconds bounds a registration token's ttl_seconds (a day): it is meant
+// to be handed to a new host and exchanged at its first start.
+const MaxRegistrationTTLSeconds = 24 * 3600
 
 // MaxTokenTTLSeconds bounds a token's ttl_seconds (ten years): beyond it, omit the field.
 const MaxTokenTTLSeconds = 10 * 366 * 24 * 3600

@@ -915,6 +915,54 @@ var scenarios = []scenario{
 			}
 		}
 	}},
+	{"registration", func(t *testing.T, s *suite) {
+		var reg api.Token
+		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"alpha","name":"dc2","ttl_seconds":3600}`, &reg)
+		if reg.Role != api.RoleRegistration || reg.ExpiresAt == nil {
+			t.Fatalf("POST /v1/tokens role registration = %+v", reg)
+		}
+		// Its only power is the exchange.
+		for _, r := range []struct{ method, path, body string }{
+			{"GET", "/v1/jobs", ""}, {"POST", "/v1/jobs", submitBody("")}, {"GET", "/v1/catalog", ""}, {"GET", "/v1/whoami", ""},
+			{"POST", "/v1/workers/register", `{"name":"x"}`}, {"POST", "/v1/lease", `{"max":1,"wait_seconds":0}`},
+			{"PUT", "/v1/catalog", `{"tasks":[]}`}, {"GET", "/v1/tokens", ""}, {"POST", "/v1/tokens", `{"role":"worker","pool":"alpha"}`},
+			{"GET", "/v1/audit", ""}, {"GET", "/v1/workers", ""},
+		} {
+			s.refused(t, 403, api.CodeForbidden, reg.Secret, r.method, r.path, r.body)
+		}
+		worker := s.NewToken(t, api.RoleWorker, Pool).Secret
+		for _, who := range []string{s.client, s.approver, s.admin, worker} {
+			s.refused(t, 403, api.CodeForbidden, who, "POST", "/v1/register/exchange", `{"name":"w"}`)
+		}
+		s.refused(t, 400, api.CodeInvalidField, reg.Secret, "POST", "/v1/register/exchange", `{"name":""}`)
+		s.refused(t, 400, api.CodeUnknownField, reg.Secret, "POST", "/v1/register/exchange", `{"name":"w","pool":"beta"}`)
+		// Short-lived, one pool, and never of another pool's worker.
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"alpha"}`)
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"alpha","ttl_seconds":604800}`)
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"*","ttl_seconds":60}`)
+
+		var w api.Token
+		s.ok(t, 201, reg.Secret, "POST", "/v1/register/exchange", `{"name":"dc2-w7"}`, &w)
+		if w.Role != api.RoleWorker || w.Pool != Pool || w.Name != "dc2-w7" || !strings.HasPrefix(w.Secret, api.TokenPrefix) || w.ExpiresAt != nil {
+			t.Fatalf("exchange = %+v, want a lasting worker token of %s named dc2-w7", w, Pool)
+		}
+		s.ok(t, 200, w.Secret, "POST", "/v1/workers/register", `{"name":"dc2-w7","agent_version":"test"}`, nil)
+		// Used up: a second exchange is refused, and says why.
+		if e := s.refused(t, 401, api.CodeUnauthenticated, reg.Secret, "POST", "/v1/register/exchange", `{"name":"again"}`); e.Message == "" {
+			t.Fatal("no message")
+		}
+		// An expired one too.
+		late := s.NewTokenTTL(t, api.RoleRegistration, Pool, time.Minute)
+		s.Clock.Advance(time.Minute)
+		if e := s.refused(t, 401, api.CodeUnauthenticated, late.Secret, "POST", "/v1/register/exchange", `{"name":"late"}`); !strings.Contains(e.Message, "expired") {
+			t.Fatalf("exchange with an expired registration token: %q, want it to say expired", e.Message)
+		}
+		var l api.AuditList
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?action=token.exchange", "", &l)
+		if len(l.Entries) != 1 || l.Entries[0].Actor != reg.ID || !strings.Contains(string(l.Entries[0].Detail), w.ID) {
+			t.Fatalf("audit of the exchange = %+v, want one token.exchange by %s naming %s", l.Entries, reg.ID, w.ID)
+		}
+	}},
 	{"tokens/create", func(t *testing.T, s *suite) {
 		var tok api.Token
 		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","name":"ci"}`, &tok)
@@ -1100,6 +1148,7 @@ func GapNATS() map[string]string {
 	return map[string]string{
 		"roles/worker_routes": "not applicable in NATS mode: workers authenticate to NATS, there are no worker tokens or worker routes (docs/api.md)",
 		"tokens/create":       "NATS mode serves no POST /v1/tokens; tokens are created with `castellan token create --nats` (docs/api.md)",
+		"registration":        "not applicable in NATS mode: workers authenticate to NATS with NATS credentials, which a control plane without the account's signing key cannot mint (docs/deploy.md)",
 		"auto_approve":        "NATS mode has no auto-approval: every job waits for an approval",
 		"catalog/conflict":    "NATS mode: a published task version redefined replaces the earlier definition instead of 409 catalog_conflict (WorkerQueue.PublishCatalog writes the catalog bucket unchecked)",
 	}
