@@ -96,6 +96,7 @@ func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	if s.audit, err = newAuditLog(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err
 	}
+	d.audit = s.audit
 	if s.workers, err = EnsureWorkersBucket(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err
 	}

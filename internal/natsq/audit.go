@@ -277,3 +277,18 @@ func (s *APIServer) hAudit(w http.ResponseWriter, r *http.Request, _ principal) 
 	writeJSON(w, http.StatusOK, list)
 	return nil
 }
+
+// auditCompletion records a result the dispatcher has just recorded (once: a redelivered
+// result finds its attempt recorded and is not audited again). Best effort, like record: a
+// crash between the job's write and this append leaves the completion out of the stream,
+// never in it twice.
+func (d *Dispatcher) auditCompletion(ctx context.Context, r Result, j api.Job) {
+	if d.audit == nil {
+		return
+	}
+	detail, _ := json.Marshal(map[string]any{"attempt": r.Attempt, "outcome": r.Outcome, "state": j.State})
+	e := api.AuditEntry{At: d.o.Now(), Actor: r.WorkerID, Role: string(api.RoleWorker), Action: "job.complete", JobID: r.JobID, Detail: detail}
+	if err := d.audit.append(context.WithoutCancel(ctx), e); err != nil {
+		d.log.Error("audit log append failed", zap.String("action", e.Action), zap.String("job", r.JobID), zap.Error(err))
+	}
+}

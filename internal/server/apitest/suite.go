@@ -1097,6 +1097,28 @@ var scenarios = []scenario{
 		for range 8 {
 			<-done
 		}
+		// A worker's completion is recorded too (over JetStream, by the result consumer, after
+		// the job's record: poll for it).
+		lj := s.lease(t)
+		if lj.JobID != k.ID {
+			t.Fatalf("leased %s, want the approved %s", lj.JobID, k.ID)
+		}
+		if _, err := s.Worker.Complete(t.Context(), lj.JobID, complete(lj, "ok", nil)); err != nil {
+			t.Fatal(err)
+		}
+		s.waitState(t, k.ID, api.StateSucceeded)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var c api.AuditList
+			s.ok(t, 200, s.admin, "GET", "/v1/audit?action=job.complete", "", &c)
+			if len(c.Entries) == 1 && c.Entries[0].JobID == k.ID && strings.Contains(string(c.Entries[0].Detail), `"succeeded"`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET /v1/audit?action=job.complete = %+v, want the completion of %s", c.Entries, k.ID)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		// Oldest first, over pages of 5.
 		var all []api.AuditEntry
 		cursor := ""
@@ -1121,13 +1143,13 @@ var scenarios = []scenario{
 			}
 			actions[e.Action]++
 		}
-		if actions["job.submit"] != 10 || actions["job.approve"] != 1 || actions["job.cancel"] != 1 {
-			t.Fatalf("audit actions = %v, want 10 job.submit, 1 job.approve, 1 job.cancel", actions)
+		if actions["job.submit"] != 10 || actions["job.approve"] != 1 || actions["job.cancel"] != 1 || actions["job.complete"] != 1 {
+			t.Fatalf("audit actions = %v, want 10 job.submit, 1 job.approve, 1 job.cancel, 1 job.complete", actions)
 		}
 		var mine api.AuditList
 		s.ok(t, 200, s.admin, "GET", "/v1/audit?job_id="+k.ID, "", &mine)
-		if len(mine.Entries) < 2 || mine.Entries[0].Action != "job.approve" || mine.Entries[len(mine.Entries)-1].Action != "job.submit" {
-			t.Fatalf("GET /v1/audit?job_id=%s = %+v, want its approval then (oldest) its submit", k.ID, mine.Entries)
+		if len(mine.Entries) < 3 || mine.Entries[0].Action != "job.complete" || mine.Entries[len(mine.Entries)-1].Action != "job.submit" {
+			t.Fatalf("GET /v1/audit?job_id=%s = %+v, want its completion first and (oldest) its submit last", k.ID, mine.Entries)
 		}
 		for _, e := range mine.Entries {
 			if e.JobID != k.ID || len(e.Hash) != 64 {
