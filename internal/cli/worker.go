@@ -89,7 +89,9 @@ func workerCommand() *cli.Command {
 			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. When the control plane refuses it,\n" +
 			"--token-file is read again and a new token in it is used at once: rotate by writing the new\n" +
 			"token to the file (atomically: write a temporary file, then rename it), no restart needed.\n" +
-			"--one-job makes an ephemeral worker: it leases one job, runs and reports it, and exits 0.\n\n" +
+			"--one-job makes an ephemeral worker: it leases one job, runs and reports it, and exits 0.\n" +
+			"--registration-token-file instead enrols the host: its registration token is exchanged once\n" +
+			"for a worker token kept in STATE-DIR/worker.token (0600), which every later start uses.\n\n" +
 			"Every flag can also come from CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to\n" +
 			"values; flags and env win).\n\n" +
 			"Examples:\n" +
