@@ -34,6 +34,7 @@ type Dispatcher struct {
 	jobs     jetstream.KeyValue
 	cancels  jetstream.KeyValue
 	heads    jetstream.KeyValue // workers' audit-log heads (audithead.go)
+	audit    *auditLog          // the API server's audit stream, when it runs one (audit.go)
 
 	mu    sync.Mutex
 	ready map[string]bool // "pool" and "pool\x00task" whose stream / consumer exist
@@ -522,8 +523,10 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		retryable = *r.Retryable
 	}
 	var refused string
-	_, err = d.update(ctx, r.JobID, func(rec *Record) (bool, error) {
-		refused = ""
+	recorded := false
+	var after Record
+	after, err = d.update(ctx, r.JobID, func(rec *Record) (bool, error) {
+		refused, recorded = "", false
 		l := rec.Lease
 		switch {
 		case rec.Job.Pool != pool:
@@ -544,6 +547,7 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 			return false, nil // a duplicate: this attempt is recorded
 		}
 		rec.Completions = append(rec.Completions, Completion{Attempt: r.Attempt, Outcome: r.Outcome, WorkerID: r.WorkerID, At: time.Now().UTC()})
+		recorded = true
 		if rec.Job.State.Terminal() || r.Attempt < rec.Job.Attempt {
 			return true, nil // recorded for the audit trail; a later or final state stands
 		}
@@ -581,6 +585,9 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(time.Second)
 	default:
 		d.recordAuditHead(ctx, pool, r, msg.Headers())
+		if recorded {
+			d.auditCompletion(ctx, r, after.Job)
+		}
 		_ = msg.Ack()
 	}
 }
