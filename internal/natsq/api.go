@@ -200,8 +200,8 @@ func (s *APIServer) applyCatalog(e jetstream.KeyValueEntry) {
 		return
 	}
 	if _, err := schema.CheckCatalog(c.Tasks); err != nil {
-		// Written past WorkerQueue.PublishCatalog's checks: a submit could not validate
-		// against it.
+		// Written past the checks of a publication (handleCatalog): a submit could not
+		// validate against it.
 		s.log.Warn("ignoring an invalid catalog entry", zap.String("key", key), zap.Error(err))
 		return
 	}

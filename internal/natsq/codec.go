@@ -63,3 +63,9 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 	}
 	return append(b, out...), nil
 }
+
+// decodeCatalogPublish reads a worker's catalog publication; unknown members are ignored,
+// as for results.
+func decodeCatalogPublish(data []byte, r *CatalogPublish) error {
+	return json.Unmarshal(data, r)
+}

@@ -3,6 +3,7 @@ package natsq
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/controlplane"
+	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
 )
@@ -35,6 +37,7 @@ type Dispatcher struct {
 	cancels  jetstream.KeyValue
 	heads    jetstream.KeyValue // workers' audit-log heads (audithead.go)
 	audit    *auditLog          // the API server's audit stream, when it runs one (audit.go)
+	catalog  jetstream.KeyValue // workers' catalogs, written for them (handleCatalog)
 
 	mu    sync.Mutex
 	ready map[string]bool // "pool" and "pool\x00task" whose stream / consumer exist
@@ -111,6 +114,9 @@ func NewDispatcher(ctx context.Context, nc *nats.Conn, o Options) (*Dispatcher, 
 	}
 	if d.heads, err = js.KeyValue(ctx, AuditHeadsBucket); err != nil {
 		return nil, fmt.Errorf("natsq: bucket %s: %w", AuditHeadsBucket, err)
+	}
+	if d.catalog, err = js.KeyValue(ctx, CatalogBucket); err != nil {
+		return nil, fmt.Errorf("natsq: bucket %s: %w", CatalogBucket, err)
 	}
 	return d, nil
 }
@@ -466,14 +472,21 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 	if err != nil {
 		return fmt.Errorf("natsq: subscribe to claims: %w", err)
 	}
+	catalogs := make(chan *nats.Msg, 64)
+	csub, err := d.nc.ChanQueueSubscribe("castellan.catalog.*", ResultsConsumer, catalogs)
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("natsq: subscribe to catalog publications: %w", err)
+	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(1000))
 	if err != nil {
 		_ = sub.Unsubscribe()
+		_ = csub.Unsubscribe()
 		return fmt.Errorf("natsq: consume %s: %w", ResultsStream, err)
 	}
-	go func() { <-ctx.Done(); it.Stop(); _ = sub.Unsubscribe() }()
+	go func() { <-ctx.Done(); it.Stop(); _ = sub.Unsubscribe(); _ = csub.Unsubscribe() }()
 	var wg sync.WaitGroup
-	for range workers {
+	serve := func(ch <-chan *nats.Msg, handle func(context.Context, *nats.Msg)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -481,11 +494,15 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 				select {
 				case <-ctx.Done():
 					return
-				case m := <-claims:
-					d.handleClaim(ctx, m)
+				case m := <-ch:
+					handle(ctx, m)
 				}
 			}
 		}()
+	}
+	serve(catalogs, d.handleCatalog) // publications are rare: one handler
+	for range workers {
+		serve(claims, d.handleClaim)
 	}
 	for range workers {
 		wg.Add(1)
@@ -672,4 +689,66 @@ func (d *Dispatcher) handleClaim(ctx context.Context, m *nats.Msg) {
 		log().Warn("refused a claim: " + reply.Refused)
 	}
 	respond(reply)
+}
+
+// handleCatalog answers a worker's catalog publication: the catalog is checked with the
+// rules of PUT /v1/catalog (internal/schema), then against every catalog published in the
+// pool (a version keeps its definition, controlplane.CatalogConflicts), and only then
+// written to the catalog bucket under the worker's key. Two conflicting publications at the
+// same instant may both pass; the API servers then serve the older definition.
+func (d *Dispatcher) handleCatalog(ctx context.Context, m *nats.Msg) {
+	respond := func(r CatalogReply) {
+		data, err := marshal(r)
+		if err == nil {
+			err = m.Respond(data)
+		}
+		if err != nil {
+			d.log.Warn("answering a catalog publication failed; the worker publishes again", zap.Error(err))
+		}
+	}
+	pool := poolOfCatalogSubject(m.Subject)
+	var req CatalogPublish
+	if err := decodeCatalogPublish(m.Data, &req); err != nil || !plainKey(req.WorkerID) || !api.ValidPoolName(pool) {
+		respond(CatalogReply{Code: api.CodeInvalidField, Message: "unreadable catalog publication"})
+		return
+	}
+	tasks, err := schema.CheckCatalog(req.Tasks)
+	if err != nil {
+		respond(CatalogReply{Code: api.CodeInvalidField, Message: err.Error()})
+		return
+	}
+	var published []api.TaskDef
+	keys, err := d.catalog.ListKeysFiltered(ctx, token(pool)+".*")
+	if err == nil {
+		for k := range keys.Keys() {
+			e, gerr := d.catalog.Get(ctx, k)
+			if gerr != nil {
+				continue // deleted meanwhile
+			}
+			var c api.CatalogResponse
+			if json.Unmarshal(e.Value(), &c) == nil {
+				published = append(published, c.Tasks...)
+			}
+		}
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		d.log.Warn("reading the pool's catalogs failed; the worker publishes again", zap.String("pool", pool), zap.Error(err))
+		respond(CatalogReply{Code: api.CodeUnavailable, Message: "the control plane could not read the pool's catalogs; try later"})
+		return
+	}
+	if conflicts := controlplane.CatalogConflicts(pool, published, tasks); len(conflicts) > 0 {
+		e := controlplane.CatalogConflict(conflicts)
+		respond(CatalogReply{Code: e.Code, Message: e.Message, Details: e.Details})
+		return
+	}
+	data, err := json.Marshal(api.CatalogResponse{Pool: pool, Tasks: tasks})
+	if err == nil {
+		_, err = d.catalog.Put(ctx, token(pool)+"."+req.WorkerID, data)
+	}
+	if err != nil {
+		d.log.Warn("writing a catalog failed; the worker publishes again", zap.String("pool", pool), zap.Error(err))
+		respond(CatalogReply{Code: api.CodeUnavailable, Message: "the control plane could not record the catalog; try later"})
+		return
+	}
+	respond(CatalogReply{})
 }

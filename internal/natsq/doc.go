@@ -31,9 +31,9 @@
 //     castellan_catalog (each worker's published catalog); for the API server also
 //     castellan_tokens (bearer token hashes) and castellan_idempotency.
 //
-// APIServer is `castellan server --nats`: the client-facing /v1 API (the wire types and error
-// codes of internal/server) with no local state, so any number of replicas serve it. Each
-// replica also runs the Dispatcher's result consumer, which all replicas share.
+// APIServer is `castellan server --nats`: the /v1 API of internal/controlplane (the layer
+// both modes share) over these buckets, with no local state, so any number of replicas serve
+// it. Each replica also runs the Dispatcher's result consumer, which all replicas share.
 //
 // A result is recorded only for the attempt it was granted to. Dispatch writes a random
 // claim key into the job's record (which workers cannot read) and its envelope (which only

@@ -36,11 +36,10 @@ var (
 		"$JS.ACK.CASTELLAN_JOBS_acme.>",
 		"castellan.results.acme",
 		"castellan.claims.acme",
+		"castellan.catalog.acme",
 		"castellan.dead.acme.>",
 		"$JS.API.STREAM.INFO.KV_castellan_cancel",
-		"$JS.API.STREAM.INFO.KV_castellan_catalog",
 		"$JS.API.DIRECT.GET.KV_castellan_cancel.$KV.castellan_cancel.acme.>",
-		"$KV.castellan_catalog.acme.>",
 		"$KV.castellan_workers.acme.>",
 	}
 	workerAcmeSubscribe = []string{"_INBOX_acme.>"}
@@ -370,6 +369,8 @@ func TestWorkerAccountPermissions(t *testing.T) {
 		{"write beta's catalog", "publish", "$KV.castellan_catalog.beta.w1"},
 		{"write beta's presence", "publish", "$KV.castellan_workers.beta.w1"},
 		{"read the workers' presence", "publish", "$JS.API.STREAM.MSG.GET.KV_castellan_workers"},
+		{"write its own catalog unchecked", "publish", "$KV.castellan_catalog.acme.w1"},
+		{"publish beta's catalog", "publish", "castellan.catalog.beta"},
 		{"read the tokens", "publish", "$JS.API.STREAM.MSG.GET.KV_castellan_tokens"},
 		{"create a stream", "publish", "$JS.API.STREAM.CREATE.EVIL"},
 		{"update acme's stream", "publish", "$JS.API.STREAM.UPDATE.CASTELLAN_JOBS_acme"},

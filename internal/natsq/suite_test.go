@@ -83,10 +83,10 @@ func TestAPISuite(t *testing.T) {
 	})
 }
 
-// TestAPIIgnoresInvalidCatalogEntries: a catalog entry written to the bucket directly,
-// past WorkerQueue.PublishCatalog's checks (any worker user may write its pool's keys),
-// with a schema that does not compile is ignored: a submit of its task is unknown_task,
-// not a 500 internal.
+// TestAPIIgnoresInvalidCatalogEntries: a catalog entry written to the bucket directly, past
+// the control plane's checks of a publication (by a user with access to the bucket), with a
+// schema that does not compile is ignored: a submit of its task is unknown_task, not a 500
+// internal.
 func TestAPIIgnoresInvalidCatalogEntries(t *testing.T) {
 	t.Parallel()
 	natsURL := startNATS(t).ClientURL()

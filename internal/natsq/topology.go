@@ -71,6 +71,29 @@ func DeadSubject(pool, task string) string {
 // NATS request, answered by one dispatcher).
 func ClaimSubject(pool string) string { return "castellan.claims." + token(pool) }
 
+// CatalogSubject is where a pool's workers ask the control plane to publish their catalog
+// (request/reply): the control plane checks it against the versions published in the pool
+// before it writes the catalog bucket, which workers cannot write themselves.
+func CatalogSubject(pool string) string { return "castellan.catalog." + token(pool) }
+
+func poolOfCatalogSubject(subj string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(subj, "castellan.catalog."), "~", ".")
+}
+
+// CatalogPublish is a worker's request on CatalogSubject: its whole catalog.
+type CatalogPublish struct {
+	WorkerID string        `json:"worker_id"`
+	Tasks    []api.TaskDef `json:"tasks"`
+}
+
+// CatalogReply answers a CatalogPublish: empty when published, else the refusal as the
+// HTTP API words it (code catalog_conflict or invalid_field, with details).
+type CatalogReply struct {
+	Code    string            `json:"code,omitempty"`
+	Message string            `json:"message,omitempty"`
+	Details []api.SchemaIssue `json:"details,omitempty"`
+}
+
 func poolOfResultSubject(subj string) string {
 	return strings.ReplaceAll(strings.TrimPrefix(subj, "castellan.results."), "~", ".")
 }

@@ -42,7 +42,6 @@ type WorkerQueue struct {
 	next      int // rotation over tasks, so that one busy task cannot starve the others
 	inflight  map[string]*inflight
 	cancelKV  jetstream.KeyValue
-	catalogKV jetstream.KeyValue
 
 	pres presence // what GET /v1/workers shows (workers.go)
 }
@@ -149,18 +148,14 @@ func (q *WorkerQueue) Register(ctx context.Context, req api.RegisterRequest) (ap
 func (q *WorkerQueue) bindBuckets(ctx context.Context) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.cancelKV != nil && q.catalogKV != nil {
+	if q.cancelKV != nil {
 		return nil
 	}
 	c, err := q.js.KeyValue(ctx, CancelBucket)
 	if err != nil {
 		return fmt.Errorf("natsq: bucket %s (created by the control plane): %w", CancelBucket, err)
 	}
-	cat, err := q.js.KeyValue(ctx, CatalogBucket)
-	if err != nil {
-		return fmt.Errorf("natsq: bucket %s (created by the control plane): %w", CatalogBucket, err)
-	}
-	q.cancelKV, q.catalogKV = c, cat
+	q.cancelKV = c
 	return nil
 }
 
@@ -182,12 +177,46 @@ func (q *WorkerQueue) PublishCatalog(ctx context.Context, tasks []api.TaskDef) (
 	if err := q.bindBuckets(ctx); err != nil {
 		return api.CatalogResponse{}, err
 	}
-	data, err := json.Marshal(api.CatalogResponse{Pool: q.o.Pool, Tasks: tasks})
+	// The control plane writes the catalog bucket for the worker, after checking that no
+	// version already published in the pool is redefined (handleCatalog).
+	data, err := json.Marshal(CatalogPublish{WorkerID: q.workerID, Tasks: tasks})
 	if err != nil {
 		return api.CatalogResponse{}, err
 	}
-	if _, err := q.catalogKV.Put(ctx, token(q.o.Pool)+"."+q.workerID, data); err != nil {
-		return api.CatalogResponse{}, fmt.Errorf("natsq: publish the catalog: %w", err)
+	// No responder yet: the control plane is starting (or between replicas); ask again for
+	// a while rather than fail the worker's start.
+	var m *nats.Msg
+	wait := 50 * time.Millisecond
+	for give := time.Now().Add(3 * q.o.ClaimTimeout); ; wait = min(2*wait, time.Second) {
+		rctx, cancel := context.WithTimeout(ctx, q.o.ClaimTimeout)
+		m, err = q.nc.RequestWithContext(rctx, CatalogSubject(q.o.Pool), data)
+		cancel()
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(give) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return api.CatalogResponse{}, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	if err != nil {
+		return api.CatalogResponse{}, fmt.Errorf("natsq: publish the catalog (no answer from the control plane): %w", err)
+	}
+	var reply CatalogReply
+	if err := json.Unmarshal(m.Data, &reply); err != nil {
+		return api.CatalogResponse{}, fmt.Errorf("natsq: publish the catalog: unreadable answer: %w", err)
+	}
+	switch reply.Code {
+	case "":
+	case api.CodeUnavailable:
+		return api.CatalogResponse{}, fmt.Errorf("natsq: publish the catalog: %s", reply.Message)
+	default:
+		status := http.StatusBadRequest
+		if reply.Code == api.CodeCatalogConflict {
+			status = http.StatusConflict
+		}
+		return api.CatalogResponse{}, &client.APIError{Status: status, Code: reply.Code, Message: reply.Message, Details: reply.Details}
 	}
 	q.mu.Lock()
 	q.tasks = names

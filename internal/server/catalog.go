@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/schema"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -115,8 +116,7 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			case desc != d.Description || !bytes.Equal(in, d.in) || !bytes.Equal(out.V, d.out):
 				// Every conflicting entry is named, by its index in the request, so that a
 				// worker can publish the rest instead of being refused for one plugin.
-				conflicts = append(conflicts, api.SchemaIssue{Location: fmt.Sprintf("/tasks/%d", i),
-					Message: fmt.Sprintf("task %s@%s is already published in pool %q with a different definition: bump the version", d.Name, d.Version, p.Pool)})
+				conflicts = append(conflicts, controlplane.ConflictIssue(i, d.TaskDef, p.Pool))
 			default:
 				// Title and annotations are presentation and policy, not the version's
 				// contract: the newest publication wins, as on the JetStream control plane.
@@ -127,12 +127,7 @@ func (s *Server) publishCatalog(ctx context.Context, p Principal, req api.Catalo
 			}
 		}
 		if len(conflicts) > 0 {
-			e := errf(http.StatusConflict, api.CodeCatalogConflict, "%s", conflicts[0].Message)
-			if len(conflicts) > 1 {
-				e.Message = fmt.Sprintf("%s (and %d more: see details)", conflicts[0].Message, len(conflicts)-1)
-			}
-			e.Details = conflicts
-			return e
+			return controlplane.CatalogConflict(conflicts)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM worker_tasks WHERE token_id = ?`, p.TokenID); err != nil {
 			return err

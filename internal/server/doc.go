@@ -15,5 +15,6 @@
 //     closed on submit, approval, requeue and completion, with a periodic re-check for
 //     retry back-offs, so an idle worker costs one open request, not a poll loop.
 //
-// docs/api.md documents every endpoint.
+// The HTTP API itself is internal/controlplane's, shared with the JetStream mode; this
+// package is its SQLite backend (backend.go). docs/api.md documents every endpoint.
 package server

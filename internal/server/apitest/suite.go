@@ -1329,6 +1329,5 @@ func GapNATS() map[string]string {
 	return map[string]string{
 		"roles/worker_routes": "not applicable in NATS mode: workers authenticate to NATS, there are no worker tokens or worker routes (docs/api.md)",
 		"registration":        "not applicable in NATS mode: workers authenticate to NATS with NATS credentials, which a control plane without the account's signing key cannot mint (docs/deploy.md)",
-		"catalog/conflict":    "NATS mode: a published task version redefined replaces the earlier definition instead of 409 catalog_conflict (WorkerQueue.PublishCatalog writes the catalog bucket unchecked)",
 	}
 }
