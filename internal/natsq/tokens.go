@@ -251,13 +251,6 @@ var tokenIDRE = regexp.MustCompile(`^tok_[0-9a-f]{12}$`)
 // without secrets: the bucket holds none. It reads the whole bucket (one ordered
 // consumer); tokens are few.
 func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("natsq: list %s: %w", TokensBucket, err)
-	}
-	defer func() { _ = w.Stop() }()
 	// Creation times have millisecond precision; tokens created within one millisecond are
 	// ordered by their entry's revision (the order of their last write), not at random.
 	type listed struct {
@@ -265,25 +258,15 @@ func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error)
 		rev uint64
 	}
 	var all []listed
-	for {
-		var ent jetstream.KeyValueEntry
-		var ok bool
-		select {
-		case ent, ok = <-w.Updates():
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if !ok {
-			return nil, fmt.Errorf("natsq: list %s: the watcher stopped before it caught up", TokensBucket)
-		}
-		if ent == nil {
-			break
-		}
+	err := scanKV(ctx, kv, TokensBucket, ">", func(ent jetstream.KeyValueEntry) {
 		var e tokenEntry
 		if err := json.Unmarshal(ent.Value(), &e); err != nil || e.ID == "" {
-			continue // authenticates nobody either
+			return // authenticates nobody either
 		}
 		all = append(all, listed{e.token(), ent.Revision()})
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(all, func(a, b listed) int {
 		if c := a.tok.CreatedAt.Compare(b.tok.CreatedAt); c != 0 {

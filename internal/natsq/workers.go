@@ -112,36 +112,16 @@ func (q *WorkerQueue) presenceTasks(tasks []api.TaskDef) {
 // the entry's, stamped by the NATS server, not the worker's own clock.
 func listWorkers(ctx context.Context, kv jetstream.KeyValue, pool string, window time.Duration, now time.Time) (api.WorkerList, error) {
 	out := api.WorkerList{Workers: []api.WorkerInfo{}, OnlineWindowSeconds: int(window / time.Second)}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	filter := ">"
 	if pool != "" {
 		filter = token(pool) + ".>"
 	}
-	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
-	if err != nil {
-		return out, fmt.Errorf("natsq: list %s: %w", WorkersBucket, err)
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		var ent jetstream.KeyValueEntry
-		var ok bool
-		select {
-		case ent, ok = <-w.Updates():
-		case <-ctx.Done():
-			return out, ctx.Err()
-		}
-		if !ok {
-			return out, fmt.Errorf("natsq: list %s: the watcher stopped before it caught up", WorkersBucket)
-		}
-		if ent == nil {
-			break
-		}
+	err := scanKV(ctx, kv, WorkersBucket, filter, func(ent jetstream.KeyValueEntry) {
 		var info api.WorkerInfo
 		// A worker writes only its own pool's keys, but anything in them: the key's pool is
 		// the one its permissions allow, so it wins over the value's.
 		if err := json.Unmarshal(ent.Value(), &info); err != nil || info.ID == "" || ent.Key() != token(info.Pool)+"."+info.ID {
-			continue
+			return
 		}
 		if info.Tasks == nil {
 			info.Tasks = []string{}
@@ -149,6 +129,9 @@ func listWorkers(ctx context.Context, kv jetstream.KeyValue, pool string, window
 		info.LastSeenAt = ent.Created().UTC()
 		info.Online = now.Sub(info.LastSeenAt) < window
 		out.Workers = append(out.Workers, info)
+	})
+	if err != nil {
+		return out, err
 	}
 	api.SortWorkers(out.Workers)
 	return out, nil
