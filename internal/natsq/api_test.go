@@ -19,6 +19,23 @@ import (
 	"github.com/castellan-dev/castellan/internal/server/apitest"
 )
 
+// publishStrict runs a worker of pool that has registered and published strictCatalog.
+func publishStrict(t *testing.T, natsURL string) *natsq.WorkerQueue {
+	t.Helper()
+	q, err := natsq.DialWorker(t.Context(), natsURL, natsq.Options{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.PublishCatalog(t.Context(), strictCatalog); err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
 var strictCatalog = []api.TaskDef{{
 	Name: "echo", Version: "1.0.0", Description: "echoes its input",
 	InputSchema: json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}`),
@@ -167,17 +184,7 @@ func TestAPIRefusals(t *testing.T) {
 	t.Parallel()
 	natsURL := startNATS(t).ClientURL()
 	rep := startAPI(t, natsURL)
-	q, err := natsq.DialWorker(t.Context(), natsURL, natsq.Options{Pool: pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = q.Close() })
-	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.PublishCatalog(t.Context(), strictCatalog); err != nil {
-		t.Fatal(err)
-	}
+	publishStrict(t, natsURL)
 	submitter := apiClient(t, natsURL, rep.url, api.RoleClient, pool)
 	otherPool := apiClient(t, natsURL, rep.url, api.RoleClient, "other")
 	approver := apiClient(t, natsURL, rep.url, api.RoleApprover, pool)

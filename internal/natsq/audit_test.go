@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/castellan-dev/castellan/internal/client"
-	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -19,17 +18,7 @@ func TestAuditChainTwoReplicas(t *testing.T) {
 	t.Parallel()
 	natsURL := startNATS(t).ClientURL()
 	reps := []*apiReplica{startAPI(t, natsURL), startAPI(t, natsURL)}
-	q, err := natsq.DialWorker(t.Context(), natsURL, natsq.Options{Pool: pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = q.Close() })
-	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.PublishCatalog(t.Context(), strictCatalog); err != nil {
-		t.Fatal(err)
-	}
+	publishStrict(t, natsURL)
 	var clients []*client.Client
 	for _, r := range reps {
 		c := apiClient(t, natsURL, r.url, api.RoleClient, pool)
