@@ -188,6 +188,7 @@ func TestAPIRefusals(t *testing.T) {
 	submitter := apiClient(t, natsURL, rep.url, api.RoleClient, pool)
 	otherPool := apiClient(t, natsURL, rep.url, api.RoleClient, "other")
 	approver := apiClient(t, natsURL, rep.url, api.RoleApprover, pool)
+	admin := apiClient(t, natsURL, rep.url, api.RoleAdmin, api.AllPools)
 	waitCatalog(t, submitter)
 	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
 	if err != nil {
@@ -247,6 +248,15 @@ func TestAPIRefusals(t *testing.T) {
 			_, err := submitter.Get(ctx, "job_000000000000000000000000")
 			return err
 		}, http.StatusNotFound, api.CodeNotFound},
+		// No registration tokens in this mode: the exchange is not served, and none is made.
+		{"registration exchange", func(ctx context.Context) error {
+			_, err := submitter.ExchangeRegistration(ctx, "w")
+			return err
+		}, http.StatusNotFound, api.CodeNotFound},
+		{"registration token", func(ctx context.Context) error {
+			_, err := admin.CreateToken(ctx, api.TokenCreateRequest{Role: api.RoleRegistration, Pool: pool, TTLSeconds: 60})
+			return err
+		}, http.StatusBadRequest, api.CodeInvalidField},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
