@@ -92,6 +92,13 @@ func (q ListQuery) Match(j api.Job) bool {
 // Optional interfaces: the layer serves a route group only when its backend implements
 // the interface (a JetStream backend's workers talk to NATS, so it has no worker routes).
 
+// ListWaker refines Next(JobsChanged) for a list long-poll, for a backend whose page is
+// costly to read again: the channel is closed only when a job that q matches may have been
+// written. stop releases it when the waiter leaves first.
+type ListWaker interface {
+	NextMatch(q ListQuery) (ch <-chan struct{}, stop func())
+}
+
 // Workers serves the HTTP worker routes: register, catalog publication, lease,
 // heartbeat, complete.
 type Workers interface {

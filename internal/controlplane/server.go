@@ -571,17 +571,24 @@ func (s *Server) hList(w http.ResponseWriter, r *http.Request, p Principal) erro
 	defer deadline.Stop()
 	recheck := time.NewTicker(s.cfg.RecheckInterval)
 	defer recheck.Stop()
+	lw, _ := s.b.(ListWaker)
 	for {
-		ch := s.b.Next(JobsChanged, "")
+		ch, stop := s.b.Next(JobsChanged, ""), func() {}
+		if lw != nil && wait > 0 {
+			ch, stop = lw.NextMatch(lq)
+		}
 		list, err := s.b.ListJobs(ctx, lq)
 		if err != nil {
+			stop()
 			return err
 		}
 		if len(list.Jobs) > 0 || wait == 0 {
+			stop()
 			api.WriteJSON(w, http.StatusOK, list)
 			return nil
 		}
 		again, err := s.park(ctx, &s.waiters, ch, recheck.C, deadline.C)
+		stop()
 		if err != nil && !errors.Is(err, errShutdown) {
 			return err
 		}

@@ -23,6 +23,7 @@ var (
 	_ controlplane.Backend      = natsBackend{}
 	_ controlplane.AuditHeads   = natsBackend{}
 	_ controlplane.TokenCreator = natsBackend{}
+	_ controlplane.ListWaker    = natsBackend{}
 
 	_ controlplane.Auditor       = natsBackend{}
 	_ controlplane.AuditAppender = natsBackend{}
@@ -99,6 +100,10 @@ func (b natsBackend) Next(e controlplane.Event, id string) <-chan struct{} {
 		id = ""
 	}
 	return b.s.feed.next(id)
+}
+
+func (b natsBackend) NextMatch(q controlplane.ListQuery) (<-chan struct{}, func()) {
+	return b.s.feed.nextMatch(q)
 }
 
 func (b natsBackend) ListTokens(ctx context.Context) ([]api.Token, error) {

@@ -2,19 +2,30 @@ package natsq
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/castellan-dev/castellan/internal/controlplane"
+	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
 // changeFeed tells parked long-polls of this replica that a job was written, by any
 // replica or dispatcher: one watch of the job bucket's keys (headers only, no records) per
 // replica, fanned out to the waiters in memory, instead of a watch per parked request.
 type changeFeed struct {
-	mu   sync.Mutex
-	any  chan struct{}            // closed at the next write of any job
-	jobs map[string]chan struct{} // closed at the next write of that job
+	mu    sync.Mutex
+	any   chan struct{}            // closed at the next write of any job
+	jobs  map[string]chan struct{} // closed at the next write of that job
+	lists map[*listWaiter]struct{} // parked list long-polls
+}
+
+// listWaiter is a parked list: ch is closed at the next write of a job its query matches.
+type listWaiter struct {
+	q  controlplane.ListQuery
+	ch chan struct{}
 }
 
 // maxFeedKeys bounds the per-job channels a feed holds for waits that ended without their
@@ -24,6 +35,39 @@ const maxFeedKeys = 1 << 16
 func (f *changeFeed) init() {
 	f.any = make(chan struct{})
 	f.jobs = map[string]chan struct{}{}
+	f.lists = map[*listWaiter]struct{}{}
+}
+
+// nextMatch registers a parked list; stop unregisters it.
+func (f *changeFeed) nextMatch(q controlplane.ListQuery) (<-chan struct{}, func()) {
+	w := &listWaiter{q: q, ch: make(chan struct{})}
+	f.mu.Lock()
+	f.lists[w] = struct{}{}
+	f.mu.Unlock()
+	return w.ch, func() {
+		f.mu.Lock()
+		delete(f.lists, w)
+		f.mu.Unlock()
+	}
+}
+
+// listening reports whether a list is parked (a written job is then read, to match it).
+func (f *changeFeed) listening() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.lists) > 0
+}
+
+// fireLists wakes the parked lists whose query matches j.
+func (f *changeFeed) fireLists(j api.Job) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for w := range f.lists {
+		if w.q.Match(j) {
+			close(w.ch)
+			delete(f.lists, w)
+		}
+	}
 }
 
 // next returns the channel closed at the next write of job id, or of any job for "".
@@ -66,5 +110,21 @@ func (s *APIServer) watchJobs(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("natsq: watch %s: %w", JobsBucket, err)
 	}
-	return follow(ctx, w, func(e jetstream.KeyValueEntry) { s.feed.fire(e.Key()) })
+	return follow(ctx, w, func(e jetstream.KeyValueEntry) {
+		s.feed.fire(e.Key())
+		if !s.feed.listening() {
+			return
+		}
+		// The watch carries no records: read this one (without its input and output) to
+		// wake only the lists it matches, so that a parked list reads its page again only
+		// for a job it would show, not at every write.
+		got, err := s.d.jobs.Get(ctx, e.Key())
+		if err != nil {
+			return // deleted, or JetStream is away: the layer's recheck reads again
+		}
+		var rec listRecord
+		if json.Unmarshal(got.Value(), &rec) == nil {
+			s.feed.fireLists(rec.Job.Job)
+		}
+	})
 }
