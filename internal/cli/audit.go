@@ -49,7 +49,7 @@ func auditCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			return Audit(c.Context, cfg, c.App.Writer)
 		},
-		Subcommands: []*cli.Command{auditVerifyCommand()},
+		Subcommands: []*cli.Command{auditVerifyCommand(), auditEventsCommand()},
 	}
 }
 

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
-
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
@@ -18,17 +16,7 @@ import (
 // embedded JetStream server; the client API answers with the token and refuses without it.
 func TestServerNATSMode(t *testing.T) {
 	t.Parallel()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the embedded NATS server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
-	natsURL := ns.ClientURL()
+	natsURL := startEmbeddedNATS(t)
 
 	var out bytes.Buffer
 	tok, err := TokenCreate(t.Context(), TokenConfig{NATS: natsURL, Role: "client", Pool: "default", Name: "ci"}, &out)

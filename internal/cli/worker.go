@@ -53,6 +53,9 @@ type WorkerConfig struct {
 	NATSInbox   string // NATS mode: inbox prefix (default _INBOX_<pool>)
 	CAFile      string // HTTP mode: CA certificates for the control plane's TLS
 	OneJob      bool   // ephemeral: lease at most one job, run and report it, exit (concurrency 1)
+	// RegistrationTokenFile holds a registration token: at the first start it is exchanged
+	// for a worker token kept in STATE-DIR/worker.token, which later starts use (HTTP mode).
+	RegistrationTokenFile string
 
 	// AuditKeyFile is the audit signing key (a private Ed25519 JWK) kept outside STATE-DIR;
 	// "" for STATE-DIR/audit.private.jwk.json, created on first start.
@@ -86,7 +89,9 @@ func workerCommand() *cli.Command {
 			"The bearer token comes from --token-file or $CASTELLAN_TOKEN. When the control plane refuses it,\n" +
 			"--token-file is read again and a new token in it is used at once: rotate by writing the new\n" +
 			"token to the file (atomically: write a temporary file, then rename it), no restart needed.\n" +
-			"--one-job makes an ephemeral worker: it leases one job, runs and reports it, and exits 0.\n\n" +
+			"--one-job makes an ephemeral worker: it leases one job, runs and reports it, and exits 0.\n" +
+			"--registration-token-file instead enrols the host: its registration token is exchanged once\n" +
+			"for a worker token kept in STATE-DIR/worker.token (0600), which every later start uses.\n\n" +
 			"Every flag can also come from CASTELLAN_<FLAG> or --config FILE (YAML map of flag names to\n" +
 			"values; flags and env win).\n\n" +
 			"Examples:\n" +
@@ -97,6 +102,7 @@ func workerCommand() *cli.Command {
 			configFlag(),
 			&cli.StringFlag{Name: "server", Usage: "control plane `URL`", EnvVars: []string{"CASTELLAN_SERVER"}, Destination: &cfg.Server},
 			tokenFileFlag(&cfg.TokenFile),
+			&cli.StringFlag{Name: "registration-token-file", Usage: "instead of --token-file: a registration token `FILE` (castellan token create --role registration), exchanged at the first start for a worker token kept in STATE-DIR/worker.token (HTTP mode)", EnvVars: []string{"CASTELLAN_REGISTRATION_TOKEN_FILE"}, Destination: &cfg.RegistrationTokenFile},
 			caFileFlag(&cfg.CAFile),
 			&cli.StringFlag{Name: "policy", Usage: "policy `FILE`", EnvVars: []string{"CASTELLAN_POLICY"}, Destination: &cfg.Policy},
 			&cli.StringSliceFlag{Name: "trusted-keys", Usage: "JWKS `FILES` of approver public keys (comma-separated)", EnvVars: []string{"CASTELLAN_TRUSTED_KEYS"}, Destination: &keys},
@@ -121,7 +127,7 @@ func workerCommand() *cli.Command {
 			logFormatFlag(&cfg.LogFormat),
 		},
 		Before:      loadConfigFile,
-		Subcommands: []*cli.Command{workerInstallCommand()},
+		Subcommands: []*cli.Command{workerInstallCommand(), workerListCommand()},
 		Action: func(c *cli.Context) error {
 			cfg.TrustedKeys = splitList(keys.Value())
 			sigs := make(chan os.Signal, 2)
@@ -145,6 +151,21 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 		cfg.Concurrency = 1
 	}
 	natsMode := isNATSURL(cfg.Server)
+	if cfg.RegistrationTokenFile != "" {
+		switch {
+		case natsMode:
+			return usagef("--registration-token-file is for an HTTP(S) control plane: in NATS mode a worker authenticates to NATS with NATS credentials (--nats-creds), which the control plane cannot mint (docs/deploy.md)")
+		case cfg.TokenFile != "":
+			return usagef("give --token-file or --registration-token-file, not both")
+		}
+		dir, err := workerStateDir(cfg.StateDir)
+		if err != nil {
+			return usageError{err}
+		}
+		if cfg.TokenFile, err = registeredTokenFile(ctx, cfg, dir, workerName(cfg.Name)); err != nil {
+			return err
+		}
+	}
 	token, err := readToken(cfg.TokenFile)
 	if err != nil && !(natsMode && cfg.NATSCreds != "") {
 		return usageError{err}
@@ -261,10 +282,7 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	if cfg.OneJob {
 		queue = oneJob{Queue: queue, stop: stopLease}
 	}
-	name := cfg.Name
-	if name == "" {
-		name, _ = os.Hostname()
-	}
+	name := workerName(cfg.Name)
 	w, err := worker.New(worker.Config{
 		Client: queue, Runner: set, Catalog: set.Catalog(), CatalogUpdates: set.Updates(),
 		Verifier: approval.NewVerifier(keys, replay),
@@ -329,6 +347,15 @@ func Worker(ctx context.Context, cfg WorkerConfig, stderr io.Writer, sigs <-chan
 	default:
 	}
 	return nil
+}
+
+// workerName is --name, or the host name.
+func workerName(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	name, _ := os.Hostname()
+	return name
 }
 
 // closeWait bounds each close at exit: a guest abandoned at shutdown may still be inside

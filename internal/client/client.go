@@ -318,6 +318,33 @@ func (c *Client) CreateToken(ctx context.Context, req api.TokenCreateRequest) (a
 	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/tokens", nil, req, &out)
 }
 
+// Whoami describes the client's own token (any role): id, role, pool, name, creation and
+// expiry. Secret is never set.
+func (c *Client) Whoami(ctx context.Context) (api.Token, error) {
+	var out api.Token
+	err := c.do(ctx, c.reqTimeout, http.MethodGet, "/v1/whoami", nil, nil, &out)
+	out.Secret = ""
+	return out, err
+}
+
+// Workers lists the workers of pool ("" for every pool the token may see) with their
+// tasks, last heartbeat and whether they are online (admin; approvers for their pool).
+func (c *Client) Workers(ctx context.Context, pool string) (api.WorkerList, error) {
+	q := url.Values{}
+	if pool != "" {
+		q.Set("pool", pool)
+	}
+	var out api.WorkerList
+	return out, c.do(ctx, c.reqTimeout, http.MethodGet, "/v1/workers", q, nil, &out)
+}
+
+// ExchangeRegistration uses up the client's registration token and returns a new worker
+// token for its pool, named name (Secret set: store it, it is shown once).
+func (c *Client) ExchangeRegistration(ctx context.Context, name string) (api.Token, error) {
+	var out api.Token
+	return out, c.do(ctx, c.reqTimeout, http.MethodPost, "/v1/register/exchange", nil, api.RegisterExchangeRequest{Name: name}, &out)
+}
+
 // ListTokens lists tokens without secrets (admin).
 func (c *Client) ListTokens(ctx context.Context) ([]api.Token, error) {
 	var out api.TokenList

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/server/api"
 	"github.com/castellan-dev/castellan/outcome"
@@ -136,4 +137,29 @@ type AuditHeads interface {
 // for with invalid_field.
 type TokenCreator interface {
 	CreateToken(ctx context.Context, p Principal, req api.TokenCreateRequest) (api.Token, error)
+}
+
+// WorkerLister serves GET /v1/workers.
+type WorkerLister interface {
+	// ListWorkers lists the workers of pool ("" for every pool) as of now, in
+	// api.SortWorkers order; online means seen within the backend's online window.
+	ListWorkers(ctx context.Context, pool string, now time.Time) (api.WorkerList, error)
+}
+
+// RegistrationExchanger serves POST /v1/register/exchange.
+type RegistrationExchanger interface {
+	// ExchangeRegistration uses up the registration token p and returns a new worker
+	// token of its pool named name (Secret set), at once: a token exchanged twice yields
+	// one worker token, and the second exchange ErrRegistrationUsed. The backend audits
+	// the exchange with it.
+	ExchangeRegistration(ctx context.Context, p Principal, name string, now time.Time) (api.Token, error)
+}
+
+// AuditAppender is a backend whose writes do not carry their own audit entries (JetStream:
+// a KV compare-and-set cannot append to a stream atomically with it). The layer appends
+// one entry for each API action it completed (AuditedActions), after the write. A backend
+// that audits in the transaction of the write (SQLite) does not implement it, so that an
+// action is never audited twice nor, there, without its entry.
+type AuditAppender interface {
+	AppendAudit(ctx context.Context, e api.AuditEntry) error
 }

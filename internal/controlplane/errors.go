@@ -50,3 +50,8 @@ func asRefusal(err error) (*client.APIError, bool) {
 	}
 	return nil, false
 }
+
+// ErrRegistrationUsed is what RegistrationExchanger returns for a registration token
+// already exchanged (or revoked since it authenticated): 401, since it authenticates
+// nothing any more.
+var ErrRegistrationUsed = errors.New("the registration token was already used")

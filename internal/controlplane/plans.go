@@ -137,7 +137,7 @@ func (s *Server) hPlanSubmit(w http.ResponseWriter, r *http.Request, p Principal
 	for i := range subs {
 		subs[i].ID = rec.Steps[i]
 		subs[i].IdempotencyKey = fmt.Sprintf("%s/%d", rec.ID, i+1)
-		if _, _, err := s.b.Submit(ctx, p, subs[i]); err != nil {
+		if _, _, err := s.recordSubmission(ctx, p, subs[i]); err != nil {
 			return stepRefusal(i, err)
 		}
 	}

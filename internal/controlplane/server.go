@@ -65,6 +65,9 @@ type Config struct {
 	MCP http.Handler
 	// NotFoundHint ends the message of a 404 for an unknown route. Optional.
 	NotFoundHint string
+	// Now is the layer's clock: token expiry, worker presence, audit times. Optional,
+	// default time.Now; tests move it forward instead of sleeping.
+	Now func() time.Time
 	// Observe, when set, is called after each /v1 request with its route pattern, status
 	// and duration (a metrics hook). Optional.
 	Observe func(route string, status int, d time.Duration)
@@ -101,6 +104,9 @@ func New(b Backend, cfg Config) (*Server, error) {
 	}
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.MaxInputBytes < 0 || cfg.MaxOutputBytes < 0 || cfg.DefaultMaxAttempts < 1 || cfg.DefaultMaxAttempts > api.MaxAttemptsLimit {
 		return nil, errors.New("controlplane: MaxInputBytes/MaxOutputBytes must be positive and DefaultMaxAttempts in 1..100")
@@ -174,15 +180,15 @@ func (s *Server) routes() {
 			if err := Decode(w, r, smallBody, &req, false); err != nil {
 				return err
 			}
-			pool, err := api.CheckTokenRequest(req.Role, req.Pool, req.Name)
+			req, err := api.CheckTokenRequest(req)
 			if err != nil {
 				return Refuse(http.StatusBadRequest, api.CodeInvalidField, "%v", err)
 			}
-			req.Pool = pool
 			t, err := tc.CreateToken(r.Context(), p, req)
 			if err != nil {
 				return err
 			}
+			s.record(r.Context(), p, "token.create", "", TokenAuditDetail(t))
 			api.WriteJSON(w, http.StatusCreated, t)
 			return nil
 		}))
@@ -205,6 +211,7 @@ func (s *Server) routes() {
 			return nil
 		}))
 	}
+	s.opsRoutes(m)
 	m.HandleFunc("GET /healthz", api.Healthz)
 	m.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
@@ -272,6 +279,9 @@ func (s *Server) auth(roles []api.Role, h handler) http.Handler {
 			}
 			if err != nil {
 				return err
+			}
+			if p.Expired(s.cfg.Now()) {
+				return expiredRefusal(p)
 			}
 			if !slices.Contains(roles, p.Role) {
 				return Refuse(http.StatusForbidden, api.CodeForbidden, "a %s token may not call %s", p.Role, r.Pattern)
@@ -349,7 +359,20 @@ func (s *Server) submit(ctx context.Context, p Principal, req api.SubmitRequest)
 	if err != nil {
 		return api.Job{}, false, err
 	}
-	return s.b.Submit(ctx, p, sub)
+	return s.recordSubmission(ctx, p, sub)
+}
+
+// recordSubmission records a prepared submission and, when it made a new job, its audit
+// entries (a plan's steps go through here too, so each step is audited as a job).
+func (s *Server) recordSubmission(ctx context.Context, p Principal, sub Submission) (api.Job, bool, error) {
+	j, created, err := s.b.Submit(ctx, p, sub)
+	if err == nil && created {
+		s.record(ctx, p, "job.submit", j.ID, map[string]any{"task": j.Task, "task_version": j.TaskVersion, "pool": j.Pool, "state": j.State})
+		if sub.Auto {
+			s.record(ctx, Principal{TokenID: "server", Role: "server"}, "job.auto_approve", j.ID, nil)
+		}
+	}
+	return j, created, err
 }
 
 // prepare validates req as POST /v1/jobs does and returns the submission to record, with
@@ -616,13 +639,15 @@ func (s *Server) hCancel(w http.ResponseWriter, r *http.Request, p Principal) er
 		return err
 	}
 	id := r.PathValue("id")
-	if _, err := s.job(r.Context(), p, id); err != nil {
+	before, err := s.job(r.Context(), p, id)
+	if err != nil {
 		return err
 	}
 	j, err := s.b.Cancel(r.Context(), p, id)
 	if err != nil {
 		return err
 	}
+	s.record(r.Context(), p, "job.cancel", id, map[string]any{"from": before.State})
 	api.WriteJSON(w, http.StatusOK, j)
 	return nil
 }
@@ -646,6 +671,7 @@ func (s *Server) hApprove(w http.ResponseWriter, r *http.Request, p Principal) e
 	if err != nil {
 		return err
 	}
+	s.record(r.Context(), p, "job.approve", id, nil)
 	api.WriteJSON(w, http.StatusOK, j)
 	return nil
 }
@@ -667,6 +693,7 @@ func (s *Server) hDeny(w http.ResponseWriter, r *http.Request, p Principal) erro
 	if err != nil {
 		return err
 	}
+	s.record(r.Context(), p, "job.deny", id, map[string]string{"reason": reason, "denied_by": p.Who()})
 	s.log.Info("job denied", zap.String("job_id", id), zap.String("by", p.TokenID))
 	api.WriteJSON(w, http.StatusOK, j)
 	return nil
@@ -699,6 +726,7 @@ func (s *Server) hTokenRevoke(w http.ResponseWriter, r *http.Request, p Principa
 	if !ok {
 		return Refuse(http.StatusNotFound, api.CodeNotFound, "no active token %q (ids look like tok_ and 12 hex digits; GET /v1/tokens lists them)", id)
 	}
+	s.record(r.Context(), p, "token.revoke", "", map[string]string{"id": id})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

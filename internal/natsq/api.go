@@ -38,12 +38,13 @@ var jobIDRE = regexp.MustCompile(`^[-_=a-zA-Z0-9]{1,128}$`)
 // its state in JetStream instead of SQLite, so that any number of replicas can serve it at
 // once: every replica reads and writes the same KV buckets with compare-and-set, and every
 // replica runs the Dispatcher's shared results consumer. The worker routes are not served:
-// workers talk to NATS directly (WorkerQueue). Nor is the audit log (there is none in
-// this mode yet).
+// workers talk to NATS directly (WorkerQueue). The audit log is a stream (audit.go).
 type APIServer struct {
 	d       *Dispatcher
 	log     *zap.Logger
 	tokens  jetstream.KeyValue
+	workers jetstream.KeyValue // presence (workers.go)
+	audit   *auditLog          // the hash-chained audit stream (audit.go)
 	idem    jetstream.KeyValue
 	catalog jetstream.KeyValue
 	plans   jetstream.KeyValue // plans.go
@@ -77,12 +78,22 @@ func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	if s.plans, err = plansKV(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err
 	}
+	if s.audit, err = newAuditLog(ctx, d.js, d.o.Replicas); err != nil {
+		return nil, err
+	}
+	d.audit = s.audit
+	if s.workers, err = EnsureWorkersBucket(ctx, d.js, d.o.Replicas); err != nil {
+		return nil, err
+	}
 	if s.catalog, err = d.js.KeyValue(ctx, CatalogBucket); err != nil {
 		return nil, fmt.Errorf("natsq: bucket %s: %w", CatalogBucket, err)
 	}
 	cfg := d.o.API
 	if cfg.Logger == nil {
 		cfg.Logger = s.log
+	}
+	if cfg.Now == nil {
+		cfg.Now = d.o.Now
 	}
 	if cfg.NotFoundHint == "" {
 		cfg.NotFoundHint = "not on the NATS control plane: workers talk to NATS; see docs/api.md"

@@ -19,6 +19,23 @@ import (
 	"github.com/castellan-dev/castellan/internal/server/apitest"
 )
 
+// publishStrict runs a worker of pool that has registered and published strictCatalog.
+func publishStrict(t *testing.T, natsURL string) *natsq.WorkerQueue {
+	t.Helper()
+	q, err := natsq.DialWorker(t.Context(), natsURL, natsq.Options{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.PublishCatalog(t.Context(), strictCatalog); err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
 var strictCatalog = []api.TaskDef{{
 	Name: "echo", Version: "1.0.0", Description: "echoes its input",
 	InputSchema: json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}`),
@@ -167,20 +184,11 @@ func TestAPIRefusals(t *testing.T) {
 	t.Parallel()
 	natsURL := startNATS(t).ClientURL()
 	rep := startAPI(t, natsURL)
-	q, err := natsq.DialWorker(t.Context(), natsURL, natsq.Options{Pool: pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = q.Close() })
-	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.PublishCatalog(t.Context(), strictCatalog); err != nil {
-		t.Fatal(err)
-	}
+	publishStrict(t, natsURL)
 	submitter := apiClient(t, natsURL, rep.url, api.RoleClient, pool)
 	otherPool := apiClient(t, natsURL, rep.url, api.RoleClient, "other")
 	approver := apiClient(t, natsURL, rep.url, api.RoleApprover, pool)
+	admin := apiClient(t, natsURL, rep.url, api.RoleAdmin, api.AllPools)
 	waitCatalog(t, submitter)
 	j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(`{"n":1}`)})
 	if err != nil {
@@ -240,6 +248,15 @@ func TestAPIRefusals(t *testing.T) {
 			_, err := submitter.Get(ctx, "job_000000000000000000000000")
 			return err
 		}, http.StatusNotFound, api.CodeNotFound},
+		// No registration tokens in this mode: the exchange is not served, and none is made.
+		{"registration exchange", func(ctx context.Context) error {
+			_, err := submitter.ExchangeRegistration(ctx, "w")
+			return err
+		}, http.StatusNotFound, api.CodeNotFound},
+		{"registration token", func(ctx context.Context) error {
+			_, err := admin.CreateToken(ctx, api.TokenCreateRequest{Role: api.RoleRegistration, Pool: pool, TTLSeconds: 60})
+			return err
+		}, http.StatusBadRequest, api.CodeInvalidField},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,8 +14,9 @@ import (
 )
 
 // natsBackend is the JetStream store under the /v1 layer (internal/controlplane): the job,
-// token, idempotency and catalog buckets. It has no worker routes (workers talk to NATS)
-// and no audit log.
+// token, idempotency, catalog and presence buckets and the audit stream. It has no worker
+// routes (workers talk to NATS) and no registration tokens (a worker's NATS credentials
+// are minted with the account's signing key, which the control plane does not hold).
 type natsBackend struct{ s *APIServer }
 
 var (
@@ -23,6 +24,10 @@ var (
 	_ controlplane.AuditHeads   = natsBackend{}
 	_ controlplane.TokenCreator = natsBackend{}
 	_ controlplane.ListWaker    = natsBackend{}
+
+	_ controlplane.Auditor       = natsBackend{}
+	_ controlplane.AuditAppender = natsBackend{}
+	_ controlplane.WorkerLister  = natsBackend{}
 )
 
 func (b natsBackend) Authenticate(ctx context.Context, secret string) (controlplane.Principal, error) {
@@ -30,7 +35,8 @@ func (b natsBackend) Authenticate(ctx context.Context, secret string) (controlpl
 	if errors.Is(err, errTokenInvalid) {
 		return controlplane.Principal{}, controlplane.ErrTokenInvalid
 	}
-	return controlplane.Principal{TokenID: p.tokenID, Name: p.name, Role: p.role, Pool: p.pool}, err
+	return controlplane.Principal{TokenID: p.tokenID, Name: p.name, Role: p.role, Pool: p.pool,
+		CreatedAt: p.createdAt, ExpiresAt: p.expiresAt}, err
 }
 
 // Ready: the job bucket's status is one round trip to JetStream.
@@ -105,7 +111,7 @@ func (b natsBackend) ListTokens(ctx context.Context) ([]api.Token, error) {
 }
 
 func (b natsBackend) RevokeToken(ctx context.Context, p controlplane.Principal, id string) (bool, error) {
-	ok, err := revokeToken(ctx, b.s.tokens, id, time.Now())
+	ok, err := revokeToken(ctx, b.s.tokens, id, b.s.d.o.Now())
 	if ok && err == nil {
 		b.s.log.Info("token revoked", zap.String("token_id", id), zap.String("by", p.TokenID))
 	}
@@ -117,13 +123,25 @@ func (b natsBackend) WorkerAuditHead(ctx context.Context, id string) (api.Worker
 }
 
 func (b natsBackend) CreateToken(ctx context.Context, p controlplane.Principal, req api.TokenCreateRequest) (api.Token, error) {
-	if req.Role == api.RoleWorker {
-		return api.Token{}, controlplane.Refuse(http.StatusBadRequest, api.CodeInvalidField,
-			"in NATS mode workers authenticate to NATS (credentials file, token or user), not with an API token: create a client, approver or admin token")
+	t, err := newToken(ctx, b.s.tokens, req, b.s.d.o.Now())
+	var bad tokenRequestError
+	if errors.As(err, &bad) {
+		return api.Token{}, controlplane.Refuse(http.StatusBadRequest, api.CodeInvalidField, "%v", bad.error)
 	}
-	t, err := CreateToken(ctx, b.s.d.nc, req.Role, req.Pool, req.Name, b.s.d.o.Replicas)
 	if err == nil {
 		b.s.log.Info("token created", zap.String("token_id", t.ID), zap.String("role", string(t.Role)), zap.String("by", p.TokenID))
 	}
 	return t, err
+}
+
+func (b natsBackend) ListAudit(ctx context.Context, jobID, action string, limit int, cursor int64) (api.AuditList, error) {
+	return listAudit(ctx, b.s.d.js, jobID, action, limit, cursor)
+}
+
+func (b natsBackend) AppendAudit(ctx context.Context, e api.AuditEntry) error {
+	return b.s.audit.append(ctx, e)
+}
+
+func (b natsBackend) ListWorkers(ctx context.Context, pool string, now time.Time) (api.WorkerList, error) {
+	return listWorkers(ctx, b.s.workers, pool, api.OnlineWindow(b.s.d.o.AckWait), now)
 }

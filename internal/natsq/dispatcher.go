@@ -36,6 +36,7 @@ type Dispatcher struct {
 	jobs     jetstream.KeyValue
 	cancels  jetstream.KeyValue
 	heads    jetstream.KeyValue // workers' audit-log heads (audithead.go)
+	audit    *auditLog          // the API server's audit stream, when it runs one (audit.go)
 	catalog  jetstream.KeyValue // workers' catalogs, written for them (handleCatalog)
 
 	mu    sync.Mutex
@@ -539,8 +540,10 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		retryable = *r.Retryable
 	}
 	var refused string
-	_, err = d.update(ctx, r.JobID, func(rec *Record) (bool, error) {
-		refused = ""
+	recorded := false
+	var after Record
+	after, err = d.update(ctx, r.JobID, func(rec *Record) (bool, error) {
+		refused, recorded = "", false
 		l := rec.Lease
 		switch {
 		case rec.Job.Pool != pool:
@@ -561,6 +564,7 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 			return false, nil // a duplicate: this attempt is recorded
 		}
 		rec.Completions = append(rec.Completions, Completion{Attempt: r.Attempt, Outcome: r.Outcome, WorkerID: r.WorkerID, At: time.Now().UTC()})
+		recorded = true
 		if rec.Job.State.Terminal() || r.Attempt < rec.Job.Attempt {
 			return true, nil // recorded for the audit trail; a later or final state stands
 		}
@@ -598,6 +602,9 @@ func (d *Dispatcher) handleResult(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(time.Second)
 	default:
 		d.recordAuditHead(ctx, pool, r, msg.Headers())
+		if recorded {
+			d.auditCompletion(ctx, r, after.Job)
+		}
 		_ = msg.Ack()
 	}
 }

@@ -80,37 +80,20 @@ type listRecord struct {
 // history: prefer GET /v1/jobs/{id} and wait where the id is known. A job that changes
 // while the page is read is shown in one of its states, once.
 func (s *APIServer) listJobs(ctx context.Context, f jobFilter) (api.JobList, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	wch, err := s.d.jobs.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return api.JobList{}, fmt.Errorf("natsq: list %s: %w", JobsBucket, err)
-	}
-	defer func() { _ = wch.Stop() }()
 	keep := &newest{cap: f.Limit + 1, at: map[string]int{}}
-	for {
-		var e jetstream.KeyValueEntry
-		var ok bool
-		select {
-		case e, ok = <-wch.Updates():
-		case <-ctx.Done():
-			return api.JobList{}, ctx.Err()
-		}
-		if !ok {
-			return api.JobList{}, fmt.Errorf("natsq: list %s: the watcher stopped before it caught up", JobsBucket)
-		}
-		if e == nil {
-			break // caught up: every job's latest record has been seen
-		}
+	err := scanKV(ctx, s.d.jobs, JobsBucket, ">", func(e jetstream.KeyValueEntry) {
 		var rec listRecord
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
 			s.log.Warn("skipping an unreadable job record in a list", zap.String("key", e.Key()))
-			continue
+			return
 		}
 		j := rec.Job.Job
 		j.Input, j.Output = nil, nil
 		pos := listCursor{created: j.CreatedAt.UnixNano(), id: j.ID}
 		keep.offer(j, pos, f.Match(j) && (f.after == nil || f.after.before(pos)))
+	})
+	if err != nil {
+		return api.JobList{}, err
 	}
 	jobs := keep.sorted()
 	out := api.JobList{Jobs: []api.Job{}}
@@ -192,4 +175,31 @@ func (h *newest) sorted() []api.Job {
 		out[i] = it.job
 	}
 	return out
+}
+
+// scanKV calls fn with the latest entry of every key of bucket kv matching filter (">" for
+// all), deleted keys skipped, through one ordered consumer (a KV watcher) that stops when
+// it has caught up. It is how every list of this package reads a bucket.
+func scanKV(ctx context.Context, kv jetstream.KeyValue, bucket, filter string, fn func(jetstream.KeyValueEntry)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("natsq: list %s: %w", bucket, err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("natsq: list %s: the watcher stopped before it caught up", bucket)
+			}
+			if e == nil {
+				return nil // caught up: every key's latest entry has been seen
+			}
+			fn(e)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

@@ -77,6 +77,10 @@ type Options struct {
 
 	// Log is the transport's logger. Optional; default no logging.
 	Log *zap.Logger
+
+	// Now is the API server's clock, for token expiry and worker presence. Optional;
+	// default time.Now. Tests inject one.
+	Now func() time.Time
 }
 
 func (o Options) withDefaults() Options {
@@ -106,6 +110,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	return o
 }

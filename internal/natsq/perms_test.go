@@ -15,6 +15,7 @@ import (
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -39,6 +40,7 @@ var (
 		"castellan.dead.acme.>",
 		"$JS.API.STREAM.INFO.KV_castellan_cancel",
 		"$JS.API.DIRECT.GET.KV_castellan_cancel.$KV.castellan_cancel.acme.>",
+		"$KV.castellan_workers.acme.>",
 	}
 	workerAcmeSubscribe = []string{"_INBOX_acme.>"}
 )
@@ -222,6 +224,21 @@ func TestWorkerAccountPermissions(t *testing.T) {
 		t.Fatalf("Cancel(beta-1) = %s, %v, want cancelled", j.State, err)
 	}
 
+	// The API server creates the presence bucket; here the test does, as the control plane.
+	cpNC, err := natsq.Connect(url, natsq.Options{User: cpUser, Password: cpPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cpNC.Close)
+	cpJS, err := jetstream.New(cpNC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	presence, err := natsq.EnsureWorkersBucket(t.Context(), cpJS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	// (1) A worker of pool acme connected as worker-acme completes acme's jobs.
 	core, logs := observer.New(zap.WarnLevel)
 	q, err := natsq.DialWorker(t.Context(), url, natsq.Options{Pool: "acme", User: acmeUser, Password: acmePassword, Log: zap.New(core)})
@@ -278,6 +295,10 @@ func TestWorkerAccountPermissions(t *testing.T) {
 		t.Fatal("acme-block was not stopped: the worker could not read its pool's cancellation")
 	}
 	waitState(t, d, "acme-block", 20*time.Second, api.StateCancelled)
+	// It announced its presence in its pool's keys (GET /v1/workers).
+	if keys, err := presence.Keys(t.Context()); err != nil || len(keys) != 1 || !strings.HasPrefix(keys[0], "acme.") {
+		t.Fatalf("presence keys = %q, %v, want the acme worker's one", keys, err)
+	}
 	if j, err := d.Get(t.Context(), "beta-2"); err != nil || j.State != api.StateQueued {
 		t.Fatalf("beta-2 = %s, %v, want still queued (no beta worker)", j.State, err)
 	}
@@ -346,6 +367,8 @@ func TestWorkerAccountPermissions(t *testing.T) {
 		{"read any cancel key via the stream", "publish", "$JS.API.STREAM.MSG.GET.KV_castellan_cancel"},
 		{"write a cancel key", "publish", "$KV.castellan_cancel.acme.acme-2"},
 		{"write beta's catalog", "publish", "$KV.castellan_catalog.beta.w1"},
+		{"write beta's presence", "publish", "$KV.castellan_workers.beta.w1"},
+		{"read the workers' presence", "publish", "$JS.API.STREAM.MSG.GET.KV_castellan_workers"},
 		{"write its own catalog unchecked", "publish", "$KV.castellan_catalog.acme.w1"},
 		{"publish beta's catalog", "publish", "castellan.catalog.beta"},
 		{"read the tokens", "publish", "$JS.API.STREAM.MSG.GET.KV_castellan_tokens"},

@@ -21,7 +21,8 @@ func TestAPISuite(t *testing.T) {
 	t.Parallel()
 	apitest.Run(t, apitest.GapNATS(), func(t *testing.T, o apitest.Options) *apitest.Backend {
 		natsURL := startNATS(t).ClientURL()
-		var opts natsq.Options
+		clock := &apitest.Clock{}
+		opts := natsq.Options{Now: clock.Now}
 		if o.ShortLease {
 			opts.AckWait = time.Second
 		}
@@ -34,6 +35,14 @@ func TestAPISuite(t *testing.T) {
 			tok, err := natsq.CreateToken(context.Background(), nc, role, pool, string(role), 1)
 			if err != nil {
 				t.Fatalf("CreateToken(%s, %s) = %v", role, pool, err)
+			}
+			return tok
+		}
+		newTokenTTL := func(t testing.TB, role api.Role, pool string, ttl time.Duration) api.Token {
+			tok, err := natsq.NewToken(context.Background(), nc, api.TokenCreateRequest{Role: role, Pool: pool,
+				Name: string(role), TTLSeconds: int64(ttl / time.Second)}, 1, clock.Now())
+			if err != nil {
+				t.Fatalf("NewToken(%s, %s, %v) = %v", role, pool, ttl, err)
 			}
 			return tok
 		}
@@ -65,7 +74,7 @@ func TestAPISuite(t *testing.T) {
 			return err == nil && len(cat.Tasks) > 0
 		})
 		w2 := newWorker(t)
-		return &apitest.Backend{URL: rep.url, NewToken: newToken, Worker: w,
+		return &apitest.Backend{URL: rep.url, NewToken: newToken, Worker: w, NewTokenTTL: newTokenTTL, Clock: clock,
 			Waiters: func() int { return int(rep.srv.ParkedWaits()) },
 			PublishCatalog: func(ctx context.Context, tasks []api.TaskDef) error {
 				_, err := w2.PublishCatalog(ctx, tasks)

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -35,6 +36,11 @@ type tokenEntry struct {
 	Name      string     `json:"name,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+func (e tokenEntry) token() api.Token {
+	return api.Token{ID: e.ID, Role: e.Role, Pool: e.Pool, Name: e.Name, CreatedAt: e.CreatedAt, RevokedAt: e.RevokedAt, ExpiresAt: e.ExpiresAt}
 }
 
 func tokenKey(secret string) string {
@@ -51,33 +57,48 @@ func tokensKV(ctx context.Context, js jetstream.JetStream, replicas int) (jetstr
 	return kv, nil
 }
 
-// CreateToken makes a new random bearer token for the JetStream control plane's API, stores
-// only its hash in the TokensBucket and returns it with Secret set (print it once). Roles
-// are client, approver and admin; worker tokens do not exist in this mode (workers
-// authenticate to NATS). Admin tokens default to every pool ("*").
+// CreateToken makes a new random bearer token that never expires; see NewToken.
 func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name string, replicas int) (api.Token, error) {
-	if role == api.RoleWorker {
-		return api.Token{}, errors.New("in NATS mode workers authenticate to NATS (credentials file, token or user), not with an API token: create a client, approver or admin token")
-	}
-	if !slices.Contains(api.Roles, role) {
-		return api.Token{}, fmt.Errorf("role %q is not one of client, approver, admin", role)
-	}
-	if pool == "" && role == api.RoleAdmin {
-		pool = api.AllPools
-	}
-	if pool != api.AllPools && !api.ValidPoolName(pool) {
-		return api.Token{}, fmt.Errorf("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", pool)
-	}
-	if len(name) > 128 {
-		return api.Token{}, fmt.Errorf("token name is %d bytes, at most 128", len(name))
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return api.Token{}, fmt.Errorf("natsq: %w", err)
-	}
-	kv, err := tokensKV(ctx, js, replicas)
+	return NewToken(ctx, nc, api.TokenCreateRequest{Role: role, Pool: pool, Name: name}, replicas, time.Now())
+}
+
+// NewToken makes a new random bearer token for the JetStream control plane's API as req
+// asks with direct NATS access (`castellan token create --nats`), stores only its hash in
+// the TokensBucket, records it in the audit log as DirectActor's, and returns it with
+// Secret set (print it once). See newToken for the roles.
+func NewToken(ctx context.Context, nc *nats.Conn, req api.TokenCreateRequest, replicas int, now time.Time) (api.Token, error) {
+	kv, err := tokensBucket(ctx, nc, replicas)
 	if err != nil {
 		return api.Token{}, err
+	}
+	t, err := newToken(ctx, kv, req, now)
+	if err != nil {
+		return api.Token{}, err
+	}
+	detail, _ := json.Marshal(controlplane.TokenAuditDetail(t))
+	if err := appendDirect(ctx, nc, replicas, api.AuditEntry{At: t.CreatedAt, Actor: DirectActor, Role: "direct", Action: "token.create", Detail: detail}); err != nil {
+		return t, fmt.Errorf("natsq: token %s created, but recording it in the audit log failed: %w", t.ID, err)
+	}
+	return t, nil
+}
+
+// tokenRequestError is a token request refused for what it asks.
+type tokenRequestError struct{ error }
+
+// newToken checks req (api.CheckTokenRequest) and stores a new token in kv. Roles are
+// client, approver and admin: worker tokens do not exist in this mode (workers
+// authenticate to NATS), nor do registration tokens. With req.TTLSeconds the token stops
+// authenticating that long after now.
+func newToken(ctx context.Context, kv jetstream.KeyValue, req api.TokenCreateRequest, now time.Time) (api.Token, error) {
+	switch req.Role {
+	case api.RoleWorker:
+		return api.Token{}, tokenRequestError{errors.New("in NATS mode workers authenticate to NATS (credentials file, token or user), not with an API token: create a client, approver or admin token")}
+	case api.RoleRegistration:
+		return api.Token{}, tokenRequestError{errors.New("in NATS mode there are no registration tokens: workers authenticate to NATS with NATS credentials, which only the account's signing key can mint (nsc); see docs/deploy.md")}
+	}
+	req, err := api.CheckTokenRequest(req)
+	if err != nil {
+		return api.Token{}, tokenRequestError{err}
 	}
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
@@ -85,8 +106,12 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 	}
 	secret := api.TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	key := tokenKey(secret)
-	now := time.Now().UTC().Truncate(time.Millisecond)
-	e := tokenEntry{ID: "tok_" + key[len("sha256_"):][:12], Role: role, Pool: pool, Name: name, CreatedAt: now}
+	now = now.UTC().Truncate(time.Millisecond)
+	e := tokenEntry{ID: "tok_" + key[len("sha256_"):][:12], Role: req.Role, Pool: req.Pool, Name: req.Name, CreatedAt: now}
+	if req.TTLSeconds > 0 {
+		exp := now.Add(time.Duration(req.TTLSeconds) * time.Second)
+		e.ExpiresAt = &exp
+	}
 	data, err := json.Marshal(e)
 	if err != nil {
 		return api.Token{}, err
@@ -94,21 +119,65 @@ func CreateToken(ctx context.Context, nc *nats.Conn, role api.Role, pool, name s
 	if _, err := kv.Create(ctx, key, data); err != nil {
 		return api.Token{}, fmt.Errorf("natsq: store token in %s: %w", TokensBucket, err)
 	}
-	return api.Token{ID: e.ID, Role: role, Pool: pool, Name: name, CreatedAt: now, Secret: secret}, nil
+	t := e.token()
+	t.Secret = secret
+	return t, nil
+}
+
+// DirectActor is the audit actor of token changes made with direct NATS access.
+const DirectActor = "cli --nats"
+
+func tokensBucket(ctx context.Context, nc *nats.Conn, replicas int) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("natsq: %w", err)
+	}
+	return tokensKV(ctx, js, replicas)
+}
+
+// ListTokens lists every token of the TokensBucket with direct NATS access (`castellan
+// token list --nats`), as GET /v1/tokens does.
+func ListTokens(ctx context.Context, nc *nats.Conn, replicas int) ([]api.Token, error) {
+	kv, err := tokensBucket(ctx, nc, replicas)
+	if err != nil {
+		return nil, err
+	}
+	return listTokens(ctx, kv)
+}
+
+// RevokeToken revokes token id with direct NATS access (`castellan token revoke --nats`),
+// as DELETE /v1/tokens/{id} does; false when there is no active token id.
+func RevokeToken(ctx context.Context, nc *nats.Conn, id string, replicas int, now time.Time) (bool, error) {
+	kv, err := tokensBucket(ctx, nc, replicas)
+	if err != nil {
+		return false, err
+	}
+	ok, err := revokeToken(ctx, kv, id, now)
+	if err != nil || !ok {
+		return ok, err
+	}
+	detail, _ := json.Marshal(map[string]string{"id": id})
+	if err := appendDirect(ctx, nc, replicas, api.AuditEntry{At: now, Actor: DirectActor, Role: "direct", Action: "token.revoke", Detail: detail}); err != nil {
+		return true, fmt.Errorf("natsq: token %s revoked, but recording it in the audit log failed: %w", id, err)
+	}
+	return true, nil
 }
 
 // principal is an authenticated API caller.
 type principal struct {
-	tokenID string
-	name    string
-	role    api.Role
-	pool    string
+	tokenID   string
+	name      string
+	role      api.Role
+	pool      string
+	createdAt time.Time
+	expiresAt *time.Time // nil: never; the /v1 layer refuses the token once it has passed
 }
 
 var errTokenInvalid = errors.New("invalid bearer token")
 
 // authenticate resolves a bearer token through the TokensBucket. The lookup is by hash, so
-// a wrong secret can only miss; there is nothing to compare in constant time.
+// a wrong secret can only miss; there is nothing to compare in constant time. Expiry is
+// the /v1 layer's check (controlplane), not this one's.
 func authenticate(ctx context.Context, nc *nats.Conn, secret string) (principal, error) {
 	body, ok := strings.CutPrefix(secret, api.TokenPrefix)
 	if !ok || len(body) != 43 {
@@ -121,10 +190,10 @@ func authenticate(ctx context.Context, nc *nats.Conn, secret string) (principal,
 	if err != nil {
 		return principal{}, err
 	}
-	if !found || e.RevokedAt != nil || e.Role == api.RoleWorker || !slices.Contains(api.Roles, e.Role) {
+	if !found || e.RevokedAt != nil || e.Role == api.RoleWorker || e.Role == api.RoleRegistration || !slices.Contains(api.Roles, e.Role) {
 		return principal{}, errTokenInvalid
 	}
-	return principal{tokenID: e.ID, name: e.Name, role: e.Role, pool: e.Pool}, nil
+	return principal{tokenID: e.ID, name: e.Name, role: e.Role, pool: e.Pool, createdAt: e.CreatedAt, expiresAt: e.ExpiresAt}, nil
 }
 
 // readToken reads a token's entry from the stream leader ($JS.API.STREAM.MSG.GET) rather
@@ -182,13 +251,6 @@ var tokenIDRE = regexp.MustCompile(`^tok_[0-9a-f]{12}$`)
 // without secrets: the bucket holds none. It reads the whole bucket (one ordered
 // consumer); tokens are few.
 func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("natsq: list %s: %w", TokensBucket, err)
-	}
-	defer func() { _ = w.Stop() }()
 	// Creation times have millisecond precision; tokens created within one millisecond are
 	// ordered by their entry's revision (the order of their last write), not at random.
 	type listed struct {
@@ -196,25 +258,15 @@ func listTokens(ctx context.Context, kv jetstream.KeyValue) ([]api.Token, error)
 		rev uint64
 	}
 	var all []listed
-	for {
-		var ent jetstream.KeyValueEntry
-		var ok bool
-		select {
-		case ent, ok = <-w.Updates():
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if !ok {
-			return nil, fmt.Errorf("natsq: list %s: the watcher stopped before it caught up", TokensBucket)
-		}
-		if ent == nil {
-			break
-		}
+	err := scanKV(ctx, kv, TokensBucket, ">", func(ent jetstream.KeyValueEntry) {
 		var e tokenEntry
 		if err := json.Unmarshal(ent.Value(), &e); err != nil || e.ID == "" {
-			continue // authenticates nobody either
+			return // authenticates nobody either
 		}
-		all = append(all, listed{api.Token{ID: e.ID, Role: e.Role, Pool: e.Pool, Name: e.Name, CreatedAt: e.CreatedAt, RevokedAt: e.RevokedAt}, ent.Revision()})
+		all = append(all, listed{e.token(), ent.Revision()})
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(all, func(a, b listed) int {
 		if c := a.tok.CreatedAt.Compare(b.tok.CreatedAt); c != 0 {

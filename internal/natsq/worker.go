@@ -42,6 +42,8 @@ type WorkerQueue struct {
 	next      int // rotation over tasks, so that one busy task cannot starve the others
 	inflight  map[string]*inflight
 	cancelKV  jetstream.KeyValue
+
+	pres presence // what GET /v1/workers shows (workers.go)
 }
 
 type inflight struct {
@@ -137,6 +139,8 @@ func (q *WorkerQueue) Register(ctx context.Context, req api.RegisterRequest) (ap
 		return api.RegisterResponse{}, err
 	}
 	q.log.Info("registered on NATS JetStream", zap.String("name", req.Name), zap.String("version", req.AgentVersion))
+	q.presenceRegistered(req)
+	q.announce(ctx, true)
 	return api.RegisterResponse{WorkerID: q.workerID, Pool: q.o.Pool,
 		LeaseTTLSeconds: max(1, int(q.o.AckWait/time.Second)), MaxWaitSeconds: 30}, nil
 }
@@ -226,6 +230,8 @@ func (q *WorkerQueue) PublishCatalog(ctx context.Context, tasks []api.TaskDef) (
 	q.lastBind = time.Time{}
 	q.mu.Unlock()
 	q.bind(ctx)
+	q.presenceTasks(tasks)
+	q.announce(ctx, true)
 	return api.CatalogResponse{Pool: q.o.Pool, Tasks: tasks}, nil
 }
 
@@ -293,6 +299,7 @@ func (q *WorkerQueue) Lease(ctx context.Context, max int, wait time.Duration) ([
 	}
 	q.bind(ctx)
 	q.forget(time.Now())
+	q.announce(ctx, false)
 	deadline := time.Now().Add(wait)
 	for {
 		cons := q.rotation()
@@ -582,6 +589,7 @@ func (q *WorkerQueue) Heartbeat(ctx context.Context, leaseToken string) (api.Hea
 	l.seen = time.Now()
 	q.mu.Unlock()
 	resp.CancelRequested = q.cancelRequested(ctx, l.env.JobID)
+	q.announce(ctx, false)
 	return resp, nil
 }
 

@@ -4,8 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/controlplane"
 	"github.com/castellan-dev/castellan/internal/server/api"
@@ -22,6 +22,9 @@ var (
 	_ controlplane.Auditor      = sqlBackend{}
 	_ controlplane.AuditHeads   = sqlBackend{}
 	_ controlplane.TokenCreator = sqlBackend{}
+
+	_ controlplane.WorkerLister          = sqlBackend{}
+	_ controlplane.RegistrationExchanger = sqlBackend{}
 )
 
 func (b sqlBackend) Authenticate(ctx context.Context, secret string) (Principal, error) {
@@ -97,25 +100,24 @@ func (b sqlBackend) ListTokens(ctx context.Context) ([]api.Token, error) {
 }
 
 func (b sqlBackend) RevokeToken(ctx context.Context, p Principal, id string) (bool, error) {
-	now := b.s.cfg.Now()
-	ok, err := b.s.store.RevokeToken(ctx, id, now)
-	if err != nil || !ok {
-		return ok, err
-	}
-	return true, b.s.store.tx(ctx, func(tx *sqlTx) error {
-		return audit(ctx, tx, now, p.TokenID, string(p.Role), "token.revoke", "", fmt.Sprintf(`{"id":%q}`, id))
-	})
+	return b.s.store.revokeTokenAudited(ctx, id, p.TokenID, string(p.Role), b.s.cfg.Now())
 }
 
 func (b sqlBackend) CreateToken(ctx context.Context, p Principal, req api.TokenCreateRequest) (api.Token, error) {
-	now := b.s.cfg.Now()
-	t, err := b.s.store.CreateToken(ctx, req.Role, req.Pool, req.Name, now)
-	if err != nil {
-		return api.Token{}, err
+	t, err := b.s.store.createTokenAudited(ctx, req, p.TokenID, string(p.Role), b.s.cfg.Now())
+	var bad tokenRequestError
+	if errors.As(err, &bad) {
+		return api.Token{}, errf(http.StatusBadRequest, api.CodeInvalidField, "%v", bad.error)
 	}
-	return t, b.s.store.tx(ctx, func(tx *sqlTx) error {
-		return audit(ctx, tx, now, p.TokenID, string(p.Role), "token.create", "", fmt.Sprintf(`{"id":%q,"role":%q,"pool":%q}`, t.ID, t.Role, t.Pool))
-	})
+	return t, err
+}
+
+func (b sqlBackend) ListWorkers(ctx context.Context, pool string, now time.Time) (api.WorkerList, error) {
+	return b.s.store.ListWorkers(ctx, pool, api.OnlineWindow(b.s.cfg.LeaseTTL), now)
+}
+
+func (b sqlBackend) ExchangeRegistration(ctx context.Context, p Principal, name string, now time.Time) (api.Token, error) {
+	return b.s.store.ExchangeRegistration(ctx, p, name, now)
 }
 
 func (b sqlBackend) ListAudit(ctx context.Context, jobID, action string, limit int, cursor int64) (api.AuditList, error) {

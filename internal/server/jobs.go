@@ -638,7 +638,6 @@ var qLeaseJob = hot(`UPDATE jobs SET state = 'running', attempt = attempt + 1, l
 				lease_expires_at = ?, leased_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'`)
 var qLeasedJob = hot(`SELECT id, task, task_version, pool, input, approval, attempt, max_attempts, traceparent FROM jobs WHERE id = ?`)
 var qInsertAttempt = hot(`INSERT INTO job_attempts(job_id, attempt, leased_by, leased_at) VALUES (?,?,?,?)`)
-var qWorkerSeen = hot(`UPDATE workers SET last_seen_at = ? WHERE token_id = ?`)
 var qJobByLease = hot(`SELECT id, pool, state, lease_expires_at, leased_by FROM jobs WHERE lease_hash = ?`)
 var qExtendLease = hot(`UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?`)
 

@@ -46,6 +46,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Logger: s.log, MaxInputBytes: cfg.MaxInputBytes, MaxOutputBytes: cfg.MaxOutputBytes,
 		DefaultMaxAttempts: cfg.DefaultMaxAttempts, RecheckInterval: cfg.RecheckInterval,
 		AutoApprover: cfg.AutoApprover, AutoApproveTasks: cfg.AutoApproveTasks, MCP: cfg.MCP,
+		Now: cfg.Now,
 	}); err != nil {
 		st.Close()
 		return nil, err

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -140,7 +141,13 @@ CREATE INDEX audit_job ON audit(job_id);
 ALTER TABLE tasks ADD COLUMN annotations TEXT;`,
 	// 5: who denied a job (the approver token's name, or its id), for POST /v1/jobs/{id}/deny.
 	`ALTER TABLE jobs ADD COLUMN denied_by TEXT NOT NULL DEFAULT '';`,
-	// 6: plans (plans.go): a plan's steps are jobs; this is the plan record and which plan
+	// 6: a token's expiry (NULL: never), see tokens.go.
+	`ALTER TABLE tokens ADD COLUMN expires_at INTEGER;`,
+	// 7: the audit table becomes a hash chain (api.AuditHash); the rows already there are
+	// chained by migrationHooks[7], in the same transaction.
+	`ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';`,
+	// 8: plans (plans.go): a plan's steps are jobs; this is the plan record and which plan
 	// each step belongs to.
 	`CREATE TABLE plans (
 	id              TEXT PRIMARY KEY,
@@ -159,6 +166,45 @@ CREATE TABLE plan_steps (
 	job_id  TEXT PRIMARY KEY,
 	plan_id TEXT NOT NULL
 );`,
+}
+
+// migrationHooks run in a migration's transaction after its SQL, for what SQL cannot do.
+var migrationHooks = map[int]func(context.Context, *txn) error{7: chainExistingAudit}
+
+// chainExistingAudit chains the audit rows written before migration 7, oldest first. It runs
+// once, with the migration: rows with an empty hash found later are a broken chain, never
+// rechained (that would bless an edit).
+func chainExistingAudit(ctx context.Context, tx *txn) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id, at, actor, role, action, job_id, detail FROM audit ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	var all []api.AuditEntry
+	for rows.Next() {
+		e, err := scanAudit(rows, false)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		all = append(all, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	prev := ""
+	for _, e := range all {
+		e.PrevHash = prev
+		h, err := api.AuditHash(e)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?`, prev, h, e.ID); err != nil {
+			return err
+		}
+		prev = h
+	}
+	return nil
 }
 
 // OpenStore opens (creating if needed) the SQLite database at path and applies pending
@@ -252,6 +298,11 @@ func (s *Store) migrate(ctx context.Context) error {
 		err := s.tx(ctx, func(tx *txn) error {
 			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
 				return err
+			}
+			if hook := migrationHooks[v]; hook != nil {
+				if err := hook(ctx, tx); err != nil {
+					return err
+				}
 			}
 			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)`, v, time.Now().UnixMilli())
 			return err
@@ -398,11 +449,76 @@ func run(w write, t *txn) (err error) {
 	return w.fn(t)
 }
 
-var qAudit = hot(`INSERT INTO audit(at, actor, role, action, job_id, detail) VALUES (?,?,?,?,?,?)`)
+var (
+	qAuditHead = hot(`SELECT hash FROM audit ORDER BY id DESC LIMIT 1`)
+	qAudit     = hot(`INSERT INTO audit(at, actor, role, action, job_id, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)`)
+)
 
+// audit appends one entry to the hash-chained audit table, in the caller's transaction:
+// the writer runs one transaction at a time (and SQLite one writer across processes), so
+// the head read here is still the head at the insert, and a body rolled back takes its
+// entry with it.
 func audit(ctx context.Context, tx *txn, at time.Time, actor, role, action, jobID, detail string) error {
-	_, err := tx.ExecContext(ctx, qAudit, at.UnixMilli(), actor, role, action, jobID, detail)
+	var prev string
+	if err := tx.QueryRowContext(ctx, qAuditHead).Scan(&prev); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	e := api.AuditEntry{At: msTime(at.UnixMilli()), Actor: actor, Role: role, Action: action, JobID: jobID, PrevHash: prev}
+	if detail != "" {
+		e.Detail = json.RawMessage(detail)
+	}
+	h, err := api.AuditHash(e)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, qAudit, at.UnixMilli(), actor, role, action, jobID, detail, prev, h)
 	return err
+}
+
+const auditColumns = `id, at, actor, role, action, job_id, detail, prev_hash, hash`
+
+// scanAudit reads one row of auditColumns (without the hashes unless chainedRow).
+func scanAudit(sc scanner, chainedRow bool) (api.AuditEntry, error) {
+	var e api.AuditEntry
+	var at int64
+	var detail string
+	dst := []any{&e.ID, &at, &e.Actor, &e.Role, &e.Action, &e.JobID, &detail}
+	if chainedRow {
+		dst = append(dst, &e.PrevHash, &e.Hash)
+	}
+	if err := sc.Scan(dst...); err != nil {
+		return e, err
+	}
+	e.At = msTime(at)
+	if detail != "" {
+		e.Detail = []byte(detail)
+	}
+	return e, nil
+}
+
+// WalkAudit calls fn with every audit entry, oldest first, until fn returns an error.
+func (s *Store) WalkAudit(ctx context.Context, fn func(api.AuditEntry) error) error {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+auditColumns+` FROM audit ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		e, err := scanAudit(rows, true)
+		if err != nil {
+			return err
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// ListAudit is one page of GET /v1/audit: newest first, at most limit, before cursor (an
+// entry id; 0 for the newest).
+func (s *Store) ListAudit(ctx context.Context, jobID, action string, limit int, cursor int64) (api.AuditList, error) {
+	return s.listAudit(ctx, jobID, action, limit, cursor)
 }
 
 func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
@@ -418,7 +534,7 @@ func msTimePtr(ms sql.NullInt64) *time.Time {
 type sqlTx = txn
 
 func (s *Store) listAudit(ctx context.Context, jobID, action string, limit int, cursor int64) (api.AuditList, error) {
-	q := `SELECT id, at, actor, role, action, job_id, detail FROM audit WHERE 1=1`
+	q := `SELECT ` + auditColumns + ` FROM audit WHERE 1=1`
 	var args []any
 	if jobID != "" {
 		q += ` AND job_id = ?`
@@ -441,19 +557,13 @@ func (s *Store) listAudit(ctx context.Context, jobID, action string, limit int, 
 	defer rows.Close()
 	out := api.AuditList{Entries: []api.AuditEntry{}}
 	for rows.Next() {
-		var e api.AuditEntry
-		var at int64
-		var detail string
-		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Role, &e.Action, &e.JobID, &detail); err != nil {
+		e, err := scanAudit(rows, true)
+		if err != nil {
 			return api.AuditList{}, err
 		}
 		if len(out.Entries) == limit {
 			out.NextCursor = fmt.Sprint(out.Entries[limit-1].ID)
 			break
-		}
-		e.At = msTime(at)
-		if detail != "" {
-			e.Detail = []byte(detail)
 		}
 		out.Entries = append(out.Entries, e)
 	}

@@ -17,7 +17,8 @@ import (
 func TestAPISuite(t *testing.T) {
 	t.Parallel()
 	apitest.Run(t, nil, func(t *testing.T, o apitest.Options) *apitest.Backend {
-		cfg := Config{DBPath: filepath.Join(t.TempDir(), "cp.db"), RecheckInterval: 20 * time.Millisecond}
+		clock := &apitest.Clock{}
+		cfg := Config{DBPath: filepath.Join(t.TempDir(), "cp.db"), RecheckInterval: 20 * time.Millisecond, Now: clock.Now}
 		if o.AutoApprove {
 			cfg.AutoApprover, cfg.AutoApproveTasks = &fakeApprover{}, []string{"echo"}
 		}
@@ -41,6 +42,14 @@ func TestAPISuite(t *testing.T) {
 			}
 			return tok
 		}
+		newTokenTTL := func(t testing.TB, role api.Role, pool string, ttl time.Duration) api.Token {
+			tok, err := s.Store().CreateTokenFor(context.Background(), api.TokenCreateRequest{Role: role, Pool: pool,
+				Name: string(role), TTLSeconds: int64(ttl / time.Second)}, clock.Now())
+			if err != nil {
+				t.Fatalf("CreateTokenFor(%s, %s, %v) = %v", role, pool, ttl, err)
+			}
+			return tok
+		}
 		newWorker := func(t testing.TB, name string) *client.Client {
 			c, err := client.New(hs.URL, newToken(t, api.RoleWorker, apitest.Pool).Secret)
 			if err != nil {
@@ -56,7 +65,7 @@ func TestAPISuite(t *testing.T) {
 			t.Fatal(err)
 		}
 		w2 := newWorker(t, "w2")
-		return &apitest.Backend{URL: hs.URL, NewToken: newToken, Worker: w, HTTPWorkers: true,
+		return &apitest.Backend{URL: hs.URL, NewToken: newToken, Worker: w, HTTPWorkers: true, NewTokenTTL: newTokenTTL, Clock: clock,
 			Waiters: func() int { return int(s.cp.Waiters()) },
 			PublishCatalog: func(ctx context.Context, tasks []api.TaskDef) error {
 				_, err := w2.PublishCatalog(ctx, tasks)

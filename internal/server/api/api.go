@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/approval"
@@ -24,10 +26,13 @@ const (
 	RoleClient   Role = "client"   // submit, get, list, cancel, wait
 	RoleApprover Role = "approver" // attach approvals (and read jobs to decide)
 	RoleAdmin    Role = "admin"    // everything, including token management and audit
+	// RoleRegistration may only exchange itself for a worker token of its pool
+	// (POST /v1/register/exchange); HTTP mode only.
+	RoleRegistration Role = "registration"
 )
 
 // Roles lists every role.
-var Roles = []Role{RoleWorker, RoleClient, RoleApprover, RoleAdmin}
+var Roles = []Role{RoleWorker, RoleClient, RoleApprover, RoleAdmin, RoleRegistration}
 
 // AllPools is the pool of a non-worker token that may act on every pool.
 const AllPools = "*"
@@ -351,6 +356,31 @@ type TokenCreateRequest struct {
 	Role Role   `json:"role"`
 	Pool string `json:"pool"`
 	Name string `json:"name,omitempty"`
+	// TTLSeconds makes the token expire that many seconds after its creation; omitted (or
+	// 0), it never expires. At most MaxTokenTTLSeconds.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+}
+
+// RegisterExchangeRequest is POST /v1/register/exchange, sent with a registration token:
+// the worker's name, which its new worker token is named after. The answer is that token
+// (Token, Secret set) and the registration token is used up.
+type RegisterExchangeRequest struct {
+	Name string `json:"name"`
+}
+
+// MaxRegistrationTTLSeconds bounds a registration token's ttl_seconds (a day): it is meant
+// to be handed to a new host and exchanged at its first start.
+const MaxRegistrationTTLSeconds = 24 * 3600
+
+// MaxTokenTTLSeconds bounds a token's ttl_seconds (ten years): beyond it, omit the field.
+const MaxTokenTTLSeconds = 10 * 366 * 24 * 3600
+
+// CheckTokenTTL says why a ttl_seconds is refused, in both control-plane modes.
+func CheckTokenTTL(ttl int64) error {
+	if ttl < 0 || ttl > MaxTokenTTLSeconds {
+		return fmt.Errorf("ttl_seconds is %d, want 1..%d (omit it for a token that never expires)", ttl, MaxTokenTTLSeconds)
+	}
+	return nil
 }
 
 // Token describes a bearer token. Secret is set only in the response that created it.
@@ -361,8 +391,13 @@ type Token struct {
 	Name      string     `json:"name,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// ExpiresAt is when the token stops authenticating; nil for a token without a TTL.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	Secret    string     `json:"token,omitempty"`
 }
+
+// Expired reports whether the token has expired at now.
+func (t Token) Expired(now time.Time) bool { return t.ExpiresAt != nil && !now.Before(*t.ExpiresAt) }
 
 // TokenList is GET /v1/tokens.
 type TokenList struct {
@@ -378,10 +413,61 @@ type AuditEntry struct {
 	Action string          `json:"action"`
 	JobID  string          `json:"job_id,omitempty"`
 	Detail json.RawMessage `json:"detail,omitempty"`
+	// PrevHash is the previous entry's Hash ("" for the first entry); Hash is AuditHash of
+	// this entry. Together they chain the log: see VerifyAuditChain.
+	PrevHash string `json:"prev_hash"`
+	Hash     string `json:"hash"`
 }
 
 // AuditList is GET /v1/audit.
 type AuditList struct {
 	Entries    []AuditEntry `json:"entries"`
 	NextCursor string       `json:"next_cursor,omitempty"`
+}
+
+// WorkerInfo is one worker in GET /v1/workers: who it is, what it serves, and whether it
+// was seen within the list's online window.
+type WorkerInfo struct {
+	ID           string     `json:"id"` // its token id (SQLite mode) or its connection's worker id (NATS mode)
+	Name         string     `json:"name"`
+	Pool         string     `json:"pool"`
+	Version      string     `json:"version"`
+	Tasks        []string   `json:"tasks"` // name@version, in name order
+	RegisteredAt *time.Time `json:"registered_at,omitempty"`
+	LastSeenAt   time.Time  `json:"last_seen_at"` // its last lease, heartbeat or registration (to within PresenceInterval)
+	Online       bool       `json:"online"`       // LastSeenAt within OnlineWindowSeconds
+}
+
+// WorkerList is GET /v1/workers, online workers first.
+type WorkerList struct {
+	Workers             []WorkerInfo `json:"workers"`
+	OnlineWindowSeconds int          `json:"online_window_seconds"`
+}
+
+// PresenceInterval is how often at most a worker's last-seen time is written, in both
+// modes: a busy worker costs at most one write per interval, not one per lease.
+const PresenceInterval = 10 * time.Second
+
+// OnlineWindow is how recently a worker must have been seen to be online: it is seen at
+// every lease long-poll and every heartbeat (a third of the lease), so the window is the
+// lease (at least 90 s, several long-polls and presence writes).
+func OnlineWindow(lease time.Duration) time.Duration { return max(90*time.Second, lease) }
+
+// SortWorkers orders a worker list as both modes answer it: online first, then by pool,
+// name and id.
+func SortWorkers(ws []WorkerInfo) {
+	slices.SortFunc(ws, func(a, b WorkerInfo) int {
+		switch {
+		case a.Online != b.Online:
+			if a.Online {
+				return -1
+			}
+			return 1
+		case a.Pool != b.Pool:
+			return strings.Compare(a.Pool, b.Pool)
+		case a.Name != b.Name:
+			return strings.Compare(a.Name, b.Name)
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 }

@@ -116,25 +116,33 @@ func CheckDenyReason(reason string) error {
 // MaxTokenName bounds a token's name, in bytes.
 const MaxTokenName = 128
 
-// CheckTokenRequest returns the pool a new token of role gets ("*" for an admin token that
-// names none), or why role, pool or name cannot make one: the role must be one of Roles,
-// the pool a pool name or "*", a worker token must name one pool, the name is at most
-// MaxTokenName bytes.
-func CheckTokenRequest(role Role, pool, name string) (string, error) {
-	if !slices.Contains(Roles, role) {
-		return "", fmt.Errorf("role %q is not one of worker, client, approver, admin", role)
+// CheckTokenRequest returns req with the pool a new token gets ("*" for an admin token that
+// names none), or why it cannot make one: the role must be one of Roles, the pool a pool
+// name or "*", a worker or registration token must name one pool, the name is at most
+// MaxTokenName bytes, ttl_seconds passes CheckTokenTTL, and a registration token is
+// short-lived (ttl_seconds 1..MaxRegistrationTTLSeconds). Every way of making a token
+// (POST /v1/tokens in both modes, castellan token create --db and --nats) checks this.
+func CheckTokenRequest(req TokenCreateRequest) (TokenCreateRequest, error) {
+	if !slices.Contains(Roles, req.Role) {
+		return req, fmt.Errorf("role %q is not one of worker, client, approver, admin, registration", req.Role)
 	}
-	if pool == "" && role == RoleAdmin {
-		pool = AllPools
+	if req.Pool == "" && req.Role == RoleAdmin {
+		req.Pool = AllPools
 	}
-	if pool != AllPools && !ValidPoolName(pool) {
-		return "", fmt.Errorf("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", pool)
+	if req.Pool != AllPools && !ValidPoolName(req.Pool) {
+		return req, fmt.Errorf("pool %q is invalid: use 1-63 of a-z 0-9 _ . - starting with a letter or digit, or \"*\"", req.Pool)
 	}
-	if role == RoleWorker && pool == AllPools {
-		return "", errors.New(`a worker token must name one pool, not "*"`)
+	if (req.Role == RoleWorker || req.Role == RoleRegistration) && req.Pool == AllPools {
+		return req, fmt.Errorf(`a %s token must name one pool, not "*"`, req.Role)
 	}
-	if len(name) > MaxTokenName {
-		return "", fmt.Errorf("token name is %d bytes, at most %d", len(name), MaxTokenName)
+	if len(req.Name) > MaxTokenName {
+		return req, fmt.Errorf("token name is %d bytes, at most %d", len(req.Name), MaxTokenName)
 	}
-	return pool, nil
+	if err := CheckTokenTTL(req.TTLSeconds); err != nil {
+		return req, err
+	}
+	if req.Role == RoleRegistration && (req.TTLSeconds == 0 || req.TTLSeconds > MaxRegistrationTTLSeconds) {
+		return req, fmt.Errorf("a registration token must be short-lived: give ttl_seconds 1..%d (--ttl, e.g. 1h)", MaxRegistrationTTLSeconds)
+	}
+	return req, nil
 }

@@ -56,6 +56,10 @@ type Backend struct {
 	Waiters func() int
 	// HTTPWorkers is true where workers use the HTTP worker routes (SQLite mode).
 	HTTPWorkers bool
+	// NewTokenTTL creates a token as NewToken does, expiring ttl after Clock's now.
+	NewTokenTTL func(t testing.TB, role api.Role, pool string, ttl time.Duration) api.Token
+	// Clock is the control plane's clock (token expiry, worker presence).
+	Clock *Clock
 }
 
 // Options configure the backend a scenario needs.
@@ -926,6 +930,177 @@ var scenarios = []scenario{
 			}
 		}
 	}},
+	{"tokens/ttl", func(t *testing.T, s *suite) {
+		tok := s.NewTokenTTL(t, api.RoleClient, Pool, time.Hour)
+		if tok.ExpiresAt == nil || tok.ExpiresAt.Sub(tok.CreatedAt) != time.Hour {
+			t.Fatalf("created %+v, want expires_at one hour after created_at", tok)
+		}
+		s.ok(t, 200, tok.Secret, "GET", "/v1/jobs", "", nil)
+		var list api.TokenList
+		s.ok(t, 200, s.admin, "GET", "/v1/tokens", "", &list)
+		found := false
+		for _, l := range list.Tokens {
+			if l.ID == tok.ID {
+				found = l.ExpiresAt != nil && l.ExpiresAt.Equal(*tok.ExpiresAt)
+			} else if l.ExpiresAt != nil {
+				t.Errorf("token %s without a TTL is listed with expires_at %v", l.ID, l.ExpiresAt)
+			}
+		}
+		if !found {
+			t.Fatalf("GET /v1/tokens = %+v, want %s with expires_at %v", list.Tokens, tok.ID, tok.ExpiresAt)
+		}
+		s.Clock.Advance(59 * time.Minute)
+		s.ok(t, 200, tok.Secret, "GET", "/v1/jobs", "", nil)
+		s.Clock.Advance(time.Minute)
+		// Expired exactly at expires_at, on every route, with a message that says so.
+		for _, r := range []struct{ method, path, body string }{
+			{"GET", "/v1/jobs", ""}, {"POST", "/v1/jobs", submitBody("")}, {"GET", "/v1/catalog", ""},
+		} {
+			e := s.refused(t, 401, api.CodeUnauthenticated, tok.Secret, r.method, r.path, r.body)
+			if !strings.Contains(e.Message, "expired") || !strings.Contains(e.Message, tok.ID) {
+				t.Errorf("%s %s with an expired token: message %q, want it to say %s expired", r.method, r.path, e.Message, tok.ID)
+			}
+		}
+		// Tokens without a TTL are untouched by time.
+		s.Clock.Advance(100 * 24 * time.Hour)
+		s.ok(t, 200, s.client, "GET", "/v1/jobs", "", nil)
+		s.ok(t, 200, s.admin, "GET", "/v1/tokens", "", nil)
+		// An unknown token is still "unknown", not "expired".
+		unknown := api.TokenPrefix + strings.Repeat("A", 43)
+		if e := s.refused(t, 401, api.CodeUnauthenticated, unknown, "GET", "/v1/jobs", ""); strings.Contains(e.Message, "expired") {
+			t.Errorf("an unknown token's refusal says %q", e.Message)
+		}
+	}},
+	{"whoami", func(t *testing.T, s *suite) {
+		ttl := s.NewTokenTTL(t, api.RoleApprover, Pool, 2*time.Hour)
+		who := []api.Token{s.NewToken(t, api.RoleClient, Pool), s.NewToken(t, api.RoleAdmin, api.AllPools), ttl}
+		if s.HTTPWorkers {
+			who = append(who, s.NewToken(t, api.RoleWorker, Pool))
+		}
+		for _, tok := range who {
+			var got api.Token
+			s.ok(t, 200, tok.Secret, "GET", "/v1/whoami", "", &got)
+			want := tok
+			want.Secret = ""
+			if got.ID != want.ID || got.Role != want.Role || got.Pool != want.Pool || got.Name != want.Name ||
+				!got.CreatedAt.Equal(want.CreatedAt) || (got.ExpiresAt == nil) != (want.ExpiresAt == nil) ||
+				(got.ExpiresAt != nil && !got.ExpiresAt.Equal(*want.ExpiresAt)) || got.Secret != "" || got.RevokedAt != nil {
+				t.Errorf("GET /v1/whoami as %s = %+v, want %+v", tok.Role, got, want)
+			}
+			c, err := client.New(s.URL, tok.Secret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ct, err := c.Whoami(t.Context()); err != nil || ct.ID != tok.ID || ct.Secret != "" {
+				t.Errorf("Client.Whoami() as %s = %+v, %v", tok.Role, ct, err)
+			}
+		}
+		s.refused(t, 401, api.CodeUnauthenticated, "", "GET", "/v1/whoami", "")
+		s.refused(t, 400, api.CodeUnknownField, s.client, "GET", "/v1/whoami?id=x", "")
+		s.Clock.Advance(2 * time.Hour)
+		s.refused(t, 401, api.CodeUnauthenticated, ttl.Secret, "GET", "/v1/whoami", "")
+	}},
+	{"workers", func(t *testing.T, s *suite) {
+		var l api.WorkerList
+		s.ok(t, 200, s.admin, "GET", "/v1/workers", "", &l)
+		if len(l.Workers) != 2 || l.OnlineWindowSeconds < 90 {
+			t.Fatalf("GET /v1/workers = %+v, want the backend's two workers and a window of at least 90 s", l)
+		}
+		served := 0
+		for _, w := range l.Workers {
+			if w.Pool != Pool || !w.Online || w.Version != "test" || w.Name == "" || w.ID == "" || w.RegisteredAt == nil ||
+				time.Since(w.LastSeenAt) > time.Minute || w.Tasks == nil {
+				t.Errorf("listed worker %+v: want an online worker of %s, version test, seen just now", w, Pool)
+			}
+			if slices.Equal(w.Tasks, []string{"echo@1.0.0"}) {
+				served++
+			}
+		}
+		if served != 1 {
+			t.Errorf("GET /v1/workers = %+v, want one worker serving echo@1.0.0 (the other published nothing)", l.Workers)
+		}
+		var mine api.WorkerList
+		s.ok(t, 200, s.approver, "GET", "/v1/workers", "", &mine)
+		if len(mine.Workers) != 2 {
+			t.Errorf("GET /v1/workers as %s's approver = %d workers, want 2", Pool, len(mine.Workers))
+		}
+		s.ok(t, 200, s.otherApprover, "GET", "/v1/workers", "", &mine)
+		if len(mine.Workers) != 0 {
+			t.Errorf("GET /v1/workers as %s's approver = %+v, want none (no worker serves %s)", Other, mine.Workers, Other)
+		}
+		s.ok(t, 200, s.admin, "GET", "/v1/workers?pool="+Other, "", &mine)
+		if len(mine.Workers) != 0 {
+			t.Errorf("GET /v1/workers?pool=%s = %+v, want none", Other, mine.Workers)
+		}
+		s.refused(t, 403, api.CodeForbidden, s.otherApprover, "GET", "/v1/workers?pool="+Pool, "")
+		s.refused(t, 403, api.CodeForbidden, s.client, "GET", "/v1/workers", "")
+		s.refused(t, 400, api.CodeUnknownField, s.admin, "GET", "/v1/workers?online=1", "")
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "GET", "/v1/workers?pool=No!", "")
+		// Past the window without a lease or heartbeat, both are offline (and still listed).
+		s.Clock.Advance(time.Duration(l.OnlineWindowSeconds)*time.Second + time.Minute)
+		s.ok(t, 200, s.admin, "GET", "/v1/workers", "", &l)
+		if len(l.Workers) != 2 || l.Workers[0].Online || l.Workers[1].Online {
+			t.Fatalf("GET /v1/workers after the window = %+v, want both listed offline", l.Workers)
+		}
+		if s.HTTPWorkers {
+			// A lease is a sign of life: that worker is online again.
+			if _, err := s.Worker.Lease(t.Context(), 1, 0); err != nil {
+				t.Fatal(err)
+			}
+			s.ok(t, 200, s.admin, "GET", "/v1/workers", "", &l)
+			if !l.Workers[0].Online || l.Workers[1].Online || !slices.Equal(l.Workers[0].Tasks, []string{"echo@1.0.0"}) {
+				t.Fatalf("GET /v1/workers after a lease = %+v, want the leasing worker online and first", l.Workers)
+			}
+		}
+	}},
+	{"registration", func(t *testing.T, s *suite) {
+		var reg api.Token
+		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"alpha","name":"dc2","ttl_seconds":3600}`, &reg)
+		if reg.Role != api.RoleRegistration || reg.ExpiresAt == nil {
+			t.Fatalf("POST /v1/tokens role registration = %+v", reg)
+		}
+		// Its only power is the exchange.
+		for _, r := range []struct{ method, path, body string }{
+			{"GET", "/v1/jobs", ""}, {"POST", "/v1/jobs", submitBody("")}, {"GET", "/v1/catalog", ""}, {"GET", "/v1/whoami", ""},
+			{"POST", "/v1/workers/register", `{"name":"x"}`}, {"POST", "/v1/lease", `{"max":1,"wait_seconds":0}`},
+			{"PUT", "/v1/catalog", `{"tasks":[]}`}, {"GET", "/v1/tokens", ""}, {"POST", "/v1/tokens", `{"role":"worker","pool":"alpha"}`},
+			{"GET", "/v1/audit", ""}, {"GET", "/v1/workers", ""},
+		} {
+			s.refused(t, 403, api.CodeForbidden, reg.Secret, r.method, r.path, r.body)
+		}
+		worker := s.NewToken(t, api.RoleWorker, Pool).Secret
+		for _, who := range []string{s.client, s.approver, s.admin, worker} {
+			s.refused(t, 403, api.CodeForbidden, who, "POST", "/v1/register/exchange", `{"name":"w"}`)
+		}
+		s.refused(t, 400, api.CodeInvalidField, reg.Secret, "POST", "/v1/register/exchange", `{"name":""}`)
+		s.refused(t, 400, api.CodeUnknownField, reg.Secret, "POST", "/v1/register/exchange", `{"name":"w","pool":"beta"}`)
+		// Short-lived, one pool, and never of another pool's worker.
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"alpha"}`)
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"alpha","ttl_seconds":604800}`)
+		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"registration","pool":"*","ttl_seconds":60}`)
+
+		var w api.Token
+		s.ok(t, 201, reg.Secret, "POST", "/v1/register/exchange", `{"name":"dc2-w7"}`, &w)
+		if w.Role != api.RoleWorker || w.Pool != Pool || w.Name != "dc2-w7" || !strings.HasPrefix(w.Secret, api.TokenPrefix) || w.ExpiresAt != nil {
+			t.Fatalf("exchange = %+v, want a lasting worker token of %s named dc2-w7", w, Pool)
+		}
+		s.ok(t, 200, w.Secret, "POST", "/v1/workers/register", `{"name":"dc2-w7","agent_version":"test"}`, nil)
+		// Used up: a second exchange is refused, and says why.
+		if e := s.refused(t, 401, api.CodeUnauthenticated, reg.Secret, "POST", "/v1/register/exchange", `{"name":"again"}`); e.Message == "" {
+			t.Fatal("no message")
+		}
+		// An expired one too.
+		late := s.NewTokenTTL(t, api.RoleRegistration, Pool, time.Minute)
+		s.Clock.Advance(time.Minute)
+		if e := s.refused(t, 401, api.CodeUnauthenticated, late.Secret, "POST", "/v1/register/exchange", `{"name":"late"}`); !strings.Contains(e.Message, "expired") {
+			t.Fatalf("exchange with an expired registration token: %q, want it to say expired", e.Message)
+		}
+		var l api.AuditList
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?action=token.exchange", "", &l)
+		if len(l.Entries) != 1 || l.Entries[0].Actor != reg.ID || !strings.Contains(string(l.Entries[0].Detail), w.ID) {
+			t.Fatalf("audit of the exchange = %+v, want one token.exchange by %s naming %s", l.Entries, reg.ID, w.ID)
+		}
+	}},
 	{"tokens/create", func(t *testing.T, s *suite) {
 		var tok api.Token
 		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","name":"ci"}`, &tok)
@@ -937,6 +1112,18 @@ var scenarios = []scenario{
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"root","pool":"*"}`)
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"worker","pool":"*"}`)
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"`+strings.Repeat("p", 64)+`"}`)
+		var short api.Token
+		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","ttl_seconds":60}`, &short)
+		if short.ExpiresAt == nil || short.ExpiresAt.Sub(short.CreatedAt) != time.Minute {
+			t.Fatalf("POST /v1/tokens ttl_seconds 60 = %+v, want expires_at a minute after created_at", short)
+		}
+		s.ok(t, 200, short.Secret, "GET", "/v1/jobs", "", nil)
+		s.Clock.Advance(time.Minute)
+		s.refused(t, 401, api.CodeUnauthenticated, short.Secret, "GET", "/v1/jobs", "")
+		for _, ttl := range []string{"-1", "999999999999"} {
+			s.refused(t, 400, api.CodeInvalidField, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","ttl_seconds":`+ttl+`}`)
+		}
+		s.refused(t, 400, api.CodeInvalidJSON, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","ttl_seconds":"1h"}`)
 	}},
 	{"roles/worker_routes", func(t *testing.T, s *suite) {
 		worker := s.NewToken(t, api.RoleWorker, Pool).Secret
@@ -1032,6 +1219,106 @@ var scenarios = []scenario{
 		}
 		s.refused(t, 403, api.CodeForbidden, s.approver, "GET", "/v1/audit", "")
 		s.refused(t, 400, api.CodeInvalidField, s.admin, "GET", "/v1/audit?limit=1001", "")
+		s.refused(t, 400, api.CodeUnknownField, s.admin, "GET", "/v1/audit?job=x", "")
+
+		// More actions, some at once: every entry chains onto the one before it, with no fork.
+		k := s.submit(t, "")
+		s.ok(t, 200, s.approver, "POST", "/v1/jobs/"+k.ID+"/approval", `{"token":"`+FakeApproval("k")+`"}`, nil)
+		s.ok(t, 200, s.client, "POST", "/v1/jobs/"+j.ID+"/cancel", "", nil)
+		// A deny and token changes are API actions of the chain in both modes too.
+		d := s.submit(t, "")
+		s.ok(t, 200, s.approver, "POST", "/v1/jobs/"+d.ID+"/deny", `{"reason":"not this week"}`, nil)
+		var tok api.Token
+		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","ttl_seconds":60}`, &tok)
+		s.ok(t, 204, s.admin, "DELETE", "/v1/tokens/"+tok.ID, "", nil)
+		done := make(chan struct{})
+		for range 8 {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				s.do(t, s.client, "POST", "/v1/jobs", submitBody(""))
+			}()
+		}
+		for range 8 {
+			<-done
+		}
+		// A worker's completion is recorded too (over JetStream, by the result consumer, after
+		// the job's record: poll for it).
+		lj := s.lease(t)
+		if lj.JobID != k.ID {
+			t.Fatalf("leased %s, want the approved %s", lj.JobID, k.ID)
+		}
+		if _, err := s.Worker.Complete(t.Context(), lj.JobID, complete(lj, "ok", nil)); err != nil {
+			t.Fatal(err)
+		}
+		s.waitState(t, k.ID, api.StateSucceeded)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var c api.AuditList
+			s.ok(t, 200, s.admin, "GET", "/v1/audit?action=job.complete", "", &c)
+			if len(c.Entries) == 1 && c.Entries[0].JobID == k.ID && strings.Contains(string(c.Entries[0].Detail), `"succeeded"`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET /v1/audit?action=job.complete = %+v, want the completion of %s", c.Entries, k.ID)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		// Oldest first, over pages of 5.
+		var all []api.AuditEntry
+		cursor := ""
+		for {
+			var page api.AuditList
+			q := "/v1/audit?limit=5"
+			if cursor != "" {
+				q += "&cursor=" + cursor
+			}
+			s.ok(t, 200, s.admin, "GET", q, "", &page)
+			all = append(all, page.Entries...)
+			if cursor = page.NextCursor; cursor == "" {
+				break
+			}
+		}
+		slices.Reverse(all)
+		var chain api.AuditChain
+		actions := map[string]int{}
+		for _, e := range all {
+			if err := chain.Add(e); err != nil {
+				t.Fatalf("the audit chain breaks: %v (entries %+v)", err, all)
+			}
+			if e.Role != "direct" { // the harness's own tokens, made with direct access
+				actions[e.Action]++
+			}
+		}
+		if actions["job.submit"] != 11 || actions["job.approve"] != 1 || actions["job.cancel"] != 1 || actions["job.complete"] != 1 ||
+			actions["job.deny"] != 1 || actions["token.create"] != 1 || actions["token.revoke"] != 1 {
+			t.Fatalf("audit actions = %v, want 11 job.submit, 1 each of job.approve, job.cancel, job.complete, job.deny, token.create, token.revoke", actions)
+		}
+		var denied api.AuditList
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?action=job.deny", "", &denied)
+		if len(denied.Entries) != 1 || denied.Entries[0].JobID != d.ID || denied.Entries[0].Role != string(api.RoleApprover) ||
+			!strings.Contains(string(denied.Entries[0].Detail), "not this week") {
+			t.Fatalf("GET /v1/audit?action=job.deny = %+v, want the approver's deny of %s with its reason", denied.Entries, d.ID)
+		}
+		var created api.AuditList
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?action=token.create&limit=1", "", &created)
+		if len(created.Entries) != 1 || created.Entries[0].Role != string(api.RoleAdmin) || !strings.Contains(string(created.Entries[0].Detail), tok.ID) ||
+			!strings.Contains(string(created.Entries[0].Detail), "expires_at") || strings.Contains(string(created.Entries[0].Detail), tok.Secret) {
+			t.Fatalf("GET /v1/audit?action=token.create = %+v, want %s by the admin with its expiry and no secret", created.Entries, tok.ID)
+		}
+		var mine api.AuditList
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?job_id="+k.ID, "", &mine)
+		if len(mine.Entries) < 3 || mine.Entries[0].Action != "job.complete" || mine.Entries[len(mine.Entries)-1].Action != "job.submit" {
+			t.Fatalf("GET /v1/audit?job_id=%s = %+v, want its completion first and (oldest) its submit last", k.ID, mine.Entries)
+		}
+		for _, e := range mine.Entries {
+			if e.JobID != k.ID || len(e.Hash) != 64 {
+				t.Fatalf("GET /v1/audit?job_id=%s lists %+v", k.ID, e)
+			}
+		}
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?action=job.cancel", "", &mine)
+		if len(mine.Entries) != 1 || mine.Entries[0].JobID != j.ID {
+			t.Fatalf("GET /v1/audit?action=job.cancel = %+v, want the one cancel of %s", mine.Entries, j.ID)
+		}
 	}},
 }
 
@@ -1041,6 +1328,6 @@ var scenarios = []scenario{
 func GapNATS() map[string]string {
 	return map[string]string{
 		"roles/worker_routes": "not applicable in NATS mode: workers authenticate to NATS, there are no worker tokens or worker routes (docs/api.md)",
-		"audit":               "NATS mode has no control-plane audit log: GET /v1/audit is not served",
+		"registration":        "not applicable in NATS mode: workers authenticate to NATS with NATS credentials, which a control plane without the account's signing key cannot mint (docs/deploy.md)",
 	}
 }
