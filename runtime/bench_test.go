@@ -18,9 +18,9 @@ import (
 	"github.com/tetratelabs/wazero"
 )
 
-func benchJobs(b *testing.B, wasm []byte, pool int) {
+func benchJobs(b *testing.B, wasm []byte, pool int, noSnapshot bool) {
 	e := newEngine(b)
-	m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: wasm, PoolSize: pool})
+	m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: wasm, PoolSize: pool, NoSnapshot: noSnapshot})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -50,10 +50,12 @@ func benchJobs(b *testing.B, wasm []byte, pool int) {
 func BenchmarkJob(b *testing.B) {
 	echo := fixture(b, "echo")
 	goecho := wasmbuild.Go(b, "runtime/testdata/goecho")
-	b.Run("small/cold", func(b *testing.B) { benchJobs(b, echo, -1) })
-	b.Run("small/pool", func(b *testing.B) { benchJobs(b, echo, 4) })
-	b.Run("go/cold", func(b *testing.B) { benchJobs(b, goecho, -1) })
-	b.Run("go/pool", func(b *testing.B) { benchJobs(b, goecho, 4) })
+	b.Run("small/cold", func(b *testing.B) { benchJobs(b, echo, -1, false) })
+	b.Run("small/pool", func(b *testing.B) { benchJobs(b, echo, 4, false) })
+	b.Run("go/cold", func(b *testing.B) { benchJobs(b, goecho, -1, true) })
+	b.Run("go/snapshot-cold", func(b *testing.B) { benchJobs(b, goecho, -1, false) })
+	b.Run("go/pool", func(b *testing.B) { benchJobs(b, goecho, 4, true) })
+	b.Run("go/snapshot-pool", func(b *testing.B) { benchJobs(b, goecho, 4, false) })
 }
 
 // BenchmarkHTTPCall compares one scoped HTTP call made by a task through the host (policy
