@@ -225,8 +225,10 @@ type ModuleConfig struct {
 	Entry string
 	// Limits bound each job.
 	Limits Limits
-	// PoolSize is how many pre-initialised instances a reactor keeps ready. Optional;
-	// default 2; negative disables the pool (every job instantiates on its own path).
+	// PoolSize is how many pre-initialised instances a reactor keeps ready at least.
+	// Optional; default 2; negative disables the pool (every job instantiates on its own
+	// path). Under load the pool grows with the arrival rate, within 64 MiB of instances
+	// per module (pool.go), and shrinks back when jobs stop arriving.
 	PoolSize int
 	// HTTP performs the task's scoped requests. Optional; nil means the task has no endpoint.
 	HTTP hostfuncs.HTTPDoer
@@ -378,7 +380,11 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	}
 	m.memCache = newMemoryCache(maxCachedMemory, maxBuffer)
 	if !m.command && cfg.PoolSize > 0 {
-		m.pool = newPool(m, cfg.PoolSize)
+		size := uint64(max(mem.Min(), 1)) * 65536
+		if m.img != nil {
+			size = m.img.size()
+		}
+		m.pool = newPool(m, cfg.PoolSize, size)
 	}
 
 	e.mu.Lock()

@@ -66,6 +66,21 @@ func (m *Module) PoolReady() int {
 	return len(m.pool.ready)
 }
 
+// PoolStats is what a module's pool of pre-initialised instances has done.
+type PoolStats struct {
+	Hits   int64 // jobs that found an instance ready
+	Misses int64 // jobs that found the pool empty and instantiated on their own path
+	Target int   // how many instances the pool aims to keep ready now
+}
+
+// PoolStats returns the pool's counters; zero without a pool.
+func (m *Module) PoolStats() PoolStats {
+	if m.pool == nil {
+		return PoolStats{}
+	}
+	return PoolStats{Hits: m.pool.hits.Load(), Misses: m.pool.empty.Load(), Target: int(m.pool.target.Load())}
+}
+
 // Limits returns the effective limits, defaults applied.
 func (m *Module) Limits() Limits { return m.limits }
 

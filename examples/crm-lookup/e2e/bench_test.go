@@ -124,11 +124,17 @@ func BenchmarkCRMLookupJob(b *testing.B) {
 				}
 				goruntime.GC() // the garbage of loading is not the job's
 			}
+			before := m.PoolStats()
 			cpu(b, func() {
 				if res := m.Run(b.Context(), cr.Job{ID: "bench", Input: in}); res.Err != nil {
 					b.Fatalf("Run = %v", res.Err)
 				}
 			})
+			if v.pool >= 0 {
+				st := m.PoolStats()
+				hits, misses := st.Hits-before.Hits, st.Misses-before.Misses
+				b.ReportMetric(100*float64(hits)/float64(max(hits+misses, 1)), "hit-%")
+			}
 		})
 	}
 }
