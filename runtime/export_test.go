@@ -12,3 +12,10 @@ func Safely(m *Module, f func() error) error { return m.safely("running", f) }
 
 // Snapshotted reports whether m's instances start from a snapshot of _initialize.
 func Snapshotted(m *Module) bool { return m.snapshot }
+
+// CachedMemory returns how many bytes of recycled memory buffers m holds.
+func CachedMemory(m *Module) uint64 {
+	m.memCache.mu.Lock()
+	defer m.memCache.mu.Unlock()
+	return m.memCache.held
+}

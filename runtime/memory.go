@@ -171,6 +171,17 @@ func (c *memoryCache) take(capacity uint64) []byte {
 	return b
 }
 
+// drop lets the garbage collector have every buffer held.
+func (c *memoryCache) drop() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.bufs)
+	c.bufs, c.held = nil, 0
+}
+
 // put keeps b for a later get if the cache has room. The caller must not use b again.
 func (c *memoryCache) put(b []byte) {
 	if c == nil || cap(b) == 0 || uint64(cap(b)) > c.maxBuffer {

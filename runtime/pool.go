@@ -16,10 +16,13 @@ import (
 // Its size follows the arrival rate: every poolTick the pool estimates the rate at which
 // jobs take instances (an exponentially weighted average) and the time one refill takes,
 // and aims to hold what arrives during a refill, twice over, plus one for every job that
-// found it empty since the last tick. It never aims below the configured size, nor above
-// what poolMemory allows for instances of this module's size. When jobs stop arriving, the
-// target decays back to the configured size and instances over it are closed, so that an
-// idle worker gives the memory of a burst back.
+// found it empty since the last tick. It grows only when its refills caught up with the
+// target since the last tick (otherwise the CPU, not the size, is what it lacks). It never
+// aims below the configured size, nor above what poolMemory allows for instances of this
+// module's size. When jobs stop arriving, the
+// target decays back to the configured size and instances over it are closed; after a
+// second without jobs it is back there and the module's cached memory buffers are dropped,
+// so that an idle worker gives the memory of a burst back.
 //
 // When ahead-of-time instantiation fails (a start function that never returns, a module that
 // traps while initialising), the pool stops refilling: jobs then instantiate on their own
@@ -45,6 +48,11 @@ type pool struct {
 	// Owned by the fill goroutine.
 	rate float64       // takes per second
 	fill time.Duration // one refill, averaged
+	idle int           // ticks in a row without a take
+	// caughtUp records that the pool reached its target since the last tick. Only then can
+	// a larger target help: a refill that never catches up is limited by the CPU, not by the
+	// size, and growing would only hold more memory.
+	caughtUp bool
 }
 
 const (
@@ -57,6 +65,9 @@ const (
 	// rateWeight is the weight of the last tick in the rate average: about a second of
 	// memory at four ticks a second.
 	rateWeight = 0.3
+	// idleTicks without a take make the pool idle: it drops to its configured size at once
+	// and the module's cached memory buffers go back to the garbage collector.
+	idleTicks = 4
 )
 
 // poolLimit is the largest target for a module whose instances hold instanceBytes each.
@@ -155,9 +166,21 @@ func (p *pool) retarget(elapsed time.Duration) {
 	want := p.rate * p.fill.Seconds() * 2
 	t := int64(math.Ceil(want)) + misses
 	cur := p.target.Load()
+	if !p.caughtUp && t > cur {
+		t = cur
+	}
+	p.caughtUp = int64(len(p.ready)) >= cur
 	if misses == 0 && t < cur {
 		// Shrink one step per tick: a lull of a tick does not throw instances away.
 		t = cur - 1
+	}
+	if takes == 0 {
+		p.idle++
+	} else {
+		p.idle = 0
+	}
+	if p.idle >= idleTicks {
+		t, p.rate = int64(p.base), 0
 	}
 	t = min(max(t, int64(p.base)), int64(cap(p.ready)))
 	p.target.Store(t)
@@ -168,12 +191,20 @@ func (p *pool) retarget(elapsed time.Duration) {
 		default:
 		}
 	}
+	if p.idle >= idleTicks {
+		// After the closes above, whose buffers went back to the cache.
+		p.m.memCache.drop()
+	}
 }
 
 // refill makes one instance when the pool is under its target, and asks for another turn
 // while it stays under: between two instances, run sees the tick.
 func (p *pool) refill() {
-	if int64(len(p.ready)) < p.target.Load() {
+	if int64(len(p.ready)) >= p.target.Load() {
+		p.caughtUp = true
+		return
+	}
+	{
 		p.mu.Lock()
 		broken := p.broken
 		p.mu.Unlock()
