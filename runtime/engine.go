@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -306,11 +307,24 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 		var why string
 		if rw, why = rewriteModule(ins.mod); rw == nil {
 			e.log.Info("module runs without a snapshot", zap.String("task", cfg.Name), zap.String("reason", why))
-		} else {
-			ins.wasm = rw.wasm
 		}
 	}
-	compiled, ours, err := e.compile(ctx, cfg.Name, rt, ins.wasm)
+	var compiled wazero.CompiledModule
+	var ours bool
+	var err error
+	if rw != nil {
+		compiled, ours, err = e.compile(ctx, cfg.Name, rt, rw.wasm)
+		if err != nil && ours && ctx.Err() == nil && strings.Contains(err.Error(), "invalid module") {
+			// The rewrite must never be why a module is refused: the original is compiled
+			// instead, and its instances run _initialize.
+			e.log.Warn("module runs without a snapshot", zap.String("task", cfg.Name),
+				zap.String("reason", "the rewritten module does not compile: "+firstLine(err)))
+			rw = nil
+		}
+	}
+	if rw == nil {
+		compiled, ours, err = e.compile(ctx, cfg.Name, rt, ins.wasm)
+	}
 	if err != nil {
 		if ours {
 			_ = rt.Close(ctx)

@@ -102,6 +102,9 @@ func TestSnapshotRefused(t *testing.T) {
 		{"snap_trap", "_initialize failed", outcome.Trap, nil},
 		{"snap_ref", "vector or a reference", "", nil},
 		{"snap_elem", "element segments in a form", "", nil},
+		{"snap_reserved", "reserved for snapshots", "", nil},
+		{"snap_bulk", "bulk-memory instructions", "", nil},
+		{"snap_start", "start function", outcome.TaskError, nil}, // run returns the start's 1: the data was there
 		{"sleep_init", "wasi_snapshot_preview1.poll_oneoff", "", nil},
 		{"log_init", "wasi_snapshot_preview1.fd_write", "", nil},
 	}
