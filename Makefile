@@ -4,7 +4,7 @@ BIN     := bin/castellan
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/castellan-dev/castellan/internal/cli.Version=$(VERSION)
 
-.PHONY: all build demo test test-short check fmt vet fixtures examples bench fuzz clean
+.PHONY: all build demo test test-short check fmt vet fixtures examples bench bench-users fuzz clean
 
 all: build
 
@@ -41,9 +41,13 @@ fixtures:
 examples:
 	./examples/build-all.sh
 
-## bench: the benchmarks recorded in docs/benchmarks.md
-bench:
+## bench: the benchmarks recorded in docs/benchmarks.md (the real-process ones build the binary themselves)
+bench: build
 	scripts/bench.sh
+
+## bench-users: only the user-facing figures (real processes, the crm-lookup example)
+bench-users: build
+	BENCH_ONLY=users scripts/bench.sh
 
 ## fuzz: every fuzz target in the repository for a short while (FUZZTIME=30s by default)
 FUZZTIME ?= 30s

@@ -370,8 +370,10 @@ func (a *auditor) compile(ctx context.Context, tr *TaskReport, g *policy.Task, w
 	for _, e := range g.Endpoints {
 		tr.Endpoints = append(tr.Endpoints, a.endpoint(a.pol.Endpoints[e]))
 	}
+	// NoSnapshot: the audit runs no guest code (a snapshot would run _initialize); the
+	// snapshot never changes whether a module loads, only how its instances start.
 	m, err := a.engine.Load(ctx, runtime.ModuleConfig{Name: g.Name, Wasm: wasm, SHA256: g.SHA256, Entry: g.Entry, NoPool: true,
-		Limits: runtime.Limits{MemoryPages: lim.MemoryPages, Timeout: lim.Timeout}})
+		NoSnapshot: true, Limits: runtime.Limits{MemoryPages: lim.MemoryPages, Timeout: lim.Timeout}})
 	if err != nil {
 		return err
 	}

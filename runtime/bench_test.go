@@ -18,9 +18,9 @@ import (
 	"github.com/tetratelabs/wazero"
 )
 
-func benchJobs(b *testing.B, wasm []byte, pool int) {
+func benchJobs(b *testing.B, wasm []byte, pool int, noSnapshot bool) {
 	e := newEngine(b)
-	m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: wasm, PoolSize: max(pool, 0), NoPool: pool < 0})
+	m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: wasm, PoolSize: max(pool, 0), NoPool: pool < 0, NoSnapshot: noSnapshot})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -44,16 +44,43 @@ func benchJobs(b *testing.B, wasm []byte, pool int) {
 	}
 }
 
+// benchBackToBack runs jobs one after the other with the default pool: each arrives when the
+// previous one has ended, and the pool refills meanwhile. hit-% is the share of jobs that
+// found an instance ready.
+func benchBackToBack(b *testing.B, wasm []byte, noSnapshot bool) {
+	e := newEngine(b)
+	m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: wasm, NoSnapshot: noSnapshot})
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := []byte(`{"customer_id":"42"}`)
+	before := m.PoolStats()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if res := m.Run(context.Background(), runtime.Job{ID: "b", Input: in}); res.Err != nil {
+			b.Fatal(res.Err)
+		}
+	}
+	st := m.PoolStats()
+	hits, misses := st.Hits-before.Hits, st.Misses-before.Misses
+	b.ReportMetric(100*float64(hits)/float64(max(hits+misses, 1)), "hit-%")
+}
+
 // BenchmarkJob is the per-job cost: a fresh instance plus a trivial task, for a small WAT
 // module and for a Go module, with and without the pre-initialised pool ("cold" instantiates
 // and initialises on the job's path).
 func BenchmarkJob(b *testing.B) {
 	echo := fixture(b, "echo")
 	goecho := wasmbuild.Go(b, "runtime/testdata/goecho")
-	b.Run("small/cold", func(b *testing.B) { benchJobs(b, echo, -1) })
-	b.Run("small/pool", func(b *testing.B) { benchJobs(b, echo, 4) })
-	b.Run("go/cold", func(b *testing.B) { benchJobs(b, goecho, -1) })
-	b.Run("go/pool", func(b *testing.B) { benchJobs(b, goecho, 4) })
+	b.Run("small/cold", func(b *testing.B) { benchJobs(b, echo, -1, false) })
+	b.Run("small/pool", func(b *testing.B) { benchJobs(b, echo, 4, false) })
+	b.Run("go/cold", func(b *testing.B) { benchJobs(b, goecho, -1, true) })
+	b.Run("go/snapshot-cold", func(b *testing.B) { benchJobs(b, goecho, -1, false) })
+	b.Run("go/pool", func(b *testing.B) { benchJobs(b, goecho, 4, true) })
+	b.Run("go/snapshot-pool", func(b *testing.B) { benchJobs(b, goecho, 4, false) })
+	b.Run("go/back-to-back", func(b *testing.B) { benchBackToBack(b, goecho, true) })
+	b.Run("go/snapshot-back-to-back", func(b *testing.B) { benchBackToBack(b, goecho, false) })
 }
 
 // BenchmarkHTTPCall compares one scoped HTTP call made by a task through the host (policy

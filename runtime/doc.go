@@ -16,10 +16,12 @@
 //   - output, logs and HTTP calls: counted by the host functions;
 //   - the call stack: bounded by wazero (a runaway recursion traps with "stack overflow").
 //
-// A Go guest spends about 3 ms starting its runtime in _initialize. That must not sit on a
-// job's critical path, so each reactor module keeps a small pool of instances that have been
-// instantiated and initialised ahead of time, before their job is known; each is used for
-// exactly one job and then closed, and the pool refills in the background.
+// A Go guest spends about 3 ms starting its runtime in _initialize. A reactor's _initialize
+// therefore runs once per loaded module, and every instance starts from a snapshot of the
+// memory and globals it left (snapshot.go); what cannot be captured faithfully runs
+// _initialize per instance as before. Each reactor module also keeps a pool of instances made
+// ahead of time, before their job is known, sized from the arrival rate (pool.go); each is
+// used for exactly one job and then closed, and the pool refills in the background.
 //
 // Outcomes are typed (package outcome): callers decide with errors.As or outcome.CodeOf.
 package runtime

@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/tetratelabs/wabin/wasm"
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/experimental"
@@ -258,8 +260,10 @@ type ModuleConfig struct {
 	Entry string
 	// Limits bound each job.
 	Limits Limits
-	// PoolSize is how many pre-initialised instances a reactor keeps ready. Optional;
-	// default DefaultPoolSize; negative is refused.
+	// PoolSize is how many pre-initialised instances a reactor keeps ready at least.
+	// Optional; default DefaultPoolSize; negative is refused (NoPool keeps none). Under load
+	// the pool grows with the arrival rate, within 64 MiB of instances per module (pool.go),
+	// and shrinks back when jobs stop arriving.
 	PoolSize int
 	// NoPool keeps no instance ready: every job instantiates on its own path (for a module
 	// that runs once). PoolSize must then be 0. Optional; default off.
@@ -272,6 +276,9 @@ type ModuleConfig struct {
 	// RedactOutput makes the output guard redact credential values instead of failing the
 	// job with secret_in_output.
 	RedactOutput bool
+	// NoSnapshot makes every instance of a reactor run _initialize, as without snapshots
+	// (snapshot.go); for comparisons and for guests that need a fresh _initialize per job.
+	NoSnapshot bool
 }
 
 // Guard finds and removes credential values; *redact.Set implements it.
@@ -341,7 +348,28 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	if err := hostfuncs.Instantiate(ctx, rt); err != nil {
 		return fail(outcome.Wrap(outcome.Internal, err, "task %q: host modules", cfg.Name))
 	}
-	compiled, ours, err := e.compile(ctx, cfg.Name, rt, ins.wasm)
+	var rw *rewrite
+	if !cfg.NoSnapshot && wantsRewrite(ins.mod, cfg.Entry) {
+		var why string
+		if rw, why = rewriteModule(ins.mod); rw == nil {
+			e.log.Info("module runs without a snapshot", zap.String("task", cfg.Name), zap.String("reason", why))
+		}
+	}
+	var compiled wazero.CompiledModule
+	var ours bool
+	if rw != nil {
+		compiled, ours, err = e.compile(ctx, cfg.Name, rt, rw.wasm)
+		if err != nil && ours && ctx.Err() == nil && strings.Contains(err.Error(), "invalid module") {
+			// The rewrite must never be why a module is refused: the original is compiled
+			// instead, and its instances run _initialize.
+			e.log.Warn("module runs without a snapshot", zap.String("task", cfg.Name),
+				zap.String("reason", "the rewritten module does not compile: "+firstLine(err)))
+			rw = nil
+		}
+	}
+	if rw == nil {
+		compiled, ours, err = e.compile(ctx, cfg.Name, rt, ins.wasm)
+	}
 	if err != nil {
 		if ours {
 			_ = rt.Close(ctx)
@@ -393,9 +421,29 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 	} else {
 		return fail(outcome.New(outcome.ModuleRejected, "task %q: module exports neither the entry %q nor _start", cfg.Name, cfg.Entry))
 	}
-	m.memCache = newMemoryCache(maxCachedMemory)
+	maxBuffer := uint64(maxCachedBuffer)
+	if rw != nil && !m.command && m.initialize {
+		m.rw = rw
+		start := time.Now()
+		im, why := m.capture(ctx, rc, rw)
+		if im == nil {
+			m.img = rw.data
+			m.log.Warn("module runs without a snapshot: each instance runs _initialize", zap.String("reason", why))
+		} else {
+			m.img, m.snapshot = im, true
+			rw.data = nil // only instances that run _initialize start from it
+			m.log.Info("snapshot of _initialize taken", zap.Uint32("pages", im.pages), zap.Int("bytes", im.bytes()),
+				zap.Int("ranges", len(im.ranges)), zap.Duration("took", time.Since(start)))
+		}
+		maxBuffer = max(maxBuffer, 2*m.img.size())
+	}
+	m.memCache = newMemoryCache(maxCachedMemory, maxBuffer)
 	if !m.command && cfg.PoolSize > 0 {
-		m.pool = newPool(m, cfg.PoolSize)
+		size := uint64(max(mem.Min(), 1)) * 65536
+		if m.img != nil {
+			size = m.img.size()
+		}
+		m.pool = newPool(m, cfg.PoolSize, size)
 	}
 
 	e.mu.Lock()
@@ -410,6 +458,27 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 		m.pool.start()
 	}
 	return m, nil
+}
+
+// wantsRewrite reports whether mod is a reactor with _initialize that image instantiation
+// applies to (snapshot.go): not an Extism plugin, whose instances the go-sdk makes.
+func wantsRewrite(mod *wasm.Module, entry string) bool {
+	if mod == nil {
+		return false
+	}
+	for _, imp := range mod.ImportSection {
+		if imp.Module == ExtismEnvModule {
+			return false
+		}
+	}
+	var init, run bool
+	for _, e := range mod.ExportSection {
+		if e.Type == wasm.ExternTypeFunc {
+			init = init || e.Name == "_initialize"
+			run = run || e.Name == entry
+		}
+	}
+	return init && run
 }
 
 // checkInitialize refuses an _initialize export of any type but () -> (): it would fail every

@@ -9,3 +9,13 @@ func MemoryReuses(m *Module) int64 {
 
 // Safely runs f under the safety net every guest call and instantiation of m runs under.
 func Safely(m *Module, f func() error) error { return m.safely("running", f) }
+
+// Snapshotted reports whether m's instances start from a snapshot of _initialize.
+func Snapshotted(m *Module) bool { return m.snapshot }
+
+// CachedMemory returns how many bytes of recycled memory buffers m holds.
+func CachedMemory(m *Module) uint64 {
+	m.memCache.mu.Lock()
+	defer m.memCache.mu.Unlock()
+	return m.memCache.held
+}

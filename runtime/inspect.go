@@ -99,6 +99,8 @@ type inspected struct {
 	problems []string
 	// invalid is set when the binary cannot be decoded at all.
 	invalid error
+	// mod is the decoded module (with the table patch applied) when there were no problems.
+	mod *wasm.Module
 }
 
 // inspect checks a module against the load limits and the module shape docs/abi.md asks for,
@@ -165,6 +167,7 @@ func inspect(b []byte, ll LoadLimits) inspected {
 		out = append(out, tables...)
 		res.wasm = append(out, b[tableEnd:]...)
 	}
+	res.mod = m
 	return res
 }
 

@@ -22,13 +22,30 @@ type linearMemory struct {
 	buf     []byte
 	refused bool
 	cache   *memoryCache // nil: every buffer is freshly allocated
+	// img, when set, is written into the buffer when it is allocated (snapshot.go): the
+	// buffer then holds the image up to img's size, and zeros after it.
+	img *image
 }
 
 var _ experimental.MemoryAllocator = (*linearMemory)(nil)
 
 func (l *linearMemory) Allocate(capacity, _ uint64) experimental.LinearMemory {
+	if l.img != nil {
+		capacity = max(capacity, l.img.size())
+	}
 	if capacity > l.limit {
 		capacity = l.limit
+	}
+	if l.img != nil && l.img.size() <= capacity {
+		// A recycled buffer is not cleared first: fill clears only what the image does not
+		// overwrite.
+		b, dirty := l.cache.getDirty(capacity)
+		if b == nil {
+			b = make([]byte, 0, capacity)
+		}
+		l.img.fill(b[:cap(b)], dirty)
+		l.buf = b[:0]
+		return l
 	}
 	if b := l.cache.get(capacity); b != nil {
 		l.buf = b
@@ -44,8 +61,8 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 		return nil
 	}
 	if size <= uint64(cap(l.buf)) {
-		// Bytes past the old length are zero: make zeroed them, or the cache did when the
-		// buffer came back, and memory only grows.
+		// Bytes past the old length are zero (make zeroed them, or the cache did when the
+		// buffer came back, and memory only grows), or hold the image written at Allocate.
 		l.buf = l.buf[:size]
 		return l.buf
 	}
@@ -84,7 +101,8 @@ func (l *linearMemory) release() {
 // Clearing at take rather than at put keeps it off the job's path: the pool takes buffers
 // when it pre-initialises instances, between jobs.
 type memoryCache struct {
-	maxBytes uint64 // bound on the bytes held
+	maxBytes  uint64 // bound on the bytes held
+	maxBuffer uint64 // bound on one buffer
 
 	mu     sync.Mutex
 	held   uint64
@@ -95,16 +113,43 @@ type memoryCache struct {
 // maxCachedMemory bounds what one module's cache holds; maxCachedBuffer bounds one buffer.
 // Larger memories (a Go guest's runtime takes megabytes) are left to the garbage collector:
 // the allocator gets large buffers as fresh pages the kernel has zeroed, which is cheaper
-// than clearing megabytes by hand.
+// than clearing megabytes by hand. A module instantiated from an image (snapshot.go) keeps
+// buffers up to twice its image's size: the image is copied over most of such a buffer
+// anyway, so only the rest needs clearing, and a fresh buffer would be cleared by Go's
+// allocator and then written over.
 const (
 	maxCachedMemory = 16 << 20
 	maxCachedBuffer = 1 << 20
 )
 
-func newMemoryCache(maxBytes uint64) *memoryCache { return &memoryCache{maxBytes: maxBytes} }
+func newMemoryCache(maxBytes, maxBuffer uint64) *memoryCache {
+	return &memoryCache{maxBytes: maxBytes, maxBuffer: maxBuffer}
+}
+
+// getDirty returns a buffer with at least capacity bytes of capacity and the length up to
+// which it may hold an earlier job's bytes, or nil. The caller must clear or overwrite them.
+func (c *memoryCache) getDirty(capacity uint64) ([]byte, int) {
+	b := c.take(capacity)
+	if b == nil {
+		return nil, 0
+	}
+	return b[:0], len(b)
+}
 
 // get returns a zeroed buffer with at least capacity bytes of capacity, or nil.
 func (c *memoryCache) get(capacity uint64) []byte {
+	b := c.take(capacity)
+	if b == nil {
+		return nil
+	}
+	// Only the first len bytes can have been written: the rest of the capacity was never
+	// part of the memory (see Reallocate).
+	clear(b[:len(b)])
+	return b[:0]
+}
+
+// take removes a buffer of at least capacity bytes from the cache, dirty, or returns nil.
+func (c *memoryCache) take(capacity uint64) []byte {
 	if c == nil {
 		return nil
 	}
@@ -123,18 +168,23 @@ func (c *memoryCache) get(capacity uint64) []byte {
 		}
 	}
 	c.mu.Unlock()
-	if b == nil {
-		return nil
+	return b
+}
+
+// drop lets the garbage collector have every buffer held.
+func (c *memoryCache) drop() {
+	if c == nil {
+		return
 	}
-	// Only the first len bytes can have been written: the rest of the capacity was never
-	// part of the memory (see Reallocate).
-	clear(b[:len(b)])
-	return b[:0]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.bufs)
+	c.bufs, c.held = nil, 0
 }
 
 // put keeps b for a later get if the cache has room. The caller must not use b again.
 func (c *memoryCache) put(b []byte) {
-	if c == nil || cap(b) == 0 || uint64(cap(b)) > maxCachedBuffer {
+	if c == nil || cap(b) == 0 || uint64(cap(b)) > c.maxBuffer {
 		return
 	}
 	c.mu.Lock()

@@ -7,7 +7,7 @@ import (
 
 func TestMemoryCache(t *testing.T) {
 	t.Parallel()
-	c := newMemoryCache(5 << 16) // room for two of the 2-page buffers below
+	c := newMemoryCache(5<<16, maxCachedBuffer) // room for two of the 2-page buffers below
 	if b := c.get(1 << 16); b != nil {
 		t.Fatalf("get() on an empty cache = %d bytes, want nil", cap(b))
 	}
@@ -41,7 +41,7 @@ func TestMemoryCache(t *testing.T) {
 	if c.held != 2<<16 || c.reuses != 1 {
 		t.Fatalf("after get: held %d, reuses %d, want %d and 1", c.held, c.reuses, 2<<16)
 	}
-	big := newMemoryCache(64 << 20)
+	big := newMemoryCache(64<<20, maxCachedBuffer)
 	big.put(make([]byte, 0, maxCachedBuffer+1)) // one buffer over the per-buffer bound
 	if len(big.bufs) != 0 {
 		t.Errorf("a %d-byte buffer was kept, want buffers over %d left to the GC", maxCachedBuffer+1, maxCachedBuffer)
@@ -50,5 +50,31 @@ func TestMemoryCache(t *testing.T) {
 	nilCache.put(dirty(10))
 	if nilCache.get(1) != nil {
 		t.Fatal("a nil cache returned a buffer")
+	}
+}
+
+// TestImageFillClearsDirtyBuffer: an image written into a recycled buffer leaves no byte of
+// the buffer's earlier contents, between its ranges, after them, or past the image's size.
+func TestImageFillClearsDirtyBuffer(t *testing.T) {
+	im := &image{pages: 1, ranges: []memRange{
+		{off: 4096, data: bytes.Repeat([]byte{1}, 4096)},
+		{off: 16384, data: bytes.Repeat([]byte{2}, 100)},
+	}}
+	want := make([]byte, 2*65536)
+	copy(want[4096:], im.ranges[0].data)
+	copy(want[16384:], im.ranges[1].data)
+	for _, dirty := range []int{0, 100, 5000, 16400, 65536, 2 * 65536} {
+		b := make([]byte, 2*65536)
+		for i := range dirty {
+			b[i] = 0xEE
+		}
+		im.fill(b, dirty)
+		if !bytes.Equal(b, want) {
+			i := 0
+			for i < len(b) && b[i] == want[i] {
+				i++
+			}
+			t.Errorf("dirty up to %d: byte %d is %#x after fill, want %#x", dirty, i, b[i], want[i])
+		}
 	}
 }

@@ -39,6 +39,12 @@ type Module struct {
 	log        *zap.Logger
 	ext        *extismModule // set for Extism plugins (extism.go); rt and compiled are nil then
 	memCache   *memoryCache  // zeroed linear-memory buffers for the next instances
+	// rw, when set, is the rewritten module jobs instantiate (snapshot.go): each instance
+	// starts from img; with snapshot set, img is the state _initialize left, otherwise the
+	// module's data, and the instance runs _initialize itself.
+	rw       *rewrite
+	img      *image
+	snapshot bool
 
 	baseConfigOnce sync.Once
 	baseConfig     wazero.ModuleConfig
@@ -58,6 +64,21 @@ func (m *Module) PoolReady() int {
 		return 0
 	}
 	return len(m.pool.ready)
+}
+
+// PoolStats is what a module's pool of pre-initialised instances has done.
+type PoolStats struct {
+	Hits   int64 // jobs that found an instance ready
+	Misses int64 // jobs that found the pool empty and instantiated on their own path
+	Target int   // how many instances the pool aims to keep ready now
+}
+
+// PoolStats returns the pool's counters; zero without a pool.
+func (m *Module) PoolStats() PoolStats {
+	if m.pool == nil {
+		return PoolStats{}
+	}
+	return PoolStats{Hits: m.pool.hits.Load(), Misses: m.pool.empty.Load(), Target: int(m.pool.target.Load())}
 }
 
 // Limits returns the effective limits, defaults applied.
@@ -211,7 +232,7 @@ func (m *Module) take(ctx context.Context, j *hostfuncs.Job) (*instance, error) 
 }
 
 func (m *Module) startFunctions() []string {
-	if m.initialize {
+	if m.initialize && m.rw == nil {
 		return []string{"_initialize"}
 	}
 	return nil
@@ -256,7 +277,7 @@ func (m *Module) moduleConfig() wazero.ModuleConfig {
 // until a job is bound.
 func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []string) (*instance, error) {
 	inst := &instance{
-		mem:   &linearMemory{limit: m.memLimit, cache: m.memCache},
+		mem:   &linearMemory{limit: m.memLimit, cache: m.memCache, img: m.img},
 		stdio: newStdio(m.log, m.limits.LogBytes),
 		sleep: newSleeper(ctx),
 	}
@@ -271,6 +292,15 @@ func (m *Module) instantiate(ctx context.Context, j *hostfuncs.Job, start []stri
 	var mod api.Module
 	err := m.safely("instantiating", func() (err error) {
 		mod, err = m.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.mem), m.compiled, mc)
+		if err != nil || m.rw == nil {
+			return err
+		}
+		if err := m.img.apply(mod, m.rw.globals); err != nil {
+			return outcome.Wrap(outcome.Internal, err, "the sandbox failed while instantiating the task")
+		}
+		if !m.snapshot {
+			_, err = mod.ExportedFunction("_initialize").Call(ctx)
+		}
 		return err
 	})
 	inst.stdio.flush()

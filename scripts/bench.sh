@@ -24,6 +24,12 @@ alternate() { # name package pattern benchtime
   (cd "$2" && for _ in $(seq "$COUNT"); do "$out/$1.test" -test.run '^$' -test.bench "$3" -test.benchmem -test.benchtime "$4"; done) | tee "$out/$1.txt" >/dev/null
   echo "## $1"; "$benchstat" "$out/$1.txt"; echo
 }
+# What users meet first (docs/benchmarks.md, top): real processes, then the shipped example's
+# per-job CPU. BENCH_ONLY=users stops after these.
+alternate processes ./internal/e2e/ 'BenchmarkProcesses' 2000x
+alternate crm-job ./examples/crm-lookup/e2e/ 'BenchmarkCRMLookupJob' 300x
+[ "${BENCH_ONLY:-}" = users ] && { echo "raw results in $out"; exit 0; }
+# Micro-benchmarks.
 run job ./runtime/ 'BenchmarkJob$' 2000x
 run http ./runtime/ 'BenchmarkHTTPCall$' 5000x
 run http-interleaved ./runtime/ 'BenchmarkHTTPCallInterleaved$' 5000x

@@ -1,9 +1,13 @@
 package e2e
 
 import (
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/internal/wasmbuild"
 	cr "github.com/castellan-dev/castellan/runtime"
@@ -50,6 +54,86 @@ func BenchmarkPerJobOverhead(b *testing.B) {
 				} else if md.name == "extism" && res.Err != nil {
 					b.Fatalf("Run(extism) = %v", res.Err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkCRMLookupJob is the CPU one crm-lookup job costs the worker's process: the shipped
+// Go module (committed crm-lookup.wasm) looking customer 42 up in the demo CRM through the
+// egress gateway, with the CRM in the same process. "native" is the floor: the same request
+// made with net/http, so the CRM's own share is in every row. The rows with
+// "initialize" run _initialize in every instance (ModuleConfig.NoSnapshot), the rows with
+// "snapshot" start every instance from the snapshot of it; "cold" instantiates on the job's
+// path, "pool" runs jobs back to back with the default pool, whose refills are part of the
+// CPU. Run the binary several times so the rows alternate on a noisy machine:
+//
+//	go test -c -o /tmp/crm.test ./examples/crm-lookup/e2e/ && cd examples/crm-lookup/e2e && \
+//	  for i in 1 2 3 4 5; do /tmp/crm.test -test.run '^$' -test.bench CRMLookupJob -test.benchtime 300x; done
+func BenchmarkCRMLookupJob(b *testing.B) {
+	c := startCRM(b)
+	wasm, err := os.ReadFile(filepath.Join(exampleDir(b), "crm-lookup.wasm"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := []byte(`{"customer_id":"42"}`)
+	cpu := func(b *testing.B, f func()) {
+		b.ReportAllocs()
+		b.ResetTimer()
+		start := processCPU()
+		for b.Loop() {
+			f()
+		}
+		b.ReportMetric(float64((processCPU()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+	}
+	b.Run("native", func(b *testing.B) {
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+		req, _ := http.NewRequest("GET", c.base+"/api/customers/42", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		cpu(b, func() {
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		})
+	})
+	for _, v := range []struct {
+		name       string
+		pool       int
+		noSnapshot bool
+	}{
+		{"initialize/cold", -1, true},
+		{"initialize/pool", 0, true},
+		{"snapshot/cold", -1, false},
+		{"snapshot/pool", 0, false},
+	} {
+		var m *cr.Module // loaded once, by the first run of the sub-benchmark
+		b.Run(v.name, func(b *testing.B) {
+			if m == nil {
+				e := newEngine(b)
+				var err error
+				m, err = e.Load(b.Context(), cr.ModuleConfig{
+					Name: "crm-lookup", Wasm: wasm, PoolSize: v.pool, NoSnapshot: v.noSnapshot,
+					Limits: cr.Limits{MemoryPages: 256, Timeout: 20 * time.Second, HTTPCalls: 3},
+					HTTP:   c.gw, Guard: c.red,
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				goruntime.GC() // the garbage of loading is not the job's
+			}
+			before := m.PoolStats()
+			cpu(b, func() {
+				if res := m.Run(b.Context(), cr.Job{ID: "bench", Input: in}); res.Err != nil {
+					b.Fatalf("Run = %v", res.Err)
+				}
+			})
+			if v.pool >= 0 {
+				st := m.PoolStats()
+				hits, misses := st.Hits-before.Hits, st.Misses-before.Misses
+				b.ReportMetric(100*float64(hits)/float64(max(hits+misses, 1)), "hit-%")
 			}
 		})
 	}

@@ -173,8 +173,9 @@ func copyTree(t *testing.T, src, dst string, keep func(name string) bool) {
 
 // crm is the demo CRM and a gateway granting GET /api/customers/* on endpoint "crm".
 type crm struct {
-	gw  *egress.Gateway
-	red *redact.Set
+	gw   *egress.Gateway
+	red  *redact.Set
+	base string
 }
 
 func startCRM(t testing.TB) *crm {
@@ -208,7 +209,7 @@ func startCRM(t testing.TB) *crm {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &crm{gw: gw, red: red}
+	return &crm{gw: gw, red: red, base: base}
 }
 
 func (c *crm) load(t testing.TB, e *cr.Engine, name string, wasm []byte) *cr.Module {

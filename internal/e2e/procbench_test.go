@@ -1,0 +1,345 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/examples"
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/server/api"
+)
+
+// BenchmarkProcesses measures what a user meets, with real processes on loopback: the
+// castellan binary (built by TestMain) as `castellan server` (HTTP mode, SQLite), `castellan
+// democrm` and one `castellan worker` running the shipped crm-lookup example (Go), jobs
+// auto-approved by the server at submit. The benchmark process is the client.
+//
+//   - latency: one job at a time, submit to readable result (the result read by a wait on
+//     the job); p50/p90/p99 in ms, and the same percentiles of a direct GET to the CRM from
+//     this process in the same run (the floor);
+//   - throughput: b.N jobs from 32 clients at once; jobs/s, and the direct GET at the same
+//     concurrency as the floor;
+//   - memory: the worker's VmRSS (read from /proc) before the burst and polled for 10 s
+//     after it: rss-base-MiB, rss-peak-MiB, rss-10s-MiB, and rss-back-s, the seconds until it
+//     was within 1.2x of its baseline (-1: not within 10 s).
+//
+// Run (a few times, the machine is noisy):
+//
+//	go test -run '^$' -bench Processes -benchtime 2000x ./internal/e2e/
+//
+// CASTELLAN_BENCH_BIN runs another castellan binary (an older commit's, to compare in the
+// same window) in place of the one TestMain built.
+func BenchmarkProcesses(b *testing.B) {
+	exe := bin
+	if other := os.Getenv("CASTELLAN_BENCH_BIN"); other != "" {
+		exe = other
+	}
+	h := startProcs(b, exe)
+	crmGet := func(ctx context.Context) error {
+		req, _ := http.NewRequestWithContext(ctx, "GET", h.crmURL+"/api/customers/42", nil)
+		req.Header.Set("Authorization", "Bearer "+crmToken)
+		resp, err := h.http.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	job := func(ctx context.Context) error {
+		j, err := h.client.Submit(ctx, api.SubmitRequest{Task: "crm-lookup", Pool: pool, Input: json.RawMessage(`{"customer_id":"42"}`)})
+		if err != nil {
+			return err
+		}
+		j, err = h.client.Wait(ctx, j.ID)
+		if err != nil {
+			return err
+		}
+		if j.State != api.StateSucceeded {
+			return fmt.Errorf("job %s ended %s (%s)", j.ID, j.State, j.Outcome)
+		}
+		return nil
+	}
+	// Warm up: the worker's pool, connections, the SQLite caches.
+	for range 20 {
+		if err := job(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	b.Run("latency", func(b *testing.B) {
+		var jobs, direct, submit, dispatch, task, wake []time.Duration
+		for b.Loop() {
+			t0 := time.Now()
+			j, err := h.client.Submit(b.Context(), api.SubmitRequest{Task: "crm-lookup", Pool: pool, Input: json.RawMessage(`{"customer_id":"42"}`)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ts := time.Now()
+			if j, err = h.client.Wait(b.Context(), j.ID); err != nil || j.State != api.StateSucceeded || j.FinishedAt == nil {
+				b.Fatalf("job %s: %v %s %s", j.ID, err, j.State, j.Outcome)
+			}
+			t1 := time.Now()
+			if err := crmGet(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+			jobs, direct = append(jobs, t1.Sub(t0)), append(direct, time.Since(t1))
+			// Where the time goes, from the job record (same host clock): the submit call;
+			// from the job's creation to its recorded result, less the task's own run (lease
+			// wake-up, approval check, report); the task's run on the worker; from the
+			// recorded result to the wait returning it.
+			run := time.Duration(j.DurationMS) * time.Millisecond
+			submit = append(submit, ts.Sub(t0))
+			dispatch = append(dispatch, j.FinishedAt.Sub(j.CreatedAt)-run)
+			task = append(task, run)
+			wake = append(wake, t1.Sub(*j.FinishedAt))
+		}
+		reportPercentiles(b, "job", jobs)
+		reportPercentiles(b, "crm", direct)
+		for name, ds := range map[string][]time.Duration{"submit": submit, "dispatch": dispatch, "task": task, "wait-wake": wake} {
+			slices.Sort(ds)
+			b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, name+"-p50-ms")
+		}
+	})
+
+	b.Run("throughput-c32", func(b *testing.B) {
+		base := h.rss(b)
+		var peak atomic.Int64
+		stopPeak := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-stopPeak:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				if r := h.rssBytes(); r > peak.Load() {
+					peak.Store(r)
+				}
+			}
+		}()
+		b.ResetTimer()
+		jobsPerSec := concurrently(b, 32, b.N, job)
+		b.StopTimer()
+		close(stopPeak)
+		b.ReportMetric(jobsPerSec, "jobs/s")
+		b.ReportMetric(concurrently(b, 32, b.N, crmGet), "crm-req/s")
+
+		// Memory comes back: poll the worker's RSS for 10 s.
+		start, back := time.Now(), -1.0
+		var last int64
+		for time.Since(start) < 10*time.Second {
+			last = h.rssBytes()
+			if back < 0 && float64(last) <= 1.2*float64(base) {
+				back = time.Since(start).Seconds()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		mib := func(n int64) float64 { return float64(n) / (1 << 20) }
+		b.ReportMetric(mib(base), "rss-base-MiB")
+		b.ReportMetric(mib(max(peak.Load(), last)), "rss-peak-MiB")
+		b.ReportMetric(mib(last), "rss-10s-MiB")
+		b.ReportMetric(back, "rss-back-s")
+	})
+}
+
+// concurrently runs n calls of f from c goroutines and returns calls per second.
+func concurrently(b *testing.B, c, n int, f func(context.Context) error) float64 {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, c)
+	start := time.Now()
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if err := f(b.Context()); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	return float64(n) / elapsed.Seconds()
+}
+
+func reportPercentiles(b *testing.B, name string, ds []time.Duration) {
+	slices.Sort(ds)
+	at := func(p float64) float64 {
+		i := min(int(p*float64(len(ds))), len(ds)-1)
+		return float64(ds[i].Microseconds()) / 1000
+	}
+	b.ReportMetric(at(0.50), name+"-p50-ms")
+	b.ReportMetric(at(0.90), name+"-p90-ms")
+	b.ReportMetric(at(0.99), name+"-p99-ms")
+}
+
+// procs are the processes of BenchmarkProcesses.
+type procs struct {
+	crmURL string
+	http   *http.Client
+	client *client.Client
+	worker *exec.Cmd
+}
+
+// rssBytes is the worker's resident set (VmRSS), or 0 when it cannot be read.
+func (h *procs) rssBytes() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.worker.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func (h *procs) rss(b *testing.B) int64 {
+	r := h.rssBytes()
+	if r == 0 {
+		b.Skip("no /proc/PID/status: the worker's memory cannot be read here")
+	}
+	return r
+}
+
+func startProcs(b *testing.B, bin string) *procs {
+	b.Helper()
+	dir := b.TempDir()
+	db := filepath.Join(dir, "cp.db")
+	tokens := map[api.Role]string{}
+	for _, role := range []api.Role{api.RoleWorker, api.RoleClient} {
+		out, err := exec.Command(bin, "token", "create", "--db", db, "--role", string(role), "--pool", pool, "--name", string(role)).Output()
+		if err != nil {
+			b.Fatalf("token create: %v", err)
+		}
+		tokens[role] = strings.TrimSpace(string(out))
+		if err := os.WriteFile(filepath.Join(dir, string(role)+".token"), out, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+		b.Fatal(err)
+	}
+	priv, pub, err := approval.WriteKeyFiles(filepath.Join(dir, "keys"), "auto")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "crm-token"), []byte(crmToken), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	crmURL := background(b, bin, "demo CRM listening on ", "democrm", "--listen", "127.0.0.1:0", "--token-file", filepath.Join(dir, "crm-token"))
+	crmURL, _, _ = strings.Cut(crmURL, " ")
+	srvURL := background(b, bin, "castellan server listening on ", "server", "--db", db, "--listen", "127.0.0.1:0",
+		"--auto-approve-key", priv, "--auto-approve-tasks", "crm-lookup")
+
+	files := map[string][]byte{"crm-lookup.wasm": examples.CRMLookupWasm}
+	for _, s := range []string{"input.schema.json", "output.schema.json"} {
+		c, err := os.ReadFile(filepath.Join("..", "..", "examples", "crm-lookup", s))
+		if err != nil {
+			b.Fatal(err)
+		}
+		files[s] = c
+	}
+	var pol bytes.Buffer
+	if err := template.Must(template.New("p").Parse(examples.DemoPolicy)).Execute(&pol, map[string]string{
+		"CRMURL": crmURL, "TokenFile": filepath.Join(dir, "crm-token"), "Module": filepath.Join(dir, "crm-lookup.wasm")}); err != nil {
+		b.Fatal(err)
+	}
+	files["policy.yaml"] = pol.Bytes()
+	for name, c := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), c, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	w := exec.Command(bin, "worker", "--server", srvURL, "--token-file", filepath.Join(dir, "worker.token"),
+		"--policy", filepath.Join(dir, "policy.yaml"), "--trusted-keys", pub, "--state-dir", filepath.Join(dir, "state"),
+		"--cache-dir", cacheDir, "--name", "bench", "--concurrency", "32", "--log-level", "warn")
+	var werr syncBuffer
+	w.Stderr = &werr
+	if err := w.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = w.Process.Kill(); _ = w.Wait() })
+
+	c, err := client.New(srvURL, tokens[api.RoleClient])
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The worker is ready when a job submitted now succeeds.
+	ctx, cancel := context.WithTimeout(b.Context(), 2*time.Minute)
+	defer cancel()
+	j, err := c.Submit(ctx, api.SubmitRequest{Task: "crm-lookup", Pool: pool, Input: json.RawMessage(`{"customer_id":"42"}`)})
+	for err != nil && ctx.Err() == nil { // the catalog may not be published yet
+		time.Sleep(50 * time.Millisecond)
+		j, err = c.Submit(ctx, api.SubmitRequest{Task: "crm-lookup", Pool: pool, Input: json.RawMessage(`{"customer_id":"42"}`)})
+	}
+	if err != nil {
+		b.Fatalf("first submit: %v\nworker: %s", err, werr.String())
+	}
+	if j, err = c.Wait(ctx, j.ID); err != nil || j.State != api.StateSucceeded {
+		b.Fatalf("first job: %v %s %s\nworker: %s", err, j.State, j.Outcome, werr.String())
+	}
+	return &procs{crmURL: crmURL, http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, client: c, worker: w}
+}
+
+// background starts a castellan process and returns the rest of the first stdout line that
+// starts with prefix.
+func background(b *testing.B, bin, prefix string, args ...string) string {
+	b.Helper()
+	cmd := exec.Command(bin, args...)
+	var errb syncBuffer
+	cmd.Stderr = &errb
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+				found <- strings.TrimSpace(rest)
+				break
+			}
+		}
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	select {
+	case s := <-found:
+		return s
+	case <-time.After(30 * time.Second):
+		b.Fatalf("castellan %s printed no %q line within 30s:\n%s", args[0], prefix, errb.String())
+		return ""
+	}
+}
