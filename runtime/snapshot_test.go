@@ -43,7 +43,7 @@ func TestSnapshotJobsStartFromInitializedState(t *testing.T) {
 	t.Parallel()
 	for _, pool := range []int{-1, 2} {
 		e := newEngine(t)
-		m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: "snap_state", Wasm: fixture(t, "snap_state"), PoolSize: pool,
+		m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: "snap_state", Wasm: fixture(t, "snap_state"), PoolSize: max(pool, 0), NoPool: pool < 0,
 			Limits: runtime.Limits{Timeout: 300 * time.Millisecond}})
 		if err != nil {
 			t.Fatal(err)
