@@ -28,6 +28,8 @@ alternate() { # name package pattern benchtime
 # per-job CPU. BENCH_ONLY=users stops after these.
 alternate processes ./internal/e2e/ 'BenchmarkProcesses' 2000x
 alternate crm-job ./examples/crm-lookup/e2e/ 'BenchmarkCRMLookupJob' 300x
+alternate mcp ./internal/mcp/ 'BenchmarkToolCallPaired' 300x
+alternate approver ./internal/e2e/ 'BenchmarkApproverLatency' 300x
 [ "${BENCH_ONLY:-}" = users ] && { echo "raw results in $out"; exit 0; }
 # Micro-benchmarks.
 run job ./runtime/ 'BenchmarkJob$' 2000x
@@ -42,4 +44,7 @@ alternate transports ./internal/natsq/ 'BenchmarkTransports' 10000x
 alternate nats-process ./internal/natsq/ 'BenchmarkNATSServerProcess' 10000x
 run plugins ./internal/tasks/ 'BenchmarkPluginAppearToFirstJob' 20x
 run observability ./internal/metrics/ 'BenchmarkPerJobObservability' 
+alternate control-plane ./internal/server/ 'BenchmarkSubmitLeaseComplete' 2000x
+run audit-hash ./internal/server/api/ 'BenchmarkAuditHash' 2000x
+run audit-append ./internal/server/ 'BenchmarkAuditAppend' 300x
 echo "raw results in $out"
