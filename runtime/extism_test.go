@@ -6,6 +6,7 @@ package runtime_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/testenv"
 	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/redact"
 	"github.com/castellan-dev/castellan/runtime"
@@ -174,12 +176,12 @@ func pdkPlugin(t *testing.T, name string) []byte {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
 	if err != nil {
-		t.Skipf("go env GOMODCACHE: %v", err)
+		testenv.Missing(t, fmt.Sprintf("go env GOMODCACHE: %v", err))
 	}
 	p := filepath.Join(strings.TrimSpace(string(out)), "github.com", "extism", "go-sdk@v1.7.1", "wasm", name+".wasm")
 	b, err := os.ReadFile(p)
 	if err != nil {
-		t.Skipf("PDK test plugin absent (%v); it ships in the extism/go-sdk v1.7.1 module download", err)
+		testenv.Missing(t, fmt.Sprintf("PDK test plugin absent (%v); it ships in the extism/go-sdk v1.7.1 module download (go mod download)", err))
 	}
 	return b
 }

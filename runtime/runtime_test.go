@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/castellan-dev/castellan/internal/testenv"
 	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/runtime"
 )
@@ -215,10 +216,7 @@ func TestCancelledJob(t *testing.T) {
 // TestFixturesUpToDate rebuilds every committed .wasm from its .wat when wabt is installed
 // (CI installs it) and fails when they differ.
 func TestFixturesUpToDate(t *testing.T) {
-	wat2wasm, err := exec.LookPath("wat2wasm")
-	if err != nil {
-		t.Skip("wat2wasm not installed (apt-get install wabt); CI runs this check")
-	}
+	wat2wasm := testenv.LookPath(t, "apt-get install -y wabt", "wat2wasm")
 	wats, _ := filepath.Glob("testdata/*.wat")
 	for _, w := range wats {
 		out := filepath.Join(t.TempDir(), "x.wasm")

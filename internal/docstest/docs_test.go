@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/castellan-dev/castellan/internal/testenv"
 )
 
 // docs are the documents whose marked blocks must run; each must have at least one.
@@ -130,9 +132,7 @@ func freePorts(t *testing.T, text string) *strings.Replacer {
 func TestDocs(t *testing.T) {
 	t.Parallel()
 	for _, tool := range []string{"bash", "curl", "openssl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("the docs' shell blocks use %s, which is not on PATH: install it to run this test", tool)
-		}
+		testenv.LookPath(t, "the docs' shell blocks use it: apt-get install -y "+tool, tool)
 	}
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {

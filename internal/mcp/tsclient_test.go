@@ -12,20 +12,15 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/mcp"
+	"github.com/castellan-dev/castellan/internal/testenv"
 )
 
 // TestTypeScriptClient runs the official TypeScript SDK client (testdata/tsclient, pinned
 // by package-lock.json) against /mcp on a real control plane. It is skipped only when node
 // or npm is not installed; CI has both, so there it always runs.
 func TestTypeScriptClient(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed: the TypeScript client test needs node and npm (CI has them)")
-	}
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("npm is not installed: the TypeScript client test needs node and npm (CI has them)")
-	}
+	node := testenv.LookPath(t, "the TypeScript client test needs node and npm: apt-get install -y nodejs npm", "node")
+	npm := testenv.LookPath(t, "the TypeScript client test needs node and npm: apt-get install -y nodejs npm", "npm")
 	dir, _ := filepath.Abs("testdata/tsclient")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()

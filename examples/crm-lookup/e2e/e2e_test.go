@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/castellan-dev/castellan/egress"
 	"github.com/castellan-dev/castellan/internal/democrm"
+	"github.com/castellan-dev/castellan/internal/testenv"
 	"github.com/castellan-dev/castellan/internal/wasmbuild"
 	"github.com/castellan-dev/castellan/outcome"
 	"github.com/castellan-dev/castellan/redact"
@@ -85,18 +87,18 @@ func scriptBuild(sub, tool, bin string) func(t *testing.T) []byte {
 		case "rust":
 			out, err := exec.Command(bin, "--print", "target-libdir", "--target", "wasm32-wasi").Output()
 			if err != nil {
-				t.Skipf("Rust toolchain absent (%s --target wasm32-wasi: %v); install with scripts/ci-toolchains.sh", bin, err)
+				testenv.Missing(t, fmt.Sprintf("Rust toolchain absent (%s --target wasm32-wasi: %v); install rustc libstd-rust-dev-wasm32", bin, err))
 			}
 			if _, err := os.Stat(string(trimNL(out))); err != nil {
-				t.Skipf("Rust std for wasm32-wasi absent (%s); install libstd-rust-dev-wasm32", trimNL(out))
+				testenv.Missing(t, fmt.Sprintf("Rust std for wasm32-wasi absent (%s); install libstd-rust-dev-wasm32", trimNL(out)))
 			}
 		case "c":
 			if _, err := exec.LookPath(bin); err != nil {
-				t.Skipf("clang absent; install clang lld wasi-libc libclang-rt-dev-wasm32 (scripts/ci-toolchains.sh)")
+				testenv.Missing(t, "clang absent; install clang lld wasi-libc libclang-rt-dev-wasm32 (scripts/ci-toolchains.sh)")
 			}
 		case "assemblyscript":
 			if _, err := os.Stat(filepath.Join(root, "sdk/assemblyscript/node_modules/.bin/asc")); err != nil {
-				t.Skipf("AssemblyScript absent; run: npm install --prefix sdk/assemblyscript (scripts/ci-toolchains.sh)")
+				testenv.Missing(t, "AssemblyScript absent; run: npm install --prefix sdk/assemblyscript (scripts/ci-toolchains.sh)")
 			}
 		}
 		// Mirror examples/crm-lookup/<sub> and sdk/ into a temporary tree with the same

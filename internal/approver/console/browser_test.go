@@ -3,7 +3,6 @@ package console
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,22 +12,17 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/approver/approvertest"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/testenv"
 )
 
-// chromiumPath finds Debian's chromium. The browser test is part of the suite: without the
-// browser it fails, unless CASTELLAN_SKIP_BROWSER=1 says to skip it on purpose.
+// chromiumPath finds Debian's chromium. Without it the test skips, or fails where tools are
+// required (CI: testenv); CASTELLAN_SKIP_BROWSER=1 skips it on purpose.
 func chromiumPath(t *testing.T) string {
 	t.Helper()
 	if os.Getenv("CASTELLAN_SKIP_BROWSER") == "1" {
 		t.Skip("CASTELLAN_SKIP_BROWSER=1: the console's browser test is skipped on request")
 	}
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Fatal("chromium is not installed: the console's browser test needs it (apt-get install -y chromium; scripts/ci-toolchains.sh installs it in CI), or set CASTELLAN_SKIP_BROWSER=1 to skip this test deliberately")
-	return ""
+	return testenv.LookPath(t, "apt-get install -y chromium", "chromium", "chromium-browser")
 }
 
 // TestBrowserApproveDeny: in headless Chromium, a person opens the session URL, sees the
