@@ -165,6 +165,7 @@ func mustRun(t *testing.T, args ...string) string {
 type env struct {
 	t        *testing.T
 	dir, db  string
+	store    []string            // the server's and `token create`'s store flags: --db or --nats
 	tokens   map[api.Role]string // role -> token file
 	privKey  string
 	pubKeys  string
@@ -175,24 +176,40 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	dir := t.TempDir()
 	e := &env{t: t, dir: dir, db: filepath.Join(dir, "cp.db"), tokens: map[api.Role]string{}}
+	e.store = []string{"--db", e.db}
 	for _, role := range []api.Role{api.RoleWorker, api.RoleClient, api.RoleApprover, api.RoleAdmin} {
 		p := pool
 		if role == api.RoleAdmin {
 			p = "*"
 		}
-		secret := mustRun(t, "token", "create", "--db", e.db, "--role", string(role), "--pool", p, "--name", string(role))
-		e.tokens[role] = filepath.Join(dir, string(role)+".token")
-		if err := os.WriteFile(e.tokens[role], []byte(secret), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		e.tokens[role] = e.token(role, p, string(role))
 	}
+	e.keys()
+	return e
+}
+
+// token creates a token in the env's store and returns the file holding its secret.
+func (e *env) token(role api.Role, pool, name string) string {
+	e.t.Helper()
+	args := append([]string{"token", "create"}, e.store...)
+	secret := mustRun(e.t, append(args, "--role", string(role), "--pool", pool, "--name", name)...)
+	file := filepath.Join(e.dir, name+".token")
+	if err := os.WriteFile(file, []byte(secret), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return file
+}
+
+// keys makes the approver's key pair.
+func (e *env) keys() {
+	t, dir := e.t, e.dir
+	t.Helper()
 	out := mustRun(t, "keygen", "--out", filepath.Join(dir, "keys"), "--name", "approver")
 	e.privKey = filepath.Join(dir, "keys", "approver"+approval.PrivateKeySuffix)
 	e.pubKeys = filepath.Join(dir, "keys", "approver"+approval.PublicKeySuffix)
 	if !strings.Contains(out, e.pubKeys) || !strings.Contains(out, `"kid"`) {
 		t.Fatalf("castellan keygen output = %q, want the public key path and the JWKS", out)
 	}
-	return e
 }
 
 // withAutoApprove makes servers started afterwards auto-approve task with a key the
@@ -209,7 +226,8 @@ func (e *env) withAutoApprove(task string) {
 // server starts `castellan server` on addr ("127.0.0.1:0" for any port) and returns its URL.
 func (e *env) server(addr string, extra ...string) (*proc, string) {
 	e.t.Helper()
-	args := append([]string{"server", "--db", e.db, "--listen", addr, "--log-level", "debug"}, e.autoArgs...)
+	args := append(append([]string{"server"}, e.store...), "--listen", addr, "--log-level", "debug")
+	args = append(args, e.autoArgs...)
 	p := start(e.t, "server", append(args, extra...)...)
 	return p, p.line("castellan server listening on ", 20*time.Second)
 }
