@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/mcp"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/internal/testenv"
 )
 
 // TestTypeScriptAgent runs the official TypeScript MCP SDK client (the version pinned by
@@ -28,12 +29,9 @@ import (
 // against real processes: `castellan server` (SQLite, then NATS JetStream on an embedded
 // nats-server), one `castellan worker` running the shipped crm-lookup example with a plugins
 // directory, and the demo CRM. The node script only relays; every check is made here, the
-// jobs' states read through /v1. node and npm are required: without them the test fails.
+// jobs' states read through /v1. node and npm are required (internal/testenv: a skip with only Go, a failure in CI).
 func TestTypeScriptAgent(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not installed: this test runs the TypeScript MCP client (install node and npm)")
-	}
+	node := testenv.LookPath(t, "this test runs the TypeScript MCP client: apt-get install -y nodejs npm", "node")
 	dir := npmInstall(t)
 	for _, mode := range []string{"sqlite", "nats"} {
 		t.Run(mode, func(t *testing.T) {
@@ -61,10 +59,7 @@ func TestTypeScriptAgent(t *testing.T) {
 // one pin serves both) and the agent script into a fresh directory.
 func npmInstall(t *testing.T) string {
 	t.Helper()
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Fatal("npm is not installed: this test runs the TypeScript MCP client (install node and npm)")
-	}
+	npm := testenv.LookPath(t, "this test runs the TypeScript MCP client: apt-get install -y nodejs npm", "npm")
 	dir := t.TempDir()
 	for src, dst := range map[string]string{
 		"../mcp/testdata/tsclient/package.json":      "package.json",
