@@ -443,7 +443,7 @@ func (s *Server) prepare(ctx context.Context, p Principal, req api.SubmitRequest
 	}
 	sub := Submission{ID: api.NewJobID(), Task: req.Task, TaskVersion: def.Version, Pool: pool, Input: input,
 		MaxAttempts: req.MaxAttempts, IdempotencyKey: req.IdempotencyKey, Approval: req.Approval, TraceParent: req.TraceParent,
-		RequestHash: RequestHash(req.Task, req.TaskVersion, pool, input, req.MaxAttempts, req.Approval)}
+		SubmittedByName: p.Name, RequestHash: RequestHash(req.Task, req.TaskVersion, pool, input, req.MaxAttempts, req.Approval)}
 	if sub.Approval == "" && auto && s.autoApproves(req.Task) {
 		tok, err := s.cfg.AutoApprover.Approve(ctx, ApprovalSubject{JobID: sub.ID, Task: sub.Task, TaskVersion: sub.TaskVersion, Pool: pool, Input: input})
 		if err != nil {

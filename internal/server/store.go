@@ -166,6 +166,9 @@ CREATE TABLE plan_steps (
 	job_id  TEXT PRIMARY KEY,
 	plan_id TEXT NOT NULL
 );`,
+	// 9: the submitting token's name as it was at submit (api.Job.SubmittedByName), so
+	// that an approver, which may not list tokens, can read who asked.
+	`ALTER TABLE jobs ADD COLUMN submitted_by_name TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrationHooks run in a migration's transaction after its SQL, for what SQL cannot do.

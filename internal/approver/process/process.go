@@ -362,7 +362,7 @@ func (a *Approver) Decide(ctx context.Context, id, pool string) bool {
 		a.mu.Unlock()
 		return false
 	}
-	requester, known := a.requester(ctx, j.SubmittedBy)
+	requester, known := a.requester(ctx, j)
 	d := a.cfg.Rules.Decide(ctx, rules.Request{Task: j.Task, Version: j.TaskVersion, Pool: j.Pool, Input: j.Input,
 		Requester: requester, RequesterUnknown: !known, Now: a.cfg.Now()})
 	fields := []zap.Field{zap.String("job", j.ID), zap.String("task", j.Task), zap.String("version", j.TaskVersion),
@@ -481,10 +481,16 @@ func isGone(err error) bool {
 // nameRefresh bounds how often an unknown token id makes the approver list tokens again.
 const nameRefresh = 30 * time.Second
 
-// requester returns the name of token id, and whether it is known. The job holds only the
-// submitting token's id; names come from GET /v1/tokens, which needs an admin token. Without
-// it requester is unknown to the rules (a rule reading it asks a person).
-func (a *Approver) requester(ctx context.Context, id string) (string, bool) {
+// requester returns the name of the token that submitted j, and whether it is known. The
+// control plane records it with the job (submitted_by_name); a job without it (an unnamed
+// token, or one submitted before the control plane recorded names) is looked up in GET
+// /v1/tokens, which needs an admin token. Without either, requester is unknown to the rules
+// (a rule reading it asks a person), never the token id.
+func (a *Approver) requester(ctx context.Context, j api.Job) (string, bool) {
+	if j.SubmittedByName != "" {
+		return j.SubmittedByName, true
+	}
+	id := j.SubmittedBy
 	a.mu.Lock()
 	name, ok := a.names[id]
 	refresh := !ok && a.namesOK && a.cfg.Now().Sub(a.namesAt) >= nameRefresh

@@ -161,35 +161,48 @@ func TestDenyUnsupported(t *testing.T) {
 	}
 }
 
-// TestRequesterNeedsNames: an approver token that cannot list token names leaves requester
-// unknown, so a rule reading it asks rather than matching "" or the token id.
-func TestRequesterNeedsNames(t *testing.T) {
+// TestRequesterFromJob: requester is the submitting token's name the control plane
+// recorded with the job, so an approver token (which may not list token names) matches a
+// rule on it in both modes; a job from an unnamed token leaves requester unknown unless an
+// admin token can look it up, so a rule reading it asks rather than matching "" or the
+// token id.
+func TestRequesterFromJob(t *testing.T) {
 	t.Parallel()
-	e := approvertest.New(t)
-	rs, err := rules.Parse("r.yaml", []byte("rules:\n  - name: agent-lookups\n    when: 'requester == \"agent\"'\n    approve: {ttl: 1m}\n"))
+	rs, err := rules.Parse("r.yaml", []byte("rules:\n  - name: agent-lookups\n    when: 'requester == \"agent\" || requester.startsWith(\"tok\")'\n    approve: {ttl: 1m}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tt := range []struct {
-		name  string
-		ctl   *client.Client
-		state api.State
-	}{{"admin token", e.Admin, api.StateQueued}, {"approver token", e.Approver, api.StatePendingApproval}} {
-		a, err := New(Config{Control: tt.ctl, Key: e.Key, Rules: rs, Pools: []string{approvertest.Pool}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"x"}`)
-		poll(t, a)
-		if got := e.Get(j.ID); got.State != tt.state {
-			t.Fatalf("%s: job is %s, want %s", tt.name, got.State, tt.state)
-		}
-		if tt.state == api.StatePendingApproval {
-			if p := a.Pending(); len(p) != 1 || p[0].Rule != "agent-lookups" {
-				t.Fatalf("%s: Pending() = %+v, want the job asked by rule agent-lookups", tt.name, p)
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		unnamed := e.NewClient("", api.RoleClient, approvertest.Pool)
+		for _, tt := range []struct {
+			name  string
+			ctl   *client.Client
+			sub   *client.Client
+			state api.State
+		}{
+			{"approver token, named submitter", e.Approver, e.Client, api.StateQueued},
+			{"admin token, named submitter", e.Admin, e.Client, api.StateQueued},
+			{"approver token, unnamed submitter", e.Approver, unnamed, api.StatePendingApproval},
+		} {
+			a, err := New(Config{Control: tt.ctl, Key: e.Key, Rules: rs, Pools: []string{approvertest.Pool}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := e.Submit(tt.sub, "crm-lookup", approvertest.Pool, `{"customer_id":"x"}`)
+			if tt.sub == e.Client && j.SubmittedByName != "agent" {
+				t.Fatalf("%s: submitted job's submitted_by_name = %q, want agent", tt.name, j.SubmittedByName)
+			}
+			poll(t, a)
+			if got := e.Get(j.ID); got.State != tt.state {
+				t.Fatalf("%s: job is %s, want %s", tt.name, got.State, tt.state)
+			}
+			if tt.state == api.StatePendingApproval {
+				if p := a.Pending(); len(p) != 1 || p[0].Rule != "agent-lookups" {
+					t.Fatalf("%s: Pending() = %+v, want the job asked by rule agent-lookups", tt.name, p)
+				}
 			}
 		}
-	}
+	})
 }
 
 // TestTwoApprovers: two approvers polling the same control plane at once, and one started
