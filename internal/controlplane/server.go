@@ -671,7 +671,7 @@ func (s *Server) hApprove(w http.ResponseWriter, r *http.Request, p Principal) e
 	if err != nil {
 		return err
 	}
-	s.record(r.Context(), p, "job.approve", id, nil)
+	s.record(r.Context(), p, "job.approve", id, ApprovalAuditDetail(req.Token))
 	api.WriteJSON(w, http.StatusOK, j)
 	return nil
 }

@@ -208,7 +208,7 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 			token, now, id); err != nil {
 			return err
 		}
-		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.approve", id, ""); err != nil {
+		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.approve", id, auditDetail(controlplane.ApprovalAuditDetail(token))); err != nil {
 			return err
 		}
 		j, err = readJob(ctx, tx, id)

@@ -478,6 +478,18 @@ func audit(ctx context.Context, tx *txn, at time.Time, actor, role, action, jobI
 	return err
 }
 
+// auditDetail encodes an audit entry's detail ("" for none).
+func auditDetail(d map[string]any) string {
+	if d == nil {
+		return ""
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
 const auditColumns = `id, at, actor, role, action, job_id, detail, prev_hash, hash`
 
 // scanAudit reads one row of auditColumns (without the hashes unless chainedRow).
