@@ -1083,7 +1083,19 @@ func (e *env) pendingPlan(ctx context.Context) string {
 			var d struct {
 				Plan string `json:"plan"`
 			}
-			if json.Unmarshal(en.Detail, &d) == nil && d.Plan != "" {
+			if json.Unmarshal(en.Detail, &d) != nil || d.Plan == "" {
+				continue
+			}
+			// The plan is recorded before its steps' jobs: wait until they all exist.
+			pl, err := e.approver.GetPlan(ctx, d.Plan)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			created := true
+			for _, j := range pl.Steps {
+				created = created && j.Task != ""
+			}
+			if created {
 				return d.Plan
 			}
 		}
