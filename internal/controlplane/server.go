@@ -498,6 +498,11 @@ func (s *Server) hGet(w http.ResponseWriter, r *http.Request, p Principal) error
 	if err != nil {
 		return err
 	}
+	if pb, ok := s.b.(Plans); ok {
+		if j.PlanID, err = pb.PlanOfJob(r.Context(), j.ID); err != nil {
+			return err
+		}
+	}
 	api.WriteJSON(w, http.StatusOK, j)
 	return nil
 }

@@ -84,13 +84,15 @@ type Approver struct {
 	log   *zap.Logger
 	pools map[string]bool
 
-	mu      sync.Mutex
-	pending map[string]Pending // asked: waiting for a person
-	skip    map[string]bool    // refused jobs, and jobs a person is acting on: not decided again
-	names   map[string]string  // token id -> name
-	namesAt time.Time          // last ListTokens attempt
-	namesOK bool               // ListTokens is allowed for our token
-	changed chan struct{}      // closed and replaced whenever pending changes
+	mu       sync.Mutex
+	pending  map[string]Pending     // asked: waiting for a person
+	skip     map[string]bool        // refused jobs, and jobs a person is acting on: not decided again
+	names    map[string]string      // token id -> name
+	namesAt  time.Time              // last ListTokens attempt
+	namesOK  bool                   // ListTokens is allowed for our token
+	changed  chan struct{}          // closed and replaced whenever pending changes
+	plans    map[string]PendingPlan // asked plans (plans.go), by plan id
+	stepPlan map[string]string      // a listed step's job id -> its asked plan's id
 }
 
 // New checks cfg and returns an Approver.
@@ -128,7 +130,8 @@ func New(cfg Config) (*Approver, error) {
 		cfg.Now = time.Now
 	}
 	a := &Approver{cfg: cfg, log: cfg.Logger, pools: map[string]bool{}, pending: map[string]Pending{}, skip: map[string]bool{},
-		names: map[string]string{}, namesOK: true, changed: make(chan struct{})}
+		names: map[string]string{}, namesOK: true, changed: make(chan struct{}),
+		plans: map[string]PendingPlan{}, stepPlan: map[string]string{}}
 	for _, p := range cfg.Pools {
 		if p == "" || p == api.AllPools {
 			return nil, fmt.Errorf("approver: pool %q: name each pool served", p)
@@ -284,7 +287,8 @@ func (a *Approver) known(id string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	_, ok := a.pending[id]
-	return ok || a.skip[id]
+	_, step := a.stepPlan[id]
+	return ok || step || a.skip[id]
 }
 
 // forgetUnlisted drops asked jobs the control plane no longer lists as pending: another
@@ -303,7 +307,22 @@ func (a *Approver) forgetUnlisted(seen map[string]bool) {
 			delete(a.skip, id)
 		}
 	}
-	if len(a.pending) != n {
+	for id := range a.stepPlan {
+		if !seen[id] {
+			delete(a.stepPlan, id)
+		}
+	}
+	plans := len(a.plans)
+	for id, p := range a.plans {
+		listed := false
+		for _, st := range p.Plan.Steps {
+			listed = listed || seen[st.ID]
+		}
+		if !listed {
+			delete(a.plans, id)
+		}
+	}
+	if len(a.pending) != n || len(a.plans) != plans {
 		a.notifyLocked()
 	}
 }
@@ -361,6 +380,10 @@ func (a *Approver) Decide(ctx context.Context, id, pool string) bool {
 		a.skip[id] = true
 		a.mu.Unlock()
 		return false
+	}
+	if j.PlanID != "" {
+		// A step is approved only with its plan: one row for the plan, for a person.
+		return a.askPlan(ctx, id, j.PlanID)
 	}
 	requester, known := a.requester(ctx, j)
 	d := a.cfg.Rules.Decide(ctx, rules.Request{Task: j.Task, Version: j.TaskVersion, Pool: j.Pool, Input: j.Input,

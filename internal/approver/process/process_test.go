@@ -512,3 +512,60 @@ func TestDenyRefusedAsks(t *testing.T) {
 		t.Fatalf("job is %s (approval %v), want pending without approval", got.State, got.HasApproval)
 	}
 }
+
+// TestPlanAskedAndApprovedAsOne: a plan's steps are offered to a person as one plan (never
+// as single jobs, never decided by a rule), and approving it signs one plan approval that
+// the control plane takes and a worker verifies for the first step; denying it denies every
+// step with the reason.
+func TestPlanAskedAndApprovedAsOne(t *testing.T) {
+	t.Parallel()
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		a, _ := newApprover(t, e, e.Approver)
+		submit := func() api.Plan {
+			pl, err := e.Client.SubmitPlan(t.Context(), api.PlanRequest{Steps: []api.PlanStepRequest{
+				{Task: "crm-lookup", Pool: approvertest.Pool, Input: json.RawMessage(`{"customer_id":"c-1"}`)}, // a rule would approve it alone
+				{Task: "refund", Pool: approvertest.Pool, Input: json.RawMessage(`{"amount":5,"currency":"USD"}`)},
+			}})
+			if err != nil {
+				t.Fatalf("SubmitPlan() = %v", err)
+			}
+			return pl
+		}
+		ok, no := submit(), submit()
+		poll(t, a)
+		poll(t, a)
+		if p := a.Pending(); len(p) != 0 {
+			t.Fatalf("Pending() = %+v, want no single job: plan steps are asked with their plan", p)
+		}
+		pp := a.PendingPlans()
+		if len(pp) != 2 || pp[0].Plan.ID != ok.ID || pp[1].Plan.ID != no.ID || len(pp[0].Plan.Steps) != 2 || pp[0].Requester != "agent" {
+			t.Fatalf("PendingPlans() = %+v, want plans %s and %s of 2 steps each, requester agent", pp, ok.ID, no.ID)
+		}
+		if err := a.ApprovePlanAsPerson(t.Context(), ok.ID, "alice"); err != nil {
+			t.Fatalf("ApprovePlanAsPerson() = %v", err)
+		}
+		if err := a.ApprovePlanAsPerson(t.Context(), ok.ID, "alice"); err != ErrNotPending {
+			t.Fatalf("second ApprovePlanAsPerson() = %v, want ErrNotPending", err)
+		}
+		lj := e.Lease(approvertest.Pool, ok.Steps[0].ID)
+		c, err := e.Verify(lj)
+		if err != nil {
+			t.Fatalf("worker Verify(the plan approval, step 1) = %v", err)
+		}
+		if c.Plan != ok.ID || c.ApprovedBy == nil || c.ApprovedBy.Person != "alice" || len(c.Steps) != 2 {
+			t.Fatalf("claims = %+v, want one plan approval of plan %s over 2 steps by person alice", c, ok.ID)
+		}
+		if err := a.DenyPlanAsPerson(t.Context(), no.ID, "alice", "one at a time"); err != nil {
+			t.Fatalf("DenyPlanAsPerson() = %v", err)
+		}
+		for _, st := range no.Steps {
+			if got := e.Get(st.ID); got.State != api.StateDenied || got.ErrorMessage != "one at a time" {
+				t.Fatalf("step %s of the denied plan = %s %q, want denied with the reason", st.ID, got.State, got.ErrorMessage)
+			}
+		}
+		poll(t, a)
+		if pp := a.PendingPlans(); len(pp) != 0 {
+			t.Fatalf("PendingPlans() after both decided = %+v, want none", pp)
+		}
+	})
+}
