@@ -100,6 +100,22 @@ func (s *suite) noLease(t testing.TB, why string) {
 }
 
 var planScenarios = []scenario{
+	{"plans/step_plan_id", func(t *testing.T, s *suite) {
+		// A step names its plan on GET /v1/jobs/{id}, so an approver can ask about the plan
+		// rather than the job alone; a job of no plan names none.
+		p := s.submitPlan(t, planBody(`{"n":1}`, `{"n":2}`))
+		alone := s.submit(t, "")
+		for _, st := range p.Steps {
+			var j api.Job
+			s.ok(t, 200, s.approver, "GET", "/v1/jobs/"+st.ID, "", &j)
+			if j.PlanID != p.ID {
+				t.Fatalf("GET /v1/jobs/%s: plan_id %q, want %s", st.ID, j.PlanID, p.ID)
+			}
+		}
+		if a := s.do(t, s.approver, "GET", "/v1/jobs/"+alone.ID, ""); strings.Contains(string(a.raw), "plan_id") {
+			t.Fatalf("a job of no plan shows plan_id: %s", a.raw)
+		}
+	}},
 	{"audit/approved_by", func(t *testing.T, s *suite) {
 		// Who approved, by the approval's approved_by claim as presented (the control plane
 		// verifies nothing; the worker does), is in the audit entry of the attach: a job's,
