@@ -102,7 +102,7 @@ func TestDemoMCPStep(t *testing.T) {
 		t.Fatalf("demoMCP() = %v\n%s", err, out.String())
 	}
 	for _, want := range []string{
-		"tools/list: castellan_job_result, crm-lookup",
+		"tools/list: castellan_job_result, castellan_plan_result, castellan_submit_plan, crm-lookup",
 		"is pending_approval: the agent cannot approve it",
 		`structuredContent: {"customer_id":"42","name":"Ada Lovelace","open_tickets":2,"tier":"gold"}`,
 	} {

@@ -102,7 +102,7 @@ func serverCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 func TestServerMCP(t *testing.T) {
 	t.Parallel()
 	plain := http.DefaultTransport
-	published := []string{mcp.ResultToolName, "echo"} // sorted
+	published := []string{mcp.ResultToolName, mcp.PlanResultToolName, mcp.SubmitPlanToolName, "echo"} // sorted
 	publish := func(t *testing.T, base, workerTok string, rt http.RoundTripper) {
 		t.Helper()
 		w, err := client.New(base, workerTok, client.WithHTTPClient(&http.Client{Transport: rt}))

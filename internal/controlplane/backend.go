@@ -73,6 +73,8 @@ type Submission struct {
 	Approval       string // "" for pending_approval
 	Auto           bool   // Approval is the control plane's own (auto-approval)
 	TraceParent    string
+	// SubmittedByName is the submitting Principal's Name, stored as api.Job.SubmittedByName.
+	SubmittedByName string
 }
 
 // ListQuery is GET /v1/jobs's query, checked. Pool "" lists every pool.

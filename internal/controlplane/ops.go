@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/castellan-dev/castellan/approval"
 	"net/http"
 	"time"
 
@@ -118,6 +119,33 @@ func (s *Server) record(ctx context.Context, p Principal, action, jobID string, 
 	if err := ap.AppendAudit(context.WithoutCancel(ctx), e); err != nil {
 		s.log.Error("audit log append failed", zap.String("action", action), zap.String("job_id", jobID), zap.Error(err))
 	}
+}
+
+// ApprovedByNote says in an approval's audit detail what its approved_by is worth here.
+const ApprovedByNote = "the approval's approved_by claim as presented; the control plane holds no keys and has not verified it (each worker verifies the approval)"
+
+// ApprovalAuditDetail is the audit detail of approval token attached to a job or a plan, in
+// both modes: who approved it, by the token's approved_by claim read without verification
+// (approval.Inspect), said so in the detail, and the plan a plan approval is for. It is nil
+// when the claims name neither (or cannot be read: the job route checks only the token's
+// shape).
+func ApprovalAuditDetail(token string) map[string]any {
+	c, _, err := approval.Inspect(token)
+	if err != nil {
+		return nil
+	}
+	d := map[string]any{}
+	if c.Plan != "" {
+		d["plan"] = c.Plan
+	}
+	if c.ApprovedBy != nil {
+		d["approved_by"] = *c.ApprovedBy
+		d["approved_by_note"] = ApprovedByNote
+	}
+	if len(d) == 0 {
+		return nil
+	}
+	return d
 }
 
 // TokenAuditDetail is the audit detail of a created token, in both modes and for direct

@@ -28,9 +28,10 @@ type Plans interface {
 	Plan(ctx context.Context, id string) (PlanRecord, error)
 	// PlanOfJob returns the id of the plan job id is a step of, or "".
 	PlanOfJob(ctx context.Context, jobID string) (string, error)
-	// AttachPlanApproval stores token as plan id's approval, once: a plan that has one is
-	// refused with invalid_state.
-	AttachPlanApproval(ctx context.Context, id, token string) (PlanRecord, error)
+	// AttachPlanApproval stores token as plan id's approval for p, once: a plan that has one
+	// is refused with invalid_state. A backend that audits its own writes records
+	// plan.approve with ApprovalAuditDetail.
+	AttachPlanApproval(ctx context.Context, p Principal, id, token string) (PlanRecord, error)
 	// ActivePlans lists the plans not ended (EndPlan).
 	ActivePlans(ctx context.Context) ([]string, error)
 	// EndPlan marks a plan ended: every step is terminal, nothing is left to move on.
@@ -194,9 +195,10 @@ func (s *Server) hPlanApprove(w http.ResponseWriter, r *http.Request, p Principa
 			return Refuse(http.StatusBadRequest, api.CodeInvalidField, "token: step %d is job %q; plan %s's step %d is %s", i+1, st.JobID, id, i+1, view.Steps[i].ID)
 		}
 	}
-	if _, err := pb.AttachPlanApproval(ctx, id, req.Token); err != nil {
+	if _, err := pb.AttachPlanApproval(ctx, p, id, req.Token); err != nil {
 		return err
 	}
+	s.record(ctx, p, "plan.approve", "", ApprovalAuditDetail(req.Token))
 	s.log.Info("plan approved", zap.String("plan_id", id), zap.String("by", p.TokenID))
 	view, err = s.planView(ctx, p, pb, id, true)
 	if err != nil {
@@ -383,8 +385,13 @@ func (s *Server) advance(ctx context.Context, pb Plans, rec PlanRecord) (bool, e
 			continue
 		}
 		if j.State == api.StatePendingApproval && rec.Approval != "" {
-			if _, err := s.b.Approve(ctx, planActor(rec.ID), j.ID, rec.Approval); err != nil && !isInvalidState(err) {
+			actor := planActor(rec.ID)
+			_, err := s.b.Approve(ctx, actor, j.ID, rec.Approval)
+			if err != nil && !isInvalidState(err) {
 				return false, err
+			}
+			if err == nil {
+				s.record(ctx, actor, "job.approve", j.ID, ApprovalAuditDetail(rec.Approval))
 			}
 		}
 		return false, nil

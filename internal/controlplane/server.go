@@ -443,7 +443,7 @@ func (s *Server) prepare(ctx context.Context, p Principal, req api.SubmitRequest
 	}
 	sub := Submission{ID: api.NewJobID(), Task: req.Task, TaskVersion: def.Version, Pool: pool, Input: input,
 		MaxAttempts: req.MaxAttempts, IdempotencyKey: req.IdempotencyKey, Approval: req.Approval, TraceParent: req.TraceParent,
-		RequestHash: RequestHash(req.Task, req.TaskVersion, pool, input, req.MaxAttempts, req.Approval)}
+		SubmittedByName: p.Name, RequestHash: RequestHash(req.Task, req.TaskVersion, pool, input, req.MaxAttempts, req.Approval)}
 	if sub.Approval == "" && auto && s.autoApproves(req.Task) {
 		tok, err := s.cfg.AutoApprover.Approve(ctx, ApprovalSubject{JobID: sub.ID, Task: sub.Task, TaskVersion: sub.TaskVersion, Pool: pool, Input: input})
 		if err != nil {
@@ -497,6 +497,11 @@ func (s *Server) hGet(w http.ResponseWriter, r *http.Request, p Principal) error
 	j, err := s.job(r.Context(), p, r.PathValue("id"))
 	if err != nil {
 		return err
+	}
+	if pb, ok := s.b.(Plans); ok {
+		if j.PlanID, err = pb.PlanOfJob(r.Context(), j.ID); err != nil {
+			return err
+		}
 	}
 	api.WriteJSON(w, http.StatusOK, j)
 	return nil
@@ -671,7 +676,7 @@ func (s *Server) hApprove(w http.ResponseWriter, r *http.Request, p Principal) e
 	if err != nil {
 		return err
 	}
-	s.record(r.Context(), p, "job.approve", id, nil)
+	s.record(r.Context(), p, "job.approve", id, ApprovalAuditDetail(req.Token))
 	api.WriteJSON(w, http.StatusOK, j)
 	return nil
 }

@@ -280,7 +280,7 @@ func TestDemo(t *testing.T) {
 		"rejected by the worker, nothing ran: approval rejected (input_mismatch)",
 		"rejected by the worker, nothing ran: approval rejected (wrong_job)",
 		`"customer_id":"42"`,
-		"tools/list: castellan_job_result, crm-lookup",
+		"tools/list: castellan_job_result, castellan_plan_result, castellan_submit_plan, crm-lookup",
 		"approved by rule read-only-lookups, signed by the approver process; the worker ran it:",
 		"approved by person demo-person in the console; the worker ran it:",
 		`the agent's tool result, structuredContent: {"customer_id":"42","name":"Ada Lovelace","open_tickets":2,"tier":"gold"}`,

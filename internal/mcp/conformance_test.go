@@ -195,7 +195,7 @@ func TestInspectorCLI(t *testing.T) {
 		}
 	}
 	slices.Sort(names)
-	if want := []string{mcp.ResultToolName, "echo"}; !slices.Equal(names, want) {
+	if want := []string{mcp.ResultToolName, mcp.PlanResultToolName, mcp.SubmitPlanToolName, "echo"}; !slices.Equal(names, want) {
 		t.Errorf("inspector tools/list = %v, want %v", names, want)
 	}
 	var called struct {

@@ -247,6 +247,10 @@ type session struct {
 	mu      sync.Mutex
 	tasks   map[string]api.TaskDef
 	version [32]byte
+	// planTools are the task names castellan_submit_plan was last offered with;
+	// planResult whether castellan_plan_result is offered (plans.go).
+	planTools  []string
+	planResult bool
 }
 
 // newServer is the SDK's getServer, which it calls on every HTTP request. Only an
@@ -337,7 +341,7 @@ func (s *session) refresh(ctx context.Context) {
 	s.version = v
 	next := map[string]api.TaskDef{}
 	for _, d := range defs {
-		if d.Name == ResultToolName {
+		if d.Name == ResultToolName || d.Name == SubmitPlanToolName || d.Name == PlanResultToolName {
 			continue
 		}
 		next[d.Name] = d // the catalog lists versions oldest first; the last one wins
@@ -368,6 +372,7 @@ func (s *session) refresh(ctx context.Context) {
 		}
 		s.tasks[name] = d
 	}
+	s.planToolsLocked()
 }
 
 // addTool offers one task. The SDK panics on a schema it cannot serve (not an object, bad

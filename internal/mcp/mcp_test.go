@@ -309,7 +309,7 @@ func TestInitializeAndListTools(t *testing.T) {
 	got := map[string]bool{}
 	for _, tl := range res.Tools {
 		got[tl.Name] = true
-		if tl.Name == mcp.ResultToolName {
+		if tl.Name == mcp.ResultToolName || tl.Name == mcp.SubmitPlanToolName || tl.Name == mcp.PlanResultToolName {
 			continue
 		}
 		d, ok := want[tl.Name]
@@ -341,8 +341,10 @@ func TestInitializeAndListTools(t *testing.T) {
 			t.Errorf("catalog task %q is not listed as a tool", name)
 		}
 	}
-	if !got[mcp.ResultToolName] {
-		t.Errorf("tool %s is not listed", mcp.ResultToolName)
+	for _, name := range []string{mcp.ResultToolName, mcp.SubmitPlanToolName, mcp.PlanResultToolName} {
+		if !got[name] {
+			t.Errorf("tool %s is not listed", name)
+		}
 	}
 }
 
@@ -675,7 +677,11 @@ func TestRetrySameRequestIDSameJob(t *testing.T) {
 	// Replay one tools/call twice with the same JSON-RPC id on the same session, as a
 	// client retrying after a dropped connection does.
 	post := func(id int) string {
-		body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"n":5}}}`, id)
+		call := `{"name":"echo","arguments":{"n":5}}`
+		if id >= 910 {
+			call = `{"name":"` + mcp.SubmitPlanToolName + `","arguments":{"steps":[{"tool":"echo","arguments":{"n":6}}]}}`
+		}
+		body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":%s}`, id, call)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+mcp.Path, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Accept", "application/json, text/event-stream")
@@ -701,12 +707,28 @@ func TestRetrySameRequestIDSameJob(t *testing.T) {
 	post(900)
 	post(900)
 	post(901)
+	// castellan_submit_plan too: one plan (of one step) per request id.
+	post(910)
+	post(910)
+	post(911)
 	l, err := e.approver.List(ctx, client.ListOptions{Pool: "alpha"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Jobs) != 2 {
-		t.Errorf("jobs after 2 sends of id 900 and 1 of id 901 = %d, want 2", len(l.Jobs))
+	var calls, steps int
+	for _, j := range l.Jobs {
+		if j, err = e.approver.Get(ctx, j.ID); err != nil { // lists omit the input
+			t.Fatal(err)
+		}
+		switch string(j.Input) {
+		case `{"n":5}`:
+			calls++
+		case `{"n":6}`:
+			steps++
+		}
+	}
+	if calls != 2 || steps != 2 {
+		t.Errorf("after 2 sends of id 900 and 1 of id 901, jobs = %d; after 2 sends of plan id 910 and 1 of 911, plan steps = %d; want 2 each", calls, steps)
 	}
 }
 
@@ -1023,5 +1045,210 @@ func TestIdleSessionEnds(t *testing.T) {
 			t.Fatalf("session still served (%d, %v) 10s after its last POST; SessionIdle is 300ms", status, err)
 		}
 		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+}
+
+// approvePlan signs one plan approval over plan id's steps as `castellan plan approve`
+// does and attaches it.
+func (e *env) approvePlan(ctx context.Context, id string) {
+	e.t.Helper()
+	pl, err := e.approver.GetPlan(ctx, id)
+	if err != nil {
+		e.t.Fatalf("GetPlan(%s) = %v", id, err)
+	}
+	var steps []approval.PlanStep
+	for _, j := range pl.Steps {
+		steps = append(steps, approval.PlanStep{JobID: j.ID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input})
+	}
+	tok, _, err := approval.SignPlan(e.key, approval.PlanRequest{PlanID: id, Steps: steps})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.approver.ApprovePlan(ctx, id, tok); err != nil {
+		e.t.Fatalf("ApprovePlan(%s) = %v", id, err)
+	}
+}
+
+// pendingPlan polls until a job of pool alpha that is a plan step waits for approval, and
+// returns its plan's id.
+func (e *env) pendingPlan(ctx context.Context) string {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var l api.AuditList
+		if err := e.adminDo(ctx, "/v1/audit?action=plan.submit", &l); err != nil {
+			e.t.Fatal(err)
+		}
+		for _, en := range l.Entries {
+			var d struct {
+				Plan string `json:"plan"`
+			}
+			if json.Unmarshal(en.Detail, &d) != nil || d.Plan == "" {
+				continue
+			}
+			// The plan is recorded before its steps' jobs: wait until they all exist.
+			pl, err := e.approver.GetPlan(ctx, d.Plan)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			created := true
+			for _, j := range pl.Steps {
+				created = created && j.Task != ""
+			}
+			if created {
+				return d.Plan
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	e.t.Fatal("no plan was submitted within 10s")
+	return ""
+}
+
+func (e *env) adminDo(ctx context.Context, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.url+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+e.secrets["admin"])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// TestSubmitPlanApproved: castellan_submit_plan submits its steps as one plan of the tools'
+// tasks, an approver approves it with one signature, and the call answers with every
+// step's output in order; castellan_plan_result reads the same plan later.
+func TestSubmitPlanApproved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	res, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var planTool *sdk.Tool
+	for _, tl := range res.Tools {
+		if tl.Name == mcp.SubmitPlanToolName {
+			planTool = tl
+		}
+	}
+	if planTool == nil {
+		t.Fatalf("tools = %v, want %s", toolNames(t, ctx, cs), mcp.SubmitPlanToolName)
+	}
+	if sch, _ := json.Marshal(planTool.InputSchema); !strings.Contains(string(sch), `"enum":["echo"]`) {
+		t.Errorf("%s input schema %s, want its tool enum to be the pool's tasks [echo]", mcp.SubmitPlanToolName, sch)
+	}
+	type out struct {
+		r   *sdk.CallToolResult
+		err error
+	}
+	done := make(chan out, 1)
+	go func() {
+		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.SubmitPlanToolName, Arguments: map[string]any{"steps": []any{
+			map[string]any{"tool": "echo", "arguments": map[string]any{"n": 1}},
+			map[string]any{"tool": "echo", "arguments": map[string]any{"n": 2}},
+		}}})
+		done <- out{r, err}
+	}()
+	id := e.pendingPlan(ctx)
+	e.approvePlan(ctx, id)
+	o := <-done
+	if o.err != nil || o.r.IsError {
+		t.Fatalf("CallTool(%s) = %v, %q; want the plan's result", mcp.SubmitPlanToolName, o.err, text(o.r))
+	}
+	var sc struct {
+		PlanID string `json:"plan_id"`
+		State  string `json:"state"`
+		Steps  []struct {
+			JobID  string          `json:"job_id"`
+			Tool   string          `json:"tool"`
+			Output json.RawMessage `json:"output"`
+		} `json:"steps"`
+	}
+	b, _ := json.Marshal(o.r.StructuredContent)
+	if err := json.Unmarshal(b, &sc); err != nil || sc.PlanID != id || sc.State != "succeeded" || len(sc.Steps) != 2 ||
+		!jsonEqual(sc.Steps[0].Output, []byte(`{"n":1}`)) || !jsonEqual(sc.Steps[1].Output, []byte(`{"n":2}`)) || sc.Steps[1].Tool != "echo" {
+		t.Fatalf("structured content %s, want plan %s succeeded with outputs {n:1} then {n:2}", b, id)
+	}
+	r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.PlanResultToolName, Arguments: map[string]any{"plan_id": id, "wait_seconds": 0}})
+	if err != nil || r.IsError || !strings.Contains(text(r), "succeeded") {
+		t.Fatalf("CallTool(%s) = %v, %q; want the succeeded plan", mcp.PlanResultToolName, err, text(r))
+	}
+}
+
+// TestSubmitPlanDenied: a plan the approver denies answers, once fetched later, with who
+// denied it and why; no step ran.
+func TestSubmitPlanDenied(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{CallWait: 100 * time.Millisecond})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.SubmitPlanToolName, Arguments: map[string]any{"steps": []any{
+		map[string]any{"tool": "echo", "arguments": map[string]any{"n": 3}},
+		map[string]any{"tool": "echo", "arguments": map[string]any{"n": 4}},
+	}}})
+	if err != nil || !r.IsError || !strings.Contains(text(r), "pending_approval") || !strings.Contains(text(r), mcp.PlanResultToolName) {
+		t.Fatalf("CallTool(%s) = %v, %q; want the pending answer naming %s", mcp.SubmitPlanToolName, err, text(r), mcp.PlanResultToolName)
+	}
+	b, _ := json.Marshal(r.StructuredContent)
+	var sc struct {
+		PlanID  string `json:"plan_id"`
+		Pending bool   `json:"pending"`
+	}
+	if json.Unmarshal(b, &sc) != nil || !api.ValidPlanID(sc.PlanID) || !sc.Pending {
+		t.Fatalf("structured content %s, want a pending plan id", b)
+	}
+	if _, err := e.approver.DenyPlan(ctx, sc.PlanID, "one step at a time"); err != nil {
+		t.Fatalf("DenyPlan() = %v", err)
+	}
+	r, err = cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.PlanResultToolName, Arguments: map[string]any{"plan_id": sc.PlanID, "wait_seconds": 10}})
+	if err != nil || !r.IsError {
+		t.Fatalf("CallTool(%s) = %v, %+v; want the denied plan as a tool error", mcp.PlanResultToolName, err, r)
+	}
+	for _, want := range []string{"denied", `"approver"`, "one step at a time", api.OutcomeDeniedByApprover} {
+		if !strings.Contains(text(r), want) {
+			t.Errorf("denied plan text %q, want it to name %q", text(r), want)
+		}
+	}
+	b, _ = json.Marshal(r.StructuredContent)
+	var d map[string]any
+	if json.Unmarshal(b, &d) != nil || d["state"] != "denied" || d["denied_by"] != "approver" || d["message"] != "one step at a time" {
+		t.Errorf("structured content %s, want state denied by approver with the reason", b)
+	}
+}
+
+// TestSubmitPlanRefusals: a step naming no tool of the pool, or with arguments its tool's
+// schema refuses, is a tool error naming steps[i]; nothing is submitted. The same MCP
+// request sent twice makes one plan.
+func TestSubmitPlanRefusals(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, mcp.Options{CallWait: 50 * time.Millisecond})
+	ctx := t.Context()
+	cs := e.connect(ctx, e.secrets["client"], nil)
+	ok := map[string]any{"tool": "echo", "arguments": map[string]any{"n": 1}}
+	for _, tc := range []struct {
+		name string
+		args map[string]any
+		want string
+	}{
+		{"other pool's tool", map[string]any{"steps": []any{ok, map[string]any{"tool": "beta-only", "arguments": map[string]any{}}}}, "steps"},
+		{"bad arguments", map[string]any{"steps": []any{ok, map[string]any{"tool": "echo", "arguments": map[string]any{"n": "two"}}}}, "steps[1].arguments"},
+		{"extra argument", map[string]any{"steps": []any{map[string]any{"tool": "echo", "arguments": map[string]any{"n": 1, "x": 1}}}}, "steps[0].arguments"},
+		{"no steps", map[string]any{"steps": []any{}}, "invalid arguments"},
+		{"no arguments", map[string]any{"steps": []any{map[string]any{"tool": "echo"}}}, "arguments"},
+	} {
+		r, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: mcp.SubmitPlanToolName, Arguments: tc.args})
+		if err != nil || !r.IsError || !strings.Contains(text(r), tc.want) {
+			t.Errorf("%s: CallTool = %v, %q; want a tool error naming %s", tc.name, err, text(r), tc.want)
+		}
+	}
+	l, err := e.approver.List(ctx, client.ListOptions{Pool: "alpha"})
+	if err != nil || len(l.Jobs) != 0 {
+		t.Fatalf("jobs after refused plans = %d, %v; want none", len(l.Jobs), err)
 	}
 }

@@ -87,7 +87,7 @@ func TestTypeScriptClient(t *testing.T) {
 		}
 	}
 	slices.Sort(names)
-	if want := []string{mcp.ResultToolName, "echo"}; !slices.Equal(names, want) {
+	if want := []string{mcp.ResultToolName, mcp.PlanResultToolName, mcp.SubmitPlanToolName, "echo"}; !slices.Equal(names, want) {
 		t.Errorf("tools = %v, want %v", names, want)
 	}
 	if got.Call.IsError || !jsonEqual(got.Call.StructuredContent, []byte(`{"n":42}`)) {

@@ -297,7 +297,7 @@ func (s *APIServer) submit(ctx context.Context, p controlplane.Principal, sub co
 		}
 	}
 	now := time.Now().UTC()
-	base := api.Job{SubmittedBy: p.TokenID, IdempotencyKey: sub.IdempotencyKey, CreatedAt: now}
+	base := api.Job{SubmittedBy: p.TokenID, SubmittedByName: sub.SubmittedByName, IdempotencyKey: sub.IdempotencyKey, CreatedAt: now}
 	if sub.Approval != "" {
 		j, err := s.d.dispatch(ctx, Envelope{JobID: id, Task: sub.Task, TaskVersion: sub.TaskVersion, Pool: pool,
 			Input: input, Approval: sub.Approval, MaxAttempts: sub.MaxAttempts}, base)

@@ -139,7 +139,7 @@ func (b natsBackend) update(ctx context.Context, id string, change func(*control
 	}
 }
 
-func (b natsBackend) AttachPlanApproval(ctx context.Context, id, token string) (controlplane.PlanRecord, error) {
+func (b natsBackend) AttachPlanApproval(ctx context.Context, _ controlplane.Principal, id, token string) (controlplane.PlanRecord, error) {
 	return b.update(ctx, id, func(rec *controlplane.PlanRecord) error {
 		if rec.Approval != "" {
 			return controlplane.Refuse(http.StatusConflict, api.CodeInvalidState, "plan %s already has an approval", id)

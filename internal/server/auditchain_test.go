@@ -29,12 +29,13 @@ func TestAuditChainMigration(t *testing.T) {
 	}
 	st.Close()
 	// Back to schema 5: tokens without expires_at, the audit table without its chain columns,
-	// no plans tables (migration 8).
+	// no plans and jobs without submitted_by_name (each later migration runs again).
 	raw, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{`ALTER TABLE audit DROP COLUMN hash`, `ALTER TABLE audit DROP COLUMN prev_hash`, `ALTER TABLE tokens DROP COLUMN expires_at`, `DROP TABLE plans`, `DROP TABLE plan_steps`, `DELETE FROM schema_migrations WHERE version >= 6`} {
+	for _, q := range []string{`ALTER TABLE audit DROP COLUMN hash`, `ALTER TABLE audit DROP COLUMN prev_hash`, `ALTER TABLE tokens DROP COLUMN expires_at`,
+		`DROP TABLE plans`, `DROP TABLE plan_steps`, `ALTER TABLE jobs DROP COLUMN submitted_by_name`, `DELETE FROM schema_migrations WHERE version >= 6`} {
 		if _, err := raw.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}

@@ -43,7 +43,7 @@ var qJobByID = hot(`SELECT ` + jobColumns + ` FROM jobs WHERE id = ?`)
 // jobColumns must match scanJob.
 const jobColumns = `seq, id, task, task_version, pool, state, input, approval, attempt, max_attempts,
 	not_before, outcome, output, error_message, duration_ms, module_digest, idempotency_key,
-	submitted_by, created_at, updated_at, finished_at, denied_by`
+	submitted_by, created_at, updated_at, finished_at, denied_by, submitted_by_name`
 
 type jobRow struct {
 	api.Job
@@ -61,7 +61,7 @@ func scanJob(sc scanner) (jobRow, error) {
 	var idem sql.NullString
 	err := sc.Scan(&j.seq, &j.ID, &j.Task, &j.TaskVersion, &j.Pool, &j.State, &input, &j.approval,
 		&j.Attempt, &j.MaxAttempts, &notBefore, &j.Outcome, &output, &j.ErrorMessage, &j.DurationMS,
-		&j.ModuleDigest, &idem, &j.SubmittedBy, &created, &updated, &finished, &j.DeniedBy)
+		&j.ModuleDigest, &idem, &j.SubmittedBy, &created, &updated, &finished, &j.DeniedBy, &j.SubmittedByName)
 	if err != nil {
 		return j, err
 	}
@@ -155,7 +155,7 @@ func (s *Server) submit(ctx context.Context, p Principal, sub controlplane.Submi
 			idem = sub.IdempotencyKey
 		}
 		_, err = tx.ExecContext(ctx, qInsertJob,
-			id, sub.Task, sub.TaskVersion, pool, sub.Input, sub.Approval, string(state), sub.MaxAttempts, idem, sub.RequestHash, p.TokenID, now, now, traceparent)
+			id, sub.Task, sub.TaskVersion, pool, sub.Input, sub.Approval, string(state), sub.MaxAttempts, idem, sub.RequestHash, p.TokenID, now, now, traceparent, sub.SubmittedByName)
 		if err != nil {
 			return err
 		}
@@ -208,7 +208,7 @@ func (s *Server) approve(ctx context.Context, p Principal, id, token string) (ap
 			token, now, id); err != nil {
 			return err
 		}
-		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.approve", id, ""); err != nil {
+		if err := audit(ctx, tx, msTime(now), p.TokenID, string(p.Role), "job.approve", id, auditDetail(controlplane.ApprovalAuditDetail(token))); err != nil {
 			return err
 		}
 		j, err = readJob(ctx, tx, id)
@@ -625,7 +625,7 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 // Hot-path statements (see stmts.go).
 var qIdemLookup = hot(`SELECT id, request_hash FROM jobs WHERE pool = ? AND idempotency_key = ?`)
 var qInsertJob = hot(`INSERT INTO jobs(id, task, task_version, pool, input, approval, state, max_attempts,
-			idempotency_key, request_hash, submitted_by, created_at, updated_at, traceparent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
+			idempotency_key, request_hash, submitted_by, created_at, updated_at, traceparent, submitted_by_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
 var qApprove = hot(`UPDATE jobs SET approval = ?, state = 'queued', updated_at = ? WHERE id = ? AND state = 'pending_approval'`)
 var qDeny = hot(`UPDATE jobs SET state = 'denied', outcome = ?, error_message = ?, denied_by = ?, updated_at = ?, finished_at = ?
 			WHERE id = ? AND state = 'pending_approval'`)

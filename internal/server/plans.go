@@ -67,7 +67,7 @@ func (b sqlBackend) CreatePlan(ctx context.Context, rec controlplane.PlanRecord)
 				return err
 			}
 		}
-		return audit(ctx, tx, rec.CreatedAt, rec.CreatedBy, "", "plan.submit", "", planDetail(rec.ID))
+		return audit(ctx, tx, rec.CreatedAt, rec.CreatedBy, "", "plan.submit", "", auditDetail(map[string]any{"plan": rec.ID, "steps": rec.Steps}))
 	})
 	return out, created, err
 }
@@ -85,7 +85,7 @@ func (b sqlBackend) PlanOfJob(ctx context.Context, jobID string) (string, error)
 	return plan, err
 }
 
-func (b sqlBackend) AttachPlanApproval(ctx context.Context, id, token string) (controlplane.PlanRecord, error) {
+func (b sqlBackend) AttachPlanApproval(ctx context.Context, p controlplane.Principal, id, token string) (controlplane.PlanRecord, error) {
 	var out controlplane.PlanRecord
 	err := b.s.store.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, `UPDATE plans SET approval = ? WHERE id = ? AND approval = ''`, token, id)
@@ -101,7 +101,7 @@ func (b sqlBackend) AttachPlanApproval(ctx context.Context, id, token string) (c
 		if out, err = scanPlan(tx.QueryRowContext(ctx, `SELECT `+planCols+` FROM plans WHERE id = ?`, id)); err != nil {
 			return err
 		}
-		return audit(ctx, tx, b.s.cfg.Now(), "", "", "plan.approve", "", planDetail(id))
+		return audit(ctx, tx, b.s.cfg.Now(), p.TokenID, string(p.Role), "plan.approve", "", auditDetail(controlplane.ApprovalAuditDetail(token)))
 	})
 	if err == nil {
 		b.s.changed.broadcast()
@@ -131,11 +131,4 @@ func (b sqlBackend) EndPlan(ctx context.Context, id string) error {
 		_, err := tx.ExecContext(ctx, `UPDATE plans SET ended = 1 WHERE id = ?`, id)
 		return err
 	})
-}
-
-// planDetail is the audit detail naming a plan: a JSON object, as every detail is (the
-// chain hashes the entry's canonical JSON, so a bare string would not hash).
-func planDetail(id string) string {
-	b, _ := json.Marshal(map[string]string{"plan": id})
-	return string(b)
 }

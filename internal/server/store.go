@@ -166,6 +166,9 @@ CREATE TABLE plan_steps (
 	job_id  TEXT PRIMARY KEY,
 	plan_id TEXT NOT NULL
 );`,
+	// 9: the submitting token's name as it was at submit (api.Job.SubmittedByName), so
+	// that an approver, which may not list tokens, can read who asked.
+	`ALTER TABLE jobs ADD COLUMN submitted_by_name TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrationHooks run in a migration's transaction after its SQL, for what SQL cannot do.
@@ -473,6 +476,18 @@ func audit(ctx context.Context, tx *txn, at time.Time, actor, role, action, jobI
 	}
 	_, err = tx.ExecContext(ctx, qAudit, at.UnixMilli(), actor, role, action, jobID, detail, prev, h)
 	return err
+}
+
+// auditDetail encodes an audit entry's detail ("" for none).
+func auditDetail(d map[string]any) string {
+	if d == nil {
+		return ""
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		return ""
+	}
+	return string(b)
 }
 
 const auditColumns = `id, at, actor, role, action, job_id, detail, prev_hash, hash`

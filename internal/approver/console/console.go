@@ -188,6 +188,8 @@ func (c *Console) Handler() http.Handler {
 	m.HandleFunc("GET /events", c.events)
 	m.HandleFunc("POST /jobs/{id}/approve", c.approve)
 	m.HandleFunc("POST /jobs/{id}/deny", c.deny)
+	m.HandleFunc("POST /plans/{id}/approve", c.approvePlan)
+	m.HandleFunc("POST /plans/{id}/deny", c.denyPlan)
 	m.Handle("GET /static/", c.static)
 	return c.guard(m)
 }
@@ -275,8 +277,17 @@ type field struct {
 	Extra                                 bool // not in the schema's properties
 }
 
+// planView is one plan waiting for a person: one row, its steps in order, each shown as a
+// job is.
+type planView struct {
+	ID, Requester string
+	Since         time.Time
+	Steps         []view
+}
+
 type pageData struct {
 	Jobs    []view
+	Plans   []planView
 	CSRF    string
 	Person  string
 	Pools   string
@@ -292,16 +303,25 @@ func (c *Console) data(r *http.Request) pageData {
 	for _, p := range pend {
 		d.Jobs = append(d.Jobs, c.view(r.Context(), p))
 	}
+	for _, pp := range c.cfg.Approver.PendingPlans() {
+		v := planView{ID: pp.Plan.ID, Requester: pp.Requester, Since: pp.Since}
+		for _, j := range pp.Plan.Steps {
+			v.Steps = append(v.Steps, c.view(r.Context(), process.Pending{Job: j, Requester: pp.Requester, Since: pp.Since}))
+		}
+		d.Plans = append(d.Plans, v)
+	}
 	return d
 }
 
-var notices = map[string]string{"approved": "Approved: the signed approval was attached.", "denied": "Denied."}
+var notices = map[string]string{"approved": "Approved: the signed approval was attached.", "denied": "Denied.",
+	"plan-approved": "Plan approved: one signed plan approval was attached; its steps run in order.", "plan-denied": "Plan denied: every step is denied."}
 
 var errorsShown = map[string]string{
 	"gone":    "That job is no longer waiting here: it was decided elsewhere.",
 	"reason":  fmt.Sprintf("A deny needs a reason: one line, at most %d bytes.", api.MaxDenyReason),
 	"failed":  "The control plane did not take the decision; the job is still waiting. See the approver's log.",
 	"nodeny":  "This control plane cannot deny jobs.",
+	"noplans": "This control plane has no plans.",
 	"unknown": "Unknown request.",
 }
 
@@ -465,6 +485,23 @@ func (c *Console) deny(w http.ResponseWriter, r *http.Request) {
 	c.after(w, r, err, "denied")
 }
 
+// approvePlan signs ONE plan approval over the plan's steps as shown, in the approver
+// process with its key, and attaches it.
+func (c *Console) approvePlan(w http.ResponseWriter, r *http.Request) {
+	err := c.cfg.Approver.ApprovePlanAsPerson(r.Context(), r.PathValue("id"), c.cfg.Person)
+	c.after(w, r, err, "plan-approved")
+}
+
+func (c *Console) denyPlan(w http.ResponseWriter, r *http.Request) {
+	reason := strings.TrimSpace(r.PostForm.Get("reason"))
+	if api.CheckDenyReason(reason) != nil {
+		redirect(w, r, "error", "reason")
+		return
+	}
+	err := c.cfg.Approver.DenyPlanAsPerson(r.Context(), r.PathValue("id"), c.cfg.Person, reason)
+	c.after(w, r, err, "plan-denied")
+}
+
 func (c *Console) after(w http.ResponseWriter, r *http.Request, err error, done string) {
 	switch {
 	case err == nil:
@@ -473,6 +510,8 @@ func (c *Console) after(w http.ResponseWriter, r *http.Request, err error, done 
 		redirect(w, r, "error", "gone")
 	case errors.Is(err, process.ErrCannotDeny):
 		redirect(w, r, "error", "nodeny")
+	case errors.Is(err, process.ErrCannotPlan):
+		redirect(w, r, "error", "noplans")
 	default:
 		redirect(w, r, "error", "failed")
 	}

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -250,6 +251,65 @@ func TestCheckAddr(t *testing.T) {
 		_, err := CheckAddr(tt.addr, tt.remote)
 		if (err == nil) != tt.ok {
 			t.Errorf("CheckAddr(%q, allowRemote %v) = %v, want ok %v", tt.addr, tt.remote, err, tt.ok)
+		}
+	}
+}
+
+// TestPlanRow: a pending plan is one row with its steps in order (no single-job rows for
+// them); Approve signs one plan approval in the approver process, which a worker verifies
+// for the first step; Deny with a reason denies every step; forged requests are refused.
+func TestPlanRow(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	submit := func() api.Plan {
+		pl, err := f.e.Client.SubmitPlan(t.Context(), api.PlanRequest{Steps: []api.PlanStepRequest{
+			{Task: "crm-lookup", Pool: approvertest.Pool, Input: json.RawMessage(`{"customer_id":"c-9"}`)},
+			{Task: "refund", Pool: approvertest.Pool, Input: json.RawMessage(`{"amount":7}`)},
+		}})
+		if err != nil {
+			t.Fatalf("SubmitPlan() = %v", err)
+		}
+		return pl
+	}
+	ok, no := submit(), submit()
+	f.poll(t)
+	_, body, _ := f.req(t, "GET", "/queue", nil, nil)
+	for _, pl := range []api.Plan{ok, no} {
+		if strings.Count(body, `id="plan-`+pl.ID+`"`) != 1 || !strings.Contains(body, `action="/plans/`+pl.ID+`/approve"`) ||
+			!strings.Contains(body, `action="/plans/`+pl.ID+`/deny"`) {
+			t.Fatalf("GET /queue lacks one row for plan %s with Approve and Deny:\n%s", pl.ID, body)
+		}
+		first, second := strings.Index(body, `data-job="`+pl.Steps[0].ID+`"`), strings.Index(body, `data-job="`+pl.Steps[1].ID+`"`)
+		if first < 0 || second < first {
+			t.Fatalf("GET /queue does not list plan %s's steps in order:\n%s", pl.ID, body)
+		}
+	}
+	if strings.Contains(body, `id="job-`) {
+		t.Fatalf("GET /queue shows a plan step as a job of its own:\n%s", body)
+	}
+	good := url.Values{"csrf": {f.c.CSRFToken()}}
+	if code, _, _ := f.req(t, "POST", "/plans/"+ok.ID+"/approve", url.Values{"csrf": {flip(f.c.CSRFToken())}}, nil); code != http.StatusForbidden {
+		t.Fatalf("plan approve with a wrong CSRF token = %d, want 403", code)
+	}
+	code, _, resp := f.req(t, "POST", "/plans/"+ok.ID+"/approve", good, nil)
+	if code != http.StatusSeeOther || resp.Header.Get("Location") != "/?done=plan-approved" {
+		t.Fatalf("plan approve = %d %q, want 303 to /?done=plan-approved", code, resp.Header.Get("Location"))
+	}
+	c, err := f.e.Verify(f.e.Lease(approvertest.Pool, ok.Steps[0].ID))
+	if err != nil || c.Plan != ok.ID || len(c.Steps) != 2 || c.ApprovedBy == nil || c.ApprovedBy.Person != "alice@example.com" {
+		t.Fatalf("worker Verify(step 1) = %+v, %v; want one plan approval of %s by person alice@example.com", c, err, ok.ID)
+	}
+	code, _, resp = f.req(t, "POST", "/plans/"+no.ID+"/deny", url.Values{"csrf": {f.c.CSRFToken()}, "reason": {"a\nb"}}, nil)
+	if code != http.StatusSeeOther || resp.Header.Get("Location") != "/?error=reason" {
+		t.Fatalf("plan deny with a two-line reason = %d %q, want /?error=reason", code, resp.Header.Get("Location"))
+	}
+	code, _, resp = f.req(t, "POST", "/plans/"+no.ID+"/deny", url.Values{"csrf": {f.c.CSRFToken()}, "reason": {"one at a time"}}, nil)
+	if code != http.StatusSeeOther || resp.Header.Get("Location") != "/?done=plan-denied" {
+		t.Fatalf("plan deny = %d %q, want 303 to /?done=plan-denied", code, resp.Header.Get("Location"))
+	}
+	for _, st := range no.Steps {
+		if got := f.e.Get(st.ID); got.State != api.StateDenied || got.ErrorMessage != "one at a time" {
+			t.Fatalf("step %s = %s %q, want denied with the reason", st.ID, got.State, got.ErrorMessage)
 		}
 	}
 }

@@ -84,13 +84,15 @@ type Approver struct {
 	log   *zap.Logger
 	pools map[string]bool
 
-	mu      sync.Mutex
-	pending map[string]Pending // asked: waiting for a person
-	skip    map[string]bool    // refused jobs, and jobs a person is acting on: not decided again
-	names   map[string]string  // token id -> name
-	namesAt time.Time          // last ListTokens attempt
-	namesOK bool               // ListTokens is allowed for our token
-	changed chan struct{}      // closed and replaced whenever pending changes
+	mu       sync.Mutex
+	pending  map[string]Pending     // asked: waiting for a person
+	skip     map[string]bool        // refused jobs, and jobs a person is acting on: not decided again
+	names    map[string]string      // token id -> name
+	namesAt  time.Time              // last ListTokens attempt
+	namesOK  bool                   // ListTokens is allowed for our token
+	changed  chan struct{}          // closed and replaced whenever pending changes
+	plans    map[string]PendingPlan // asked plans (plans.go), by plan id
+	stepPlan map[string]string      // a listed step's job id -> its asked plan's id
 }
 
 // New checks cfg and returns an Approver.
@@ -128,7 +130,8 @@ func New(cfg Config) (*Approver, error) {
 		cfg.Now = time.Now
 	}
 	a := &Approver{cfg: cfg, log: cfg.Logger, pools: map[string]bool{}, pending: map[string]Pending{}, skip: map[string]bool{},
-		names: map[string]string{}, namesOK: true, changed: make(chan struct{})}
+		names: map[string]string{}, namesOK: true, changed: make(chan struct{}),
+		plans: map[string]PendingPlan{}, stepPlan: map[string]string{}}
 	for _, p := range cfg.Pools {
 		if p == "" || p == api.AllPools {
 			return nil, fmt.Errorf("approver: pool %q: name each pool served", p)
@@ -284,7 +287,8 @@ func (a *Approver) known(id string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	_, ok := a.pending[id]
-	return ok || a.skip[id]
+	_, step := a.stepPlan[id]
+	return ok || step || a.skip[id]
 }
 
 // forgetUnlisted drops asked jobs the control plane no longer lists as pending: another
@@ -303,7 +307,22 @@ func (a *Approver) forgetUnlisted(seen map[string]bool) {
 			delete(a.skip, id)
 		}
 	}
-	if len(a.pending) != n {
+	for id := range a.stepPlan {
+		if !seen[id] {
+			delete(a.stepPlan, id)
+		}
+	}
+	plans := len(a.plans)
+	for id, p := range a.plans {
+		listed := false
+		for _, st := range p.Plan.Steps {
+			listed = listed || seen[st.ID]
+		}
+		if !listed {
+			delete(a.plans, id)
+		}
+	}
+	if len(a.pending) != n || len(a.plans) != plans {
 		a.notifyLocked()
 	}
 }
@@ -362,7 +381,11 @@ func (a *Approver) Decide(ctx context.Context, id, pool string) bool {
 		a.mu.Unlock()
 		return false
 	}
-	requester, known := a.requester(ctx, j.SubmittedBy)
+	if j.PlanID != "" {
+		// A step is approved only with its plan: one row for the plan, for a person.
+		return a.askPlan(ctx, id, j.PlanID)
+	}
+	requester, known := a.requester(ctx, j)
 	d := a.cfg.Rules.Decide(ctx, rules.Request{Task: j.Task, Version: j.TaskVersion, Pool: j.Pool, Input: j.Input,
 		Requester: requester, RequesterUnknown: !known, Now: a.cfg.Now()})
 	fields := []zap.Field{zap.String("job", j.ID), zap.String("task", j.Task), zap.String("version", j.TaskVersion),
@@ -481,10 +504,16 @@ func isGone(err error) bool {
 // nameRefresh bounds how often an unknown token id makes the approver list tokens again.
 const nameRefresh = 30 * time.Second
 
-// requester returns the name of token id, and whether it is known. The job holds only the
-// submitting token's id; names come from GET /v1/tokens, which needs an admin token. Without
-// it requester is unknown to the rules (a rule reading it asks a person).
-func (a *Approver) requester(ctx context.Context, id string) (string, bool) {
+// requester returns the name of the token that submitted j, and whether it is known. The
+// control plane records it with the job (submitted_by_name); a job without it (an unnamed
+// token, or one submitted before the control plane recorded names) is looked up in GET
+// /v1/tokens, which needs an admin token. Without either, requester is unknown to the rules
+// (a rule reading it asks a person), never the token id.
+func (a *Approver) requester(ctx context.Context, j api.Job) (string, bool) {
+	if j.SubmittedByName != "" {
+		return j.SubmittedByName, true
+	}
+	id := j.SubmittedBy
 	a.mu.Lock()
 	name, ok := a.names[id]
 	refresh := !ok && a.namesOK && a.cfg.Now().Sub(a.namesAt) >= nameRefresh

@@ -161,35 +161,48 @@ func TestDenyUnsupported(t *testing.T) {
 	}
 }
 
-// TestRequesterNeedsNames: an approver token that cannot list token names leaves requester
-// unknown, so a rule reading it asks rather than matching "" or the token id.
-func TestRequesterNeedsNames(t *testing.T) {
+// TestRequesterFromJob: requester is the submitting token's name the control plane
+// recorded with the job, so an approver token (which may not list token names) matches a
+// rule on it in both modes; a job from an unnamed token leaves requester unknown unless an
+// admin token can look it up, so a rule reading it asks rather than matching "" or the
+// token id.
+func TestRequesterFromJob(t *testing.T) {
 	t.Parallel()
-	e := approvertest.New(t)
-	rs, err := rules.Parse("r.yaml", []byte("rules:\n  - name: agent-lookups\n    when: 'requester == \"agent\"'\n    approve: {ttl: 1m}\n"))
+	rs, err := rules.Parse("r.yaml", []byte("rules:\n  - name: agent-lookups\n    when: 'requester == \"agent\" || requester.startsWith(\"tok\")'\n    approve: {ttl: 1m}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tt := range []struct {
-		name  string
-		ctl   *client.Client
-		state api.State
-	}{{"admin token", e.Admin, api.StateQueued}, {"approver token", e.Approver, api.StatePendingApproval}} {
-		a, err := New(Config{Control: tt.ctl, Key: e.Key, Rules: rs, Pools: []string{approvertest.Pool}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		j := e.Submit(e.Client, "crm-lookup", approvertest.Pool, `{"customer_id":"x"}`)
-		poll(t, a)
-		if got := e.Get(j.ID); got.State != tt.state {
-			t.Fatalf("%s: job is %s, want %s", tt.name, got.State, tt.state)
-		}
-		if tt.state == api.StatePendingApproval {
-			if p := a.Pending(); len(p) != 1 || p[0].Rule != "agent-lookups" {
-				t.Fatalf("%s: Pending() = %+v, want the job asked by rule agent-lookups", tt.name, p)
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		unnamed := e.NewClient("", api.RoleClient, approvertest.Pool)
+		for _, tt := range []struct {
+			name  string
+			ctl   *client.Client
+			sub   *client.Client
+			state api.State
+		}{
+			{"approver token, named submitter", e.Approver, e.Client, api.StateQueued},
+			{"admin token, named submitter", e.Admin, e.Client, api.StateQueued},
+			{"approver token, unnamed submitter", e.Approver, unnamed, api.StatePendingApproval},
+		} {
+			a, err := New(Config{Control: tt.ctl, Key: e.Key, Rules: rs, Pools: []string{approvertest.Pool}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j := e.Submit(tt.sub, "crm-lookup", approvertest.Pool, `{"customer_id":"x"}`)
+			if tt.sub == e.Client && j.SubmittedByName != "agent" {
+				t.Fatalf("%s: submitted job's submitted_by_name = %q, want agent", tt.name, j.SubmittedByName)
+			}
+			poll(t, a)
+			if got := e.Get(j.ID); got.State != tt.state {
+				t.Fatalf("%s: job is %s, want %s", tt.name, got.State, tt.state)
+			}
+			if tt.state == api.StatePendingApproval {
+				if p := a.Pending(); len(p) != 1 || p[0].Rule != "agent-lookups" {
+					t.Fatalf("%s: Pending() = %+v, want the job asked by rule agent-lookups", tt.name, p)
+				}
 			}
 		}
-	}
+	})
 }
 
 // TestTwoApprovers: two approvers polling the same control plane at once, and one started
@@ -498,4 +511,61 @@ func TestDenyRefusedAsks(t *testing.T) {
 	if got := e.Get(j.ID); got.State != api.StatePendingApproval || got.HasApproval {
 		t.Fatalf("job is %s (approval %v), want pending without approval", got.State, got.HasApproval)
 	}
+}
+
+// TestPlanAskedAndApprovedAsOne: a plan's steps are offered to a person as one plan (never
+// as single jobs, never decided by a rule), and approving it signs one plan approval that
+// the control plane takes and a worker verifies for the first step; denying it denies every
+// step with the reason.
+func TestPlanAskedAndApprovedAsOne(t *testing.T) {
+	t.Parallel()
+	bothModes(t, func(t *testing.T, e *approvertest.Env) {
+		a, _ := newApprover(t, e, e.Approver)
+		submit := func() api.Plan {
+			pl, err := e.Client.SubmitPlan(t.Context(), api.PlanRequest{Steps: []api.PlanStepRequest{
+				{Task: "crm-lookup", Pool: approvertest.Pool, Input: json.RawMessage(`{"customer_id":"c-1"}`)}, // a rule would approve it alone
+				{Task: "refund", Pool: approvertest.Pool, Input: json.RawMessage(`{"amount":5,"currency":"USD"}`)},
+			}})
+			if err != nil {
+				t.Fatalf("SubmitPlan() = %v", err)
+			}
+			return pl
+		}
+		ok, no := submit(), submit()
+		poll(t, a)
+		poll(t, a)
+		if p := a.Pending(); len(p) != 0 {
+			t.Fatalf("Pending() = %+v, want no single job: plan steps are asked with their plan", p)
+		}
+		pp := a.PendingPlans()
+		if len(pp) != 2 || pp[0].Plan.ID != ok.ID || pp[1].Plan.ID != no.ID || len(pp[0].Plan.Steps) != 2 || pp[0].Requester != "agent" {
+			t.Fatalf("PendingPlans() = %+v, want plans %s and %s of 2 steps each, requester agent", pp, ok.ID, no.ID)
+		}
+		if err := a.ApprovePlanAsPerson(t.Context(), ok.ID, "alice"); err != nil {
+			t.Fatalf("ApprovePlanAsPerson() = %v", err)
+		}
+		if err := a.ApprovePlanAsPerson(t.Context(), ok.ID, "alice"); err != ErrNotPending {
+			t.Fatalf("second ApprovePlanAsPerson() = %v, want ErrNotPending", err)
+		}
+		lj := e.Lease(approvertest.Pool, ok.Steps[0].ID)
+		c, err := e.Verify(lj)
+		if err != nil {
+			t.Fatalf("worker Verify(the plan approval, step 1) = %v", err)
+		}
+		if c.Plan != ok.ID || c.ApprovedBy == nil || c.ApprovedBy.Person != "alice" || len(c.Steps) != 2 {
+			t.Fatalf("claims = %+v, want one plan approval of plan %s over 2 steps by person alice", c, ok.ID)
+		}
+		if err := a.DenyPlanAsPerson(t.Context(), no.ID, "alice", "one at a time"); err != nil {
+			t.Fatalf("DenyPlanAsPerson() = %v", err)
+		}
+		for _, st := range no.Steps {
+			if got := e.Get(st.ID); got.State != api.StateDenied || got.ErrorMessage != "one at a time" {
+				t.Fatalf("step %s of the denied plan = %s %q, want denied with the reason", st.ID, got.State, got.ErrorMessage)
+			}
+		}
+		poll(t, a)
+		if pp := a.PendingPlans(); len(pp) != 0 {
+			t.Fatalf("PendingPlans() after both decided = %+v, want none", pp)
+		}
+	})
 }

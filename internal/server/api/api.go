@@ -266,9 +266,15 @@ type Job struct {
 	ModuleDigest   string          `json:"module_digest,omitempty"`
 	IdempotencyKey string          `json:"idempotency_key,omitempty"`
 	SubmittedBy    string          `json:"submitted_by"`
-	CreatedAt      time.Time       `json:"created_at"`
-	UpdatedAt      time.Time       `json:"updated_at"`
-	FinishedAt     *time.Time      `json:"finished_at,omitempty"`
+	// SubmittedByName is the submitting token's name at submit ("" for an unnamed token):
+	// what approval rules read as requester.
+	SubmittedByName string `json:"submitted_by_name,omitempty"`
+	// PlanID is the plan the job is a step of (GET /v1/jobs/{id} only; lists omit it): such a
+	// job is approved or denied with its plan, never alone.
+	PlanID     string     `json:"plan_id,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
 }
 
 // JobList is GET /v1/jobs. NextCursor is empty on the last page.

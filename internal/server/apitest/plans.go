@@ -2,6 +2,7 @@ package apitest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -99,6 +100,95 @@ func (s *suite) noLease(t testing.TB, why string) {
 }
 
 var planScenarios = []scenario{
+	{"plans/step_plan_id", func(t *testing.T, s *suite) {
+		// A step names its plan on GET /v1/jobs/{id}, so an approver can ask about the plan
+		// rather than the job alone; a job of no plan names none.
+		p := s.submitPlan(t, planBody(`{"n":1}`, `{"n":2}`))
+		alone := s.submit(t, "")
+		for _, st := range p.Steps {
+			var j api.Job
+			s.ok(t, 200, s.approver, "GET", "/v1/jobs/"+st.ID, "", &j)
+			if j.PlanID != p.ID {
+				t.Fatalf("GET /v1/jobs/%s: plan_id %q, want %s", st.ID, j.PlanID, p.ID)
+			}
+		}
+		if a := s.do(t, s.approver, "GET", "/v1/jobs/"+alone.ID, ""); strings.Contains(string(a.raw), "plan_id") {
+			t.Fatalf("a job of no plan shows plan_id: %s", a.raw)
+		}
+	}},
+	{"audit/approved_by", func(t *testing.T, s *suite) {
+		// Who approved, by the approval's approved_by claim as presented (the control plane
+		// verifies nothing; the worker does), is in the audit entry of the attach: a job's,
+		// a plan's, and each plan step's queued by the plan approval.
+		key, _, err := approval.GenerateKey("k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := s.submit(t, "")
+		tok, _, err := approval.Sign(key, approval.Request{JobID: j.ID, Task: "echo", TaskVersion: "1.0.0", Pool: Pool,
+			Input: []byte(`{"n":1}`), ApprovedBy: &approval.ApprovedBy{Person: "alice"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.ok(t, 200, s.approver, "POST", "/v1/jobs/"+j.ID+"/approval", `{"token":"`+tok+`"}`, nil)
+		inputs := []string{`{"n":1}`, `{"n":2}`}
+		p := s.submitPlan(t, planBody(inputs...))
+		var steps []approval.PlanStep
+		for i, st := range p.Steps {
+			steps = append(steps, approval.PlanStep{JobID: st.ID, Task: st.Task, TaskVersion: st.TaskVersion, Pool: st.Pool, Input: []byte(inputs[i])})
+		}
+		ptok, _, err := approval.SignPlan(key, approval.PlanRequest{PlanID: p.ID, Steps: steps, ApprovedBy: &approval.ApprovedBy{Rule: "two-echoes"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.ok(t, 200, s.approver, "POST", "/v1/plans/"+p.ID+"/approval", `{"token":"`+ptok+`"}`, nil)
+		s.eventually(t, p.Steps[0].ID, "queued by the plan approval", func(j api.Job) bool { return j.HasApproval })
+
+		type detail struct {
+			Plan       string               `json:"plan"`
+			ApprovedBy *approval.ApprovedBy `json:"approved_by"`
+			Note       string               `json:"approved_by_note"`
+		}
+		find := func(action, jobID string) (api.AuditEntry, detail) {
+			t.Helper()
+			var l api.AuditList
+			s.ok(t, 200, s.admin, "GET", "/v1/audit?action="+action, "", &l)
+			for _, e := range l.Entries {
+				if jobID != "" && e.JobID != jobID {
+					continue
+				}
+				var d detail
+				if err := json.Unmarshal(e.Detail, &d); err != nil {
+					t.Fatalf("%s entry %+v: detail %s: %v", action, e, e.Detail, err)
+				}
+				if jobID != "" || d.Plan == p.ID {
+					return e, d
+				}
+			}
+			t.Fatalf("GET /v1/audit?action=%s = %+v: no entry for job %q plan %s", action, l.Entries, jobID, p.ID)
+			return api.AuditEntry{}, detail{}
+		}
+		e, d := find("job.approve", j.ID)
+		if d.ApprovedBy == nil || *d.ApprovedBy != (approval.ApprovedBy{Person: "alice"}) || d.Plan != "" ||
+			!strings.Contains(d.Note, "as presented") || !strings.Contains(d.Note, "worker verifies") || e.Role != string(api.RoleApprover) {
+			t.Fatalf("job.approve entry %+v (detail %s), want approved_by person alice, said to be unverified, by the approver", e, e.Detail)
+		}
+		e, d = find("plan.approve", "")
+		if d.ApprovedBy == nil || *d.ApprovedBy != (approval.ApprovedBy{Rule: "two-echoes"}) || !strings.Contains(d.Note, "as presented") || e.Role != string(api.RoleApprover) || e.Actor == "" {
+			t.Fatalf("plan.approve entry %+v (detail %s), want approved_by rule two-echoes by the approver", e, e.Detail)
+		}
+		_, d = find("job.approve", p.Steps[0].ID)
+		if d.Plan != p.ID || d.ApprovedBy == nil || d.ApprovedBy.Rule != "two-echoes" {
+			t.Fatalf("step 1's job.approve detail = %+v, want plan %s approved by rule two-echoes", d, p.ID)
+		}
+		var sub api.AuditList
+		s.ok(t, 200, s.admin, "GET", "/v1/audit?action=plan.submit", "", &sub)
+		for _, e := range sub.Entries {
+			if !json.Valid(e.Detail) && len(e.Detail) > 0 {
+				t.Fatalf("plan.submit detail %q is not JSON", e.Detail)
+			}
+		}
+	}},
 	{"plans/in_order", func(t *testing.T, s *suite) {
 		inputs := []string{`{"n":1}`, `{"n":2}`, `{"n":3}`}
 		p := s.submitPlan(t, planBody(inputs...))

@@ -436,6 +436,45 @@ var scenarios = []scenario{
 			t.Fatalf("leased %s with approval %q, want the oldest job %s with its approval", first.JobID, first.Approval, j.ID)
 		}
 	}},
+	{"submitted_by_name", func(t *testing.T, s *suite) {
+		// The submitting token's name is stored with the job, so that an approver (which may
+		// not list tokens) can read who asked: in the submit's answer, a get and a list.
+		var named, unnamed api.Token
+		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha","name":"agent-7"}`, &named)
+		s.ok(t, 201, s.admin, "POST", "/v1/tokens", `{"role":"client","pool":"alpha"}`, &unnamed)
+		var viaNamed, viaUnnamed, approved api.Job
+		s.ok(t, 201, named.Secret, "POST", "/v1/jobs", submitBody(""), &viaNamed)
+		s.ok(t, 201, unnamed.Secret, "POST", "/v1/jobs", submitBody(""), &viaUnnamed)
+		s.ok(t, 201, named.Secret, "POST", "/v1/jobs", submitBody(`,"approval":"`+FakeApproval("n")+`"`), &approved)
+		want := map[string]string{viaNamed.ID: "agent-7", viaUnnamed.ID: "", approved.ID: "agent-7"}
+		for _, j := range []api.Job{viaNamed, viaUnnamed, approved} {
+			if j.SubmittedByName != want[j.ID] || j.SubmittedBy == "" {
+				t.Fatalf("submit answer %s: submitted_by %q, submitted_by_name %q, want name %q", j.ID, j.SubmittedBy, j.SubmittedByName, want[j.ID])
+			}
+			var got api.Job
+			s.ok(t, 200, s.approver, "GET", "/v1/jobs/"+j.ID, "", &got)
+			if got.SubmittedByName != want[j.ID] || got.SubmittedBy != j.SubmittedBy {
+				t.Fatalf("GET %s as approver: submitted_by %q, submitted_by_name %q, want %q, %q", j.ID, got.SubmittedBy, got.SubmittedByName, j.SubmittedBy, want[j.ID])
+			}
+		}
+		if a := s.do(t, s.approver, "GET", "/v1/jobs/"+viaUnnamed.ID, ""); bytes.Contains(a.raw, []byte("submitted_by_name")) {
+			t.Fatalf("an unnamed token's job shows submitted_by_name: %s", a.raw)
+		}
+		var l api.JobList
+		s.ok(t, 200, s.approver, "GET", "/v1/jobs?state=pending_approval", "", &l)
+		seen := 0
+		for _, j := range l.Jobs {
+			if w, ok := want[j.ID]; ok {
+				seen++
+				if j.SubmittedByName != w {
+					t.Fatalf("GET /v1/jobs lists %s with submitted_by_name %q, want %q", j.ID, j.SubmittedByName, w)
+				}
+			}
+		}
+		if seen != 2 {
+			t.Fatalf("GET /v1/jobs?state=pending_approval = %+v, want both pending jobs", l.Jobs)
+		}
+	}},
 	{"deny", func(t *testing.T, s *suite) {
 		j := s.submit(t, "")
 		path := "/v1/jobs/" + j.ID + "/deny"
