@@ -96,7 +96,7 @@ func TestApproverCheckSamples(t *testing.T) {
 			app.Reader = strings.NewReader(samples)
 			args = []string{"castellan", "approver", "check", rulesFile, "--input", "-"}
 		}
-		if err := app.RunContext(context.Background(), args); err != nil {
+		if err := runAppWith(context.Background(), app, args); err != nil {
 			t.Fatalf("castellan %v = %v; stderr %s", args[1:], err, errOut.String())
 		}
 		got := strings.Split(strings.TrimSpace(out.String()), "\n")

@@ -102,9 +102,8 @@ func TestAuditVerifyExitCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			// Not parallel: urfave/cli's shared help flag is written by every Run.
 			var out, errOut bytes.Buffer
-			err := App(&out, &errOut).RunContext(context.Background(), append([]string{"castellan", "audit", "verify"}, tt.args...))
+			err := runAppWith(context.Background(), App(&out, &errOut), append([]string{"castellan", "audit", "verify"}, tt.args...))
 			if got := ExitCode(err); got != tt.exit || !strings.Contains(out.String(), tt.out) {
 				t.Errorf("audit verify %v: exit %d (%v), stdout %q; want exit %d, stdout naming %q", tt.args, got, err, out.String(), tt.exit, tt.out)
 			}

@@ -6,14 +6,29 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 )
+
+// appMu serialises the tests' runs of the whole command line: urfave/cli v2 writes its
+// package-level HelpFlag on every Run, so two Apps running at once race (the binary runs
+// one). Every test that runs App holds it, through runApp or runAppWith.
+var appMu sync.Mutex
+
+// runAppWith runs app with args (args[0] is the program name) under appMu.
+func runAppWith(ctx context.Context, app *cli.App, args []string) error {
+	appMu.Lock()
+	defer appMu.Unlock()
+	return app.RunContext(ctx, args)
+}
 
 // runApp runs the castellan command with args and returns its exit code and output.
 func runApp(ctx context.Context, args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
-	err := App(&out, &errb).RunContext(ctx, append([]string{"castellan"}, args...))
+	err := runAppWith(ctx, App(&out, &errb), append([]string{"castellan"}, args...))
 	if Unreported(err) {
 		errb.WriteString(err.Error())
 	}

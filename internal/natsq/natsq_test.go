@@ -504,3 +504,54 @@ func TestAbandonedLeaseForgotten(t *testing.T) {
 		t.Fatalf("Complete(forgotten lease) = %v, want %s", err, api.CodeLeaseConflict)
 	}
 }
+
+// TestRedeliverySupersedesOlderLease: JetStream settles a message by its stream sequence,
+// whichever delivery the ack comes through. A worker that still holds an older delivery of a
+// job it has been handed again (its local clock says the old lease is alive: it received it
+// late) must not settle the old one, which would ack the new delivery and leave the job's
+// current attempt without a redelivery. The old lease is refused; the new one completes.
+func TestRedeliverySupersedesOlderLease(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t).ClientURL()
+	s := newSigner(t)
+	d, _, _ := startDispatcher(t, url, natsq.Options{AckWait: time.Second})
+	q, err := natsq.DialWorker(t.Context(), url, natsq.Options{Pool: pool, AckWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	if _, err := q.Register(t.Context(), api.RegisterRequest{Name: "w", AgentVersion: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.PublishCatalog(t.Context(), catalog); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Dispatch(t.Context(), s.envelope(t, "job-redelivered", `{"n":1}`, 3)); err != nil {
+		t.Fatal(err)
+	}
+	lease := func(what string) api.LeasedJob {
+		var jobs []api.LeasedJob
+		poll(t, 20*time.Second, what, func() bool {
+			jobs, err = q.Lease(t.Context(), 1, 100*time.Millisecond)
+			return err == nil && len(jobs) == 1
+		})
+		return jobs[0]
+	}
+	first := lease("the first delivery")
+	second := lease("the redelivery after AckWait")
+	if second.Attempt != first.Attempt+1 {
+		t.Fatalf("redelivery attempt %d, want %d", second.Attempt, first.Attempt+1)
+	}
+	q.TouchLease(first.LeaseToken)
+	if _, err := q.Complete(t.Context(), "job-redelivered", api.CompleteRequest{LeaseToken: first.LeaseToken,
+		Attempt: first.Attempt, Outcome: "ok"}); !client.IsCode(err, api.CodeLeaseConflict) {
+		t.Fatalf("Complete(superseded delivery) = %v, want %s", err, api.CodeLeaseConflict)
+	}
+	if _, err := q.Complete(t.Context(), "job-redelivered", api.CompleteRequest{LeaseToken: second.LeaseToken,
+		Attempt: second.Attempt, Outcome: "ok", Output: []byte(`{"n":1}`)}); err != nil {
+		t.Fatalf("Complete(current delivery) = %v", err)
+	}
+	if j := waitState(t, d, "job-redelivered", 20*time.Second, api.StateSucceeded); j.Attempt != second.Attempt {
+		t.Fatalf("succeeded at attempt %d, want %d", j.Attempt, second.Attempt)
+	}
+}

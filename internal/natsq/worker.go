@@ -438,6 +438,15 @@ func (q *WorkerQueue) admit(ctx context.Context, msg jetstream.Msg) (api.LeasedJ
 	attempt := grant.Attempt
 	tok := randomHex(16)
 	q.mu.Lock()
+	// A new delivery of a job supersedes any older one this worker still holds: JetStream
+	// settles a message by its stream sequence whatever delivery the ack came through, so
+	// settling the old delivery would ack (or nak, or term) the new one too and leave its
+	// attempt without a redelivery if this worker then stopped.
+	for old, l := range q.inflight {
+		if l.env.JobID == env.JobID {
+			delete(q.inflight, old)
+		}
+	}
 	q.inflight[tok] = &inflight{msg: msg, env: env, attempt: attempt, fence: grant.Fence, seen: time.Now()}
 	q.mu.Unlock()
 	return api.LeasedJob{JobID: env.JobID, Task: env.Task, TaskVersion: env.TaskVersion, Pool: env.Pool,
