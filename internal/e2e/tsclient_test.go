@@ -280,8 +280,14 @@ func checkTools(t *testing.T, tools []tsTool, catalog []api.TaskDef, want ...str
 	for _, d := range catalog {
 		catNames = append(catNames, d.Name)
 	}
-	catNames = append(catNames, mcp.ResultToolName)
-	want = append(want, mcp.ResultToolName)
+	// Besides the tasks: fetching a job's result later and, while the pool has tasks,
+	// submitting a plan and fetching it.
+	fixed := []string{mcp.ResultToolName}
+	if len(catalog) > 0 {
+		fixed = append(fixed, mcp.SubmitPlanToolName, mcp.PlanResultToolName)
+	}
+	catNames = append(catNames, fixed...)
+	want = append(want, fixed...)
 	slices.Sort(names)
 	slices.Sort(catNames)
 	slices.Sort(want)
