@@ -488,27 +488,37 @@ func (s *session) callTask(ctx context.Context, req *sdk.CallToolRequest, d api.
 }
 
 func (s *session) callResult(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
-	var in struct {
-		JobID       string `json:"job_id"`
-		WaitSeconds *int   `json:"wait_seconds"`
+	id, wait, bad := s.fetchArgs(resultTool(), "job_id", req.Params.Arguments)
+	if bad != nil {
+		return bad, nil
 	}
-	sch, _ := s.h.schemas.Get(resultTool().InputSchema.(json.RawMessage))
-	if issues, err := schema.Validate(sch, req.Params.Arguments); err != nil || len(issues) > 0 {
-		if err != nil {
-			return toolError("arguments are not JSON: %v", err), nil
-		}
-		return toolError("invalid arguments: %s", schema.Message(issues)), nil
-	}
-	_ = json.Unmarshal(req.Params.Arguments, &in)
-	wait := 30 * time.Second
-	if in.WaitSeconds != nil {
-		wait = time.Duration(*in.WaitSeconds) * time.Second
-	}
-	job, err := s.h.b.Get(ctx, s.p, in.JobID)
+	job, err := s.h.b.Get(ctx, s.p, id)
 	if err != nil {
 		return apiToolError("get", err), nil
 	}
 	return s.follow(ctx, req, job, wait, false)
+}
+
+// fetchArgs checks the arguments of a fetch-later tool (castellan_job_result,
+// castellan_plan_result) against tool's schema and returns the id named idField and how long
+// to wait (wait_seconds, default 30 s); bad is the tool error for arguments that do not fit.
+func (s *session) fetchArgs(tool *sdk.Tool, idField string, args json.RawMessage) (id string, wait time.Duration, bad *sdk.CallToolResult) {
+	sch, _ := s.h.schemas.Get(tool.InputSchema.(json.RawMessage))
+	if issues, err := schema.Validate(sch, args); err != nil || len(issues) > 0 {
+		if err != nil {
+			return "", 0, toolError("arguments are not JSON: %v", err)
+		}
+		return "", 0, toolError("invalid arguments: %s", schema.Message(issues))
+	}
+	var in map[string]json.RawMessage
+	_ = json.Unmarshal(args, &in)
+	_ = json.Unmarshal(in[idField], &id)
+	wait = 30 * time.Second
+	var secs *int
+	if _ = json.Unmarshal(in["wait_seconds"], &secs); secs != nil {
+		wait = time.Duration(*secs) * time.Second
+	}
+	return id, wait, nil
 }
 
 // follow waits for job to end, at most wait, by long-poll. When the client asked for

@@ -187,23 +187,11 @@ func (s *session) callSubmitPlan(ctx context.Context, req *sdk.CallToolRequest) 
 
 func (s *session) callPlanResult(ctx context.Context, req *sdk.CallToolRequest) (*sdk.CallToolResult, error) {
 	pb := s.h.b.(PlanBackend)
-	var in struct {
-		PlanID      string `json:"plan_id"`
-		WaitSeconds *int   `json:"wait_seconds"`
+	id, wait, bad := s.fetchArgs(planResultTool(), "plan_id", req.Params.Arguments)
+	if bad != nil {
+		return bad, nil
 	}
-	sch, _ := s.h.schemas.Get(planResultTool().InputSchema.(json.RawMessage))
-	if issues, err := schema.Validate(sch, req.Params.Arguments); err != nil || len(issues) > 0 {
-		if err != nil {
-			return toolError("arguments are not JSON: %v", err), nil
-		}
-		return toolError("invalid arguments: %s", schema.Message(issues)), nil
-	}
-	_ = json.Unmarshal(req.Params.Arguments, &in)
-	wait := 30 * time.Second
-	if in.WaitSeconds != nil {
-		wait = time.Duration(*in.WaitSeconds) * time.Second
-	}
-	pl, err := pb.GetPlan(ctx, s.p, in.PlanID)
+	pl, err := pb.GetPlan(ctx, s.p, id)
 	if err != nil {
 		return apiToolError("get plan", err), nil
 	}
