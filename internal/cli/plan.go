@@ -200,8 +200,13 @@ func PlanApprove(ctx context.Context, cfg *PlanApproveConfig, out io.Writer) err
 		if cfg.Attempts == 0 {
 			attempts = max(attempts, j.MaxAttempts)
 		}
+		// As for a job: an input that cannot be hashed is refused before anything is signed
+		// or shown, rather than printed with an empty digest.
+		hash, err := approval.InputHash(j.Input)
+		if err != nil {
+			return reported{fmt.Errorf("plan %s step %d (job %s): its input cannot be hashed: %v", p.ID, i+1, j.ID, err)}
+		}
 		if !cfg.JSON {
-			hash, _ := approval.InputHash(j.Input)
 			fmt.Fprintf(out, "  %d. %s  %s %s  pool %s  input %s  sha256 %s\n", i+1, j.ID, j.Task, j.TaskVersion, j.Pool, abbreviate(string(j.Input), 80), hash)
 		}
 	}

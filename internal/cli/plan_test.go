@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,5 +115,47 @@ func TestPlanCommands(t *testing.T) {
 
 	if _, err := PlanSubmit(t.Context(), submitter, `{"steps":[],"extra":1}`, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "extra") {
 		t.Errorf("plan submit with an unknown member = %v, want it refused naming it", err)
+	}
+}
+
+// TestPlanApproveRefusesUnhashableInput: a lying control plane shows a plan whose step input
+// is not I-JSON (duplicate names, a lone surrogate, a number out of range); `plan approve`
+// refuses before signing and posts nothing, naming the step.
+func TestPlanApproveRefusesUnhashableInput(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	privPath, _, err := Keygen(KeygenConfig{Out: dir, Name: "t-approver"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(api.TokenPrefix+"lying-control-plane-test"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, input := range []string{`{"a":1,"a":2}`, `{"a":"\ud800"}`, `{"a":1e400}`} {
+		var posted atomic.Bool
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet {
+				posted.Store(true)
+				http.Error(w, "no", http.StatusTeapot)
+				return
+			}
+			job := func(id, in string) string {
+				return `{"id":"` + id + `","task":"echo","task_version":"1","pool":"default","state":"pending_approval","input":` + in + `,"max_attempts":1,"submitted_by":"tok_x","created_at":"2026-12-01T00:00:00Z","updated_at":"2026-12-01T00:00:00Z"}`
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"id":"plan_0123456789abcdef01234567","state":"pending_approval","created_at":"2026-12-01T00:00:00Z","steps":[`+
+				job("job_000000000000000000000001", `{"n":1}`)+`,`+job("job_000000000000000000000002", input)+`]}`)
+		}))
+		cfg := PlanApproveConfig{JobConfig: JobConfig{Server: srv.URL, TokenFile: tokFile}, PlanID: "plan_0123456789abcdef01234567",
+			Key: privPath, As: "t", TTL: time.Minute}
+		err := PlanApprove(t.Context(), &cfg, io.Discard)
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), "step 2") || !strings.Contains(err.Error(), "cannot be hashed") {
+			t.Errorf("input %s: PlanApprove = %v, want a refusal naming step 2", input, err)
+		}
+		if posted.Load() || cfg.Approval != "" {
+			t.Errorf("input %s: an approval was posted", input)
+		}
 	}
 }
