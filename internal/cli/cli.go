@@ -89,6 +89,7 @@ func App(stdout, stderr io.Writer) *cli.App {
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // main decides exit codes
+		Flags:           []cli.Flag{profileFlag()},
 		Commands: []*cli.Command{
 			runCommand(),
 			serverCommand(),
@@ -107,6 +108,17 @@ func App(stdout, stderr io.Writer) *cli.App {
 		},
 	}
 	cancelOnSignal(app.Commands, "server", "worker")
+	var stopProfile func() error
+	app.Before = func(cc *cli.Context) (err error) {
+		stopProfile, err = startProfile(cc)
+		return err
+	}
+	app.After = func(*cli.Context) error {
+		if stopProfile == nil {
+			return nil
+		}
+		return stopProfile()
+	}
 	return app
 }
 
