@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"text/template"
 	"time"
@@ -45,7 +46,11 @@ import (
 //	go test -run '^$' -bench Processes -benchtime 2000x ./internal/e2e/
 //
 // CASTELLAN_BENCH_BIN runs another castellan binary (an older commit's, to compare in the
-// same window) in place of the one TestMain built.
+// same window) in place of the one TestMain built. CASTELLAN_BENCH_PROFILE=DIR has every
+// castellan process write a CPU profile (--cpu-profile) to DIR/<command>.prof; the processes
+// are then stopped with SIGTERM so that they write it:
+//
+//	go tool pprof -top castellan DIR/worker.prof
 func BenchmarkProcesses(b *testing.B) {
 	exe := bin
 	if other := os.Getenv("CASTELLAN_BENCH_BIN"); other != "" {
@@ -278,7 +283,7 @@ func startProcs(b *testing.B, bin string) *procs {
 			b.Fatal(err)
 		}
 	}
-	w := exec.Command(bin, "worker", "--server", srvURL, "--token-file", filepath.Join(dir, "worker.token"),
+	w := castellanCmd(bin, "worker", "--server", srvURL, "--token-file", filepath.Join(dir, "worker.token"),
 		"--policy", filepath.Join(dir, "policy.yaml"), "--trusted-keys", pub, "--state-dir", filepath.Join(dir, "state"),
 		"--cache-dir", cacheDir, "--name", "bench", "--concurrency", "32", "--log-level", "warn")
 	var werr syncBuffer
@@ -286,7 +291,7 @@ func startProcs(b *testing.B, bin string) *procs {
 	if err := w.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = w.Process.Kill(); _ = w.Wait() })
+	b.Cleanup(func() { stopProc(w) })
 
 	c, err := client.New(srvURL, tokens[api.RoleClient])
 	if err != nil {
@@ -313,7 +318,7 @@ func startProcs(b *testing.B, bin string) *procs {
 // starts with prefix.
 func background(b *testing.B, bin, prefix string, args ...string) string {
 	b.Helper()
-	cmd := exec.Command(bin, args...)
+	cmd := castellanCmd(bin, args...)
 	var errb syncBuffer
 	cmd.Stderr = &errb
 	out, err := cmd.StdoutPipe()
@@ -323,7 +328,7 @@ func background(b *testing.B, bin, prefix string, args ...string) string {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	b.Cleanup(func() { stopProc(cmd) })
 	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -342,4 +347,30 @@ func background(b *testing.B, bin, prefix string, args ...string) string {
 		b.Fatalf("castellan %s printed no %q line within 30s:\n%s", args[0], prefix, errb.String())
 		return ""
 	}
+}
+
+// castellanCmd is bin with args, with a CPU profile to write when CASTELLAN_BENCH_PROFILE
+// names a directory.
+func castellanCmd(bin string, args ...string) *exec.Cmd {
+	if dir := os.Getenv("CASTELLAN_BENCH_PROFILE"); dir != "" {
+		args = append([]string{"--cpu-profile", filepath.Join(dir, args[0]+".prof")}, args...)
+	}
+	return exec.Command(bin, args...)
+}
+
+// stopProc ends a process of the benchmark: SIGTERM and a wait of up to 30 s when it writes
+// a profile (it does so at a clean exit), a kill otherwise.
+func stopProc(cmd *exec.Cmd) {
+	if os.Getenv("CASTELLAN_BENCH_PROFILE") != "" {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+			return
+		case <-time.After(30 * time.Second):
+		}
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
 }
