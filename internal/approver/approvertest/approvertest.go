@@ -65,6 +65,7 @@ type Worker interface {
 	Register(ctx context.Context, req api.RegisterRequest) (api.RegisterResponse, error)
 	PublishCatalog(ctx context.Context, tasks []api.TaskDef) (api.CatalogResponse, error)
 	Lease(ctx context.Context, max int, wait time.Duration) ([]api.LeasedJob, error)
+	Complete(ctx context.Context, jobID string, req api.CompleteRequest) (api.CompleteResponse, error)
 }
 
 // New starts an Env on the SQLite control plane that lives until the test ends.
@@ -228,6 +229,35 @@ func (e *Env) Lease(pool, id string) api.LeasedJob {
 		e.T.Fatalf("Lease(%s) = %+v, %v; want job %s", pool, jobs, err, id)
 	}
 	return jobs[0]
+}
+
+// Succeed reports the leased job lj as run with outcome ok, as its worker would.
+func (e *Env) Succeed(lj api.LeasedJob) {
+	e.T.Helper()
+	_, err := e.Workers[lj.Pool].Complete(context.Background(), lj.JobID, api.CompleteRequest{LeaseToken: lj.LeaseToken,
+		Attempt: lj.Attempt, Outcome: "ok", Output: json.RawMessage(`{}`)})
+	if err != nil {
+		e.T.Fatalf("Complete(%s, ok) = %v", lj.JobID, err)
+	}
+}
+
+// WaitPlan polls plan id until it is in state want, failing the test after 10s.
+func (e *Env) WaitPlan(id string, want api.PlanState) api.Plan {
+	e.T.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pl, err := e.Admin.GetPlan(context.Background(), id)
+		if err != nil {
+			e.T.Fatalf("GetPlan(%s) = %v", id, err)
+		}
+		if pl.State == want {
+			return pl
+		}
+		if time.Now().After(deadline) {
+			e.T.Fatalf("plan %s is %s after 10s, want %s", id, pl.State, want)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the plan's state
+	}
 }
 
 // Verify verifies an approval the way a worker does, against the leased job as delivered.
