@@ -322,6 +322,7 @@ var errorsShown = map[string]string{
 	"failed":  "The control plane did not take the decision; the job is still waiting. See the approver's log.",
 	"nodeny":  "This control plane cannot deny jobs.",
 	"noplans": "This control plane has no plans.",
+	"changed": "That plan changed since it was shown (a step was added or altered), so nothing was signed: review it again below.",
 	"unknown": "Unknown request.",
 }
 
@@ -512,6 +513,8 @@ func (c *Console) after(w http.ResponseWriter, r *http.Request, err error, done 
 		redirect(w, r, "error", "nodeny")
 	case errors.Is(err, process.ErrCannotPlan):
 		redirect(w, r, "error", "noplans")
+	case errors.Is(err, process.ErrPlanChanged):
+		redirect(w, r, "error", "changed")
 	default:
 		redirect(w, r, "error", "failed")
 	}

@@ -1,12 +1,15 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -14,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/approver/approvertest"
 	"github.com/castellan-dev/castellan/internal/approver/process"
 	"github.com/castellan-dev/castellan/internal/approver/rules"
+	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -29,11 +33,18 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	e := approvertest.New(t)
+	return newFixtureWith(t, e, e.Admin)
+}
+
+// newFixtureWith is newFixture on e with the approver reaching the control plane through
+// ctl.
+func newFixtureWith(t *testing.T, e *approvertest.Env, ctl process.Control) *fixture {
+	t.Helper()
 	rs, err := rules.Parse("r.yaml", []byte("rules: []\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := process.New(process.Config{Control: e.Admin, Key: e.Key, Rules: rs, Pools: []string{approvertest.Pool}})
+	a, err := process.New(process.Config{Control: ctl, Key: e.Key, Rules: rs, Pools: []string{approvertest.Pool}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,5 +322,77 @@ func TestPlanRow(t *testing.T) {
 		if got := f.e.Get(st.ID); got.State != api.StateDenied || got.ErrorMessage != "one at a time" {
 			t.Fatalf("step %s = %s %q, want denied with the reason", st.ID, got.State, got.ErrorMessage)
 		}
+	}
+}
+
+// growingPlans is a control plane caught while a plan is being submitted: until grown, the
+// plan's last step has no job, and the plan is shown without it.
+type growingPlans struct {
+	*client.Client
+	last  string
+	grown atomic.Bool
+}
+
+func (g *growingPlans) hidden(id string) bool { return !g.grown.Load() && id == g.last }
+
+func (g *growingPlans) List(ctx context.Context, o client.ListOptions) (api.JobList, error) {
+	l, err := g.Client.List(ctx, o)
+	l.Jobs = slices.DeleteFunc(l.Jobs, func(j api.Job) bool { return g.hidden(j.ID) })
+	return l, err
+}
+
+func (g *growingPlans) Get(ctx context.Context, id string) (api.Job, error) {
+	if g.hidden(id) {
+		return api.Job{}, &client.APIError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no job " + id}
+	}
+	return g.Client.Get(ctx, id)
+}
+
+func (g *growingPlans) GetPlan(ctx context.Context, id string) (api.Plan, error) {
+	pl, err := g.Client.GetPlan(ctx, id)
+	pl.Steps = slices.DeleteFunc(pl.Steps, func(j api.Job) bool { return g.hidden(j.ID) })
+	return pl, err
+}
+
+// TestPlanChangedShownAgain: Approve on a plan row shown before the plan's last step
+// existed signs nothing, says so, and shows the plan again with every step; Approve on the
+// row shown then signs one plan approval over every step.
+func TestPlanChangedShownAgain(t *testing.T) {
+	t.Parallel()
+	e := approvertest.New(t)
+	pl, err := e.Client.SubmitPlan(t.Context(), api.PlanRequest{Steps: []api.PlanStepRequest{
+		{Task: "crm-lookup", Pool: approvertest.Pool, Input: json.RawMessage(`{"customer_id":"c-9"}`)},
+		{Task: "refund", Pool: approvertest.Pool, Input: json.RawMessage(`{"amount":7}`)},
+	}})
+	if err != nil {
+		t.Fatalf("SubmitPlan() = %v", err)
+	}
+	ctl := &growingPlans{Client: e.Admin, last: pl.Steps[1].ID}
+	f := newFixtureWith(t, e, ctl)
+	f.poll(t)
+	step := func(i int) string { return `data-job="` + pl.Steps[i].ID + `"` }
+	if _, body, _ := f.req(t, "GET", "/queue", nil, nil); !strings.Contains(body, step(0)) || strings.Contains(body, step(1)) {
+		t.Fatalf("GET /queue before the last step exists does not show the plan's first step alone:\n%s", body)
+	}
+	ctl.grown.Store(true)
+	good := url.Values{"csrf": {f.c.CSRFToken()}}
+	code, _, resp := f.req(t, "POST", "/plans/"+pl.ID+"/approve", good, nil)
+	if code != http.StatusSeeOther || resp.Header.Get("Location") != "/?error=changed" {
+		t.Fatalf("approve of the row shown before the last step existed = %d %q, want 303 to /?error=changed", code, resp.Header.Get("Location"))
+	}
+	if _, body, _ := f.req(t, "GET", "/?error=changed", nil, nil); !strings.Contains(body, step(0)) || !strings.Contains(body, step(1)) ||
+		!strings.Contains(body, "nothing was signed") {
+		t.Fatalf("GET /?error=changed does not say nothing was signed and show both steps:\n%s", body)
+	}
+	if got := e.Get(pl.Steps[0].ID); got.State != api.StatePendingApproval || got.HasApproval {
+		t.Fatalf("step 1 is %s (approval %v), want pending without an approval", got.State, got.HasApproval)
+	}
+	code, _, resp = f.req(t, "POST", "/plans/"+pl.ID+"/approve", good, nil)
+	if code != http.StatusSeeOther || resp.Header.Get("Location") != "/?done=plan-approved" {
+		t.Fatalf("approve of the row shown again = %d %q, want 303 to /?done=plan-approved", code, resp.Header.Get("Location"))
+	}
+	c, err := f.e.Verify(f.e.Lease(approvertest.Pool, pl.Steps[0].ID))
+	if err != nil || c.Plan != pl.ID || len(c.Steps) != 2 {
+		t.Fatalf("worker Verify(step 1) = %+v, %v; want the plan approval over both steps", c, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -34,16 +35,65 @@ type PendingPlan struct {
 // ErrCannotPlan: the control plane has no plans (a Control that is not a Planner).
 var ErrCannotPlan = errors.New("this control plane has no plans")
 
-// askPlan offers plan id (of which a listed job is a step) to a person, once: every step
-// must be pending approval in a pool this approver serves, and each input hashable.
+// ErrPlanChanged: the plan's steps are no longer the ones shown (a step's job was created
+// since, as while the plan's submit is under way); nothing was signed, and the plan is
+// shown again as it now is.
+var ErrPlanChanged = errors.New("the plan changed since it was shown; review it again")
+
+// planVerdict is what to do with a fetched plan.
+type planVerdict int
+
+const (
+	planAsk     planVerdict = iota // every step checked: ask a person
+	planWait                       // a step's job is not created yet: ask at a later poll
+	planDecided                    // approved or ended: nothing to ask
+	planRefused                    // the control plane is lying or broken
+)
+
+// settled reports whether plan pl no longer waits for an approval: it has one, or it is
+// running or ended.
+func settled(pl api.Plan) bool {
+	switch pl.State {
+	case api.PlanRunning, api.PlanSucceeded, api.PlanFailed, api.PlanCancelled, api.PlanDenied:
+		return true
+	}
+	return pl.Approved
+}
+
+// judgePlan says what to do with plan pl, fetched as id for its step stepID, and for a
+// refusal what is wrong.
+func (a *Approver) judgePlan(pl api.Plan, id, stepID string) (planVerdict, string) {
+	for _, st := range pl.Steps {
+		if st.Task == "" && st.CreatedAt.IsZero() {
+			// The plan is recorded before its steps' jobs: one is not created yet.
+			return planWait, ""
+		}
+	}
+	if pl.ID == id && settled(pl) {
+		// An approved plan's later steps stay pending_approval until their turn, so they
+		// are listed: there is nothing to ask, and nothing wrong.
+		return planDecided, ""
+	}
+	if problem := a.checkPlan(pl, id, stepID); problem != "" {
+		return planRefused, problem
+	}
+	return planAsk, ""
+}
+
+// askPlan offers plan id (of which a listed job is a step) to a person: every step must be
+// pending approval in a pool this approver serves, and each input hashable. A plan already
+// asked about is fetched again only when a listed step is not among the steps shown: the
+// plan was shown before that step's job existed (or the control plane changed it), and is
+// shown again as it now is.
 func (a *Approver) askPlan(ctx context.Context, stepID, id string) bool {
 	a.mu.Lock()
-	_, asked := a.plans[id]
-	if asked {
+	shown, asked := a.plans[id]
+	holds := asked && holdsJob(shown.Plan, stepID)
+	if holds {
 		a.stepPlan[stepID] = id
 	}
 	a.mu.Unlock()
-	if asked {
+	if holds {
 		return false
 	}
 	pc, ok := a.cfg.Control.(Planner)
@@ -56,15 +106,17 @@ func (a *Approver) askPlan(ctx context.Context, stepID, id string) bool {
 		a.log.Warn("cannot fetch a pending plan", zap.String("plan", id), zap.Error(err))
 		return false
 	}
-	for _, st := range pl.Steps {
-		if st.Task == "" && st.CreatedAt.IsZero() {
-			// The plan is recorded before its steps' jobs: one is not created yet. Ask at a
-			// later poll, once they all exist.
-			a.log.Debug("a plan's steps are not all created yet", zap.String("plan", id))
-			return false
-		}
-	}
-	if problem := a.checkPlan(pl, id, stepID); problem != "" {
+	switch verdict, problem := a.judgePlan(pl, id, stepID); verdict {
+	case planWait:
+		a.log.Debug("a plan's steps are not all created yet; asking at a later poll", zap.String("plan", id))
+		return false
+	case planDecided:
+		a.log.Debug("plan already decided", zap.String("plan", id), zap.String("state", string(pl.State)))
+		a.mu.Lock()
+		a.skip[stepID] = true
+		a.mu.Unlock()
+		return false
+	case planRefused:
 		a.log.Error("refused a plan from the control plane: "+problem, zap.String("plan", id))
 		a.mu.Lock()
 		a.skip[stepID] = true
@@ -74,12 +126,44 @@ func (a *Approver) askPlan(ctx context.Context, stepID, id string) bool {
 	requester, _ := a.requester(ctx, pl.Steps[0])
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if _, still := a.plans[id]; asked && !still {
+		return false // a person took the plan shown meanwhile
+	}
 	a.plans[id] = PendingPlan{Plan: pl, Requester: requester, Since: pl.CreatedAt}
 	for _, st := range pl.Steps {
 		a.stepPlan[st.ID] = id
 	}
 	a.notifyLocked()
+	if asked {
+		a.log.Info("a plan changed since it was shown; showing it again", zap.String("plan", id), zap.Int("steps", len(pl.Steps)))
+		return false
+	}
 	a.log.Info("asking a person about a plan", zap.String("plan", id), zap.Int("steps", len(pl.Steps)))
+	return true
+}
+
+func holdsJob(pl api.Plan, id string) bool {
+	return slices.ContainsFunc(pl.Steps, func(j api.Job) bool { return j.ID == id })
+}
+
+// sameSteps reports whether two views of a plan have the same steps in the same order:
+// the same job ids, tasks, versions, pools, attempts and input hashes, everything a plan
+// approval binds.
+func sameSteps(x, y api.Plan) bool {
+	if len(x.Steps) != len(y.Steps) {
+		return false
+	}
+	for i, a := range x.Steps {
+		b := y.Steps[i]
+		if a.ID != b.ID || a.Task != b.Task || a.TaskVersion != b.TaskVersion || a.Pool != b.Pool || a.MaxAttempts != b.MaxAttempts {
+			return false
+		}
+		ha, errA := approval.InputHash(a.Input)
+		hb, errB := approval.InputHash(b.Input)
+		if errA != nil || errB != nil || ha != hb {
+			return false
+		}
+	}
 	return true
 }
 
@@ -160,6 +244,17 @@ func (a *Approver) ApprovePlanAsPerson(ctx context.Context, id, person string) e
 	if err != nil {
 		return err
 	}
+	// What is signed is the plan as shown; the control plane's current view only decides
+	// whether to sign it. A plan shown before all its steps' jobs existed would otherwise be
+	// signed over fewer steps than the plan has, and the person would have approved a plan
+	// they never saw whole.
+	switch err := a.confirmPlan(ctx, pc, p); {
+	case errors.Is(err, ErrPlanChanged), errors.Is(err, ErrNotPending):
+		return err
+	case err != nil:
+		a.putBackPlan(p)
+		return err
+	}
 	steps := make([]approval.PlanStep, len(p.Plan.Steps))
 	attempts := 1
 	for i, j := range p.Plan.Steps {
@@ -184,6 +279,44 @@ func (a *Approver) ApprovePlanAsPerson(ctx context.Context, id, person string) e
 	}
 	a.log.Info("plan approved by a person", fields...)
 	return nil
+}
+
+// confirmPlan fetches plan p (taken by takePlan) again and returns nil if its steps are
+// still the ones shown. Otherwise the plan is shown again as it now is, or left to a later
+// poll, and the error is ErrPlanChanged; ErrNotPending if it was decided meanwhile.
+func (a *Approver) confirmPlan(ctx context.Context, pc Planner, p PendingPlan) error {
+	id := p.Plan.ID
+	fresh, err := pc.GetPlan(ctx, id)
+	if isGone(err) {
+		return ErrNotPending
+	}
+	if err != nil {
+		return fmt.Errorf("fetch the plan to confirm its steps: %w", err)
+	}
+	if fresh.ID == id && settled(fresh) {
+		return ErrNotPending
+	}
+	if sameSteps(p.Plan, fresh) {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, st := range p.Plan.Steps {
+		delete(a.skip, st.ID)
+		delete(a.stepPlan, st.ID)
+	}
+	if verdict, _ := a.judgePlan(fresh, id, p.Plan.Steps[0].ID); verdict == planAsk {
+		a.plans[id] = PendingPlan{Plan: fresh, Requester: p.Requester, Since: fresh.CreatedAt}
+		for _, st := range fresh.Steps {
+			a.stepPlan[st.ID] = id
+		}
+	}
+	// Otherwise the next poll asks about the plan afresh, with the checks and log lines of
+	// a plan seen for the first time.
+	a.notifyLocked()
+	a.log.Info("a plan changed since it was shown; nothing signed, showing it again", zap.String("plan", id),
+		zap.Int("steps_shown", len(p.Plan.Steps)), zap.Int("steps", len(fresh.Steps)))
+	return ErrPlanChanged
 }
 
 // DenyPlanAsPerson refuses the asked plan id with reason: every step ends denied.

@@ -312,14 +312,18 @@ func (a *Approver) forgetUnlisted(seen map[string]bool) {
 			delete(a.stepPlan, id)
 		}
 	}
+	// A plan waiting for approval has every step pending_approval, so every step listed:
+	// one missing means the plan was decided elsewhere (its first step queued) or a step
+	// ended. Its other steps are forgotten too, so that the next poll fetches the plan
+	// again and learns which.
 	plans := len(a.plans)
 	for id, p := range a.plans {
-		listed := false
-		for _, st := range p.Plan.Steps {
-			listed = listed || seen[st.ID]
+		if !slices.ContainsFunc(p.Plan.Steps, func(j api.Job) bool { return !seen[j.ID] }) {
+			continue
 		}
-		if !listed {
-			delete(a.plans, id)
+		delete(a.plans, id)
+		for _, st := range p.Plan.Steps {
+			delete(a.stepPlan, st.ID)
 		}
 	}
 	if len(a.pending) != n || len(a.plans) != plans {
