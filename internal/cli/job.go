@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/urfave/cli/v2"
 
 	"github.com/castellan-dev/castellan/approval"
@@ -131,9 +132,7 @@ func jobCommand() *cli.Command {
 					"Examples:\n" +
 					"  castellan job approve --key ~/.castellan/alice.private.jwk.json 01J9Z3...\n" +
 					"  castellan job approve --key alice.private.jwk.json --as alice --ttl 15m --wait 01J9Z3...",
-				Flags: append(append([]cli.Flag{}, common...),
-					&cli.StringFlag{Name: "key", Usage: "private JWK `FILE` (from castellan keygen)", EnvVars: []string{"CASTELLAN_APPROVER_KEY"}, Required: true, Destination: &appr.Key},
-					&cli.StringFlag{Name: "as", Usage: "approver `NAME` recorded in the approval (default $USER)", Destination: &appr.As},
+				Flags: append(append(append([]cli.Flag{}, common...), signerFlags(&appr.Key, &appr.As)...),
 					&cli.DurationFlag{Name: "ttl", Usage: "how long the approval stays valid", Value: approval.DefaultTTL, Destination: &appr.TTL},
 					&cli.BoolFlag{Name: "wait", Usage: "wait until the job ends and print its output", Destination: &appr.Wait},
 				),
@@ -217,13 +216,35 @@ func JobSubmit(ctx context.Context, cfg SubmitConfig, out io.Writer) (api.Job, e
 	return j, printJob(out, j, cfg.JSON)
 }
 
-// JobApprove signs an approval for cfg.JobID with the private key in cfg.Key and attaches it.
-func JobApprove(ctx context.Context, cfg *ApproveConfig, out io.Writer) error {
-	key, err := approval.LoadPrivateKey(cfg.Key)
+// approveStart is what `job approve` and `plan approve` do before they fetch what they
+// approve: load the private key (a usage error naming --key), make the control-plane
+// client, and settle the approver's name recorded in the approval (--as, default $USER).
+func approveStart(cfg JobConfig, keyFile, as string) (jose.JSONWebKey, *client.Client, string, error) {
+	key, err := approval.LoadPrivateKey(keyFile)
 	if err != nil {
-		return usagef("--key: %v", err)
+		return jose.JSONWebKey{}, nil, "", usagef("--key: %v", err)
 	}
 	c, err := cfg.client()
+	if err != nil {
+		return jose.JSONWebKey{}, nil, "", err
+	}
+	if as == "" {
+		as = os.Getenv("USER")
+	}
+	return key, c, as, nil
+}
+
+// signerFlags are the --key and --as flags of `job approve` and `plan approve`.
+func signerFlags(key, as *string) []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "key", Usage: "private JWK `FILE` (from castellan keygen)", EnvVars: []string{"CASTELLAN_APPROVER_KEY"}, Required: true, Destination: key},
+		&cli.StringFlag{Name: "as", Usage: "approver `NAME` recorded in the approval (default $USER)", Destination: as},
+	}
+}
+
+// JobApprove signs an approval for cfg.JobID with the private key in cfg.Key and attaches it.
+func JobApprove(ctx context.Context, cfg *ApproveConfig, out io.Writer) error {
+	key, c, who, err := approveStart(cfg.JobConfig, cfg.Key, cfg.As)
 	if err != nil {
 		return err
 	}
@@ -237,10 +258,6 @@ func JobApprove(ctx context.Context, cfg *ApproveConfig, out io.Writer) error {
 	hash, err := approval.InputHash(j.Input)
 	if err != nil {
 		return reported{fmt.Errorf("job %s: its input cannot be hashed: %v", j.ID, err)}
-	}
-	who := cfg.As
-	if who == "" {
-		who = os.Getenv("USER")
 	}
 	tok, _, err := approval.Sign(key, approval.Request{
 		JobID: j.ID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Input: j.Input,

@@ -80,9 +80,7 @@ func planCommand() *cli.Command {
 				Name: "approve", Usage: "sign one approval for every step of a plan on this machine and attach it", ArgsUsage: "PLAN_ID",
 				Description: "Shows each step (task, version, pool, input SHA-256), signs a plan approval with the private key\n" +
 					"HERE and posts only the token.\n\nExample:\n  castellan plan approve --key alice.private.jwk.json plan_...",
-				Flags: append(append([]cli.Flag{}, common...),
-					&cli.StringFlag{Name: "key", Usage: "private JWK `FILE` (from castellan keygen)", EnvVars: []string{"CASTELLAN_APPROVER_KEY"}, Required: true, Destination: &appr.Key},
-					&cli.StringFlag{Name: "as", Usage: "approver `NAME` recorded in the approval (default $USER)", Destination: &appr.As},
+				Flags: append(append(append([]cli.Flag{}, common...), signerFlags(&appr.Key, &appr.As)...),
 					&cli.DurationFlag{Name: "ttl", Usage: "how long the approval stays valid: it must cover the whole plan", Value: approval.DefaultTTL, Destination: &appr.TTL},
 					&cli.IntFlag{Name: "max-attempts", Usage: "executions allowed per step (default the largest max_attempts of the steps)", Destination: &appr.Attempts},
 				),
@@ -171,11 +169,7 @@ func PlanGet(ctx context.Context, cfg JobConfig, id string, out io.Writer) error
 // PlanApprove signs a plan approval over the plan's steps as the control plane shows them
 // and attaches it.
 func PlanApprove(ctx context.Context, cfg *PlanApproveConfig, out io.Writer) error {
-	key, err := approval.LoadPrivateKey(cfg.Key)
-	if err != nil {
-		return usagef("--key: %v", err)
-	}
-	c, err := cfg.client()
+	key, c, who, err := approveStart(cfg.JobConfig, cfg.Key, cfg.As)
 	if err != nil {
 		return err
 	}
@@ -185,10 +179,6 @@ func PlanApprove(ctx context.Context, cfg *PlanApproveConfig, out io.Writer) err
 	}
 	if p.State != api.PlanPendingApproval {
 		return reported{fmt.Errorf("plan %s is %s, not pending_approval: nothing to approve", p.ID, p.State)}
-	}
-	who := cfg.As
-	if who == "" {
-		who = os.Getenv("USER")
 	}
 	attempts := cfg.Attempts
 	steps := make([]approval.PlanStep, len(p.Steps))
