@@ -238,6 +238,12 @@ func TestBrowserPlan(t *testing.T) {
 	if n := b.value("notice", chromedp.Text(chromedp.CSS(".notice"))); !strings.Contains(n, "Plan approved") {
 		t.Fatalf("after Approve plan the notice says %q", n)
 	}
+	if got := f.e.Get(ok.Steps[0].ID); got.State != api.StateQueued || !got.HasApproval {
+		t.Fatalf("after Approve plan on plan %s its first step is %s (approval %v), want queued with the plan approval", ok.ID, got.State, got.HasApproval)
+	}
+	if got := f.e.Get(no.Steps[0].ID); got.State != api.StatePendingApproval || got.HasApproval {
+		t.Fatalf("after Approve plan on plan %s, plan %s's first step is %s (approval %v), want untouched", ok.ID, no.ID, got.State, got.HasApproval)
+	}
 
 	b.step("open the plan's deny form", chromedp.Click(sel(no.ID, "details.deny summary")),
 		chromedp.WaitVisible(sel(no.ID, "input[name=reason]")),
