@@ -8,8 +8,12 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,4 +269,87 @@ func (e *Env) Verify(lj api.LeasedJob) (approval.Claims, error) {
 	v := approval.NewVerifier(e.Trusted, approval.NewMemoryReplayStore())
 	return v.Verify(context.Background(), lj.Approval, approval.Expect{JobID: lj.JobID, Task: lj.Task,
 		TaskVersion: lj.TaskVersion, Pool: lj.Pool, Input: lj.Input, Attempt: lj.Attempt})
+}
+
+// StagedPlans is a control plane caught while a plan is being submitted: the plan is
+// recorded before its steps' jobs, so until Open the jobs in Missing do not exist. Listings
+// leave them out, GET /v1/jobs/{id} does not find them, and GET /v1/plans/{id} shows them as
+// the control plane shows a missing step (a placeholder naming only the job id) or, with
+// Omit, leaves them out as a control plane that built the plan from its jobs would. It
+// records the steps of every plan approval sent.
+type StagedPlans struct {
+	*client.Client
+	Omit    bool
+	Missing map[string]bool // step job ids not created until Open
+
+	open    atomic.Bool
+	fetches atomic.Int64
+	mu      sync.Mutex
+	sent    [][]string
+}
+
+// Open creates the missing jobs: from now on the control plane shows them.
+func (s *StagedPlans) Open() { s.open.Store(true) }
+
+// Fetches is how many times GET /v1/plans/{id} was called.
+func (s *StagedPlans) Fetches() int64 { return s.fetches.Load() }
+
+// Sent lists the steps' job ids of each plan approval sent, in order.
+func (s *StagedPlans) Sent() [][]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.sent)
+}
+
+func (s *StagedPlans) hidden(id string) bool { return !s.open.Load() && s.Missing[id] }
+
+// List is the real listing without the missing jobs.
+func (s *StagedPlans) List(ctx context.Context, o client.ListOptions) (api.JobList, error) {
+	l, err := s.Client.List(ctx, o)
+	l.Jobs = slices.DeleteFunc(l.Jobs, func(j api.Job) bool { return s.hidden(j.ID) })
+	return l, err
+}
+
+// Get does not find a missing job.
+func (s *StagedPlans) Get(ctx context.Context, id string) (api.Job, error) {
+	if s.hidden(id) {
+		return api.Job{}, &client.APIError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no job " + id}
+	}
+	return s.Client.Get(ctx, id)
+}
+
+// GetPlan shows the missing steps as placeholders, or leaves them out with Omit.
+func (s *StagedPlans) GetPlan(ctx context.Context, id string) (api.Plan, error) {
+	s.fetches.Add(1)
+	pl, err := s.Client.GetPlan(ctx, id)
+	if err != nil {
+		return pl, err
+	}
+	var steps []api.Job
+	for _, st := range pl.Steps {
+		switch {
+		case !s.hidden(st.ID):
+			steps = append(steps, st)
+		case !s.Omit:
+			steps = append(steps, api.Job{ID: st.ID, State: api.StatePendingApproval, ErrorMessage: "the step's job is not created yet (submit the plan again with its idempotency key)"})
+		}
+	}
+	pl.Steps = steps
+	return pl, nil
+}
+
+// ApprovePlan records the approval's steps and sends it.
+func (s *StagedPlans) ApprovePlan(ctx context.Context, id, tok string) (api.Plan, error) {
+	c, _, err := approval.Inspect(tok)
+	if err != nil {
+		return api.Plan{}, err
+	}
+	var ids []string
+	for _, st := range c.Steps {
+		ids = append(ids, st.JobID)
+	}
+	s.mu.Lock()
+	s.sent = append(s.sent, ids)
+	s.mu.Unlock()
+	return s.Client.ApprovePlan(ctx, id, tok)
 }

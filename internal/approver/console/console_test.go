@@ -1,15 +1,12 @@
 package console
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -17,7 +14,6 @@ import (
 	"github.com/castellan-dev/castellan/internal/approver/approvertest"
 	"github.com/castellan-dev/castellan/internal/approver/process"
 	"github.com/castellan-dev/castellan/internal/approver/rules"
-	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -325,35 +321,6 @@ func TestPlanRow(t *testing.T) {
 	}
 }
 
-// growingPlans is a control plane caught while a plan is being submitted: until grown, the
-// plan's last step has no job, and the plan is shown without it.
-type growingPlans struct {
-	*client.Client
-	last  string
-	grown atomic.Bool
-}
-
-func (g *growingPlans) hidden(id string) bool { return !g.grown.Load() && id == g.last }
-
-func (g *growingPlans) List(ctx context.Context, o client.ListOptions) (api.JobList, error) {
-	l, err := g.Client.List(ctx, o)
-	l.Jobs = slices.DeleteFunc(l.Jobs, func(j api.Job) bool { return g.hidden(j.ID) })
-	return l, err
-}
-
-func (g *growingPlans) Get(ctx context.Context, id string) (api.Job, error) {
-	if g.hidden(id) {
-		return api.Job{}, &client.APIError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no job " + id}
-	}
-	return g.Client.Get(ctx, id)
-}
-
-func (g *growingPlans) GetPlan(ctx context.Context, id string) (api.Plan, error) {
-	pl, err := g.Client.GetPlan(ctx, id)
-	pl.Steps = slices.DeleteFunc(pl.Steps, func(j api.Job) bool { return g.hidden(j.ID) })
-	return pl, err
-}
-
 // TestPlanChangedShownAgain: Approve on a plan row shown before the plan's last step
 // existed signs nothing, says so, and shows the plan again with every step; Approve on the
 // row shown then signs one plan approval over every step.
@@ -367,14 +334,14 @@ func TestPlanChangedShownAgain(t *testing.T) {
 	if err != nil {
 		t.Fatalf("SubmitPlan() = %v", err)
 	}
-	ctl := &growingPlans{Client: e.Admin, last: pl.Steps[1].ID}
+	ctl := &approvertest.StagedPlans{Client: e.Admin, Omit: true, Missing: map[string]bool{pl.Steps[1].ID: true}}
 	f := newFixtureWith(t, e, ctl)
 	f.poll(t)
 	step := func(i int) string { return `data-job="` + pl.Steps[i].ID + `"` }
 	if _, body, _ := f.req(t, "GET", "/queue", nil, nil); !strings.Contains(body, step(0)) || strings.Contains(body, step(1)) {
 		t.Fatalf("GET /queue before the last step exists does not show the plan's first step alone:\n%s", body)
 	}
-	ctl.grown.Store(true)
+	ctl.Open()
 	good := url.Values{"csrf": {f.c.CSRFToken()}}
 	code, _, resp := f.req(t, "POST", "/plans/"+pl.ID+"/approve", good, nil)
 	if code != http.StatusSeeOther || resp.Header.Get("Location") != "/?error=changed" {

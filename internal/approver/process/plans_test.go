@@ -1,89 +1,17 @@
 package process
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/internal/approver/approvertest"
-	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
-
-// stagedPlans is a control plane caught while a plan is being submitted: the plan is
-// recorded before its steps' jobs, so until open only the first step's job exists. Listings
-// leave the others out, GET /v1/jobs/{id} does not find them, and GET /v1/plans/{id} shows
-// them as the control plane shows a missing step (a placeholder naming only the job id),
-// or, with omit, leaves them out as a control plane that builds the plan from its jobs
-// would.
-type stagedPlans struct {
-	*client.Client
-	omit    bool
-	open    atomic.Bool
-	missing map[string]bool // step job ids not created until open
-	fetches atomic.Int64    // GetPlan calls
-
-	mu       sync.Mutex
-	attached [][]string // the steps' job ids of each plan approval sent
-}
-
-func (s *stagedPlans) hidden(id string) bool { return !s.open.Load() && s.missing[id] }
-
-func (s *stagedPlans) List(ctx context.Context, o client.ListOptions) (api.JobList, error) {
-	l, err := s.Client.List(ctx, o)
-	l.Jobs = slices.DeleteFunc(l.Jobs, func(j api.Job) bool { return s.hidden(j.ID) })
-	return l, err
-}
-
-func (s *stagedPlans) Get(ctx context.Context, id string) (api.Job, error) {
-	if s.hidden(id) {
-		return api.Job{}, &client.APIError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no job " + id}
-	}
-	return s.Client.Get(ctx, id)
-}
-
-func (s *stagedPlans) GetPlan(ctx context.Context, id string) (api.Plan, error) {
-	s.fetches.Add(1)
-	pl, err := s.Client.GetPlan(ctx, id)
-	if err != nil {
-		return pl, err
-	}
-	var steps []api.Job
-	for _, st := range pl.Steps {
-		switch {
-		case !s.hidden(st.ID):
-			steps = append(steps, st)
-		case !s.omit:
-			steps = append(steps, api.Job{ID: st.ID, State: api.StatePendingApproval, ErrorMessage: "the step's job is not created yet (submit the plan again with its idempotency key)"})
-		}
-	}
-	pl.Steps = steps
-	return pl, nil
-}
-
-func (s *stagedPlans) ApprovePlan(ctx context.Context, id, tok string) (api.Plan, error) {
-	c, _, err := approval.Inspect(tok)
-	if err != nil {
-		return api.Plan{}, err
-	}
-	var ids []string
-	for _, st := range c.Steps {
-		ids = append(ids, st.JobID)
-	}
-	s.mu.Lock()
-	s.attached = append(s.attached, ids)
-	s.mu.Unlock()
-	return s.Client.ApprovePlan(ctx, id, tok)
-}
 
 // TestPlanStepsNotAllCreated: the approver meets a plan before every step's job exists on
 // the control plane (its submit is under way). It must not offer a person, or sign, a plan
@@ -118,7 +46,7 @@ func TestPlanStepsNotAllCreated(t *testing.T) {
 				for _, st := range pl.Steps {
 					all = append(all, st.ID)
 				}
-				ctl := &stagedPlans{Client: e.Approver, omit: tt.omit, missing: map[string]bool{all[1]: true, all[2]: true}}
+				ctl := &approvertest.StagedPlans{Client: e.Approver, Omit: tt.omit, Missing: map[string]bool{all[1]: true, all[2]: true}}
 				a, logs := newApprover(t, e, ctl)
 				shown := func() []string {
 					var ids []string
@@ -138,11 +66,11 @@ func TestPlanStepsNotAllCreated(t *testing.T) {
 				if p := a.Pending(); len(p) != 0 {
 					t.Fatalf("Pending() = %+v, want no step asked alone", p)
 				}
-				if !tt.omit && ctl.fetches.Load() < 2 {
-					t.Fatalf("the plan was fetched %d times in two polls, want it asked about again at the second", ctl.fetches.Load())
+				if !tt.omit && ctl.Fetches() < 2 {
+					t.Fatalf("the plan was fetched %d times in two polls, want it asked about again at the second", ctl.Fetches())
 				}
 
-				ctl.open.Store(true) // the submit created the other steps' jobs
+				ctl.Open() // the submit created the other steps' jobs
 				if tt.click {
 					err := a.ApprovePlanAsPerson(t.Context(), pl.ID, "alice")
 					if !errors.Is(err, ErrPlanChanged) {
@@ -157,9 +85,7 @@ func TestPlanStepsNotAllCreated(t *testing.T) {
 				if err := a.ApprovePlanAsPerson(t.Context(), pl.ID, "alice"); err != nil {
 					t.Fatalf("ApprovePlanAsPerson() = %v", err)
 				}
-				ctl.mu.Lock()
-				attached := slices.Clone(ctl.attached)
-				ctl.mu.Unlock()
+				attached := ctl.Sent()
 				if len(attached) != 1 || !slices.Equal(attached[0], all) {
 					t.Fatalf("plan approvals sent over the steps %v, want one, over %v", attached, all)
 				}
