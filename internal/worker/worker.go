@@ -733,7 +733,9 @@ func (w *Worker) ownPool() string {
 
 // handle verifies, runs and reports one leased job.
 func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration, release func()) {
-	log := w.log.With(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
+	// Lazy: at the default levels most jobs log nothing until they finish, and the fields
+	// are encoded only if a line is written.
+	log := w.log.WithLazy(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
 	ctx, cancel := context.WithCancelCause(jobs)
 	defer cancel(nil)
 
@@ -756,8 +758,11 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	req := api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt}
 	auditErr := w.cfg.Audit.Append(audit.JobReceived{Job: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Attempt: j.Attempt})
 	var output []byte
+	var admitted time.Duration // receipt -> the approval checked and its use recorded
 	if auditErr == nil {
-		if err := w.admit(jctx, j); errors.Is(err, tasks.ErrVersionNotLoaded) {
+		err := w.admit(jctx, j)
+		admitted = time.Since(start)
+		if errors.Is(err, tasks.ErrVersionNotLoaded) {
 			// An approved job for a version this worker does not hold now (a hot swap, or
 			// a catalog the control plane has not caught up with): hand it back unrun.
 			log.Info("job handed back: its version is not loaded here now", zap.String("version", j.TaskVersion))
@@ -822,7 +827,10 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 			req.Output = json.RawMessage(res.Output)
 			output = res.Output
 		}
+		// duration runs from receipt to the end of the run; admit (the approval check and
+		// its durable record) and run (the task) are its main parts.
 		log.Info("job finished", zap.String("outcome", req.Outcome), zap.Duration("duration", time.Since(start)),
+			zap.Duration("admit", admitted), zap.Duration("run", res.Duration),
 			zap.Int("http_calls", res.HTTPCalls), zap.NamedError("cause", err))
 	}
 	ev.Outcome, ev.Reason, ev.Duration, ev.OutputBytes = outcome.Code(req.Outcome), req.ErrorMessage, time.Since(start), len(output)
@@ -838,7 +846,11 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 		req.AuditHead = &api.AuditHead{Seq: h.Seq, Hash: h.Hash}
 	}
 	release()
+	sent := time.Now()
 	w.complete(j, exp, req, log)
+	if ce := log.Check(zap.DebugLevel, "result reported"); ce != nil {
+		ce.Write(zap.Duration("since_receipt", sent.Sub(start)), zap.Duration("report", time.Since(sent)))
+	}
 }
 
 // step reports one step of a job to the observer.
