@@ -190,6 +190,7 @@ type Worker struct {
 	// Shutdown's last resort: abandon is closed when running jobs are given up on, and
 	// reports (every report's context) is cancelled when their results are.
 	abandon    chan struct{}
+	runners    runners
 	reports    context.Context
 	cutReports context.CancelFunc
 }
@@ -220,7 +221,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{}), abandon: make(chan struct{})}
+	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{}), abandon: make(chan struct{}),
+		runners: runners{idle: make(chan func()), stop: make(chan struct{})}}
 	w.reports, w.cutReports = context.WithCancel(context.Background())
 	w.setCatalog(cfg.Catalog)
 	return w, nil
@@ -292,6 +294,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 	lease, stopLeasing := context.WithCancel(lease)
 	defer stopLeasing()
 	defer context.AfterFunc(jobs, stopLeasing)() // cancelling jobs stops leasing too
+	defer w.runners.close()
 	reg, err := w.register(lease)
 	if err != nil {
 		return err
@@ -895,7 +898,7 @@ func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
 // abandoned run's goroutine is left behind; the process is about to exit.
 func (w *Worker) runUnlessAbandoned(ctx context.Context, j api.LeasedJob) runtime.Result {
 	done := make(chan runtime.Result, 1)
-	go func() { done <- w.run(ctx, j) }()
+	w.runners.run(func() { done <- w.run(ctx, j) })
 	select {
 	case res := <-done:
 		return res
@@ -911,6 +914,50 @@ func (w *Worker) run(ctx context.Context, j api.LeasedJob) runtime.Result {
 	}
 	return w.cfg.Runner.Run(ctx, j.Task, j.JobID, j.Input)
 }
+
+// runners run the jobs' sandbox calls on goroutines kept from one job to the next. A
+// goroutine's stack starts small and grows by copying; a job grows it to tens of KiB (the
+// guest's host calls, the egress gateway and net/http run on it, below wazero's frames), so a
+// fresh goroutine per job paid that growth every time (runtime.newstack under
+// egress.(*Gateway).check in a busy worker's profile). A kept goroutine keeps its stack until
+// the garbage collector shrinks it, and waits at most runnerIdle for its next job.
+type runners struct {
+	idle chan func() // unbuffered: a send succeeds only when a runner waits
+	stop chan struct{}
+	once sync.Once
+}
+
+const runnerIdle = 10 * time.Second
+
+// run runs f on an idle runner, or on a new one when none is waiting.
+func (r *runners) run(f func()) {
+	select {
+	case r.idle <- f:
+	case <-r.stop:
+		go f() // after Run returned: nothing is kept
+	default:
+		go r.loop(f)
+	}
+}
+
+func (r *runners) loop(f func()) {
+	t := time.NewTimer(runnerIdle)
+	defer t.Stop()
+	for {
+		f()
+		t.Reset(runnerIdle)
+		select {
+		case f = <-r.idle:
+		case <-t.C:
+			return
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// close ends the idle runners; a runner still in a job ends after it.
+func (r *runners) close() { r.once.Do(func() { close(r.stop) }) }
 
 func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, exp *expiry, every time.Duration, log *zap.Logger) {
 	t := time.NewTicker(every)
