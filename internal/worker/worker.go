@@ -920,14 +920,16 @@ func (w *Worker) run(ctx context.Context, j api.LeasedJob) runtime.Result {
 // guest's host calls, the egress gateway and net/http run on it, below wazero's frames), so a
 // fresh goroutine per job paid that growth every time (runtime.newstack under
 // egress.(*Gateway).check in a busy worker's profile). A kept goroutine keeps its stack until
-// the garbage collector shrinks it, and waits at most runnerIdle for its next job.
+// the garbage collector shrinks it, and waits at most runnerIdle for its next job: less than
+// the quiet spell after which the worker gives idle memory back (Run's
+// releaseMemoryWhenIdle), so that their stacks are gone by then.
 type runners struct {
 	idle chan func() // unbuffered: a send succeeds only when a runner waits
 	stop chan struct{}
 	once sync.Once
 }
 
-const runnerIdle = 10 * time.Second
+const runnerIdle = 500 * time.Millisecond
 
 // run runs f on an idle runner, or on a new one when none is waiting.
 func (r *runners) run(f func()) {
