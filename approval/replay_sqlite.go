@@ -41,6 +41,10 @@ type SQLiteReplayStore struct {
 	path string
 	now  func() time.Time
 
+	// The writer's statements, prepared once: parsing them again in every batch cost about
+	// as much CPU as the rest of a consume.
+	insert, otherJob *sql.Stmt
+
 	mu        sync.Mutex // guards lastPrune
 	lastPrune time.Time
 
@@ -106,6 +110,13 @@ func OpenReplayStore(path string, opts ...StoreOption) (*SQLiteReplayStore, erro
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
+	}
+	if s.insert, err = db.Prepare(insertUse); err == nil {
+		s.otherJob, err = db.Prepare(selectOtherJob)
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("approval: replay store %s: preparing statements: %w", abs, err)
 	}
 	go s.writer()
 	return s, nil
@@ -191,6 +202,16 @@ func (s *SQLiteReplayStore) writer() {
 	}
 }
 
+// insertUse records one use unless the nonce is recorded for another job; ON CONFLICT makes
+// a use recorded already a no-op. (WHERE true: SQLite's parser needs it before ON CONFLICT
+// in an INSERT ... SELECT.)
+const insertUse = `INSERT INTO used_approvals (nonce, attempt, job, keep_until, used_at)
+	SELECT ?1, ?2, ?3, ?4, ?5 WHERE true
+	AND NOT EXISTS (SELECT 1 FROM used_approvals WHERE nonce = ?1 AND job <> ?3)
+	ON CONFLICT (nonce, attempt) DO NOTHING`
+
+const selectOtherJob = "SELECT job FROM used_approvals WHERE nonce = ? AND job <> ? LIMIT 1"
+
 // commit records a batch. A refused consume (replayed, nonce reused) writes nothing, so it
 // needs no savepoint; a database error fails the whole batch, since a use that was not
 // recorded must not run.
@@ -210,27 +231,18 @@ func (s *SQLiteReplayStore) commit(batch []consumeReq) {
 		fail(fmt.Errorf("approval: replay store %s: %w", s.path, err))
 		return
 	}
+	insert, otherJob := tx.StmtContext(ctx, s.insert), tx.StmtContext(ctx, s.otherJob)
 	var ok []int
 	for i, r := range batch {
 		if err := r.ctx.Err(); err != nil {
 			results[i] = err
 			continue
 		}
-		var other string
-		switch err := tx.QueryRowContext(ctx,
-			"SELECT job FROM used_approvals WHERE nonce = ? AND job <> ? LIMIT 1", r.nonce, r.jobID).Scan(&other); {
-		case err == nil:
-			results[i] = nonceReused(r.jobID, other)
-			continue
-		case !errors.Is(err, sql.ErrNoRows):
-			_ = tx.Rollback()
-			fail(fmt.Errorf("approval: replay store %s: %w", s.path, err))
-			return
-		}
-		res, err := tx.ExecContext(ctx,
-			`INSERT INTO used_approvals (nonce, attempt, job, keep_until, used_at) VALUES (?, ?, ?, ?, ?)
-			 ON CONFLICT (nonce, attempt) DO NOTHING`,
-			r.nonce, r.attempt, r.jobID, r.expiry.Unix()+1, r.now.Unix())
+		// One statement records a new use; it records nothing when this (nonce, attempt) is
+		// recorded already, or when the nonce is recorded for another job (the statement
+		// sees the uses this batch recorded before it: same transaction). Only then is the
+		// record read again, to say which.
+		res, err := insert.ExecContext(ctx, r.nonce, r.attempt, r.jobID, r.expiry.Unix()+1, r.now.Unix())
 		var n int64
 		if err == nil {
 			n, err = res.RowsAffected()
@@ -240,11 +252,21 @@ func (s *SQLiteReplayStore) commit(batch []consumeReq) {
 			fail(fmt.Errorf("approval: replay store %s: %w", s.path, err))
 			return
 		}
-		if n == 0 {
-			results[i] = replayed(r.jobID, r.attempt)
+		if n == 1 {
+			ok = append(ok, i)
 			continue
 		}
-		ok = append(ok, i)
+		var other string
+		switch err := otherJob.QueryRowContext(ctx, r.nonce, r.jobID).Scan(&other); {
+		case err == nil:
+			results[i] = nonceReused(r.jobID, other)
+		case errors.Is(err, sql.ErrNoRows):
+			results[i] = replayed(r.jobID, r.attempt)
+		default:
+			_ = tx.Rollback()
+			fail(fmt.Errorf("approval: replay store %s: %w", s.path, err))
+			return
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		for _, i := range ok {
@@ -279,5 +301,7 @@ func (s *SQLiteReplayStore) Len(ctx context.Context) (int, error) {
 func (s *SQLiteReplayStore) Close() error {
 	s.closeOnce.Do(func() { close(s.closed) })
 	<-s.done
+	_ = s.insert.Close()
+	_ = s.otherJob.Close()
 	return s.db.Close()
 }

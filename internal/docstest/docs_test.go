@@ -288,9 +288,22 @@ func cleanEnv(bin, dir, status string) []string {
 	for _, k := range []string{"GOCACHE", "GOPATH", "GOMODCACHE", "GOFLAGS"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
+		} else if v := goEnv(k); v != "" && k != "GOFLAGS" {
+			// The caller's default, which lies under its HOME: in the scratch HOME, `go tool
+			// pprof` (built on demand, not shipped prebuilt) would be built again every run.
+			env = append(env, k+"="+v)
 		}
 	}
 	return env
+}
+
+// goEnv is `go env key`, or "" when it cannot be read.
+func goEnv(key string) string {
+	out, err := exec.Command("go", "env", key).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func must(t *testing.T, err error) {

@@ -342,8 +342,9 @@ func (s *Set) RunVersion(ctx context.Context, task, version, jobID string, input
 }
 
 func (s *Set) run(ctx context.Context, sl *slot, jobID string, input []byte) runtime.Result {
+	// Lazy: the fields are encoded only if the job writes a line (most write none at warn).
 	res := sl.task.Module.Run(ctx, runtime.Job{ID: jobID, Input: input,
-		Log: s.log.With(zap.String("task", sl.task.Name), zap.String("job", jobID))})
+		Log: s.log.WithLazy(zap.String("task", sl.task.Name), zap.String("job", jobID))})
 	if res.Err == nil && sl.task.output != nil {
 		if err := checkOutput(sl.task.output, res.Output); err != nil {
 			res.Output, res.Err = nil, err

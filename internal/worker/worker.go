@@ -190,6 +190,7 @@ type Worker struct {
 	// Shutdown's last resort: abandon is closed when running jobs are given up on, and
 	// reports (every report's context) is cancelled when their results are.
 	abandon    chan struct{}
+	runners    runners
 	reports    context.Context
 	cutReports context.CancelFunc
 }
@@ -220,7 +221,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{}), abandon: make(chan struct{})}
+	w := &Worker{cfg: cfg, log: cfg.Log, running: map[string]string{}, changed: make(chan struct{}), abandon: make(chan struct{}),
+		runners: runners{idle: make(chan func()), stop: make(chan struct{})}}
 	w.reports, w.cutReports = context.WithCancel(context.Background())
 	w.setCatalog(cfg.Catalog)
 	return w, nil
@@ -292,6 +294,7 @@ func (w *Worker) Run(lease, jobs context.Context) error {
 	lease, stopLeasing := context.WithCancel(lease)
 	defer stopLeasing()
 	defer context.AfterFunc(jobs, stopLeasing)() // cancelling jobs stops leasing too
+	defer w.runners.close()
 	reg, err := w.register(lease)
 	if err != nil {
 		return err
@@ -733,7 +736,9 @@ func (w *Worker) ownPool() string {
 
 // handle verifies, runs and reports one leased job.
 func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration, release func()) {
-	log := w.log.With(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
+	// Lazy: at the default levels most jobs log nothing until they finish, and the fields
+	// are encoded only if a line is written.
+	log := w.log.WithLazy(zap.String("job", j.JobID), zap.String("task", j.Task), zap.Int("attempt", j.Attempt))
 	ctx, cancel := context.WithCancelCause(jobs)
 	defer cancel(nil)
 
@@ -756,8 +761,11 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 	req := api.CompleteRequest{LeaseToken: j.LeaseToken, Attempt: j.Attempt}
 	auditErr := w.cfg.Audit.Append(audit.JobReceived{Job: j.JobID, Task: j.Task, TaskVersion: j.TaskVersion, Pool: j.Pool, Attempt: j.Attempt})
 	var output []byte
+	var admitted time.Duration // receipt -> the approval checked and its use recorded
 	if auditErr == nil {
-		if err := w.admit(jctx, j); errors.Is(err, tasks.ErrVersionNotLoaded) {
+		err := w.admit(jctx, j)
+		admitted = time.Since(start)
+		if errors.Is(err, tasks.ErrVersionNotLoaded) {
 			// An approved job for a version this worker does not hold now (a hot swap, or
 			// a catalog the control plane has not caught up with): hand it back unrun.
 			log.Info("job handed back: its version is not loaded here now", zap.String("version", j.TaskVersion))
@@ -822,7 +830,10 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 			req.Output = json.RawMessage(res.Output)
 			output = res.Output
 		}
+		// duration runs from receipt to the end of the run; admit (the approval check and
+		// its durable record) and run (the task) are its main parts.
 		log.Info("job finished", zap.String("outcome", req.Outcome), zap.Duration("duration", time.Since(start)),
+			zap.Duration("admit", admitted), zap.Duration("run", res.Duration),
 			zap.Int("http_calls", res.HTTPCalls), zap.NamedError("cause", err))
 	}
 	ev.Outcome, ev.Reason, ev.Duration, ev.OutputBytes = outcome.Code(req.Outcome), req.ErrorMessage, time.Since(start), len(output)
@@ -838,7 +849,11 @@ func (w *Worker) handle(jobs context.Context, j api.LeasedJob, hb time.Duration,
 		req.AuditHead = &api.AuditHead{Seq: h.Seq, Hash: h.Hash}
 	}
 	release()
+	sent := time.Now()
 	w.complete(j, exp, req, log)
+	if ce := log.Check(zap.DebugLevel, "result reported"); ce != nil {
+		ce.Write(zap.Duration("since_receipt", sent.Sub(start)), zap.Duration("report", time.Since(sent)))
+	}
 }
 
 // step reports one step of a job to the observer.
@@ -883,7 +898,7 @@ func (w *Worker) admit(ctx context.Context, j api.LeasedJob) error {
 // abandoned run's goroutine is left behind; the process is about to exit.
 func (w *Worker) runUnlessAbandoned(ctx context.Context, j api.LeasedJob) runtime.Result {
 	done := make(chan runtime.Result, 1)
-	go func() { done <- w.run(ctx, j) }()
+	w.runners.run(func() { done <- w.run(ctx, j) })
 	select {
 	case res := <-done:
 		return res
@@ -899,6 +914,52 @@ func (w *Worker) run(ctx context.Context, j api.LeasedJob) runtime.Result {
 	}
 	return w.cfg.Runner.Run(ctx, j.Task, j.JobID, j.Input)
 }
+
+// runners run the jobs' sandbox calls on goroutines kept from one job to the next. A
+// goroutine's stack starts small and grows by copying; a job grows it to tens of KiB (the
+// guest's host calls, the egress gateway and net/http run on it, below wazero's frames), so a
+// fresh goroutine per job paid that growth every time (runtime.newstack under
+// egress.(*Gateway).check in a busy worker's profile). A kept goroutine keeps its stack until
+// the garbage collector shrinks it, and waits at most runnerIdle for its next job: less than
+// the quiet spell after which the worker gives idle memory back (Run's
+// releaseMemoryWhenIdle), so that their stacks are gone by then.
+type runners struct {
+	idle chan func() // unbuffered: a send succeeds only when a runner waits
+	stop chan struct{}
+	once sync.Once
+}
+
+const runnerIdle = 500 * time.Millisecond
+
+// run runs f on an idle runner, or on a new one when none is waiting.
+func (r *runners) run(f func()) {
+	select {
+	case r.idle <- f:
+	case <-r.stop:
+		go f() // after Run returned: nothing is kept
+	default:
+		go r.loop(f)
+	}
+}
+
+func (r *runners) loop(f func()) {
+	t := time.NewTimer(runnerIdle)
+	defer t.Stop()
+	for {
+		f()
+		t.Reset(runnerIdle)
+		select {
+		case f = <-r.idle:
+		case <-t.C:
+			return
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// close ends the idle runners; a runner still in a job ends after it.
+func (r *runners) close() { r.once.Do(func() { close(r.stop) }) }
 
 func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, j api.LeasedJob, exp *expiry, every time.Duration, log *zap.Logger) {
 	t := time.NewTicker(every)
