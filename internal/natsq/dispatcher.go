@@ -501,6 +501,8 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 		}()
 	}
 	serve(catalogs, d.handleCatalog) // publications are rare: one handler
+	wg.Add(1)
+	go func() { defer wg.Done(); d.sweep(ctx) }() // running jobs no redelivery will end (sweep.go)
 	for range workers {
 		serve(claims, d.handleClaim)
 	}

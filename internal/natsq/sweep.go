@@ -1,0 +1,331 @@
+package natsq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/castellan-dev/castellan/internal/client"
+	"github.com/castellan-dev/castellan/internal/controlplane"
+	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/outcome"
+)
+
+// The sweep expires attempts that JetStream will never redeliver.
+//
+// Over JetStream an attempt whose worker went away is normally noticed through redelivery:
+// the next claim of the message ends the old attempt (handleClaim). That fails when the
+// message is settled while its job is still running, because JetStream settles a message by
+// its stream sequence whichever delivery the ack came through: worker A, slow enough that
+// the job was redelivered to worker B, acks its old delivery (its result is refused, its
+// fence being stale) and so settles B's; if B then dies before reporting, nothing is left
+// to redeliver. Any other settle without a recorded result (a worker that acked and
+// crashed, an operator's purge) ends the same way.
+//
+// So every dispatcher keeps, from a watch of the job bucket, the running jobs and when
+// their lease (granted at the claim, for AckWait) is over. SweepGrace after that it reads
+// the job again and looks up the message of its delivery by stream sequence (the claim
+// names it): a message still in the work-queue stream is one JetStream will redeliver (or
+// one a worker still heartbeats), so it is left alone and looked at again an AckWait later.
+// A job with no message is expired as SQLite's reaper expires a lease
+// (controlplane.ExpireState): a requested cancel ends cancelled, the last attempt ends dead
+// with outcome timeout, any other is queued again at once and its envelope republished.
+// The write is a compare-and-set on the record that also drops the lease, so of two
+// replicas sweeping at once one expires the attempt, and a late result under the old
+// fence is refused (handleResult finds no granted attempt). The envelope is published
+// before that write under a message id naming the expired attempt: a crash in between
+// leaves a message whose claim ends the attempt as a redelivery would, and two replicas
+// publishing it store it once.
+
+// leaseExpiredMessage is the dead job's error message, as over SQLite.
+const leaseExpiredMessage = "lease expired: no completion or heartbeat from the worker in time"
+
+type sweepResult int
+
+const (
+	sweepNotRunning sweepResult = iota // not running (or gone): nothing to expire
+	sweepNotDue                        // its lease and grace are not over yet
+	sweepLive                          // JetStream still holds its message
+	sweepExpired                       // this sweep ended the attempt
+	sweepSuperseded                    // the record changed while the sweep decided
+)
+
+func (r sweepResult) String() string {
+	return [...]string{"not running", "not due", "live", "expired", "superseded"}[r]
+}
+
+// sweeper is one dispatcher's sweep: the running jobs it knows of and when to look at them.
+type sweeper struct {
+	d *Dispatcher
+
+	mu      sync.Mutex
+	due     map[string]sweepDue
+	streams map[string]jetstream.Stream // by pool
+
+	// beforeWrite runs between the republish and the write (tests interleave there).
+	beforeWrite func()
+}
+
+type sweepDue struct {
+	at  time.Time
+	rev uint64 // the record's revision the entry was made from
+}
+
+func newSweeper(d *Dispatcher) *sweeper {
+	return &sweeper{d: d, due: map[string]sweepDue{}, streams: map[string]jetstream.Stream{}}
+}
+
+// sweep runs the sweep every SweepInterval until ctx ends (not at all if it is negative).
+func (d *Dispatcher) sweep(ctx context.Context) {
+	if d.o.SweepInterval < 0 {
+		return
+	}
+	sw := newSweeper(d)
+	done := make(chan struct{})
+	go func() { defer close(done); sw.watch(ctx) }()
+	defer func() { <-done }()
+	t := time.NewTicker(d.o.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			sw.tick(ctx, time.Now())
+		}
+	}
+}
+
+// sweepView is the part of a record the watch needs; inputs and outputs are skipped.
+type sweepView struct {
+	Job struct {
+		State api.State `json:"state"`
+	} `json:"job"`
+	Lease *Lease `json:"lease"`
+}
+
+func expirable(s api.State) bool { return s == api.StateRunning || s == api.StateCancelRequested }
+
+// watch keeps sw.due up to date with every write of the job bucket, by any replica. The
+// watch starts with every key's latest record, so a lease granted by a replica that has
+// since stopped is swept too. It is restarted if it stops.
+func (sw *sweeper) watch(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := sw.d.jobs.WatchAll(ctx)
+		if err == nil {
+			_ = follow(ctx, w, sw.apply)
+		} else {
+			sw.d.log.Warn("watching the job bucket for the lease sweep failed; retrying", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(sw.d.o.SweepInterval):
+		}
+	}
+}
+
+func (sw *sweeper) apply(e jetstream.KeyValueEntry) {
+	var v sweepView
+	ok := e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &v) == nil &&
+		expirable(v.Job.State) && v.Lease != nil
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if !ok {
+		delete(sw.due, e.Key())
+		return
+	}
+	sw.due[e.Key()] = sweepDue{at: v.Lease.At.Add(sw.d.o.AckWait + sw.d.o.SweepGrace), rev: e.Revision()}
+}
+
+// tick looks at every job whose time has come.
+func (sw *sweeper) tick(ctx context.Context, now time.Time) {
+	type item struct {
+		id  string
+		rev uint64
+	}
+	var items []item
+	sw.mu.Lock()
+	for id, e := range sw.due {
+		if !e.at.After(now) {
+			items = append(items, item{id, e.rev})
+		}
+	}
+	sw.mu.Unlock()
+	for _, it := range items {
+		if ctx.Err() != nil {
+			return
+		}
+		r, err := sw.job(ctx, it.id, now)
+		next := time.Time{} // forget it: the watch brings it back if it runs again
+		switch {
+		case err != nil:
+			sw.d.log.Warn("sweeping a running job failed; trying again", zap.String("job", it.id), zap.Error(err))
+			next = now.Add(sw.d.o.SweepInterval)
+		case r == sweepLive:
+			next = now.Add(sw.d.o.AckWait)
+		case r == sweepNotDue || r == sweepSuperseded:
+			next = now.Add(sw.d.o.SweepInterval)
+		}
+		sw.mu.Lock()
+		if e, ok := sw.due[it.id]; ok && e.rev == it.rev { // else the watch has a newer record
+			if next.IsZero() {
+				delete(sw.due, it.id)
+			} else {
+				sw.due[it.id] = sweepDue{at: next, rev: it.rev}
+			}
+		}
+		sw.mu.Unlock()
+	}
+}
+
+// job expires job id's attempt if it is running past its lease and grace with no message
+// left in the stream.
+func (sw *sweeper) job(ctx context.Context, id string, now time.Time) (sweepResult, error) {
+	d := sw.d
+	r, _, err := d.record(ctx, id)
+	if client.IsCode(err, api.CodeNotFound) {
+		return sweepNotRunning, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	l := r.Lease
+	if !expirable(r.Job.State) || l == nil {
+		return sweepNotRunning, nil
+	}
+	if now.Before(l.At.Add(d.o.AckWait + d.o.SweepGrace)) {
+		return sweepNotDue, nil
+	}
+	live, err := sw.live(ctx, r)
+	if err != nil || live {
+		return sweepLive, err
+	}
+	requeue := controlplane.ExpireState(r.Job.State, r.Job.Attempt, r.Job.MaxAttempts) == api.StateQueued
+	if requeue {
+		if err := sw.republish(ctx, r); err != nil {
+			return 0, err
+		}
+	}
+	if sw.beforeWrite != nil {
+		sw.beforeWrite()
+	}
+	var expired bool
+	after, err := d.update(ctx, id, func(rec *Record) (bool, error) {
+		expired = false
+		cur, j := rec.Lease, &rec.Job
+		if !expirable(j.State) || cur == nil || cur.Attempt != l.Attempt || cur.Fence != l.Fence {
+			return false, nil // reported, cancelled, claimed again or expired by another replica
+		}
+		at := time.Now().UTC()
+		switch controlplane.ExpireState(j.State, j.Attempt, j.MaxAttempts) {
+		case api.StateCancelled:
+			j.State, j.FinishedAt = api.StateCancelled, &at
+		case api.StateDead:
+			j.State, j.Outcome, j.ErrorMessage, j.FinishedAt = api.StateDead, string(outcome.Timeout), leaseExpiredMessage, &at
+		default:
+			if !requeue {
+				return false, nil // decided on an older record; no message was published
+			}
+			j.State, j.NotBefore = api.StateQueued, nil // as over SQLite: due at once
+		}
+		// No attempt is granted now: a result under the old fence is refused.
+		rec.Lease = nil
+		expired = true
+		return true, nil
+	})
+	if client.IsCode(err, api.CodeNotFound) {
+		return sweepNotRunning, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if !expired {
+		return sweepSuperseded, nil
+	}
+	d.log.Warn("expired a running job whose message JetStream no longer holds (settled without a recorded result)",
+		zap.String("job", id), zap.Int("attempt", l.Attempt), zap.String("worker_id", l.WorkerID),
+		zap.String("state", string(after.Job.State)))
+	d.auditExpiry(ctx, id, l.Attempt, after.Job.State)
+	return sweepExpired, nil
+}
+
+// live reports whether the work-queue stream still holds the message of the job's current
+// delivery, which the claim named as "<stream sequence>/<delivery count>". A message that
+// is there is one JetStream will redeliver or a worker still heartbeats. One that is gone
+// was settled. A claim naming a sequence that is not this job's message (only a lying
+// worker sends one) counts as gone: that worker can only lose its own attempt.
+func (sw *sweeper) live(ctx context.Context, r Record) (bool, error) {
+	seqText, _, _ := strings.Cut(r.Lease.Delivery, "/")
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if err != nil || seq == 0 {
+		return false, nil
+	}
+	st, err := sw.stream(ctx, r.Job.Pool)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	m, err := st.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	msgID := m.Header.Get(jetstream.MsgIDHeader)
+	return m.Subject == JobSubject(r.Job.Pool, r.Job.Task) && (msgID == r.Job.ID || strings.HasPrefix(msgID, r.Job.ID+"/")), nil
+}
+
+func (sw *sweeper) stream(ctx context.Context, pool string) (jetstream.Stream, error) {
+	sw.mu.Lock()
+	st := sw.streams[pool]
+	sw.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	st, err := sw.d.js.Stream(ctx, JobsStream(pool))
+	if err != nil {
+		return nil, err
+	}
+	sw.mu.Lock()
+	sw.streams[pool] = st
+	sw.mu.Unlock()
+	return st, nil
+}
+
+// republish publishes the job's envelope again, as Dispatch did, under a message id that
+// names the expired attempt: the stream drops a second publication of the same expiry
+// (another replica's, or this one's retried), while Dispatch's id (the job id alone)
+// would be dropped for the stream's whole duplicate window.
+func (sw *sweeper) republish(ctx context.Context, r Record) error {
+	env := Envelope{JobID: r.Job.ID, Task: r.Job.Task, TaskVersion: r.Job.TaskVersion, Pool: r.Job.Pool,
+		Input: r.Job.Input, Approval: r.Approval, MaxAttempts: r.Job.MaxAttempts, ClaimKey: r.ClaimKey}
+	body, err := env.appendJSON(nil)
+	if err != nil {
+		return err
+	}
+	_, err = sw.d.js.Publish(ctx, JobSubject(env.Pool, env.Task), body,
+		jetstream.WithMsgID(env.JobID+"/expired/"+strconv.Itoa(r.Job.Attempt)))
+	return err
+}
+
+// auditExpiry records an expiry in the API server's audit stream, as SQLite's reaper does.
+func (d *Dispatcher) auditExpiry(ctx context.Context, id string, attempt int, state api.State) {
+	if d.audit == nil {
+		return
+	}
+	detail, _ := json.Marshal(map[string]any{"attempt": attempt, "state": state})
+	e := api.AuditEntry{At: d.o.Now(), Actor: "server", Role: "server", Action: "lease.expire", JobID: id, Detail: detail}
+	if err := d.audit.append(context.WithoutCancel(ctx), e); err != nil {
+		d.log.Error("audit log append failed", zap.String("action", e.Action), zap.String("job", id), zap.Error(err))
+	}
+}
