@@ -1,13 +1,21 @@
 package natsq_test
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/castellan-dev/castellan/internal/natsq"
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/outcome"
 )
 
 // newQueue is a registered WorkerQueue serving the test catalog.
@@ -105,4 +113,351 @@ func TestStaleAckThenRedeliveredWorkerDies(t *testing.T) {
 	if j := waitState(t, d, id, 20*time.Second, api.StateSucceeded); j.Attempt != c.Attempt {
 		t.Fatalf("succeeded at attempt %d, want %d", j.Attempt, c.Attempt)
 	}
+}
+
+const (
+	sweepAckWait = time.Second
+	sweepGrace   = 100 * time.Millisecond
+)
+
+// staleAck is the state the attack leaves: worker A's stale report has settled the job's
+// message, worker B holds the current attempt, and nothing will redeliver the job.
+type staleAck struct {
+	id           string
+	url          string
+	ds           []*natsq.Dispatcher // the replicas; none sweeps unless the test says so
+	js           jetstream.JetStream
+	logs         *observer.ObservedLogs
+	qa, qb       *natsq.WorkerQueue
+	a, b         api.LeasedJob
+	leaseA       natsq.Lease
+	leaseB       natsq.Lease
+	refusedFirst int // refusals of attempt a.Attempt logged so far
+}
+
+// newStaleAck plays the attack on its own server with replicas control-plane replicas.
+func newStaleAck(t *testing.T, replicas, maxAttempts int) *staleAck {
+	t.Helper()
+	url := startNATS(t).ClientURL()
+	s := newSigner(t)
+	core, logs := observer.New(zap.WarnLevel)
+	f := &staleAck{id: "job-interleaved", url: url, logs: logs}
+	for range replicas {
+		d, nc, _ := startDispatcher(t, url, natsq.Options{AckWait: sweepAckWait, SweepInterval: -1, SweepGrace: sweepGrace, Log: zap.New(core)})
+		f.ds = append(f.ds, d)
+		if f.js == nil {
+			var err error
+			if f.js, err = jetstream.New(nc); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := f.ds[0].Dispatch(t.Context(), s.envelope(t, f.id, `{"n":1}`, maxAttempts)); err != nil {
+		t.Fatal(err)
+	}
+	f.qa, f.qb = newQueue(t, url, sweepAckWait), newQueue(t, url, sweepAckWait)
+	f.a = leaseOne(t, f.qa, 20*time.Second, "worker A's delivery")
+	f.leaseA = f.lease(t)
+	f.b = leaseOne(t, f.qb, 20*time.Second, "the redelivery to worker B")
+	f.leaseB = f.lease(t)
+	if f.b.Attempt != f.a.Attempt+1 || f.leaseB.WorkerID == f.leaseA.WorkerID {
+		t.Fatalf("B holds attempt %d (worker %s), want %d on another worker than A's %s", f.b.Attempt, f.leaseB.WorkerID,
+			f.a.Attempt+1, f.leaseA.WorkerID)
+	}
+	f.qa.TouchLease(f.a.LeaseToken)
+	if _, err := f.qa.Complete(t.Context(), f.id, api.CompleteRequest{LeaseToken: f.a.LeaseToken, Attempt: f.a.Attempt,
+		Outcome: "ok", Output: []byte(`{"n":1}`)}); err != nil {
+		t.Fatalf("A's stale Complete = %v", err)
+	}
+	f.refusedFirst = f.waitRefused(t, f.a.Attempt, 1)
+	poll(t, 10*time.Second, "A's ack to settle the job message", func() bool { return jobMessages(t, f.js) == 0 })
+	return f
+}
+
+func (f *staleAck) lease(t *testing.T) natsq.Lease {
+	t.Helper()
+	r, err := f.ds[0].Record(t.Context(), f.id)
+	if err != nil || r.Lease == nil {
+		t.Fatalf("Record(%s) = lease %v, %v; want a granted lease", f.id, r.Lease, err)
+	}
+	return *r.Lease
+}
+
+// refused counts the dispatchers' refusals of a result for attempt.
+func (f *staleAck) refused(attempt int) int {
+	n := 0
+	for _, e := range f.logs.FilterMessageSnippet("refused a result").All() {
+		if m := e.ContextMap(); m["job"] == f.id && m["attempt"] == int64(attempt) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitRefused waits until attempt's results have been refused at least n times.
+func (f *staleAck) waitRefused(t *testing.T, attempt, n int) int {
+	t.Helper()
+	poll(t, 10*time.Second, fmt.Sprintf("%d refusals of attempt %d's result", n, attempt), func() bool { return f.refused(attempt) >= n })
+	return f.refused(attempt)
+}
+
+// waitLeaseOver waits until B's lease and the sweep's grace are over.
+func (f *staleAck) waitLeaseOver(t *testing.T) {
+	t.Helper()
+	over := f.leaseB.At.Add(sweepAckWait + sweepGrace)
+	poll(t, 10*time.Second, "B's lease and the grace to be over", func() bool { return time.Now().After(over) })
+}
+
+// reportB is B's report (B's clock counts its lease live).
+func (f *staleAck) reportB(t *testing.T) {
+	t.Helper()
+	f.qb.TouchLease(f.b.LeaseToken)
+	if _, err := f.qb.Complete(t.Context(), f.id, api.CompleteRequest{LeaseToken: f.b.LeaseToken, Attempt: f.b.Attempt,
+		Outcome: "ok", Output: []byte(`{"b":true}`)}); err != nil {
+		t.Fatalf("B's Complete = %v", err)
+	}
+}
+
+// lateA publishes worker A's result again, as a late copy would arrive (a new message id:
+// the stream would drop the same one as a duplicate), under A's real fence.
+func (f *staleAck) lateA(t *testing.T) {
+	t.Helper()
+	data, err := json.Marshal(natsq.Result{JobID: f.id, Task: "echo", Attempt: f.leaseA.Attempt, WorkerID: f.leaseA.WorkerID,
+		Outcome: "ok", Output: json.RawMessage(`{"late":true}`), Fence: f.leaseA.Fence})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.js.Publish(t.Context(), natsq.ResultSubject(pool), data, jetstream.WithMsgID(fmt.Sprintf("late-%s-%d", f.leaseA.Fence, f.refusedFirst))); err != nil {
+		t.Fatal(err)
+	}
+	f.refusedFirst = f.waitRefused(t, f.a.Attempt, f.refusedFirst+1)
+}
+
+// sweep runs every replica's sweep on the job at once and returns what each found.
+func (f *staleAck) sweep(t *testing.T, beforeWrite func()) []string {
+	t.Helper()
+	out := make([]string, len(f.ds))
+	errs := make([]error, len(f.ds))
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, d := range f.ds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			out[i], errs[i] = d.SweepJob(context.Background(), f.id, beforeWrite)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("replica %d's sweep = %v", i, err)
+		}
+	}
+	return out
+}
+
+type bReport int
+
+const (
+	bNever       bReport = iota // B dies without reporting
+	bBeforeSweep                // B's result is recorded before the sweep reads the job
+	bDuringSweep                // ... after the sweep republished and before it writes
+	bAfterSweep                 // B reports after the sweep expired its attempt
+)
+
+func (b bReport) String() string {
+	return [...]string{"never", "before_sweep", "during_sweep", "after_sweep"}[b]
+}
+
+// TestSweepInterleavings generates the interleavings of the stale-ack attack with the
+// sweep: when worker B reports (never, just before the sweep, between the sweep's
+// republish and its write, just after), one or two replicas sweeping at once, and worker
+// A's result arriving again after the sweep. Whatever the order: the attempt is expired
+// at most once (one republished message), a result under an expired or stale fence is
+// refused, a result recorded before the sweep's write stands, and the job ends succeeded
+// (on B's attempt if its result was recorded, else on a third worker's).
+func TestSweepInterleavings(t *testing.T) {
+	t.Parallel()
+	for _, b := range []bReport{bNever, bBeforeSweep, bDuringSweep, bAfterSweep} {
+		for _, replicas := range []int{1, 2} {
+			t.Run(fmt.Sprintf("B_%s/replicas_%d", b, replicas), func(t *testing.T) {
+				t.Parallel()
+				testInterleaving(t, b, replicas)
+			})
+		}
+	}
+}
+
+func testInterleaving(t *testing.T, b bReport, replicas int) {
+	f := newStaleAck(t, replicas, 3)
+	d := f.ds[0]
+	f.waitLeaseOver(t)
+	if b == bBeforeSweep {
+		f.reportB(t)
+		waitState(t, d, f.id, 10*time.Second, api.StateSucceeded)
+	}
+	var once sync.Once
+	hook := func() {
+		if b == bDuringSweep {
+			once.Do(func() {
+				f.reportB(t)
+				waitState(t, d, f.id, 10*time.Second, api.StateSucceeded)
+			})
+		}
+	}
+	found := f.sweep(t, hook)
+	bRecorded := b == bBeforeSweep || b == bDuringSweep
+	expired := 0
+	for _, r := range found {
+		switch r {
+		case "expired":
+			expired++
+		case "not running", "superseded":
+		default:
+			t.Fatalf("a sweep found %q, want expired, not running or superseded (all: %q)", r, found)
+		}
+	}
+	if want := map[bool]int{false: 1, true: 0}[bRecorded]; expired != want {
+		t.Fatalf("sweeps found %q: %d expiries, want %d", found, expired, want)
+	}
+	if b == bAfterSweep {
+		f.reportB(t)
+		f.waitRefused(t, f.b.Attempt, 1)
+	}
+	f.lateA(t)
+	rec, err := d.Record(t.Context(), f.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bRecorded {
+		if rec.Job.State != api.StateSucceeded || rec.Job.Attempt != f.b.Attempt || string(rec.Job.Output) != `{"b":true}` {
+			t.Fatalf("after the sweep: %s attempt %d output %s; want B's result (succeeded, attempt %d) to stand",
+				rec.Job.State, rec.Job.Attempt, rec.Job.Output, f.b.Attempt)
+		}
+	} else {
+		if rec.Job.State != api.StateQueued || rec.Job.Attempt != f.b.Attempt || rec.Lease != nil || rec.Job.NotBefore != nil {
+			t.Fatalf("after the sweep: %s attempt %d lease %v not_before %v; want queued at attempt %d, no lease, due at once",
+				rec.Job.State, rec.Job.Attempt, rec.Lease, rec.Job.NotBefore, f.b.Attempt)
+		}
+		for _, c := range rec.Completions {
+			t.Fatalf("a result was recorded for the expired or stale attempt %d (%s by %s)", c.Attempt, c.Outcome, c.WorkerID)
+		}
+	}
+	// Exactly one message is there to run again (none if B's result was recorded first).
+	if n, want := jobMessages(t, f.js), map[bool]uint64{false: 1, true: 0}[b == bBeforeSweep]; n != want {
+		t.Fatalf("the stream holds %d job messages after the sweep, want %d", n, want)
+	}
+	qc := newQueue(t, f.url, sweepAckWait)
+	if bRecorded {
+		// A message published during the sweep is terminated at its claim; nothing runs.
+		poll(t, 10*time.Second, "the stream to be empty", func() bool {
+			jobs, err := qc.Lease(t.Context(), 1, 50*time.Millisecond)
+			if err != nil || len(jobs) != 0 {
+				t.Fatalf("worker C leased %v, %v; want nothing, the job is finished", jobs, err)
+			}
+			return jobMessages(t, f.js) == 0
+		})
+		if j, err := d.Get(t.Context(), f.id); err != nil || j.State != api.StateSucceeded || j.Attempt != f.b.Attempt {
+			t.Fatalf("finally %s attempt %d, %v; want succeeded at B's attempt %d", j.State, j.Attempt, err, f.b.Attempt)
+		}
+		return
+	}
+	c := leaseOne(t, qc, 10*time.Second, "the job to run again")
+	if c.Attempt != f.b.Attempt+1 {
+		t.Fatalf("worker C leased attempt %d, want %d", c.Attempt, f.b.Attempt+1)
+	}
+	f.lateA(t) // still refused with another attempt granted
+	if _, err := qc.Complete(t.Context(), f.id, api.CompleteRequest{LeaseToken: c.LeaseToken, Attempt: c.Attempt,
+		Outcome: "ok", Output: []byte(`{"c":true}`)}); err != nil {
+		t.Fatalf("C's Complete = %v", err)
+	}
+	if j := waitState(t, d, f.id, 10*time.Second, api.StateSucceeded); j.Attempt != c.Attempt || string(j.Output) != `{"c":true}` {
+		t.Fatalf("succeeded at attempt %d with %s, want attempt %d with C's output", j.Attempt, j.Output, c.Attempt)
+	}
+}
+
+// TestSweepEndsAttemptsAsSQLite: the sweep ends an attempt as SQLite's reaper does when
+// no attempt is left (dead, outcome timeout) or a cancel was requested (cancelled), with
+// no message republished; and it leaves alone a job whose worker still heartbeats it past
+// the lease granted at its claim (JetStream still holds its message), and a job reported in
+// time.
+func TestSweepEndsAttemptsAsSQLite(t *testing.T) {
+	t.Parallel()
+	t.Run("last_attempt", func(t *testing.T) {
+		t.Parallel()
+		f := newStaleAck(t, 1, 2) // B holds attempt 2 of 2
+		f.waitLeaseOver(t)
+		if found := f.sweep(t, nil); found[0] != "expired" {
+			t.Fatalf("sweep found %q, want expired", found[0])
+		}
+		j, err := f.ds[0].Get(t.Context(), f.id)
+		if err != nil || j.State != api.StateDead || j.Outcome != string(outcome.Timeout) || j.FinishedAt == nil ||
+			!strings.HasPrefix(j.ErrorMessage, "lease expired") {
+			t.Fatalf("after the sweep: %s outcome %q %q finished %v, %v; want dead, timeout, lease expired", j.State, j.Outcome,
+				j.ErrorMessage, j.FinishedAt, err)
+		}
+		if n := jobMessages(t, f.js); n != 0 {
+			t.Fatalf("the stream holds %d job messages, want none", n)
+		}
+		f.reportB(t)
+		f.waitRefused(t, f.b.Attempt, 1)
+		if j, err := f.ds[0].Get(t.Context(), f.id); err != nil || j.State != api.StateDead {
+			t.Fatalf("after B's late result: %s, %v; want dead", j.State, err)
+		}
+	})
+	t.Run("cancel_requested", func(t *testing.T) {
+		t.Parallel()
+		f := newStaleAck(t, 1, 3)
+		if j, err := f.ds[0].Cancel(t.Context(), f.id); err != nil || j.State != api.StateCancelRequested {
+			t.Fatalf("Cancel = %s, %v; want cancel_requested", j.State, err)
+		}
+		f.waitLeaseOver(t)
+		if found := f.sweep(t, nil); found[0] != "expired" {
+			t.Fatalf("sweep found %q, want expired", found[0])
+		}
+		if j, err := f.ds[0].Get(t.Context(), f.id); err != nil || j.State != api.StateCancelled || j.FinishedAt == nil {
+			t.Fatalf("after the sweep: %s finished %v, %v; want cancelled", j.State, j.FinishedAt, err)
+		}
+		if n := jobMessages(t, f.js); n != 0 {
+			t.Fatalf("the stream holds %d job messages, want none", n)
+		}
+	})
+	t.Run("heartbeated_past_its_lease", func(t *testing.T) {
+		t.Parallel()
+		url := startNATS(t).ClientURL()
+		s := newSigner(t)
+		d, _, _ := startDispatcher(t, url, natsq.Options{AckWait: sweepAckWait, SweepInterval: -1, SweepGrace: sweepGrace})
+		const id = "job-long"
+		if _, err := d.Dispatch(t.Context(), s.envelope(t, id, `{"n":1}`, 3)); err != nil {
+			t.Fatal(err)
+		}
+		q := newQueue(t, url, sweepAckWait)
+		l := leaseOne(t, q, 20*time.Second, "the delivery")
+		rec, err := d.Record(t.Context(), id)
+		if err != nil || rec.Lease == nil {
+			t.Fatalf("Record = %v, %v", rec.Lease, err)
+		}
+		over := rec.Lease.At.Add(2 * (sweepAckWait + sweepGrace))
+		poll(t, 20*time.Second, "twice the lease and grace, heartbeating", func() bool {
+			if _, err := q.Heartbeat(t.Context(), l.LeaseToken); err != nil {
+				t.Fatalf("Heartbeat = %v", err)
+			}
+			return time.Now().After(over)
+		})
+		if found, err := d.SweepJob(t.Context(), id, nil); err != nil || found != "live" {
+			t.Fatalf("sweep of a heartbeated job = %q, %v; want live", found, err)
+		}
+		if _, err := q.Complete(t.Context(), id, api.CompleteRequest{LeaseToken: l.LeaseToken, Attempt: l.Attempt,
+			Outcome: "ok", Output: []byte(`{"n":1}`)}); err != nil {
+			t.Fatalf("Complete = %v", err)
+		}
+		if j := waitState(t, d, id, 10*time.Second, api.StateSucceeded); j.Attempt != l.Attempt {
+			t.Fatalf("succeeded at attempt %d, want %d", j.Attempt, l.Attempt)
+		}
+		if found, err := d.SweepJob(t.Context(), id, nil); err != nil || found != "not running" {
+			t.Fatalf("sweep of a finished job = %q, %v; want not running", found, err)
+		}
+	})
 }
