@@ -19,12 +19,20 @@ func (q *WorkerQueue) TouchLease(tok string) {
 	}
 }
 
-// SweepJob runs the lease sweep once on job id, now, and returns what it found ("expired",
-// "live", "not due", "not running", "superseded"). beforeWrite, if set, runs between the
-// sweep's republish and its write of the record.
-func (d *Dispatcher) SweepJob(ctx context.Context, id string, beforeWrite func()) (string, error) {
+// Sweeper is one dispatcher's lease sweep, driven by a test instead of its ticker.
+type Sweeper struct{ sw *sweeper }
+
+// NewSweeper returns a sweep of d's running jobs; beforeWrite, if set, runs between the
+// sweep's republish of a job and its write of the record.
+func (d *Dispatcher) NewSweeper(beforeWrite func()) *Sweeper {
 	sw := newSweeper(d)
 	sw.beforeWrite = beforeWrite
-	r, err := sw.job(ctx, id, time.Now())
+	return &Sweeper{sw: sw}
+}
+
+// Job sweeps job id once, now, and returns what it found ("expired", "gone", "live", "not
+// due", "not running", "superseded").
+func (s *Sweeper) Job(ctx context.Context, id string) (string, error) {
+	r, err := s.sw.job(ctx, id, time.Now())
 	return r.String(), err
 }

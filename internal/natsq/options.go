@@ -70,9 +70,10 @@ type Options struct {
 	// message JetStream no longer holds, and expires them as SQLite's reaper does
 	// (sweep.go). Optional; default 1s; negative turns the sweep off (tests drive it).
 	SweepInterval time.Duration
-	// SweepGrace is how long past its lease (granted at the claim, for AckWait) a running
-	// job is left to JetStream's redelivery and to a result already published before the
-	// sweep expires it. Optional; default AckWait.
+	// SweepGrace is how long the sweep leaves a running job past its lease (granted at the
+	// claim, for AckWait) whose message it found gone from the stream, for a result
+	// published just before the ack to be recorded, before it expires the attempt.
+	// Optional; default AckWait.
 	SweepGrace time.Duration
 
 	// InboxPrefix is the subject prefix of this connection's replies and pulled messages,

@@ -30,11 +30,13 @@ import (
 // crashed, an operator's purge) ends the same way.
 //
 // So every dispatcher keeps, from a watch of the job bucket, the running jobs and when
-// their lease (granted at the claim, for AckWait) is over. SweepGrace after that it reads
-// the job again and looks up the message of its delivery by stream sequence (the claim
-// names it): a message still in the work-queue stream is one JetStream will redeliver (or
-// one a worker still heartbeats), so it is left alone and looked at again an AckWait later.
-// A job with no message is expired as SQLite's reaper expires a lease
+// their lease (granted at the claim, for AckWait) is over. Then it reads the job again and
+// looks up the message of its delivery by stream sequence (the claim names it): a message
+// still in the work-queue stream is one JetStream will redeliver (or one a worker still
+// heartbeats), so it is left alone and looked at again an AckWait later. A message that is
+// gone may belong to a worker that has just published its result and acked: the job is
+// looked at again SweepGrace later, and only if the same attempt is still running with its
+// message gone is it expired, as SQLite's reaper expires a lease
 // (controlplane.ExpireState): a requested cancel ends cancelled, the last attempt ends dead
 // with outcome timeout, any other is queued again at once and its envelope republished.
 // The write is a compare-and-set on the record that also drops the lease, so of two
@@ -53,12 +55,13 @@ const (
 	sweepNotRunning sweepResult = iota // not running (or gone): nothing to expire
 	sweepNotDue                        // its lease and grace are not over yet
 	sweepLive                          // JetStream still holds its message
+	sweepGone                          // its message is gone; expired if still so after the grace
 	sweepExpired                       // this sweep ended the attempt
 	sweepSuperseded                    // the record changed while the sweep decided
 )
 
 func (r sweepResult) String() string {
-	return [...]string{"not running", "not due", "live", "expired", "superseded"}[r]
+	return [...]string{"not running", "not due", "live", "gone", "expired", "superseded"}[r]
 }
 
 // sweeper is one dispatcher's sweep: the running jobs it knows of and when to look at them.
@@ -67,6 +70,7 @@ type sweeper struct {
 
 	mu      sync.Mutex
 	due     map[string]sweepDue
+	gone    map[string]goneMark         // jobs seen running with no message, by id
 	streams map[string]jetstream.Stream // by pool
 
 	// beforeWrite runs between the republish and the write (tests interleave there).
@@ -78,8 +82,15 @@ type sweepDue struct {
 	rev uint64 // the record's revision the entry was made from
 }
 
+// goneMark is when the sweep first saw an attempt (named by its fence) running with its
+// message gone.
+type goneMark struct {
+	fence string
+	at    time.Time
+}
+
 func newSweeper(d *Dispatcher) *sweeper {
-	return &sweeper{d: d, due: map[string]sweepDue{}, streams: map[string]jetstream.Stream{}}
+	return &sweeper{d: d, due: map[string]sweepDue{}, gone: map[string]goneMark{}, streams: map[string]jetstream.Stream{}}
 }
 
 // sweep runs the sweep every SweepInterval until ctx ends (not at all if it is negative).
@@ -141,7 +152,7 @@ func (sw *sweeper) apply(e jetstream.KeyValueEntry) {
 		delete(sw.due, e.Key())
 		return
 	}
-	sw.due[e.Key()] = sweepDue{at: v.Lease.At.Add(sw.d.o.AckWait + sw.d.o.SweepGrace), rev: e.Revision()}
+	sw.due[e.Key()] = sweepDue{at: v.Lease.At.Add(sw.d.o.AckWait), rev: e.Revision()}
 }
 
 // tick looks at every job whose time has come.
@@ -170,10 +181,15 @@ func (sw *sweeper) tick(ctx context.Context, now time.Time) {
 			next = now.Add(sw.d.o.SweepInterval)
 		case r == sweepLive:
 			next = now.Add(sw.d.o.AckWait)
+		case r == sweepGone:
+			next = now.Add(sw.d.o.SweepGrace)
 		case r == sweepNotDue || r == sweepSuperseded:
 			next = now.Add(sw.d.o.SweepInterval)
 		}
 		sw.mu.Lock()
+		if r != sweepGone {
+			delete(sw.gone, it.id)
+		}
 		if e, ok := sw.due[it.id]; ok && e.rev == it.rev { // else the watch has a newer record
 			if next.IsZero() {
 				delete(sw.due, it.id)
@@ -185,8 +201,8 @@ func (sw *sweeper) tick(ctx context.Context, now time.Time) {
 	}
 }
 
-// job expires job id's attempt if it is running past its lease and grace with no message
-// left in the stream.
+// job expires job id's attempt if it is running past its lease and its message has been
+// gone from the stream for SweepGrace.
 func (sw *sweeper) job(ctx context.Context, id string, now time.Time) (sweepResult, error) {
 	d := sw.d
 	r, _, err := d.record(ctx, id)
@@ -200,12 +216,22 @@ func (sw *sweeper) job(ctx context.Context, id string, now time.Time) (sweepResu
 	if !expirable(r.Job.State) || l == nil {
 		return sweepNotRunning, nil
 	}
-	if now.Before(l.At.Add(d.o.AckWait + d.o.SweepGrace)) {
+	if now.Before(l.At.Add(d.o.AckWait)) {
 		return sweepNotDue, nil
 	}
 	live, err := sw.live(ctx, r)
 	if err != nil || live {
 		return sweepLive, err
+	}
+	sw.mu.Lock()
+	mark, seen := sw.gone[id]
+	if !seen || mark.fence != l.Fence {
+		mark = goneMark{fence: l.Fence, at: now}
+		sw.gone[id] = mark
+	}
+	sw.mu.Unlock()
+	if now.Before(mark.at.Add(d.o.SweepGrace)) {
+		return sweepGone, nil // a result published just before the ack may be on its way
 	}
 	requeue := controlplane.ExpireState(r.Job.State, r.Job.Attempt, r.Job.MaxAttempts) == api.StateQueued
 	if requeue {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -126,6 +127,8 @@ type staleAck struct {
 	id           string
 	url          string
 	ds           []*natsq.Dispatcher // the replicas; none sweeps unless the test says so
+	sweepers     []*natsq.Sweeper    // one per replica
+	hook         func()              // runs between a sweep's republish and its write
 	js           jetstream.JetStream
 	logs         *observer.ObservedLogs
 	qa, qb       *natsq.WorkerQueue
@@ -145,6 +148,11 @@ func newStaleAck(t *testing.T, replicas, maxAttempts int) *staleAck {
 	for range replicas {
 		d, nc, _ := startDispatcher(t, url, natsq.Options{AckWait: sweepAckWait, SweepInterval: -1, SweepGrace: sweepGrace, Log: zap.New(core)})
 		f.ds = append(f.ds, d)
+		f.sweepers = append(f.sweepers, d.NewSweeper(func() {
+			if f.hook != nil {
+				f.hook()
+			}
+		}))
 		if f.js == nil {
 			var err error
 			if f.js, err = jetstream.New(nc); err != nil {
@@ -201,11 +209,11 @@ func (f *staleAck) waitRefused(t *testing.T, attempt, n int) int {
 	return f.refused(attempt)
 }
 
-// waitLeaseOver waits until B's lease and the sweep's grace are over.
+// waitLeaseOver waits until B's lease is over.
 func (f *staleAck) waitLeaseOver(t *testing.T) {
 	t.Helper()
-	over := f.leaseB.At.Add(sweepAckWait + sweepGrace)
-	poll(t, 10*time.Second, "B's lease and the grace to be over", func() bool { return time.Now().After(over) })
+	over := f.leaseB.At.Add(sweepAckWait)
+	poll(t, 10*time.Second, "B's lease to be over", func() bool { return time.Now().After(over) })
 }
 
 // reportB is B's report (B's clock counts its lease live).
@@ -233,29 +241,40 @@ func (f *staleAck) lateA(t *testing.T) {
 	f.refusedFirst = f.waitRefused(t, f.a.Attempt, f.refusedFirst+1)
 }
 
-// sweep runs every replica's sweep on the job at once and returns what each found.
-func (f *staleAck) sweep(t *testing.T, beforeWrite func()) []string {
+// sweep runs every replica's sweep on the job at once and returns what each found. A
+// sweep that finds the job's message gone expires it only when it finds it gone again
+// after the grace: then every replica sweeps again, at once, and that is returned.
+func (f *staleAck) sweep(t *testing.T) []string {
 	t.Helper()
-	out := make([]string, len(f.ds))
-	errs := make([]error, len(f.ds))
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, d := range f.ds {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			out[i], errs[i] = d.SweepJob(context.Background(), f.id, beforeWrite)
-		}()
-	}
-	close(start)
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("replica %d's sweep = %v", i, err)
+	round := func() []string {
+		out := make([]string, len(f.sweepers))
+		errs := make([]error, len(f.sweepers))
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, sw := range f.sweepers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				out[i], errs[i] = sw.Job(context.Background(), f.id)
+			}()
 		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("replica %d's sweep = %v", i, err)
+			}
+		}
+		return out
 	}
-	return out
+	first := round()
+	if slices.ContainsFunc(first, func(r string) bool { return r != "gone" }) {
+		return first
+	}
+	later := time.Now().Add(sweepGrace)
+	poll(t, 10*time.Second, "the grace to be over", func() bool { return time.Now().After(later) })
+	return round()
 }
 
 type bReport int
@@ -299,15 +318,15 @@ func testInterleaving(t *testing.T, b bReport, replicas int) {
 		waitState(t, d, f.id, 10*time.Second, api.StateSucceeded)
 	}
 	var once sync.Once
-	hook := func() {
-		if b == bDuringSweep {
+	if b == bDuringSweep {
+		f.hook = func() {
 			once.Do(func() {
 				f.reportB(t)
 				waitState(t, d, f.id, 10*time.Second, api.StateSucceeded)
 			})
 		}
 	}
-	found := f.sweep(t, hook)
+	found := f.sweep(t)
 	bRecorded := b == bBeforeSweep || b == bDuringSweep
 	expired := 0
 	for _, r := range found {
@@ -389,7 +408,7 @@ func TestSweepEndsAttemptsAsSQLite(t *testing.T) {
 		t.Parallel()
 		f := newStaleAck(t, 1, 2) // B holds attempt 2 of 2
 		f.waitLeaseOver(t)
-		if found := f.sweep(t, nil); found[0] != "expired" {
+		if found := f.sweep(t); found[0] != "expired" {
 			t.Fatalf("sweep found %q, want expired", found[0])
 		}
 		j, err := f.ds[0].Get(t.Context(), f.id)
@@ -414,7 +433,7 @@ func TestSweepEndsAttemptsAsSQLite(t *testing.T) {
 			t.Fatalf("Cancel = %s, %v; want cancel_requested", j.State, err)
 		}
 		f.waitLeaseOver(t)
-		if found := f.sweep(t, nil); found[0] != "expired" {
+		if found := f.sweep(t); found[0] != "expired" {
 			t.Fatalf("sweep found %q, want expired", found[0])
 		}
 		if j, err := f.ds[0].Get(t.Context(), f.id); err != nil || j.State != api.StateCancelled || j.FinishedAt == nil {
@@ -446,7 +465,8 @@ func TestSweepEndsAttemptsAsSQLite(t *testing.T) {
 			}
 			return time.Now().After(over)
 		})
-		if found, err := d.SweepJob(t.Context(), id, nil); err != nil || found != "live" {
+		sw := d.NewSweeper(nil)
+		if found, err := sw.Job(t.Context(), id); err != nil || found != "live" {
 			t.Fatalf("sweep of a heartbeated job = %q, %v; want live", found, err)
 		}
 		if _, err := q.Complete(t.Context(), id, api.CompleteRequest{LeaseToken: l.LeaseToken, Attempt: l.Attempt,
@@ -456,8 +476,55 @@ func TestSweepEndsAttemptsAsSQLite(t *testing.T) {
 		if j := waitState(t, d, id, 10*time.Second, api.StateSucceeded); j.Attempt != l.Attempt {
 			t.Fatalf("succeeded at attempt %d, want %d", j.Attempt, l.Attempt)
 		}
-		if found, err := d.SweepJob(t.Context(), id, nil); err != nil || found != "not running" {
+		if found, err := sw.Job(t.Context(), id); err != nil || found != "not running" {
 			t.Fatalf("sweep of a finished job = %q, %v; want not running", found, err)
 		}
 	})
+}
+
+// TestSweepWaitsForAResultInFlight: a worker that heartbeated its job past the lease
+// granted at the claim publishes its result and acks while no replica consumes results
+// yet. The sweep then finds the job running with its message gone, and must not expire it
+// at once: once the result is recorded the job ends on that attempt and is not run again.
+func TestSweepWaitsForAResultInFlight(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t).ClientURL()
+	s := newSigner(t)
+	o := natsq.Options{AckWait: sweepAckWait, SweepInterval: -1, SweepGrace: sweepGrace}
+	d, _, stop := startDispatcher(t, url, o)
+	const id = "job-in-flight"
+	if _, err := d.Dispatch(t.Context(), s.envelope(t, id, `{"n":1}`, 3)); err != nil {
+		t.Fatal(err)
+	}
+	q := newQueue(t, url, sweepAckWait)
+	l := leaseOne(t, q, 20*time.Second, "the delivery")
+	rec, err := d.Record(t.Context(), id)
+	if err != nil || rec.Lease == nil {
+		t.Fatalf("Record = %v, %v", rec.Lease, err)
+	}
+	over := rec.Lease.At.Add(sweepAckWait + sweepGrace)
+	poll(t, 20*time.Second, "the lease to be over, heartbeating", func() bool {
+		if _, err := q.Heartbeat(t.Context(), l.LeaseToken); err != nil {
+			t.Fatalf("Heartbeat = %v", err)
+		}
+		return time.Now().After(over)
+	})
+	stop() // no replica records results now
+	if _, err := q.Complete(t.Context(), id, api.CompleteRequest{LeaseToken: l.LeaseToken, Attempt: l.Attempt,
+		Outcome: "ok", Output: []byte(`{"n":1}`)}); err != nil {
+		t.Fatalf("Complete = %v", err)
+	}
+	sw := d.NewSweeper(nil)
+	if found, err := sw.Job(t.Context(), id); err != nil || found != "gone" {
+		t.Fatalf("sweep with the result in flight = %q, %v; want gone (not expired yet)", found, err)
+	}
+	startDispatcher(t, url, o) // a replica records the result
+	if j := waitState(t, d, id, 10*time.Second, api.StateSucceeded); j.Attempt != l.Attempt {
+		t.Fatalf("succeeded at attempt %d, want %d", j.Attempt, l.Attempt)
+	}
+	later := time.Now().Add(sweepGrace)
+	poll(t, 10*time.Second, "the grace to be over", func() bool { return time.Now().After(later) })
+	if found, err := sw.Job(t.Context(), id); err != nil || found != "not running" {
+		t.Fatalf("sweep after the result = %q, %v; want not running", found, err)
+	}
 }
