@@ -150,6 +150,7 @@ func (sw *sweeper) apply(e jetstream.KeyValueEntry) {
 	defer sw.mu.Unlock()
 	if !ok {
 		delete(sw.due, e.Key())
+		delete(sw.gone, e.Key())
 		return
 	}
 	sw.due[e.Key()] = sweepDue{at: v.Lease.At.Add(sw.d.o.AckWait), rev: e.Revision()}
@@ -328,11 +329,15 @@ func (sw *sweeper) stream(ctx context.Context, pool string) (jetstream.Stream, e
 	return st, nil
 }
 
-// republish publishes the job's envelope again, as Dispatch did, under a message id that
-// names the expired attempt: the stream drops a second publication of the same expiry
-// (another replica's, or this one's retried), while Dispatch's id (the job id alone)
-// would be dropped for the stream's whole duplicate window.
+// republish publishes the job's envelope again, as Dispatch did (creating the pool's
+// stream and the task's consumer if they were removed), under a message id that names the
+// expired attempt: the stream drops a second publication of the same expiry (another
+// replica's, or this one's retried), while Dispatch's id (the job id alone) would be
+// dropped for the stream's whole duplicate window.
 func (sw *sweeper) republish(ctx context.Context, r Record) error {
+	if err := sw.d.ensure(ctx, r.Job.Pool, r.Job.Task); err != nil {
+		return err
+	}
 	env := Envelope{JobID: r.Job.ID, Task: r.Job.Task, TaskVersion: r.Job.TaskVersion, Pool: r.Job.Pool,
 		Input: r.Job.Input, Approval: r.Approval, MaxAttempts: r.Job.MaxAttempts, ClaimKey: r.ClaimKey}
 	body, err := env.appendJSON(nil)
