@@ -33,6 +33,6 @@ func (d *Dispatcher) NewSweeper(beforeWrite func()) *Sweeper {
 // Job sweeps job id once, now, and returns what it found ("expired", "gone", "live", "not
 // due", "not running", "superseded").
 func (s *Sweeper) Job(ctx context.Context, id string) (string, error) {
-	r, err := s.sw.job(ctx, id, time.Now())
+	r, _, err := s.sw.job(ctx, id, time.Now())
 	return r.String(), err
 }

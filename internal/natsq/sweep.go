@@ -2,13 +2,13 @@ package natsq
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -29,8 +29,11 @@ import (
 // to redeliver. Any other settle without a recorded result (a worker that acked and
 // crashed, an operator's purge) ends the same way.
 //
-// So every dispatcher keeps, from a watch of the job bucket, the running jobs and when
-// their lease (granted at the claim, for AckWait) is over. Then it reads the job again and
+// So every dispatcher keeps the running jobs and when their lease (granted at the claim,
+// for AckWait) is over: from one read of the job bucket when it starts, then from its own
+// writes, which it knows, and from a watch of the bucket's writes (headers only, as the
+// change feed's): a job another replica wrote is read once, an AckWait after that write,
+// to learn whether it is running. When a lease is over the sweep reads the job again and
 // looks up the message of its delivery by stream sequence (the claim names it): a message
 // still in the work-queue stream is one JetStream will redeliver (or one a worker still
 // heartbeats), so it is left alone and looked at again an AckWait later. A message that is
@@ -70,6 +73,7 @@ type sweeper struct {
 
 	mu      sync.Mutex
 	due     map[string]sweepDue
+	mine    map[string]uint64           // revisions this replica wrote that the watch has not shown yet
 	gone    map[string]goneMark         // jobs seen running with no message, by id
 	streams map[string]jetstream.Stream // by pool
 
@@ -79,7 +83,7 @@ type sweeper struct {
 
 type sweepDue struct {
 	at  time.Time
-	rev uint64 // the record's revision the entry was made from
+	rev uint64 // the revision of the write the entry was made from
 }
 
 // goneMark is when the sweep first saw an attempt (named by its fence) running with its
@@ -90,7 +94,8 @@ type goneMark struct {
 }
 
 func newSweeper(d *Dispatcher) *sweeper {
-	return &sweeper{d: d, due: map[string]sweepDue{}, gone: map[string]goneMark{}, streams: map[string]jetstream.Stream{}}
+	return &sweeper{d: d, due: map[string]sweepDue{}, mine: map[string]uint64{}, gone: map[string]goneMark{},
+		streams: map[string]jetstream.Stream{}}
 }
 
 // sweep runs the sweep every SweepInterval until ctx ends (not at all if it is negative).
@@ -99,6 +104,8 @@ func (d *Dispatcher) sweep(ctx context.Context) {
 		return
 	}
 	sw := newSweeper(d)
+	d.sweeper.Store(sw)
+	defer d.sweeper.Store(nil)
 	done := make(chan struct{})
 	go func() { defer close(done); sw.watch(ctx) }()
 	defer func() { <-done }()
@@ -114,7 +121,7 @@ func (d *Dispatcher) sweep(ctx context.Context) {
 	}
 }
 
-// sweepView is the part of a record the watch needs; inputs and outputs are skipped.
+// sweepView is the part of a record the sweep needs; inputs and outputs are skipped.
 type sweepView struct {
 	Job struct {
 		State api.State `json:"state"`
@@ -124,16 +131,58 @@ type sweepView struct {
 
 func expirable(s api.State) bool { return s == api.StateRunning || s == api.StateCancelRequested }
 
-// watch keeps sw.due up to date with every write of the job bucket, by any replica. The
-// watch starts with every key's latest record, so a lease granted by a replica that has
-// since stopped is swept too. It is restarted if it stops.
+// noteWrite tells the running sweep (if any) of a record this replica has just written.
+func (d *Dispatcher) noteWrite(id string, r Record, rev uint64) {
+	if sw := d.sweeper.Load(); sw != nil {
+		sw.note(id, r.Job.State, r.Lease, rev, true)
+	}
+}
+
+// note schedules job id from its record at revision rev: at the end of its lease if it is
+// running, else not at all. mine says this replica wrote it, so that the watch skips it.
+func (sw *sweeper) note(id string, state api.State, l *Lease, rev uint64, mine bool) {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if mine {
+		if len(sw.mine) >= maxRecent {
+			clear(sw.mine) // a revision forgotten here costs one read
+		}
+		sw.mine[id] = rev
+	}
+	if e, ok := sw.due[id]; ok && e.rev > rev {
+		return // a later write is known
+	}
+	if expirable(state) && l != nil {
+		sw.due[id] = sweepDue{at: l.At.Add(sw.d.o.AckWait), rev: rev}
+		return
+	}
+	delete(sw.due, id)
+	delete(sw.gone, id)
+}
+
+// watch follows the job bucket's writes, headers only, until ctx ends. A write this
+// replica did not make is looked at (read) an AckWait later: before that, a lease it may
+// have granted is not over. Each time the watch starts, the bucket is read once, so that
+// the leases granted before (by any replica, one since stopped included) are known.
 func (sw *sweeper) watch(ctx context.Context) {
 	for ctx.Err() == nil {
-		w, err := sw.d.jobs.WatchAll(ctx)
+		w, err := sw.d.jobs.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly())
 		if err == nil {
-			_ = follow(ctx, w, sw.apply)
-		} else {
-			sw.d.log.Warn("watching the job bucket for the lease sweep failed; retrying", zap.Error(err))
+			done := make(chan struct{})
+			go func() { defer close(done); _ = follow(ctx, w, sw.written) }()
+			err = scanKV(ctx, sw.d.jobs, JobsBucket, ">", func(e jetstream.KeyValueEntry) {
+				var v sweepView
+				if json.Unmarshal(e.Value(), &v) == nil {
+					sw.note(e.Key(), v.Job.State, v.Lease, e.Revision(), false)
+				}
+			})
+			if err != nil && ctx.Err() == nil {
+				_ = w.Stop() // read it all again with a new watch
+			}
+			<-done
+		}
+		if err != nil && ctx.Err() == nil {
+			sw.d.log.Warn("reading the job bucket for the lease sweep failed; retrying", zap.Error(err))
 		}
 		select {
 		case <-ctx.Done():
@@ -142,18 +191,24 @@ func (sw *sweeper) watch(ctx context.Context) {
 	}
 }
 
-func (sw *sweeper) apply(e jetstream.KeyValueEntry) {
-	var v sweepView
-	ok := e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &v) == nil &&
-		expirable(v.Job.State) && v.Lease != nil
+// written takes one write from the watch.
+func (sw *sweeper) written(e jetstream.KeyValueEntry) {
+	id, rev := e.Key(), e.Revision()
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	if !ok {
-		delete(sw.due, e.Key())
-		delete(sw.gone, e.Key())
+	if sw.mine[id] == rev {
+		delete(sw.mine, id) // this replica's own write: noted already
 		return
 	}
-	sw.due[e.Key()] = sweepDue{at: v.Lease.At.Add(sw.d.o.AckWait), rev: e.Revision()}
+	if d, ok := sw.due[id]; ok && d.rev >= rev {
+		return
+	}
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(sw.due, id)
+		delete(sw.gone, id)
+		return
+	}
+	sw.due[id] = sweepDue{at: time.Now().Add(sw.d.o.AckWait), rev: rev}
 }
 
 // tick looks at every job whose time has come.
@@ -174,8 +229,8 @@ func (sw *sweeper) tick(ctx context.Context, now time.Time) {
 		if ctx.Err() != nil {
 			return
 		}
-		r, err := sw.job(ctx, it.id, now)
-		next := time.Time{} // forget it: the watch brings it back if it runs again
+		r, over, err := sw.job(ctx, it.id, now)
+		next := time.Time{} // forget it: a later write brings it back
 		switch {
 		case err != nil:
 			sw.d.log.Warn("sweeping a running job failed; trying again", zap.String("job", it.id), zap.Error(err))
@@ -184,14 +239,16 @@ func (sw *sweeper) tick(ctx context.Context, now time.Time) {
 			next = now.Add(sw.d.o.AckWait)
 		case r == sweepGone:
 			next = now.Add(sw.d.o.SweepGrace)
-		case r == sweepNotDue || r == sweepSuperseded:
+		case r == sweepNotDue:
+			next = over
+		case r == sweepSuperseded:
 			next = now.Add(sw.d.o.SweepInterval)
 		}
 		sw.mu.Lock()
 		if r != sweepGone {
 			delete(sw.gone, it.id)
 		}
-		if e, ok := sw.due[it.id]; ok && e.rev == it.rev { // else the watch has a newer record
+		if e, ok := sw.due[it.id]; ok && e.rev == it.rev { // else a later write is known
 			if next.IsZero() {
 				delete(sw.due, it.id)
 			} else {
@@ -203,23 +260,31 @@ func (sw *sweeper) tick(ctx context.Context, now time.Time) {
 }
 
 // job expires job id's attempt if it is running past its lease and its message has been
-// gone from the stream for SweepGrace.
-func (sw *sweeper) job(ctx context.Context, id string, now time.Time) (sweepResult, error) {
+// gone from the stream for SweepGrace. A job whose lease is not over yet is sweepNotDue
+// until the time returned.
+func (sw *sweeper) job(ctx context.Context, id string, now time.Time) (sweepResult, time.Time, error) {
 	d := sw.d
 	r, _, err := d.record(ctx, id)
 	if client.IsCode(err, api.CodeNotFound) {
-		return sweepNotRunning, nil
+		return sweepNotRunning, time.Time{}, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	l := r.Lease
 	if !expirable(r.Job.State) || l == nil {
-		return sweepNotRunning, nil
+		return sweepNotRunning, time.Time{}, nil
 	}
-	if now.Before(l.At.Add(d.o.AckWait)) {
-		return sweepNotDue, nil
+	if over := l.At.Add(d.o.AckWait); now.Before(over) {
+		return sweepNotDue, over, nil
 	}
+	res, err := sw.expire(ctx, r, now)
+	return res, time.Time{}, err
+}
+
+// expire is job for a running job r whose lease is over.
+func (sw *sweeper) expire(ctx context.Context, r Record, now time.Time) (sweepResult, error) {
+	d, id, l := sw.d, r.Job.ID, r.Lease
 	live, err := sw.live(ctx, r)
 	if err != nil || live {
 		return sweepLive, err
@@ -354,7 +419,7 @@ func (d *Dispatcher) auditExpiry(ctx context.Context, id string, attempt int, st
 	if d.audit == nil {
 		return
 	}
-	detail, _ := json.Marshal(map[string]any{"attempt": attempt, "state": state})
+	detail, _ := marshal(map[string]any{"attempt": attempt, "state": state})
 	e := api.AuditEntry{At: d.o.Now(), Actor: "server", Role: "server", Action: "lease.expire", JobID: id, Detail: detail}
 	if err := d.audit.append(context.WithoutCancel(ctx), e); err != nil {
 		d.log.Error("audit log append failed", zap.String("action", e.Action), zap.String("job", id), zap.Error(err))

@@ -67,13 +67,15 @@ func jobMessages(t testing.TB, js jetstream.JetStream) uint64 {
 // counts its lease live) reports and acks its old delivery. The dispatcher refuses A's
 // result (its fence is stale), but A's ack has settled the message, B's delivery with it.
 // B then dies without a report. No redelivery will ever come: the job must still leave
-// `running` once B's lease is over, and run again on another worker.
+// `running` once B's lease is over, and run again on another worker, once although two
+// control-plane replicas sweep (with their default interval and grace).
 func TestStaleAckThenRedeliveredWorkerDies(t *testing.T) {
 	t.Parallel()
 	const ackWait = time.Second
 	url := startNATS(t).ClientURL()
 	s := newSigner(t)
 	d, nc, _ := startDispatcher(t, url, natsq.Options{AckWait: ackWait})
+	startDispatcher(t, url, natsq.Options{AckWait: ackWait})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -106,13 +108,15 @@ func TestStaleAckThenRedeliveredWorkerDies(t *testing.T) {
 	if c.JobID != id || c.Attempt != b.Attempt+1 {
 		t.Fatalf("worker C leased %s attempt %d, want %s attempt %d", c.JobID, c.Attempt, id, b.Attempt+1)
 	}
-	// B's late report (its fence is the superseded one) is refused; C's is recorded.
 	if _, err := qc.Complete(t.Context(), id, api.CompleteRequest{LeaseToken: c.LeaseToken, Attempt: c.Attempt,
 		Outcome: "ok", Output: []byte(`{"n":1}`)}); err != nil {
 		t.Fatalf("C's Complete = %v", err)
 	}
 	if j := waitState(t, d, id, 20*time.Second, api.StateSucceeded); j.Attempt != c.Attempt {
 		t.Fatalf("succeeded at attempt %d, want %d", j.Attempt, c.Attempt)
+	}
+	if n := jobMessages(t, js); n != 0 {
+		t.Fatalf("the stream still holds %d job messages: the job was requeued more than once", n)
 	}
 }
 
@@ -491,7 +495,7 @@ func TestSweepWaitsForAResultInFlight(t *testing.T) {
 	url := startNATS(t).ClientURL()
 	s := newSigner(t)
 	o := natsq.Options{AckWait: sweepAckWait, SweepInterval: -1, SweepGrace: sweepGrace}
-	d, _, stop := startDispatcher(t, url, o)
+	d, dnc, stop := startDispatcher(t, url, o)
 	const id = "job-in-flight"
 	if _, err := d.Dispatch(t.Context(), s.envelope(t, id, `{"n":1}`, 3)); err != nil {
 		t.Fatal(err)
@@ -510,6 +514,20 @@ func TestSweepWaitsForAResultInFlight(t *testing.T) {
 		return time.Now().After(over)
 	})
 	stop() // no replica records results now
+	// The stopped replica's pull must be gone before the result is published, or the
+	// server could hand the result to it and wait the results consumer's AckWait for an ack.
+	djs, err := jetstream.New(dnc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 40*time.Second, "the stopped replica's pull request to go", func() bool {
+		c, err := djs.Consumer(t.Context(), natsq.ResultsStream, natsq.ResultsConsumer)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(t.Context())
+		return err == nil && info.NumWaiting == 0
+	})
 	if _, err := q.Complete(t.Context(), id, api.CompleteRequest{LeaseToken: l.LeaseToken, Attempt: l.Attempt,
 		Outcome: "ok", Output: []byte(`{"n":1}`)}); err != nil {
 		t.Fatalf("Complete = %v", err)
