@@ -546,3 +546,23 @@ func TestSweepWaitsForAResultInFlight(t *testing.T) {
 		t.Fatalf("sweep after the result = %q, %v; want not running", found, err)
 	}
 }
+
+// TestSweepByAReplicaStartedLater: the replica that granted B's lease does not sweep (as if
+// it had stopped); a replica started after the attack, with its own sweep running, finds the
+// job in its first read of the bucket and expires it once.
+func TestSweepByAReplicaStartedLater(t *testing.T) {
+	t.Parallel()
+	f := newStaleAck(t, 1, 3)
+	d, _, _ := startDispatcher(t, f.url, natsq.Options{AckWait: sweepAckWait, SweepGrace: sweepGrace, SweepInterval: 20 * time.Millisecond})
+	j := waitState(t, d, f.id, 10*time.Second, api.StateQueued)
+	if j.Attempt != f.b.Attempt {
+		t.Fatalf("queued at attempt %d, want %d", j.Attempt, f.b.Attempt)
+	}
+	if n := jobMessages(t, f.js); n != 1 {
+		t.Fatalf("the stream holds %d job messages, want the one republished", n)
+	}
+	c := leaseOne(t, newQueue(t, f.url, sweepAckWait), 10*time.Second, "the job to run again")
+	if c.Attempt != f.b.Attempt+1 {
+		t.Fatalf("leased attempt %d, want %d", c.Attempt, f.b.Attempt+1)
+	}
+}
