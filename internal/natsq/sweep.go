@@ -56,7 +56,7 @@ type sweepResult int
 
 const (
 	sweepNotRunning sweepResult = iota // not running (or gone): nothing to expire
-	sweepNotDue                        // its lease and grace are not over yet
+	sweepNotDue                        // its lease is not over yet
 	sweepLive                          // JetStream still holds its message
 	sweepGone                          // its message is gone; expired if still so after the grace
 	sweepExpired                       // this sweep ended the attempt
@@ -121,7 +121,7 @@ func (d *Dispatcher) sweep(ctx context.Context) {
 	}
 }
 
-// sweepView is the part of a record the sweep needs; inputs and outputs are skipped.
+// sweepView is the part of a record the sweep needs; the rest is not decoded.
 type sweepView struct {
 	Job struct {
 		State api.State `json:"state"`
