@@ -295,21 +295,65 @@ func (b bReport) String() string {
 }
 
 // TestSweepInterleavings generates the interleavings of the stale-ack attack with the
-// sweep: when worker B reports (never, just before the sweep, between the sweep's
-// republish and its write, just after), one or two replicas sweeping at once, and worker
-// A's result arriving again after the sweep. Whatever the order: the attempt is expired
+// sweep: worker A acks before its job is redelivered or after; when worker B reports
+// (never, just before the sweep, between the sweep's republish and its write, just after);
+// one or two replicas sweeping at once; and worker A's result arriving again after the
+// sweep. Whatever the order: the attempt is expired
 // at most once (one republished message), a result under an expired or stale fence is
 // refused, a result recorded before the sweep's write stands, and the job ends succeeded
 // (on B's attempt if its result was recorded, else on a third worker's).
 func TestSweepInterleavings(t *testing.T) {
 	t.Parallel()
-	for _, b := range []bReport{bNever, bBeforeSweep, bDuringSweep, bAfterSweep} {
-		for _, replicas := range []int{1, 2} {
-			t.Run(fmt.Sprintf("B_%s/replicas_%d", b, replicas), func(t *testing.T) {
+	for _, replicas := range []int{1, 2} {
+		for _, b := range []bReport{bNever, bBeforeSweep, bDuringSweep, bAfterSweep} {
+			t.Run(fmt.Sprintf("A_acks_after_redelivery/B_%s/replicas_%d", b, replicas), func(t *testing.T) {
 				t.Parallel()
 				testInterleaving(t, b, replicas)
 			})
 		}
+		t.Run(fmt.Sprintf("A_acks_before_redelivery/replicas_%d", replicas), func(t *testing.T) {
+			t.Parallel()
+			testAckInTime(t, replicas)
+		})
+	}
+}
+
+// testAckInTime: A reports within its lease, so nothing is redelivered; sweeping after the
+// lease is over finds the job finished and changes nothing.
+func testAckInTime(t *testing.T, replicas int) {
+	url := startNATS(t).ClientURL()
+	s := newSigner(t)
+	var sweepers []*natsq.Sweeper
+	var d *natsq.Dispatcher
+	for range replicas {
+		d, _, _ = startDispatcher(t, url, natsq.Options{AckWait: sweepAckWait, SweepInterval: -1, SweepGrace: sweepGrace})
+		sweepers = append(sweepers, d.NewSweeper(nil))
+	}
+	const id = "job-in-time"
+	if _, err := d.Dispatch(t.Context(), s.envelope(t, id, `{"n":1}`, 3)); err != nil {
+		t.Fatal(err)
+	}
+	q := newQueue(t, url, sweepAckWait)
+	a := leaseOne(t, q, 20*time.Second, "worker A's delivery")
+	rec, err := d.Record(t.Context(), id)
+	if err != nil || rec.Lease == nil {
+		t.Fatalf("Record = %v, %v", rec.Lease, err)
+	}
+	if _, err := q.Complete(t.Context(), id, api.CompleteRequest{LeaseToken: a.LeaseToken, Attempt: a.Attempt,
+		Outcome: "ok", Output: []byte(`{"a":true}`)}); err != nil {
+		t.Fatalf("A's Complete = %v", err)
+	}
+	waitState(t, d, id, 10*time.Second, api.StateSucceeded)
+	over := rec.Lease.At.Add(sweepAckWait + sweepGrace)
+	poll(t, 10*time.Second, "A's lease and the grace to be over", func() bool { return time.Now().After(over) })
+	for i, sw := range sweepers {
+		if found, err := sw.Job(t.Context(), id); err != nil || found != "not running" {
+			t.Fatalf("replica %d's sweep = %q, %v; want not running", i, found, err)
+		}
+	}
+	j, err := d.Get(t.Context(), id)
+	if err != nil || j.State != api.StateSucceeded || j.Attempt != a.Attempt || string(j.Output) != `{"a":true}` {
+		t.Fatalf("after the sweep: %s attempt %d output %s, %v; want A's result", j.State, j.Attempt, j.Output, err)
 	}
 }
 
