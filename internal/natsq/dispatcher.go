@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,6 +49,8 @@ type Dispatcher struct {
 	// entry costs one failed write and a fresh read. Reads never use it.
 	cmu    sync.Mutex
 	recent map[string]cachedRecord
+
+	sweeper atomic.Pointer[sweeper] // the running lease sweep, told of this replica's writes (sweep.go)
 }
 
 type cachedRecord struct {
@@ -58,6 +61,7 @@ type cachedRecord struct {
 const maxRecent = 1 << 16
 
 func (d *Dispatcher) remember(id string, r Record, rev uint64) {
+	d.noteWrite(id, r, rev)
 	d.cmu.Lock()
 	defer d.cmu.Unlock()
 	if r.Job.State.Terminal() {
@@ -501,6 +505,8 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 		}()
 	}
 	serve(catalogs, d.handleCatalog) // publications are rare: one handler
+	wg.Add(1)
+	go func() { defer wg.Done(); d.sweep(ctx) }() // running jobs no redelivery will end (sweep.go)
 	for range workers {
 		serve(claims, d.handleClaim)
 	}

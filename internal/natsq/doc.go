@@ -48,6 +48,19 @@
 // a NATS user and inbox prefix can read each other's replies: give each worker its own user
 // and inbox prefix for the binding to hold between workers of one pool.
 //
+// An attempt whose worker went away is normally ended by the next claim of its redelivered
+// message. JetStream settles a message by its stream sequence, though, so a stale delivery's
+// ack (or any settle without a recorded result) can leave a running job with no message to
+// redeliver. Each dispatcher sweeps for those (sweep.go): it knows the running jobs and when
+// their lease is over (from one read of the job bucket at start, its own writes, and a
+// headers-only watch of the others'), looks up the message of the current delivery by the
+// stream sequence its claim named, and expires an attempt whose message is still gone
+// SweepGrace later as SQLite's reaper would (queued again with its envelope republished,
+// dead as a timeout after the last attempt, cancelled if asked), with a compare-and-set
+// that drops the lease. What it costs: a job whose last write another replica made is read
+// once by each replica, an AckWait after that write; a job running past its lease is read
+// with its message once per AckWait.
+//
 // Workers still verify every approval themselves, including the attempt bound and replay,
 // exactly as over HTTP: nothing in this package decides whether a job may run.
 package natsq

@@ -66,6 +66,15 @@ type Options struct {
 	// ClaimTimeout bounds each of a worker's (up to three) tries to claim a pulled job from
 	// the dispatchers before it hands the job back unrun. Optional; default 5s.
 	ClaimTimeout time.Duration
+	// SweepInterval is how often a dispatcher looks for running jobs past their lease whose
+	// message JetStream no longer holds, and expires them as SQLite's reaper does
+	// (sweep.go). Optional; default 1s; negative turns the sweep off (tests drive it).
+	SweepInterval time.Duration
+	// SweepGrace is how long the sweep leaves a running job past its lease (granted at the
+	// claim, for AckWait) whose message it found gone from the stream, for a result
+	// published just before the ack to be recorded, before it expires the attempt.
+	// Optional; default AckWait.
+	SweepGrace time.Duration
 
 	// InboxPrefix is the subject prefix of this connection's replies and pulled messages,
 	// instead of NATS's "_INBOX". A worker user must be allowed to subscribe to its
@@ -107,6 +116,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ClaimTimeout <= 0 {
 		o.ClaimTimeout = 5 * time.Second
+	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Second
+	}
+	if o.SweepGrace <= 0 {
+		o.SweepGrace = o.AckWait
 	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()
