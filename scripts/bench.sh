@@ -47,4 +47,6 @@ run observability ./internal/metrics/ 'BenchmarkPerJobObservability'
 alternate control-plane ./internal/server/ 'BenchmarkSubmitLeaseComplete' 2000x
 run audit-hash ./internal/server/api/ 'BenchmarkAuditHash' 2000x
 run audit-append ./internal/server/ 'BenchmarkAuditAppend' 300x
+alternate worker-dispatch ./internal/worker/ 'BenchmarkDispatch' 1000x
+run replay-store ./approval/ 'BenchmarkSQLiteReplayStore' 2000x
 echo "raw results in $out"
