@@ -85,10 +85,10 @@ func (b sqlBackend) ListJobs(ctx context.Context, q controlplane.ListQuery) (api
 	return b.s.listJobs(ctx, q)
 }
 
-func (b sqlBackend) Next(e controlplane.Event, _ string) <-chan struct{} {
+func (b sqlBackend) Next(e controlplane.Event, id string) <-chan struct{} {
 	switch e {
 	case controlplane.JobEnded:
-		return b.s.finished.wait()
+		return b.s.finished.wait(id)
 	case controlplane.WorkQueued:
 		return b.s.queued.wait()
 	}

@@ -25,6 +25,8 @@ type Store struct {
 	rdb    *sql.DB              // read pool (query_only), beside the single writer connection
 	rstmts map[string]*sql.Stmt // hot SELECTs prepared on rdb
 
+	toks tokenCache // tokens verified lately (tokens.go)
+
 	writes     chan write    // transactions waiting for the writer (unbuffered)
 	waiting    atomic.Int32  // senders blocked on writes
 	closed     chan struct{} // closed by Close
@@ -244,7 +246,8 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	}
 	rdb.SetMaxOpenConns(4)
 	rdb.SetMaxIdleConns(4)
-	s := &Store{db: db, rdb: rdb, writes: make(chan write), closed: make(chan struct{}), writerDone: make(chan struct{})}
+	s := &Store{db: db, rdb: rdb, writes: make(chan write), closed: make(chan struct{}), writerDone: make(chan struct{}),
+		toks: tokenCache{now: time.Now}}
 	go s.writer()
 	if err := s.migrate(ctx); err != nil {
 		rdb.Close()
