@@ -402,6 +402,7 @@ func (s *Store) commit(batch []write) {
 		return
 	}
 	t := &txn{tx: tx, s: s}
+	bg := context.Background()
 	if len(batch) == 1 { // no savepoint needed: the transaction is the body
 		if err := run(batch[0], t); err != nil {
 			_ = tx.Rollback()
@@ -412,13 +413,13 @@ func (s *Store) commit(batch []write) {
 		return
 	}
 	for i, w := range batch {
-		if _, err := tx.Exec(`SAVEPOINT w`); err != nil {
+		if _, err := t.ExecContext(bg, qSavepoint); err != nil {
 			errs[i] = err
 			continue
 		}
 		if err := run(w, t); err != nil {
 			errs[i] = err
-			if _, rerr := tx.Exec(`ROLLBACK TO w`); rerr != nil {
+			if _, rerr := t.ExecContext(bg, qRollbackTo); rerr != nil {
 				// The transaction is unusable: fail the whole batch rather than commit a
 				// half-undone body.
 				_ = tx.Rollback()
@@ -431,7 +432,7 @@ func (s *Store) commit(batch []write) {
 				return
 			}
 		}
-		_, _ = tx.Exec(`RELEASE w`)
+		_, _ = t.ExecContext(bg, qRelease)
 	}
 	cerr := tx.Commit()
 	for i := range errs {
@@ -441,6 +442,13 @@ func (s *Store) commit(batch []write) {
 	}
 	answer(errs)
 }
+
+// The savepoint statements of a batch, prepared like the hot path's (stmts.go).
+var (
+	qSavepoint  = hot(`SAVEPOINT w`)
+	qRollbackTo = hot(`ROLLBACK TO w`)
+	qRelease    = hot(`RELEASE w`)
+)
 
 // run runs one body, turning a panic into an error so that the writer survives it.
 func run(w write, t *txn) (err error) {
