@@ -65,6 +65,9 @@ func (b sqlBackend) Submit(ctx context.Context, p Principal, sub controlplane.Su
 }
 
 func (b sqlBackend) Job(ctx context.Context, id string) (api.Job, error) {
+	if j, ok := b.s.ended.get(id); ok {
+		return j, nil
+	}
 	j, err := readJob(ctx, b.s.store, id)
 	return j.Job, err
 }

@@ -472,6 +472,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 	req, code, output := c.CompleteRequest, c.Code, c.Output
 	var out api.CompleteResponse
 	var task, pool string
+	var ended api.Job // the job as the completion left it
 	err := s.store.tx(ctx, func(tx *txn) error {
 		// Only what the completion needs: the whole row carries the input, copied for nothing.
 		var j api.Job
@@ -495,16 +496,17 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 		}
 		// The fence: only the current lease token and attempt of a leased job, from the
 		// worker that took it, once.
-		res, err := tx.ExecContext(ctx, qCompleteJob,
+		jr, err := scanJob(tx.QueryRowContext(ctx, qCompleteJob,
 			string(next), string(code), output, req.ErrorMessage, req.DurationMS, req.ModuleDigest, notBefore, nowMS, finished,
-			string(next), id, hashLease(req.LeaseToken), req.Attempt, p.TokenID, nowMS)
+			string(next), id, hashLease(req.LeaseToken), req.Attempt, p.TokenID, nowMS))
+		if errors.Is(err, sql.ErrNoRows) {
+			return errf(http.StatusConflict, api.CodeLeaseConflict, "job %s: lease token or attempt %d is not this worker's current lease (expired, re-leased, taken by another worker, or already completed); nothing was recorded", id, req.Attempt)
+		}
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return errf(http.StatusConflict, api.CodeLeaseConflict, "job %s: lease token or attempt %d is not this worker's current lease (expired, re-leased, taken by another worker, or already completed); nothing was recorded", id, req.Attempt)
-		}
-		res, err = tx.ExecContext(ctx, qCompleteAttempt,
+		ended = jr.Job
+		res, err := tx.ExecContext(ctx, qCompleteAttempt,
 			nowMS, string(code), req.ErrorMessage, req.DurationMS, req.ModuleDigest, id, req.Attempt)
 		if err != nil {
 			return err
@@ -537,6 +539,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 	if out.State == api.StateQueued {
 		s.queued.broadcast()
 	} else {
+		s.ended.put(ended) // before the wake-up: the waits read it from there
 		s.finished.fire(id)
 	}
 	s.changed.broadcast()
@@ -655,7 +658,8 @@ var qCompleteJob = hot(`UPDATE jobs SET state = ?, outcome = ?, output = ?, erro
 			duration_ms = ?, module_digest = ?, not_before = ?, updated_at = ?, finished_at = ?,
 			lease_expires_at = NULL,
 			lease_hash = CASE WHEN ? = 'queued' THEN NULL ELSE lease_hash END
-			WHERE id = ? AND lease_hash = ? AND attempt = ? AND leased_by = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?`)
+			WHERE id = ? AND lease_hash = ? AND attempt = ? AND leased_by = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?
+			RETURNING ` + jobColumns)
 var qCompleteAttempt = hot(`UPDATE job_attempts SET finished_at = ?, end_reason = 'completed', outcome = ?, error_message = ?,
 			duration_ms = ?, module_digest = ? WHERE job_id = ? AND attempt = ? AND finished_at IS NULL`)
 var qExpiredLeases = hot(`SELECT id, state, attempt, max_attempts FROM jobs

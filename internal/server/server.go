@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/internal/controlplane"
+	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
 // Server is the control plane. Create it with New, run it with Serve, stop it by
@@ -25,6 +26,7 @@ type Server struct {
 	finished jobNotifier // a job reached a terminal state, by job
 	changed  notifier    // a job was created or changed state: list long-polls recheck
 	plans    planHint    // whether a plan may be active, so that most job changes skip the plan read
+	ended    endedJobs   // jobs a completion just ended, for the waits it wakes
 	closing  chan struct{}
 	closeMu  sync.Once
 	cp       *controlplane.Server // the /v1 layer over this server's store (backend.go)
@@ -200,6 +202,40 @@ func (n *jobNotifier) fire(ids ...string) {
 			delete(n.jobs, id)
 		}
 	}
+}
+
+// endedJobs holds the jobs completions ended lately, as the completion's UPDATE returned
+// them, so that the waits a completion wakes answer without reading the job again. A job in
+// a terminal state never changes again (no transition leaves one), so an entry cannot go
+// stale; only jobs small enough are kept, and the whole map starts over when full, so it
+// holds at most maxEndedJobs × maxEndedJobBytes.
+type endedJobs struct {
+	mu   sync.Mutex
+	jobs map[string]api.Job
+}
+
+const (
+	maxEndedJobs     = 1024
+	maxEndedJobBytes = 16 << 10 // input and output together
+)
+
+func (e *endedJobs) put(j api.Job) {
+	if !j.State.Terminal() || len(j.Input)+len(j.Output) > maxEndedJobBytes {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.jobs == nil || len(e.jobs) >= maxEndedJobs {
+		e.jobs = make(map[string]api.Job, maxEndedJobs)
+	}
+	e.jobs[j.ID] = j
+}
+
+func (e *endedJobs) get(id string) (api.Job, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	j, ok := e.jobs[id]
+	return j, ok
 }
 
 // planHint lets ActivePlans answer "none" without a read. The layer moves the active plans

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/server/api"
+	"github.com/castellan-dev/castellan/outcome"
 )
 
 // TestEveryEndWakesItsWait: a wait on a job is woken by that job's end, whichever way it
@@ -191,6 +192,59 @@ func TestSubmitAnswersTheStoredJob(t *testing.T) {
 		b, _ := json.Marshal(stored)
 		if string(a) != string(b) {
 			t.Errorf("%s: submit answered\n%s\nthe stored job is\n%s", name, a, b)
+		}
+	}
+}
+
+// TestEndedJobIsTheStoredJob: the job a wait or a read answers after a completion (kept
+// from the completion's own UPDATE, not read again) is the stored job, field for field,
+// for every way a completion leaves a job; one queued again for a retry is read afresh.
+func TestEndedJobIsTheStoredJob(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	yes, no := true, false
+	for _, c := range []struct {
+		name   string
+		req    api.CompleteRequest
+		cancel bool
+		want   api.State
+	}{
+		{"succeeded", api.CompleteRequest{Outcome: "ok", Output: json.RawMessage(`{"x": [1, 2]}`), DurationMS: 7, ModuleDigest: "sha256:ab"}, false, api.StateSucceeded},
+		{"failed", api.CompleteRequest{Outcome: string(outcome.Timeout), ErrorMessage: "slow", Retryable: &no}, false, api.StateFailed},
+		{"retry", api.CompleteRequest{Outcome: string(outcome.Timeout), ErrorMessage: "slow", Retryable: &yes}, false, api.StateQueued},
+		{"cancelled", api.CompleteRequest{Outcome: "cancelled"}, true, api.StateCancelled},
+	} {
+		j, err := e.client.Submit(ctx, api.SubmitRequest{Task: "echo", Pool: "alpha", Input: json.RawMessage(`{"n":1}`), Approval: fakeJWS("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lj := e.leaseOne(ctx, e.worker)
+		if c.cancel {
+			if _, err := e.client.Cancel(ctx, j.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.req.LeaseToken, c.req.Attempt = lj.LeaseToken, lj.Attempt
+		if _, err := e.worker.Complete(ctx, j.ID, c.req); err != nil {
+			t.Fatalf("%s: Complete = %v", c.name, err)
+		}
+		_, kept := e.s.ended.get(j.ID)
+		if kept != c.want.Terminal() {
+			t.Errorf("%s: kept for the waits = %v, want %v", c.name, kept, c.want.Terminal())
+		}
+		got, err := e.client.WaitOnce(ctx, j.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, err := readJob(ctx, e.s.store, j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := json.Marshal(got)
+		b, _ := json.Marshal(stored.Job)
+		if got.State != c.want || string(a) != string(b) {
+			t.Errorf("%s: the wait answered\n%s\nthe stored job is\n%s", c.name, a, b)
 		}
 	}
 }
