@@ -19,11 +19,14 @@ func recordAuditHead(ctx context.Context, tx *txn, workerID string, h *api.Audit
 	if h == nil {
 		return nil
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO audit_heads(worker_id, seq, hash, reported_at) VALUES (?,?,?,?)
-		ON CONFLICT(worker_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, reported_at = excluded.reported_at
-		WHERE excluded.seq > audit_heads.seq`, workerID, int64(h.Seq), h.Hash, nowMS)
+	_, err := tx.ExecContext(ctx, qRecordAuditHead, workerID, int64(h.Seq), h.Hash, nowMS)
 	return err
 }
+
+// qRecordAuditHead runs with every completion that carries a head (see stmts.go).
+var qRecordAuditHead = hot(`INSERT INTO audit_heads(worker_id, seq, hash, reported_at) VALUES (?,?,?,?)
+		ON CONFLICT(worker_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, reported_at = excluded.reported_at
+		WHERE excluded.seq > audit_heads.seq`)
 
 // workerAuditHead is GET /v1/workers/{id}/audit-head; id is the worker id or its name.
 func (s *Server) workerAuditHead(ctx context.Context, id string) (api.WorkerAuditHead, error) {

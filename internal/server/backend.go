@@ -65,6 +65,9 @@ func (b sqlBackend) Submit(ctx context.Context, p Principal, sub controlplane.Su
 }
 
 func (b sqlBackend) Job(ctx context.Context, id string) (api.Job, error) {
+	if j, ok := b.s.ended.get(id); ok {
+		return j, nil
+	}
 	j, err := readJob(ctx, b.s.store, id)
 	return j.Job, err
 }
@@ -85,10 +88,10 @@ func (b sqlBackend) ListJobs(ctx context.Context, q controlplane.ListQuery) (api
 	return b.s.listJobs(ctx, q)
 }
 
-func (b sqlBackend) Next(e controlplane.Event, _ string) <-chan struct{} {
+func (b sqlBackend) Next(e controlplane.Event, id string) <-chan struct{} {
 	switch e {
 	case controlplane.JobEnded:
-		return b.s.finished.wait()
+		return b.s.finished.wait(id)
 	case controlplane.WorkQueued:
 		return b.s.queued.wait()
 	}

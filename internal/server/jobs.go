@@ -168,9 +168,12 @@ func (s *Server) submit(ctx context.Context, p Principal, sub controlplane.Submi
 				return err
 			}
 		}
-		jr, err := readJob(ctx, tx, id)
-		out, created = jr.Job, true
-		return err
+		// The job as a read of its row would return it, without the read.
+		out = api.Job{ID: id, Task: sub.Task, TaskVersion: sub.TaskVersion, Pool: pool, State: state, Input: sub.Input,
+			HasApproval: sub.Approval != "", MaxAttempts: sub.MaxAttempts, IdempotencyKey: sub.IdempotencyKey,
+			SubmittedBy: p.TokenID, SubmittedByName: sub.SubmittedByName, CreatedAt: msTime(now), UpdatedAt: msTime(now)}
+		created = true
+		return nil
 	})
 	if err != nil {
 		return api.Job{}, false, err
@@ -258,7 +261,7 @@ func (s *Server) deny(ctx context.Context, p Principal, id, reason string) (api.
 	if err == nil {
 		s.step(ctx, "deny", id, out.Task)
 		s.record(auditlog.Action{Type: auditlog.ActionDenied, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
-		s.finished.broadcast()
+		s.finished.fire(id)
 		s.changed.broadcast()
 	}
 	return out, err
@@ -304,7 +307,7 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 		s.changed.broadcast()
 	}
 	if err == nil && done {
-		s.finished.broadcast()
+		s.finished.fire(id)
 	}
 	return out, err
 }
@@ -388,18 +391,14 @@ func (s *Server) leaseOnce(ctx context.Context, p Principal, max int) ([]api.Lea
 		expires := now.Add(s.cfg.LeaseTTL)
 		for i, id := range ids {
 			tok := newLeaseToken()
-			res, err := tx.ExecContext(ctx, qLeaseJob,
-				hashLease(tok), expires.UnixMilli(), p.TokenID, now.UnixMilli(), id)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n != 1 {
-				continue
-			}
 			var lj api.LeasedJob
 			var input []byte
-			if err := tx.QueryRowContext(ctx, qLeasedJob, id).
-				Scan(&lj.JobID, &lj.Task, &lj.TaskVersion, &lj.Pool, &input, &lj.Approval, &lj.Attempt, &lj.MaxAttempts, &lj.TraceParent); err != nil {
+			err := tx.QueryRowContext(ctx, qLeaseJob, hashLease(tok), expires.UnixMilli(), p.TokenID, now.UnixMilli(), id).
+				Scan(&lj.JobID, &lj.Task, &lj.TaskVersion, &lj.Pool, &input, &lj.Approval, &lj.Attempt, &lj.MaxAttempts, &lj.TraceParent)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // no longer queued
+			}
+			if err != nil {
 				return err
 			}
 			lj.Input = input
@@ -473,8 +472,14 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 	req, code, output := c.CompleteRequest, c.Code, c.Output
 	var out api.CompleteResponse
 	var task, pool string
+	var ended api.Job // the job as the completion left it
 	err := s.store.tx(ctx, func(tx *txn) error {
-		j, err := visibleJob(ctx, tx, p, id)
+		// Only what the completion needs: the whole row carries the input, copied for nothing.
+		var j api.Job
+		err := tx.QueryRowContext(ctx, qJobToComplete, id).Scan(&j.Pool, &j.Task, &j.State, &j.Attempt, &j.MaxAttempts)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.CanPool(j.Pool)) {
+			return controlplane.NoJob(id)
+		}
 		if err != nil {
 			return err
 		}
@@ -491,16 +496,17 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 		}
 		// The fence: only the current lease token and attempt of a leased job, from the
 		// worker that took it, once.
-		res, err := tx.ExecContext(ctx, qCompleteJob,
+		jr, err := scanJob(tx.QueryRowContext(ctx, qCompleteJob,
 			string(next), string(code), output, req.ErrorMessage, req.DurationMS, req.ModuleDigest, notBefore, nowMS, finished,
-			string(next), id, hashLease(req.LeaseToken), req.Attempt, p.TokenID, nowMS)
+			string(next), id, hashLease(req.LeaseToken), req.Attempt, p.TokenID, nowMS))
+		if errors.Is(err, sql.ErrNoRows) {
+			return errf(http.StatusConflict, api.CodeLeaseConflict, "job %s: lease token or attempt %d is not this worker's current lease (expired, re-leased, taken by another worker, or already completed); nothing was recorded", id, req.Attempt)
+		}
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return errf(http.StatusConflict, api.CodeLeaseConflict, "job %s: lease token or attempt %d is not this worker's current lease (expired, re-leased, taken by another worker, or already completed); nothing was recorded", id, req.Attempt)
-		}
-		res, err = tx.ExecContext(ctx, qCompleteAttempt,
+		ended = jr.Job
+		res, err := tx.ExecContext(ctx, qCompleteAttempt,
 			nowMS, string(code), req.ErrorMessage, req.DurationMS, req.ModuleDigest, id, req.Attempt)
 		if err != nil {
 			return err
@@ -533,7 +539,8 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 	if out.State == api.StateQueued {
 		s.queued.broadcast()
 	} else {
-		s.finished.broadcast()
+		s.ended.put(ended) // before the wake-up: the waits read it from there
+		s.finished.fire(id)
 	}
 	s.changed.broadcast()
 	return out, nil
@@ -542,10 +549,11 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 // reap requeues (or ends) jobs whose lease expired without a completion.
 func (s *Server) reap(ctx context.Context) (int, error) {
 	var n int
-	var requeued, ended bool
+	var requeued bool
+	var ended []string
 	var expired []auditlog.Action
 	err := s.store.tx(ctx, func(tx *txn) error {
-		expired = expired[:0]
+		expired, ended, requeued = expired[:0], ended[:0], false
 		now := s.cfg.Now().UnixMilli()
 		rows, err := tx.QueryContext(ctx, qExpiredLeases, now)
 		if err != nil {
@@ -586,7 +594,7 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 				args = []any{now, e.id}
 				requeued = true
 			} else {
-				ended = true
+				ended = append(ended, e.id)
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
@@ -613,8 +621,8 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 	if requeued {
 		s.queued.broadcast()
 	}
-	if ended {
-		s.finished.broadcast()
+	if err == nil {
+		s.finished.fire(ended...)
 	}
 	if n > 0 {
 		s.changed.broadcast()
@@ -634,10 +642,13 @@ var qCancelRequest = hot(`UPDATE jobs SET state = 'cancel_requested', updated_at
 var qDueJobs = hot(`SELECT id, MAX(j.updated_at, j.not_before) FROM jobs j WHERE j.pool = ? AND j.state = 'queued' AND j.not_before <= ?
 			AND EXISTS (SELECT 1 FROM worker_tasks wt WHERE wt.token_id = ? AND wt.name = j.task AND wt.version = j.task_version)
 			ORDER BY j.seq LIMIT ?`)
+
+// qLeaseJob leases a job and returns what the worker is handed, in one statement.
 var qLeaseJob = hot(`UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_hash = ?,
-				lease_expires_at = ?, leased_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'`)
-var qLeasedJob = hot(`SELECT id, task, task_version, pool, input, approval, attempt, max_attempts, traceparent FROM jobs WHERE id = ?`)
+				lease_expires_at = ?, leased_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'
+				RETURNING id, task, task_version, pool, input, approval, attempt, max_attempts, traceparent`)
 var qInsertAttempt = hot(`INSERT INTO job_attempts(job_id, attempt, leased_by, leased_at) VALUES (?,?,?,?)`)
+var qJobToComplete = hot(`SELECT pool, task, state, attempt, max_attempts FROM jobs WHERE id = ?`)
 var qJobByLease = hot(`SELECT id, pool, state, lease_expires_at, leased_by FROM jobs WHERE lease_hash = ?`)
 var qExtendLease = hot(`UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?`)
 
@@ -647,7 +658,8 @@ var qCompleteJob = hot(`UPDATE jobs SET state = ?, outcome = ?, output = ?, erro
 			duration_ms = ?, module_digest = ?, not_before = ?, updated_at = ?, finished_at = ?,
 			lease_expires_at = NULL,
 			lease_hash = CASE WHEN ? = 'queued' THEN NULL ELSE lease_hash END
-			WHERE id = ? AND lease_hash = ? AND attempt = ? AND leased_by = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?`)
+			WHERE id = ? AND lease_hash = ? AND attempt = ? AND leased_by = ? AND state IN ('running', 'cancel_requested') AND lease_expires_at > ?
+			RETURNING ` + jobColumns)
 var qCompleteAttempt = hot(`UPDATE job_attempts SET finished_at = ?, end_reason = 'completed', outcome = ?, error_message = ?,
 			duration_ms = ?, module_digest = ? WHERE job_id = ? AND attempt = ? AND finished_at IS NULL`)
 var qExpiredLeases = hot(`SELECT id, state, attempt, max_attempts FROM jobs

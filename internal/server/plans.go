@@ -69,6 +69,10 @@ func (b sqlBackend) CreatePlan(ctx context.Context, rec controlplane.PlanRecord)
 		}
 		return audit(ctx, tx, rec.CreatedAt, rec.CreatedBy, "", "plan.submit", "", auditDetail(map[string]any{"plan": rec.ID, "steps": rec.Steps}))
 	})
+	if err == nil && created {
+		b.s.plans.created()
+		b.s.changed.broadcast() // a move made between the commit and created() skipped it
+	}
 	return out, created, err
 }
 
@@ -110,7 +114,21 @@ func (b sqlBackend) AttachPlanApproval(ctx context.Context, p controlplane.Princ
 }
 
 func (b sqlBackend) ActivePlans(ctx context.Context) ([]string, error) {
-	rows, err := b.s.store.rdb.QueryContext(ctx, `SELECT id FROM plans WHERE ended = 0 ORDER BY created_at`)
+	none, gen := b.s.plans.noneActive()
+	if none {
+		return nil, nil
+	}
+	ids, err := b.activePlans(ctx)
+	if err == nil && len(ids) == 0 {
+		b.s.plans.foundNone(gen)
+	}
+	return ids, err
+}
+
+var qActivePlans = hot(`SELECT id FROM plans WHERE ended = 0 ORDER BY created_at`)
+
+func (b sqlBackend) activePlans(ctx context.Context) ([]string, error) {
+	rows, err := b.s.store.rstmts[qActivePlans].QueryContext(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/castellan-dev/castellan/internal/controlplane"
+	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
 // Server is the control plane. Create it with New, run it with Serve, stop it by
@@ -21,9 +22,11 @@ type Server struct {
 	cfg      Config
 	log      *zap.Logger
 	store    *Store
-	queued   notifier // new leasable work: submit, approve, requeue, catalog
-	finished notifier // a job reached a terminal state
-	changed  notifier // a job was created or changed state: list long-polls recheck
+	queued   notifier    // new leasable work: submit, approve, requeue, catalog
+	finished jobNotifier // a job reached a terminal state, by job
+	changed  notifier    // a job was created or changed state: list long-polls recheck
+	plans    planHint    // whether a plan may be active, so that most job changes skip the plan read
+	ended    endedJobs   // jobs a completion just ended, for the waits it wakes
 	closing  chan struct{}
 	closeMu  sync.Once
 	cp       *controlplane.Server // the /v1 layer over this server's store (backend.go)
@@ -154,6 +157,119 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback()
+}
+
+// jobNotifier wakes the waits of one job: a completion wakes only the waits on that job,
+// not every parked wait (at 32 clients each waiting on its own job, a broadcast made every
+// completion cost 32 reads of jobs that had not changed).
+type jobNotifier struct {
+	mu   sync.Mutex
+	jobs map[string]chan struct{} // closed when that job ends
+}
+
+// maxJobWaitKeys bounds the channels held for waits that ended without their job ending
+// (a wait that timed out, a job that does not exist); past it every waiter is woken (they
+// read again and take a fresh channel) and the map starts over.
+const maxJobWaitKeys = 1 << 16
+
+func (n *jobNotifier) init() { n.jobs = map[string]chan struct{}{} }
+
+// wait returns the channel closed when job id next ends.
+func (n *jobNotifier) wait(id string) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ch, ok := n.jobs[id]
+	if !ok {
+		if len(n.jobs) >= maxJobWaitKeys {
+			for k, c := range n.jobs {
+				close(c)
+				delete(n.jobs, k)
+			}
+		}
+		ch = make(chan struct{})
+		n.jobs[id] = ch
+	}
+	return ch
+}
+
+// fire wakes the waits on each of ids.
+func (n *jobNotifier) fire(ids ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, id := range ids {
+		if ch, ok := n.jobs[id]; ok {
+			close(ch)
+			delete(n.jobs, id)
+		}
+	}
+}
+
+// endedJobs holds the jobs completions ended lately, as the completion's UPDATE returned
+// them, so that the waits a completion wakes answer without reading the job again. A job in
+// a terminal state never changes again (no transition leaves one), so an entry cannot go
+// stale; only jobs small enough are kept, and the whole map starts over when full, so it
+// holds at most maxEndedJobs × maxEndedJobBytes.
+type endedJobs struct {
+	mu   sync.Mutex
+	jobs map[string]api.Job
+}
+
+const (
+	maxEndedJobs     = 1024
+	maxEndedJobBytes = 16 << 10 // input and output together
+)
+
+func (e *endedJobs) put(j api.Job) {
+	if !j.State.Terminal() || len(j.Input)+len(j.Output) > maxEndedJobBytes {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.jobs == nil || len(e.jobs) >= maxEndedJobs {
+		e.jobs = make(map[string]api.Job, maxEndedJobs)
+	}
+	e.jobs[j.ID] = j
+}
+
+func (e *endedJobs) get(id string) (api.Job, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	j, ok := e.jobs[id]
+	return j, ok
+}
+
+// planHint lets ActivePlans answer "none" without a read. The layer moves the active plans
+// on at every job change (three per job); with no plan active that was a query per change.
+// Only this process creates plans (CreatePlan), so once a read found none, none are active
+// until the next CreatePlan. gen orders the two: a read that began before a plan was
+// created may not record "none" after it.
+type planHint struct {
+	mu   sync.Mutex
+	gen  uint64
+	none bool // no plan is active (false at start: unknown)
+}
+
+func (h *planHint) noneActive() (none bool, gen uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.none, h.gen
+}
+
+// foundNone records a read, begun at gen, that found no active plan.
+func (h *planHint) foundNone(gen uint64) {
+	h.mu.Lock()
+	if h.gen == gen {
+		h.none = true
+	}
+	h.mu.Unlock()
+}
+
+// created records a new plan; call it after its transaction commits.
+func (h *planHint) created() {
+	h.mu.Lock()
+	h.gen++
+	h.none = false
+	h.mu.Unlock()
 }
 
 // notifier is a broadcast: waiters take the current channel, broadcast closes it.

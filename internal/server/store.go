@@ -25,6 +25,8 @@ type Store struct {
 	rdb    *sql.DB              // read pool (query_only), beside the single writer connection
 	rstmts map[string]*sql.Stmt // hot SELECTs prepared on rdb
 
+	toks tokenCache // tokens verified lately (tokens.go)
+
 	writes     chan write    // transactions waiting for the writer (unbuffered)
 	waiting    atomic.Int32  // senders blocked on writes
 	closed     chan struct{} // closed by Close
@@ -244,7 +246,8 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	}
 	rdb.SetMaxOpenConns(4)
 	rdb.SetMaxIdleConns(4)
-	s := &Store{db: db, rdb: rdb, writes: make(chan write), closed: make(chan struct{}), writerDone: make(chan struct{})}
+	s := &Store{db: db, rdb: rdb, writes: make(chan write), closed: make(chan struct{}), writerDone: make(chan struct{}),
+		toks: tokenCache{now: time.Now}}
 	go s.writer()
 	if err := s.migrate(ctx); err != nil {
 		rdb.Close()
@@ -399,6 +402,7 @@ func (s *Store) commit(batch []write) {
 		return
 	}
 	t := &txn{tx: tx, s: s}
+	bg := context.Background()
 	if len(batch) == 1 { // no savepoint needed: the transaction is the body
 		if err := run(batch[0], t); err != nil {
 			_ = tx.Rollback()
@@ -409,13 +413,13 @@ func (s *Store) commit(batch []write) {
 		return
 	}
 	for i, w := range batch {
-		if _, err := tx.Exec(`SAVEPOINT w`); err != nil {
+		if _, err := t.ExecContext(bg, qSavepoint); err != nil {
 			errs[i] = err
 			continue
 		}
 		if err := run(w, t); err != nil {
 			errs[i] = err
-			if _, rerr := tx.Exec(`ROLLBACK TO w`); rerr != nil {
+			if _, rerr := t.ExecContext(bg, qRollbackTo); rerr != nil {
 				// The transaction is unusable: fail the whole batch rather than commit a
 				// half-undone body.
 				_ = tx.Rollback()
@@ -428,7 +432,7 @@ func (s *Store) commit(batch []write) {
 				return
 			}
 		}
-		_, _ = tx.Exec(`RELEASE w`)
+		_, _ = t.ExecContext(bg, qRelease)
 	}
 	cerr := tx.Commit()
 	for i := range errs {
@@ -438,6 +442,13 @@ func (s *Store) commit(batch []write) {
 	}
 	answer(errs)
 }
+
+// The savepoint statements of a batch, prepared like the hot path's (stmts.go).
+var (
+	qSavepoint  = hot(`SAVEPOINT w`)
+	qRollbackTo = hot(`ROLLBACK TO w`)
+	qRelease    = hot(`RELEASE w`)
+)
 
 // run runs one body, turning a panic into an error so that the writer survives it.
 func run(w write, t *txn) (err error) {
