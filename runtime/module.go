@@ -103,6 +103,9 @@ func (m *Module) close(ctx context.Context) error {
 			return
 		}
 		err = m.rt.Close(ctx)
+		if m.img != nil && m.img.file != nil {
+			m.img.file.close()
+		}
 	})
 	return err
 }
