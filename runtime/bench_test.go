@@ -83,6 +83,42 @@ func BenchmarkJob(b *testing.B) {
 	b.Run("go/snapshot-back-to-back", func(b *testing.B) { benchBackToBack(b, goecho, false) })
 }
 
+// BenchmarkSnapshotImage compares the two ways a Go module's instance starts from its
+// snapshot: mapping the image copy-on-write (Linux) and copying it into a buffer. Run with
+// -count so that the two alternate:
+//
+//	go test -run '^$' -bench SnapshotImage -benchtime 2000x -count 4 ./runtime/
+func BenchmarkSnapshotImage(b *testing.B) {
+	goecho := wasmbuild.Go(b, "runtime/testdata/goecho")
+	for _, copying := range []bool{false, true} {
+		name := "mapped"
+		if copying {
+			name = "copied"
+		}
+		b.Run(name, func(b *testing.B) {
+			e := newEngine(b)
+			if copying {
+				runtime.CopyImages(e)
+			}
+			m, err := e.Load(context.Background(), runtime.ModuleConfig{Name: "bench", Wasm: goecho, NoPool: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if runtime.ImageMapped(m) == copying && runtime.MapsImages {
+				b.Fatalf("ImageMapped = %v with copying %v", !copying, copying)
+			}
+			in := []byte(`{"customer_id":"42"}`)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if res := m.Run(context.Background(), runtime.Job{ID: "b", Input: in}); res.Err != nil {
+					b.Fatal(res.Err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkHTTPCall compares one scoped HTTP call made by a task through the host (policy
 // checks, credential injection, streamed redaction, audit) with the same request made by
 // native Go net/http against the same loopback server. The sandbox side makes 100 calls per job

@@ -60,6 +60,10 @@ type Engine struct {
 	mu     sync.Mutex
 	closed bool
 	mods   map[*Module]struct{}
+
+	// copyImages makes snapshot instances copy the image even where they could map it, so
+	// that tests cover both ways. Set only before the first Load.
+	copyImages bool
 }
 
 // NewEngine returns an Engine. Close it to release every module and the cache.
@@ -432,8 +436,15 @@ func (e *Engine) Load(ctx context.Context, cfg ModuleConfig) (*Module, error) {
 		} else {
 			m.img, m.snapshot = im, true
 			rw.data = nil // only instances that run _initialize start from it
+			mapped := false
+			if !e.copyImages {
+				if im.file, err = newImageFile(im); err != nil {
+					m.log.Info("snapshot instances copy the image (no copy-on-write mapping)", zap.String("reason", err.Error()))
+				}
+				mapped = im.file != nil
+			}
 			m.log.Info("snapshot of _initialize taken", zap.Uint32("pages", im.pages), zap.Int("bytes", im.bytes()),
-				zap.Int("ranges", len(im.ranges)), zap.Duration("took", time.Since(start)))
+				zap.Int("ranges", len(im.ranges)), zap.Bool("mapped", mapped), zap.Duration("took", time.Since(start)))
 		}
 		maxBuffer = max(maxBuffer, 2*m.img.size())
 	}

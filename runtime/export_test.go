@@ -19,3 +19,13 @@ func CachedMemory(m *Module) uint64 {
 	defer m.memCache.mu.Unlock()
 	return m.memCache.held
 }
+
+// CopyImages makes e's snapshot instances copy their image instead of mapping it. Call it
+// before e loads anything.
+func CopyImages(e *Engine) { e.copyImages = true }
+
+// ImageMapped reports whether m's instances map their image copy-on-write.
+func ImageMapped(m *Module) bool { return m.img != nil && m.img.file != nil }
+
+// MapsImages reports whether this build maps images (Linux on amd64 or arm64).
+const MapsImages = mapsImages

@@ -25,6 +25,9 @@ type linearMemory struct {
 	// img, when set, is written into the buffer when it is allocated (snapshot.go): the
 	// buffer then holds the image up to img's size, and zeros after it.
 	img *image
+	// mapped, when set, is the memory instead of buf's own array: a private mapping of img's
+	// file (imagemap_linux.go), unmapped by release.
+	mapped *mapping
 }
 
 var _ experimental.MemoryAllocator = (*linearMemory)(nil)
@@ -35,6 +38,10 @@ func (l *linearMemory) Allocate(capacity, _ uint64) experimental.LinearMemory {
 	}
 	if capacity > l.limit {
 		capacity = l.limit
+	}
+	if l.img != nil && l.img.file != nil && l.img.size() <= capacity && l.mapFor(l.img.file) {
+		l.buf = l.mapped.bytes(0)
+		return l
 	}
 	if l.img != nil && l.img.size() <= capacity {
 		// A recycled buffer is not cleared first: fill clears only what the image does not
@@ -59,6 +66,14 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 	if size > l.limit {
 		l.refused = true
 		return nil
+	}
+	if l.mapped != nil {
+		// The memory never moves: growing makes more of the reservation accessible.
+		if l.mapped.grow(size) != nil {
+			return nil
+		}
+		l.buf = l.mapped.bytes(size)
+		return l.buf
 	}
 	if size <= uint64(cap(l.buf)) {
 		// Bytes past the old length are zero (make zeroed them, or the cache did when the
@@ -88,6 +103,11 @@ func (l *linearMemory) Free() {}
 func (l *linearMemory) release() {
 	b := l.buf
 	l.buf = nil
+	if l.mapped != nil {
+		l.mapped.unmap()
+		l.mapped = nil
+		return
+	}
 	l.cache.put(b)
 }
 

@@ -103,6 +103,9 @@ func (m *Module) close(ctx context.Context) error {
 			return
 		}
 		err = m.rt.Close(ctx)
+		if m.img != nil && m.img.file != nil {
+			m.img.file.close()
+		}
 	})
 	return err
 }
@@ -223,7 +226,13 @@ func (m *Module) take(ctx context.Context, j *hostfuncs.Job) (*instance, error) 
 	}
 	inst, err := m.instantiate(ctx, nil, m.startFunctions())
 	if err != nil {
-		return nil, m.classify(ctx, inst, j, 0, err)
+		err = m.classify(ctx, inst, j, 0, err)
+		if inst != nil {
+			// No guest code runs once instantiate has returned: its memory (a mapping of
+			// the image, see imagemap_linux.go) can go now rather than at a later GC.
+			inst.close(ctx)
+		}
+		return nil, err
 	}
 	if m.pool != nil {
 		m.pool.healthy()

@@ -51,7 +51,8 @@ import (
 // original table, the same one in every job, never another job's.
 //
 // Isolation is unchanged: the image is never written after capture; each job gets a fresh
-// instance and a memory buffer that is fresh or cleared, and the image is copied into it.
+// instance and a memory that is a private copy-on-write mapping of the image (Linux, see
+// imagemap_linux.go) or a buffer that is fresh or cleared, and the image is copied into it.
 
 // globalExportPrefix names the exports the rewrite adds for mutable globals. A module that
 // already exports a name with this prefix is not rewritten.
@@ -66,6 +67,9 @@ type image struct {
 	pages   uint32 // memory size in 64 KiB pages
 	ranges  []memRange
 	globals []uint64 // values of rewrite.globals, in that order; nil: leave the initial values
+	// file is the image in a sealed memfd, which instances map copy-on-write
+	// (imagemap_linux.go); nil: they copy the ranges.
+	file *imageFile
 }
 
 type memRange struct {

@@ -3,7 +3,9 @@ package runtime_test
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,11 +40,19 @@ func parseSnapState(t *testing.T, out []byte) snapState {
 // TestSnapshotJobsStartFromInitializedState: a reactor's _initialize runs once, and every
 // job starts from the state it left (a non-exported global, memory it grew, the module's
 // data it changed, its clock and random reads), never from an earlier job's writes: each
-// job overwrites all of it, with and without the pool, and after a job that timed out.
+// job overwrites all of it, with and without the pool, and after a job that timed out;
+// whether the instances map the image or copy it.
 func TestSnapshotJobsStartFromInitializedState(t *testing.T) {
 	t.Parallel()
-	for _, pool := range []int{-1, 2} {
+	for _, v := range []struct {
+		pool    int
+		copying bool
+	}{{-1, false}, {2, false}, {-1, true}, {2, true}} {
+		pool := v.pool
 		e := newEngine(t)
+		if v.copying {
+			runtime.CopyImages(e)
+		}
 		m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: "snap_state", Wasm: fixture(t, "snap_state"), PoolSize: max(pool, 0), NoPool: pool < 0,
 			Limits: runtime.Limits{Timeout: 300 * time.Millisecond}})
 		if err != nil {
@@ -82,7 +92,10 @@ func TestSnapshotJobsStartFromInitializedState(t *testing.T) {
 		if first.random == 0 || first.clock == 0 {
 			t.Errorf("pool %d: _initialize read random %x and clock %d, want real values", pool, first.random, first.clock)
 		}
-		if pool < 0 && runtime.MemoryReuses(m) == 0 {
+		if got, want := runtime.ImageMapped(m), runtime.MapsImages && !v.copying; got != want {
+			t.Errorf("pool %d, copying %v: instances map the image: %v, want %v", pool, v.copying, got, want)
+		}
+		if pool < 0 && v.copying && runtime.MemoryReuses(m) == 0 {
 			t.Errorf("no memory buffer was recycled: the test did not cover a reused buffer")
 		}
 	}
@@ -196,5 +209,65 @@ func TestSnapshotGoRandom(t *testing.T) {
 	a, b := m2.Run(t.Context(), runtime.Job{ID: "a"}), m2.Run(t.Context(), runtime.Job{ID: "b"})
 	if a.Err != nil || b.Err != nil || strings.Fields(string(a.Output))[0] == strings.Fields(string(b.Output))[0] {
 		t.Errorf("without snapshots: %q, %v and %q, %v; want two different seeds", a.Output, a.Err, b.Output, b.Err)
+	}
+}
+
+// TestSnapshotImagePagesArePrivate: a job that overwrites every page of the image, and
+// grows the memory, leaves nothing for the next job, whether instances map the image
+// copy-on-write or copy it; jobs running at once do not see each other's writes; and a job
+// that grows its memory page by page is stopped at the task's limit as memory_limit, with
+// the next job again on the pristine image.
+func TestSnapshotImagePagesArePrivate(t *testing.T) {
+	t.Parallel()
+	for _, copying := range []bool{false, true} {
+		e := newEngine(t)
+		if copying {
+			runtime.CopyImages(e)
+		}
+		m, err := e.Load(t.Context(), runtime.ModuleConfig{Name: "snap_pages", Wasm: fixture(t, "snap_pages"), NoPool: true,
+			Limits: runtime.Limits{MemoryPages: 64, Timeout: 10 * time.Second}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !runtime.Snapshotted(m) {
+			t.Fatalf("copying %v: snap_pages was not snapshotted", copying)
+		}
+		if got, want := runtime.ImageMapped(m), runtime.MapsImages && !copying; got != want {
+			t.Fatalf("copying %v: instances map the image: %v, want %v", copying, got, want)
+		}
+		check := func(what string, res runtime.Result) {
+			t.Helper()
+			if res.Err != nil {
+				t.Errorf("copying %v: %s = %v", copying, what, res.Err)
+				return
+			}
+			if len(res.Output) != 12 {
+				t.Errorf("copying %v: %s: output of %d bytes, want 12", copying, what, len(res.Output))
+				return
+			}
+			le := binary.LittleEndian
+			pages, diff, b100 := le.Uint32(res.Output), int32(le.Uint32(res.Output[4:])), res.Output[8]
+			if pages != 4 || diff != -1 || b100 != 0 {
+				t.Errorf("copying %v: %s saw %d pages, first difference from the image at %d, byte 100 = %#x; want 4 pages, -1, 0 (the pristine image)",
+					copying, what, pages, diff, b100)
+			}
+		}
+		for i := range 3 {
+			check(fmt.Sprintf("job %d", i), m.Run(t.Context(), runtime.Job{ID: "p"}))
+		}
+		res := m.Run(t.Context(), runtime.Job{ID: "grow", Input: []byte("grow")})
+		if res.Code() != outcome.MemoryLimit {
+			t.Errorf("copying %v: job growing its memory past the limit = %v, want memory_limit", copying, res.Err)
+		}
+		check("the job after the one that grew", m.Run(t.Context(), runtime.Job{ID: "p"}))
+		var wg sync.WaitGroup
+		results := make([]runtime.Result, 8)
+		for i := range results {
+			wg.Go(func() { results[i] = m.Run(t.Context(), runtime.Job{ID: "c"}) })
+		}
+		wg.Wait()
+		for i, res := range results {
+			check(fmt.Sprintf("concurrent job %d", i), res)
+		}
 	}
 }

@@ -13,7 +13,11 @@ import (
 
 func main() {} // required by the toolchain; the worker calls the SDK's run export instead
 
-func init() { castellan.Handle(lookup) }
+func init() {
+	castellan.Handle(lookup)
+	// Built once at init, which the worker runs once per module: not in every job.
+	castellan.PrepareJSON(Input{}, Output{})
+}
 
 // Input is the job input.
 type Input struct {

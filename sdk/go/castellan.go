@@ -3,6 +3,7 @@ package castellan
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"runtime/debug"
 
 	"github.com/castellan-dev/castellan/sdk/go/internal/abi"
@@ -22,6 +23,54 @@ func Handle(h func(*Context) error) {
 		panic("castellan.Handle: nil handler")
 	}
 	handler = h
+}
+
+// PrepareJSON builds encoding/json's caches for the types of values (struct field lists,
+// encoders), which encoding/json otherwise builds on first use, in the job. Call it from an
+// init function with a value of every type the task decodes or encodes as JSON:
+//
+//	func init() {
+//		castellan.Handle(lookup)
+//		castellan.PrepareJSON(Input{}, Output{})
+//	}
+//
+// The worker runs init once per module and starts every job from the state it leaves (see
+// docs/writing-tasks.md), so work done here is not paid again per job; in a Go task
+// compiled to WebAssembly, building those caches costs more than the rest of a small job.
+// Errors are ignored: a value that cannot be encoded fails the same way in the job.
+func PrepareJSON(values ...any) {
+	for _, v := range values {
+		b, err := json.Marshal(v)
+		if err != nil || v == nil {
+			continue
+		}
+		// Decoding what was encoded takes every field's decoding path once.
+		_ = json.Unmarshal(b, reflect.New(reflect.TypeOf(v)).Interface())
+	}
+}
+
+// prepared are the values the SDK itself decodes and encodes in a typical job, so that
+// encoding/json's and fmt's shared state (scanner and encoder pools, the encoders of the
+// basic types) is built at init, not in the first job of every instance.
+type prepared struct {
+	S  string            `json:"s"`
+	N  int               `json:"n"`
+	F  float64           `json:"f"`
+	B  bool              `json:"b"`
+	L  []string          `json:"l"`
+	M  map[string]string `json:"m"`
+	A  any               `json:"a"`
+	P  *int              `json:"p,omitempty"`
+	I  int64             `json:"i,string"`
+	By []byte            `json:"by"`
+}
+
+func init() {
+	one := 1
+	PrepareJSON(prepared{S: "s", N: 1, F: 1.5, B: true, L: []string{"x"}, M: map[string]string{"k": "v"}, A: map[string]any{"x": []any{1.0, "y", nil}}, P: &one, I: 2, By: []byte("b")})
+	var m map[string]any
+	_ = json.Unmarshal([]byte(`{"a":[1,"b",true,null,{"c":1.5}]}`), &m)
+	_ = fmt.Errorf("%s %d %v %q %x %T: %w", "s", 1, m, "q", 255, m, ErrInvalid)
 }
 
 // invoke is the body of the run export: it calls h with a fresh Context and turns the result

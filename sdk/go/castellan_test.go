@@ -473,3 +473,14 @@ func TestHostEndsJob(t *testing.T) {
 		})
 	}
 }
+
+// TestPrepareJSON: PrepareJSON takes any value, including those encoding/json refuses and
+// nil, without panicking (it runs in init, where a panic would make the module unusable).
+func TestPrepareJSON(t *testing.T) {
+	t.Parallel()
+	type T struct {
+		A string `json:"a"`
+		B []int  `json:"b"`
+	}
+	castellan.PrepareJSON(nil, T{}, &T{B: []int{1}}, make(chan int), func() {}, map[string]T{"x": {}}, []*T{nil}, errors.New("x"))
+}

@@ -59,6 +59,11 @@
 // Transient failures (ErrUpstream, ErrTooLarge, ErrTooManyOpen, ...) are returned as errors
 // that errors.Is recognises.
 //
+// Work done in init is done once per module version, not per job: the worker runs the
+// module's initialisation once and starts every job from a snapshot of the state it leaves.
+// Build what every job needs there; PrepareJSON builds encoding/json's caches for the task's
+// types, which would otherwise cost every job more than the rest of a small handler.
+//
 // Response bodies stream: the worker never buffers a whole body, and the SDK asks it to
 // write each chunk directly into the task's buffer, so large responses cost one copy.
 //

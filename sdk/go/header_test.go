@@ -29,7 +29,24 @@ func TestIsTokenMatchesHTTPGuts(t *testing.T) {
 
 func TestCanonicalHeaderKeyMatchesNetHTTP(t *testing.T) {
 	t.Parallel()
-	for _, k := range []string{"content-type", "CONTENT-TYPE", "x-request-id", "X-REQUEST-ID", "a", "-x-", "Accept", "www-authenticate", "bad key", "ünicode", ""} {
+	keys := []string{"content-type", "CONTENT-TYPE", "x-request-id", "X-REQUEST-ID", "a", "-x-", "Accept", "www-authenticate", "bad key", "ünicode", "",
+		"Content-Type", "X-Request-ID", "Content-type", "Content-Type ", "Content-Typé", "X-Y-z"}
+	// Every string of up to four bytes over letters of both cases, a digit, a hyphen and
+	// bytes that are not token bytes, so that each position of the canonical fast path and
+	// the rewrite after it is covered.
+	alphabet := []byte{'a', 'Z', 'q', 'B', '0', '-', ' ', ':', 0xc3}
+	var gen func(prefix []byte, n int)
+	gen = func(prefix []byte, n int) {
+		keys = append(keys, string(prefix))
+		if n == 0 {
+			return
+		}
+		for _, c := range alphabet {
+			gen(append(prefix[:len(prefix):len(prefix)], c), n-1)
+		}
+	}
+	gen(nil, 4)
+	for _, k := range keys {
 		if got, want := CanonicalHeaderKey(k), http.CanonicalHeaderKey(k); got != want {
 			t.Errorf("CanonicalHeaderKey(%q) = %q, want %q (as net/http)", k, got, want)
 		}

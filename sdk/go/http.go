@@ -242,12 +242,31 @@ func (h Header) Del(key string) { delete(h, CanonicalHeaderKey(key)) }
 // upper case and the rest in lower case, as net/http does. A key that is not a valid header
 // name is returned unchanged.
 func CanonicalHeaderKey(key string) string {
-	if !isToken(key) {
-		return key
-	}
-	b := []byte(key)
+	// One pass, and no copy when key is canonical already (the host sends canonical names):
+	// in a task, each byte a loop visits costs far more than in native code.
 	upper := true
-	for i, c := range b {
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if !tokenByte[c] {
+			return key
+		}
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return canonicalise(key, i)
+		}
+		upper = c == '-'
+	}
+	return key
+}
+
+// canonicalise is CanonicalHeaderKey for a key whose first from bytes are canonical tokens.
+func canonicalise(key string, from int) string {
+	b := []byte(key)
+	upper := from == 0 || b[from-1] == '-'
+	for i := from; i < len(b); i++ {
+		c := b[i]
+		if !tokenByte[c] {
+			return key
+		}
 		switch {
 		case upper && 'a' <= c && c <= 'z':
 			b[i] = c - 'a' + 'A'
@@ -315,7 +334,8 @@ func parseHeaderBlock(b []byte) Header {
 		if !isToken(name) {
 			continue
 		}
-		h.Add(name, strings.Trim(string(line[i+1:]), " \t"))
+		name = CanonicalHeaderKey(name)
+		h[name] = append(h[name], strings.Trim(string(line[i+1:]), " \t"))
 	}
 	return h
 }
@@ -331,13 +351,24 @@ func isToken(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
+		if !tokenByte[s[i]] {
 			return false
 		}
 	}
 	return true
 }
+
+// tokenByte holds the bytes RFC 9110 allows in a token: one lookup per byte, where a search
+// of the punctuation list would be a loop per byte.
+var tokenByte = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range []byte("!#$%&'*+-.^_`|~") {
+		t[c] = true
+	}
+	return t
+}()

@@ -101,13 +101,13 @@ func BenchmarkCRMLookupJob(b *testing.B) {
 	})
 	for _, v := range []struct {
 		name       string
-		pool       int
+		noPool     bool
 		noSnapshot bool
 	}{
-		{"initialize/cold", -1, true},
-		{"initialize/pool", 0, true},
-		{"snapshot/cold", -1, false},
-		{"snapshot/pool", 0, false},
+		{"initialize/cold", true, true},
+		{"initialize/pool", false, true},
+		{"snapshot/cold", true, false},
+		{"snapshot/pool", false, false},
 	} {
 		var m *cr.Module // loaded once, by the first run of the sub-benchmark
 		b.Run(v.name, func(b *testing.B) {
@@ -115,7 +115,7 @@ func BenchmarkCRMLookupJob(b *testing.B) {
 				e := newEngine(b)
 				var err error
 				m, err = e.Load(b.Context(), cr.ModuleConfig{
-					Name: "crm-lookup", Wasm: wasm, PoolSize: v.pool, NoSnapshot: v.noSnapshot,
+					Name: "crm-lookup", Wasm: wasm, NoPool: v.noPool, NoSnapshot: v.noSnapshot,
 					Limits: cr.Limits{MemoryPages: 256, Timeout: 20 * time.Second, HTTPCalls: 3},
 					HTTP:   c.gw, Guard: c.red,
 				})
@@ -130,7 +130,7 @@ func BenchmarkCRMLookupJob(b *testing.B) {
 					b.Fatalf("Run = %v", res.Err)
 				}
 			})
-			if v.pool >= 0 {
+			if !v.noPool {
 				st := m.PoolStats()
 				hits, misses := st.Hits-before.Hits, st.Misses-before.Misses
 				b.ReportMetric(100*float64(hits)/float64(max(hits+misses, 1)), "hit-%")
