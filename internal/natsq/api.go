@@ -67,6 +67,7 @@ type catalogEntry struct {
 func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	s := &APIServer{d: d, log: d.log.Named("api"), cat: map[string]map[string]catalogEntry{}}
 	s.feed.init()
+	d.final.setNotify(s.feed.fireJob)
 	var err error
 	if s.tokens, err = tokensKV(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err

@@ -48,6 +48,8 @@ type Dispatcher struct {
 	// entry costs one failed write and a fresh read. Reads never use it.
 	cmu    sync.Mutex
 	recent map[string]cachedRecord
+
+	final finalJobs // terminal records this dispatcher wrote (final.go)
 }
 
 type cachedRecord struct {
@@ -58,6 +60,9 @@ type cachedRecord struct {
 const maxRecent = 1 << 16
 
 func (d *Dispatcher) remember(id string, r Record, rev uint64) {
+	if r.Job.State.Terminal() {
+		d.final.put(id, r.Job, rev)
+	}
 	d.cmu.Lock()
 	defer d.cmu.Unlock()
 	if r.Job.State.Terminal() {
