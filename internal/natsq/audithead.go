@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -65,24 +66,69 @@ func (d *Dispatcher) recordAuditHead(ctx context.Context, pool string, r Result,
 	}
 	key := token(pool) + "." + r.WorkerID
 	data, _ := json.Marshal(api.WorkerAuditHead{WorkerID: r.WorkerID, Seq: h.Seq, Hash: h.Hash, ReportedAt: time.Now().UTC()})
-	for range 5 {
-		e, err := d.heads.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			_, err = d.heads.Create(ctx, key, data)
-		case err != nil:
-		default:
-			var cur api.WorkerAuditHead
-			if json.Unmarshal(e.Value(), &cur) == nil && cur.Seq >= h.Seq {
-				return
+	for try := range 5 {
+		// First from the head this dispatcher last wrote for the worker (a worker's results
+		// mostly reach one replica), so that a result costs one write, not a read and a
+		// write; the write is checked against the revision, and a stale copy costs a read.
+		seq, rev, known := uint64(0), uint64(0), false
+		if try == 0 {
+			seq, rev, known = d.headsSeen.get(key)
+		}
+		if !known {
+			e, err := d.heads.Get(ctx, key)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				continue
+			default:
+				var cur api.WorkerAuditHead
+				if json.Unmarshal(e.Value(), &cur) == nil {
+					seq = cur.Seq
+				}
+				rev = e.Revision()
 			}
-			_, err = d.heads.Update(ctx, key, data, e.Revision())
+		}
+		if seq >= h.Seq {
+			return
+		}
+		var newRev uint64
+		var err error
+		if rev == 0 {
+			newRev, err = d.heads.Create(ctx, key, data)
+		} else {
+			newRev, err = d.heads.Update(ctx, key, data, rev)
 		}
 		if err == nil {
+			d.headsSeen.put(key, h.Seq, newRev)
 			return
 		}
 	}
 	d.log.Warn("recording a worker's audit head failed", zap.String("worker_id", r.WorkerID))
+}
+
+// headsSeen is the head this dispatcher last wrote per worker key, with its revision.
+type headsSeen struct {
+	mu sync.Mutex
+	m  map[string][2]uint64 // key -> seq, revision
+}
+
+// maxHeadsSeen bounds the copies (one per worker); past it they start over.
+const maxHeadsSeen = 4096
+
+func (h *headsSeen) get(key string) (seq, rev uint64, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.m[key]
+	return v[0], v[1], ok
+}
+
+func (h *headsSeen) put(key string, seq, rev uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m == nil || len(h.m) >= maxHeadsSeen {
+		h.m = map[string][2]uint64{}
+	}
+	h.m[key] = [2]uint64{seq, rev}
 }
 
 // workerAuditHead is GET /v1/workers/{id}/audit-head: the furthest head worker id reported.
