@@ -158,8 +158,7 @@ const errWrongLastMsgID jetstream.ErrorCode = 10070
 // message id: another writer appended first.
 func chainRefused(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant || apiErr.ErrorCode == errWrongLastMsgID)
+	return casConflict(err) || errors.As(err, &apiErr) && apiErr.ErrorCode == errWrongLastMsgID
 }
 
 // writeBatch stores the batch's entries in order, answering each request. Only this

@@ -1,6 +1,9 @@
 package natsq
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // ParkedWaits is how many job waits and list long-polls are parked in s, so that tests
 // poll instead of sleeping.
@@ -14,4 +17,9 @@ func (q *WorkerQueue) TouchLease(tok string) {
 	if l := q.inflight[tok]; l != nil {
 		l.seen = time.Now()
 	}
+}
+
+// Update is the dispatcher's compare-and-set of a job's record, for tests that race it.
+func (d *Dispatcher) Update(ctx context.Context, id string, change func(*Record) (bool, error)) (Record, error) {
+	return d.update(ctx, id, change)
 }

@@ -132,8 +132,7 @@ func (b natsBackend) update(ctx context.Context, id string, change func(*control
 		}
 		v, _ := json.Marshal(rec)
 		_, err = b.s.plans.Update(ctx, "p."+id, v, rev)
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if casConflict(err) {
 			continue
 		}
 		return rec, err
@@ -247,8 +246,7 @@ func (b natsBackend) setActive(ctx context.Context, change func([]string) []stri
 		} else {
 			newRev, err = b.s.plans.Update(ctx, "active", v, rev)
 		}
-		var apiErr *jetstream.APIError
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if errors.Is(err, jetstream.ErrKeyExists) || casConflict(err) {
 			continue
 		}
 		if err == nil {
