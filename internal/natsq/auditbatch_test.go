@@ -3,6 +3,7 @@ package natsq
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,16 +22,7 @@ import (
 // before it, whichever writer wrote either.
 func TestAuditBatchesInterleaved(t *testing.T) {
 	t.Parallel()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the embedded NATS server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := embeddedServer(t)
 	var logs []*auditLog
 	for range 2 {
 		nc, err := nats.Connect(ns.ClientURL())
@@ -83,5 +75,60 @@ func TestAuditBatchesInterleaved(t *testing.T) {
 	}
 	if n != 2*each || len(seen) != 2*each {
 		t.Fatalf("the stream holds %d entries for %d jobs, want %d each once", n, len(seen), 2*each)
+	}
+}
+
+func embeddedServer(t *testing.T) *natsserver.Server {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the embedded NATS server did not start")
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns
+}
+
+// TestAuditHeadsOfOneWorkerAtOnce: results of one worker handled at once, their heads in
+// any order, leave the furthest head recorded, each written one at a time (no write of the
+// key is refused for another in flight).
+func TestAuditHeadsOfOneWorkerAtOnce(t *testing.T) {
+	t.Parallel()
+	ns := embeddedServer(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	d, err := NewDispatcher(t.Context(), nc, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seq := uint64(n - i) // the furthest first, among others
+			hash := fmt.Sprintf("%064x", seq)
+			d.recordAuditHead(t.Context(), "default", Result{JobID: fmt.Sprintf("j%d", i), WorkerID: "w1"},
+				nats.Header{AuditHeadHeader: []string{fmt.Sprintf("%d:%s", seq, hash)}})
+		}()
+	}
+	wg.Wait()
+	e, err := d.heads.Get(t.Context(), "default.w1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(e.Value()), fmt.Sprintf(`"seq":%d`, n)) {
+		t.Fatalf("head recorded = %s, want seq %d", e.Value(), n)
+	}
+	if len(d.headsSeen.writing) != 0 {
+		t.Fatalf("%d keys still marked as being written", len(d.headsSeen.writing))
 	}
 }

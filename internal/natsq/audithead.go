@@ -65,7 +65,25 @@ func (d *Dispatcher) recordAuditHead(ctx context.Context, pool string, r Result,
 		return
 	}
 	key := token(pool) + "." + r.WorkerID
-	data, _ := json.Marshal(api.WorkerAuditHead{WorkerID: r.WorkerID, Seq: h.Seq, Hash: h.Hash, ReportedAt: time.Now().UTC()})
+	// One write per worker at a time: results of one worker handled at once would otherwise
+	// race for its key (a refused compare-and-set, a read and a write again each). A head
+	// that arrives while the key is being written waits, and only the furthest of those is
+	// written next.
+	if !d.headsSeen.claim(key, r.WorkerID, h) {
+		return
+	}
+	for {
+		d.writeAuditHead(ctx, key, r.WorkerID, h)
+		var more bool
+		if h, more = d.headsSeen.next(key); !more {
+			return
+		}
+	}
+}
+
+// writeAuditHead writes h as worker's head under key unless a further one is recorded.
+func (d *Dispatcher) writeAuditHead(ctx context.Context, key, worker string, h api.AuditHead) {
+	data, _ := json.Marshal(api.WorkerAuditHead{WorkerID: worker, Seq: h.Seq, Hash: h.Hash, ReportedAt: time.Now().UTC()})
 	for try := range 5 {
 		// First from the head this dispatcher last wrote for the worker (a worker's results
 		// mostly reach one replica), so that a result costs one write, not a read and a
@@ -103,13 +121,47 @@ func (d *Dispatcher) recordAuditHead(ctx context.Context, pool string, r Result,
 			return
 		}
 	}
-	d.log.Warn("recording a worker's audit head failed", zap.String("worker_id", r.WorkerID))
+	d.log.Warn("recording a worker's audit head failed", zap.String("worker_id", worker))
 }
 
-// headsSeen is the head this dispatcher last wrote per worker key, with its revision.
+// headsSeen is the head this dispatcher last wrote per worker key, with its revision, and
+// the keys being written with the furthest head waiting for each.
 type headsSeen struct {
-	mu sync.Mutex
-	m  map[string][2]uint64 // key -> seq, revision
+	mu      sync.Mutex
+	m       map[string][2]uint64 // key -> seq, revision
+	writing map[string]*api.AuditHead
+}
+
+// claim makes the caller the writer of key, or leaves h for the current writer (the
+// furthest waiting head wins) and returns false.
+func (h *headsSeen) claim(key, worker string, head api.AuditHead) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.writing == nil {
+		h.writing = map[string]*api.AuditHead{}
+	}
+	waiting, busy := h.writing[key]
+	if !busy {
+		h.writing[key] = nil
+		return true
+	}
+	if waiting == nil || waiting.Seq < head.Seq {
+		h.writing[key] = &head
+	}
+	return false
+}
+
+// next hands the writer of key the head that waited meanwhile, or ends its turn.
+func (h *headsSeen) next(key string) (api.AuditHead, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	waiting := h.writing[key]
+	if waiting == nil {
+		delete(h.writing, key)
+		return api.AuditHead{}, false
+	}
+	h.writing[key] = nil
+	return *waiting, true
 }
 
 // maxHeadsSeen bounds the copies (one per worker); past it they start over.
