@@ -27,8 +27,13 @@ type finalJob struct {
 }
 
 // maxFinal bounds the copies: a wait reads its job within milliseconds of the write, so
-// the last few hundred cover every parked wait at thousands of jobs a second.
-const maxFinal = 512
+// the last few hundred cover every parked wait at thousands of jobs a second. A job whose
+// input and output are larger than maxFinalBytes is not kept (its waits read it), so the
+// copies hold at most maxFinal * maxFinalBytes of them.
+const (
+	maxFinal      = 512
+	maxFinalBytes = 64 << 10
+)
 
 // put keeps j, the job's record at revision rev, unless a newer revision is held.
 func (f *finalJobs) put(id string, j api.Job, rev uint64) {
@@ -39,6 +44,15 @@ func (f *finalJobs) put(id string, j api.Job, rev uint64) {
 	old, ok := f.jobs[id]
 	if ok && old.rev >= rev {
 		f.mu.Unlock()
+		return
+	}
+	if len(j.Input)+len(j.Output) > maxFinalBytes {
+		delete(f.jobs, id) // its id stays in order until it comes round; harmless
+		notify := f.notify
+		f.mu.Unlock()
+		if notify != nil {
+			notify(id) // woken all the same: it reads the record
+		}
 		return
 	}
 	if !ok {
