@@ -48,6 +48,7 @@ type APIServer struct {
 	idem    jetstream.KeyValue
 	catalog jetstream.KeyValue
 	plans   jetstream.KeyValue // plans.go
+	active  activeCache        // the plans not ended, as last seen (plans.go)
 	cp      *controlplane.Server
 	feed    changeFeed
 
@@ -67,6 +68,7 @@ type catalogEntry struct {
 func NewAPIServer(ctx context.Context, d *Dispatcher) (*APIServer, error) {
 	s := &APIServer{d: d, log: d.log.Named("api"), cat: map[string]map[string]catalogEntry{}}
 	s.feed.init()
+	d.final.setNotify(s.feed.fireJob)
 	var err error
 	if s.tokens, err = tokensKV(ctx, d.js, d.o.Replicas); err != nil {
 		return nil, err
@@ -129,10 +131,11 @@ func (s *APIServer) Serve(ctx context.Context, ln net.Listener) error {
 	// layer's Shutdown instead.
 	hs := &http.Server{Handler: s.cp.Handler(), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); errs <- s.watchCatalog(ctx) }()
+	go func() { defer wg.Done(); errs <- s.watchActive(ctx) }()
 	go func() { defer wg.Done(); errs <- s.watchJobs(ctx) }()
 	go func() { defer wg.Done(); errs <- s.d.Run(ctx, 0) }()
 	go func() {

@@ -53,13 +53,32 @@ func ensureAuditStream(ctx context.Context, js jetstream.JetStream, replicas int
 
 // auditLog appends to the AuditStream. It remembers the head it last wrote or read, and
 // reads it again when another writer moved it.
+//
+// Appends made at once are written as one batch (group commit): every entry of a batch is
+// chained onto the one before it and published without waiting for that one's
+// acknowledgement, so a batch costs one round trip, not one per entry, and the log is no
+// longer a queue of round trips under load. Each entry expects the stream's last sequence
+// to be the one before it and, after the first, the last message id to be the entry
+// before it (ids are the entries' hashes): if another writer appends in between, the rest
+// of the batch is refused, not chained onto the wrong entry, and is chained again onto the
+// new head. Each append still returns only once its entry is stored.
 type auditLog struct {
 	js       jetstream.JetStream
 	mu       sync.Mutex
 	known    bool
 	lastSeq  uint64
 	lastHash string
+	queue    []*auditReq // appends waiting for the batch being written
+	writing  bool
 }
+
+type auditReq struct {
+	e    api.AuditEntry
+	done chan error
+}
+
+// maxAuditBatch bounds one batch (and the publishes awaiting their acknowledgement).
+const maxAuditBatch = 256
 
 func newAuditLog(ctx context.Context, js jetstream.JetStream, replicas int) (*auditLog, error) {
 	if err := ensureAuditStream(ctx, js, replicas); err != nil {
@@ -94,41 +113,135 @@ func (a *auditLog) loadHead(ctx context.Context) error {
 	return nil
 }
 
-// append chains e onto the head and publishes it (e.ID and the hashes are set here).
+// append chains e onto the head and publishes it (e.ID and the hashes are set here), with
+// whatever other appends are waiting, and returns once it is stored.
 func (a *auditLog) append(ctx context.Context, e api.AuditEntry) error {
 	e.At = e.At.UTC().Truncate(time.Millisecond)
 	e.ID = 0
+	r := &auditReq{e: e, done: make(chan error, 1)}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	for range 20 {
+	a.queue = append(a.queue, r)
+	if !a.writing {
+		a.writing = true
+		go a.writeQueued()
+	}
+	a.mu.Unlock()
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err() // it may still be stored, as a publish whose acknowledgement is lost
+	}
+}
+
+// writeQueued writes batches until no append waits.
+func (a *auditLog) writeQueued() {
+	for {
+		a.mu.Lock()
+		batch := a.queue[:min(len(a.queue), maxAuditBatch)]
+		a.queue = a.queue[len(batch):]
+		if len(batch) == 0 {
+			a.queue = nil
+			a.writing = false
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+		a.writeBatch(batch)
+	}
+}
+
+// errWrongLastMsgID is JetStream's refusal of an expected last message id (10070).
+const errWrongLastMsgID jetstream.ErrorCode = 10070
+
+// chainRefused reports whether err is a refusal of an entry's expected last sequence or
+// message id: another writer appended first.
+func chainRefused(err error) bool {
+	var apiErr *jetstream.APIError
+	return casConflict(err) || errors.As(err, &apiErr) && apiErr.ErrorCode == errWrongLastMsgID
+}
+
+// writeBatch stores the batch's entries in order, answering each request. Only this
+// process's writer goroutine runs it, so the head fields need no lock while it does.
+func (a *auditLog) writeBatch(batch []*auditReq) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for try := 0; len(batch) > 0; try++ {
+		if try == 20 {
+			for _, r := range batch {
+				r.done <- errors.New("natsq: append to the audit log: the head kept moving (20 tries)")
+			}
+			return
+		}
 		if !a.known {
 			if err := a.loadHead(ctx); err != nil {
-				return err
+				for _, r := range batch {
+					r.done <- err
+				}
+				return
 			}
 		}
-		e.PrevHash = a.lastHash
-		h, err := api.AuditHash(e)
-		if err != nil {
-			return err
+		seq, prev := a.lastSeq, a.lastHash
+		futures := make([]jetstream.PubAckFuture, 0, len(batch))
+		hashes := make([]string, 0, len(batch))
+		var sendErr error
+		for i, r := range batch {
+			e := r.e
+			e.PrevHash = prev
+			h, err := api.AuditHash(e)
+			var data []byte
+			if err == nil {
+				e.Hash = h
+				data, err = json.Marshal(e)
+			}
+			if err != nil {
+				sendErr = err
+				break
+			}
+			m := nats.NewMsg(auditSubject(e.JobID))
+			m.Data = data
+			opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequence(seq), jetstream.WithMsgID(h)}
+			if i > 0 {
+				opts = append(opts, jetstream.WithExpectLastMsgID(prev))
+			}
+			f, err := a.js.PublishMsgAsync(m, opts...)
+			if err != nil {
+				sendErr = fmt.Errorf("natsq: append to the audit log: %w", err)
+				break
+			}
+			futures, hashes = append(futures, f), append(hashes, h)
+			seq, prev = seq+1, h
 		}
-		e.Hash = h
-		data, err := json.Marshal(e)
-		if err != nil {
-			return err
+		// Acknowledgements come in order; from the first refusal on, the rest are refused
+		// too (each expects the one before it) and are chained again onto the new head.
+		retry := batch[len(futures):]
+		if sendErr != nil && len(retry) > 0 {
+			retry[0].done <- sendErr
+			retry = retry[1:]
 		}
-		ack, err := a.js.Publish(ctx, auditSubject(e.JobID), data, jetstream.WithExpectLastSequence(a.lastSeq))
-		if err == nil {
-			a.lastSeq, a.lastHash = ack.Sequence, h
-			return nil
+		var again []*auditReq
+		for i, f := range futures {
+			var err error
+			select {
+			case ack := <-f.Ok():
+				a.lastSeq, a.lastHash = ack.Sequence, hashes[i]
+			case err = <-f.Err():
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			switch {
+			case err == nil:
+				batch[i].done <- nil
+			case chainRefused(err):
+				a.known = false
+				again = append(again, batch[i])
+			default:
+				a.known = false
+				batch[i].done <- fmt.Errorf("natsq: append to the audit log: %w", err)
+			}
 		}
-		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
-			a.known = false
-			return fmt.Errorf("natsq: append to the audit log: %w", err)
-		}
-		a.known = false // another writer appended: chain onto its entry
+		batch = append(again, retry...)
 	}
-	return errors.New("natsq: append to the audit log: the head kept moving (20 tries)")
 }
 
 // appendDirect records an entry with direct NATS access (`castellan token create --nats`).

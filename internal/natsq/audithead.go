@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -64,25 +65,122 @@ func (d *Dispatcher) recordAuditHead(ctx context.Context, pool string, r Result,
 		return
 	}
 	key := token(pool) + "." + r.WorkerID
-	data, _ := json.Marshal(api.WorkerAuditHead{WorkerID: r.WorkerID, Seq: h.Seq, Hash: h.Hash, ReportedAt: time.Now().UTC()})
-	for range 5 {
-		e, err := d.heads.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			_, err = d.heads.Create(ctx, key, data)
-		case err != nil:
-		default:
-			var cur api.WorkerAuditHead
-			if json.Unmarshal(e.Value(), &cur) == nil && cur.Seq >= h.Seq {
-				return
-			}
-			_, err = d.heads.Update(ctx, key, data, e.Revision())
-		}
-		if err == nil {
+	// One write per worker at a time: results of one worker handled at once would otherwise
+	// race for its key (a refused compare-and-set, a read and a write again each). A head
+	// that arrives while the key is being written waits, and only the furthest of those is
+	// written next.
+	if !d.headsSeen.claim(key, r.WorkerID, h) {
+		return
+	}
+	for {
+		d.writeAuditHead(ctx, key, r.WorkerID, h)
+		var more bool
+		if h, more = d.headsSeen.next(key); !more {
 			return
 		}
 	}
-	d.log.Warn("recording a worker's audit head failed", zap.String("worker_id", r.WorkerID))
+}
+
+// writeAuditHead writes h as worker's head under key unless a further one is recorded.
+func (d *Dispatcher) writeAuditHead(ctx context.Context, key, worker string, h api.AuditHead) {
+	data, _ := json.Marshal(api.WorkerAuditHead{WorkerID: worker, Seq: h.Seq, Hash: h.Hash, ReportedAt: time.Now().UTC()})
+	for try := range 5 {
+		// First from the head this dispatcher last wrote for the worker (a worker's results
+		// mostly reach one replica), so that a result costs one write, not a read and a
+		// write; the write is checked against the revision, and a stale copy costs a read.
+		seq, rev, known := uint64(0), uint64(0), false
+		if try == 0 {
+			seq, rev, known = d.headsSeen.get(key)
+		}
+		if !known {
+			e, err := d.heads.Get(ctx, key)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				continue
+			default:
+				var cur api.WorkerAuditHead
+				if json.Unmarshal(e.Value(), &cur) == nil {
+					seq = cur.Seq
+				}
+				rev = e.Revision()
+			}
+		}
+		if seq >= h.Seq {
+			return
+		}
+		var newRev uint64
+		var err error
+		if rev == 0 {
+			newRev, err = d.heads.Create(ctx, key, data)
+		} else {
+			newRev, err = d.heads.Update(ctx, key, data, rev)
+		}
+		if err == nil {
+			d.headsSeen.put(key, h.Seq, newRev)
+			return
+		}
+	}
+	d.log.Warn("recording a worker's audit head failed", zap.String("worker_id", worker))
+}
+
+// headsSeen is the head this dispatcher last wrote per worker key, with its revision, and
+// the keys being written with the furthest head waiting for each.
+type headsSeen struct {
+	mu      sync.Mutex
+	m       map[string][2]uint64 // key -> seq, revision
+	writing map[string]*api.AuditHead
+}
+
+// claim makes the caller the writer of key, or leaves h for the current writer (the
+// furthest waiting head wins) and returns false.
+func (h *headsSeen) claim(key, worker string, head api.AuditHead) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.writing == nil {
+		h.writing = map[string]*api.AuditHead{}
+	}
+	waiting, busy := h.writing[key]
+	if !busy {
+		h.writing[key] = nil
+		return true
+	}
+	if waiting == nil || waiting.Seq < head.Seq {
+		h.writing[key] = &head
+	}
+	return false
+}
+
+// next hands the writer of key the head that waited meanwhile, or ends its turn.
+func (h *headsSeen) next(key string) (api.AuditHead, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	waiting := h.writing[key]
+	if waiting == nil {
+		delete(h.writing, key)
+		return api.AuditHead{}, false
+	}
+	h.writing[key] = nil
+	return *waiting, true
+}
+
+// maxHeadsSeen bounds the copies (one per worker); past it they start over.
+const maxHeadsSeen = 4096
+
+func (h *headsSeen) get(key string) (seq, rev uint64, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.m[key]
+	return v[0], v[1], ok
+}
+
+func (h *headsSeen) put(key string, seq, rev uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m == nil || len(h.m) >= maxHeadsSeen {
+		h.m = map[string][2]uint64{}
+	}
+	h.m[key] = [2]uint64{seq, rev}
 }
 
 // workerAuditHead is GET /v1/workers/{id}/audit-head: the furthest head worker id reported.

@@ -10,8 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/castellan-dev/castellan/approval"
 	"github.com/castellan-dev/castellan/audit"
@@ -59,6 +62,16 @@ func TestAuditHeadOverNATS(t *testing.T) {
 	_, admin := apiToken(t, natsURL, rep.url, api.RoleAdmin, "*")
 	_, client := apiToken(t, natsURL, rep.url, api.RoleClient, pool)
 	waitCatalog(t, submitter)
+	// Reads of the heads bucket while results come in: the dispatcher writes from the head
+	// it last wrote, so only the first result of the worker reads.
+	obs := dial(t, natsURL)
+	var headReads atomic.Int64
+	if _, err := obs.Subscribe("$JS.API.DIRECT.GET.KV_"+natsq.AuditHeadsBucket+".>", func(*nats.Msg) { headReads.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := obs.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 5 {
 		in := fmt.Sprintf(`{"n":%d}`, i)
 		j, err := submitter.Submit(t.Context(), api.SubmitRequest{Task: "echo", Pool: pool, Input: json.RawMessage(in), MaxAttempts: 2})
@@ -79,6 +92,12 @@ func TestAuditHeadOverNATS(t *testing.T) {
 		if err != nil || got.State != api.StateSucceeded {
 			t.Fatalf("job %d = %s, %v", i, got.State, err)
 		}
+	}
+	if err := obs.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := headReads.Load(); n > 1 {
+		t.Errorf("%d reads of the heads bucket for 5 results of one worker, want at most 1", n)
 	}
 	get := func(secret string) (int, api.WorkerAuditHead) {
 		req, _ := http.NewRequest("GET", rep.url+"/v1/workers/"+reg.WorkerID+"/audit-head", nil)

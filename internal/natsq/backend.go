@@ -65,6 +65,9 @@ func (b natsBackend) Submit(ctx context.Context, p controlplane.Principal, sub c
 }
 
 func (b natsBackend) Job(ctx context.Context, id string) (api.Job, error) {
+	if j, ok := b.s.d.final.get(id); ok {
+		return j, nil // written terminal by this replica: final (final.go)
+	}
 	j, err := b.s.d.Get(ctx, id)
 	if client.IsCode(err, api.CodeNotFound) {
 		return api.Job{}, controlplane.ErrNoJob

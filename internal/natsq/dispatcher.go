@@ -50,7 +50,9 @@ type Dispatcher struct {
 	cmu    sync.Mutex
 	recent map[string]cachedRecord
 
-	sweeper atomic.Pointer[sweeper] // the running lease sweep, told of this replica's writes (sweep.go)
+	sweeper   atomic.Pointer[sweeper] // the running lease sweep, told of this replica's writes (sweep.go)
+	final     finalJobs               // terminal records this dispatcher wrote (final.go)
+	headsSeen headsSeen               // the workers' audit heads this dispatcher wrote (audithead.go)
 }
 
 type cachedRecord struct {
@@ -62,6 +64,9 @@ const maxRecent = 1 << 16
 
 func (d *Dispatcher) remember(id string, r Record, rev uint64) {
 	d.noteWrite(id, r, rev)
+	if r.Job.State.Terminal() {
+		d.final.put(id, r.Job, rev)
+	}
 	d.cmu.Lock()
 	defer d.cmu.Unlock()
 	if r.Job.State.Terminal() {
@@ -259,8 +264,7 @@ func (d *Dispatcher) DispatchBatch(ctx context.Context, envs []Envelope) ([]api.
 			created[i] = true
 			d.remember(envs[i].JobID, Record{Approval: envs[i].Approval, ClaimKey: envs[i].ClaimKey, Job: out[i]}, ack.Sequence)
 		case err := <-f.Err():
-			var apiErr *jetstream.APIError
-			if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+			if !casConflict(err) {
 				return nil, fmt.Errorf("natsq: record job %s: %w", envs[i].JobID, err)
 			}
 			// The id exists (a retried batch, or a deleted key): Dispatch decides.
@@ -391,8 +395,7 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*Record)
 			d.remember(id, r, newRev)
 			return r, nil
 		}
-		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+		if !casConflict(err) {
 			return r, fmt.Errorf("natsq: update job %s: %w", id, err)
 		}
 		// Another replica wrote first: read again and decide again.

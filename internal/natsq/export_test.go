@@ -36,3 +36,8 @@ func (s *Sweeper) Job(ctx context.Context, id string) (string, error) {
 	r, _, err := s.sw.job(ctx, id, time.Now())
 	return r.String(), err
 }
+
+// Update is the dispatcher's compare-and-set of a job's record, for tests that race it.
+func (d *Dispatcher) Update(ctx context.Context, id string, change func(*Record) (bool, error)) (Record, error) {
+	return d.update(ctx, id, change)
+}

@@ -91,12 +91,24 @@ func (f *changeFeed) next(id string) <-chan struct{} {
 	return ch
 }
 
-// fire wakes the waiters of job id and of any job.
-func (f *changeFeed) fire(id string) {
+// fire wakes the waiters of any job and, when ended (the write made it terminal, or what
+// it made it is unknown), those of job id: a waiter of one job waits for its end
+// (controlplane.JobEnded), and is not woken to read it again at every step before.
+func (f *changeFeed) fire(id string, ended bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	close(f.any)
 	f.any = make(chan struct{})
+	if ch, ok := f.jobs[id]; ok && ended {
+		close(ch)
+		delete(f.jobs, id)
+	}
+}
+
+// fireJob wakes the waiters of job id only: it was just recorded terminal (finalJobs).
+func (f *changeFeed) fireJob(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if ch, ok := f.jobs[id]; ok {
 		close(ch)
 		delete(f.jobs, id)
@@ -106,24 +118,27 @@ func (f *changeFeed) fire(id string) {
 // watchJobs runs the feed until ctx ends. A waiter parked before the watch is up (or while
 // it reconnects) is woken by the layer's periodic recheck instead.
 func (s *APIServer) watchJobs(ctx context.Context) error {
-	w, err := s.d.jobs.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	// With the records, not only their keys: a job's waiters are woken only when it ends,
+	// a parked list only for a job it would show, and an ended job's record is kept for the
+	// waits to answer with (finalJobs), with no read back.
+	w, err := s.d.jobs.WatchAll(ctx, jetstream.UpdatesOnly())
 	if err != nil {
 		return fmt.Errorf("natsq: watch %s: %w", JobsBucket, err)
 	}
 	return follow(ctx, w, func(e jetstream.KeyValueEntry) {
-		s.feed.fire(e.Key())
-		if !s.feed.listening() {
+		var rec listRecord // the record without its input and output
+		if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &rec) != nil {
+			s.feed.fire(e.Key(), true) // deleted, or unreadable: whoever waits reads it
 			return
 		}
-		// The watch carries no records: read this one (without its input and output) to
-		// wake only the lists it matches, so that a parked list reads its page again only
-		// for a job it would show, not at every write.
-		got, err := s.d.jobs.Get(ctx, e.Key())
-		if err != nil {
-			return // deleted, or JetStream is away: the layer's recheck reads again
+		ended := rec.Job.State.Terminal()
+		if ended {
+			if full, err := decodeRecord(e.Value()); err == nil {
+				s.d.final.put(e.Key(), full.Job, e.Revision())
+			}
 		}
-		var rec listRecord
-		if json.Unmarshal(got.Value(), &rec) == nil {
+		s.feed.fire(e.Key(), ended)
+		if s.feed.listening() {
 			s.feed.fireLists(rec.Job.Job)
 		}
 	})

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -131,8 +132,7 @@ func (b natsBackend) update(ctx context.Context, id string, change func(*control
 		}
 		v, _ := json.Marshal(rec)
 		_, err = b.s.plans.Update(ctx, "p."+id, v, rev)
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if casConflict(err) {
 			continue
 		}
 		return rec, err
@@ -147,6 +147,71 @@ func (b natsBackend) AttachPlanApproval(ctx context.Context, _ controlplane.Prin
 		rec.Approval = token
 		return nil
 	})
+}
+
+// activeCache is the active list as this replica last saw it: from the plans bucket's watch
+// of the key, or from its own write. The layer reads the list at every job change (three
+// per job), so with the watch up those reads cost no round trip. Another replica's new plan
+// is seen when the watch delivers it, a fraction of a millisecond after the write; that
+// replica moves the plan on meanwhile, having its own write.
+type activeCache struct {
+	mu    sync.Mutex
+	ready bool // the watch has delivered the key's value (or its absence)
+	ids   []string
+	rev   uint64
+}
+
+// offer keeps ids at revision rev unless a newer revision is held.
+func (c *activeCache) offer(ids []string, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rev >= c.rev {
+		c.ids, c.rev = slices.Clone(ids), rev
+	}
+}
+
+func (c *activeCache) get() ([]string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.ids), c.ready
+}
+
+func (c *activeCache) setReady(ready bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ready = ready
+}
+
+// watchActive keeps s.active until ctx ends; while it is not up, ActivePlans reads.
+func (s *APIServer) watchActive(ctx context.Context) error {
+	w, err := s.plans.Watch(ctx, "active")
+	if err != nil {
+		return fmt.Errorf("natsq: watch %s: %w", PlansBucket, err)
+	}
+	defer func() { s.active.setReady(false); _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil
+			}
+			switch {
+			case e == nil: // the current value (if any) is delivered
+				s.active.setReady(true)
+			case e.Operation() != jetstream.KeyValuePut:
+				s.active.offer(nil, e.Revision())
+			default:
+				var ids []string
+				if err := json.Unmarshal(e.Value(), &ids); err != nil {
+					s.active.setReady(false) // reads report it
+					continue
+				}
+				s.active.offer(ids, e.Revision())
+			}
+		}
+	}
 }
 
 // active reads the active list and its revision (0: no such key yet).
@@ -173,21 +238,28 @@ func (b natsBackend) setActive(ctx context.Context, change func([]string) []stri
 		if err != nil {
 			return err
 		}
-		v, _ := json.Marshal(change(ids))
+		ids = change(ids)
+		v, _ := json.Marshal(ids)
+		var newRev uint64
 		if rev == 0 {
-			_, err = b.s.plans.Create(ctx, "active", v)
+			newRev, err = b.s.plans.Create(ctx, "active", v)
 		} else {
-			_, err = b.s.plans.Update(ctx, "active", v, rev)
+			newRev, err = b.s.plans.Update(ctx, "active", v, rev)
 		}
-		var apiErr *jetstream.APIError
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if errors.Is(err, jetstream.ErrKeyExists) || casConflict(err) {
 			continue
+		}
+		if err == nil {
+			b.s.active.offer(ids, newRev) // seen here at once, before the watch delivers it
 		}
 		return err
 	}
 }
 
 func (b natsBackend) ActivePlans(ctx context.Context) ([]string, error) {
+	if ids, ok := b.s.active.get(); ok {
+		return ids, nil
+	}
 	ids, _, err := b.active(ctx)
 	return ids, err
 }

@@ -327,8 +327,7 @@ func revokeToken(ctx context.Context, kv jetstream.KeyValue, id string, now time
 				revoked = true
 				break
 			}
-			var apiErr *jetstream.APIError
-			if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+			if !casConflict(err) {
 				return revoked, fmt.Errorf("natsq: revoke token %s: %w", id, err)
 			}
 			// Changed meanwhile (revoked by another replica?): read again.

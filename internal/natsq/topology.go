@@ -226,6 +226,15 @@ func (r *Record) completed(attempt int) bool {
 }
 
 // nextState is the state after a result, decided as the HTTP control plane decides it.
+// casConflict reports whether err is JetStream refusing a compare-and-set because the key
+// or stream moved on: 10071, or on a replicated stream, while another write of the same key
+// is in flight, 10164 (nats-server's jetstream_batching.go). Both mean read again and retry.
+func casConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
 func nextState(current api.State, code string, retryable bool, attempt, maxAttempts int) api.State {
 	return controlplane.CompleteState(current, outcome.Code(code), retryable, attempt, maxAttempts)
 }
