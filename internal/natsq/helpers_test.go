@@ -3,6 +3,7 @@ package natsq_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -206,6 +207,13 @@ func startDispatcher(t testing.TB, url string, o natsq.Options) (*natsq.Dispatch
 	t.Helper()
 	nc := dial(t, url)
 	d, err := natsq.NewDispatcher(context.Background(), nc, o)
+	// On an embedded cluster under load a route can miss a heartbeat, so a peer reads as
+	// offline for a moment and placing a replicated stream fails with 10005 ("no suitable
+	// peers"); the stream is placed once the route is back.
+	for deadline := time.Now().Add(30 * time.Second); noPeers(err) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond) // the peer's return cannot be observed from here
+		d, err = natsq.NewDispatcher(context.Background(), nc, o)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,4 +270,10 @@ func waitState(t testing.TB, d *natsq.Dispatcher, id string, within time.Duratio
 		return err == nil && j.State == want
 	})
 	return j
+}
+
+// noPeers reports JetStream's 10005: no peer can take a replica of the stream now.
+func noPeers(err error) bool {
+	var jsErr jetstream.JetStreamError
+	return errors.As(err, &jsErr) && jsErr.APIError() != nil && jsErr.APIError().ErrorCode == jetstream.ErrorCode(10005)
 }
