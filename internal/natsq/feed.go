@@ -18,7 +18,7 @@ import (
 type changeFeed struct {
 	mu    sync.Mutex
 	any   chan struct{}            // closed at the next write of any job
-	jobs  map[string]chan struct{} // closed at the next write of that job
+	jobs  controlplane.JobWakes    // the waits of one job, woken when it ends
 	lists map[*listWaiter]struct{} // parked list long-polls
 }
 
@@ -28,13 +28,8 @@ type listWaiter struct {
 	ch chan struct{}
 }
 
-// maxFeedKeys bounds the per-job channels a feed holds for waits that ended without their
-// job changing; past it every waiter is woken (they read again) and the map starts over.
-const maxFeedKeys = 1 << 16
-
 func (f *changeFeed) init() {
 	f.any = make(chan struct{})
-	f.jobs = map[string]chan struct{}{}
 	f.lists = map[*listWaiter]struct{}{}
 }
 
@@ -72,23 +67,12 @@ func (f *changeFeed) fireLists(j api.Job) {
 
 // next returns the channel closed at the next write of job id, or of any job for "".
 func (f *changeFeed) next(id string) <-chan struct{} {
+	if id != "" {
+		return f.jobs.Wait(id)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if id == "" {
-		return f.any
-	}
-	ch, ok := f.jobs[id]
-	if !ok {
-		if len(f.jobs) >= maxFeedKeys {
-			for k, c := range f.jobs {
-				close(c)
-				delete(f.jobs, k)
-			}
-		}
-		ch = make(chan struct{})
-		f.jobs[id] = ch
-	}
-	return ch
+	return f.any
 }
 
 // fire wakes the waiters of any job and, when ended (the write made it terminal, or what
@@ -96,24 +80,16 @@ func (f *changeFeed) next(id string) <-chan struct{} {
 // (controlplane.JobEnded), and is not woken to read it again at every step before.
 func (f *changeFeed) fire(id string, ended bool) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	close(f.any)
 	f.any = make(chan struct{})
-	if ch, ok := f.jobs[id]; ok && ended {
-		close(ch)
-		delete(f.jobs, id)
+	f.mu.Unlock()
+	if ended {
+		f.jobs.Fire(id)
 	}
 }
 
 // fireJob wakes the waiters of job id only: it was just recorded terminal (finalJobs).
-func (f *changeFeed) fireJob(id string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if ch, ok := f.jobs[id]; ok {
-		close(ch)
-		delete(f.jobs, id)
-	}
-}
+func (f *changeFeed) fireJob(id string) { f.jobs.Fire(id) }
 
 // watchJobs runs the feed until ctx ends. A waiter parked before the watch is up (or while
 // it reconnects) is woken by the layer's periodic recheck instead.

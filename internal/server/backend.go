@@ -91,7 +91,7 @@ func (b sqlBackend) ListJobs(ctx context.Context, q controlplane.ListQuery) (api
 func (b sqlBackend) Next(e controlplane.Event, id string) <-chan struct{} {
 	switch e {
 	case controlplane.JobEnded:
-		return b.s.finished.wait(id)
+		return b.s.finished.Wait(id)
 	case controlplane.WorkQueued:
 		return b.s.queued.wait()
 	}

@@ -261,7 +261,7 @@ func (s *Server) deny(ctx context.Context, p Principal, id, reason string) (api.
 	if err == nil {
 		s.step(ctx, "deny", id, out.Task)
 		s.record(auditlog.Action{Type: auditlog.ActionDenied, Job: id, Task: out.Task, Pool: out.Pool, Actor: p.TokenID, Role: string(p.Role), State: string(out.State)})
-		s.finished.fire(id)
+		s.finished.Fire(id)
 		s.changed.broadcast()
 	}
 	return out, err
@@ -307,7 +307,7 @@ func (s *Server) cancel(ctx context.Context, p Principal, id string) (api.Job, e
 		s.changed.broadcast()
 	}
 	if err == nil && done {
-		s.finished.fire(id)
+		s.finished.Fire(id)
 	}
 	return out, err
 }
@@ -540,7 +540,7 @@ func (s *Server) complete(ctx context.Context, p Principal, id string, c control
 		s.queued.broadcast()
 	} else {
 		s.ended.put(ended) // before the wake-up: the waits read it from there
-		s.finished.fire(id)
+		s.finished.Fire(id)
 	}
 	s.changed.broadcast()
 	return out, nil
@@ -622,7 +622,7 @@ func (s *Server) reap(ctx context.Context) (int, error) {
 		s.queued.broadcast()
 	}
 	if err == nil {
-		s.finished.fire(ended...)
+		s.finished.Fire(ended...)
 	}
 	if n > 0 {
 		s.changed.broadcast()

@@ -22,11 +22,11 @@ type Server struct {
 	cfg      Config
 	log      *zap.Logger
 	store    *Store
-	queued   notifier    // new leasable work: submit, approve, requeue, catalog
-	finished jobNotifier // a job reached a terminal state, by job
-	changed  notifier    // a job was created or changed state: list long-polls recheck
-	plans    planHint    // whether a plan may be active, so that most job changes skip the plan read
-	ended    endedJobs   // jobs a completion just ended, for the waits it wakes
+	queued   notifier              // new leasable work: submit, approve, requeue, catalog
+	finished controlplane.JobWakes // a job reached a terminal state, by job
+	changed  notifier              // a job was created or changed state: list long-polls recheck
+	plans    planHint              // whether a plan may be active, so that most job changes skip the plan read
+	ended    endedJobs             // jobs a completion just ended, for the waits it wakes
 	closing  chan struct{}
 	closeMu  sync.Once
 	cp       *controlplane.Server // the /v1 layer over this server's store (backend.go)
@@ -43,7 +43,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), store: st, closing: make(chan struct{})}
 	s.queued.init()
-	s.finished.init()
 	s.changed.init()
 	if s.cp, err = controlplane.New(sqlBackend{s}, controlplane.Config{
 		Logger: s.log, MaxInputBytes: cfg.MaxInputBytes, MaxOutputBytes: cfg.MaxOutputBytes,
@@ -157,51 +156,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback()
-}
-
-// jobNotifier wakes the waits of one job: a completion wakes only the waits on that job,
-// not every parked wait (at 32 clients each waiting on its own job, a broadcast made every
-// completion cost 32 reads of jobs that had not changed).
-type jobNotifier struct {
-	mu   sync.Mutex
-	jobs map[string]chan struct{} // closed when that job ends
-}
-
-// maxJobWaitKeys bounds the channels held for waits that ended without their job ending
-// (a wait that timed out, a job that does not exist); past it every waiter is woken (they
-// read again and take a fresh channel) and the map starts over.
-const maxJobWaitKeys = 1 << 16
-
-func (n *jobNotifier) init() { n.jobs = map[string]chan struct{}{} }
-
-// wait returns the channel closed when job id next ends.
-func (n *jobNotifier) wait(id string) <-chan struct{} {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	ch, ok := n.jobs[id]
-	if !ok {
-		if len(n.jobs) >= maxJobWaitKeys {
-			for k, c := range n.jobs {
-				close(c)
-				delete(n.jobs, k)
-			}
-		}
-		ch = make(chan struct{})
-		n.jobs[id] = ch
-	}
-	return ch
-}
-
-// fire wakes the waits on each of ids.
-func (n *jobNotifier) fire(ids ...string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, id := range ids {
-		if ch, ok := n.jobs[id]; ok {
-			close(ch)
-			delete(n.jobs, id)
-		}
-	}
 }
 
 // endedJobs holds the jobs completions ended lately, as the completion's UPDATE returned

@@ -115,30 +115,6 @@ func TestEveryEndWakesItsWait(t *testing.T) {
 	}
 }
 
-// TestJobNotifierWakesOnlyItsJob: ending one job closes only its waits' channel.
-func TestJobNotifierWakesOnlyItsJob(t *testing.T) {
-	var n jobNotifier
-	n.init()
-	a, b := n.wait("a"), n.wait("b")
-	if n.wait("a") != a {
-		t.Fatal("two waits on one job got different channels")
-	}
-	n.fire("a")
-	select {
-	case <-a:
-	default:
-		t.Fatal("fire(a) did not wake a")
-	}
-	select {
-	case <-b:
-		t.Fatal("fire(a) woke b")
-	default:
-	}
-	if n.wait("a") == a {
-		t.Fatal("a wait after fire(a) got the closed channel")
-	}
-}
-
 // TestPlanHintOrdersAReadAgainstACreate: a read of the active plans that began before a
 // plan was created, and found none, may not record "none" after the creation: the plan
 // would never be moved on.
