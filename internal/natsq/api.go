@@ -170,9 +170,9 @@ func (s *APIServer) watchCatalog(ctx context.Context) error {
 	return follow(ctx, w, s.applyCatalog)
 }
 
-// follow calls apply with each entry w delivers (not the nil that marks the initial
-// values all in) until ctx ends or w stops, then stops w.
-func follow(ctx context.Context, w jetstream.KeyWatcher, apply func(jetstream.KeyValueEntry)) error {
+// follow calls apply with each entry w delivers until ctx ends or w stops, then stops w.
+// The nil that marks the initial values all in calls caughtUp, if there is one.
+func follow(ctx context.Context, w jetstream.KeyWatcher, apply func(jetstream.KeyValueEntry), caughtUp ...func()) error {
 	defer func() { _ = w.Stop() }()
 	for {
 		select {
@@ -184,6 +184,10 @@ func follow(ctx context.Context, w jetstream.KeyWatcher, apply func(jetstream.Ke
 			}
 			if e != nil {
 				apply(e)
+				continue
+			}
+			for _, f := range caughtUp {
+				f()
 			}
 		}
 	}

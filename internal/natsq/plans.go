@@ -188,30 +188,19 @@ func (s *APIServer) watchActive(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("natsq: watch %s: %w", PlansBucket, err)
 	}
-	defer func() { s.active.setReady(false); _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			switch {
-			case e == nil: // the current value (if any) is delivered
-				s.active.setReady(true)
-			case e.Operation() != jetstream.KeyValuePut:
-				s.active.offer(nil, e.Revision())
-			default:
-				var ids []string
-				if err := json.Unmarshal(e.Value(), &ids); err != nil {
-					s.active.setReady(false) // reads report it
-					continue
-				}
-				s.active.offer(ids, e.Revision())
-			}
+	defer s.active.setReady(false)
+	return follow(ctx, w, func(e jetstream.KeyValueEntry) {
+		if e.Operation() != jetstream.KeyValuePut {
+			s.active.offer(nil, e.Revision())
+			return
 		}
-	}
+		var ids []string
+		if err := json.Unmarshal(e.Value(), &ids); err != nil {
+			s.active.setReady(false) // reads report it
+			return
+		}
+		s.active.offer(ids, e.Revision())
+	}, func() { s.active.setReady(true) }) // the current value (if any) is delivered
 }
 
 // active reads the active list and its revision (0: no such key yet).
