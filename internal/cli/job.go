@@ -284,6 +284,12 @@ func JobApprove(ctx context.Context, cfg *ApproveConfig, out io.Writer) error {
 
 // JobDeny denies a pending_approval job with reason and prints it.
 func JobDeny(ctx context.Context, cfg JobConfig, id, reason string, out io.Writer) error {
+	return deny(ctx, cfg, id, reason, (*client.Client).Deny, func(j api.Job) error { return printJob(out, j, cfg.JSON) })
+}
+
+// deny is `job deny` and `plan deny`: the reason checked before anything is sent, the
+// denial made by call, and what the control plane returned printed.
+func deny[T any](ctx context.Context, cfg JobConfig, id, reason string, call func(*client.Client, context.Context, string, string) (T, error), print func(T) error) error {
 	if err := api.CheckDenyReason(reason); err != nil {
 		return usagef("--reason: %v", err)
 	}
@@ -291,11 +297,11 @@ func JobDeny(ctx context.Context, cfg JobConfig, id, reason string, out io.Write
 	if err != nil {
 		return err
 	}
-	j, err := c.Deny(ctx, id, reason)
+	v, err := call(c, ctx, id, reason)
 	if err != nil {
 		return apiFailure(err)
 	}
-	return printJob(out, j, cfg.JSON)
+	return print(v)
 }
 
 // JobGet prints one job.

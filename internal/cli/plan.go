@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/castellan-dev/castellan/approval"
+	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -214,18 +215,7 @@ func PlanApprove(ctx context.Context, cfg *PlanApproveConfig, out io.Writer) err
 
 // PlanDeny denies a pending_approval plan with reason and prints it.
 func PlanDeny(ctx context.Context, cfg JobConfig, id, reason string, out io.Writer) error {
-	if err := api.CheckDenyReason(reason); err != nil {
-		return usagef("--reason: %v", err)
-	}
-	c, err := cfg.client()
-	if err != nil {
-		return err
-	}
-	p, err := c.DenyPlan(ctx, id, reason)
-	if err != nil {
-		return apiFailure(err)
-	}
-	return printPlan(out, p, cfg.JSON)
+	return deny(ctx, cfg, id, reason, (*client.Client).DenyPlan, func(p api.Plan) error { return printPlan(out, p, cfg.JSON) })
 }
 
 func printPlan(out io.Writer, p api.Plan, asJSON bool) error {
