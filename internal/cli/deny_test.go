@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/castellan-dev/castellan/internal/client"
 	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
@@ -19,25 +16,8 @@ import (
 // the printed record says so and carries the reason.
 func TestDenyCommands(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	db := filepath.Join(dir, "cp.db")
-	files := map[api.Role]string{}
-	for _, role := range []api.Role{api.RoleWorker, api.RoleClient, api.RoleApprover} {
-		var b bytes.Buffer
-		_, err := TokenCreate(t.Context(), TokenConfig{DB: db, Role: string(role), Pool: "default", Name: "t-" + string(role)}, &b)
-		must(t, err)
-		files[role] = filepath.Join(dir, string(role)+".token")
-		must(t, os.WriteFile(files[role], b.Bytes(), 0o600))
-	}
-	base, _ := startServer(t, ServerConfig{DB: db, Listen: "127.0.0.1:0", LogLevel: "error"})
-	wtok, err := readToken(files[api.RoleWorker])
-	must(t, err)
-	w, err := client.New(base, wtok)
-	must(t, err)
-	_, err = w.Register(t.Context(), api.RegisterRequest{Name: "stand-in", AgentVersion: "test"})
-	must(t, err)
-	_, err = w.PublishCatalog(t.Context(), []api.TaskDef{{Name: "echo", Version: "1.0.0", InputSchema: json.RawMessage(`{"type":"object"}`)}})
-	must(t, err)
+	base, files := echoServer(t, t.TempDir())
+	standInWorker(t, base, files[api.RoleWorker])
 
 	submitter := JobConfig{Server: base, TokenFile: files[api.RoleClient], JSON: true}
 	approver := JobConfig{Server: base, TokenFile: files[api.RoleApprover], JSON: true}

@@ -25,30 +25,14 @@ import (
 func TestPlanCommands(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	db := filepath.Join(dir, "cp.db")
-	files := map[api.Role]string{}
-	for _, role := range []api.Role{api.RoleWorker, api.RoleClient, api.RoleApprover} {
-		var b bytes.Buffer
-		_, err := TokenCreate(t.Context(), TokenConfig{DB: db, Role: string(role), Pool: "default", Name: "t-" + string(role)}, &b)
-		must(t, err)
-		files[role] = filepath.Join(dir, string(role)+".token")
-		must(t, os.WriteFile(files[role], b.Bytes(), 0o600))
-	}
-	base, _ := startServer(t, ServerConfig{DB: db, Listen: "127.0.0.1:0", LogLevel: "error"})
+	base, files := echoServer(t, dir)
 	privPath, pubPath, err := Keygen(KeygenConfig{Out: dir, Name: "t-approver"}, io.Discard)
 	must(t, err)
 	keys, err := approval.LoadKeySet(pubPath)
 	must(t, err)
 	verifier := approval.NewVerifier(keys, approval.NewMemoryReplayStore())
 
-	wtok, err := readToken(files[api.RoleWorker])
-	must(t, err)
-	w, err := client.New(base, wtok)
-	must(t, err)
-	_, err = w.Register(t.Context(), api.RegisterRequest{Name: "stand-in", AgentVersion: "test"})
-	must(t, err)
-	_, err = w.PublishCatalog(t.Context(), []api.TaskDef{{Name: "echo", Version: "1.0.0", InputSchema: json.RawMessage(`{"type":"object"}`)}})
-	must(t, err)
+	w := standInWorker(t, base, files[api.RoleWorker])
 	ctx, cancel := context.WithCancel(t.Context())
 	var order []string
 	workerDone := make(chan struct{})
@@ -158,4 +142,36 @@ func TestPlanApproveRefusesUnhashableInput(t *testing.T) {
 			t.Errorf("input %s: an approval was posted", input)
 		}
 	}
+}
+
+// echoServer starts a `castellan server` on a database in dir, with a worker, a client and
+// an approver token of pool default in files dir/<role>.token.
+func echoServer(t *testing.T, dir string) (base string, files map[api.Role]string) {
+	t.Helper()
+	db := filepath.Join(dir, "cp.db")
+	files = map[api.Role]string{}
+	for _, role := range []api.Role{api.RoleWorker, api.RoleClient, api.RoleApprover} {
+		var b bytes.Buffer
+		_, err := TokenCreate(t.Context(), TokenConfig{DB: db, Role: string(role), Pool: "default", Name: "t-" + string(role)}, &b)
+		must(t, err)
+		files[role] = filepath.Join(dir, string(role)+".token")
+		must(t, os.WriteFile(files[role], b.Bytes(), 0o600))
+	}
+	base, _ = startServer(t, ServerConfig{DB: db, Listen: "127.0.0.1:0", LogLevel: "error"})
+	return base, files
+}
+
+// standInWorker registers a worker with the token in tokenFile and publishes task "echo",
+// so that jobs and plans of it can be submitted; the caller leases them, if at all.
+func standInWorker(t *testing.T, base, tokenFile string) *client.Client {
+	t.Helper()
+	wtok, err := readToken(tokenFile)
+	must(t, err)
+	w, err := client.New(base, wtok)
+	must(t, err)
+	_, err = w.Register(t.Context(), api.RegisterRequest{Name: "stand-in", AgentVersion: "test"})
+	must(t, err)
+	_, err = w.PublishCatalog(t.Context(), []api.TaskDef{{Name: "echo", Version: "1.0.0", InputSchema: json.RawMessage(`{"type":"object"}`)}})
+	must(t, err)
+	return w
 }
