@@ -491,7 +491,10 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 		_ = csub.Unsubscribe()
 		return fmt.Errorf("natsq: consume %s: %w", ResultsStream, err)
 	}
-	go func() { <-ctx.Done(); it.Stop(); _ = sub.Unsubscribe(); _ = csub.Unsubscribe() }()
+	// Drained, not stopped: the iterator pulls ahead, and results it holds when this replica
+	// stops are handed back (below) for another replica to record at once. Stopped, they would
+	// wait out the consumer's AckWait, unrecorded, although the job had finished.
+	go func() { <-ctx.Done(); it.Drain(); _ = sub.Unsubscribe(); _ = csub.Unsubscribe() }()
 	var wg sync.WaitGroup
 	serve := func(ch <-chan *nats.Msg, handle func(context.Context, *nats.Msg)) {
 		wg.Add(1)
@@ -520,13 +523,19 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 			for {
 				msg, err := it.Next()
 				if err != nil {
-					return // stopped
+					return // drained
+				}
+				if ctx.Err() != nil {
+					_ = msg.Nak() // pulled ahead, not handled: another replica's now
+					continue
 				}
 				d.handleResult(ctx, msg)
 			}
 		}()
 	}
 	wg.Wait()
+	// The hand-backs are publications: sent before Run returns and the connection may close.
+	_ = d.nc.FlushTimeout(5 * time.Second)
 	return nil
 }
 

@@ -33,7 +33,9 @@
 //
 // APIServer is `castellan server --nats`: the /v1 API of internal/controlplane (the layer
 // both modes share) over these buckets, with no local state, so any number of replicas serve
-// it. Each replica also runs the Dispatcher's result consumer, which all replicas share.
+// it. Each replica also runs the Dispatcher's result consumer, which all replicas share. A
+// replica that stops hands back the results it had pulled and not recorded, so that another
+// records them at once rather than an AckWait later.
 //
 // A result is recorded only for the attempt it was granted to. Dispatch writes a random
 // claim key into the job's record (which workers cannot read) and its envelope (which only
