@@ -459,6 +459,33 @@ func (d *Dispatcher) dropMessage(ctx context.Context, r Record) {
 	}
 }
 
+// drainSubscriptions ends subs and returns once every message the server sent them has
+// arrived (Drain's flush): after Unsubscribe, messages already on their way are dropped,
+// and a claim among them would go unanswered.
+func drainSubscriptions(subs ...*nats.Subscription) {
+	var closed []<-chan nats.SubStatus
+	for _, s := range subs {
+		ch := s.StatusChanged(nats.SubscriptionClosed)
+		if err := s.Drain(); err != nil {
+			_ = s.Unsubscribe()
+			continue
+		}
+		closed = append(closed, ch)
+	}
+	timeout := time.After(shutdownGrace)
+	for _, ch := range closed {
+		select {
+		case <-ch:
+		case <-timeout:
+			return
+		}
+	}
+}
+
+// shutdownGrace bounds how long Run, once its context ends, finishes the claims and results
+// its handlers hold.
+const shutdownGrace = 5 * time.Second
+
 // Run consumes results until ctx ends, recording each at most once per job and attempt.
 // Several handlers run at once (workers is their number; default 32).
 func (d *Dispatcher) Run(ctx context.Context, workers int) error {
@@ -474,7 +501,9 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 	if err != nil {
 		return fmt.Errorf("natsq: create consumer %s on %s: %w", ResultsConsumer, ResultsStream, err)
 	}
-	claims := make(chan *nats.Msg, 1024)
+	// A claim the channel has no room for is dropped by the client library (a slow consumer)
+	// and its worker waits out ClaimTimeout: room for many workers' bursts at once.
+	claims := make(chan *nats.Msg, 16384)
 	sub, err := d.nc.ChanQueueSubscribe("castellan.claims.*", ResultsConsumer, claims)
 	if err != nil {
 		return fmt.Errorf("natsq: subscribe to claims: %w", err)
@@ -491,10 +520,24 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 		_ = csub.Unsubscribe()
 		return fmt.Errorf("natsq: consume %s: %w", ResultsStream, err)
 	}
-	// Drained, not stopped: the iterator pulls ahead, and results it holds when this replica
-	// stops are handed back (below) for another replica to record at once. Stopped, they would
-	// wait out the consumer's AckWait, unrecorded, although the job had finished.
-	go func() { <-ctx.Done(); it.Drain(); _ = sub.Unsubscribe(); _ = csub.Unsubscribe() }()
+	// When ctx ends, intake stops first: the iterator is drained, not stopped, and the
+	// subscriptions end. Handlers then finish what they hold on their own context, for up to
+	// shutdownGrace: a claim or result half recorded is completed, a claim already received is
+	// answered (unanswered, its worker would wait out ClaimTimeout), and results the iterator
+	// had pulled ahead are handed back for another replica to record at once (kept, they
+	// would wait out the consumer's AckWait, unrecorded, although their jobs had finished).
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	stopped := make(chan struct{})
+	go func() {
+		<-ctx.Done()
+		it.Drain()
+		drainSubscriptions(sub, csub)
+		close(stopped)
+		t := time.AfterFunc(shutdownGrace, stopWork)
+		<-work.Done()
+		t.Stop()
+	}()
 	var wg sync.WaitGroup
 	serve := func(ch <-chan *nats.Msg, handle func(context.Context, *nats.Msg)) {
 		wg.Add(1)
@@ -502,10 +545,17 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 			defer wg.Done()
 			for {
 				select {
-				case <-ctx.Done():
-					return
 				case m := <-ch:
-					handle(ctx, m)
+					handle(work, m)
+				case <-stopped:
+					for { // nothing more arrives: answer what has
+						select {
+						case m := <-ch:
+							handle(work, m)
+						default:
+							return
+						}
+					}
 				}
 			}
 		}()
@@ -529,12 +579,13 @@ func (d *Dispatcher) Run(ctx context.Context, workers int) error {
 					_ = msg.Nak() // pulled ahead, not handled: another replica's now
 					continue
 				}
-				d.handleResult(ctx, msg)
+				d.handleResult(work, msg)
 			}
 		}()
 	}
 	wg.Wait()
-	// The hand-backs are publications: sent before Run returns and the connection may close.
+	// Answers and hand-backs are publications: sent before Run returns and the connection
+	// may close.
 	_ = d.nc.FlushTimeout(5 * time.Second)
 	return nil
 }
