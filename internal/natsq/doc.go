@@ -5,10 +5,10 @@
 //
 // Why JetStream rather than more of our own code: durable pull consumers already give
 // at-least-once delivery with leases (AckWait), lease extension (InProgress), retry with a
-// delay (NakWithDelay), a final refusal (Term), a bounded number of deliveries (MaxDeliver),
-// publish deduplication (Nats-Msg-Id) and a replicated key-value store with compare-and-set.
-// Those are exactly the pieces the HTTP control plane builds on SQLite; here they are
-// replicated (R3) by a system that was designed and tested for it.
+// delay (NakWithDelay), a final refusal (Term), publish deduplication (Nats-Msg-Id) and a
+// replicated key-value store with compare-and-set. Those are exactly the pieces the HTTP
+// control plane builds on SQLite; here they are replicated (R3) by a system that was
+// designed and tested for it.
 //
 // The layout, and why:
 //

@@ -32,8 +32,7 @@ const (
 	// HeaderReason carries why a message was dead-lettered.
 	HeaderReason = "Castellan-Reason"
 
-	// maxAttemptsCap is the API's bound on max_attempts; the consumers' MaxDeliver is one
-	// more, a backstop behind the per-job bound the worker applies.
+	// maxAttemptsCap is the API's bound on max_attempts.
 	maxAttemptsCap = api.MaxAttemptsLimit
 )
 
@@ -288,7 +287,12 @@ func consumerConfig(pool, task string, ackWait time.Duration) jetstream.Consumer
 		FilterSubject: JobSubject(pool, task),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
-		MaxDeliver:    maxAttemptsCap + 1,
+		// Unbounded: a job's attempts are bounded by its claims (handleClaim ends the job
+		// dead once max_attempts are used), not by deliveries. A delivery handed back unclaimed
+		// (no control plane answering, a claim refused for now, a worker stopping) is not an
+		// attempt, and a message past a MaxDeliver bound is kept by the stream but never
+		// delivered again: its job would stay queued or running for good.
+		MaxDeliver:    -1,
 		MaxAckPending: 100_000,
 		MaxWaiting:    4096,
 	}

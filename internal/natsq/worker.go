@@ -496,8 +496,9 @@ func truncate(s string, n int) string {
 // claim asks the dispatcher for an attempt of a job just pulled, proving the delivery with
 // the envelope's claim key. Only a granted job runs: its attempt number and fence come from
 // the grant. A final refusal (cancelled, finished, attempts used up, or not a job of this
-// pool) terminates the message; anything else (no dispatcher answering in time, a refusal
-// to retry) hands it back for a later delivery, unrun.
+// pool) terminates the message; a refusal for now, or an answer that is neither, hands it
+// back for a later delivery, unrun. A claim nobody answers is asked again, the delivery
+// kept, until one does or ctx ends.
 func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope, meta *jetstream.MsgMetadata) (ClaimReply, bool) {
 	data, err := marshal(ClaimRequest{JobID: env.JobID, ClaimKey: env.ClaimKey, WorkerID: q.workerID,
 		Delivery: fmt.Sprintf("%d/%d", meta.Sequence.Stream, meta.NumDelivered)})
@@ -505,10 +506,12 @@ func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope
 		return ClaimReply{}, false
 	}
 	var reply ClaimReply
-	for try := 0; ; try++ {
+	wait, warned := 50*time.Millisecond, false
+	for bad := 0; ; {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.o.ClaimTimeout)
 		m, rerr := q.nc.RequestWithContext(rctx, ClaimSubject(q.o.Pool), data)
 		cancel()
+		unanswered := rerr != nil
 		if rerr == nil {
 			if reply, rerr = decodeClaimReply(m.Data); rerr == nil && reply.Refused == "" && (reply.Fence == "" || reply.Attempt < 1) {
 				rerr = errors.New("the claim reply has neither a grant nor a refusal")
@@ -517,12 +520,31 @@ func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope
 		if rerr == nil {
 			break
 		}
-		if try == 2 || ctx.Err() != nil {
+		if !unanswered {
+			bad++
+		}
+		// Unanswered (no control plane, or none in time), the claim is asked again for as long
+		// as it takes, the delivery kept: each hand-back spends one of the consumer's MaxDeliver
+		// deliveries, and once they are spent JetStream keeps the message and never delivers
+		// it again, so an outage longer than a few dozen tries would strand the job for good.
+		// An answer that is no grant and no refusal is handed back after three.
+		if bad == 3 || ctx.Err() != nil {
 			q.log.Warn("claiming a job failed; handing it back", zap.String("job", env.JobID), zap.Error(rerr))
 			_ = msg.NakWithDelay(q.o.RetryBase)
 			return ClaimReply{}, false
 		}
-		_ = msg.InProgress() // the claim may take a while: keep the delivery
+		if unanswered && !warned {
+			warned = true
+			q.log.Warn("no control plane answers claims; keeping the job until one does", zap.String("job", env.JobID), zap.Error(rerr))
+		}
+		_ = msg.InProgress() // keep the delivery meanwhile
+		if unanswered {
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, q.o.ClaimTimeout)
+		}
 	}
 	switch {
 	case reply.Refused == "":

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/castellan-dev/castellan/internal/natsq"
+	"github.com/castellan-dev/castellan/internal/server/api"
 )
 
 // TestStoppedReplicaHandsBackResults: a replica's results iterator pulls ahead of its
@@ -140,4 +141,101 @@ func TestStoppedReplicaAnswersItsClaims(t *testing.T) {
 		t.Fatalf("all %d claims were answered before the replica stopped: the test needs more", n)
 	}
 	t.Logf("%d answered (%d before the stop), %d found no responders", answered.Load(), answeredBeforeStop.Load(), noResponders.Load())
+}
+
+// TestControlPlaneOutageKeepsQueuedJobs: while no control plane answers claims (down, or hung
+// here: a subscriber that never replies), a worker that pulled a job keeps asking and keeps
+// the delivery. Handing it back after each failed claim spent one of the consumer's
+// MaxDeliver deliveries per try; after about 20 the stream kept the message and never
+// delivered it again, and the job stayed queued for good once the control plane was back.
+func TestControlPlaneOutageKeepsQueuedJobs(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t).ClientURL()
+	s := newSigner(t)
+	// The worker starts with a control plane up (it publishes its catalog), which then goes.
+	d, _, stopRun := startDispatcher(t, url, natsq.Options{})
+	c := newCounter()
+	startWorker(t, url, s, c.echo(), natsq.Options{ClaimTimeout: 5 * time.Millisecond, RetryBase: 10 * time.Millisecond}, 1)
+	if _, err := d.Dispatch(t.Context(), s.envelope(t, "before", `{"n":1}`, 3)); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, d, "before", 20*time.Second, api.StateSucceeded) // registered and pulling
+	stopRun()
+	var claims atomic.Int64
+	hung, err := dial(t, url).Subscribe(natsq.ClaimSubject(pool), func(*nats.Msg) { claims.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Dispatch(t.Context(), s.envelope(t, "outage-1", `{"n":1}`, 3)); err != nil {
+		t.Fatal(err)
+	}
+	// Three tries per delivery used to end in a hand-back, and MaxDeliver is the limit + 1:
+	// past that many the old worker never claimed again.
+	const tries = 3*(api.MaxAttemptsLimit+1) + 30
+	poll(t, 60*time.Second, fmt.Sprintf("%d claims of the job", tries), func() bool { return claims.Load() >= tries })
+	if err := hung.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	d2, _, _ := startDispatcher(t, url, natsq.Options{})
+	j := waitState(t, d2, "outage-1", 20*time.Second, api.StateSucceeded)
+	if j.Attempt != 1 || c.get("outage-1") != 1 {
+		t.Fatalf("outage-1 = attempt %d, %d runs; want one attempt, run once", j.Attempt, c.get("outage-1"))
+	}
+}
+
+// TestHandBacksDoNotStrandAJob: deliveries handed back unclaimed are not attempts, however
+// many there are. A consumer bounded by MaxDeliver kept the message past its last delivery
+// and never delivered it again, so the job stayed queued for good. The consumer is first
+// made as an older control plane made it (MaxDeliver 101): dispatching updates it.
+func TestHandBacksDoNotStrandAJob(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t).ClientURL()
+	s := newSigner(t)
+	nc := dial(t, url)
+	js, _ := jetstream.New(nc)
+	ctx := t.Context()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: natsq.JobsStream(pool), Subjects: []string{"castellan.jobs." + pool + ".>"},
+		Retention: jetstream.WorkQueuePolicy, Duplicates: 10 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, natsq.JobsStream(pool), jetstream.ConsumerConfig{Durable: "echo",
+		FilterSubject: natsq.JobSubject(pool, "echo"), AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
+		MaxDeliver: api.MaxAttemptsLimit + 1, MaxAckPending: 100_000, MaxWaiting: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	d, _, _ := startDispatcher(t, url, natsq.Options{})
+	if _, err := d.Dispatch(ctx, s.envelope(t, "handed-back", `{"n":1}`, 3)); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.Consumer(ctx, natsq.JobsStream(pool), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A worker that pulls the job and hands it back at once, many times over.
+	const handBacks = 2 * (api.MaxAttemptsLimit + 1)
+	for i := 1; i <= handBacks; i++ {
+		b, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got jetstream.Msg
+		for m := range b.Messages() {
+			got = m
+		}
+		if got == nil {
+			t.Fatalf("delivery %d of the handed-back job never came (%v)", i, b.Error())
+		}
+		if md, err := got.Metadata(); err != nil || md.NumDelivered != uint64(i) {
+			t.Fatalf("delivery %d: metadata %+v, %v", i, md, err)
+		}
+		if err := got.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newCounter()
+	startWorker(t, url, s, c.echo(), natsq.Options{}, 1)
+	j := waitState(t, d, "handed-back", 20*time.Second, api.StateSucceeded)
+	if j.Attempt != 1 || c.get("handed-back") != 1 {
+		t.Fatalf("handed-back = attempt %d, %d runs; want one attempt, run once", j.Attempt, c.get("handed-back"))
+	}
 }
