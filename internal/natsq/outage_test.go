@@ -20,7 +20,8 @@ import (
 // TestStoppedReplicaHandsBackResults: a replica's results iterator pulls ahead of its
 // handlers, so when the replica stops it holds results it has not recorded. They must go
 // back to the shared consumer at once, for another replica to record; kept, they would wait
-// out the consumer's AckWait (30 s) while clients wait on finished jobs.
+// out the consumer's AckWait (30 s, longer than the wait below) while clients wait on
+// finished jobs.
 func TestStoppedReplicaHandsBackResults(t *testing.T) {
 	t.Parallel()
 	url := startNATS(t).ClientURL()
@@ -32,7 +33,7 @@ func TestStoppedReplicaHandsBackResults(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	// Results for jobs that do not exist: each costs a handler one bucket read and is then
 	// dropped, and there are many more than the handlers settle between two polls below.
-	const n = 20_000
+	const n = 10_000
 	for i := range n {
 		body, _ := json.Marshal(natsq.Result{JobID: fmt.Sprintf("gone-%d", i), Task: "echo", Attempt: 1,
 			WorkerID: "w", Outcome: "success", Fence: "f"})
@@ -76,7 +77,7 @@ func TestStoppedReplicaHandsBackResults(t *testing.T) {
 	}
 	// Replica B takes over; every result must be settled well inside the AckWait.
 	startDispatcher(t, url, natsq.Options{})
-	poll(t, 15*time.Second, "replica B to settle every result", func() bool {
+	poll(t, 25*time.Second, "replica B to settle every result", func() bool {
 		info := consumer()
 		return info != nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream >= n
 	})
