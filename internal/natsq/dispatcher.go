@@ -472,7 +472,10 @@ func drainSubscriptions(subs ...*nats.Subscription) {
 		}
 		closed = append(closed, ch)
 	}
-	timeout := time.After(shutdownGrace)
+	// The drain ends after a round trip to the server; the bound is for a connection that
+	// never gives one (handlers that stopped waiting before the last message arrived would
+	// leave its claim unanswered).
+	timeout := time.After(drainTimeout)
 	for _, ch := range closed {
 		select {
 		case <-ch:
@@ -482,9 +485,13 @@ func drainSubscriptions(subs ...*nats.Subscription) {
 	}
 }
 
-// shutdownGrace bounds how long Run, once its context ends, finishes the claims and results
-// its handlers hold.
-const shutdownGrace = 5 * time.Second
+const (
+	// shutdownGrace bounds how long Run, once its subscriptions are drained, finishes the
+	// claims and results its handlers hold.
+	shutdownGrace = 5 * time.Second
+	// drainTimeout bounds the wait for the subscriptions' drain.
+	drainTimeout = 30 * time.Second
+)
 
 // Run consumes results until ctx ends, recording each at most once per job and attempt.
 // Several handlers run at once (workers is their number; default 32).

@@ -101,7 +101,7 @@ func TestStoppedReplicaAnswersItsClaims(t *testing.T) {
 	// The replica is up when a claim gets an answer (for a job that does not exist).
 	claim := func(i int) (*nats.Msg, error) {
 		body, _ := json.Marshal(natsq.ClaimRequest{JobID: fmt.Sprintf("gone-%d", i), ClaimKey: "k", WorkerID: "w", Delivery: "1/1"})
-		return claimant.Request(natsq.ClaimSubject(pool), body, 20*time.Second)
+		return claimant.Request(natsq.ClaimSubject(pool), body, 60*time.Second)
 	}
 	poll(t, 20*time.Second, "replica A to answer a claim", func() bool { _, err := claim(-1); return err == nil })
 	// Many claims at once, and the replica stops after the first answer.
