@@ -63,8 +63,10 @@ type Options struct {
 	// MultiTaskPoll is how long a worker serving several tasks waits on one task's consumer
 	// before it looks at the next one. Optional; default 250ms.
 	MultiTaskPoll time.Duration
-	// ClaimTimeout bounds each of a worker's (up to three) tries to claim a pulled job from
-	// the dispatchers before it hands the job back unrun. Optional; default 5s.
+	// ClaimTimeout bounds each of a worker's tries to claim a pulled job from the
+	// dispatchers. A try nobody answers is made again, the delivery kept (InProgress), until
+	// one answers; three answers that are neither a grant nor a refusal hand the job back
+	// unrun. Keep it well under AckWait. Optional; default 5s.
 	ClaimTimeout time.Duration
 	// SweepInterval is how often a dispatcher looks for running jobs past their lease whose
 	// message JetStream no longer holds, and expires them as SQLite's reaper does

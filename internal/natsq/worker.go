@@ -543,7 +543,9 @@ func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope
 			case <-ctx.Done():
 			case <-time.After(wait):
 			}
-			wait = min(2*wait, q.o.ClaimTimeout)
+			// At most a quarter of AckWait between a try's InProgress and the next try's, with
+			// a try itself at most ClaimTimeout.
+			wait = min(2*wait, q.o.ClaimTimeout, q.o.AckWait/4)
 		}
 	}
 	switch {
