@@ -524,10 +524,11 @@ func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope
 			bad++
 		}
 		// Unanswered (no control plane, or none in time), the claim is asked again for as long
-		// as it takes, the delivery kept: each hand-back spends one of the consumer's MaxDeliver
-		// deliveries, and once they are spent JetStream keeps the message and never delivers
-		// it again, so an outage longer than a few dozen tries would strand the job for good.
-		// An answer that is no grant and no refusal is handed back after three.
+		// as it takes, the delivery kept: handed back, the job would only circle through
+		// redeliveries until a control plane answers, and would then wait for its next one.
+		// (The job consumers set no MaxDeliver for the same outage: past it, JetStream keeps a
+		// message and never delivers it again.) An answer that is no grant and no refusal is
+		// handed back after three.
 		if bad == 3 || ctx.Err() != nil {
 			q.log.Warn("claiming a job failed; handing it back", zap.String("job", env.JobID), zap.Error(rerr))
 			_ = msg.NakWithDelay(q.o.RetryBase)
@@ -539,13 +540,14 @@ func (q *WorkerQueue) claim(ctx context.Context, msg jetstream.Msg, env Envelope
 		}
 		_ = msg.InProgress() // keep the delivery meanwhile
 		if unanswered {
+			// At most a quarter of AckWait between a try's InProgress and the next try's, with
+			// a try itself at most ClaimTimeout.
+			wait = min(wait, q.o.ClaimTimeout, q.o.AckWait/4)
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):
 			}
-			// At most a quarter of AckWait between a try's InProgress and the next try's, with
-			// a try itself at most ClaimTimeout.
-			wait = min(2*wait, q.o.ClaimTimeout, q.o.AckWait/4)
+			wait *= 2
 		}
 	}
 	switch {
